@@ -1,0 +1,135 @@
+//! The sub-commands: `check` and `demo`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::config::{self, Config, Retries, format_duration};
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config, print a summary, exit 1 on error.
+    Check {
+        /// Do not resolve server names (for checking a config away from
+        /// the node it will run on).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// A self-contained demo: stand-in managers on loopback and ucp-lb in
+    /// front of them.
+    Demo {
+        /// Where the demo's load balancer listens.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+    },
+}
+
+/// Runs `cmd`; `config` is the `--config` path, if given.
+pub fn run(cmd: Command, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cmd {
+        Command::Check { offline } => {
+            let Some(path) = config else {
+                anyhow::bail!("check needs --config FILE (or UCP_LB_CONFIG)");
+            };
+            Ok(rt.block_on(check(path, offline)))
+        }
+        Command::Demo { listen } => {
+            rt.block_on(crate::demo::run(listen))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn check(path: &Path, offline: bool) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let resolved = if offline {
+        None
+    } else {
+        match crate::resolve::resolve_all(&config).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    print!("{}", summary(&config, resolved.as_ref()));
+    ExitCode::SUCCESS
+}
+
+/// What `check` prints of a valid config.
+pub fn summary(config: &Config, resolved: Option<&crate::resolve::Resolved>) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: ok", config.source);
+    let _ = writeln!(s, "listeners:");
+    for l in &config.listeners {
+        let max = if l.max_connections == 0 {
+            "no limit".to_owned()
+        } else {
+            l.max_connections.to_string()
+        };
+        let _ = writeln!(
+            s,
+            "  {} -> pool {} (max_connections: {max})",
+            l.bind, l.pool
+        );
+    }
+    let _ = writeln!(s, "pools:");
+    for p in &config.pools {
+        let st = &p.settings;
+        let retries = match st.retries {
+            Retries::Count(n) => n.to_string(),
+            Retries::All => "all".into(),
+        };
+        let _ = writeln!(
+            s,
+            "  {}: balance {:?}, connect_timeout {}, idle_timeout {}, max_fails {}, fail_timeout {}, retries {}, all_down {:?}",
+            p.name,
+            st.balance,
+            format_duration(st.connect_timeout),
+            st.idle_timeout.map_or("none".into(), format_duration),
+            st.max_fails,
+            format_duration(st.fail_timeout),
+            retries,
+            st.all_down,
+        );
+        if !config.listeners.iter().any(|l| l.pool == p.name) {
+            let _ = writeln!(s, "    (no listener uses this pool)");
+        }
+        for srv in &p.servers {
+            let addrs = match resolved.and_then(|r| r.get(&srv.address)) {
+                Some(a) => a
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                None => "not resolved (--offline)".into(),
+            };
+            let mut flags = format!("weight {}", srv.weight);
+            if srv.backup {
+                flags.push_str(", backup");
+            }
+            if srv.max_conns > 0 {
+                let _ = write!(flags, ", max_conns {}", srv.max_conns);
+            }
+            if srv.state != config::AdminState::Up {
+                let _ = write!(flags, ", {}", srv.state.as_str());
+            }
+            let _ = writeln!(s, "    {} -> {addrs} ({flags})", srv.address);
+        }
+    }
+    s
+}

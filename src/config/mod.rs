@@ -1,0 +1,844 @@
+//! The typed, validated configuration, and the one way to get it.
+//!
+//! `parse` turns lb.toml text into a [`Config`] or into every problem found,
+//! each naming file, line, column and key. `check` and reloads use the same
+//! function, so they cannot disagree. This module knows nothing of sockets or
+//! runtime state: host names are resolved by `resolve.rs`.
+
+pub mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raw::{RawConfig, RawServer, S, SettingsRef};
+
+/// How a pool picks a server for a new client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// nginx's smooth weighted round robin.
+    RoundRobin,
+    /// Fewest active connections per unit of weight; ties by round robin.
+    LeastConn,
+    /// Two weighted random picks, the one with fewer connections wins.
+    RandomTwo,
+    /// nginx's `hash $remote_addr consistent`.
+    SourceHash,
+}
+
+/// What a pool does when no server is eligible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllDown {
+    /// Route over every server not set `down`, as if healthy.
+    FailOpen,
+    /// Close the client.
+    Reject,
+}
+
+/// How many further servers a client tries after a failed connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retries {
+    Count(u32),
+    /// Every server of the pool, each once.
+    All,
+}
+
+/// A server's administrative state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    Up,
+    /// Takes no new connections; open ones go on.
+    Drain,
+    Down,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Up => "up",
+            AdminState::Drain => "drain",
+            AdminState::Down => "down",
+        }
+    }
+}
+
+/// The keys of `[defaults]`, resolved for one pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    /// `None`: connections may stay quiet for ever.
+    pub idle_timeout: Option<Duration>,
+    /// 0 switches passive ejection off.
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub retries: Retries,
+    pub all_down: AllDown,
+    pub resolve_interval: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(3),
+            idle_timeout: None,
+            max_fails: 2,
+            fail_timeout: Duration::from_secs(30),
+            retries: Retries::Count(2),
+            all_down: AllDown::FailOpen,
+            resolve_interval: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A position in the config file, for messages about a value found later
+/// (a name that does not resolve, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// As written, e.g. `manager-01:443`: the server's name in logs and status.
+    pub address: HostPort,
+    pub weight: u32,
+    pub backup: bool,
+    /// 0: no limit.
+    pub max_conns: u32,
+    pub state: AdminState,
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: Arc<str>,
+    pub settings: Settings,
+    pub servers: Vec<ServerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub bind: SocketAddr,
+    pub pool: Arc<str>,
+    /// 0: no limit.
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where it was read from: named in every message about it.
+    pub source: String,
+    pub path: Option<PathBuf>,
+    pub workers: Option<usize>,
+    pub defaults: Settings,
+    pub listeners: Vec<ListenerConfig>,
+    /// Sorted by name.
+    pub pools: Vec<PoolConfig>,
+}
+
+impl Config {
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| &*p.name == name)
+    }
+}
+
+/// One problem with a config: where, which key, what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source: String,
+    pub pos: Option<Pos>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.source)?;
+        if let Some(p) = self.pos {
+            write!(f, ":{}:{}", p.line, p.col)?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in one config, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            source: source.clone(),
+            pos: None,
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })?;
+    let mut config = parse(&text, &source)?;
+    config.path = Some(path.to_path_buf());
+    Ok(config)
+}
+
+/// Validates lb.toml `text`; `source` names it in messages.
+pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
+    let lines = LineIndex::new(text);
+    if text.trim().is_empty() {
+        return Err(ConfigErrors(vec![ConfigError {
+            source: source.to_owned(),
+            pos: None,
+            key: String::new(),
+            message:
+                "the config is empty: at least one [[listener]] and one [pool.NAME] are needed"
+                    .into(),
+        }]));
+    }
+    let raw = parse_raw(text, source, &lines)?;
+    let mut v = Validator {
+        source,
+        lines: &lines,
+        errors: Vec::new(),
+    };
+    let config = v.config(&raw);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        v.errors.sort_by_key(|e| e.pos.map(|p| (p.line, p.col)));
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+fn parse_raw(text: &str, source: &str, lines: &LineIndex) -> Result<RawConfig, ConfigErrors> {
+    let fail = |pos: Option<Pos>, key: String, message: String| {
+        ConfigErrors(vec![ConfigError {
+            source: source.to_owned(),
+            pos,
+            key,
+            message,
+        }])
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        fail(
+            e.span().map(|s| lines.pos(s.start)),
+            String::new(),
+            syntax_message(&e),
+        )
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // Spanned values show up in the path as a private field: drop it.
+        let key = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
+        let inner = e.into_inner();
+        let key = if key == "." { String::new() } else { key };
+        let message = inner
+            .message()
+            .trim()
+            .replace("expected i64", "expected an integer");
+        fail(inner.span().map(|s| lines.pos(s.start)), key, message)
+    })
+}
+
+fn syntax_message(e: &toml::de::Error) -> String {
+    format!("invalid TOML: {}", e.message().trim())
+}
+
+/// Byte offset to line and column (both from 1; columns count characters).
+pub struct LineIndex<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub fn new(text: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { text, starts }
+    }
+
+    pub fn pos(&self, offset: usize) -> Pos {
+        let offset = offset.min(self.text.len());
+        let line = self.starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.starts[line - 1];
+        let col = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count())
+            + 1;
+        Pos { line, col }
+    }
+}
+
+/// Parses `"500ms"`, `"5s"`, `"10m"`, `"1h"`, `"1d"`; `"0"` and `"none"` are
+/// `Ok(None)` (switched off); a bare number is rejected, since a unit is easy
+/// to forget and "30" could mean seconds or minutes.
+pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
+    let t = s.trim();
+    if t == "0" || t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let expected =
+        || format!(r#"expected a duration like "500ms", "5s", "10m" or "1h", found "{s}""#);
+    if num.is_empty() {
+        return Err(expected());
+    }
+    let value: f64 = num.parse().map_err(|_| expected())?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        "" => {
+            return Err(format!(
+                r#"expected a unit (ms, s, m, h or d) after the number, found "{s}""#
+            ));
+        }
+        _ => return Err(expected()),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 365.0 * 86400.0 {
+        return Err(format!(r#"duration "{s}" is longer than a year"#));
+    }
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    Ok(Some(Duration::from_secs_f64(secs)))
+}
+
+/// Formats a duration the way lb.toml writes it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        "0".into()
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Parses `host:port`, `[v6]:port` or `v4:port`.
+pub fn parse_host_port(s: &str) -> Result<HostPort, String> {
+    let bad = |why: &str| format!(r#"expected "host:port", found "{s}": {why}"#);
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
+        let p = p.strip_prefix(':').ok_or_else(|| bad("missing port"))?;
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("not an IPv6 address between [ and ]"));
+        }
+        (h, p)
+    } else {
+        let (h, p) = s.rsplit_once(':').ok_or_else(|| bad("missing port"))?;
+        if h.contains(':') {
+            return Err(bad("write IPv6 addresses as [addr]:port"));
+        }
+        (h, p)
+    };
+    if host.is_empty() {
+        return Err(bad("missing host"));
+    }
+    let is_v6 = host.parse::<std::net::Ipv6Addr>().is_ok();
+    let name_ok = host.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if !is_v6 && !name_ok {
+        return Err(bad("not a valid host name or address"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("port must be a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err(bad("port must be a number from 1 to 65535"));
+    }
+    Ok(HostPort {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+struct Validator<'a> {
+    source: &'a str,
+    lines: &'a LineIndex<'a>,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn err(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.errors.push(ConfigError {
+            source: self.source.to_owned(),
+            pos: span.map(|s| self.lines.pos(s.start)),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, raw: &RawConfig) -> Config {
+        let workers = raw.workers.as_ref().and_then(|w| {
+            let n = *w.get_ref();
+            if (1..=1024).contains(&n) {
+                Some(n as usize)
+            } else {
+                self.err(
+                    Some(w.span()),
+                    "workers",
+                    format!("expected an integer from 1 to 1024, found {n}"),
+                );
+                None
+            }
+        });
+        let base = Settings::default();
+        let defaults = match &raw.defaults {
+            Some(d) => self.settings(d.settings(), &base, "defaults"),
+            None => base,
+        };
+
+        let mut pools = Vec::new();
+        for (name, pool) in &raw.pool {
+            let key = format!("pool.{name}");
+            if !valid_name(name) {
+                self.err(
+                    Some(pool.span()),
+                    key.clone(),
+                    "a pool name may hold only letters, digits, '_' and '-'",
+                );
+            }
+            let pool_ref = pool.get_ref();
+            let settings = self.settings(pool_ref.settings(), &defaults, &key);
+            let servers = self.servers(pool, &key);
+            pools.push(PoolConfig {
+                name: Arc::from(name.as_str()),
+                settings,
+                servers,
+            });
+        }
+
+        let mut listeners: Vec<ListenerConfig> = Vec::new();
+        let mut bind_spans: Vec<(SocketAddr, Range<usize>)> = Vec::new();
+        if raw.listener.is_empty() {
+            self.err(None, "listener", "at least one [[listener]] is needed");
+        }
+        for (i, l) in raw.listener.iter().enumerate() {
+            let key = format!("listener[{i}]");
+            let lr = l.get_ref();
+            let bind = match &lr.bind {
+                None => {
+                    self.err(
+                        Some(l.span()),
+                        format!("{key}.bind"),
+                        r#"missing key: expected bind = "address:port""#,
+                    );
+                    None
+                }
+                Some(b) => match b.get_ref().parse::<SocketAddr>() {
+                    Ok(a) => {
+                        if let Some((_, first)) =
+                            bind_spans.iter().find(|(x, _)| *x == a && a.port() != 0)
+                        {
+                            let p = self.lines.pos(first.start);
+                            self.err(
+                                Some(b.span()),
+                                format!("{key}.bind"),
+                                format!("{a} is already bound by the listener at line {}", p.line),
+                            );
+                        }
+                        bind_spans.push((a, b.span()));
+                        Some(a)
+                    }
+                    Err(_) => {
+                        self.err(
+                            Some(b.span()),
+                            format!("{key}.bind"),
+                            format!(
+                                r#"expected an IP address and port like "0.0.0.0:443" or "[::]:443", found "{}""#,
+                                b.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                },
+            };
+            let pool = match &lr.pool {
+                None => {
+                    self.err(
+                        Some(l.span()),
+                        format!("{key}.pool"),
+                        r#"missing key: expected pool = "NAME""#,
+                    );
+                    None
+                }
+                Some(p) => {
+                    if raw.pool.contains_key(p.get_ref()) {
+                        Some(Arc::<str>::from(p.get_ref().as_str()))
+                    } else {
+                        let known: Vec<&str> = raw.pool.keys().map(String::as_str).collect();
+                        self.err(
+                            Some(p.span()),
+                            format!("{key}.pool"),
+                            format!(
+                                "no pool named \"{}\" (defined: {})",
+                                p.get_ref(),
+                                if known.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        );
+                        None
+                    }
+                }
+            };
+            let max_connections = match &lr.max_connections {
+                None => 0,
+                Some(m) => self
+                    .int(m, &format!("{key}.max_connections"), 1, u32::MAX as i64, "")
+                    .unwrap_or(0),
+            };
+            if let (Some(bind), Some(pool)) = (bind, pool) {
+                listeners.push(ListenerConfig {
+                    bind,
+                    pool,
+                    max_connections,
+                });
+            }
+        }
+        if raw.pool.is_empty() {
+            self.err(None, "pool", "at least one [pool.NAME] is needed");
+        }
+
+        Config {
+            source: self.source.to_owned(),
+            path: None,
+            workers,
+            defaults,
+            listeners,
+            pools,
+        }
+    }
+
+    fn int(&mut self, v: &S<i64>, key: &str, min: i64, max: i64, note: &str) -> Option<u32> {
+        let n = *v.get_ref();
+        if n < min || n > max {
+            let range = if max == u32::MAX as i64 {
+                format!("an integer >= {min}")
+            } else {
+                format!("an integer from {min} to {max}")
+            };
+            self.err(
+                Some(v.span()),
+                key,
+                format!("expected {range}{note}, found {n}"),
+            );
+            None
+        } else {
+            Some(n as u32)
+        }
+    }
+
+    fn duration(
+        &mut self,
+        v: Option<&S<String>>,
+        key: String,
+        may_be_off: bool,
+    ) -> Option<Option<Duration>> {
+        let v = v?;
+        match parse_duration(v.get_ref()) {
+            Ok(None) if !may_be_off => {
+                self.err(
+                    Some(v.span()),
+                    key,
+                    format!("must be longer than 0, found \"{}\"", v.get_ref()),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(m) => {
+                self.err(Some(v.span()), key, m);
+                None
+            }
+        }
+    }
+
+    fn settings(&mut self, r: SettingsRef<'_>, base: &Settings, table: &str) -> Settings {
+        let mut s = base.clone();
+        let k = |name: &str| format!("{table}.{name}");
+        if let Some(b) = r.balance {
+            match b.get_ref().as_str() {
+                "round_robin" => s.balance = Balance::RoundRobin,
+                "least_conn" => s.balance = Balance::LeastConn,
+                "random_two" => s.balance = Balance::RandomTwo,
+                "source_hash" => s.balance = Balance::SourceHash,
+                other => self.err(
+                    Some(b.span()),
+                    k("balance"),
+                    format!(
+                        "expected one of \"round_robin\", \"least_conn\", \"random_two\", \"source_hash\", found \"{other}\""
+                    ),
+                ),
+            }
+        }
+        if let Some(Some(d)) = self.duration(r.connect_timeout, k("connect_timeout"), false) {
+            s.connect_timeout = d;
+        }
+        if let Some(d) = self.duration(r.idle_timeout, k("idle_timeout"), true) {
+            s.idle_timeout = d;
+        }
+        if let Some(m) = r.max_fails
+            && let Some(n) = self.int(
+                m,
+                &k("max_fails"),
+                0,
+                1_000_000,
+                " (0 switches passive ejection off)",
+            )
+        {
+            s.max_fails = n;
+        }
+        if let Some(Some(d)) = self.duration(r.fail_timeout, k("fail_timeout"), false) {
+            s.fail_timeout = d;
+        }
+        if let Some(v) = r.retries {
+            match v.get_ref() {
+                toml::Value::Integer(n) if (0..=1000).contains(n) => {
+                    s.retries = Retries::Count(*n as u32)
+                }
+                toml::Value::String(a) if a == "all" => s.retries = Retries::All,
+                other => self.err(
+                    Some(v.span()),
+                    k("retries"),
+                    format!("expected an integer from 0 to 1000 or \"all\", found {other}"),
+                ),
+            }
+        }
+        if let Some(a) = r.all_down {
+            match a.get_ref().as_str() {
+                "fail_open" => s.all_down = AllDown::FailOpen,
+                "reject" => s.all_down = AllDown::Reject,
+                other => self.err(
+                    Some(a.span()),
+                    k("all_down"),
+                    format!("expected \"fail_open\" or \"reject\", found \"{other}\""),
+                ),
+            }
+        }
+        if let Some(Some(d)) = self.duration(r.resolve_interval, k("resolve_interval"), false) {
+            s.resolve_interval = d;
+        }
+        if let Some(Some(d)) = self.duration(r.shutdown_timeout, k("shutdown_timeout"), false) {
+            s.shutdown_timeout = d;
+        }
+        s
+    }
+
+    fn servers(&mut self, pool: &S<raw::RawPool>, key: &str) -> Vec<ServerConfig> {
+        let Some(list) = &pool.get_ref().servers else {
+            self.err(
+                Some(pool.span()),
+                format!("{key}.servers"),
+                "missing key: a pool needs servers = [\"host:port\", ...]",
+            );
+            return Vec::new();
+        };
+        if list.get_ref().is_empty() {
+            self.err(
+                Some(list.span()),
+                format!("{key}.servers"),
+                "a pool needs at least one server",
+            );
+        }
+        let mut out: Vec<ServerConfig> = Vec::new();
+        for (i, entry) in list.get_ref().iter().enumerate() {
+            let skey = format!("{key}.servers[{i}]");
+            let r: &RawServer = entry.get_ref();
+            let Some(addr) = &r.address else {
+                self.err(
+                    Some(entry.span()),
+                    format!("{skey}.address"),
+                    r#"missing key: expected address = "host:port""#,
+                );
+                continue;
+            };
+            // A bare string entry has no span of its own: point at the entry.
+            let addr_span = if addr.span().is_empty() {
+                entry.span()
+            } else {
+                addr.span()
+            };
+            let address = match parse_host_port(addr.get_ref()) {
+                Ok(a) => a,
+                Err(m) => {
+                    self.err(Some(addr_span), skey, m);
+                    continue;
+                }
+            };
+            let weight = match &r.weight {
+                Some(w) => self
+                    .int(w, &format!("{skey}.weight"), 1, 1000, "")
+                    .unwrap_or(1),
+                None => 1,
+            };
+            let max_conns = match &r.max_conns {
+                Some(m) => self
+                    .int(
+                        m,
+                        &format!("{skey}.max_conns"),
+                        0,
+                        u32::MAX as i64,
+                        " (0: no limit)",
+                    )
+                    .unwrap_or(0),
+                None => 0,
+            };
+            let state = match &r.state {
+                None => AdminState::Up,
+                Some(st) => match st.get_ref().as_str() {
+                    "up" => AdminState::Up,
+                    "drain" => AdminState::Drain,
+                    "down" => AdminState::Down,
+                    other => {
+                        self.err(
+                            Some(st.span()),
+                            format!("{skey}.state"),
+                            format!("expected \"up\", \"drain\" or \"down\", found \"{other}\""),
+                        );
+                        AdminState::Up
+                    }
+                },
+            };
+            if let Some(first) = out.iter().find(|s| s.address == address) {
+                let line = first.pos.line;
+                self.err(
+                    Some(addr_span),
+                    skey,
+                    format!("{address} is already listed in this pool at line {line}"),
+                );
+                continue;
+            }
+            out.push(ServerConfig {
+                address,
+                weight,
+                backup: r.backup.as_ref().is_some_and(|b| *b.get_ref()),
+                max_conns,
+                state,
+                pos: self.lines.pos(addr_span.start),
+            });
+        }
+        out
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_switch_off() {
+        assert_eq!(
+            parse_duration("500ms"),
+            Ok(Some(Duration::from_millis(500)))
+        );
+        assert_eq!(parse_duration("5s"), Ok(Some(Duration::from_secs(5))));
+        assert_eq!(parse_duration("10m"), Ok(Some(Duration::from_secs(600))));
+        assert_eq!(parse_duration("1.5h"), Ok(Some(Duration::from_secs(5400))));
+        assert_eq!(parse_duration("none"), Ok(None));
+        assert_eq!(parse_duration("0"), Ok(None));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn durations_format_back() {
+        for s in ["500ms", "5s", "10m", "2h"] {
+            assert_eq!(format_duration(parse_duration(s).unwrap().unwrap()), s);
+        }
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            parse_host_port("manager-01:443").unwrap().to_string(),
+            "manager-01:443"
+        );
+        assert_eq!(
+            parse_host_port("[::1]:6443").unwrap().to_string(),
+            "[::1]:6443"
+        );
+        assert!(parse_host_port("manager-01").is_err());
+        assert!(parse_host_port("manager-01:0").is_err());
+        assert!(parse_host_port("manager-01:99999").is_err());
+        assert!(parse_host_port("::1:443").is_err());
+        assert!(parse_host_port("bad host:443").is_err());
+    }
+
+    #[test]
+    fn line_index_counts_from_one() {
+        let li = LineIndex::new("ab\ncd\n");
+        assert_eq!(li.pos(0), Pos { line: 1, col: 1 });
+        assert_eq!(li.pos(4), Pos { line: 2, col: 2 });
+    }
+}

@@ -1,0 +1,236 @@
+//! The byte path: both directions of one connection, unchanged and unbuffered.
+//!
+//! Each direction waits for its socket to become readable and only then
+//! takes a 64 KiB buffer from a per-thread pool; it gives the buffer back as
+//! soon as the socket is drained and everything read was written. An idle
+//! connection therefore holds no buffer at all, and nothing is allocated per
+//! read. (`tokio::io::copy_bidirectional` keeps two 8 KiB buffers for a
+//! connection's whole life.) A buffer only ever carries `buf[..n]` of the
+//! read that just filled it, so nothing of one client can reach another.
+//!
+//! EOF on one side is passed on as a half-close (`shutdown(SHUT_WR)`) while
+//! the other direction keeps flowing; an error on either side ends both,
+//! and the caller closes the other socket.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const BUF_SIZE: usize = 64 * 1024;
+/// Free buffers kept per worker thread; more are freed.
+const POOL_MAX: usize = 32;
+
+thread_local! {
+    static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A pooled buffer, returned to the current thread's pool on drop.
+struct Buf(Option<Box<[u8]>>);
+
+impl Buf {
+    fn take() -> Buf {
+        let b = FREE.try_with(|f| f.borrow_mut().pop()).ok().flatten();
+        Buf(Some(
+            b.unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice()),
+        ))
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().unwrap_or_default()
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            // At thread exit the pool may already be gone: then just free it.
+            let _ = FREE.try_with(|f| {
+                let mut f = f.borrow_mut();
+                if f.len() < POOL_MAX {
+                    f.push(b);
+                }
+            });
+        }
+    }
+}
+
+/// Which socket an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both sides closed their write half.
+    Closed,
+    IdleTimeout,
+    /// The shutdown grace period ran out.
+    Shutdown,
+    Error {
+        side: Side,
+        kind: io::ErrorKind,
+    },
+}
+
+impl End {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::IdleTimeout => "idle timeout",
+            End::Shutdown => "shutdown",
+            End::Error {
+                side: Side::Client, ..
+            } => "client error",
+            End::Error {
+                side: Side::Server, ..
+            } => "server error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub to_server: u64,
+    pub to_client: u64,
+    pub end: End,
+}
+
+/// When bytes last moved, for the idle timeout; nanoseconds since `start`.
+struct Activity {
+    start: Instant,
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_nanos() as u64, Relaxed);
+    }
+
+    async fn expired(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_nanos(self.last.load(Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+struct PipeError {
+    side: Side,
+    err: io::Error,
+}
+
+/// Copies both ways until both sides have closed, an error, the idle timeout
+/// or `force_close`.
+pub async fn bidirectional(
+    client: &TcpStream,
+    server: &TcpStream,
+    idle: Option<Duration>,
+    force_close: &CancellationToken,
+) -> Outcome {
+    let activity = Activity {
+        start: Instant::now(),
+        last: AtomicU64::new(0),
+    };
+    let track = idle.map(|_| &activity);
+    let (mut up, mut down) = (0u64, 0u64);
+    let end = {
+        let both = async {
+            tokio::try_join!(
+                pipe(client, server, Side::Client, Side::Server, &mut up, track),
+                pipe(server, client, Side::Server, Side::Client, &mut down, track),
+            )
+        };
+        let idle_expired = async {
+            match idle {
+                Some(d) => activity.expired(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = both => match r {
+                Ok(_) => End::Closed,
+                Err(PipeError { side, err }) => End::Error { side, kind: err.kind() },
+            },
+            _ = idle_expired => End::IdleTimeout,
+            _ = force_close.cancelled() => End::Shutdown,
+        }
+    };
+    Outcome {
+        to_server: up,
+        to_client: down,
+        end,
+    }
+}
+
+async fn pipe(
+    src: &TcpStream,
+    dst: &TcpStream,
+    src_side: Side,
+    dst_side: Side,
+    moved: &mut u64,
+    activity: Option<&Activity>,
+) -> Result<(), PipeError> {
+    let read_err = |err| PipeError {
+        side: src_side,
+        err,
+    };
+    let write_err = |err| PipeError {
+        side: dst_side,
+        err,
+    };
+    loop {
+        src.readable().await.map_err(read_err)?;
+        // Taken only now that there is something to read: an idle
+        // connection holds no buffer.
+        let mut buf = Buf::take();
+        loop {
+            match src.try_read(buf.bytes()) {
+                Ok(0) => {
+                    drop(buf);
+                    // Pass the half-close on; the other direction goes on.
+                    return match SockRef::from(dst).shutdown(Shutdown::Write) {
+                        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(write_err(e)),
+                        _ => Ok(()),
+                    };
+                }
+                Ok(n) => {
+                    write_all(dst, &buf.bytes()[..n]).await.map_err(write_err)?;
+                    *moved += n as u64;
+                    if let Some(a) = activity {
+                        a.touch();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_err(e)),
+            }
+        }
+    }
+}
+
+async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match dst.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,57 @@
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ucp_lb::commands::Command;
+use ucp_lb::logging::LogFormat;
+
+/// Layer-4 load balancer for Docker Enterprise UCP managers and DTR replicas.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The lb.toml to run (or to check).
+    #[arg(long, global = true, env = "UCP_LB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log lines as text or as one JSON object each; filter with RUST_LOG.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ucp-lb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    ucp_lb::logging::init(cli.log_format)?;
+    if let Some(cmd) = cli.command {
+        return ucp_lb::commands::run(cmd, cli.config.as_deref());
+    }
+    let Some(path) = cli.config else {
+        anyhow::bail!("no config: pass --config FILE or set UCP_LB_CONFIG (try `ucp-lb demo`)");
+    };
+    let config = ucp_lb::config::load(&path)?;
+    let workers = match std::env::var("UCP_LB_WORKERS") {
+        Ok(v) => Some(v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+            anyhow::anyhow!("UCP_LB_WORKERS: expected a whole number >= 1, found \"{v}\"")
+        })?),
+        Err(_) => config.workers,
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build()?;
+    rt.block_on(ucp_lb::run(config, ucp_lb::shutdown::on_signals()))?;
+    Ok(ExitCode::SUCCESS)
+}

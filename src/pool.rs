@@ -1,0 +1,687 @@
+//! A pool's servers, who is eligible, and which one a new client gets.
+//!
+//! No I/O and no metrics: `pick` answers with an index, and the record
+//! functions return transitions for the caller to log and count. Runtime
+//! state that must outlive a reload (passive counters, connection counts)
+//! lives in [`ServerState`], shared by `Arc` between the snapshots that keep
+//! the same server; the balancer's own state (round-robin weights, hash
+//! ring) belongs to one snapshot.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::time::Instant;
+
+use crate::config::{AdminState, AllDown, Balance, Settings};
+use crate::passive::{Passive, Transition};
+
+/// Runtime state of one server address in one pool, kept across reloads.
+#[derive(Debug, Default)]
+pub struct ServerState {
+    pub passive: Mutex<Passive>,
+    /// Connections open or being opened to this server.
+    pub active: AtomicU32,
+    pub connections: AtomicU64,
+    pub connect_failures: AtomicU64,
+    /// Bytes from the server to clients.
+    pub bytes_received: AtomicU64,
+    /// Bytes from clients to the server.
+    pub bytes_sent: AtomicU64,
+    pub passive_ejections: AtomicU64,
+    /// A runtime override of the configured state (0 = none), set by the
+    /// admin endpoints; it lasts until the process restarts.
+    pub override_state: AtomicU8,
+}
+
+impl ServerState {
+    pub fn passive(&self) -> MutexGuard<'_, Passive> {
+        // A poisoned lock only means a panic elsewhere while holding it; the
+        // counters inside are still meaningful.
+        self.passive.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Pool-wide state kept across reloads.
+#[derive(Debug, Default)]
+pub struct PoolState {
+    /// Latched while no server of the pool is eligible (failing open or
+    /// rejecting), so each episode is logged once.
+    pub all_down: AtomicBool,
+    pub fail_open_picks: AtomicU64,
+    pub no_server: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Server {
+    /// The address as configured (`manager-01:443`).
+    pub name: Arc<str>,
+    /// One address that name resolved to.
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub backup: bool,
+    pub max_conns: u32,
+    pub config_state: AdminState,
+    pub state: Arc<ServerState>,
+}
+
+impl Server {
+    pub fn admin_state(&self) -> AdminState {
+        match self.state.override_state.load(Relaxed) {
+            1 => AdminState::Up,
+            2 => AdminState::Drain,
+            3 => AdminState::Down,
+            _ => self.config_state,
+        }
+    }
+
+    fn under_max_conns(&self) -> bool {
+        self.max_conns == 0 || self.state.active.load(Relaxed) < self.max_conns
+    }
+
+    /// `name (addr)`, or just the address when the name is an IP.
+    pub fn label(&self) -> String {
+        if *self.name == *self.addr.to_string() {
+            self.name.to_string()
+        } else {
+            format!("{} ({})", self.name, self.addr)
+        }
+    }
+}
+
+/// The server chosen for a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    pub idx: usize,
+    /// Chosen although nothing was eligible (`all_down = "fail_open"`).
+    pub fail_open: bool,
+}
+
+pub struct Pool {
+    pub name: Arc<str>,
+    pub settings: Settings,
+    pub servers: Vec<Server>,
+    pub state: Arc<PoolState>,
+    /// One primary server and no backup: nginx never ejects it passively,
+    /// since there is nowhere else to go.
+    single: bool,
+    /// Smooth weighted round robin's current weights, one per server.
+    current: Mutex<Vec<i64>>,
+    ring: Ring,
+}
+
+impl Pool {
+    pub fn new(
+        name: Arc<str>,
+        settings: Settings,
+        servers: Vec<Server>,
+        state: Arc<PoolState>,
+    ) -> Pool {
+        let primaries = servers.iter().filter(|s| !s.backup).count();
+        let single = primaries == 1 && servers.len() == 1;
+        let ring = if settings.balance == Balance::SourceHash {
+            Ring::new(&servers)
+        } else {
+            Ring::default()
+        };
+        let current = Mutex::new(vec![0; servers.len()]);
+        Pool {
+            name,
+            settings,
+            servers,
+            state,
+            single,
+            current,
+            ring,
+        }
+    }
+
+    /// Eligible for a new client: up, not ejected, under `max_conns`.
+    pub fn eligible(&self, idx: usize, now: Instant) -> bool {
+        let s = &self.servers[idx];
+        s.admin_state() == AdminState::Up && s.under_max_conns() && !self.ejected(idx, now)
+    }
+
+    /// Skipped by passive ejection now.
+    pub fn ejected(&self, idx: usize, now: Instant) -> bool {
+        !self.single
+            && self.servers[idx].state.passive().ejected(
+                now,
+                self.settings.max_fails,
+                self.settings.fail_timeout,
+            )
+    }
+
+    /// Picks a server for a client from `client`, skipping those in `tried`.
+    ///
+    /// Primary servers first; backups only when no primary is eligible. When
+    /// nothing at all is eligible, `all_down` decides: fail open over every
+    /// server not set `down`, or `None`. `None` also when every eligible
+    /// server has been tried.
+    pub fn pick(&self, now: Instant, client: IpAddr, tried: &[usize]) -> Option<Pick> {
+        let n = self.servers.len();
+        let mut primary = Mask::new(n);
+        let mut backup = Mask::new(n);
+        let mut any_eligible = false;
+        for i in 0..n {
+            if !self.eligible(i, now) {
+                continue;
+            }
+            any_eligible = true;
+            if tried.contains(&i) {
+                continue;
+            }
+            if self.servers[i].backup {
+                backup.set(i)
+            } else {
+                primary.set(i)
+            }
+        }
+        let (mask, fail_open) = if !primary.is_empty() {
+            (primary, false)
+        } else if !backup.is_empty() {
+            (backup, false)
+        } else if any_eligible || self.settings.all_down == AllDown::Reject {
+            return None;
+        } else {
+            let mut open = Mask::new(n);
+            for (i, s) in self.servers.iter().enumerate() {
+                if s.admin_state() != AdminState::Down && s.under_max_conns() && !tried.contains(&i)
+                {
+                    open.set(i);
+                }
+            }
+            if open.is_empty() {
+                return None;
+            }
+            (open, true)
+        };
+        let idx = match self.settings.balance {
+            Balance::RoundRobin => self.round_robin(&mask),
+            Balance::LeastConn => self.least_conn(&mask),
+            Balance::RandomTwo => self.random_two(&mask),
+            Balance::SourceHash => self.source_hash(&mask, client),
+        }?;
+        if !self.single {
+            self.servers[idx]
+                .state
+                .passive()
+                .picked(now, self.settings.fail_timeout);
+        }
+        Some(Pick { idx, fail_open })
+    }
+
+    /// Records a failed connect; `Some(Ejected)` when it took the server out.
+    pub fn connect_failed(&self, idx: usize, now: Instant) -> Option<Transition> {
+        let s = &self.servers[idx].state;
+        s.connect_failures.fetch_add(1, Relaxed);
+        let t = s.passive().failed(now, self.settings.max_fails);
+        let t = t.filter(|_| !self.single);
+        if t.is_some() {
+            s.passive_ejections.fetch_add(1, Relaxed);
+        }
+        t
+    }
+
+    /// Records a successful connect; `Some(Readmitted)` when it brought an
+    /// ejected server back.
+    pub fn connected(&self, idx: usize) -> Option<Transition> {
+        let s = &self.servers[idx].state;
+        s.connections.fetch_add(1, Relaxed);
+        s.passive()
+            .connected(self.settings.max_fails)
+            .filter(|_| !self.single)
+    }
+
+    /// Sets the all-down latch; `true` when that changed it, so the caller
+    /// logs each episode once.
+    pub fn set_all_down(&self, on: bool) -> bool {
+        self.state.all_down.load(Relaxed) != on && self.state.all_down.swap(on, Relaxed) != on
+    }
+
+    /// nginx's smooth weighted round robin over the servers in `mask`.
+    fn round_robin(&self, mask: &Mask) -> Option<usize> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for i in mask.iter() {
+            let w = i64::from(self.servers[i].weight);
+            current[i] += w;
+            total += w;
+            if best.is_none_or(|b| current[i] > current[b]) {
+                best = Some(i);
+            }
+        }
+        let b = best?;
+        current[b] -= total;
+        Some(b)
+    }
+
+    /// Fewest active connections per unit of weight; ties go round robin.
+    fn least_conn(&self, mask: &Mask) -> Option<usize> {
+        let ratio = |i: usize| {
+            (
+                u64::from(self.servers[i].state.active.load(Relaxed)),
+                u64::from(self.servers[i].weight),
+            )
+        };
+        let mut best: Option<(usize, (u64, u64))> = None;
+        for i in mask.iter() {
+            let (c, w) = ratio(i);
+            if best.is_none_or(|(_, (bc, bw))| c * bw < bc * w) {
+                best = Some((i, (c, w)));
+            }
+        }
+        let (_, (bc, bw)) = best?;
+        let mut ties = Mask::new(self.servers.len());
+        for i in mask.iter() {
+            let (c, w) = ratio(i);
+            if c * bw == bc * w {
+                ties.set(i);
+            }
+        }
+        self.round_robin(&ties)
+    }
+
+    /// Two weighted random picks; the one with fewer connections per weight.
+    fn random_two(&self, mask: &Mask) -> Option<usize> {
+        let first = self.weighted_random(mask, None)?;
+        let Some(second) = self.weighted_random(mask, Some(first)) else {
+            return Some(first);
+        };
+        let (a, b) = (&self.servers[first], &self.servers[second]);
+        let (ca, cb) = (
+            u64::from(a.state.active.load(Relaxed)),
+            u64::from(b.state.active.load(Relaxed)),
+        );
+        if cb * u64::from(a.weight) < ca * u64::from(b.weight) {
+            Some(second)
+        } else {
+            Some(first)
+        }
+    }
+
+    fn weighted_random(&self, mask: &Mask, except: Option<usize>) -> Option<usize> {
+        let total: u64 = mask
+            .iter()
+            .filter(|&i| Some(i) != except)
+            .map(|i| u64::from(self.servers[i].weight))
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut r = fastrand::u64(0..total);
+        for i in mask.iter().filter(|&i| Some(i) != except) {
+            let w = u64::from(self.servers[i].weight);
+            if r < w {
+                return Some(i);
+            }
+            r -= w;
+        }
+        None
+    }
+
+    /// nginx's `hash $remote_addr consistent`: walk the ring from the client's
+    /// point to the first name with an eligible address (at most 20 points,
+    /// as nginx), then fall back to round robin.
+    fn source_hash(&self, mask: &Mask, client: IpAddr) -> Option<usize> {
+        if self.ring.points.is_empty() {
+            return self.round_robin(mask);
+        }
+        let key = client.to_canonical().to_string();
+        let hash = crc32fast::hash(key.as_bytes());
+        let start = self.ring.points.partition_point(|&(h, _)| h < hash);
+        let n = self.ring.points.len();
+        for t in 0..20.min(n) {
+            let (_, name) = self.ring.points[(start + t) % n];
+            let mut same = Mask::new(self.servers.len());
+            for &i in &self.ring.names[name as usize] {
+                if mask.get(i) {
+                    same.set(i);
+                }
+            }
+            if !same.is_empty() {
+                return self.round_robin(&same);
+            }
+        }
+        self.round_robin(mask)
+    }
+}
+
+/// nginx's consistent-hash ring: 160 points per unit of weight for each
+/// server name, point hashes chained through CRC32 of `host \0 port`.
+#[derive(Debug, Default)]
+struct Ring {
+    /// (point hash, index into `names`), sorted, duplicates dropped.
+    points: Vec<(u32, u32)>,
+    /// Server indices behind each name (a name may resolve to several).
+    names: Vec<Vec<usize>>,
+}
+
+impl Ring {
+    fn new(servers: &[Server]) -> Ring {
+        let mut names: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+        for (i, s) in servers.iter().enumerate() {
+            if s.backup {
+                continue;
+            }
+            match names.iter_mut().find(|(n, _)| *n == s.name) {
+                Some((_, v)) => v.push(i),
+                None => names.push((s.name.clone(), vec![i])),
+            }
+        }
+        let mut points = Vec::new();
+        for (ni, (name, idx)) in names.iter().enumerate() {
+            let (host, port) = name.rsplit_once(':').unwrap_or((name, ""));
+            let mut base = crc32fast::Hasher::new();
+            base.update(host.as_bytes());
+            base.update(&[0]);
+            base.update(port.as_bytes());
+            let weight = servers[idx[0]].weight;
+            let mut prev: u32 = 0;
+            for _ in 0..weight * 160 {
+                let mut h = base.clone();
+                h.update(&prev.to_le_bytes());
+                let hash = h.finalize();
+                points.push((hash, ni as u32));
+                prev = hash;
+            }
+        }
+        points.sort_unstable();
+        points.dedup_by_key(|p| p.0);
+        Ring {
+            points,
+            names: names.into_iter().map(|(_, v)| v).collect(),
+        }
+    }
+}
+
+/// A small set of server indices; no allocation for pools of up to 256.
+enum Mask {
+    Small([u64; 4]),
+    Big(Vec<u64>),
+}
+
+impl Mask {
+    fn new(n: usize) -> Mask {
+        if n <= 256 {
+            Mask::Small([0; 4])
+        } else {
+            Mask::Big(vec![0; n.div_ceil(64)])
+        }
+    }
+    fn words(&self) -> &[u64] {
+        match self {
+            Mask::Small(w) => w,
+            Mask::Big(v) => v,
+        }
+    }
+    fn set(&mut self, i: usize) {
+        let w = match self {
+            Mask::Small(w) => &mut w[..],
+            Mask::Big(v) => &mut v[..],
+        };
+        w[i / 64] |= 1 << (i % 64);
+    }
+    fn get(&self, i: usize) -> bool {
+        self.words()
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+    fn is_empty(&self) -> bool {
+        self.words().iter().all(|&w| w == 0)
+    }
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words().iter().enumerate().flat_map(|(wi, &w)| {
+            (0..64)
+                .filter(move |b| w & (1 << b) != 0)
+                .map(move |b| wi * 64 + b)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn server(name: &str, weight: u32, backup: bool) -> Server {
+        let addr: SocketAddr = name.parse().unwrap();
+        Server {
+            name: name.into(),
+            addr,
+            weight,
+            backup,
+            max_conns: 0,
+            config_state: AdminState::Up,
+            state: Arc::default(),
+        }
+    }
+
+    fn pool(balance: Balance, servers: Vec<Server>) -> Pool {
+        let settings = Settings {
+            balance,
+            ..Settings::default()
+        };
+        Pool::new("p".into(), settings, servers, Arc::default())
+    }
+
+    fn client() -> IpAddr {
+        "192.0.2.7".parse().unwrap()
+    }
+
+    #[test]
+    fn smooth_round_robin_matches_nginx_sequence() {
+        // nginx's documented example: weights 5, 1, 1 give a a b a c a a.
+        let p = pool(
+            Balance::RoundRobin,
+            vec![
+                server("10.0.0.1:1", 5, false),
+                server("10.0.0.2:1", 1, false),
+                server("10.0.0.3:1", 1, false),
+            ],
+        );
+        let now = Instant::now();
+        let seq: Vec<usize> = (0..7)
+            .map(|_| p.pick(now, client(), &[]).unwrap().idx)
+            .collect();
+        assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn backups_only_when_no_primary_is_eligible() {
+        let p = pool(
+            Balance::RoundRobin,
+            vec![
+                server("10.0.0.1:1", 1, false),
+                server("10.0.0.2:1", 1, true),
+            ],
+        );
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(p.pick(now, client(), &[]).unwrap().idx, 0);
+        }
+        p.servers[0].state.override_state.store(3, Relaxed);
+        assert_eq!(
+            p.pick(now, client(), &[]),
+            Some(Pick {
+                idx: 1,
+                fail_open: false
+            })
+        );
+    }
+
+    #[test]
+    fn tried_servers_are_skipped_and_then_none() {
+        let p = pool(
+            Balance::RoundRobin,
+            vec![
+                server("10.0.0.1:1", 1, false),
+                server("10.0.0.2:1", 1, false),
+            ],
+        );
+        let now = Instant::now();
+        assert_eq!(p.pick(now, client(), &[0]).unwrap().idx, 1);
+        assert_eq!(p.pick(now, client(), &[0, 1]), None);
+    }
+
+    #[test]
+    fn fail_open_over_servers_not_down_when_nothing_is_eligible() {
+        let mut servers = vec![
+            server("10.0.0.1:1", 1, false),
+            server("10.0.0.2:1", 1, false),
+        ];
+        servers[1].config_state = AdminState::Down;
+        let p = pool(Balance::RoundRobin, servers);
+        let now = Instant::now();
+        p.connect_failed(0, now);
+        assert_eq!(p.connect_failed(0, now), Some(Transition::Ejected));
+        assert_eq!(
+            p.pick(now, client(), &[]),
+            Some(Pick {
+                idx: 0,
+                fail_open: true
+            })
+        );
+        let mut reject = pool(
+            Balance::RoundRobin,
+            vec![
+                server("10.0.0.1:1", 1, false),
+                server("10.0.0.2:1", 1, false),
+            ],
+        );
+        reject.settings.all_down = AllDown::Reject;
+        for i in 0..2 {
+            reject.connect_failed(i, now);
+            reject.connect_failed(i, now);
+        }
+        assert_eq!(reject.pick(now, client(), &[]), None);
+    }
+
+    #[test]
+    fn single_server_pool_is_never_ejected() {
+        let p = pool(Balance::RoundRobin, vec![server("10.0.0.1:1", 1, false)]);
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(p.connect_failed(0, now), None);
+        }
+        assert_eq!(
+            p.pick(now, client(), &[]),
+            Some(Pick {
+                idx: 0,
+                fail_open: false
+            })
+        );
+    }
+
+    #[test]
+    fn ejected_server_gets_one_trial_after_fail_timeout() {
+        let p = pool(
+            Balance::RoundRobin,
+            vec![
+                server("10.0.0.1:1", 1, false),
+                server("10.0.0.2:1", 1, false),
+            ],
+        );
+        let t0 = Instant::now();
+        p.connect_failed(0, t0);
+        p.connect_failed(0, t0);
+        for _ in 0..4 {
+            assert_eq!(
+                p.pick(t0 + Duration::from_secs(29), client(), &[])
+                    .unwrap()
+                    .idx,
+                1
+            );
+        }
+        let t1 = t0 + Duration::from_secs(30);
+        let picks: Vec<usize> = (0..4)
+            .map(|_| p.pick(t1, client(), &[]).unwrap().idx)
+            .collect();
+        assert_eq!(
+            picks.iter().filter(|&&i| i == 0).count(),
+            1,
+            "one trial: {picks:?}"
+        );
+        assert_eq!(p.connected(0), Some(Transition::Readmitted));
+    }
+
+    #[test]
+    fn least_conn_prefers_fewest_per_weight() {
+        let p = pool(
+            Balance::LeastConn,
+            vec![
+                server("10.0.0.1:1", 1, false),
+                server("10.0.0.2:1", 2, false),
+            ],
+        );
+        p.servers[0].state.active.store(2, Relaxed);
+        p.servers[1].state.active.store(3, Relaxed);
+        // 2/1 > 3/2: the weighted server has fewer per weight.
+        assert_eq!(p.pick(Instant::now(), client(), &[]).unwrap().idx, 1);
+        p.servers[1].state.active.store(5, Relaxed);
+        assert_eq!(p.pick(Instant::now(), client(), &[]).unwrap().idx, 0);
+    }
+
+    #[test]
+    fn random_two_avoids_the_busy_server() {
+        let p = pool(
+            Balance::RandomTwo,
+            vec![
+                server("10.0.0.1:1", 1, false),
+                server("10.0.0.2:1", 1, false),
+            ],
+        );
+        p.servers[0].state.active.store(10, Relaxed);
+        for _ in 0..50 {
+            assert_eq!(p.pick(Instant::now(), client(), &[]).unwrap().idx, 1);
+        }
+    }
+
+    #[test]
+    fn source_hash_is_sticky_and_moves_few_clients_when_a_server_leaves() {
+        let names = [
+            "10.0.0.1:443",
+            "10.0.0.2:443",
+            "10.0.0.3:443",
+            "10.0.0.4:443",
+        ];
+        let full = pool(
+            Balance::SourceHash,
+            names.iter().map(|n| server(n, 1, false)).collect(),
+        );
+        let three = pool(
+            Balance::SourceHash,
+            names[..3].iter().map(|n| server(n, 1, false)).collect(),
+        );
+        let now = Instant::now();
+        let mut moved = 0;
+        let mut on_removed = 0;
+        for i in 0..2000u32 {
+            let ip = IpAddr::from([10, 1, (i >> 8) as u8, i as u8]);
+            let a = full.pick(now, ip, &[]).unwrap().idx;
+            assert_eq!(full.pick(now, ip, &[]).unwrap().idx, a, "sticky");
+            let b = three.pick(now, ip, &[]).unwrap().idx;
+            if a == 3 {
+                on_removed += 1;
+            } else if a != b {
+                moved += 1;
+            }
+        }
+        assert_eq!(moved, 0, "clients of the servers that stay keep them");
+        assert!(
+            (300..700).contains(&on_removed),
+            "about a quarter on each server: {on_removed}"
+        );
+    }
+
+    #[test]
+    fn mask_iterates_what_was_set() {
+        let mut m = Mask::new(300);
+        for i in [0, 63, 64, 299] {
+            m.set(i);
+        }
+        assert_eq!(m.iter().collect::<Vec<_>>(), [0, 63, 64, 299]);
+        assert!(m.get(64) && !m.get(65));
+    }
+}

@@ -1,0 +1,233 @@
+//! Stand-in UCP managers: real HTTPS servers on loopback, with certificates
+//! made at start by a throw-away CA, answering `GET /_ping` (switchable
+//! between 200 and 500) and a page that names the manager.
+//!
+//! `ucp-lb demo` runs three of them; the tests use them too, so both drive
+//! the same code. Nothing here is used when ucp-lb serves real traffic.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// The one crypto provider, named explicitly: with more than one compiled in,
+/// rustls's implicit default would panic.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A throw-away certificate authority that issues loopback certificates.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert: CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Result<TestCa, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(TestCa {
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// A certificate for `localhost` and 127.0.0.1, and its key.
+    pub fn issue(
+        &self,
+        cn: &str,
+    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), rcgen::Error> {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((
+            cert.der().clone(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        ))
+    }
+
+    /// A TLS client that trusts this CA only.
+    pub fn connector(&self) -> Result<TlsConnector, rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.clone())?;
+        let cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsConnector::from(Arc::new(cfg)))
+    }
+}
+
+/// A stand-in UCP manager.
+pub struct Manager {
+    pub name: String,
+    pub addr: SocketAddr,
+    healthy: Arc<AtomicBool>,
+    /// TLS connections it has accepted.
+    pub connections: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Manager {
+    pub async fn start(name: &str, bind: SocketAddr, ca: &TestCa) -> io::Result<Manager> {
+        let (cert, key) = ca.issue(name).map_err(io::Error::other)?;
+        let tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .map_err(io::Error::other)?;
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let healthy = Arc::new(AtomicBool::new(true));
+        let connections = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(serve(
+            listener,
+            acceptor,
+            name.to_owned(),
+            healthy.clone(),
+            connections.clone(),
+        ));
+        Ok(Manager {
+            name: name.to_owned(),
+            addr,
+            healthy,
+            connections,
+            task,
+        })
+    }
+
+    /// Makes `/_ping` answer 200 (true) or 500 (false); TCP and TLS stay up.
+    pub fn set_healthy(&self, ok: bool) {
+        self.healthy.store(ok, Relaxed);
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    name: String,
+    healthy: Arc<AtomicBool>,
+    conns: Arc<AtomicU64>,
+) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, name, healthy, conns) = (
+            acceptor.clone(),
+            name.clone(),
+            healthy.clone(),
+            conns.clone(),
+        );
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            conns.fetch_add(1, Relaxed);
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (name, healthy) = (name.clone(), healthy.clone());
+                async move { Ok::<_, Infallible>(answer(&req, &name, healthy.load(Relaxed))) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+fn answer(req: &Request<Incoming>, name: &str, healthy: bool) -> Response<Full<Bytes>> {
+    let (status, body) = match req.uri().path() {
+        "/_ping" if healthy => (StatusCode::OK, "OK".to_owned()),
+        "/_ping" => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unhealthy: stand-in manager switched off".to_owned(),
+        ),
+        _ => (
+            StatusCode::OK,
+            format!("<!doctype html><title>{name}</title><h1>Answered by {name}</h1>\n"),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        "x-served-by",
+        name.parse()
+            .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("?")),
+    );
+    resp
+}
+
+/// `GET path` over HTTPS to `addr`, trusting `connector`'s CA: the status and
+/// the `x-served-by` header. A plain HTTP/1.0-style exchange on a fresh
+/// connection, so each call is a new client of the load balancer.
+pub async fn https_get(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    path: &str,
+) -> io::Result<(u16, String)> {
+    let tcp = TcpStream::connect(addr).await?;
+    let mut tls = connector
+        .connect(
+            ServerName::try_from("localhost").map_err(io::Error::other)?,
+            tcp,
+        )
+        .await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    // A server may close without close_notify; what arrived is still the answer.
+    if let Err(e) = tls.read_to_end(&mut buf).await
+        && buf.is_empty()
+    {
+        return Err(e);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status line"))?;
+    let served_by = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-served-by: "))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    Ok((status, served_by))
+}
