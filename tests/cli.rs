@@ -1,0 +1,240 @@
+//! The binary itself: file descriptor exhaustion, signals, JSON logs, the
+//! demo, --version. Each test starts its own process and stops it by PID.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ucp-lb");
+
+/// A child process whose stderr (or stdout) lines are collected as they come.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, watch_stdout: bool) -> Proc {
+        cmd.stdin(Stdio::null());
+        if watch_stdout {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        } else {
+            cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        }
+        let mut child = cmd.spawn().expect("start ucp-lb");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let out: Box<dyn std::io::Read + Send> = if watch_stdout {
+            Box::new(child.stdout.take().unwrap())
+        } else {
+            Box::new(child.stderr.take().unwrap())
+        };
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    async fn wait_for_line(&self, needle: &str) -> String {
+        eventually(&format!("a line with {needle:?}"), || self.text().contains(needle)).await;
+        self.lines.lock().unwrap().iter().find(|l| l.contains(needle)).cloned().unwrap()
+    }
+
+    /// The address a listener bound, from the "listening" log line.
+    async fn listener_addr(&self) -> SocketAddr {
+        let line = self.wait_for_line("listening").await;
+        let at = line.find("local=").expect("local= in the listening line") + "local=".len();
+        line[at..].split_whitespace().next().unwrap().trim_matches('"').parse().unwrap()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(ok.success());
+    }
+
+    async fn exit_code(&mut self) -> Option<i32> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(start.elapsed() < DEADLINE, "process did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Only our own child, by PID.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn write_config(dir: &Path, servers: &[SocketAddr], extra: &str) -> std::path::PathBuf {
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, format!("{extra}\n{}", one_pool(servers, ""))).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_sheds_clients_and_recovers_by_itself() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[echo.addr], "workers = 1");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "ulimit -n 64 && exec \"$0\" --config \"$1\"", BIN]).arg(&cfg).env("RUST_LOG", "info");
+    let lb = Proc::spawn(cmd, false);
+    let addr = lb.listener_addr().await;
+
+    // Each client holds two descriptors in the LB: far more clients than 64 allows.
+    let mut held = Vec::new();
+    let mut failed = 0;
+    for _ in 0..80 {
+        let attempt = async {
+            let mut s = TcpStream::connect(addr).await?;
+            echo_once(&mut s).await?;
+            Ok::<_, std::io::Error>(s)
+        };
+        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            Ok(Ok(s)) => held.push(s),
+            _ => failed += 1,
+        }
+    }
+    eprintln!("with 64 fds: {} clients served, {failed} shed", held.len());
+    assert!(held.len() >= 10, "served some: {}", held.len());
+    assert!(failed >= 20, "clients beyond the limit fail: {failed}");
+    lb.wait_for_line("out of file descriptors").await;
+
+    // Descriptors free up: the LB serves again without any help.
+    drop(held);
+    let start = std::time::Instant::now();
+    loop {
+        let ok = tokio::time::timeout(Duration::from_secs(1), round_trip(addr)).await;
+        if matches!(ok, Ok(Ok(()))) {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "never served again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And many at once again, well under the limit.
+    for _ in 0..10 {
+        round_trip(addr).await.expect("served after recovery");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_stops_accepting_and_lets_open_connections_finish() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[echo.addr], "[defaults]\nshutdown_timeout = \"1m\"");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&cfg);
+    let mut lb = Proc::spawn(cmd, false);
+    let addr = lb.listener_addr().await;
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    echo_once(&mut open).await.unwrap();
+
+    lb.signal("TERM");
+    lb.wait_for_line("SIGTERM").await;
+    eventually_async_refused(addr).await;
+    echo_once(&mut open).await.expect("open connection still passes bytes");
+    assert!(lb.child.try_wait().unwrap().is_none(), "waits for the open connection");
+    drop(open);
+    assert_eq!(lb.exit_code().await, Some(0));
+}
+
+async fn eventually_async_refused(addr: SocketAddr) {
+    let start = std::time::Instant::now();
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(start.elapsed() < DEADLINE, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[echo.addr], "");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--log-format", "json", "--config"]).arg(&cfg).env("RUST_LOG", "debug");
+    let lb = Proc::spawn(cmd, false);
+    let line = lb.wait_for_line("listening").await;
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON object");
+    assert_eq!(v["message"], "listening");
+    let addr: SocketAddr = v["local"].as_str().unwrap().parse().unwrap();
+    round_trip(addr).await.unwrap();
+    let closed = lb.wait_for_line("connection closed").await;
+    let v: serde_json::Value = serde_json::from_str(&closed).expect("a JSON object");
+    assert_eq!(v["bytes_to_server"], 4);
+    assert_eq!(v["bytes_to_client"], 4);
+    assert_eq!(v["end"], "closed");
+    assert_eq!(v["span"]["server"], echo.addr.to_string());
+    for l in lb.lines.lock().unwrap().iter() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+    }
+}
+
+#[tokio::test]
+async fn a_bad_config_stops_the_start_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"x\"]\n").unwrap();
+    let out = Command::new(BIN).arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lb.toml:5:12: pool.p.servers[0]: expected \"host:port\""));
+}
+
+#[tokio::test]
+async fn a_port_in_use_stops_the_start_and_names_the_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    let text = format!("[[listener]]\nbind = \"{}\"\npool = \"p\"\n[pool.p]\nservers = [\"127.0.0.1:9\"]\n", taken.local_addr().unwrap());
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN).arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("listener[0].bind: cannot listen on"), "{stderr}");
+}
+
+#[test]
+fn version_is_printed() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ucp-lb {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn demo_serves_https_through_the_lb_and_ejects_the_stopped_manager() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["demo", "--listen", "127.0.0.1:0"]);
+    let mut demo = Proc::spawn(cmd, true);
+    demo.wait_for_line("Ctrl-C stops the demo").await;
+    let out = demo.text();
+    for m in ["manager-01", "manager-02", "manager-03"] {
+        assert!(out.contains(&format!("HTTP 200, answered by {m}")), "{out}");
+    }
+    assert!(!out.contains(": failed:") && !out.contains("no answer"), "{out}");
+    assert!(out.contains("manager-04") && out.contains("ejected after 2 failed connects"), "{out}");
+    demo.signal("INT");
+    assert_eq!(demo.exit_code().await, Some(0));
+}

@@ -1,0 +1,195 @@
+//! Loopback test fixtures: backends that echo, refuse, never accept, or reset;
+//! an LB started from lb.toml text; waiting on conditions with a deadline.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use ucp_lb::snapshot::ServerStatus;
+
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Waits until `cond` holds, checking every 10 ms; panics after 10 s. The
+/// deadline only catches a broken build: a passing test returns as soon as
+/// the condition holds.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs `f` with the test deadline.
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLINE, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+pub fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// An echo server that counts the connections it accepted.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Echo {
+    pub async fn start() -> Echo {
+        Echo::on(TcpListener::bind(loopback()).await.unwrap())
+    }
+
+    pub fn on(listener: TcpListener) -> Echo {
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { continue };
+                count.fetch_add(1, Relaxed);
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        Echo { addr, accepted, task }
+    }
+
+    pub fn count(&self) -> usize {
+        self.accepted.load(Relaxed)
+    }
+
+    /// Stops accepting and frees the port (open connections go on).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address on which nothing listens: connects are refused at once.
+pub fn refusing_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind(loopback()).unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A socket bound but not listening (connects refused) that can start
+/// listening later on the same port.
+pub struct Dormant {
+    pub addr: SocketAddr,
+    sock: Socket,
+}
+
+impl Dormant {
+    pub fn new() -> Dormant {
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.set_reuse_address(true).unwrap();
+        sock.bind(&loopback().into()).unwrap();
+        let addr = sock.local_addr().unwrap().as_socket().unwrap();
+        Dormant { addr, sock }
+    }
+
+    /// Starts listening and echoing.
+    pub fn wake(self) -> Echo {
+        self.sock.listen(128).unwrap();
+        self.sock.set_nonblocking(true).unwrap();
+        Echo::on(TcpListener::from_std(self.sock.into()).unwrap())
+    }
+}
+
+/// A listener whose backlog is full and that never accepts: further SYNs
+/// are dropped, so connects to it hang until the client gives up.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: Socket,
+    _fillers: Vec<Socket>,
+}
+
+impl Blackhole {
+    pub fn new() -> Blackhole {
+        let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        l.bind(&loopback().into()).unwrap();
+        l.listen(0).unwrap();
+        let addr = l.local_addr().unwrap().as_socket().unwrap();
+        let mut fillers = Vec::new();
+        // Fill the accept queue until a connect no longer completes.
+        for _ in 0..16 {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            if s.connect_timeout(&addr.into(), Duration::from_millis(200)).is_err() {
+                break;
+            }
+            fillers.push(s);
+        }
+        Blackhole { addr, _listener: l, _fillers: fillers }
+    }
+}
+
+/// Starts an LB from lb.toml text.
+pub async fn start_lb(toml: &str) -> ucp_lb::Running {
+    let config = ucp_lb::config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("bad test config: {e}\n{toml}"));
+    ucp_lb::start(config).await.unwrap()
+}
+
+/// One listener on loopback port 0 for pool "p" with these servers and
+/// extra pool keys.
+pub fn one_pool(servers: &[SocketAddr], pool_keys: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nservers = [{}]\n{pool_keys}\n",
+        list.join(", ")
+    )
+}
+
+/// Sends a few bytes through `lb` and expects them echoed back.
+pub async fn round_trip(lb: SocketAddr) -> io::Result<()> {
+    let mut s = TcpStream::connect(lb).await?;
+    echo_once(&mut s).await
+}
+
+pub async fn echo_once(s: &mut TcpStream) -> io::Result<()> {
+    s.write_all(b"ping").await?;
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await?;
+    if &buf != b"ping" {
+        return Err(io::Error::other("echo mismatch"));
+    }
+    Ok(())
+}
+
+/// Reads until EOF or an error; true when the peer closed.
+pub async fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => continue,
+        }
+    }
+}
+
+pub fn server<'a>(lb: &ucp_lb::Running, addr: SocketAddr) -> ServerStatus {
+    lb.status()
+        .into_iter()
+        .flat_map(|p| p.servers)
+        .find(|s| s.addr == addr)
+        .unwrap_or_else(|| panic!("no server {addr} in status"))
+}

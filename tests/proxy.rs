@@ -1,0 +1,208 @@
+//! The byte path through a running LB: integrity, half-close, reset, idle
+//! timeout, max_connections.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BULK: usize = 64 << 20;
+
+/// Deterministic pseudo-random bytes, so both ends can be checked.
+fn fill(seed: u64, buf: &mut [u8]) -> u64 {
+    let mut x = seed;
+    for chunk in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    x
+}
+
+/// Sends `BULK` bytes and reads to EOF at once; returns (sent, received) digests.
+async fn send_and_receive(s: TcpStream, seed: u64) -> ([u8; 32], [u8; 32], usize) {
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut x = seed;
+        let mut left = BULK;
+        while left > 0 {
+            let n = left.min(buf.len());
+            x = fill(x, &mut buf[..n]);
+            h.update(&buf[..n]);
+            w.write_all(&buf[..n]).await.unwrap();
+            left -= n;
+        }
+        w.shutdown().await.unwrap();
+        <[u8; 32]>::from(h.finalize())
+    });
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        got += n;
+    }
+    (writer.await.unwrap(), h.finalize().into(), got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_64_mib_each_way_arrives_unchanged() {
+    let backend = TcpListener::bind(loopback()).await.unwrap();
+    let baddr = backend.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (s, _) = backend.accept().await.unwrap();
+        send_and_receive(s, 0xfeed).await
+    });
+    let lb = start_lb(&one_pool(&[baddr], "")).await;
+    let client = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
+    let (c_sent, c_got, c_n) = within("client transfer", send_and_receive(client, 0xbeef)).await;
+    let (s_sent, s_got, s_n) = within("server transfer", server).await.unwrap();
+    assert_eq!((c_n, s_n), (BULK, BULK));
+    assert_eq!(c_sent, s_got, "client to server");
+    assert_eq!(s_sent, c_got, "server to client");
+    let st = server_status(&lb, baddr).await;
+    assert_eq!((st.bytes_sent, st.bytes_received), (BULK as u64, BULK as u64));
+}
+
+async fn server_status(lb: &ucp_lb::Running, addr: SocketAddr) -> ucp_lb::snapshot::ServerStatus {
+    eventually("connection finished", || server(lb, addr).active == 0).await;
+    server(lb, addr)
+}
+
+#[tokio::test]
+async fn half_close_is_passed_on() {
+    let backend = TcpListener::bind(loopback()).await.unwrap();
+    let baddr = backend.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = backend.accept().await.unwrap();
+        let mut got = Vec::new();
+        // Read to EOF: only the client's FIN, passed on, ends this.
+        s.read_to_end(&mut got).await.unwrap();
+        // The other direction still works after the client's half-close.
+        s.write_all(b"world").await.unwrap();
+        s.shutdown().await.unwrap();
+        got
+    });
+    let lb = start_lb(&one_pool(&[baddr], "")).await;
+    let mut c = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
+    c.write_all(b"hello").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    within("reply after half-close", c.read_to_end(&mut reply)).await.unwrap();
+    assert_eq!(reply, b"world");
+    assert_eq!(within("server", server).await.unwrap(), b"hello");
+}
+
+#[tokio::test]
+async fn upstream_reset_closes_the_client() {
+    let backend = TcpListener::bind(loopback()).await.unwrap();
+    let baddr = backend.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = backend.accept().await.unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).await.unwrap();
+        s.write_all(&b).await.unwrap();
+        // Linger 0: close sends RST.
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s);
+    });
+    let lb = start_lb(&one_pool(&[baddr], "")).await;
+    let mut c = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
+    echo_once(&mut c).await.unwrap();
+    assert!(within("client closed after upstream RST", closed(&mut c)).await);
+}
+
+#[tokio::test]
+async fn idle_timeout_closes_a_quiet_connection_and_activity_keeps_it() {
+    let echo = Echo::start().await;
+    let lb = start_lb(&one_pool(&[echo.addr], "idle_timeout = \"1s\"")).await;
+    let mut c = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
+    // Bytes every 200 ms for 2 s: more than the timeout in all, never 1 s quiet.
+    for _ in 0..10 {
+        echo_once(&mut c).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    echo_once(&mut c).await.expect("still open while bytes flow");
+    assert!(within("idle connection closed", closed(&mut c)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_none_keeps_a_quiet_connection_open_for_an_hour() {
+    let echo = Echo::start().await;
+    let none = start_lb(&one_pool(&[echo.addr], "idle_timeout = \"none\"")).await;
+    let short = start_lb(&one_pool(&[echo.addr], "idle_timeout = \"30m\"")).await;
+    let mut a = TcpStream::connect(none.listener_addrs()[0]).await.unwrap();
+    let mut b = TcpStream::connect(short.listener_addrs()[0]).await.unwrap();
+    echo_once(&mut a).await.unwrap();
+    echo_once(&mut b).await.unwrap();
+    // Paused clock: the hour passes at once, and every timer in it fires.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    echo_once(&mut a).await.expect("no idle timeout: still open after an hour");
+    assert!(closed(&mut b).await, "the 30m idle timeout closed the other one");
+}
+
+#[tokio::test]
+async fn max_connections_closes_excess_clients_at_once() {
+    let echo = Echo::start().await;
+    let toml = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\nmax_connections = 2\n[pool.p]\nservers = [\"{}\"]\n",
+        echo.addr
+    );
+    let lb = start_lb(&toml).await;
+    let addr = lb.listener_addrs()[0];
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    echo_once(&mut first).await.unwrap();
+    echo_once(&mut second).await.unwrap();
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    assert!(within("third client closed", closed(&mut third)).await);
+    assert_eq!(echo.count(), 2, "the excess client never reached a server");
+    let l = &lb.listeners()[0];
+    assert_eq!(l.rejected_max_connections.load(std::sync::atomic::Ordering::Relaxed), 1);
+    drop(first);
+    eventually("a place frees up", || l.active.load(std::sync::atomic::Ordering::Relaxed) == 1).await;
+    round_trip(addr).await.expect("served again once under the limit");
+}
+
+#[tokio::test]
+async fn clients_never_see_each_others_bytes() {
+    // Many concurrent clients, each with its own pattern, through pooled
+    // buffers: every byte each one gets back is its own.
+    let echo = Echo::start().await;
+    let lb = start_lb(&one_pool(&[echo.addr], "")).await;
+    let addr = lb.listener_addrs()[0];
+    let mut tasks = Vec::new();
+    for id in 0..50u8 {
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let data: Vec<u8> = (0..200_000u32).map(|i| id ^ (i as u8)).collect();
+            let (mut r, mut w) = s.split();
+            let send = async {
+                for c in data.chunks(7919) {
+                    w.write_all(c).await.unwrap();
+                }
+                w.shutdown().await.unwrap();
+            };
+            let mut back = Vec::new();
+            let recv = r.read_to_end(&mut back);
+            let (_, got) = tokio::join!(send, recv);
+            got.unwrap();
+            assert!(back == data, "client {id} got bytes that were not its own");
+        }));
+    }
+    for t in tasks {
+        within("client", t).await.unwrap();
+    }
+}
