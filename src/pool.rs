@@ -105,8 +105,8 @@ pub struct Pool {
     /// One primary server and no backup: nginx never ejects it passively,
     /// since there is nowhere else to go.
     single: bool,
-    /// Smooth weighted round robin's current weights, one per server.
-    current: Mutex<Vec<i64>>,
+    /// Smooth weighted round robin's state, one per server.
+    rr: Mutex<Vec<RrWeight>>,
     ring: Ring,
 }
 
@@ -124,14 +124,20 @@ impl Pool {
         } else {
             Ring::default()
         };
-        let current = Mutex::new(vec![0; servers.len()]);
+        let rr = servers
+            .iter()
+            .map(|s| RrWeight {
+                current: 0,
+                effective: i64::from(s.weight),
+            })
+            .collect();
         Pool {
             name,
             settings,
             servers,
             state,
             single,
-            current,
+            rr: Mutex::new(rr),
             ring,
         }
     }
@@ -216,6 +222,15 @@ impl Pool {
         let s = &self.servers[idx].state;
         s.connect_failures.fetch_add(1, Relaxed);
         let t = s.passive().failed(now, self.settings.max_fails);
+        // nginx lowers a failing server's effective weight by weight/max_fails;
+        // each pick gives one back.
+        if let Some(drop) = self.servers[idx]
+            .weight
+            .checked_div(self.settings.max_fails)
+        {
+            let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
+            rr[idx].effective = (rr[idx].effective - i64::from(drop)).max(0);
+        }
         let t = t.filter(|_| !self.single);
         if t.is_some() {
             s.passive_ejections.fetch_add(1, Relaxed);
@@ -241,19 +256,22 @@ impl Pool {
 
     /// nginx's smooth weighted round robin over the servers in `mask`.
     fn round_robin(&self, mask: &Mask) -> Option<usize> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for i in mask.iter() {
-            let w = i64::from(self.servers[i].weight);
-            current[i] += w;
-            total += w;
-            if best.is_none_or(|b| current[i] > current[b]) {
+            let w = &mut rr[i];
+            w.current += w.effective;
+            total += w.effective;
+            if w.effective < i64::from(self.servers[i].weight) {
+                w.effective += 1;
+            }
+            if best.is_none_or(|b| rr[i].current > rr[b].current) {
                 best = Some(i);
             }
         }
         let b = best?;
-        current[b] -= total;
+        rr[b].current -= total;
         Some(b)
     }
 
@@ -346,6 +364,14 @@ impl Pool {
         }
         self.round_robin(mask)
     }
+}
+
+/// One server's smooth weighted round robin state, as nginx keeps it.
+#[derive(Debug, Clone, Copy)]
+struct RrWeight {
+    current: i64,
+    /// The weight used now: lowered after failures, back up one per pick.
+    effective: i64,
 }
 
 /// nginx's consistent-hash ring: 160 points per unit of weight for each

@@ -10,56 +10,144 @@ const HEAD: &str = "[[listener]]\nbind = \"127.0.0.1:8443\"\npool = \"ucp\"\n\n"
 fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
     let pool = |rest: &str| format!("{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n{rest}");
     vec![
-        ("unknown top-level key", format!("{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n[admin]\nlisten = \"x\"\n"),
-         "bad.toml:7:2: admin: unknown field `admin`, expected one of `workers`, `defaults`, `listener`, `pool`"),
-        ("unknown pool key", pool("conect_timeout = \"3s\"\n"),
-         "bad.toml:7:1: pool.ucp.conect_timeout: unknown field `conect_timeout`"),
-        ("health not yet supported", pool("[pool.ucp.health]\nkind = \"https\"\n"),
-         "bad.toml:7:11: pool.ucp.health: unknown field `health`"),
-        ("unknown server key", format!("{HEAD}[pool.ucp]\nservers = [{{ address = \"10.0.0.1:443\", wieght = 2 }}]\n"),
-         "bad.toml:6:12: pool.ucp.servers[0]: unknown field `wieght`"),
-        ("duration without unit", pool("connect_timeout = \"3\"\n"),
-         "bad.toml:7:19: pool.ucp.connect_timeout: expected a unit (ms, s, m, h or d) after the number, found \"3\""),
-        ("bad duration", format!("[defaults]\nfail_timeout = \"soon\"\n{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"),
-         "bad.toml:2:16: defaults.fail_timeout: expected a duration like \"500ms\", \"5s\", \"10m\" or \"1h\", found \"soon\""),
-        ("connect_timeout switched off", pool("connect_timeout = \"none\"\n"),
-         "bad.toml:7:19: pool.ucp.connect_timeout: must be longer than 0, found \"none\""),
-        ("listener names a missing pool", format!("[[listener]]\nbind = \"127.0.0.1:8443\"\npool = \"ucpp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"),
-         "bad.toml:3:8: listener[0].pool: no pool named \"ucpp\" (defined: ucp)"),
-        ("duplicate bind", format!("{HEAD}[[listener]]\nbind = \"127.0.0.1:8443\"\npool = \"ucp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"),
-         "bad.toml:6:8: listener[1].bind: 127.0.0.1:8443 is already bound by the listener at line 2"),
-        ("empty pool", format!("{HEAD}[pool.ucp]\nservers = []\n"),
-         "bad.toml:6:11: pool.ucp.servers: a pool needs at least one server"),
-        ("server without port", format!("{HEAD}[pool.ucp]\nservers = [\"manager-01\"]\n"),
-         "bad.toml:6:12: pool.ucp.servers[0]: expected \"host:port\", found \"manager-01\": missing port"),
-        ("port out of range", format!("{HEAD}[pool.ucp]\nservers = [\"manager-01:70000\"]\n"),
-         "bad.toml:6:12: pool.ucp.servers[0]: expected \"host:port\", found \"manager-01:70000\": port must be a number from 1 to 65535"),
-        ("weight 0", format!("{HEAD}[pool.ucp]\nservers = [{{ address = \"10.0.0.1:443\", weight = 0 }}]\n"),
-         "bad.toml:6:49: pool.ucp.servers[0].weight: expected an integer from 1 to 1000, found 0"),
-        ("unknown balance", pool("balance = \"fastest\"\n"),
-         "bad.toml:7:11: pool.ucp.balance: expected one of \"round_robin\", \"least_conn\", \"random_two\", \"source_hash\", found \"fastest\""),
-        ("unknown all_down", pool("all_down = \"panic\"\n"),
-         "bad.toml:7:12: pool.ucp.all_down: expected \"fail_open\" or \"reject\", found \"panic\""),
-        ("bad retries", pool("retries = \"some\"\n"),
-         "bad.toml:7:11: pool.ucp.retries: expected an integer from 0 to 1000 or \"all\", found \"some\""),
-        ("negative max_fails", pool("max_fails = -1\n"),
-         "bad.toml:7:13: pool.ucp.max_fails: expected an integer from 0 to 1000000 (0 switches passive ejection off), found -1"),
-        ("wrong type", pool("max_fails = \"two\"\n"),
-         "bad.toml:7:13: pool.ucp.max_fails: invalid type: string \"two\", expected an integer"),
-        ("unknown server state", format!("{HEAD}[pool.ucp]\nservers = [{{ address = \"10.0.0.1:443\", state = \"sleeping\" }}]\n"),
-         "bad.toml:6:48: pool.ucp.servers[0].state: expected \"up\", \"drain\" or \"down\", found \"sleeping\""),
-        ("bind not an address", format!("[[listener]]\nbind = \"localhost:443\"\npool = \"ucp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"),
-         "bad.toml:2:8: listener[0].bind: expected an IP address and port like \"0.0.0.0:443\" or \"[::]:443\", found \"localhost:443\""),
-        ("listener without pool", "[[listener]]\nbind = \"127.0.0.1:1\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n".to_owned(),
-         "bad.toml:1:1: listener[0].pool: missing key: expected pool = \"NAME\""),
-        ("duplicate server", format!("{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\", \"10.0.0.1:443\"]\n"),
-         "bad.toml:6:28: pool.ucp.servers[1]: 10.0.0.1:443 is already listed in this pool at line 6"),
-        ("workers 0", format!("workers = 0\n{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"),
-         "bad.toml:1:11: workers: expected an integer from 1 to 1024, found 0"),
-        ("TOML syntax", format!("{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"\n"),
-         "bad.toml:6:26: invalid TOML: unclosed array, expected `]`"),
-        ("max_connections 0", format!("[[listener]]\nbind = \"127.0.0.1:1\"\npool = \"ucp\"\nmax_connections = 0\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"),
-         "bad.toml:4:19: listener[0].max_connections: expected an integer >= 1, found 0"),
+        (
+            "unknown top-level key",
+            format!("{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n[admin]\nlisten = \"x\"\n"),
+            "bad.toml:7:2: admin: unknown field `admin`, expected one of `workers`, `defaults`, `listener`, `pool`",
+        ),
+        (
+            "unknown pool key",
+            pool("conect_timeout = \"3s\"\n"),
+            "bad.toml:7:1: pool.ucp.conect_timeout: unknown field `conect_timeout`",
+        ),
+        (
+            "health not yet supported",
+            pool("[pool.ucp.health]\nkind = \"https\"\n"),
+            "bad.toml:7:11: pool.ucp.health: unknown field `health`",
+        ),
+        (
+            "unknown server key",
+            format!("{HEAD}[pool.ucp]\nservers = [{{ address = \"10.0.0.1:443\", wieght = 2 }}]\n"),
+            "bad.toml:6:12: pool.ucp.servers[0]: unknown field `wieght`",
+        ),
+        (
+            "duration without unit",
+            pool("connect_timeout = \"3\"\n"),
+            "bad.toml:7:19: pool.ucp.connect_timeout: expected a unit (ms, s, m, h or d) after the number, found \"3\"",
+        ),
+        (
+            "bad duration",
+            format!(
+                "[defaults]\nfail_timeout = \"soon\"\n{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"
+            ),
+            "bad.toml:2:16: defaults.fail_timeout: expected a duration like \"500ms\", \"5s\", \"10m\" or \"1h\", found \"soon\"",
+        ),
+        (
+            "connect_timeout switched off",
+            pool("connect_timeout = \"none\"\n"),
+            "bad.toml:7:19: pool.ucp.connect_timeout: must be longer than 0, found \"none\"",
+        ),
+        (
+            "listener names a missing pool",
+            format!(
+                "[[listener]]\nbind = \"127.0.0.1:8443\"\npool = \"ucpp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"
+            ),
+            "bad.toml:3:8: listener[0].pool: no pool named \"ucpp\" (defined: ucp)",
+        ),
+        (
+            "duplicate bind",
+            format!(
+                "{HEAD}[[listener]]\nbind = \"127.0.0.1:8443\"\npool = \"ucp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"
+            ),
+            "bad.toml:6:8: listener[1].bind: 127.0.0.1:8443 is already bound by the listener at line 2",
+        ),
+        (
+            "empty pool",
+            format!("{HEAD}[pool.ucp]\nservers = []\n"),
+            "bad.toml:6:11: pool.ucp.servers: a pool needs at least one server",
+        ),
+        (
+            "server without port",
+            format!("{HEAD}[pool.ucp]\nservers = [\"manager-01\"]\n"),
+            "bad.toml:6:12: pool.ucp.servers[0]: expected \"host:port\", found \"manager-01\": missing port",
+        ),
+        (
+            "port out of range",
+            format!("{HEAD}[pool.ucp]\nservers = [\"manager-01:70000\"]\n"),
+            "bad.toml:6:12: pool.ucp.servers[0]: expected \"host:port\", found \"manager-01:70000\": port must be a number from 1 to 65535",
+        ),
+        (
+            "weight 0",
+            format!("{HEAD}[pool.ucp]\nservers = [{{ address = \"10.0.0.1:443\", weight = 0 }}]\n"),
+            "bad.toml:6:49: pool.ucp.servers[0].weight: expected an integer from 1 to 1000, found 0",
+        ),
+        (
+            "unknown balance",
+            pool("balance = \"fastest\"\n"),
+            "bad.toml:7:11: pool.ucp.balance: expected one of \"round_robin\", \"least_conn\", \"random_two\", \"source_hash\", found \"fastest\"",
+        ),
+        (
+            "unknown all_down",
+            pool("all_down = \"panic\"\n"),
+            "bad.toml:7:12: pool.ucp.all_down: expected \"fail_open\" or \"reject\", found \"panic\"",
+        ),
+        (
+            "bad retries",
+            pool("retries = \"some\"\n"),
+            "bad.toml:7:11: pool.ucp.retries: expected an integer from 0 to 1000 or \"all\", found \"some\"",
+        ),
+        (
+            "negative max_fails",
+            pool("max_fails = -1\n"),
+            "bad.toml:7:13: pool.ucp.max_fails: expected an integer from 0 to 1000000 (0 switches passive ejection off), found -1",
+        ),
+        (
+            "wrong type",
+            pool("max_fails = \"two\"\n"),
+            "bad.toml:7:13: pool.ucp.max_fails: invalid type: string \"two\", expected an integer",
+        ),
+        (
+            "unknown server state",
+            format!(
+                "{HEAD}[pool.ucp]\nservers = [{{ address = \"10.0.0.1:443\", state = \"sleeping\" }}]\n"
+            ),
+            "bad.toml:6:48: pool.ucp.servers[0].state: expected \"up\", \"drain\" or \"down\", found \"sleeping\"",
+        ),
+        (
+            "bind not an address",
+            format!(
+                "[[listener]]\nbind = \"localhost:443\"\npool = \"ucp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"
+            ),
+            "bad.toml:2:8: listener[0].bind: expected an IP address and port like \"0.0.0.0:443\" or \"[::]:443\", found \"localhost:443\"",
+        ),
+        (
+            "listener without pool",
+            "[[listener]]\nbind = \"127.0.0.1:1\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"
+                .to_owned(),
+            "bad.toml:1:1: listener[0].pool: missing key: expected pool = \"NAME\"",
+        ),
+        (
+            "duplicate server",
+            format!("{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\", \"10.0.0.1:443\"]\n"),
+            "bad.toml:6:28: pool.ucp.servers[1]: 10.0.0.1:443 is already listed in this pool at line 6",
+        ),
+        (
+            "workers 0",
+            format!("workers = 0\n{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"),
+            "bad.toml:1:11: workers: expected an integer from 1 to 1024, found 0",
+        ),
+        (
+            "TOML syntax",
+            format!("{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"\n"),
+            "bad.toml:6:26: invalid TOML: unclosed array, expected `]`",
+        ),
+        (
+            "max_connections 0",
+            format!(
+                "[[listener]]\nbind = \"127.0.0.1:1\"\npool = \"ucp\"\nmax_connections = 0\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"
+            ),
+            "bad.toml:4:19: listener[0].max_connections: expected an integer >= 1, found 0",
+        ),
         ("empty file", String::new(), "bad.toml: the config is empty"),
     ]
 }
@@ -75,7 +163,9 @@ fn every_bad_config_names_file_line_column_and_key() {
             Err(e) => {
                 let first = e.0[0].to_string();
                 if !first.starts_with(expected) {
-                    wrong.push(format!("{name}:\n  got:      {first}\n  expected: {expected}"));
+                    wrong.push(format!(
+                        "{name}:\n  got:      {first}\n  expected: {expected}"
+                    ));
                 }
             }
         }
@@ -85,7 +175,9 @@ fn every_bad_config_names_file_line_column_and_key() {
 
 #[test]
 fn all_errors_of_a_config_are_reported_together() {
-    let text = format!("{HEAD}[pool.ucp]\nservers = [\"a\", {{ address = \"b:1\", weight = 0 }}]\nbalance = \"x\"\n");
+    let text = format!(
+        "{HEAD}[pool.ucp]\nservers = [\"a\", {{ address = \"b:1\", weight = 0 }}]\nbalance = \"x\"\n"
+    );
     let e = ucp_lb::config::parse(&text, "bad.toml").unwrap_err();
     assert_eq!(e.0.len(), 3, "{e}");
 }
@@ -100,7 +192,13 @@ fn check_exits_1_on_each_bad_config() {
     for (name, text, expected) in bad_configs() {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, text).unwrap();
-        let out = ucp_lb().arg("check").arg("--offline").arg("--config").arg(&path).output().unwrap();
+        let out = ucp_lb()
+            .arg("check")
+            .arg("--offline")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{name}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let want = expected.replacen("bad.toml", &path.display().to_string(), 1);
@@ -110,17 +208,35 @@ fn check_exits_1_on_each_bad_config() {
 
 #[test]
 fn check_exits_1_on_a_missing_file_and_on_an_unresolvable_name() {
-    let out = ucp_lb().args(["check", "--config", "/nonexistent/lb.toml"]).output().unwrap();
+    let out = ucp_lb()
+        .args(["check", "--config", "/nonexistent/lb.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/lb.toml: cannot read the config file"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/nonexistent/lb.toml: cannot read the config file")
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lb.toml");
-    std::fs::write(&path, format!("{HEAD}[pool.ucp]\nservers = [\"no-such-host.invalid:443\"]\n")).unwrap();
-    let out = ucp_lb().arg("check").arg("--config").arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        format!("{HEAD}[pool.ucp]\nservers = [\"no-such-host.invalid:443\"]\n"),
+    )
+    .unwrap();
+    let out = ucp_lb()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(":6:12: pool.ucp.servers[0]: cannot resolve \"no-such-host.invalid\""), "{stderr}");
+    assert!(
+        stderr.contains(":6:12: pool.ucp.servers[0]: cannot resolve \"no-such-host.invalid\""),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -131,7 +247,13 @@ fn check_accepts_every_example_in_config_dir() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             n += 1;
-            let out = ucp_lb().arg("check").arg("--offline").arg("--config").arg(&path).output().unwrap();
+            let out = ucp_lb()
+                .arg("check")
+                .arg("--offline")
+                .arg("--config")
+                .arg(&path)
+                .output()
+                .unwrap();
             assert!(
                 out.status.success(),
                 "{}: {}",
@@ -148,11 +270,29 @@ fn check_accepts_every_example_in_config_dir() {
 fn check_prints_resolved_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lb.toml");
-    std::fs::write(&path, format!("{HEAD}[pool.ucp]\nservers = [\"localhost:443\", \"127.0.0.9:443\"]\n")).unwrap();
-    let out = ucp_lb().arg("check").env("UCP_LB_CONFIG", &path).output().unwrap();
+    std::fs::write(
+        &path,
+        format!("{HEAD}[pool.ucp]\nservers = [\"localhost:443\", \"127.0.0.9:443\"]\n"),
+    )
+    .unwrap();
+    let out = ucp_lb()
+        .arg("check")
+        .env("UCP_LB_CONFIG", &path)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("127.0.0.1:8443 -> pool ucp"), "{stdout}");
-    assert!(stdout.contains("localhost:443 -> 127.0.0.1:443"), "{stdout}");
-    assert!(stdout.contains("127.0.0.9:443 -> 127.0.0.9:443"), "{stdout}");
+    assert!(
+        stdout.contains("localhost:443 -> 127.0.0.1:443"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("127.0.0.9:443 -> 127.0.0.9:443"),
+        "{stdout}"
+    );
 }

@@ -58,7 +58,9 @@ impl Echo {
         let count = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else { continue };
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
                 count.fetch_add(1, Relaxed);
                 tokio::spawn(async move {
                     let (mut r, mut w) = s.split();
@@ -67,7 +69,11 @@ impl Echo {
                 });
             }
         });
-        Echo { addr, accepted, task }
+        Echo {
+            addr,
+            accepted,
+            task,
+        }
     }
 
     pub fn count(&self) -> usize {
@@ -134,18 +140,25 @@ impl Blackhole {
         // Fill the accept queue until a connect no longer completes.
         for _ in 0..16 {
             let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-            if s.connect_timeout(&addr.into(), Duration::from_millis(200)).is_err() {
+            if s.connect_timeout(&addr.into(), Duration::from_millis(200))
+                .is_err()
+            {
                 break;
             }
             fillers.push(s);
         }
-        Blackhole { addr, _listener: l, _fillers: fillers }
+        Blackhole {
+            addr,
+            _listener: l,
+            _fillers: fillers,
+        }
     }
 }
 
 /// Starts an LB from lb.toml text.
 pub async fn start_lb(toml: &str) -> ucp_lb::Running {
-    let config = ucp_lb::config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("bad test config: {e}\n{toml}"));
+    let config = ucp_lb::config::parse(toml, "test.toml")
+        .unwrap_or_else(|e| panic!("bad test config: {e}\n{toml}"));
     ucp_lb::start(config).await.unwrap()
 }
 
@@ -186,7 +199,7 @@ pub async fn closed(s: &mut TcpStream) -> bool {
     }
 }
 
-pub fn server<'a>(lb: &ucp_lb::Running, addr: SocketAddr) -> ServerStatus {
+pub fn server(lb: &ucp_lb::Running, addr: SocketAddr) -> ServerStatus {
     lb.status()
         .into_iter()
         .flat_map(|p| p.servers)
