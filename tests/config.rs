@@ -49,9 +49,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
         ),
         (
             "listener names a missing pool",
-            format!(
-                "[[listener]]\nbind = \"127.0.0.1:8443\"\npool = \"ucpp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"
-            ),
+            "[[listener]]\nbind = \"127.0.0.1:8443\"\npool = \"ucpp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n".to_string(),
             "bad.toml:3:8: listener[0].pool: no pool named \"ucpp\" (defined: ucp)",
         ),
         (
@@ -115,9 +113,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
         ),
         (
             "bind not an address",
-            format!(
-                "[[listener]]\nbind = \"localhost:443\"\npool = \"ucp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"
-            ),
+            "[[listener]]\nbind = \"localhost:443\"\npool = \"ucp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n".to_string(),
             "bad.toml:2:8: listener[0].bind: expected an IP address and port like \"0.0.0.0:443\" or \"[::]:443\", found \"localhost:443\"",
         ),
         (
@@ -143,9 +139,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
         ),
         (
             "max_connections 0",
-            format!(
-                "[[listener]]\nbind = \"127.0.0.1:1\"\npool = \"ucp\"\nmax_connections = 0\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"
-            ),
+            "[[listener]]\nbind = \"127.0.0.1:1\"\npool = \"ucp\"\nmax_connections = 0\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n".to_string(),
             "bad.toml:4:19: listener[0].max_connections: expected an integer >= 1, found 0",
         ),
         ("empty file", String::new(), "bad.toml: the config is empty"),
