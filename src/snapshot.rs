@@ -191,3 +191,51 @@ impl Shared {
         self.snapshot.store(Arc::new(next));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn resolved(port: u16, addrs: &[&str]) -> Arc<Resolved> {
+        let hp = HostPort {
+            host: "mgr".into(),
+            port,
+        };
+        Arc::new(
+            [(hp, addrs.iter().map(|a| a.parse().unwrap()).collect())]
+                .into_iter()
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_state_of_addresses_that_stay() {
+        let cfg = Arc::new(
+            parse("[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"mgr:443\"]\n", "t").unwrap(),
+        );
+        let one = Snapshot::build(1, cfg.clone(), resolved(443, &["10.0.0.1:443"]), None);
+        one.pools[0].servers[0].state.connections.store(7, Relaxed);
+        let two = Snapshot::build(
+            2,
+            cfg,
+            resolved(443, &["10.0.0.1:443", "10.0.0.2:443"]),
+            Some(&one),
+        );
+        let servers = &two.pools[0].servers;
+        assert_eq!(servers.len(), 2, "every address is a server");
+        assert!(Arc::ptr_eq(
+            &servers[0].state,
+            &one.pools[0].servers[0].state
+        ));
+        assert_eq!(
+            servers[1].state.connections.load(Relaxed),
+            0,
+            "a new address starts afresh"
+        );
+        assert!(
+            Arc::ptr_eq(&two.pools[0].state, &one.pools[0].state),
+            "pool state carries over"
+        );
+    }
+}
