@@ -27,10 +27,7 @@ const CONN_SECS: f64 = 3.0;
 const CONN_PARALLEL: usize = 16;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 struct Proxy {
@@ -49,11 +46,7 @@ impl Drop for Proxy {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn pinned(cmd: &str) -> Command {
@@ -73,23 +66,13 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-fn start_proxy(
-    name: &'static str,
-    backends: &[SocketAddr],
-    run: &Path,
-    max_conns: usize,
-) -> Option<Proxy> {
+fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conns: usize) -> Option<Proxy> {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let dir = run.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let list = |f: &dyn Fn(usize, &SocketAddr) -> String| {
-        backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| f(i, b))
-            .collect::<Vec<_>>()
-            .join("")
+        backends.iter().enumerate().map(|(i, b)| f(i, b)).collect::<Vec<_>>().join("")
     };
     let child = match name {
         "direct" => None,
@@ -98,7 +81,10 @@ fn start_proxy(
             let cfg = dir.join("lb.toml");
             std::fs::write(
                 &cfg,
-                format!("workers = 1\n[[listener]]\nbind = \"{addr}\"\npool = \"b\"\n[pool.b]\nservers = [{}]\n", servers.join(", ")),
+                format!(
+                    "workers = 1\n[[listener]]\nbind = \"{addr}\"\npool = \"b\"\n[pool.b]\nservers = [{}]\n",
+                    servers.join(", ")
+                ),
             )
             .unwrap();
             Some(
@@ -114,15 +100,11 @@ fn start_proxy(
         }
         "nginx" => {
             let bin = which("nginx")?;
-            let module = [
-                "/usr/lib/nginx/modules/ngx_stream_module.so",
-                "/usr/share/nginx/modules/ngx_stream_module.so",
-            ]
-            .into_iter()
-            .find(|p| Path::new(p).exists());
-            let load = module
-                .map(|m| format!("load_module {m};\n"))
-                .unwrap_or_default();
+            let module =
+                ["/usr/lib/nginx/modules/ngx_stream_module.so", "/usr/share/nginx/modules/ngx_stream_module.so"]
+                    .into_iter()
+                    .find(|p| Path::new(p).exists());
+            let load = module.map(|m| format!("load_module {m};\n")).unwrap_or_default();
             let cfg = dir.join("nginx.conf");
             std::fs::write(
                 &cfg,
@@ -172,11 +154,7 @@ fn start_proxy(
         _ => unreachable!(),
     };
     let addr = if child.is_none() { backends[0] } else { addr };
-    let p = Proxy {
-        child,
-        addr,
-        _dir: dir,
-    };
+    let p = Proxy { child, addr, _dir: dir };
     // Wait until it accepts (bounded).
     let start = Instant::now();
     while std::net::TcpStream::connect(p.addr).is_err() {
@@ -223,17 +201,9 @@ fn cpu_secs(pid: u32) -> f64 {
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| f.get(i)?.parse::<f64>().ok())
-        .sum();
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let below: f64 = children
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .map(cpu_secs)
-        .sum();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| f.get(i)?.parse::<f64>().ok()).sum();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let below: f64 = children.split_whitespace().filter_map(|c| c.parse().ok()).map(cpu_secs).sum();
     ticks / 100.0 + below
 }
 
@@ -283,8 +253,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     let mut kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
         kib += rss_kib(child).unwrap_or(0);
     }
@@ -323,29 +292,18 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn spread(v: &[f64]) -> f64 {
-    let (min, max) = v
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-    if max > 0.0 {
-        (max - min) / max * 100.0
-    } else {
-        0.0
-    }
+    let (min, max) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    if max > 0.0 { (max - min) / max * 100.0 } else { 0.0 }
 }
 
 fn main() {
     let rounds = env_usize("ROUNDS", 3);
     let idle_n = env_usize("IDLE_CONNS", 5000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let run_dir = std::env::temp_dir().join(format!("ucp-lb-bench-{}", std::process::id()));
     let names = ["direct", "ucp-lb", "nginx", "haproxy"];
     let rows = || vec![Vec::<f64>::new(); names.len()];
-    let (mut tput, mut cpu_gib, mut conns, mut cpu_conn, mut idle) =
-        (rows(), rows(), rows(), rows(), rows());
+    let (mut tput, mut cpu_gib, mut conns, mut cpu_conn, mut idle) = (rows(), rows(), rows(), rows(), rows());
     rt.block_on(async {
         let sink = backend(false).await;
         let echo = backend(true).await;
@@ -362,8 +320,7 @@ fn main() {
                 let (gbps, bytes) = one_stream(p.addr).await;
                 tput[i].push(gbps);
                 if let (Some(pid), Some(c0)) = (pid, cpu0) {
-                    cpu_gib[i]
-                        .push((cpu_secs(pid) - c0) * 1000.0 / (bytes as f64 / (1u64 << 30) as f64));
+                    cpu_gib[i].push((cpu_secs(pid) - c0) * 1000.0 / (bytes as f64 / (1u64 << 30) as f64));
                 }
                 drop(p);
                 let Some(p) = start_proxy(name, &[echo], &run_dir, idle_n + 500) else {
@@ -388,11 +345,7 @@ fn main() {
         "\nmedian of {rounds} interleaved rounds, ± the spread (max-min)/max; each proxy pinned to CPU 0 with one worker\n"
     );
     let cell = |v: &Vec<f64>, digits: usize| {
-        if v.is_empty() {
-            "-".to_owned()
-        } else {
-            format!("{:.*} ±{:.0}%", digits, median(&mut v.clone()), spread(v))
-        }
+        if v.is_empty() { "-".to_owned() } else { format!("{:.*} ±{:.0}%", digits, median(&mut v.clone()), spread(v)) }
     };
     println!(
         "{:<9} {:>16} {:>18} {:>14} {:>18} {:>18}",

@@ -28,10 +28,7 @@ pub enum Command {
 
 /// Runs `cmd`; `config` is the `--config` path, if given.
 pub fn run(cmd: Command, config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match cmd {
         Command::Check { offline } => {
             let Some(path) = config else {
@@ -54,6 +51,11 @@ async fn check(path: &Path, offline: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // CA files are read now, so a bad one fails the check as it would the start.
+    if let Err(e) = crate::health::Health::default().prepare(&config) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
     let resolved = if offline {
         None
     } else {
@@ -76,16 +78,8 @@ pub fn summary(config: &Config, resolved: Option<&crate::resolve::Resolved>) -> 
     let _ = writeln!(s, "{}: ok", config.source);
     let _ = writeln!(s, "listeners:");
     for l in &config.listeners {
-        let max = if l.max_connections == 0 {
-            "no limit".to_owned()
-        } else {
-            l.max_connections.to_string()
-        };
-        let _ = writeln!(
-            s,
-            "  {} -> pool {} (max_connections: {max})",
-            l.bind, l.pool
-        );
+        let max = if l.max_connections == 0 { "no limit".to_owned() } else { l.max_connections.to_string() };
+        let _ = writeln!(s, "  {} -> pool {} (max_connections: {max})", l.bind, l.pool);
     }
     let _ = writeln!(s, "pools:");
     for p in &config.pools {
@@ -106,16 +100,33 @@ pub fn summary(config: &Config, resolved: Option<&crate::resolve::Resolved>) -> 
             retries,
             st.all_down,
         );
+        match &p.health {
+            None => {
+                let _ = writeln!(s, "    active check: none");
+            }
+            Some(h) => {
+                let target = match h.kind {
+                    config::CheckKind::Tcp => "tcp connect".to_owned(),
+                    k => format!("{} GET {}", if k == config::CheckKind::Https { "https" } else { "http" }, h.path),
+                };
+                let port = h.port.map(|p| format!(" on port {p}")).unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "    active check: {target}{port} every {}, timeout {}, rise {}, fall {}{}",
+                    format_duration(h.interval),
+                    format_duration(h.timeout),
+                    h.rise,
+                    h.fall,
+                    if h.ca_file.is_some() { ", certificate verified" } else { "" },
+                );
+            }
+        }
         if !config.listeners.iter().any(|l| l.pool == p.name) {
             let _ = writeln!(s, "    (no listener uses this pool)");
         }
         for srv in &p.servers {
             let addrs = match resolved.and_then(|r| r.get(&srv.address)) {
-                Some(a) => a
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                Some(a) => a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
                 None => "not resolved (--offline)".into(),
             };
             let mut flags = format!("weight {}", srv.weight);

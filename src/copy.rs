@@ -41,9 +41,7 @@ struct Buf(Option<Box<[u8]>>);
 impl Buf {
     fn take() -> Buf {
         let b = FREE.try_with(|f| f.borrow_mut().pop()).ok().flatten();
-        Buf(Some(
-            b.unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice()),
-        ))
+        Buf(Some(b.unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())))
     }
 
     fn bytes(&mut self) -> &mut [u8] {
@@ -91,12 +89,8 @@ impl End {
             End::Closed => "closed",
             End::IdleTimeout => "idle timeout",
             End::Shutdown => "shutdown",
-            End::Error {
-                side: Side::Client, ..
-            } => "client error",
-            End::Error {
-                side: Side::Server, ..
-            } => "server error",
+            End::Error { side: Side::Client, .. } => "client error",
+            End::Error { side: Side::Server, .. } => "server error",
         }
     }
 }
@@ -116,8 +110,7 @@ struct Activity {
 
 impl Activity {
     fn touch(&self) {
-        self.last
-            .store(self.start.elapsed().as_nanos() as u64, Relaxed);
+        self.last.store(self.start.elapsed().as_nanos() as u64, Relaxed);
     }
 
     async fn expired(&self, idle: Duration) {
@@ -145,10 +138,7 @@ pub async fn bidirectional(
     idle: Option<Duration>,
     force_close: &CancellationToken,
 ) -> Outcome {
-    let activity = Activity {
-        start: Instant::now(),
-        last: AtomicU64::new(0),
-    };
+    let activity = Activity { start: Instant::now(), last: AtomicU64::new(0) };
     let track = idle.map(|_| &activity);
     let (mut up, mut down) = (0u64, 0u64);
     let end = {
@@ -173,11 +163,7 @@ pub async fn bidirectional(
             _ = force_close.cancelled() => End::Shutdown,
         }
     };
-    Outcome {
-        to_server: up,
-        to_client: down,
-        end,
-    }
+    Outcome { to_server: up, to_client: down, end }
 }
 
 async fn pipe(
@@ -188,14 +174,8 @@ async fn pipe(
     moved: &mut u64,
     activity: Option<&Activity>,
 ) -> Result<(), PipeError> {
-    let read_err = |err| PipeError {
-        side: src_side,
-        err,
-    };
-    let write_err = |err| PipeError {
-        side: dst_side,
-        err,
-    };
+    let read_err = |err| PipeError { side: src_side, err };
+    let write_err = |err| PipeError { side: dst_side, err };
     loop {
         src.readable().await.map_err(read_err)?;
         // Taken only now that there is something to read: an idle

@@ -37,40 +37,22 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     // A fourth manager that is down: its port refuses connections.
     let stopped = TcpListener::bind(loopback).await?.local_addr()?;
 
-    let servers: Vec<String> = managers
-        .iter()
-        .map(|m| format!("\"{}\"", m.addr))
-        .chain([format!("\"{stopped}\"")])
-        .collect();
-    let text = DEMO_TOML
-        .replace("{listen}", &listen.to_string())
-        .replace("{servers}", &servers.join(", "));
+    let servers: Vec<String> =
+        managers.iter().map(|m| format!("\"{}\"", m.addr)).chain([format!("\"{stopped}\"")]).collect();
+    let text = DEMO_TOML.replace("{listen}", &listen.to_string()).replace("{servers}", &servers.join(", "));
     let config = crate::config::parse(&text, "demo.toml")?;
     let running = crate::start(config).await?;
     let lb = running.listener_addrs()[0];
 
     let mut out = String::new();
     writeln!(out, "ucp-lb demo\n")?;
-    writeln!(
-        out,
-        "Stand-in UCP managers (HTTPS, certificates from a throw-away CA):"
-    )?;
+    writeln!(out, "Stand-in UCP managers (HTTPS, certificates from a throw-away CA):")?;
     for m in &managers {
-        writeln!(
-            out,
-            "  {}  https://{}/  (GET /_ping answers 200)",
-            m.name, m.addr
-        )?;
+        writeln!(out, "  {}  https://{}/  (GET /_ping answers 200)", m.name, m.addr)?;
     }
     writeln!(out, "  manager-04  {stopped}  stopped: refuses connections")?;
-    writeln!(
-        out,
-        "\nucp-lb listens on {lb} and passes TCP through to pool \"ucp\"; TLS ends at the managers.\n"
-    )?;
-    writeln!(
-        out,
-        "Eight clients through the load balancer (round robin):"
-    )?;
+    writeln!(out, "\nucp-lb listens on {lb} and passes TCP through to pool \"ucp\"; TLS ends at the managers.\n")?;
+    writeln!(out, "Eight clients through the load balancer (round robin):")?;
     print!("{out}");
     out.clear();
 
@@ -86,10 +68,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     writeln!(out, "\nPool state:")?;
     for pool in running.status() {
         for s in pool.servers {
-            let name = managers
-                .iter()
-                .find(|m| m.addr == s.addr)
-                .map_or("manager-04", |m| m.name.as_str());
+            let name = managers.iter().find(|m| m.addr == s.addr).map_or("manager-04", |m| m.name.as_str());
             let what = if s.ejected {
                 format!(
                     "ejected after {} failed connects (max_fails = 2); each time the client was retried on the next manager",
@@ -102,10 +81,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         }
     }
     writeln!(out, "\nTry it:")?;
-    writeln!(
-        out,
-        "  curl -sk https://{lb}/          # a new client each time, round robin"
-    )?;
+    writeln!(out, "  curl -sk https://{lb}/          # a new client each time, round robin")?;
     writeln!(out, "  curl -sk https://{lb}/_ping")?;
     writeln!(out, "\nCtrl-C stops the demo.")?;
     print!("{out}");

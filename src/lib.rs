@@ -27,15 +27,18 @@ pub mod commands;
 pub mod config;
 pub mod copy;
 pub mod demo;
+pub mod health;
 pub mod listener;
 pub mod logging;
 pub mod passive;
 pub mod pool;
+pub mod probe;
 pub mod proxy;
 pub mod resolve;
 pub mod shutdown;
 pub mod snapshot;
 pub mod standin;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -46,6 +49,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use crate::config::{Config, ConfigErrors};
+use crate::health::Health;
 use crate::listener::ListenerState;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{PoolStatus, Shared, Snapshot};
@@ -55,12 +59,7 @@ pub enum StartError {
     #[error("{0}")]
     Config(#[from] ConfigErrors),
     #[error("{file}: listener[{index}].bind: cannot listen on {bind}: {error}")]
-    Bind {
-        file: String,
-        index: usize,
-        bind: SocketAddr,
-        error: std::io::Error,
-    },
+    Bind { file: String, index: usize, bind: SocketAddr, error: std::io::Error },
 }
 
 /// A running load balancer.
@@ -74,9 +73,11 @@ pub struct Running {
 /// Resolves, binds and starts accepting. Returns once every listener is bound.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let resolved = resolve::resolve_all(&config).await?;
+    let health = Arc::new(Health::default());
+    health.prepare(&config)?;
     let config = Arc::new(config);
-    let snapshot = Snapshot::build(1, config.clone(), Arc::new(resolved), None);
-    let shared = Arc::new(Shared::new(snapshot));
+    let snapshot = Snapshot::build(1, config.clone(), Arc::new(resolved), None, &health);
+    let shared = Arc::new(Shared::new(snapshot, health));
     let shutdown = Shutdown::default();
 
     // Bind every listener before accepting on any, so a bad bind changes nothing.
@@ -89,10 +90,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             error,
         })?;
         let local = sock.local_addr().unwrap_or(l.bind);
-        let nth = config.listeners[..index]
-            .iter()
-            .filter(|o| o.bind == l.bind)
-            .count();
+        let nth = config.listeners[..index].iter().filter(|o| o.bind == l.bind).count();
         let state = Arc::new(ListenerState {
             bind: l.bind,
             nth,
@@ -105,30 +103,35 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         });
         bound.push((sock, state));
     }
+    first_results(&shared).await;
     let mut listeners = Vec::new();
     let mut background = Vec::new();
     for (sock, state) in bound {
-        let pool = shared
-            .snapshot
-            .load()
-            .listener(state.bind, state.nth)
-            .map(|l| l.pool.clone());
+        let pool = shared.snapshot.load().listener(state.bind, state.nth).map(|l| l.pool.clone());
         info!(bind = %state.bind, local = %state.local, pool = pool.as_deref().unwrap_or(""), "listening");
-        background.push(tokio::spawn(listener::accept_loop(
-            sock,
-            state.clone(),
-            shared.clone(),
-            shutdown.clone(),
-        )));
+        background.push(tokio::spawn(listener::accept_loop(sock, state.clone(), shared.clone(), shutdown.clone())));
         listeners.push(state);
     }
     background.push(tokio::spawn(resolve::refresh_loop(shared.clone())));
-    Ok(Running {
-        shared,
-        listeners,
-        shutdown,
-        background,
-    })
+    Ok(Running { shared, listeners, shutdown, background })
+}
+
+/// Waits until every checked server has its first result, or one check
+/// `timeout` (the longest configured), whichever comes first: clients are
+/// then only sent where a probe has said yes. The listeners are bound
+/// already, so clients arriving meanwhile wait in the backlog.
+async fn first_results(shared: &Shared) {
+    let snap = shared.snapshot.load_full();
+    let longest = snap.config.pools.iter().filter_map(|p| p.health.as_ref().map(|h| h.timeout)).max();
+    let Some(longest) = longest else { return };
+    let deadline = Instant::now() + longest + std::time::Duration::from_millis(100);
+    for pool in &snap.pools {
+        for s in &pool.servers {
+            if let Some(c) = &s.check {
+                let _ = tokio::time::timeout_at(deadline, c.first_result()).await;
+            }
+        }
+    }
 }
 
 impl Running {

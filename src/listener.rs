@@ -66,11 +66,7 @@ fn reserve_spare() {
 }
 
 fn release_spare() -> bool {
-    SPARE
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .is_some()
+    SPARE.lock().unwrap_or_else(|p| p.into_inner()).take().is_some()
 }
 
 /// Counts a client towards its listener's active count while it lives.
@@ -82,12 +78,7 @@ impl Drop for ListenerConn {
     }
 }
 
-pub async fn accept_loop(
-    listener: TcpListener,
-    state: Arc<ListenerState>,
-    shared: Arc<Shared>,
-    shutdown: Shutdown,
-) {
+pub async fn accept_loop(listener: TcpListener, state: Arc<ListenerState>, shared: Arc<Shared>, shutdown: Shutdown) {
     reserve_spare();
     let mut backoff = MIN_BACKOFF;
     let mut starved = false;
@@ -125,11 +116,7 @@ pub async fn accept_loop(
                 }
             }
             // The client gave up before we got to it: nothing to do.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-                ) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) => {}
             Err(e) => {
                 warn!(listener = %state.local, error = %e, "accept failed");
                 tokio::time::sleep(backoff).await;
@@ -164,8 +151,7 @@ fn dispatch(
         debug!(listener = %state.local, client = %peer, "max_connections reached: client closed");
         return;
     }
-    let span =
-        info_span!("conn", listener = %state.local, client = %peer, server = tracing::field::Empty);
+    let span = info_span!("conn", listener = %state.local, client = %peer, server = tracing::field::Empty);
     let force_close = shutdown.force_close.clone();
     shutdown.tracker.spawn(
         async move {

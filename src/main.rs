@@ -42,9 +42,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let config = ucp_lb::config::load(&path)?;
     let workers = match std::env::var("UCP_LB_WORKERS") {
-        Ok(v) => Some(v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
-            anyhow::anyhow!("UCP_LB_WORKERS: expected a whole number >= 1, found \"{v}\"")
-        })?),
+        Ok(v) => Some(
+            v.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| anyhow::anyhow!("UCP_LB_WORKERS: expected a whole number >= 1, found \"{v}\""))?,
+        ),
         Err(_) => config.workers,
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();

@@ -38,19 +38,14 @@ impl Passive {
     pub fn ejected(&self, now: Instant, max_fails: u32, fail_timeout: std::time::Duration) -> bool {
         max_fails > 0
             && self.fails >= max_fails
-            && self
-                .checked
-                .is_some_and(|c| now.saturating_duration_since(c) < fail_timeout)
+            && self.checked.is_some_and(|c| now.saturating_duration_since(c) < fail_timeout)
     }
 
     /// The server was picked for a client: once `fail_timeout` has passed
     /// since the last check, this pick is the trial, and restarts the wait for
     /// everyone else.
     pub fn picked(&mut self, now: Instant, fail_timeout: std::time::Duration) {
-        if self
-            .checked
-            .is_none_or(|c| now.saturating_duration_since(c) >= fail_timeout)
-        {
+        if self.checked.is_none_or(|c| now.saturating_duration_since(c) >= fail_timeout) {
             self.checked = Some(now);
         }
     }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
 
 use crate::config::{AdminState, AllDown, Balance, Settings};
+use crate::health::Check;
 use crate::passive::{Passive, Transition};
 
 /// Runtime state of one server address in one pool, kept across reloads.
@@ -63,9 +64,16 @@ pub struct Server {
     pub max_conns: u32,
     pub config_state: AdminState,
     pub state: Arc<ServerState>,
+    /// The active check, shared with every pool probing the same target.
+    pub check: Option<Arc<Check>>,
 }
 
 impl Server {
+    /// Up by the active check, or not checked at all.
+    pub fn check_up(&self) -> bool {
+        self.check.as_ref().is_none_or(|c| c.is_up())
+    }
+
     pub fn admin_state(&self) -> AdminState {
         match self.state.override_state.load(Relaxed) {
             1 => AdminState::Up,
@@ -111,51 +119,25 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(
-        name: Arc<str>,
-        settings: Settings,
-        servers: Vec<Server>,
-        state: Arc<PoolState>,
-    ) -> Pool {
+    pub fn new(name: Arc<str>, settings: Settings, servers: Vec<Server>, state: Arc<PoolState>) -> Pool {
         let primaries = servers.iter().filter(|s| !s.backup).count();
         let single = primaries == 1 && servers.len() == 1;
-        let ring = if settings.balance == Balance::SourceHash {
-            Ring::new(&servers)
-        } else {
-            Ring::default()
-        };
-        let rr = servers
-            .iter()
-            .map(|s| RrWeight {
-                current: 0,
-                effective: i64::from(s.weight),
-            })
-            .collect();
-        Pool {
-            name,
-            settings,
-            servers,
-            state,
-            single,
-            rr: Mutex::new(rr),
-            ring,
-        }
+        let ring = if settings.balance == Balance::SourceHash { Ring::new(&servers) } else { Ring::default() };
+        let rr = servers.iter().map(|s| RrWeight { current: 0, effective: i64::from(s.weight) }).collect();
+        Pool { name, settings, servers, state, single, rr: Mutex::new(rr), ring }
     }
 
-    /// Eligible for a new client: up, not ejected, under `max_conns`.
+    /// Eligible for a new client: up, passing its active check, not
+    /// ejected, under `max_conns`.
     pub fn eligible(&self, idx: usize, now: Instant) -> bool {
         let s = &self.servers[idx];
-        s.admin_state() == AdminState::Up && s.under_max_conns() && !self.ejected(idx, now)
+        s.admin_state() == AdminState::Up && s.check_up() && s.under_max_conns() && !self.ejected(idx, now)
     }
 
     /// Skipped by passive ejection now.
     pub fn ejected(&self, idx: usize, now: Instant) -> bool {
         !self.single
-            && self.servers[idx].state.passive().ejected(
-                now,
-                self.settings.max_fails,
-                self.settings.fail_timeout,
-            )
+            && self.servers[idx].state.passive().ejected(now, self.settings.max_fails, self.settings.fail_timeout)
     }
 
     /// Picks a server for a client from `client`, skipping those in `tried`.
@@ -177,11 +159,7 @@ impl Pool {
             if tried.contains(&i) {
                 continue;
             }
-            if self.servers[i].backup {
-                backup.set(i)
-            } else {
-                primary.set(i)
-            }
+            if self.servers[i].backup { backup.set(i) } else { primary.set(i) }
         }
         let (mask, fail_open) = if !primary.is_empty() {
             (primary, false)
@@ -192,8 +170,7 @@ impl Pool {
         } else {
             let mut open = Mask::new(n);
             for (i, s) in self.servers.iter().enumerate() {
-                if s.admin_state() != AdminState::Down && s.under_max_conns() && !tried.contains(&i)
-                {
+                if s.admin_state() != AdminState::Down && s.under_max_conns() && !tried.contains(&i) {
                     open.set(i);
                 }
             }
@@ -209,10 +186,7 @@ impl Pool {
             Balance::SourceHash => self.source_hash(&mask, client),
         }?;
         if !self.single {
-            self.servers[idx]
-                .state
-                .passive()
-                .picked(now, self.settings.fail_timeout);
+            self.servers[idx].state.passive().picked(now, self.settings.fail_timeout);
         }
         Some(Pick { idx, fail_open })
     }
@@ -224,10 +198,7 @@ impl Pool {
         let t = s.passive().failed(now, self.settings.max_fails);
         // nginx lowers a failing server's effective weight by weight/max_fails;
         // each pick gives one back.
-        if let Some(drop) = self.servers[idx]
-            .weight
-            .checked_div(self.settings.max_fails)
-        {
+        if let Some(drop) = self.servers[idx].weight.checked_div(self.settings.max_fails) {
             let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
             rr[idx].effective = (rr[idx].effective - i64::from(drop)).max(0);
         }
@@ -243,9 +214,7 @@ impl Pool {
     pub fn connected(&self, idx: usize) -> Option<Transition> {
         let s = &self.servers[idx].state;
         s.connections.fetch_add(1, Relaxed);
-        s.passive()
-            .connected(self.settings.max_fails)
-            .filter(|_| !self.single)
+        s.passive().connected(self.settings.max_fails).filter(|_| !self.single)
     }
 
     /// Sets the all-down latch; `true` when that changed it, so the caller
@@ -277,12 +246,8 @@ impl Pool {
 
     /// Fewest active connections per unit of weight; ties go round robin.
     fn least_conn(&self, mask: &Mask) -> Option<usize> {
-        let ratio = |i: usize| {
-            (
-                u64::from(self.servers[i].state.active.load(Relaxed)),
-                u64::from(self.servers[i].weight),
-            )
-        };
+        let ratio =
+            |i: usize| (u64::from(self.servers[i].state.active.load(Relaxed)), u64::from(self.servers[i].weight));
         let mut best: Option<(usize, (u64, u64))> = None;
         for i in mask.iter() {
             let (c, w) = ratio(i);
@@ -308,23 +273,12 @@ impl Pool {
             return Some(first);
         };
         let (a, b) = (&self.servers[first], &self.servers[second]);
-        let (ca, cb) = (
-            u64::from(a.state.active.load(Relaxed)),
-            u64::from(b.state.active.load(Relaxed)),
-        );
-        if cb * u64::from(a.weight) < ca * u64::from(b.weight) {
-            Some(second)
-        } else {
-            Some(first)
-        }
+        let (ca, cb) = (u64::from(a.state.active.load(Relaxed)), u64::from(b.state.active.load(Relaxed)));
+        if cb * u64::from(a.weight) < ca * u64::from(b.weight) { Some(second) } else { Some(first) }
     }
 
     fn weighted_random(&self, mask: &Mask, except: Option<usize>) -> Option<usize> {
-        let total: u64 = mask
-            .iter()
-            .filter(|&i| Some(i) != except)
-            .map(|i| u64::from(self.servers[i].weight))
-            .sum();
+        let total: u64 = mask.iter().filter(|&i| Some(i) != except).map(|i| u64::from(self.servers[i].weight)).sum();
         if total == 0 {
             return None;
         }
@@ -415,10 +369,7 @@ impl Ring {
         }
         points.sort_unstable();
         points.dedup_by_key(|p| p.0);
-        Ring {
-            points,
-            names: names.into_iter().map(|(_, v)| v).collect(),
-        }
+        Ring { points, names: names.into_iter().map(|(_, v)| v).collect() }
     }
 }
 
@@ -430,11 +381,7 @@ enum Mask {
 
 impl Mask {
     fn new(n: usize) -> Mask {
-        if n <= 256 {
-            Mask::Small([0; 4])
-        } else {
-            Mask::Big(vec![0; n.div_ceil(64)])
-        }
+        if n <= 256 { Mask::Small([0; 4]) } else { Mask::Big(vec![0; n.div_ceil(64)]) }
     }
     fn words(&self) -> &[u64] {
         match self {
@@ -450,19 +397,16 @@ impl Mask {
         w[i / 64] |= 1 << (i % 64);
     }
     fn get(&self, i: usize) -> bool {
-        self.words()
-            .get(i / 64)
-            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+        self.words().get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
     fn is_empty(&self) -> bool {
         self.words().iter().all(|&w| w == 0)
     }
     fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.words().iter().enumerate().flat_map(|(wi, &w)| {
-            (0..64)
-                .filter(move |b| w & (1 << b) != 0)
-                .map(move |b| wi * 64 + b)
-        })
+        self.words()
+            .iter()
+            .enumerate()
+            .flat_map(|(wi, &w)| (0..64).filter(move |b| w & (1 << b) != 0).map(move |b| wi * 64 + b))
     }
 }
 
@@ -481,14 +425,12 @@ mod tests {
             max_conns: 0,
             config_state: AdminState::Up,
             state: Arc::default(),
+            check: None,
         }
     }
 
     fn pool(balance: Balance, servers: Vec<Server>) -> Pool {
-        let settings = Settings {
-            balance,
-            ..Settings::default()
-        };
+        let settings = Settings { balance, ..Settings::default() };
         Pool::new("p".into(), settings, servers, Arc::default())
     }
 
@@ -501,51 +443,27 @@ mod tests {
         // nginx's documented example: weights 5, 1, 1 give a a b a c a a.
         let p = pool(
             Balance::RoundRobin,
-            vec![
-                server("10.0.0.1:1", 5, false),
-                server("10.0.0.2:1", 1, false),
-                server("10.0.0.3:1", 1, false),
-            ],
+            vec![server("10.0.0.1:1", 5, false), server("10.0.0.2:1", 1, false), server("10.0.0.3:1", 1, false)],
         );
         let now = Instant::now();
-        let seq: Vec<usize> = (0..7)
-            .map(|_| p.pick(now, client(), &[]).unwrap().idx)
-            .collect();
+        let seq: Vec<usize> = (0..7).map(|_| p.pick(now, client(), &[]).unwrap().idx).collect();
         assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]
     fn backups_only_when_no_primary_is_eligible() {
-        let p = pool(
-            Balance::RoundRobin,
-            vec![
-                server("10.0.0.1:1", 1, false),
-                server("10.0.0.2:1", 1, true),
-            ],
-        );
+        let p = pool(Balance::RoundRobin, vec![server("10.0.0.1:1", 1, false), server("10.0.0.2:1", 1, true)]);
         let now = Instant::now();
         for _ in 0..5 {
             assert_eq!(p.pick(now, client(), &[]).unwrap().idx, 0);
         }
         p.servers[0].state.override_state.store(3, Relaxed);
-        assert_eq!(
-            p.pick(now, client(), &[]),
-            Some(Pick {
-                idx: 1,
-                fail_open: false
-            })
-        );
+        assert_eq!(p.pick(now, client(), &[]), Some(Pick { idx: 1, fail_open: false }));
     }
 
     #[test]
     fn tried_servers_are_skipped_and_then_none() {
-        let p = pool(
-            Balance::RoundRobin,
-            vec![
-                server("10.0.0.1:1", 1, false),
-                server("10.0.0.2:1", 1, false),
-            ],
-        );
+        let p = pool(Balance::RoundRobin, vec![server("10.0.0.1:1", 1, false), server("10.0.0.2:1", 1, false)]);
         let now = Instant::now();
         assert_eq!(p.pick(now, client(), &[0]).unwrap().idx, 1);
         assert_eq!(p.pick(now, client(), &[0, 1]), None);
@@ -553,29 +471,15 @@ mod tests {
 
     #[test]
     fn fail_open_over_servers_not_down_when_nothing_is_eligible() {
-        let mut servers = vec![
-            server("10.0.0.1:1", 1, false),
-            server("10.0.0.2:1", 1, false),
-        ];
+        let mut servers = vec![server("10.0.0.1:1", 1, false), server("10.0.0.2:1", 1, false)];
         servers[1].config_state = AdminState::Down;
         let p = pool(Balance::RoundRobin, servers);
         let now = Instant::now();
         p.connect_failed(0, now);
         assert_eq!(p.connect_failed(0, now), Some(Transition::Ejected));
-        assert_eq!(
-            p.pick(now, client(), &[]),
-            Some(Pick {
-                idx: 0,
-                fail_open: true
-            })
-        );
-        let mut reject = pool(
-            Balance::RoundRobin,
-            vec![
-                server("10.0.0.1:1", 1, false),
-                server("10.0.0.2:1", 1, false),
-            ],
-        );
+        assert_eq!(p.pick(now, client(), &[]), Some(Pick { idx: 0, fail_open: true }));
+        let mut reject =
+            pool(Balance::RoundRobin, vec![server("10.0.0.1:1", 1, false), server("10.0.0.2:1", 1, false)]);
         reject.settings.all_down = AllDown::Reject;
         for i in 0..2 {
             reject.connect_failed(i, now);
@@ -591,56 +495,27 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(p.connect_failed(0, now), None);
         }
-        assert_eq!(
-            p.pick(now, client(), &[]),
-            Some(Pick {
-                idx: 0,
-                fail_open: false
-            })
-        );
+        assert_eq!(p.pick(now, client(), &[]), Some(Pick { idx: 0, fail_open: false }));
     }
 
     #[test]
     fn ejected_server_gets_one_trial_after_fail_timeout() {
-        let p = pool(
-            Balance::RoundRobin,
-            vec![
-                server("10.0.0.1:1", 1, false),
-                server("10.0.0.2:1", 1, false),
-            ],
-        );
+        let p = pool(Balance::RoundRobin, vec![server("10.0.0.1:1", 1, false), server("10.0.0.2:1", 1, false)]);
         let t0 = Instant::now();
         p.connect_failed(0, t0);
         p.connect_failed(0, t0);
         for _ in 0..4 {
-            assert_eq!(
-                p.pick(t0 + Duration::from_secs(29), client(), &[])
-                    .unwrap()
-                    .idx,
-                1
-            );
+            assert_eq!(p.pick(t0 + Duration::from_secs(29), client(), &[]).unwrap().idx, 1);
         }
         let t1 = t0 + Duration::from_secs(30);
-        let picks: Vec<usize> = (0..4)
-            .map(|_| p.pick(t1, client(), &[]).unwrap().idx)
-            .collect();
-        assert_eq!(
-            picks.iter().filter(|&&i| i == 0).count(),
-            1,
-            "one trial: {picks:?}"
-        );
+        let picks: Vec<usize> = (0..4).map(|_| p.pick(t1, client(), &[]).unwrap().idx).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 1, "one trial: {picks:?}");
         assert_eq!(p.connected(0), Some(Transition::Readmitted));
     }
 
     #[test]
     fn least_conn_prefers_fewest_per_weight() {
-        let p = pool(
-            Balance::LeastConn,
-            vec![
-                server("10.0.0.1:1", 1, false),
-                server("10.0.0.2:1", 2, false),
-            ],
-        );
+        let p = pool(Balance::LeastConn, vec![server("10.0.0.1:1", 1, false), server("10.0.0.2:1", 2, false)]);
         p.servers[0].state.active.store(2, Relaxed);
         p.servers[1].state.active.store(3, Relaxed);
         // 2/1 > 3/2: the weighted server has fewer per weight.
@@ -651,13 +526,7 @@ mod tests {
 
     #[test]
     fn random_two_avoids_the_busy_server() {
-        let p = pool(
-            Balance::RandomTwo,
-            vec![
-                server("10.0.0.1:1", 1, false),
-                server("10.0.0.2:1", 1, false),
-            ],
-        );
+        let p = pool(Balance::RandomTwo, vec![server("10.0.0.1:1", 1, false), server("10.0.0.2:1", 1, false)]);
         p.servers[0].state.active.store(10, Relaxed);
         for _ in 0..50 {
             assert_eq!(p.pick(Instant::now(), client(), &[]).unwrap().idx, 1);
@@ -666,20 +535,9 @@ mod tests {
 
     #[test]
     fn source_hash_is_sticky_and_moves_few_clients_when_a_server_leaves() {
-        let names = [
-            "10.0.0.1:443",
-            "10.0.0.2:443",
-            "10.0.0.3:443",
-            "10.0.0.4:443",
-        ];
-        let full = pool(
-            Balance::SourceHash,
-            names.iter().map(|n| server(n, 1, false)).collect(),
-        );
-        let three = pool(
-            Balance::SourceHash,
-            names[..3].iter().map(|n| server(n, 1, false)).collect(),
-        );
+        let names = ["10.0.0.1:443", "10.0.0.2:443", "10.0.0.3:443", "10.0.0.4:443"];
+        let full = pool(Balance::SourceHash, names.iter().map(|n| server(n, 1, false)).collect());
+        let three = pool(Balance::SourceHash, names[..3].iter().map(|n| server(n, 1, false)).collect());
         let now = Instant::now();
         let mut moved = 0;
         let mut on_removed = 0;
@@ -695,10 +553,7 @@ mod tests {
             }
         }
         assert_eq!(moved, 0, "clients of the servers that stay keep them");
-        assert!(
-            (300..700).contains(&on_removed),
-            "about a quarter on each server: {on_removed}"
-        );
+        assert!((300..700).contains(&on_removed), "about a quarter on each server: {on_removed}");
     }
 
     #[test]

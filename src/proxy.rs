@@ -29,10 +29,7 @@ use crate::snapshot::Snapshot;
 /// Dead peers of idle connections are found after about 2 minutes
 /// (60 s idle, then 6 probes 10 s apart) rather than Linux's 2 hours.
 pub fn keepalive() -> TcpKeepalive {
-    TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(6)
+    TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(10)).with_retries(6)
 }
 
 /// Why a connect failed; a small fixed set, fit for a metric label.
@@ -96,11 +93,7 @@ impl Drop for ActiveConn {
 }
 
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, FailReason> {
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    };
+    let sock = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
     let sock = sock.map_err(|e| FailReason::of(&e))?;
     let _ = sock.set_nodelay(true);
     let _ = SockRef::from(&sock).set_tcp_keepalive(&keepalive());
@@ -126,13 +119,9 @@ pub async fn serve(
     };
     let server = &pool.servers[idx];
     tracing::Span::current().record("server", tracing::field::display(server.addr));
-    let out =
-        copy::bidirectional(&client, &upstream, pool.settings.idle_timeout, &force_close).await;
+    let out = copy::bidirectional(&client, &upstream, pool.settings.idle_timeout, &force_close).await;
     server.state.bytes_sent.fetch_add(out.to_server, Relaxed);
-    server
-        .state
-        .bytes_received
-        .fetch_add(out.to_client, Relaxed);
+    server.state.bytes_received.fetch_add(out.to_client, Relaxed);
     debug!(
         bytes_to_server = out.to_server,
         bytes_to_client = out.to_client,

@@ -25,16 +25,11 @@ pub async fn lookup(hp: &HostPort) -> std::io::Result<Vec<SocketAddr>> {
     if let Ok(ip) = hp.host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, hp.port)]);
     }
-    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((hp.host.as_str(), hp.port))
-        .await?
-        .collect();
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((hp.host.as_str(), hp.port)).await?.collect();
     addrs.sort();
     addrs.dedup();
     if addrs.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "no addresses",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"));
     }
     Ok(addrs)
 }
@@ -62,11 +57,7 @@ pub async fn resolve_all(config: &Config) -> Result<Resolved, ConfigErrors> {
             }
         }
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    if errors.is_empty() { Ok(out) } else { Err(ConfigErrors(errors)) }
 }
 
 /// Names that need re-resolving (not IP literals), each with the shortest

@@ -26,20 +26,10 @@ impl Shutdown {
         self.tracker.close();
         let open = self.tracker.len();
         if open > 0 {
-            info!(
-                open,
-                grace_s = grace.as_secs_f64(),
-                "stopped accepting; waiting for open connections"
-            );
+            info!(open, grace_s = grace.as_secs_f64(), "stopped accepting; waiting for open connections");
         }
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            info!(
-                open = self.tracker.len(),
-                "grace period over: closing the remaining connections"
-            );
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            info!(open = self.tracker.len(), "grace period over: closing the remaining connections");
             self.force_close.cancel();
             self.tracker.wait().await;
         }
@@ -51,10 +41,7 @@ pub async fn on_signals() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => info!("SIGTERM: shutting down"),

@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config::{Config, HostPort, ListenerConfig};
+use crate::health::Health;
 use crate::pool::{Pool, PoolState, Server};
 use crate::resolve::Resolved;
 
@@ -28,11 +29,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Builds the snapshot of `config`; `health` gives each checked server
+    /// its (possibly shared, possibly existing) check.
     pub fn build(
         generation: u64,
         config: Arc<Config>,
         resolved: Arc<Resolved>,
         prev: Option<&Snapshot>,
+        health: &Health,
     ) -> Snapshot {
         let mut pools = Vec::with_capacity(config.pools.len());
         for pc in &config.pools {
@@ -40,11 +44,7 @@ impl Snapshot {
             let mut servers = Vec::new();
             for sc in &pc.servers {
                 let name: Arc<str> = Arc::from(sc.address.to_string());
-                for &addr in resolved
-                    .get(&sc.address)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                {
+                for &addr in resolved.get(&sc.address).map(Vec::as_slice).unwrap_or_default() {
                     let state = old
                         .and_then(|p| p.servers.iter().find(|s| s.addr == addr && s.name == name))
                         .map(|s| s.state.clone())
@@ -57,25 +57,14 @@ impl Snapshot {
                         max_conns: sc.max_conns,
                         config_state: sc.state,
                         state,
+                        check: pc.health.as_ref().and_then(|h| health.check_for(h, &sc.address, addr)),
                     });
                 }
             }
-            let state = old
-                .map(|p| p.state.clone())
-                .unwrap_or_else(|| Arc::new(PoolState::default()));
-            pools.push(Arc::new(Pool::new(
-                pc.name.clone(),
-                pc.settings.clone(),
-                servers,
-                state,
-            )));
+            let state = old.map(|p| p.state.clone()).unwrap_or_else(|| Arc::new(PoolState::default()));
+            pools.push(Arc::new(Pool::new(pc.name.clone(), pc.settings.clone(), servers, state)));
         }
-        Snapshot {
-            generation,
-            config,
-            resolved,
-            pools,
-        }
+        Snapshot { generation, config, resolved, pools }
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
@@ -88,11 +77,7 @@ impl Snapshot {
 
     /// The `nth` listener bound to `bind` (several may say port 0).
     pub fn listener(&self, bind: SocketAddr, nth: usize) -> Option<&ListenerConfig> {
-        self.config
-            .listeners
-            .iter()
-            .filter(|l| l.bind == bind)
-            .nth(nth)
+        self.config.listeners.iter().filter(|l| l.bind == bind).nth(nth)
     }
 
     pub fn status(&self, now: Instant) -> Vec<PoolStatus> {
@@ -124,6 +109,13 @@ impl Snapshot {
                             bytes_received: st.bytes_received.load(Relaxed),
                             bytes_sent: st.bytes_sent.load(Relaxed),
                             passive_ejections: st.passive_ejections.load(Relaxed),
+                            check: s.check.as_ref().map(|c| CheckStatus {
+                                target: c.target.label.clone(),
+                                state: c.state().as_str(),
+                                reason: c.reason(),
+                                probes: c.probes.load(Relaxed),
+                                cert_not_after: Some(c.cert_not_after.load(Relaxed)).filter(|&t| t != 0),
+                            }),
                         }
                     })
                     .collect(),
@@ -157,21 +149,33 @@ pub struct ServerStatus {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub passive_ejections: u64,
+    /// `None` when the pool has no active check.
+    pub check: Option<CheckStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckStatus {
+    pub target: String,
+    /// `up`, `down` or `unknown` (no result yet).
+    pub state: &'static str,
+    /// Why the last probe failed; `None` after a success.
+    pub reason: Option<String>,
+    pub probes: u64,
+    /// The server certificate's notAfter, Unix seconds.
+    pub cert_not_after: Option<i64>,
 }
 
 /// What every task shares: the current snapshot, and the lock that keeps
 /// its writers (reload, re-resolution) one at a time.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
+    pub health: Arc<Health>,
     writer: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot) -> Shared {
-        Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            writer: tokio::sync::Mutex::new(()),
-        }
+    pub fn new(snapshot: Snapshot, health: Arc<Health>) -> Shared {
+        Shared { snapshot: ArcSwap::from_pointee(snapshot), health, writer: tokio::sync::Mutex::new(()) }
     }
 
     /// Applies new addresses for some names, keeping everything else.
@@ -182,12 +186,8 @@ impl Shared {
         for (hp, addrs) in updates {
             resolved.insert(hp, addrs);
         }
-        let next = Snapshot::build(
-            cur.generation + 1,
-            cur.config.clone(),
-            Arc::new(resolved),
-            Some(&cur),
-        );
+        let next =
+            Snapshot::build(cur.generation + 1, cur.config.clone(), Arc::new(resolved), Some(&cur), &self.health);
         self.snapshot.store(Arc::new(next));
     }
 }
@@ -198,44 +198,24 @@ mod tests {
     use crate::config::parse;
 
     fn resolved(port: u16, addrs: &[&str]) -> Arc<Resolved> {
-        let hp = HostPort {
-            host: "mgr".into(),
-            port,
-        };
-        Arc::new(
-            [(hp, addrs.iter().map(|a| a.parse().unwrap()).collect())]
-                .into_iter()
-                .collect(),
-        )
+        let hp = HostPort { host: "mgr".into(), port };
+        Arc::new([(hp, addrs.iter().map(|a| a.parse().unwrap()).collect())].into_iter().collect())
     }
 
     #[test]
     fn a_rebuild_keeps_the_state_of_addresses_that_stay() {
         let cfg = Arc::new(
-            parse("[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"mgr:443\"]\n", "t").unwrap(),
+            parse("[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"mgr:443\"]\n", "t")
+                .unwrap(),
         );
-        let one = Snapshot::build(1, cfg.clone(), resolved(443, &["10.0.0.1:443"]), None);
+        let h = Health::default();
+        let one = Snapshot::build(1, cfg.clone(), resolved(443, &["10.0.0.1:443"]), None, &h);
         one.pools[0].servers[0].state.connections.store(7, Relaxed);
-        let two = Snapshot::build(
-            2,
-            cfg,
-            resolved(443, &["10.0.0.1:443", "10.0.0.2:443"]),
-            Some(&one),
-        );
+        let two = Snapshot::build(2, cfg, resolved(443, &["10.0.0.1:443", "10.0.0.2:443"]), Some(&one), &h);
         let servers = &two.pools[0].servers;
         assert_eq!(servers.len(), 2, "every address is a server");
-        assert!(Arc::ptr_eq(
-            &servers[0].state,
-            &one.pools[0].servers[0].state
-        ));
-        assert_eq!(
-            servers[1].state.connections.load(Relaxed),
-            0,
-            "a new address starts afresh"
-        );
-        assert!(
-            Arc::ptr_eq(&two.pools[0].state, &one.pools[0].state),
-            "pool state carries over"
-        );
+        assert!(Arc::ptr_eq(&servers[0].state, &one.pools[0].servers[0].state));
+        assert_eq!(servers[1].state.connections.load(Relaxed), 0, "a new address starts afresh");
+        assert!(Arc::ptr_eq(&two.pools[0].state, &one.pools[0].state), "pool state carries over");
     }
 }

@@ -33,39 +33,27 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     pub cert: CertificateDer<'static>,
+    /// The CA certificate in PEM, for a `ca_file`.
+    pub pem: String,
 }
 
 impl TestCa {
     pub fn new(name: &str) -> Result<TestCa, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
-        Ok(TestCa {
-            cert: cert.der().clone(),
-            issuer: Issuer::new(params, key),
-        })
+        Ok(TestCa { cert: cert.der().clone(), pem: cert.pem(), issuer: Issuer::new(params, key) })
     }
 
     /// A certificate for `localhost` and 127.0.0.1, and its key.
-    pub fn issue(
-        &self,
-        cn: &str,
-    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), rcgen::Error> {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
+    pub fn issue(&self, cn: &str) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), rcgen::Error> {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((
-            cert.der().clone(),
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        ))
+        Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))))
     }
 
     /// A TLS client that trusts this CA only.
@@ -80,18 +68,34 @@ impl TestCa {
     }
 }
 
-/// A stand-in UCP manager.
+/// What a stand-in answers on its health endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// UCP: `GET /_ping` answers 200 `OK` or 500.
+    Ucp,
+    /// DTR: `GET /_ping` and `GET /health` answer 200 with
+    /// `{"Healthy": true|false, "Error": "..."}`.
+    Dtr,
+}
+
+/// A stand-in UCP manager or DTR replica.
 pub struct Manager {
     pub name: String,
     pub addr: SocketAddr,
     healthy: Arc<AtomicBool>,
     /// TLS connections it has accepted.
     pub connections: Arc<AtomicU64>,
+    /// Requests to its health endpoints.
+    pub pings: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
 impl Manager {
     pub async fn start(name: &str, bind: SocketAddr, ca: &TestCa) -> io::Result<Manager> {
+        Manager::start_as(Flavor::Ucp, name, bind, ca).await
+    }
+
+    pub async fn start_as(flavor: Flavor, name: &str, bind: SocketAddr, ca: &TestCa) -> io::Result<Manager> {
         let (cert, key) = ca.issue(name).map_err(io::Error::other)?;
         let tls = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -104,20 +108,10 @@ impl Manager {
         let addr = listener.local_addr()?;
         let healthy = Arc::new(AtomicBool::new(true));
         let connections = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(serve(
-            listener,
-            acceptor,
-            name.to_owned(),
-            healthy.clone(),
-            connections.clone(),
-        ));
-        Ok(Manager {
-            name: name.to_owned(),
-            addr,
-            healthy,
-            connections,
-            task,
-        })
+        let pings = Arc::new(AtomicU64::new(0));
+        let stand = Stand { flavor, name: name.to_owned(), healthy: healthy.clone(), pings: pings.clone() };
+        let task = tokio::spawn(serve(listener, acceptor, Arc::new(stand), connections.clone()));
+        Ok(Manager { name: name.to_owned(), addr, healthy, connections, pings, task })
     }
 
     /// Makes `/_ping` answer 200 (true) or 500 (false); TCP and TLS stay up.
@@ -136,80 +130,65 @@ impl Drop for Manager {
     }
 }
 
-async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
+struct Stand {
+    flavor: Flavor,
     name: String,
     healthy: Arc<AtomicBool>,
-    conns: Arc<AtomicU64>,
-) {
+    pings: Arc<AtomicU64>,
+}
+
+async fn serve(listener: TcpListener, acceptor: TlsAcceptor, stand: Arc<Stand>, conns: Arc<AtomicU64>) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let (acceptor, name, healthy, conns) = (
-            acceptor.clone(),
-            name.clone(),
-            healthy.clone(),
-            conns.clone(),
-        );
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let (acceptor, stand, conns) = (acceptor.clone(), stand.clone(), conns.clone());
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
+            let Ok(tls) = acceptor.accept(tcp).await else { return };
             conns.fetch_add(1, Relaxed);
             let svc = service_fn(move |req: Request<Incoming>| {
-                let (name, healthy) = (name.clone(), healthy.clone());
-                async move { Ok::<_, Infallible>(answer(&req, &name, healthy.load(Relaxed))) }
+                let stand = stand.clone();
+                async move { Ok::<_, Infallible>(answer(&req, &stand)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
         });
     }
 }
 
-fn answer(req: &Request<Incoming>, name: &str, healthy: bool) -> Response<Full<Bytes>> {
-    let (status, body) = match req.uri().path() {
-        "/_ping" if healthy => (StatusCode::OK, "OK".to_owned()),
-        "/_ping" => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "unhealthy: stand-in manager switched off".to_owned(),
-        ),
-        _ => (
-            StatusCode::OK,
-            format!("<!doctype html><title>{name}</title><h1>Answered by {name}</h1>\n"),
-        ),
+fn answer(req: &Request<Incoming>, stand: &Stand) -> Response<Full<Bytes>> {
+    let name = &stand.name;
+    let healthy = stand.healthy.load(Relaxed);
+    let path = req.uri().path();
+    let health_path = match stand.flavor {
+        Flavor::Ucp => path == "/_ping",
+        Flavor::Dtr => path == "/_ping" || path == "/health",
+    };
+    if health_path {
+        stand.pings.fetch_add(1, Relaxed);
+    }
+    let (status, body) = match (stand.flavor, health_path, healthy) {
+        (Flavor::Ucp, true, true) => (StatusCode::OK, "OK".to_owned()),
+        (Flavor::Ucp, true, false) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "unhealthy: stand-in manager switched off".to_owned())
+        }
+        (Flavor::Dtr, true, true) => (StatusCode::OK, r#"{"Healthy":true,"Error":""}"#.to_owned()),
+        (Flavor::Dtr, true, false) => {
+            (StatusCode::OK, r#"{"Healthy":false,"Error":"rethinkdb: cannot reach the replica set"}"#.to_owned())
+        }
+        _ => (StatusCode::OK, format!("<!doctype html><title>{name}</title><h1>Answered by {name}</h1>\n")),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        "x-served-by",
-        name.parse()
-            .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("?")),
-    );
+    resp.headers_mut()
+        .insert("x-served-by", name.parse().unwrap_or_else(|_| hyper::header::HeaderValue::from_static("?")));
     resp
 }
 
 /// `GET path` over HTTPS to `addr`, trusting `connector`'s CA: the status and
 /// the `x-served-by` header. A plain HTTP/1.0-style exchange on a fresh
 /// connection, so each call is a new client of the load balancer.
-pub async fn https_get(
-    connector: &TlsConnector,
-    addr: SocketAddr,
-    path: &str,
-) -> io::Result<(u16, String)> {
+pub async fn https_get(connector: &TlsConnector, addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     let tcp = TcpStream::connect(addr).await?;
-    let mut tls = connector
-        .connect(
-            ServerName::try_from("localhost").map_err(io::Error::other)?,
-            tcp,
-        )
-        .await?;
-    tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
+    let mut tls = connector.connect(ServerName::try_from("localhost").map_err(io::Error::other)?, tcp).await?;
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut buf = Vec::new();
     // A server may close without close_notify; what arrived is still the answer.
     if let Err(e) = tls.read_to_end(&mut buf).await
@@ -223,11 +202,6 @@ pub async fn https_get(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status line"))?;
-    let served_by = text
-        .lines()
-        .find_map(|l| l.strip_prefix("x-served-by: "))
-        .unwrap_or("")
-        .trim()
-        .to_owned();
+    let served_by = text.lines().find_map(|l| l.strip_prefix("x-served-by: ")).unwrap_or("").trim().to_owned();
     Ok((status, served_by))
 }

@@ -10,38 +10,20 @@ use common::*;
 use tokio::net::{TcpSocket, TcpStream};
 
 fn servers(list: &[(SocketAddr, &str)]) -> String {
-    let entries: Vec<String> = list
-        .iter()
-        .map(|(a, extra)| format!("{{ address = \"{a}\"{extra} }}"))
-        .collect();
-    format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [{}]\n",
-        entries.join(", ")
-    )
+    let entries: Vec<String> = list.iter().map(|(a, extra)| format!("{{ address = \"{a}\"{extra} }}")).collect();
+    format!("[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [{}]\n", entries.join(", "))
 }
 
 #[tokio::test]
 async fn weights_share_clients_in_proportion() {
-    let (a, b, c) = (
-        Echo::start().await,
-        Echo::start().await,
-        Echo::start().await,
-    );
-    let lb = start_lb(&servers(&[
-        (a.addr, ", weight = 3"),
-        (b.addr, ", weight = 1"),
-        (c.addr, ", weight = 1"),
-    ]))
-    .await;
+    let (a, b, c) = (Echo::start().await, Echo::start().await, Echo::start().await);
+    let lb = start_lb(&servers(&[(a.addr, ", weight = 3"), (b.addr, ", weight = 1"), (c.addr, ", weight = 1")])).await;
     for _ in 0..500 {
         round_trip(lb.listener_addrs()[0]).await.unwrap();
     }
     let (na, nb, nc) = (a.count(), b.count(), c.count());
     assert!((285..=315).contains(&na), "weight 3 of 5: {na}");
-    assert!(
-        (90..=110).contains(&nb) && (90..=110).contains(&nc),
-        "weight 1 of 5: {nb} {nc}"
-    );
+    assert!((90..=110).contains(&nb) && (90..=110).contains(&nc), "weight 1 of 5: {nb} {nc}");
 }
 
 #[tokio::test]
@@ -61,26 +43,13 @@ async fn backup_takes_clients_only_when_no_primary_is_eligible() {
     for _ in 0..20 {
         round_trip(addr).await.unwrap();
     }
-    assert_eq!(
-        bk.count(),
-        20,
-        "primary refusing and ejected: the backup serves"
-    );
+    assert_eq!(bk.count(), 20, "primary refusing and ejected: the backup serves");
 }
 
 #[tokio::test]
 async fn drained_and_down_servers_get_no_new_clients() {
-    let (a, b, c) = (
-        Echo::start().await,
-        Echo::start().await,
-        Echo::start().await,
-    );
-    let lb = start_lb(&servers(&[
-        (a.addr, ""),
-        (b.addr, ", state = \"drain\""),
-        (c.addr, ", state = \"down\""),
-    ]))
-    .await;
+    let (a, b, c) = (Echo::start().await, Echo::start().await, Echo::start().await);
+    let lb = start_lb(&servers(&[(a.addr, ""), (b.addr, ", state = \"drain\""), (c.addr, ", state = \"down\"")])).await;
     for _ in 0..30 {
         round_trip(lb.listener_addrs()[0]).await.unwrap();
     }
@@ -118,11 +87,7 @@ async fn max_conns_everywhere_reached_closes_the_client() {
 #[tokio::test]
 async fn least_conn_keeps_held_connections_level() {
     let (a, b) = (Echo::start().await, Echo::start().await);
-    let lb = start_lb(&format!(
-        "{}balance = \"least_conn\"\n",
-        servers(&[(a.addr, ""), (b.addr, "")])
-    ))
-    .await;
+    let lb = start_lb(&format!("{}balance = \"least_conn\"\n", servers(&[(a.addr, ""), (b.addr, "")]))).await;
     let addr = lb.listener_addrs()[0];
     let mut held = Vec::new();
     for _ in 0..8 {
@@ -130,10 +95,7 @@ async fn least_conn_keeps_held_connections_level() {
         echo_once(&mut s).await.unwrap();
         held.push(s);
         let (act_a, act_b) = (server(&lb, a.addr).active, server(&lb, b.addr).active);
-        assert!(
-            act_a.abs_diff(act_b) <= 1,
-            "least_conn keeps them level: {act_a} / {act_b}"
-        );
+        assert!(act_a.abs_diff(act_b) <= 1, "least_conn keeps them level: {act_a} / {act_b}");
     }
     assert_eq!((a.count(), b.count()), (4, 4));
 }
@@ -141,11 +103,7 @@ async fn least_conn_keeps_held_connections_level() {
 #[tokio::test]
 async fn least_conn_fills_the_server_whose_clients_left() {
     let (a, b) = (Echo::start().await, Echo::start().await);
-    let lb = start_lb(&format!(
-        "{}balance = \"least_conn\"\n",
-        servers(&[(a.addr, ""), (b.addr, "")])
-    ))
-    .await;
+    let lb = start_lb(&format!("{}balance = \"least_conn\"\n", servers(&[(a.addr, ""), (b.addr, "")]))).await;
     let addr = lb.listener_addrs()[0];
     let mut held: Vec<(TcpStream, bool)> = Vec::new();
     for _ in 0..6 {
@@ -169,16 +127,9 @@ async fn least_conn_fills_the_server_whose_clients_left() {
 
 #[tokio::test]
 async fn random_two_spreads_clients_and_avoids_the_busy_server() {
-    let (a, b, c) = (
-        Echo::start().await,
-        Echo::start().await,
-        Echo::start().await,
-    );
-    let lb = start_lb(&format!(
-        "{}balance = \"random_two\"\n",
-        servers(&[(a.addr, ""), (b.addr, ""), (c.addr, "")])
-    ))
-    .await;
+    let (a, b, c) = (Echo::start().await, Echo::start().await, Echo::start().await);
+    let lb =
+        start_lb(&format!("{}balance = \"random_two\"\n", servers(&[(a.addr, ""), (b.addr, ""), (c.addr, "")]))).await;
     let addr = lb.listener_addrs()[0];
     let mut held = Vec::new();
     for _ in 0..30 {
@@ -186,10 +137,7 @@ async fn random_two_spreads_clients_and_avoids_the_busy_server() {
         echo_once(&mut s).await.unwrap();
         held.push(s);
     }
-    let act: Vec<u32> = [a.addr, b.addr, c.addr]
-        .iter()
-        .map(|&x| server(&lb, x).active)
-        .collect();
+    let act: Vec<u32> = [a.addr, b.addr, c.addr].iter().map(|&x| server(&lb, x).active).collect();
     // With two choices, held connections stay close to level (pure random
     // would often leave one server far behind).
     let (min, max) = (*act.iter().min().unwrap(), *act.iter().max().unwrap());
@@ -205,16 +153,9 @@ async fn connect_from(src: [u8; 4], lb: SocketAddr) -> TcpStream {
 
 #[tokio::test]
 async fn source_hash_keeps_each_client_on_one_server() {
-    let (a, b, c) = (
-        Echo::start().await,
-        Echo::start().await,
-        Echo::start().await,
-    );
-    let lb = start_lb(&format!(
-        "{}balance = \"source_hash\"\n",
-        servers(&[(a.addr, ""), (b.addr, ""), (c.addr, "")])
-    ))
-    .await;
+    let (a, b, c) = (Echo::start().await, Echo::start().await, Echo::start().await);
+    let lb =
+        start_lb(&format!("{}balance = \"source_hash\"\n", servers(&[(a.addr, ""), (b.addr, ""), (c.addr, "")]))).await;
     let addr = lb.listener_addrs()[0];
     let echoes = [&a, &b, &c];
     let mut home: HashMap<u8, usize> = HashMap::new();
@@ -231,11 +172,6 @@ async fn source_hash_keeps_each_client_on_one_server() {
             }
         }
     }
-    let per: Vec<usize> = (0..3)
-        .map(|i| home.values().filter(|&&v| v == i).count())
-        .collect();
-    assert!(
-        per.iter().all(|&n| n >= 4),
-        "40 clients spread over three servers: {per:?}"
-    );
+    let per: Vec<usize> = (0..3).map(|i| home.values().filter(|&&v| v == i).count()).collect();
+    assert!(per.iter().all(|&n| n >= 4), "40 clients spread over three servers: {per:?}");
 }

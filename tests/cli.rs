@@ -32,11 +32,8 @@ impl Proc {
         let mut child = cmd.spawn().expect("start ucp-lb");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
-        let out: Box<dyn std::io::Read + Send> = if watch_stdout {
-            Box::new(child.stdout.take().unwrap())
-        } else {
-            Box::new(child.stderr.take().unwrap())
-        };
+        let out: Box<dyn std::io::Read + Send> =
+            if watch_stdout { Box::new(child.stdout.take().unwrap()) } else { Box::new(child.stderr.take().unwrap()) };
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
@@ -50,38 +47,19 @@ impl Proc {
     }
 
     async fn wait_for_line(&self, needle: &str) -> String {
-        eventually(&format!("a line with {needle:?}"), || {
-            self.text().contains(needle)
-        })
-        .await;
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains(needle))
-            .cloned()
-            .unwrap()
+        eventually(&format!("a line with {needle:?}"), || self.text().contains(needle)).await;
+        self.lines.lock().unwrap().iter().find(|l| l.contains(needle)).cloned().unwrap()
     }
 
     /// The address a listener bound, from the "listening" log line.
     async fn listener_addr(&self) -> SocketAddr {
         let line = self.wait_for_line("listening").await;
         let at = line.find("local=").expect("local= in the listening line") + "local=".len();
-        line[at..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .trim_matches('"')
-            .parse()
-            .unwrap()
+        line[at..].split_whitespace().next().unwrap().trim_matches('"').parse().unwrap()
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(ok.success());
     }
 
@@ -119,9 +97,7 @@ async fn out_of_file_descriptors_sheds_clients_and_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &[echo.addr], "workers = 1");
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "ulimit -n 64 && exec \"$0\" --config \"$1\"", BIN])
-        .arg(&cfg)
-        .env("RUST_LOG", "info");
+    cmd.args(["-c", "ulimit -n 64 && exec \"$0\" --config \"$1\"", BIN]).arg(&cfg).env("RUST_LOG", "info");
     let lb = Proc::spawn(cmd, false);
     let addr = lb.listener_addr().await;
 
@@ -165,11 +141,7 @@ async fn out_of_file_descriptors_sheds_clients_and_recovers_by_itself() {
 async fn sigterm_stops_accepting_and_lets_open_connections_finish() {
     let echo = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &[echo.addr],
-        "[defaults]\nshutdown_timeout = \"1m\"",
-    );
+    let cfg = write_config(dir.path(), &[echo.addr], "[defaults]\nshutdown_timeout = \"1m\"");
     let mut cmd = Command::new(BIN);
     cmd.arg("--config").arg(&cfg);
     let mut lb = Proc::spawn(cmd, false);
@@ -180,13 +152,8 @@ async fn sigterm_stops_accepting_and_lets_open_connections_finish() {
     lb.signal("TERM");
     lb.wait_for_line("SIGTERM").await;
     eventually_async_refused(addr).await;
-    echo_once(&mut open)
-        .await
-        .expect("open connection still passes bytes");
-    assert!(
-        lb.child.try_wait().unwrap().is_none(),
-        "waits for the open connection"
-    );
+    echo_once(&mut open).await.expect("open connection still passes bytes");
+    assert!(lb.child.try_wait().unwrap().is_none(), "waits for the open connection");
     drop(open);
     assert_eq!(lb.exit_code().await, Some(0));
 }
@@ -205,9 +172,7 @@ async fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &[echo.addr], "");
     let mut cmd = Command::new(BIN);
-    cmd.args(["--log-format", "json", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "debug");
+    cmd.args(["--log-format", "json", "--config"]).arg(&cfg).env("RUST_LOG", "debug");
     let lb = Proc::spawn(cmd, false);
     let line = lb.wait_for_line("listening").await;
     let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON object");
@@ -221,8 +186,7 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(v["end"], "closed");
     assert_eq!(v["span"]["server"], echo.addr.to_string());
     for l in lb.lines.lock().unwrap().iter() {
-        serde_json::from_str::<serde_json::Value>(l)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
     }
 }
 
@@ -230,21 +194,10 @@ async fn json_logs_are_one_object_per_line() {
 async fn a_bad_config_stops_the_start_with_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lb.toml");
-    std::fs::write(
-        &path,
-        "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"x\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    std::fs::write(&path, "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"x\"]\n").unwrap();
+    let out = Command::new(BIN).arg("--config").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("lb.toml:5:12: pool.p.servers[0]: expected \"host:port\"")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lb.toml:5:12: pool.p.servers[0]: expected \"host:port\""));
 }
 
 #[tokio::test]
@@ -257,27 +210,17 @@ async fn a_port_in_use_stops_the_start_and_names_the_listener() {
         taken.local_addr().unwrap()
     );
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).arg("--config").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("listener[0].bind: cannot listen on"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("listener[0].bind: cannot listen on"), "{stderr}");
 }
 
 #[test]
 fn version_is_printed() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("ucp-lb {}", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ucp-lb {}", env!("CARGO_PKG_VERSION")));
 }
 
 #[tokio::test]
@@ -290,14 +233,8 @@ async fn demo_serves_https_through_the_lb_and_ejects_the_stopped_manager() {
     for m in ["manager-01", "manager-02", "manager-03"] {
         assert!(out.contains(&format!("HTTP 200, answered by {m}")), "{out}");
     }
-    assert!(
-        !out.contains(": failed:") && !out.contains("no answer"),
-        "{out}"
-    );
-    assert!(
-        out.contains("manager-04") && out.contains("ejected after 2 failed connects"),
-        "{out}"
-    );
+    assert!(!out.contains(": failed:") && !out.contains("no answer"), "{out}");
+    assert!(out.contains("manager-04") && out.contains("ejected after 2 failed connects"), "{out}");
     demo.signal("INT");
     assert_eq!(demo.exit_code().await, Some(0));
 }

@@ -21,9 +21,27 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
             "bad.toml:7:1: pool.ucp.conect_timeout: unknown field `conect_timeout`",
         ),
         (
-            "health not yet supported",
-            pool("[pool.ucp.health]\nkind = \"https\"\n"),
-            "bad.toml:7:11: pool.ucp.health: unknown field `health`",
+            "unknown health key", pool("[pool.ucp.health]\nkinde = \"https\"\n"), "bad.toml:8:1: pool.ucp.health.kinde: unknown field `kinde`"
+        ),
+        (
+            "bad check kind",
+            pool("health = { kind = \"icmp\" }\n"),
+            "bad.toml:7:19: pool.ucp.health.kind: expected \"https\", \"http\", \"tcp\" or \"none\", found \"icmp\"",
+        ),
+        (
+            "bad expect_status",
+            pool("[pool.ucp.health]\nexpect_status = [200, \"2x\"]\n"),
+            "bad.toml:8:23: pool.ucp.health.expect_status: expected a status from 100 to 599 or a class like \"2xx\", found \"2x\"",
+        ),
+        (
+            "check rise 0",
+            pool("[pool.ucp.health]\nrise = 0\n"),
+            "bad.toml:8:8: pool.ucp.health.rise: expected an integer from 1 to 1000, found 0",
+        ),
+        (
+            "check path without slash",
+            pool("[pool.ucp.health]\npath = \"_ping\"\n"),
+            "bad.toml:8:8: pool.ucp.health.path: expected a path starting with '/' and without spaces, found \"_ping\"",
         ),
         (
             "unknown server key",
@@ -157,9 +175,7 @@ fn every_bad_config_names_file_line_column_and_key() {
             Err(e) => {
                 let first = e.0[0].to_string();
                 if !first.starts_with(expected) {
-                    wrong.push(format!(
-                        "{name}:\n  got:      {first}\n  expected: {expected}"
-                    ));
+                    wrong.push(format!("{name}:\n  got:      {first}\n  expected: {expected}"));
                 }
             }
         }
@@ -169,9 +185,7 @@ fn every_bad_config_names_file_line_column_and_key() {
 
 #[test]
 fn all_errors_of_a_config_are_reported_together() {
-    let text = format!(
-        "{HEAD}[pool.ucp]\nservers = [\"a\", {{ address = \"b:1\", weight = 0 }}]\nbalance = \"x\"\n"
-    );
+    let text = format!("{HEAD}[pool.ucp]\nservers = [\"a\", {{ address = \"b:1\", weight = 0 }}]\nbalance = \"x\"\n");
     let e = ucp_lb::config::parse(&text, "bad.toml").unwrap_err();
     assert_eq!(e.0.len(), 3, "{e}");
 }
@@ -186,13 +200,7 @@ fn check_exits_1_on_each_bad_config() {
     for (name, text, expected) in bad_configs() {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, text).unwrap();
-        let out = ucp_lb()
-            .arg("check")
-            .arg("--offline")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = ucp_lb().arg("check").arg("--offline").arg("--config").arg(&path).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{name}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let want = expected.replacen("bad.toml", &path.display().to_string(), 1);
@@ -202,35 +210,17 @@ fn check_exits_1_on_each_bad_config() {
 
 #[test]
 fn check_exits_1_on_a_missing_file_and_on_an_unresolvable_name() {
-    let out = ucp_lb()
-        .args(["check", "--config", "/nonexistent/lb.toml"])
-        .output()
-        .unwrap();
+    let out = ucp_lb().args(["check", "--config", "/nonexistent/lb.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("/nonexistent/lb.toml: cannot read the config file")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/lb.toml: cannot read the config file"));
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lb.toml");
-    std::fs::write(
-        &path,
-        format!("{HEAD}[pool.ucp]\nservers = [\"no-such-host.invalid:443\"]\n"),
-    )
-    .unwrap();
-    let out = ucp_lb()
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    std::fs::write(&path, format!("{HEAD}[pool.ucp]\nservers = [\"no-such-host.invalid:443\"]\n")).unwrap();
+    let out = ucp_lb().arg("check").arg("--config").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(":6:12: pool.ucp.servers[0]: cannot resolve \"no-such-host.invalid\""),
-        "{stderr}"
-    );
+    assert!(stderr.contains(":6:12: pool.ucp.servers[0]: cannot resolve \"no-such-host.invalid\""), "{stderr}");
 }
 
 #[test]
@@ -241,19 +231,8 @@ fn check_accepts_every_example_in_config_dir() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             n += 1;
-            let out = ucp_lb()
-                .arg("check")
-                .arg("--offline")
-                .arg("--config")
-                .arg(&path)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = ucp_lb().arg("check").arg("--offline").arg("--config").arg(&path).output().unwrap();
+            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
             assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
         }
     }
@@ -264,29 +243,11 @@ fn check_accepts_every_example_in_config_dir() {
 fn check_prints_resolved_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lb.toml");
-    std::fs::write(
-        &path,
-        format!("{HEAD}[pool.ucp]\nservers = [\"localhost:443\", \"127.0.0.9:443\"]\n"),
-    )
-    .unwrap();
-    let out = ucp_lb()
-        .arg("check")
-        .env("UCP_LB_CONFIG", &path)
-        .output()
-        .unwrap();
+    std::fs::write(&path, format!("{HEAD}[pool.ucp]\nservers = [\"localhost:443\", \"127.0.0.9:443\"]\n")).unwrap();
+    let out = ucp_lb().arg("check").env("UCP_LB_CONFIG", &path).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("127.0.0.1:8443 -> pool ucp"), "{stdout}");
-    assert!(
-        stdout.contains("localhost:443 -> 127.0.0.1:443"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("127.0.0.9:443 -> 127.0.0.9:443"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("localhost:443 -> 127.0.0.1:443"), "{stdout}");
+    assert!(stdout.contains("127.0.0.9:443 -> 127.0.0.9:443"), "{stdout}");
 }

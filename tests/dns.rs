@@ -21,10 +21,7 @@ fn namespaces_work() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "unshare -m must work under CI=true (root)"
-        );
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "unshare -m must work under CI=true (root)");
         eprintln!("skipped: needs root and unshare -m");
     }
     ok
@@ -58,11 +55,7 @@ async fn name_answers_are_followed_and_a_failed_lookup_keeps_the_last_ones() {
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(&hosts, "127.0.0.2 mgr-a\n").unwrap();
     // Names not in the hosts file fail fast: the only name server refuses.
-    std::fs::write(
-        &resolv,
-        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
-    )
-    .unwrap();
+    std::fs::write(&resolv, "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n").unwrap();
     let cfg = dir.path().join("lb.toml");
     std::fs::write(
         &cfg,
@@ -71,7 +64,8 @@ async fn name_answers_are_followed_and_a_failed_lookup_keeps_the_last_ones() {
         ),
     )
     .unwrap();
-    let script = "mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/resolv.conf && exec \"$0\" --config \"$3\"";
+    let script =
+        "mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/resolv.conf && exec \"$0\" --config \"$3\"";
     let mut child = Command::new("unshare")
         .args(["-m", "sh", "-c", script, env!("CARGO_BIN_EXE_ucp-lb")])
         .arg(&hosts)
@@ -96,18 +90,9 @@ async fn name_answers_are_followed_and_a_failed_lookup_keeps_the_last_ones() {
     let lb = Lb { child, log };
     let text = || lb.log.lock().unwrap().clone();
     eventually("listening", || text().contains("listening")).await;
-    let line = text()
-        .lines()
-        .find(|l| l.contains("listening"))
-        .unwrap()
-        .to_owned();
+    let line = text().lines().find(|l| l.contains("listening")).unwrap().to_owned();
     let at = line.find("local=").unwrap() + 6;
-    let addr: SocketAddr = line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr: SocketAddr = line[at..].split_whitespace().next().unwrap().parse().unwrap();
 
     for _ in 0..5 {
         round_trip(addr).await.unwrap();
@@ -137,18 +122,11 @@ async fn name_answers_are_followed_and_a_failed_lookup_keeps_the_last_ones() {
 
     // The name disappears: the lookup fails, the last addresses stay.
     std::fs::write(&hosts, "127.0.0.9 someone-else\n").unwrap();
-    eventually("failed lookup logged", || {
-        text().contains("cannot resolve server name, keeping the last addresses")
-    })
-    .await;
+    eventually("failed lookup logged", || text().contains("cannot resolve server name, keeping the last addresses"))
+        .await;
     let (a0, b0) = (a.count(), b.count());
     for _ in 0..10 {
-        round_trip(addr)
-            .await
-            .expect("still served by the last good addresses");
+        round_trip(addr).await.expect("still served by the last good addresses");
     }
-    assert!(
-        a.count() > a0 && b.count() > b0,
-        "both last addresses still used"
-    );
+    assert!(a.count() > a0 && b.count() > b0, "both last addresses still used");
 }

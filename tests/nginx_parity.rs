@@ -14,10 +14,8 @@ use common::*;
 use tokio::net::TcpSocket;
 
 fn nginx_bin() -> Option<PathBuf> {
-    let found = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
+    let found =
+        ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"].iter().map(PathBuf::from).find(|p| p.exists());
     if found.is_none() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -46,20 +44,13 @@ impl Drop for Nginx {
 async fn nginx(bin: &Path, upstream: &str) -> Nginx {
     let dir = tempfile::tempdir().unwrap();
     // nginx cannot report a port it chose: take a free one.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let module = [
-        "/usr/lib/nginx/modules/ngx_stream_module.so",
-        "/usr/share/nginx/modules/ngx_stream_module.so",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .map(|m| format!("load_module {m};\n"))
-    .unwrap_or_default();
+    let module = ["/usr/lib/nginx/modules/ngx_stream_module.so", "/usr/share/nginx/modules/ngx_stream_module.so"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .map(|m| format!("load_module {m};\n"))
+        .unwrap_or_default();
     let d = dir.path().display();
     let conf = format!(
         "{module}daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
@@ -86,11 +77,7 @@ async fn nginx(bin: &Path, upstream: &str) -> Nginx {
         assert!(start.elapsed() < DEADLINE, "nginx did not start");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    Nginx {
-        child,
-        addr,
-        _dir: dir,
-    }
+    Nginx { child, addr, _dir: dir }
 }
 
 /// Which of `echoes` served one round trip from `src` through `lb`.
@@ -100,23 +87,14 @@ async fn served_by(echoes: &[Echo], lb: SocketAddr, src: [u8; 4]) -> usize {
     s.bind(SocketAddr::from((src, 0))).unwrap();
     let mut s = s.connect(lb).await.unwrap();
     echo_once(&mut s).await.unwrap();
-    (0..echoes.len())
-        .find(|&i| echoes[i].count() > before[i])
-        .unwrap()
+    (0..echoes.len()).find(|&i| echoes[i].count() > before[i]).unwrap()
 }
 
 #[tokio::test]
 async fn source_hash_sends_each_client_where_nginx_hash_consistent_does() {
     let Some(bin) = nginx_bin() else { return };
-    let echoes = vec![
-        Echo::start().await,
-        Echo::start().await,
-        Echo::start().await,
-    ];
-    let servers: String = echoes
-        .iter()
-        .map(|e| format!("  server {};\n", e.addr))
-        .collect();
+    let echoes = vec![Echo::start().await, Echo::start().await, Echo::start().await];
+    let servers: String = echoes.iter().map(|e| format!("  server {};\n", e.addr)).collect();
     let ngx = nginx(&bin, &format!("  hash $remote_addr consistent;\n{servers}")).await;
     let addrs: Vec<SocketAddr> = echoes.iter().map(|e| e.addr).collect();
     let lb = start_lb(&one_pool(&addrs, "balance = \"source_hash\"")).await;
@@ -135,27 +113,15 @@ async fn source_hash_sends_each_client_where_nginx_hash_consistent_does() {
 #[tokio::test]
 async fn weighted_round_robin_follows_nginx_sequence() {
     let Some(bin) = nginx_bin() else { return };
-    let echoes = vec![
-        Echo::start().await,
-        Echo::start().await,
-        Echo::start().await,
-    ];
+    let echoes = vec![Echo::start().await, Echo::start().await, Echo::start().await];
     let weights = [5, 1, 2];
-    let servers: String = echoes
-        .iter()
-        .zip(weights)
-        .map(|(e, w)| format!("  server {} weight={w};\n", e.addr))
-        .collect();
+    let servers: String =
+        echoes.iter().zip(weights).map(|(e, w)| format!("  server {} weight={w};\n", e.addr)).collect();
     let ngx = nginx(&bin, &servers).await;
-    let list: Vec<String> = echoes
-        .iter()
-        .zip(weights)
-        .map(|(e, w)| format!("{{ address = \"{}\", weight = {w} }}", e.addr))
-        .collect();
-    let toml = format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [{}]\n",
-        list.join(", ")
-    );
+    let list: Vec<String> =
+        echoes.iter().zip(weights).map(|(e, w)| format!("{{ address = \"{}\", weight = {w} }}", e.addr)).collect();
+    let toml =
+        format!("[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [{}]\n", list.join(", "));
     let lb = start_lb(&toml).await;
     let mut seq_nginx = Vec::new();
     let mut seq_lb = Vec::new();
@@ -184,11 +150,8 @@ async fn retries_and_passive_ejection_follow_nginx_with_a_refusing_server() {
         .map(|(a, w)| format!("  server {a} weight={w} max_fails=3 fail_timeout=1h;\n"))
         .collect();
     let ngx = nginx(&bin, &servers).await;
-    let list: Vec<String> = addrs
-        .iter()
-        .zip(weights)
-        .map(|(a, w)| format!("{{ address = \"{a}\", weight = {w} }}"))
-        .collect();
+    let list: Vec<String> =
+        addrs.iter().zip(weights).map(|(a, w)| format!("{{ address = \"{a}\", weight = {w} }}")).collect();
     let toml = format!(
         "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [{}]\nmax_fails = 3\nfail_timeout = \"1h\"\nretries = \"all\"\n",
         list.join(", ")

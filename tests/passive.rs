@@ -11,27 +11,16 @@ use tokio::net::TcpStream;
 async fn refusing_server_is_ejected_after_max_fails_and_tried_again_after_fail_timeout() {
     let (a, b) = (Echo::start().await, Echo::start().await);
     let refusing = refusing_addr();
-    let lb = start_lb(&one_pool(
-        &[a.addr, refusing, b.addr],
-        "max_fails = 2\nfail_timeout = \"30s\"",
-    ))
-    .await;
+    let lb = start_lb(&one_pool(&[a.addr, refusing, b.addr], "max_fails = 2\nfail_timeout = \"30s\"")).await;
     let addr = lb.listener_addrs()[0];
     for i in 0..300 {
-        round_trip(addr)
-            .await
-            .unwrap_or_else(|e| panic!("client {i} failed: {e}"));
+        round_trip(addr).await.unwrap_or_else(|e| panic!("client {i} failed: {e}"));
     }
     let r = server(&lb, refusing);
     assert_eq!(r.connect_failures, 2, "tried until max_fails, then skipped");
     assert!(r.ejected);
     assert_eq!(a.count() + b.count(), 300);
-    assert!(
-        a.count().abs_diff(b.count()) <= 2,
-        "split evenly: {} / {}",
-        a.count(),
-        b.count()
-    );
+    assert!(a.count().abs_diff(b.count()) <= 2, "split evenly: {} / {}", a.count(), b.count());
 
     // Still inside fail_timeout: no further attempts on it.
     tokio::time::sleep(Duration::from_secs(29)).await;
@@ -47,10 +36,7 @@ async fn refusing_server_is_ejected_after_max_fails_and_tried_again_after_fail_t
         round_trip(addr).await.unwrap();
     }
     let r = server(&lb, refusing);
-    assert_eq!(
-        r.connect_failures, 3,
-        "exactly one trial after fail_timeout"
-    );
+    assert_eq!(r.connect_failures, 3, "exactly one trial after fail_timeout");
     assert!(r.ejected);
 }
 
@@ -59,11 +45,7 @@ async fn recovered_server_is_readmitted_on_its_trial_connect() {
     let a = Echo::start().await;
     let dormant = Dormant::new();
     let b_addr = dormant.addr;
-    let lb = start_lb(&one_pool(
-        &[a.addr, b_addr],
-        "max_fails = 1\nfail_timeout = \"500ms\"",
-    ))
-    .await;
+    let lb = start_lb(&one_pool(&[a.addr, b_addr], "max_fails = 1\nfail_timeout = \"500ms\"")).await;
     let addr = lb.listener_addrs()[0];
     for _ in 0..4 {
         round_trip(addr).await.unwrap();
@@ -86,18 +68,12 @@ async fn blackholed_server_delays_a_client_by_at_most_connect_timeout() {
     let (a, b) = (Echo::start().await, Echo::start().await);
     let hole = Blackhole::new();
     let connect_timeout = Duration::from_millis(500);
-    let lb = start_lb(&one_pool(
-        &[a.addr, hole.addr, b.addr],
-        "connect_timeout = \"500ms\"\nmax_fails = 2",
-    ))
-    .await;
+    let lb = start_lb(&one_pool(&[a.addr, hole.addr, b.addr], "connect_timeout = \"500ms\"\nmax_fails = 2")).await;
     let addr = lb.listener_addrs()[0];
     let mut slowest = Duration::ZERO;
     for i in 0..30 {
         let t = Instant::now();
-        within("client through the LB", round_trip(addr))
-            .await
-            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        within("client through the LB", round_trip(addr)).await.unwrap_or_else(|e| panic!("client {i}: {e}"));
         slowest = slowest.max(t.elapsed());
     }
     let h = server(&lb, hole.addr);
@@ -105,14 +81,8 @@ async fn blackholed_server_delays_a_client_by_at_most_connect_timeout() {
     assert!(h.ejected);
     assert_eq!(a.count() + b.count(), 30);
     // Loose bound: the point is "about connect_timeout", not "for ever".
-    assert!(
-        slowest < connect_timeout + Duration::from_secs(3),
-        "slowest client took {slowest:?}"
-    );
-    assert!(
-        slowest >= connect_timeout,
-        "some client did wait for the blackholed server"
-    );
+    assert!(slowest < connect_timeout + Duration::from_secs(3), "slowest client took {slowest:?}");
+    assert!(slowest >= connect_timeout, "some client did wait for the blackholed server");
 }
 
 #[tokio::test]

@@ -73,10 +73,7 @@ async fn bulk_64_mib_each_way_arrives_unchanged() {
     assert_eq!(c_sent, s_got, "client to server");
     assert_eq!(s_sent, c_got, "server to client");
     let st = server_status(&lb, baddr).await;
-    assert_eq!(
-        (st.bytes_sent, st.bytes_received),
-        (BULK as u64, BULK as u64)
-    );
+    assert_eq!((st.bytes_sent, st.bytes_received), (BULK as u64, BULK as u64));
 }
 
 async fn server_status(lb: &ucp_lb::Running, addr: SocketAddr) -> ucp_lb::snapshot::ServerStatus {
@@ -103,9 +100,7 @@ async fn half_close_is_passed_on() {
     c.write_all(b"hello").await.unwrap();
     c.shutdown().await.unwrap();
     let mut reply = Vec::new();
-    within("reply after half-close", c.read_to_end(&mut reply))
-        .await
-        .unwrap();
+    within("reply after half-close", c.read_to_end(&mut reply)).await.unwrap();
     assert_eq!(reply, b"world");
     assert_eq!(within("server", server).await.unwrap(), b"hello");
 }
@@ -120,9 +115,7 @@ async fn upstream_reset_closes_the_client() {
         s.read_exact(&mut b).await.unwrap();
         s.write_all(&b).await.unwrap();
         // Linger 0: close sends RST.
-        socket2::SockRef::from(&s)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
         drop(s);
     });
     let lb = start_lb(&one_pool(&[baddr], "")).await;
@@ -141,9 +134,7 @@ async fn idle_timeout_closes_a_quiet_connection_and_activity_keeps_it() {
         echo_once(&mut c).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    echo_once(&mut c)
-        .await
-        .expect("still open while bytes flow");
+    echo_once(&mut c).await.expect("still open while bytes flow");
     assert!(within("idle connection closed", closed(&mut c)).await);
 }
 
@@ -158,13 +149,8 @@ async fn idle_timeout_none_keeps_a_quiet_connection_open_for_an_hour() {
     echo_once(&mut b).await.unwrap();
     // Paused clock: the hour passes at once, and every timer in it fires.
     tokio::time::sleep(Duration::from_secs(3600)).await;
-    echo_once(&mut a)
-        .await
-        .expect("no idle timeout: still open after an hour");
-    assert!(
-        closed(&mut b).await,
-        "the 30m idle timeout closed the other one"
-    );
+    echo_once(&mut a).await.expect("no idle timeout: still open after an hour");
+    assert!(closed(&mut b).await, "the 30m idle timeout closed the other one");
 }
 
 #[tokio::test]
@@ -184,19 +170,10 @@ async fn max_connections_closes_excess_clients_at_once() {
     assert!(within("third client closed", closed(&mut third)).await);
     assert_eq!(echo.count(), 2, "the excess client never reached a server");
     let l = &lb.listeners()[0];
-    assert_eq!(
-        l.rejected_max_connections
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(l.rejected_max_connections.load(std::sync::atomic::Ordering::Relaxed), 1);
     drop(first);
-    eventually("a place frees up", || {
-        l.active.load(std::sync::atomic::Ordering::Relaxed) == 1
-    })
-    .await;
-    round_trip(addr)
-        .await
-        .expect("served again once under the limit");
+    eventually("a place frees up", || l.active.load(std::sync::atomic::Ordering::Relaxed) == 1).await;
+    round_trip(addr).await.expect("served again once under the limit");
 }
 
 #[tokio::test]

@@ -138,6 +138,78 @@ pub struct PoolConfig {
     pub name: Arc<str>,
     pub settings: Settings,
     pub servers: Vec<ServerConfig>,
+    /// `None`: no active check (`kind = "none"` or no `[pool.NAME.health]`).
+    pub health: Option<HealthConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// `GET path` over TLS (the certificate is not verified unless `ca_file`).
+    Https,
+    /// `GET path` over plain TCP.
+    Http,
+    /// A TCP connect only.
+    Tcp,
+}
+
+/// A status the check accepts: `200`, or a class such as `"2xx"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusMatch {
+    Code(u16),
+    Class(u16),
+}
+
+impl StatusMatch {
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            StatusMatch::Code(c) => c == status,
+            StatusMatch::Class(c) => status / 100 == c,
+        }
+    }
+}
+
+/// `[pool.NAME.health]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub kind: CheckKind,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub expect_status: Vec<StatusMatch>,
+    /// The body must contain this.
+    pub expect_body: Option<String>,
+    /// The body must be JSON with these top-level fields equal to these values.
+    pub expect_json: Vec<(String, serde_json::Value)>,
+    pub sni: Option<String>,
+    pub host: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    /// Probe this port instead of the server's own.
+    pub port: Option<u16>,
+    /// Where `ca_file` is set, for errors reading it.
+    pub ca_file_pos: Pos,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            kind: CheckKind::Https,
+            path: "/_ping".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 2,
+            expect_status: vec![StatusMatch::Code(200)],
+            expect_body: None,
+            expect_json: Vec::new(),
+            sni: None,
+            host: None,
+            ca_file: None,
+            port: None,
+            ca_file_pos: Pos::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -229,17 +301,11 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
             source: source.to_owned(),
             pos: None,
             key: String::new(),
-            message:
-                "the config is empty: at least one [[listener]] and one [pool.NAME] are needed"
-                    .into(),
+            message: "the config is empty: at least one [[listener]] and one [pool.NAME] are needed".into(),
         }]));
     }
     let raw = parse_raw(text, source, &lines)?;
-    let mut v = Validator {
-        source,
-        lines: &lines,
-        errors: Vec::new(),
-    };
+    let mut v = Validator { source, lines: &lines, errors: Vec::new() };
     let config = v.config(&raw);
     if v.errors.is_empty() {
         Ok(config)
@@ -251,32 +317,16 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
 
 fn parse_raw(text: &str, source: &str, lines: &LineIndex) -> Result<RawConfig, ConfigErrors> {
     let fail = |pos: Option<Pos>, key: String, message: String| {
-        ConfigErrors(vec![ConfigError {
-            source: source.to_owned(),
-            pos,
-            key,
-            message,
-        }])
+        ConfigErrors(vec![ConfigError { source: source.to_owned(), pos, key, message }])
     };
-    let de = toml::Deserializer::parse(text).map_err(|e| {
-        fail(
-            e.span().map(|s| lines.pos(s.start)),
-            String::new(),
-            syntax_message(&e),
-        )
-    })?;
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| fail(e.span().map(|s| lines.pos(s.start)), String::new(), syntax_message(&e)))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         // Spanned values show up in the path as a private field: drop it.
-        let key = e
-            .path()
-            .to_string()
-            .replace(".$__serde_spanned_private_value", "");
+        let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
         let inner = e.into_inner();
         let key = if key == "." { String::new() } else { key };
-        let message = inner
-            .message()
-            .trim()
-            .replace("expected i64", "expected an integer");
+        let message = inner.message().trim().replace("expected i64", "expected an integer");
         fail(inner.span().map(|s| lines.pos(s.start)), key, message)
     })
 }
@@ -302,11 +352,7 @@ impl<'a> LineIndex<'a> {
         let offset = offset.min(self.text.len());
         let line = self.starts.partition_point(|&s| s <= offset).max(1);
         let start = self.starts[line - 1];
-        let col = self
-            .text
-            .get(start..offset)
-            .map_or(offset - start, |s| s.chars().count())
-            + 1;
+        let col = self.text.get(start..offset).map_or(offset - start, |s| s.chars().count()) + 1;
         Pos { line, col }
     }
 }
@@ -319,12 +365,9 @@ pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
     if t == "0" || t.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let expected =
-        || format!(r#"expected a duration like "500ms", "5s", "10m" or "1h", found "{s}""#);
+    let expected = || format!(r#"expected a duration like "500ms", "5s", "10m" or "1h", found "{s}""#);
     if num.is_empty() {
         return Err(expected());
     }
@@ -336,9 +379,7 @@ pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
         "h" => 3600.0,
         "d" => 86400.0,
         "" => {
-            return Err(format!(
-                r#"expected a unit (ms, s, m, h or d) after the number, found "{s}""#
-            ));
+            return Err(format!(r#"expected a unit (ms, s, m, h or d) after the number, found "{s}""#));
         }
         _ => return Err(expected()),
     };
@@ -357,11 +398,11 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "0".into()
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -390,22 +431,15 @@ pub fn parse_host_port(s: &str) -> Result<HostPort, String> {
     }
     let is_v6 = host.parse::<std::net::Ipv6Addr>().is_ok();
     let name_ok = host.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
     if !is_v6 && !name_ok {
         return Err(bad("not a valid host name or address"));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| bad("port must be a number from 1 to 65535"))?;
+    let port: u16 = port.parse().map_err(|_| bad("port must be a number from 1 to 65535"))?;
     if port == 0 {
         return Err(bad("port must be a number from 1 to 65535"));
     }
-    Ok(HostPort {
-        host: host.to_owned(),
-        port,
-    })
+    Ok(HostPort { host: host.to_owned(), port })
 }
 
 struct Validator<'a> {
@@ -415,12 +449,7 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn err(
-        &mut self,
-        span: Option<Range<usize>>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) {
+    fn err(&mut self, span: Option<Range<usize>>, key: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             source: self.source.to_owned(),
             pos: span.map(|s| self.lines.pos(s.start)),
@@ -435,11 +464,7 @@ impl Validator<'_> {
             if (1..=1024).contains(&n) {
                 Some(n as usize)
             } else {
-                self.err(
-                    Some(w.span()),
-                    "workers",
-                    format!("expected an integer from 1 to 1024, found {n}"),
-                );
+                self.err(Some(w.span()), "workers", format!("expected an integer from 1 to 1024, found {n}"));
                 None
             }
         });
@@ -453,20 +478,16 @@ impl Validator<'_> {
         for (name, pool) in &raw.pool {
             let key = format!("pool.{name}");
             if !valid_name(name) {
-                self.err(
-                    Some(pool.span()),
-                    key.clone(),
-                    "a pool name may hold only letters, digits, '_' and '-'",
-                );
+                self.err(Some(pool.span()), key.clone(), "a pool name may hold only letters, digits, '_' and '-'");
             }
             let pool_ref = pool.get_ref();
             let settings = self.settings(pool_ref.settings(), &defaults, &key);
             let servers = self.servers(pool, &key);
-            pools.push(PoolConfig {
-                name: Arc::from(name.as_str()),
-                settings,
-                servers,
-            });
+            let health = match &pool_ref.health {
+                Some(h) => self.health(h, &format!("{key}.health")),
+                None => None,
+            };
+            pools.push(PoolConfig { name: Arc::from(name.as_str()), settings, servers, health });
         }
 
         let mut listeners: Vec<ListenerConfig> = Vec::new();
@@ -479,18 +500,12 @@ impl Validator<'_> {
             let lr = l.get_ref();
             let bind = match &lr.bind {
                 None => {
-                    self.err(
-                        Some(l.span()),
-                        format!("{key}.bind"),
-                        r#"missing key: expected bind = "address:port""#,
-                    );
+                    self.err(Some(l.span()), format!("{key}.bind"), r#"missing key: expected bind = "address:port""#);
                     None
                 }
                 Some(b) => match b.get_ref().parse::<SocketAddr>() {
                     Ok(a) => {
-                        if let Some((_, first)) =
-                            bind_spans.iter().find(|(x, _)| *x == a && a.port() != 0)
-                        {
+                        if let Some((_, first)) = bind_spans.iter().find(|(x, _)| *x == a && a.port() != 0) {
                             let p = self.lines.pos(first.start);
                             self.err(
                                 Some(b.span()),
@@ -516,11 +531,7 @@ impl Validator<'_> {
             };
             let pool = match &lr.pool {
                 None => {
-                    self.err(
-                        Some(l.span()),
-                        format!("{key}.pool"),
-                        r#"missing key: expected pool = "NAME""#,
-                    );
+                    self.err(Some(l.span()), format!("{key}.pool"), r#"missing key: expected pool = "NAME""#);
                     None
                 }
                 Some(p) => {
@@ -534,11 +545,7 @@ impl Validator<'_> {
                             format!(
                                 "no pool named \"{}\" (defined: {})",
                                 p.get_ref(),
-                                if known.is_empty() {
-                                    "none".to_owned()
-                                } else {
-                                    known.join(", ")
-                                }
+                                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
                             ),
                         );
                         None
@@ -547,30 +554,17 @@ impl Validator<'_> {
             };
             let max_connections = match &lr.max_connections {
                 None => 0,
-                Some(m) => self
-                    .int(m, &format!("{key}.max_connections"), 1, u32::MAX as i64, "")
-                    .unwrap_or(0),
+                Some(m) => self.int(m, &format!("{key}.max_connections"), 1, u32::MAX as i64, "").unwrap_or(0),
             };
             if let (Some(bind), Some(pool)) = (bind, pool) {
-                listeners.push(ListenerConfig {
-                    bind,
-                    pool,
-                    max_connections,
-                });
+                listeners.push(ListenerConfig { bind, pool, max_connections });
             }
         }
         if raw.pool.is_empty() {
             self.err(None, "pool", "at least one [pool.NAME] is needed");
         }
 
-        Config {
-            source: self.source.to_owned(),
-            path: None,
-            workers,
-            defaults,
-            listeners,
-            pools,
-        }
+        Config { source: self.source.to_owned(), path: None, workers, defaults, listeners, pools }
     }
 
     fn int(&mut self, v: &S<i64>, key: &str, min: i64, max: i64, note: &str) -> Option<u32> {
@@ -581,31 +575,18 @@ impl Validator<'_> {
             } else {
                 format!("an integer from {min} to {max}")
             };
-            self.err(
-                Some(v.span()),
-                key,
-                format!("expected {range}{note}, found {n}"),
-            );
+            self.err(Some(v.span()), key, format!("expected {range}{note}, found {n}"));
             None
         } else {
             Some(n as u32)
         }
     }
 
-    fn duration(
-        &mut self,
-        v: Option<&S<String>>,
-        key: String,
-        may_be_off: bool,
-    ) -> Option<Option<Duration>> {
+    fn duration(&mut self, v: Option<&S<String>>, key: String, may_be_off: bool) -> Option<Option<Duration>> {
         let v = v?;
         match parse_duration(v.get_ref()) {
             Ok(None) if !may_be_off => {
-                self.err(
-                    Some(v.span()),
-                    key,
-                    format!("must be longer than 0, found \"{}\"", v.get_ref()),
-                );
+                self.err(Some(v.span()), key, format!("must be longer than 0, found \"{}\"", v.get_ref()));
                 None
             }
             Ok(d) => Some(d),
@@ -641,13 +622,7 @@ impl Validator<'_> {
             s.idle_timeout = d;
         }
         if let Some(m) = r.max_fails
-            && let Some(n) = self.int(
-                m,
-                &k("max_fails"),
-                0,
-                1_000_000,
-                " (0 switches passive ejection off)",
-            )
+            && let Some(n) = self.int(m, &k("max_fails"), 0, 1_000_000, " (0 switches passive ejection off)")
         {
             s.max_fails = n;
         }
@@ -656,9 +631,7 @@ impl Validator<'_> {
         }
         if let Some(v) = r.retries {
             match v.get_ref() {
-                toml::Value::Integer(n) if (0..=1000).contains(n) => {
-                    s.retries = Retries::Count(*n as u32)
-                }
+                toml::Value::Integer(n) if (0..=1000).contains(n) => s.retries = Retries::Count(*n as u32),
                 toml::Value::String(a) if a == "all" => s.retries = Retries::All,
                 other => self.err(
                     Some(v.span()),
@@ -687,6 +660,115 @@ impl Validator<'_> {
         s
     }
 
+    fn health(&mut self, h: &S<raw::RawHealth>, key: &str) -> Option<HealthConfig> {
+        let r = h.get_ref();
+        let k = |name: &str| format!("{key}.{name}");
+        let mut c = HealthConfig::default();
+        if let Some(kind) = &r.kind {
+            c.kind = match kind.get_ref().as_str() {
+                "https" => CheckKind::Https,
+                "http" => CheckKind::Http,
+                "tcp" => CheckKind::Tcp,
+                "none" => return None,
+                other => {
+                    self.err(
+                        Some(kind.span()),
+                        k("kind"),
+                        format!("expected \"https\", \"http\", \"tcp\" or \"none\", found \"{other}\""),
+                    );
+                    CheckKind::Https
+                }
+            };
+        }
+        if let Some(p) = &r.path {
+            let path = p.get_ref();
+            if !path.starts_with('/') || path.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                self.err(
+                    Some(p.span()),
+                    k("path"),
+                    format!("expected a path starting with '/' and without spaces, found \"{path}\""),
+                );
+            } else {
+                c.path = path.clone();
+            }
+        }
+        if let Some(Some(d)) = self.duration(r.interval.as_ref(), k("interval"), false) {
+            c.interval = d;
+        }
+        if let Some(Some(d)) = self.duration(r.timeout.as_ref(), k("timeout"), false) {
+            c.timeout = d;
+        }
+        if let Some(v) = &r.rise
+            && let Some(n) = self.int(v, &k("rise"), 1, 1000, "")
+        {
+            c.rise = n;
+        }
+        if let Some(v) = &r.fall
+            && let Some(n) = self.int(v, &k("fall"), 1, 1000, "")
+        {
+            c.fall = n;
+        }
+        if let Some(list) = &r.expect_status {
+            let mut out = Vec::new();
+            for v in list.get_ref() {
+                match parse_status(v.get_ref()) {
+                    Some(m) => out.push(m),
+                    None => self.err(
+                        Some(v.span()),
+                        k("expect_status"),
+                        format!("expected a status from 100 to 599 or a class like \"2xx\", found {}", v.get_ref()),
+                    ),
+                }
+            }
+            if list.get_ref().is_empty() {
+                self.err(Some(list.span()), k("expect_status"), "expected at least one status");
+            }
+            c.expect_status = out;
+        }
+        if let Some(b) = &r.expect_body {
+            if b.get_ref().is_empty() {
+                self.err(Some(b.span()), k("expect_body"), "expected a non-empty string");
+            }
+            c.expect_body = Some(b.get_ref().clone());
+        }
+        if let Some(t) = &r.expect_json {
+            for (field, value) in t.get_ref() {
+                match toml_to_json(value) {
+                    Some(j) => c.expect_json.push((field.clone(), j)),
+                    None => self.err(
+                        Some(t.span()),
+                        k(&format!("expect_json.{field}")),
+                        "expected a string, number or boolean",
+                    ),
+                }
+            }
+        }
+        for (slot, v, name) in [(&mut c.sni, &r.sni, "sni"), (&mut c.host, &r.host, "host")] {
+            if let Some(v) = v {
+                let s = v.get_ref();
+                if s.is_empty() || s.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                    self.err(Some(v.span()), k(name), format!("expected a host name, found \"{s}\""));
+                } else {
+                    *slot = Some(s.clone());
+                }
+            }
+        }
+        if let Some(f) = &r.ca_file {
+            c.ca_file = Some(PathBuf::from(f.get_ref()));
+            c.ca_file_pos = self.lines.pos(f.span().start);
+        }
+        if let Some(p) = &r.port {
+            c.port = self.int(p, &k("port"), 1, 65535, "").map(|n| n as u16);
+        }
+        if c.kind == CheckKind::Tcp && (c.expect_body.is_some() || !c.expect_json.is_empty()) {
+            self.err(Some(h.span()), key.to_owned(), "expect_body and expect_json need kind = \"http\" or \"https\"");
+        }
+        if c.kind != CheckKind::Https && (c.ca_file.is_some() || c.sni.is_some()) {
+            self.err(Some(h.span()), key.to_owned(), "ca_file and sni need kind = \"https\"");
+        }
+        Some(c)
+    }
+
     fn servers(&mut self, pool: &S<raw::RawPool>, key: &str) -> Vec<ServerConfig> {
         let Some(list) = &pool.get_ref().servers else {
             self.err(
@@ -697,11 +779,7 @@ impl Validator<'_> {
             return Vec::new();
         };
         if list.get_ref().is_empty() {
-            self.err(
-                Some(list.span()),
-                format!("{key}.servers"),
-                "a pool needs at least one server",
-            );
+            self.err(Some(list.span()), format!("{key}.servers"), "a pool needs at least one server");
         }
         let mut out: Vec<ServerConfig> = Vec::new();
         for (i, entry) in list.get_ref().iter().enumerate() {
@@ -716,11 +794,7 @@ impl Validator<'_> {
                 continue;
             };
             // A bare string entry has no span of its own: point at the entry.
-            let addr_span = if addr.span().is_empty() {
-                entry.span()
-            } else {
-                addr.span()
-            };
+            let addr_span = if addr.span().is_empty() { entry.span() } else { addr.span() };
             let address = match parse_host_port(addr.get_ref()) {
                 Ok(a) => a,
                 Err(m) => {
@@ -729,21 +803,11 @@ impl Validator<'_> {
                 }
             };
             let weight = match &r.weight {
-                Some(w) => self
-                    .int(w, &format!("{skey}.weight"), 1, 1000, "")
-                    .unwrap_or(1),
+                Some(w) => self.int(w, &format!("{skey}.weight"), 1, 1000, "").unwrap_or(1),
                 None => 1,
             };
             let max_conns = match &r.max_conns {
-                Some(m) => self
-                    .int(
-                        m,
-                        &format!("{skey}.max_conns"),
-                        0,
-                        u32::MAX as i64,
-                        " (0: no limit)",
-                    )
-                    .unwrap_or(0),
+                Some(m) => self.int(m, &format!("{skey}.max_conns"), 0, u32::MAX as i64, " (0: no limit)").unwrap_or(0),
                 None => 0,
             };
             let state = match &r.state {
@@ -764,11 +828,7 @@ impl Validator<'_> {
             };
             if let Some(first) = out.iter().find(|s| s.address == address) {
                 let line = first.pos.line;
-                self.err(
-                    Some(addr_span),
-                    skey,
-                    format!("{address} is already listed in this pool at line {line}"),
-                );
+                self.err(Some(addr_span), skey, format!("{address} is already listed in this pool at line {line}"));
                 continue;
             }
             out.push(ServerConfig {
@@ -784,10 +844,30 @@ impl Validator<'_> {
     }
 }
 
+fn parse_status(v: &toml::Value) -> Option<StatusMatch> {
+    match v {
+        toml::Value::Integer(n) if (100..=599).contains(n) => Some(StatusMatch::Code(*n as u16)),
+        toml::Value::String(s) => {
+            let b = s.as_bytes();
+            (b.len() == 3 && (b'1'..=b'5').contains(&b[0]) && s[1..].eq_ignore_ascii_case("xx"))
+                .then(|| StatusMatch::Class(u16::from(b[0] - b'0')))
+        }
+        _ => None,
+    }
+}
+
+fn toml_to_json(v: &toml::Value) -> Option<serde_json::Value> {
+    match v {
+        toml::Value::String(s) => Some(serde_json::Value::String(s.clone())),
+        toml::Value::Integer(n) => Some(serde_json::Value::from(*n)),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map(serde_json::Value::Number),
+        toml::Value::Boolean(b) => Some(serde_json::Value::Bool(*b)),
+        _ => None,
+    }
+}
+
 fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 #[cfg(test)]
@@ -796,10 +876,7 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units_and_switch_off() {
-        assert_eq!(
-            parse_duration("500ms"),
-            Ok(Some(Duration::from_millis(500)))
-        );
+        assert_eq!(parse_duration("500ms"), Ok(Some(Duration::from_millis(500))));
         assert_eq!(parse_duration("5s"), Ok(Some(Duration::from_secs(5))));
         assert_eq!(parse_duration("10m"), Ok(Some(Duration::from_secs(600))));
         assert_eq!(parse_duration("1.5h"), Ok(Some(Duration::from_secs(5400))));
@@ -820,14 +897,8 @@ mod tests {
 
     #[test]
     fn host_port_forms() {
-        assert_eq!(
-            parse_host_port("manager-01:443").unwrap().to_string(),
-            "manager-01:443"
-        );
-        assert_eq!(
-            parse_host_port("[::1]:6443").unwrap().to_string(),
-            "[::1]:6443"
-        );
+        assert_eq!(parse_host_port("manager-01:443").unwrap().to_string(), "manager-01:443");
+        assert_eq!(parse_host_port("[::1]:6443").unwrap().to_string(), "[::1]:6443");
         assert!(parse_host_port("manager-01").is_err());
         assert!(parse_host_port("manager-01:0").is_err());
         assert!(parse_host_port("manager-01:99999").is_err());

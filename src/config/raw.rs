@@ -82,7 +82,27 @@ with_settings! {
     /// `[pool.NAME]`: its servers, and any `[defaults]` key for this pool only.
     pub struct RawPool {
         pub servers: Option<S<Vec<S<RawServer>>>>,
+        pub health: Option<S<RawHealth>>,
     }
+}
+
+/// `[pool.NAME.health]`: the active check of every server of the pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub kind: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub rise: Option<S<i64>>,
+    pub fall: Option<S<i64>>,
+    pub expect_status: Option<S<Vec<S<toml::Value>>>>,
+    pub expect_body: Option<S<String>>,
+    pub expect_json: Option<S<toml::Table>>,
+    pub sni: Option<S<String>>,
+    pub host: Option<S<String>>,
+    pub ca_file: Option<S<String>>,
+    pub port: Option<S<i64>>,
 }
 
 /// The `[defaults]` keys of one table, borrowed, so defaults and pools are
@@ -125,10 +145,7 @@ impl<'de> Deserialize<'de> for RawServer {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawServer, E> {
                 // The span of a bare string is the span of the whole entry,
                 // which the caller has through `Spanned<RawServer>`.
-                Ok(RawServer {
-                    address: Some(Spanned::new(0..0, v.to_owned())),
-                    ..RawServer::default()
-                })
+                Ok(RawServer { address: Some(Spanned::new(0..0, v.to_owned())), ..RawServer::default() })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawServer, A::Error> {
                 let mut s = RawServer::default();

@@ -69,11 +69,7 @@ impl Echo {
                 });
             }
         });
-        Echo {
-            addr,
-            accepted,
-            task,
-        }
+        Echo { addr, accepted, task }
     }
 
     pub fn count(&self) -> usize {
@@ -140,25 +136,18 @@ impl Blackhole {
         // Fill the accept queue until a connect no longer completes.
         for _ in 0..16 {
             let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-            if s.connect_timeout(&addr.into(), Duration::from_millis(200))
-                .is_err()
-            {
+            if s.connect_timeout(&addr.into(), Duration::from_millis(200)).is_err() {
                 break;
             }
             fillers.push(s);
         }
-        Blackhole {
-            addr,
-            _listener: l,
-            _fillers: fillers,
-        }
+        Blackhole { addr, _listener: l, _fillers: fillers }
     }
 }
 
 /// Starts an LB from lb.toml text.
 pub async fn start_lb(toml: &str) -> ucp_lb::Running {
-    let config = ucp_lb::config::parse(toml, "test.toml")
-        .unwrap_or_else(|e| panic!("bad test config: {e}\n{toml}"));
+    let config = ucp_lb::config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("bad test config: {e}\n{toml}"));
     ucp_lb::start(config).await.unwrap()
 }
 
@@ -205,4 +194,35 @@ pub fn server(lb: &ucp_lb::Running, addr: SocketAddr) -> ServerStatus {
         .flat_map(|p| p.servers)
         .find(|s| s.addr == addr)
         .unwrap_or_else(|| panic!("no server {addr} in status"))
+}
+
+/// A server that runs `script` on every connection it accepts.
+pub async fn scripted<F, Fut>(script: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind(loopback()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let script = Arc::new(script);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { continue };
+            tokio::spawn(script(s));
+        }
+    });
+    addr
+}
+
+/// Reads an HTTP request's head (up to the blank line).
+pub async fn read_request(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }
