@@ -1,14 +1,22 @@
 //! `ucp-lb demo`: three stand-in UCP managers and a stopped fourth on
-//! loopback, ucp-lb in front of them on an embedded config, six clients sent
-//! through it, and what to try next. Needs nothing installed.
+//! loopback, ucp-lb in front of them on an embedded config with active
+//! `/_ping` checks, and a short scene: clients spread over the managers, the
+//! stopped one is ejected, one manager's UCP breaks (its `/_ping` answers
+//! 500 while TCP and TLS stay up) and traffic moves away, then back. Then
+//! the user can break and mend managers by typing their number. Needs
+//! nothing installed.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
+use crate::Running;
 use crate::standin::{Manager, TestCa, https_get};
 
 /// The embedded lb.toml; `{listen}` and `{servers}` are filled in at start.
@@ -25,6 +33,14 @@ pool = "ucp"
 
 [pool.ucp]
 servers = [{servers}]
+
+[pool.ucp.health]
+kind = "https"
+path = "/_ping"
+interval = "500ms"
+timeout = "400ms"
+rise = 2
+fall = 2
 "#;
 
 pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
@@ -43,6 +59,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let config = crate::config::parse(&text, "demo.toml")?;
     let running = crate::start(config).await?;
     let lb = running.listener_addrs()[0];
+    let connector = ca.connector()?;
 
     let mut out = String::new();
     writeln!(out, "ucp-lb demo\n")?;
@@ -51,42 +68,111 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         writeln!(out, "  {}  https://{}/  (GET /_ping answers 200)", m.name, m.addr)?;
     }
     writeln!(out, "  manager-04  {stopped}  stopped: refuses connections")?;
-    writeln!(out, "\nucp-lb listens on {lb} and passes TCP through to pool \"ucp\"; TLS ends at the managers.\n")?;
-    writeln!(out, "Eight clients through the load balancer (round robin):")?;
+    writeln!(out, "\nucp-lb listens on {lb} and passes TCP through to pool \"ucp\"; TLS ends at the managers.")?;
+    writeln!(out, "It probes GET /_ping on every manager every 500ms (rise 2, fall 2).\n")?;
     print!("{out}");
-    out.clear();
 
-    let connector = ca.connector()?;
-    for n in 1..=8 {
-        match tokio::time::timeout(Duration::from_secs(5), https_get(&connector, lb, "/")).await {
-            Ok(Ok((status, by))) => println!("  client {n}: HTTP {status}, answered by {by}"),
-            Ok(Err(e)) => println!("  client {n}: failed: {e}"),
-            Err(_) => println!("  client {n}: no answer within 5s"),
-        }
-    }
+    clients(&connector, lb, 6, "Six clients through the load balancer (round robin):").await;
+    println!();
+    pool_state(&running, &managers, stopped);
 
-    writeln!(out, "\nPool state:")?;
-    for pool in running.status() {
-        for s in pool.servers {
-            let name = managers.iter().find(|m| m.addr == s.addr).map_or("manager-04", |m| m.name.as_str());
-            let what = if s.ejected {
-                format!(
-                    "ejected after {} failed connects (max_fails = 2); each time the client was retried on the next manager",
-                    s.connect_failures
-                )
-            } else {
-                format!("up, {} connections", s.connections)
-            };
-            writeln!(out, "  {name}  {}  {what}", s.addr)?;
-        }
+    println!("\nmanager-02's UCP breaks: its /_ping now answers 500, while TCP and TLS stay up.");
+    println!("(nginx open source would keep sending it its share of clients.)");
+    managers[1].set_healthy(false);
+    let t0 = Instant::now();
+    if wait_check(&running, managers[1].addr, "down").await {
+        let reason = check_of(&running, managers[1].addr).and_then(|c| c.reason).unwrap_or_default();
+        println!("ucp-lb took it out after {:.1}s (2 failed probes): \"{reason}\"", t0.elapsed().as_secs_f64());
     }
+    clients(&connector, lb, 6, "Six more clients:").await;
+
+    println!("\nmanager-02 recovers.");
+    managers[1].set_healthy(true);
+    let t0 = Instant::now();
+    if wait_check(&running, managers[1].addr, "up").await {
+        println!("Back in rotation after {:.1}s (2 good probes).", t0.elapsed().as_secs_f64());
+    }
+    clients(&connector, lb, 6, "Six more clients:").await;
+
+    let mut out = String::new();
     writeln!(out, "\nTry it:")?;
-    writeln!(out, "  curl -sk https://{lb}/          # a new client each time, round robin")?;
+    writeln!(out, "  curl -sk https://{lb}/          # a new client each time")?;
     writeln!(out, "  curl -sk https://{lb}/_ping")?;
+    writeln!(out, "  type 1, 2 or 3 and Enter to break or mend that manager's /_ping")?;
     writeln!(out, "\nCtrl-C stops the demo.")?;
     print!("{out}");
 
-    crate::shutdown::on_signals().await;
+    let keys = async {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Some(m) = line.trim().parse::<usize>().ok().and_then(|n| managers.get(n.wrapping_sub(1))) else {
+                println!("type 1, 2 or 3");
+                continue;
+            };
+            m.set_healthy(!m.is_healthy());
+            let want = if m.is_healthy() { "up" } else { "down" };
+            println!("{}: /_ping now answers {}", m.name, if m.is_healthy() { 200 } else { 500 });
+            let t0 = Instant::now();
+            if wait_check(&running, m.addr, want).await {
+                println!("{}: {want} for ucp-lb after {:.1}s", m.name, t0.elapsed().as_secs_f64());
+            }
+        }
+        // No terminal (stdin closed): just keep serving.
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = crate::shutdown::on_signals() => {}
+        _ = keys => {}
+    }
     running.shutdown().await;
     Ok(())
+}
+
+async fn clients(connector: &TlsConnector, lb: SocketAddr, n: usize, title: &str) {
+    println!("{title}");
+    let mut line = String::from(" ");
+    for _ in 0..n {
+        match tokio::time::timeout(Duration::from_secs(5), https_get(connector, lb, "/")).await {
+            Ok(Ok((status, by))) => line.push_str(&format!(" {by} ({status})")),
+            Ok(Err(e)) => line.push_str(&format!(" failed: {e}")),
+            Err(_) => line.push_str(" no answer within 5s"),
+        }
+    }
+    println!("{line}");
+}
+
+fn check_of(running: &Running, addr: SocketAddr) -> Option<crate::snapshot::CheckStatus> {
+    running.status().into_iter().flat_map(|p| p.servers).find(|s| s.addr == addr).and_then(|s| s.check)
+}
+
+/// Waits (10 s at most) until the check of `addr` says `state`.
+async fn wait_check(running: &Running, addr: SocketAddr, state: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if check_of(running, addr).is_some_and(|c| c.state == state) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("(still not {state} after 10s)");
+    false
+}
+
+fn pool_state(running: &Running, managers: &[Manager], stopped: SocketAddr) {
+    println!("Pool state:");
+    for pool in running.status() {
+        for s in pool.servers {
+            let name = managers.iter().find(|m| m.addr == s.addr).map_or("manager-04", |m| m.name.as_str());
+            let check = s.check.map(|c| match c.reason {
+                Some(r) => format!("check {}: {r}", c.state),
+                None => format!("check {}", c.state),
+            });
+            let what = if s.addr == stopped {
+                format!("{}; {} failed connects", check.unwrap_or_default(), s.connect_failures)
+            } else {
+                format!("{}, {} connections", check.unwrap_or_default(), s.connections)
+            };
+            println!("  {name}  {}  {what}", s.addr);
+        }
+    }
 }

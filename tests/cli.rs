@@ -224,17 +224,27 @@ fn version_is_printed() {
 }
 
 #[tokio::test]
-async fn demo_serves_https_through_the_lb_and_ejects_the_stopped_manager() {
+async fn demo_shows_traffic_leaving_a_broken_manager_and_coming_back() {
     let mut cmd = Command::new(BIN);
     cmd.args(["demo", "--listen", "127.0.0.1:0"]);
     let mut demo = Proc::spawn(cmd, true);
     demo.wait_for_line("Ctrl-C stops the demo").await;
     let out = demo.text();
-    for m in ["manager-01", "manager-02", "manager-03"] {
-        assert!(out.contains(&format!("HTTP 200, answered by {m}")), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    let after = |title: &str, nth: usize| -> &str {
+        let i = lines.iter().enumerate().filter(|(_, l)| l.starts_with(title)).nth(nth).map(|(i, _)| i);
+        lines[i.unwrap_or_else(|| panic!("no {title:?} in {out}")) + 1]
+    };
+    let first = after("Six clients", 0);
+    for m in ["manager-01 (200)", "manager-02 (200)", "manager-03 (200)"] {
+        assert!(first.contains(m), "{out}");
     }
-    assert!(!out.contains(": failed:") && !out.contains("no answer"), "{out}");
-    assert!(out.contains("manager-04") && out.contains("ejected after 2 failed connects"), "{out}");
+    assert!(out.contains("manager-04") && out.contains("check down: connect refused; 0 failed connects"), "{out}");
+    assert!(out.contains("ucp-lb took it out after") && out.contains("\"status 500\""), "{out}");
+    let broken = after("Six more clients", 0);
+    assert!(!broken.contains("manager-02") && broken.matches("(200)").count() == 6, "{out}");
+    assert!(out.contains("Back in rotation after"), "{out}");
+    assert!(after("Six more clients", 1).contains("manager-02 (200)"), "{out}");
     demo.signal("INT");
     assert_eq!(demo.exit_code().await, Some(0));
 }
