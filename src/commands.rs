@@ -90,15 +90,15 @@ pub fn summary(config: &Config, resolved: Option<&crate::resolve::Resolved>) -> 
         };
         let _ = writeln!(
             s,
-            "  {}: balance {:?}, connect_timeout {}, idle_timeout {}, max_fails {}, fail_timeout {}, retries {}, all_down {:?}",
+            "  {}: balance {}, connect_timeout {}, idle_timeout {}, max_fails {}, fail_timeout {}, retries {}, all_down {}",
             p.name,
-            st.balance,
+            st.balance.as_str(),
             format_duration(st.connect_timeout),
             st.idle_timeout.map_or("none".into(), format_duration),
             st.max_fails,
             format_duration(st.fail_timeout),
             retries,
-            st.all_down,
+            st.all_down.as_str(),
         );
         match &p.health {
             None => {

@@ -251,3 +251,17 @@ fn check_prints_resolved_addresses() {
     assert!(stdout.contains("localhost:443 -> 127.0.0.1:443"), "{stdout}");
     assert!(stdout.contains("127.0.0.9:443 -> 127.0.0.9:443"), "{stdout}");
 }
+
+#[test]
+fn an_unreadable_ca_file_fails_the_check_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    let text = format!(
+        "{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n[pool.ucp.health]\nca_file = \"/nonexistent/ca.pem\"\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = ucp_lb().arg("check").arg("--offline").arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(":8:11: pool.ucp.health.ca_file: cannot read CA file /nonexistent/ca.pem"), "{stderr}");
+}

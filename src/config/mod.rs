@@ -29,6 +29,17 @@ pub enum Balance {
     SourceHash,
 }
 
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::RandomTwo => "random_two",
+            Balance::SourceHash => "source_hash",
+        }
+    }
+}
+
 /// What a pool does when no server is eligible.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AllDown {
@@ -36,6 +47,15 @@ pub enum AllDown {
     FailOpen,
     /// Close the client.
     Reject,
+}
+
+impl AllDown {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllDown::FailOpen => "fail_open",
+            AllDown::Reject => "reject",
+        }
+    }
 }
 
 /// How many further servers a client tries after a failed connect.
