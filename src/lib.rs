@@ -14,6 +14,8 @@
 //! - `pool` and `passive`: eligibility, balancing and nginx's
 //!   `max_fails`/`fail_timeout`, pure and tested without sockets.
 //! - `copy`: the byte path, both directions, pooled buffers, half-close.
+//! - `health`, `probe`, `tls`: active checks, one probe, probe TLS configs.
+//! - `reload`: SIGHUP, file watch, and the reload itself.
 //! - `shutdown`: stop accepting, grace period, force close.
 //! - `logging`, `commands`, `demo`, `standin`: the binary's set-up, its
 //!   sub-commands, and the stand-in UCP managers the demo runs.
@@ -34,6 +36,7 @@ pub mod passive;
 pub mod pool;
 pub mod probe;
 pub mod proxy;
+pub mod reload;
 pub mod resolve;
 pub mod shutdown;
 pub mod snapshot;
@@ -50,7 +53,8 @@ use tracing::info;
 
 use crate::config::{Config, ConfigErrors};
 use crate::health::Health;
-use crate::listener::ListenerState;
+use crate::listener::{BindError, ListenerState, Listeners};
+use crate::reload::{Control, ReloadError, ReloadStatus};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{PoolStatus, Shared, Snapshot};
 
@@ -58,70 +62,46 @@ use crate::snapshot::{PoolStatus, Shared, Snapshot};
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] ConfigErrors),
-    #[error("{file}: listener[{index}].bind: cannot listen on {bind}: {error}")]
-    Bind { file: String, index: usize, bind: SocketAddr, error: std::io::Error },
+    #[error("{0}")]
+    Bind(#[from] BindError),
 }
 
 /// A running load balancer.
 pub struct Running {
+    pub control: Arc<Control>,
     pub shared: Arc<Shared>,
-    listeners: Vec<Arc<ListenerState>>,
-    shutdown: Shutdown,
     background: Vec<JoinHandle<()>>,
 }
 
-/// Resolves, binds and starts accepting. Returns once every listener is bound.
+/// Resolves, binds, probes and starts accepting. Returns once every
+/// listener is bound and accepting.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let resolved = resolve::resolve_all(&config).await?;
     let health = Arc::new(Health::default());
     health.prepare(&config)?;
-    let config = Arc::new(config);
-    let snapshot = Snapshot::build(1, config.clone(), Arc::new(resolved), None, &health);
-    let shared = Arc::new(Shared::new(snapshot, health));
-    let shutdown = Shutdown::default();
-
+    let listeners = Listeners::default();
     // Bind every listener before accepting on any, so a bad bind changes nothing.
-    let mut bound = Vec::new();
-    for (index, l) in config.listeners.iter().enumerate() {
-        let sock = listener::bind(l.bind).map_err(|error| StartError::Bind {
-            file: config.source.clone(),
-            index,
-            bind: l.bind,
-            error,
-        })?;
-        let local = sock.local_addr().unwrap_or(l.bind);
-        let nth = config.listeners[..index].iter().filter(|o| o.bind == l.bind).count();
-        let state = Arc::new(ListenerState {
-            bind: l.bind,
-            nth,
-            local,
-            active: Default::default(),
-            accepted: Default::default(),
-            rejected_max_connections: Default::default(),
-            rejected_fd_limit: Default::default(),
-            rejected_no_pool: Default::default(),
-        });
-        bound.push((sock, state));
+    let bound = listeners.bind_new(&config)?;
+    let path = config.path.clone();
+    let snapshot = Snapshot::build(1, Arc::new(config), Arc::new(resolved), None, &health);
+    let shared = Arc::new(Shared::new(snapshot, health));
+    first_results(&shared.snapshot.load()).await;
+    let shutdown = Shutdown::default();
+    listeners.launch(bound, &shared, &shutdown);
+    let control = Arc::new(Control::new(shared.clone(), shutdown, listeners));
+    let mut background = vec![tokio::spawn(resolve::refresh_loop(shared.clone()))];
+    if let Some(path) = path {
+        background.push(tokio::spawn(reload::on_sighup(control.clone())));
+        background.push(tokio::spawn(reload::watch_file(control.clone(), path)));
     }
-    first_results(&shared).await;
-    let mut listeners = Vec::new();
-    let mut background = Vec::new();
-    for (sock, state) in bound {
-        let pool = shared.snapshot.load().listener(state.bind, state.nth).map(|l| l.pool.clone());
-        info!(bind = %state.bind, local = %state.local, pool = pool.as_deref().unwrap_or(""), "listening");
-        background.push(tokio::spawn(listener::accept_loop(sock, state.clone(), shared.clone(), shutdown.clone())));
-        listeners.push(state);
-    }
-    background.push(tokio::spawn(resolve::refresh_loop(shared.clone())));
-    Ok(Running { shared, listeners, shutdown, background })
+    Ok(Running { control, shared, background })
 }
 
-/// Waits until every checked server has its first result, or one check
-/// `timeout` (the longest configured), whichever comes first: clients are
-/// then only sent where a probe has said yes. The listeners are bound
+/// Waits until every checked server of `snap` has its first result, or one
+/// check `timeout` (the longest configured), whichever comes first: clients
+/// are then only sent where a probe has said yes. Listeners are bound
 /// already, so clients arriving meanwhile wait in the backlog.
-async fn first_results(shared: &Shared) {
-    let snap = shared.snapshot.load_full();
+pub(crate) async fn first_results(snap: &Snapshot) {
     let longest = snap.config.pools.iter().filter_map(|p| p.health.as_ref().map(|h| h.timeout)).max();
     let Some(longest) = longest else { return };
     let deadline = Instant::now() + longest + std::time::Duration::from_millis(100);
@@ -135,35 +115,56 @@ async fn first_results(shared: &Shared) {
 }
 
 impl Running {
-    /// The addresses actually bound, in config order.
+    /// The addresses actually bound, in the order they were opened.
     pub fn listener_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|l| l.local).collect()
+        self.control.listeners.states().iter().map(|l| l.local).collect()
     }
 
-    pub fn listeners(&self) -> &[Arc<ListenerState>] {
-        &self.listeners
+    pub fn listeners(&self) -> Vec<Arc<ListenerState>> {
+        self.control.listeners.states()
     }
 
     pub fn status(&self) -> Vec<PoolStatus> {
         self.shared.snapshot.load().status(Instant::now())
     }
 
+    /// Reloads the config file; see [`reload::Control::reload`].
+    pub async fn reload(&self) -> Result<u64, ReloadError> {
+        self.control.reload().await
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.control.reload_status()
+    }
+
+    /// True once shutdown has begun (not ready for new clients).
+    pub fn is_shutting_down(&self) -> bool {
+        self.control.shutdown.stop_accepting.is_cancelled()
+    }
+
     /// Stops accepting, lets connections finish up to `shutdown_timeout`,
     /// then closes the rest.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         let grace = self.shared.snapshot.load().config.defaults.shutdown_timeout;
-        self.shutdown.run(grace).await;
+        self.control.shutdown.run(grace).await;
         for task in &self.background {
             task.abort();
         }
     }
 }
 
-/// Runs until `signal` resolves, then shuts down gracefully.
-pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<(), StartError> {
+/// Runs until `signal` resolves, then shuts down gracefully; a second
+/// `signal` during the grace period stops at once.
+pub async fn run<F, S>(config: Config, mut signal: S) -> Result<(), StartError>
+where
+    S: FnMut() -> F,
+    F: Future<Output = ()>,
+{
     let running = start(config).await?;
-    signal.await;
-    running.shutdown().await;
-    info!("stopped");
+    signal().await;
+    tokio::select! {
+        _ = running.shutdown() => info!("stopped"),
+        _ = signal() => tracing::warn!("second signal: stopping now, cutting open connections"),
+    }
     Ok(())
 }

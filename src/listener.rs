@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::config::Config;
 use crate::proxy;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Shared;
@@ -78,13 +80,21 @@ impl Drop for ListenerConn {
     }
 }
 
-pub async fn accept_loop(listener: TcpListener, state: Arc<ListenerState>, shared: Arc<Shared>, shutdown: Shutdown) {
+/// Accepts until `stop` (this listener removed by a reload, or shutdown).
+/// Connections already accepted are not affected by `stop`.
+pub async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<ListenerState>,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    stop: CancellationToken,
+) {
     reserve_spare();
     let mut backoff = MIN_BACKOFF;
     let mut starved = false;
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.stop_accepting.cancelled() => return,
+            _ = stop.cancelled() => return,
             r = listener.accept() => r,
         };
         match accepted {
@@ -102,17 +112,27 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<ListenerState>, share
                     starved = true;
                     warn!(listener = %state.local, error = %e, "out of file descriptors: closing new clients until some are free");
                 }
+                // EMFILE says nothing about a client waiting (the kernel
+                // checks for a free descriptor first). With the spare freed,
+                // accept without yielding, so no other task can take the
+                // descriptor meanwhile, and close what came: the client
+                // learns at once instead of hanging. Then take the spare
+                // back at once, for the same reason.
+                let mut shed = false;
                 if release_spare() {
-                    // With the spare freed, accept the waiting client only to
-                    // close it: it learns at once instead of hanging.
-                    if let Ok((client, _)) = listener.accept().await {
-                        let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                    if let Ok((client, _)) = SockRef::from(&listener).accept() {
+                        let _ = client.set_linger(Some(Duration::ZERO));
                         state.rejected_fd_limit.fetch_add(1, Relaxed);
+                        shed = true;
                     }
                     reserve_spare();
-                } else {
+                }
+                if !shed {
+                    // Nothing waiting, or no spare: wait a little rather
+                    // than spin on an accept that fails at once.
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    reserve_spare();
                 }
             }
             // The client gave up before we got to it: nothing to do.
@@ -160,4 +180,92 @@ fn dispatch(
         }
         .instrument(span),
     );
+}
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: listener[{index}].bind: cannot listen on {bind}: {error}")]
+pub struct BindError {
+    pub file: String,
+    pub index: usize,
+    pub bind: SocketAddr,
+    pub error: io::Error,
+}
+
+struct Open {
+    state: Arc<ListenerState>,
+    stop: CancellationToken,
+}
+
+/// The open listeners, kept across reloads by (bind, nth).
+#[derive(Default)]
+pub struct Listeners {
+    open: Mutex<Vec<Open>>,
+}
+
+/// A bound socket not yet accepting.
+pub struct Bound(TcpListener, Arc<ListenerState>);
+
+impl Listeners {
+    /// Binds every listener of `config` that is not open yet. Nothing
+    /// accepts until [`Listeners::launch`]; on error the sockets bound so far
+    /// are dropped and nothing has changed.
+    pub fn bind_new(&self, config: &Config) -> Result<Vec<Bound>, BindError> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (index, l) in config.listeners.iter().enumerate() {
+            let nth = config.listeners[..index].iter().filter(|o| o.bind == l.bind).count();
+            if open.iter().any(|o| o.state.bind == l.bind && o.state.nth == nth) {
+                continue;
+            }
+            let sock =
+                bind(l.bind).map_err(|error| BindError { file: config.source.clone(), index, bind: l.bind, error })?;
+            let local = sock.local_addr().unwrap_or(l.bind);
+            let state = Arc::new(ListenerState {
+                bind: l.bind,
+                nth,
+                local,
+                active: Default::default(),
+                accepted: Default::default(),
+                rejected_max_connections: Default::default(),
+                rejected_fd_limit: Default::default(),
+                rejected_no_pool: Default::default(),
+            });
+            out.push(Bound(sock, state));
+        }
+        Ok(out)
+    }
+
+    /// Starts accepting on freshly bound listeners.
+    pub fn launch(&self, bound: Vec<Bound>, shared: &Arc<Shared>, shutdown: &Shutdown) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        for Bound(sock, state) in bound {
+            let pool = shared.snapshot.load().listener(state.bind, state.nth).map(|l| l.pool.clone());
+            info!(bind = %state.bind, local = %state.local, pool = pool.as_deref().unwrap_or(""), "listening");
+            let stop = shutdown.stop_accepting.child_token();
+            tokio::spawn(accept_loop(sock, state.clone(), shared.clone(), shutdown.clone(), stop.clone()));
+            open.push(Open { state, stop });
+        }
+    }
+
+    /// Stops accepting on listeners `config` no longer has; their open
+    /// connections go on. Returns the addresses closed.
+    pub fn close_removed(&self, config: &Config) -> Vec<SocketAddr> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut closed = Vec::new();
+        open.retain(|o| {
+            let keep = config.listeners.iter().filter(|l| l.bind == o.state.bind).count() > o.state.nth;
+            if !keep {
+                o.stop.cancel();
+                info!(bind = %o.state.bind, local = %o.state.local, "listener removed: no longer accepting");
+                closed.push(o.state.local);
+            }
+            keep
+        });
+        closed
+    }
+
+    pub fn states(&self) -> Vec<Arc<ListenerState>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|o| o.state.clone()).collect()
+    }
 }

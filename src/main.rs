@@ -55,6 +55,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         rt.worker_threads(n);
     }
     let rt = rt.enable_all().build()?;
-    rt.block_on(ucp_lb::run(config, ucp_lb::shutdown::on_signals()))?;
+    rt.block_on(ucp_lb::run(config, ucp_lb::shutdown::on_signals))?;
     Ok(ExitCode::SUCCESS)
 }

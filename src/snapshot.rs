@@ -170,7 +170,9 @@ pub struct CheckStatus {
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub health: Arc<Health>,
-    writer: tokio::sync::Mutex<()>,
+    /// Held by whoever builds the next snapshot (reload, re-resolution), so
+    /// neither overwrites the other's work.
+    pub writer: tokio::sync::Mutex<()>,
 }
 
 impl Shared {

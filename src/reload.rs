@@ -1,0 +1,201 @@
+//! Hot reload: on SIGHUP, on a change of the config file, and on request.
+//!
+//! Every fallible step comes first — read, parse, validate, resolve, load CA
+//! files, bind new listeners, build the snapshot and wait for the first
+//! probes of new servers — and only then is the snapshot swapped and are
+//! removed listeners closed. A failure at any step drops the new parts and
+//! changes nothing; it is logged, counted and kept for the status. Open
+//! connections are never cut: each keeps the snapshot it started with.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use crate::config::{self, ConfigErrors};
+use crate::listener::{BindError, Listeners};
+use crate::shutdown::Shutdown;
+use crate::snapshot::{Shared, Snapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Bind(#[from] BindError),
+    #[error("the running config was not read from a file: nothing to reload")]
+    NoFile,
+}
+
+/// The outcome of the last reload and the running totals, for `/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    /// Generation of the running snapshot.
+    pub generation: u64,
+    pub successes: u64,
+    pub failures: u64,
+    /// Unix seconds of the last attempt, if any.
+    pub last_attempt: Option<u64>,
+    pub last_ok: Option<bool>,
+    /// The error of the last attempt when it failed (file:line:col: key: ...).
+    pub last_error: Option<String>,
+}
+
+/// What a running load balancer needs to change itself.
+pub struct Control {
+    pub shared: Arc<Shared>,
+    pub shutdown: Shutdown,
+    pub listeners: Listeners,
+    status: Mutex<ReloadStatus>,
+}
+
+impl Control {
+    pub fn new(shared: Arc<Shared>, shutdown: Shutdown, listeners: Listeners) -> Control {
+        let generation = shared.snapshot.load().generation;
+        Control { shared, shutdown, listeners, status: Mutex::new(ReloadStatus { generation, ..Default::default() }) }
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reloads the config file the running config came from. Returns the new
+    /// generation; on error nothing has changed.
+    pub async fn reload(&self) -> Result<u64, ReloadError> {
+        let path = self.shared.snapshot.load().config.path.clone().ok_or(ReloadError::NoFile)?;
+        let result = self.reload_from(&path).await;
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        st.last_attempt = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
+        match &result {
+            Ok(g) => {
+                st.generation = *g;
+                st.successes += 1;
+                st.last_ok = Some(true);
+                st.last_error = None;
+            }
+            Err(e) => {
+                st.failures += 1;
+                st.last_ok = Some(false);
+                st.last_error = Some(e.to_string());
+                error!(error = %e, "config reload rejected: the running config stays");
+            }
+        }
+        result
+    }
+
+    async fn reload_from(&self, path: &Path) -> Result<u64, ReloadError> {
+        let _writer = self.shared.writer.lock().await;
+        let config = config::load(path)?;
+        let resolved = crate::resolve::resolve_all(&config).await?;
+        self.shared.health.prepare(&config)?;
+        let bound = self.listeners.bind_new(&config)?;
+        let cur = self.shared.snapshot.load_full();
+        let config = Arc::new(config);
+        let next =
+            Snapshot::build(cur.generation + 1, config.clone(), Arc::new(resolved), Some(&cur), &self.shared.health);
+        // New servers are probed now; none gets a client before its first
+        // result (or one check timeout).
+        crate::first_results(&next).await;
+        let generation = next.generation;
+        let (servers_before, servers_after) = (server_count(&cur), server_count(&next));
+        self.shared.snapshot.store(Arc::new(next));
+        let added = bound.len();
+        self.listeners.launch(bound, &self.shared, &self.shutdown);
+        let removed = self.listeners.close_removed(&config).len();
+        info!(
+            generation,
+            listeners_added = added,
+            listeners_removed = removed,
+            servers_before,
+            servers_after,
+            "config reloaded"
+        );
+        Ok(generation)
+    }
+}
+
+fn server_count(s: &Snapshot) -> usize {
+    s.pools.iter().map(|p| p.servers.len()).sum()
+}
+
+/// Reloads on every SIGHUP until shutdown.
+pub async fn on_sighup(control: Arc<Control>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            warn!("cannot listen for SIGHUP: reload by file change only");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            info!("SIGHUP: reloading the config");
+            let _ = control.reload().await;
+        }
+    }
+}
+
+/// Watches the config file's directory and reloads when the file's content
+/// changes. The directory, not the file: editors replace files by rename and
+/// Kubernetes swaps ConfigMap symlinks, and a watch on the old inode would
+/// go quiet. Events are debounced; a half-written file is rejected like any
+/// bad config and the next complete write is taken.
+pub async fn watch_file(control: Arc<Control>, path: PathBuf) {
+    use notify::{RecursiveMode, Watcher};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let kick = Arc::new(Notify::new());
+    let k = kick.clone();
+    let name = path.file_name().map(|n| n.to_os_string());
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(event) = res else { return };
+        // Reads (ours included) change nothing.
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        // The file itself, or Kubernetes' `..data` symlink swap beside it.
+        let relevant = event.paths.is_empty()
+            || event.paths.iter().any(|p| {
+                let f = p.file_name();
+                f.is_some_and(|f| Some(f) == name.as_deref() || f.to_string_lossy().starts_with(".."))
+            });
+        if relevant {
+            k.notify_one();
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the config file: reload by SIGHUP only");
+            return;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        warn!(dir = %dir.display(), error = %e, "cannot watch the config directory: reload by SIGHUP only");
+        return;
+    }
+    let mut last = std::fs::read(&path).ok();
+    loop {
+        kick.notified().await;
+        // Debounce: let a burst of events (write, rename, chmod) settle.
+        loop {
+            tokio::select! {
+                _ = kick.notified() => continue,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => break,
+            }
+        }
+        // Mid-replace the file may be missing for a moment: wait for the
+        // event that brings it back.
+        let Ok(now) = std::fs::read(&path) else { continue };
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        last = Some(now);
+        info!(file = %path.display(), "config file changed: reloading");
+        let _ = control.reload().await;
+    }
+}
