@@ -71,6 +71,7 @@ pub struct Running {
     pub control: Arc<Control>,
     pub shared: Arc<Shared>,
     background: Vec<JoinHandle<()>>,
+    path: Option<std::path::PathBuf>,
 }
 
 /// Resolves, binds, probes and starts accepting. Returns once every
@@ -89,12 +90,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let shutdown = Shutdown::default();
     listeners.launch(bound, &shared, &shutdown);
     let control = Arc::new(Control::new(shared.clone(), shutdown, listeners));
-    let mut background = vec![tokio::spawn(resolve::refresh_loop(shared.clone()))];
-    if let Some(path) = path {
-        background.push(tokio::spawn(reload::on_sighup(control.clone())));
-        background.push(tokio::spawn(reload::watch_file(control.clone(), path)));
-    }
-    Ok(Running { control, shared, background })
+    let background = vec![tokio::spawn(resolve::refresh_loop(shared.clone()))];
+    Ok(Running { control, shared, background, path })
 }
 
 /// Waits until every checked server of `snap` has its first result, or one
@@ -126,6 +123,16 @@ impl Running {
 
     pub fn status(&self) -> Vec<PoolStatus> {
         self.shared.snapshot.load().status(Instant::now())
+    }
+
+    /// Reloads on SIGHUP and whenever the config file's content changes
+    /// (when the config came from a file). The binary does this; tests that
+    /// reload by hand leave it off, so nothing reloads behind their back.
+    pub fn reload_on_signal_and_change(&mut self) {
+        if let Some(path) = self.path.clone() {
+            self.background.push(tokio::spawn(reload::on_sighup(self.control.clone())));
+            self.background.push(tokio::spawn(reload::watch_file(self.control.clone(), path)));
+        }
     }
 
     /// Reloads the config file; see [`reload::Control::reload`].
@@ -160,7 +167,8 @@ where
     S: FnMut() -> F,
     F: Future<Output = ()>,
 {
-    let running = start(config).await?;
+    let mut running = start(config).await?;
+    running.reload_on_signal_and_change();
     signal().await;
     tokio::select! {
         _ = running.shutdown() => info!("stopped"),

@@ -3,87 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use tokio::net::TcpStream;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ucp-lb");
-
-/// A child process whose stderr (or stdout) lines are collected as they come.
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, watch_stdout: bool) -> Proc {
-        cmd.stdin(Stdio::null());
-        if watch_stdout {
-            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-        } else {
-            cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        }
-        let mut child = cmd.spawn().expect("start ucp-lb");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let out: Box<dyn std::io::Read + Send> =
-            if watch_stdout { Box::new(child.stdout.take().unwrap()) } else { Box::new(child.stderr.take().unwrap()) };
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, lines }
-    }
-
-    fn text(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    async fn wait_for_line(&self, needle: &str) -> String {
-        eventually(&format!("a line with {needle:?}"), || self.text().contains(needle)).await;
-        self.lines.lock().unwrap().iter().find(|l| l.contains(needle)).cloned().unwrap()
-    }
-
-    /// The address a listener bound, from the "listening" log line.
-    async fn listener_addr(&self) -> SocketAddr {
-        let line = self.wait_for_line("listening").await;
-        let at = line.find("local=").expect("local= in the listening line") + "local=".len();
-        line[at..].split_whitespace().next().unwrap().trim_matches('"').parse().unwrap()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
-        assert!(ok.success());
-    }
-
-    async fn exit_code(&mut self) -> Option<i32> {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            assert!(start.elapsed() < DEADLINE, "process did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Only our own child, by PID.
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 fn write_config(dir: &Path, servers: &[SocketAddr], extra: &str) -> std::path::PathBuf {
     let path = dir.join("lb.toml");
