@@ -9,22 +9,18 @@
 //! Everything runs on loopback, bounded in count and time; the ucp-lb child
 //! is stopped by its PID.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use common::{cpu_secs, pinned};
 use ucp_lb::standin::{Manager, TestCa, https_get};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    [11, 12].iter().filter_map(|&i| f.get(i)?.parse::<f64>().ok()).sum::<f64>() / 100.0
 }
 
 async fn probe_cpu(n: usize, kind: &str, secs: u64) -> (f64, f64) {
@@ -46,13 +42,7 @@ async fn probe_cpu(n: usize, kind: &str, secs: u64) -> (f64, f64) {
         ),
     )
     .unwrap();
-    let mut cmd = if std::path::Path::new("/usr/bin/taskset").exists() {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0", env!("CARGO_BIN_EXE_ucp-lb")]);
-        c
-    } else {
-        Command::new(env!("CARGO_BIN_EXE_ucp-lb"))
-    };
+    let mut cmd = pinned(env!("CARGO_BIN_EXE_ucp-lb"));
     let mut child = cmd
         .arg("--config")
         .arg(&cfg)

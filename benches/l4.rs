@@ -11,16 +11,20 @@
 //! by itself; each proxy is a child process stopped by its PID. nginx and
 //! HAProxy are skipped (and said so) when not installed.
 
+mod common;
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use common::{cpu_secs, pinned};
 
 const STREAM_SECS: f64 = 3.0;
 const CONN_SECS: f64 = 3.0;
@@ -47,16 +51,6 @@ impl Drop for Proxy {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn pinned(cmd: &str) -> Command {
-    if Path::new("/usr/bin/taskset").exists() {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0", cmd]);
-        c
-    } else {
-        Command::new(cmd)
-    }
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -193,18 +187,6 @@ async fn backend(echo: bool) -> SocketAddr {
         }
     });
     addr
-}
-
-/// CPU time (user + system) of `pid` and its descendants, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12].iter().filter_map(|&i| f.get(i)?.parse::<f64>().ok()).sum();
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let below: f64 = children.split_whitespace().filter_map(|c| c.parse().ok()).map(cpu_secs).sum();
-    ticks / 100.0 + below
 }
 
 async fn one_stream(addr: SocketAddr) -> (f64, u64) {

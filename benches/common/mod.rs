@@ -1,0 +1,30 @@
+//! What the benches share: pinning a child process to CPU 0, and reading a
+//! process's CPU time from /proc.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command;
+
+/// `cmd` run under `taskset -c 0` when taskset is there (the load stays on
+/// CPU 1), so a proxy's figures do not mix with the load generator's.
+pub fn pinned(cmd: &str) -> Command {
+    if Path::new("/usr/bin/taskset").exists() {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0", cmd]);
+        c
+    } else {
+        Command::new(cmd)
+    }
+}
+
+/// CPU time (user + system) of `pid` and its descendants, in seconds.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| f.get(i)?.parse::<f64>().ok()).sum();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let below: f64 = children.split_whitespace().filter_map(|c| c.parse().ok()).map(cpu_secs).sum();
+    ticks / 100.0 + below
+}
