@@ -102,6 +102,7 @@ impl Control {
         let generation = next.generation;
         let (servers_before, servers_after) = (server_count(&cur), server_count(&next));
         self.shared.snapshot.store(Arc::new(next));
+        self.shared.config_changed.notify_one();
         let added = bound.len();
         self.listeners.launch(bound, &self.shared, &self.shutdown);
         let removed = self.listeners.close_removed(&config).len();

@@ -114,6 +114,9 @@ pub async fn refresh_loop(shared: Arc<Shared>) {
         if !updates.is_empty() {
             shared.update_resolved(updates).await;
         }
-        tokio::time::sleep_until(next).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = shared.config_changed.notified() => {}
+        }
     }
 }

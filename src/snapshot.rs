@@ -173,11 +173,19 @@ pub struct Shared {
     /// Held by whoever builds the next snapshot (reload, re-resolution), so
     /// neither overwrites the other's work.
     pub writer: tokio::sync::Mutex<()>,
+    /// Wakes the re-resolution loop after a reload, so names it added get
+    /// their own schedule at once.
+    pub config_changed: tokio::sync::Notify,
 }
 
 impl Shared {
     pub fn new(snapshot: Snapshot, health: Arc<Health>) -> Shared {
-        Shared { snapshot: ArcSwap::from_pointee(snapshot), health, writer: tokio::sync::Mutex::new(()) }
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            health,
+            writer: tokio::sync::Mutex::new(()),
+            config_changed: tokio::sync::Notify::new(),
+        }
     }
 
     /// Applies new addresses for some names, keeping everything else.

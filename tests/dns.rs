@@ -57,13 +57,14 @@ async fn name_answers_are_followed_and_a_failed_lookup_keeps_the_last_ones() {
     // Names not in the hosts file fail fast: the only name server refuses.
     std::fs::write(&resolv, "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n").unwrap();
     let cfg = dir.path().join("lb.toml");
-    std::fs::write(
-        &cfg,
+    let with_server = |server: &str| {
         format!(
-            "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"mgr-a:{port}\"]\nresolve_interval = \"100ms\"\n"
-        ),
-    )
-    .unwrap();
+            "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"{server}\"]\nresolve_interval = \"100ms\"\n"
+        )
+    };
+    // Start without any name: the name comes with a reload, and must get
+    // its own re-resolution schedule at once.
+    std::fs::write(&cfg, with_server(&format!("127.0.0.2:{port}"))).unwrap();
     let script =
         "mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/resolv.conf && exec \"$0\" --config \"$3\"";
     let mut child = Command::new("unshare")
@@ -94,10 +95,13 @@ async fn name_answers_are_followed_and_a_failed_lookup_keeps_the_last_ones() {
     let at = line.find("local=").unwrap() + 6;
     let addr: SocketAddr = line[at..].split_whitespace().next().unwrap().parse().unwrap();
 
+    round_trip(addr).await.unwrap();
+    std::fs::write(&cfg, with_server(&format!("mgr-a:{port}"))).unwrap();
+    eventually("reloaded", || text().contains("config reloaded")).await;
     for _ in 0..5 {
         round_trip(addr).await.unwrap();
     }
-    assert_eq!((a.count(), b.count()), (5, 0));
+    assert_eq!((a.count(), b.count()), (6, 0));
 
     // The name moves: new clients follow it.
     std::fs::write(&hosts, "127.0.0.3 mgr-a\n").unwrap();
