@@ -36,7 +36,7 @@ async fn probe_cpu(n: usize, kind: &str, secs: u64) -> (f64, f64) {
     std::fs::write(
         &cfg,
         format!(
-            "workers = 1\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [{}]\n\
+            "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [{}]\n\
              [pool.p.health]\nkind = \"{kind}\"\ninterval = \"1s\"\ntimeout = \"1s\"\n",
             servers.join(", ")
         ),
@@ -73,7 +73,7 @@ async fn detection(trials: usize) -> Vec<f64> {
     let servers: Vec<String> = ms.iter().map(|m| format!("\"{}\"", m.addr)).collect();
     // DESIGN.md's defaults for the check.
     let toml = format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"ucp\"\n[pool.ucp]\nservers = [{}]\n[pool.ucp.health]\nkind = \"https\"\npath = \"/_ping\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"ucp\"\n[pool.ucp]\nservers = [{}]\n[pool.ucp.health]\nkind = \"https\"\npath = \"/_ping\"\n",
         servers.join(", ")
     );
     let lb = ucp_lb::start(ucp_lb::config::parse(&toml, "bench.toml").unwrap()).await.unwrap();

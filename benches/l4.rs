@@ -76,7 +76,7 @@ fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conn
             std::fs::write(
                 &cfg,
                 format!(
-                    "workers = 1\n[[listener]]\nbind = \"{addr}\"\npool = \"b\"\n[pool.b]\nservers = [{}]\n",
+                    "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"{addr}\"\npool = \"b\"\n[pool.b]\nservers = [{}]\n",
                     servers.join(", ")
                 ),
             )

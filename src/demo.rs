@@ -27,6 +27,9 @@ max_fails = 2
 fail_timeout = "10s"
 retries = 2
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[listener]]
 bind = "{listen}"
 pool = "ucp"
@@ -99,6 +102,10 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     writeln!(out, "  curl -sk https://{lb}/          # a new client each time")?;
     writeln!(out, "  curl -sk https://{lb}/_ping")?;
     writeln!(out, "  type 1, 2 or 3 and Enter to break or mend that manager's /_ping")?;
+    if let Some(admin) = running.admin_addr() {
+        writeln!(out, "  curl -s http://{admin}/status      # JSON: pools, servers, checks, reasons")?;
+        writeln!(out, "  curl -s http://{admin}/metrics     # Prometheus")?;
+    }
     writeln!(out, "\nCtrl-C stops the demo.")?;
     print!("{out}");
 

@@ -130,7 +130,11 @@ pub struct Check {
     pub cert_not_after: AtomicI64,
     pub probes: AtomicU64,
     pub failures: AtomicU64,
+    /// Times it went from up to down: active ejections.
+    pub downs: AtomicU64,
     pub last_duration_us: AtomicU64,
+    /// The duration histograms of every (pool, server) using this check.
+    observers: Mutex<Vec<(String, metrics::Histogram)>>,
 }
 
 impl Check {
@@ -144,7 +148,9 @@ impl Check {
             cert_not_after: AtomicI64::new(0),
             probes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            downs: AtomicU64::new(0),
             last_duration_us: AtomicU64::new(0),
+            observers: Mutex::new(Vec::new()),
         }
     }
 
@@ -173,8 +179,19 @@ impl Check {
     }
 
     /// Applies one probe's outcome; logs a change of state once, with why.
+    /// Adds the duration histogram of one (pool, server) using this check.
+    pub fn observe_for(&self, key: String, h: impl FnOnce() -> metrics::Histogram) {
+        let mut obs = self.observers.lock().unwrap_or_else(|p| p.into_inner());
+        if !obs.iter().any(|(k, _)| *k == key) {
+            obs.push((key, h()));
+        }
+    }
+
     pub fn record(&self, outcome: probe::Outcome, took: Duration) {
         self.probes.fetch_add(1, Relaxed);
+        for (_, h) in self.observers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            h.record(took.as_secs_f64());
+        }
         self.last_duration_us.store(took.as_micros() as u64, Relaxed);
         if let Some(t) = outcome.cert_not_after {
             self.cert_not_after.store(t, Relaxed);
@@ -187,6 +204,9 @@ impl Check {
         let t = &self.target;
         let change = self.machine.lock().unwrap_or_else(|p| p.into_inner()).observe(ok, t.rise, t.fall);
         if let Some(new) = change {
+            if new == CheckState::Down && self.state() == CheckState::Up {
+                self.downs.fetch_add(1, Relaxed);
+            }
             self.state.store(new as u8, Relaxed);
             self.changed.send_replace(new);
             match (new, &outcome.failure) {
@@ -225,6 +245,7 @@ async fn probe_loop(check: Weak<Check>, interval: Duration, offset: Duration) {
 pub struct Health {
     checks: Mutex<HashMap<String, Weak<Check>>>,
     tls: Mutex<HashMap<Option<PathBuf>, Arc<ClientConfig>>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Health {

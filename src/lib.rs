@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod commands;
 pub mod config;
 pub mod copy;
@@ -32,6 +33,7 @@ pub mod demo;
 pub mod health;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod passive;
 pub mod pool;
 pub mod probe;
@@ -51,6 +53,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::info;
 
+use crate::admin::Admin;
 use crate::config::{Config, ConfigErrors};
 use crate::health::Health;
 use crate::listener::{BindError, ListenerState, Listeners};
@@ -64,6 +67,8 @@ pub enum StartError {
     Config(#[from] ConfigErrors),
     #[error("{0}")]
     Bind(#[from] BindError),
+    #[error("{file}: admin.listen: cannot listen on {addr}: {error}")]
+    AdminBind { file: String, addr: SocketAddr, error: std::io::Error },
 }
 
 /// A running load balancer.
@@ -72,6 +77,7 @@ pub struct Running {
     pub shared: Arc<Shared>,
     background: Vec<JoinHandle<()>>,
     path: Option<std::path::PathBuf>,
+    admin_addr: Option<SocketAddr>,
 }
 
 /// Resolves, binds, probes and starts accepting. Returns once every
@@ -80,18 +86,29 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let resolved = resolve::resolve_all(&config).await?;
     let health = Arc::new(Health::default());
     health.prepare(&config)?;
+    let token = admin::read_token(&config.admin, &config.source)?;
     let listeners = Listeners::default();
     // Bind every listener before accepting on any, so a bad bind changes nothing.
     let bound = listeners.bind_new(&config)?;
+    let admin_sock = admin::bind(config.admin.listen).await.map_err(|error| StartError::AdminBind {
+        file: config.source.clone(),
+        addr: config.admin.listen,
+        error,
+    })?;
+    let admin_addr = admin_sock.local_addr().ok();
     let path = config.path.clone();
     let snapshot = Snapshot::build(1, Arc::new(config), Arc::new(resolved), None, &health);
     let shared = Arc::new(Shared::new(snapshot, health));
-    first_results(&shared.snapshot.load()).await;
     let shutdown = Shutdown::default();
-    listeners.launch(bound, &shared, &shutdown);
     let control = Arc::new(Control::new(shared.clone(), shutdown, listeners));
-    let background = vec![tokio::spawn(resolve::refresh_loop(shared.clone()))];
-    Ok(Running { control, shared, background, path })
+    // The admin server answers from now on: /healthz says 503 until the
+    // first probes are in and the listeners accept.
+    let mut background = vec![tokio::spawn(admin::serve(admin_sock, Arc::new(Admin::new(control.clone(), token))))];
+    first_results(&shared.snapshot.load()).await;
+    control.listeners.launch(bound, &shared, &control.shutdown);
+    control.set_ready();
+    background.push(tokio::spawn(resolve::refresh_loop(shared.clone())));
+    Ok(Running { control, shared, background, path, admin_addr })
 }
 
 /// Waits until every checked server of `snap` has its first result, or one
@@ -115,6 +132,11 @@ impl Running {
     /// The addresses actually bound, in the order they were opened.
     pub fn listener_addrs(&self) -> Vec<SocketAddr> {
         self.control.listeners.states().iter().map(|l| l.local).collect()
+    }
+
+    /// Where the admin server listens.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn listeners(&self) -> Vec<Arc<ListenerState>> {

@@ -25,8 +25,10 @@ use crate::shutdown::Shutdown;
 use crate::snapshot::Shared;
 
 const BACKLOG: i32 = 1024;
-const MIN_BACKOFF: Duration = Duration::from_millis(5);
-const MAX_BACKOFF: Duration = Duration::from_millis(200);
+const MIN_BACKOFF: Duration = Duration::from_millis(1);
+// Short: while out of descriptors a waiting client is only seen at the next
+// try (EMFILE hides whether one waits), so this bounds how long it waits.
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
 
 /// One listener's counters, kept across reloads while its bind stays.
 #[derive(Debug)]

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::config::{AdminState, AllDown, Balance, Settings};
 use crate::health::Check;
 use crate::passive::{Passive, Transition};
+use crate::proxy::FailReason;
 
 /// Runtime state of one server address in one pool, kept across reloads.
 #[derive(Debug, Default)]
@@ -25,6 +26,8 @@ pub struct ServerState {
     pub active: AtomicU32,
     pub connections: AtomicU64,
     pub connect_failures: AtomicU64,
+    /// Failed connects by reason, indexed by `FailReason as usize`.
+    pub failures: [AtomicU64; 6],
     /// Bytes from the server to clients.
     pub bytes_received: AtomicU64,
     /// Bytes from clients to the server.
@@ -36,6 +39,10 @@ pub struct ServerState {
 }
 
 impl ServerState {
+    pub fn failures_by(&self, r: FailReason) -> u64 {
+        self.failures[r as usize].load(Relaxed)
+    }
+
     pub fn passive(&self) -> MutexGuard<'_, Passive> {
         // A poisoned lock only means a panic elsewhere while holding it; the
         // counters inside are still meaningful.
@@ -89,12 +96,14 @@ impl Server {
 
     /// `name (addr)`, or just the address when the name is an IP.
     pub fn label(&self) -> String {
-        if *self.name == *self.addr.to_string() {
-            self.name.to_string()
-        } else {
-            format!("{} ({})", self.name, self.addr)
-        }
+        server_label(&self.name, self.addr)
     }
+}
+
+/// How a server is named in logs and metrics: `name (addr)`, or just the
+/// address when the name is an IP.
+pub fn server_label(name: &str, addr: SocketAddr) -> String {
+    if *name == *addr.to_string() { name.to_owned() } else { format!("{name} ({addr})") }
 }
 
 /// The server chosen for a client.
@@ -192,9 +201,10 @@ impl Pool {
     }
 
     /// Records a failed connect; `Some(Ejected)` when it took the server out.
-    pub fn connect_failed(&self, idx: usize, now: Instant) -> Option<Transition> {
+    pub fn connect_failed(&self, idx: usize, now: Instant, reason: FailReason) -> Option<Transition> {
         let s = &self.servers[idx].state;
         s.connect_failures.fetch_add(1, Relaxed);
+        s.failures[reason as usize].fetch_add(1, Relaxed);
         let t = s.passive().failed(now, self.settings.max_fails);
         // nginx lowers a failing server's effective weight by weight/max_fails;
         // each pick gives one back.
@@ -475,15 +485,15 @@ mod tests {
         servers[1].config_state = AdminState::Down;
         let p = pool(Balance::RoundRobin, servers);
         let now = Instant::now();
-        p.connect_failed(0, now);
-        assert_eq!(p.connect_failed(0, now), Some(Transition::Ejected));
+        p.connect_failed(0, now, FailReason::Refused);
+        assert_eq!(p.connect_failed(0, now, FailReason::Refused), Some(Transition::Ejected));
         assert_eq!(p.pick(now, client(), &[]), Some(Pick { idx: 0, fail_open: true }));
         let mut reject =
             pool(Balance::RoundRobin, vec![server("10.0.0.1:1", 1, false), server("10.0.0.2:1", 1, false)]);
         reject.settings.all_down = AllDown::Reject;
         for i in 0..2 {
-            reject.connect_failed(i, now);
-            reject.connect_failed(i, now);
+            reject.connect_failed(i, now, FailReason::Refused);
+            reject.connect_failed(i, now, FailReason::Refused);
         }
         assert_eq!(reject.pick(now, client(), &[]), None);
     }
@@ -493,7 +503,7 @@ mod tests {
         let p = pool(Balance::RoundRobin, vec![server("10.0.0.1:1", 1, false)]);
         let now = Instant::now();
         for _ in 0..5 {
-            assert_eq!(p.connect_failed(0, now), None);
+            assert_eq!(p.connect_failed(0, now, FailReason::Refused), None);
         }
         assert_eq!(p.pick(now, client(), &[]), Some(Pick { idx: 0, fail_open: false }));
     }
@@ -502,8 +512,8 @@ mod tests {
     fn ejected_server_gets_one_trial_after_fail_timeout() {
         let p = pool(Balance::RoundRobin, vec![server("10.0.0.1:1", 1, false), server("10.0.0.2:1", 1, false)]);
         let t0 = Instant::now();
-        p.connect_failed(0, t0);
-        p.connect_failed(0, t0);
+        p.connect_failed(0, t0, FailReason::Refused);
+        p.connect_failed(0, t0, FailReason::Refused);
         for _ in 0..4 {
             assert_eq!(p.pick(t0 + Duration::from_secs(29), client(), &[]).unwrap().idx, 1);
         }

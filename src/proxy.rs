@@ -35,13 +35,13 @@ pub fn keepalive() -> TcpKeepalive {
 /// Why a connect failed; a small fixed set, fit for a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailReason {
-    Refused,
-    Timeout,
-    Reset,
-    Unreachable,
+    Refused = 0,
+    Timeout = 1,
+    Reset = 2,
+    Unreachable = 3,
     /// Out of file descriptors, ports or memory here: not the server's fault.
-    Local,
-    Other,
+    Local = 4,
+    Other = 5,
 }
 
 impl FailReason {
@@ -169,7 +169,7 @@ async fn connect_upstream(pool: &Pool, client: IpAddr) -> Option<(TcpStream, usi
             Err(reason) => {
                 drop(active);
                 debug!(pool = %pool.name, server = %server.label(), reason = reason.as_str(), "connect failed");
-                if pool.connect_failed(pick.idx, Instant::now()) == Some(Transition::Ejected) {
+                if pool.connect_failed(pick.idx, Instant::now(), reason) == Some(Transition::Ejected) {
                     warn!(
                         pool = %pool.name,
                         server = %server.label(),

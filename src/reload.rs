@@ -50,12 +50,44 @@ pub struct Control {
     pub shutdown: Shutdown,
     pub listeners: Listeners,
     status: Mutex<ReloadStatus>,
+    /// Set once the listeners accept after the first probes.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Control {
     pub fn new(shared: Arc<Shared>, shutdown: Shutdown, listeners: Listeners) -> Control {
         let generation = shared.snapshot.load().generation;
-        Control { shared, shutdown, listeners, status: Mutex::new(ReloadStatus { generation, ..Default::default() }) }
+        Control {
+            shared,
+            shutdown,
+            listeners,
+            status: Mutex::new(ReloadStatus { generation, ..Default::default() }),
+            ready: Default::default(),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Overrides the state of `server` (its configured name or one of its
+    /// addresses) in `pool` until the process restarts: 1 up, 2 drain,
+    /// 3 down. Returns how many addresses it applied to.
+    pub fn set_override(&self, pool: &str, server: &str, state: u8) -> usize {
+        let snap = self.shared.snapshot.load();
+        let Some(p) = snap.pool(pool) else { return 0 };
+        let mut n = 0;
+        for s in &p.servers {
+            if &*s.name == server || s.addr.to_string() == server {
+                s.state.override_state.store(state, std::sync::atomic::Ordering::Relaxed);
+                n += 1;
+            }
+        }
+        n
     }
 
     pub fn reload_status(&self) -> ReloadStatus {

@@ -45,6 +45,13 @@ impl Snapshot {
             for sc in &pc.servers {
                 let name: Arc<str> = Arc::from(sc.address.to_string());
                 for &addr in resolved.get(&sc.address).map(Vec::as_slice).unwrap_or_default() {
+                    let check = pc.health.as_ref().and_then(|h| health.check_for(h, &sc.address, addr));
+                    if let Some(c) = &check {
+                        let label = crate::pool::server_label(&name, addr);
+                        c.observe_for(format!("{}|{label}", pc.name), || {
+                            health.metrics.check_duration(&pc.name, &label)
+                        });
+                    }
                     let state = old
                         .and_then(|p| p.servers.iter().find(|s| s.addr == addr && s.name == name))
                         .map(|s| s.state.clone())
@@ -57,7 +64,7 @@ impl Snapshot {
                         max_conns: sc.max_conns,
                         config_state: sc.state,
                         state,
-                        check: pc.health.as_ref().and_then(|h| health.check_for(h, &sc.address, addr)),
+                        check,
                     });
                 }
             }

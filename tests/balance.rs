@@ -11,7 +11,10 @@ use tokio::net::{TcpSocket, TcpStream};
 
 fn servers(list: &[(SocketAddr, &str)]) -> String {
     let entries: Vec<String> = list.iter().map(|(a, extra)| format!("{{ address = \"{a}\"{extra} }}")).collect();
-    format!("[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [{}]\n", entries.join(", "))
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [{}]\n",
+        entries.join(", ")
+    )
 }
 
 #[tokio::test]

@@ -102,7 +102,7 @@ async fn json_logs_are_one_object_per_line() {
     let mut cmd = Command::new(BIN);
     cmd.args(["--log-format", "json", "--config"]).arg(&cfg).env("RUST_LOG", "debug");
     let lb = Proc::spawn(cmd, false);
-    let line = lb.wait_for_line("listening").await;
+    let line = lb.wait_for_line("\"listening\"").await;
     let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON object");
     assert_eq!(v["message"], "listening");
     let addr: SocketAddr = v["local"].as_str().unwrap().parse().unwrap();

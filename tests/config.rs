@@ -12,8 +12,13 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
     vec![
         (
             "unknown top-level key",
-            format!("{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n[admin]\nlisten = \"x\"\n"),
-            "bad.toml:7:2: admin: unknown field `admin`, expected one of `workers`, `defaults`, `listener`, `pool`",
+            format!("{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n[metrics]\nlisten = \"x\"\n"),
+            "bad.toml:7:2: metrics: unknown field `metrics`, expected one of `workers`, `admin`, `defaults`, `listener`, `pool`",
+        ),
+        (
+            "bad admin listen",
+            format!("[admin]\nlisten = \"localhost:9900\"\n{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"),
+            "bad.toml:2:10: admin.listen: expected an IP address and port like \"127.0.0.1:9900\", found \"localhost:9900\"",
         ),
         (
             "unknown pool key",

@@ -59,7 +59,7 @@ async fn name_answers_are_followed_and_a_failed_lookup_keeps_the_last_ones() {
     let cfg = dir.path().join("lb.toml");
     let with_server = |server: &str| {
         format!(
-            "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"{server}\"]\nresolve_interval = \"100ms\"\n"
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"{server}\"]\nresolve_interval = \"100ms\"\n"
         )
     };
     // Start without any name: the name comes with a reload, and must get
@@ -90,8 +90,8 @@ async fn name_answers_are_followed_and_a_failed_lookup_keeps_the_last_ones() {
     });
     let lb = Lb { child, log };
     let text = || lb.log.lock().unwrap().clone();
-    eventually("listening", || text().contains("listening")).await;
-    let line = text().lines().find(|l| l.contains("listening")).unwrap().to_owned();
+    eventually("listening", || text().contains("listening bind=")).await;
+    let line = text().lines().find(|l| l.contains("listening bind=")).unwrap().to_owned();
     let at = line.find("local=").unwrap() + 6;
     let addr: SocketAddr = line[at..].split_whitespace().next().unwrap().parse().unwrap();
 

@@ -143,7 +143,7 @@ async fn the_6443_pool_follows_the_443_probe_and_pools_share_probes() {
     }
     let list = |p: u16| (1..=3).map(|i| format!("\"127.0.0.1{i}:{p}\"")).collect::<Vec<_>>().join(", ");
     let toml = format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"ucp\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"ucp_kube\"\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"ucp\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"ucp_kube\"\n\
          [pool.ucp]\nservers = [{}]\n[pool.ucp.health]\n{FAST}\n\
          [pool.ucp_kube]\nservers = [{}]\n[pool.ucp_kube.health]\n{FAST}\nport = {port}\n",
         list(port),

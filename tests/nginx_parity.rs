@@ -120,8 +120,10 @@ async fn weighted_round_robin_follows_nginx_sequence() {
     let ngx = nginx(&bin, &servers).await;
     let list: Vec<String> =
         echoes.iter().zip(weights).map(|(e, w)| format!("{{ address = \"{}\", weight = {w} }}", e.addr)).collect();
-    let toml =
-        format!("[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [{}]\n", list.join(", "));
+    let toml = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [{}]\n",
+        list.join(", ")
+    );
     let lb = start_lb(&toml).await;
     let mut seq_nginx = Vec::new();
     let mut seq_lb = Vec::new();
@@ -153,7 +155,7 @@ async fn retries_and_passive_ejection_follow_nginx_with_a_refusing_server() {
     let list: Vec<String> =
         addrs.iter().zip(weights).map(|(a, w)| format!("{{ address = \"{a}\", weight = {w} }}")).collect();
     let toml = format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [{}]\nmax_fails = 3\nfail_timeout = \"1h\"\nretries = \"all\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [{}]\nmax_fails = 3\nfail_timeout = \"1h\"\nretries = \"all\"\n",
         list.join(", ")
     );
     let lb = start_lb(&toml).await;

@@ -157,7 +157,7 @@ async fn idle_timeout_none_keeps_a_quiet_connection_open_for_an_hour() {
 async fn max_connections_closes_excess_clients_at_once() {
     let echo = Echo::start().await;
     let toml = format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\nmax_connections = 2\n[pool.p]\nservers = [\"{}\"]\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\nmax_connections = 2\n[pool.p]\nservers = [\"{}\"]\n",
         echo.addr
     );
     let lb = start_lb(&toml).await;

@@ -17,7 +17,7 @@ use ucp_lb::standin::{Manager, TestCa};
 /// One or two listeners on port 0 (kept across reloads as the first and
 /// second listener bound to 127.0.0.1:0) for pool "p" with `servers`.
 fn config(listeners: usize, servers: &[SocketAddr], extra: &str) -> String {
-    let mut s = String::new();
+    let mut s = String::from("[admin]\nlisten = \"127.0.0.1:0\"\n");
     for _ in 0..listeners {
         s.push_str("[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n");
     }

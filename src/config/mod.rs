@@ -240,12 +240,32 @@ pub struct ListenerConfig {
     pub max_connections: u32,
 }
 
+/// `[admin]`: where /metrics, /status, /healthz and the status page listen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Enables the POST endpoints; `None`: they answer 403.
+    pub token_file: Option<PathBuf>,
+    pub token_file_pos: Pos,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9900)),
+            token_file: None,
+            token_file_pos: Pos::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Where it was read from: named in every message about it.
     pub source: String,
     pub path: Option<PathBuf>,
     pub workers: Option<usize>,
+    pub admin: AdminConfig,
     pub defaults: Settings,
     pub listeners: Vec<ListenerConfig>,
     /// Sorted by name.
@@ -584,7 +604,33 @@ impl Validator<'_> {
             self.err(None, "pool", "at least one [pool.NAME] is needed");
         }
 
-        Config { source: self.source.to_owned(), path: None, workers, defaults, listeners, pools }
+        let mut admin = AdminConfig::default();
+        if let Some(a) = &raw.admin {
+            let a = a.get_ref();
+            if let Some(l) = &a.listen {
+                match l.get_ref().parse::<SocketAddr>() {
+                    Ok(addr) => admin.listen = addr,
+                    Err(_) => self.err(
+                        Some(l.span()),
+                        "admin.listen",
+                        format!("expected an IP address and port like \"127.0.0.1:9900\", found \"{}\"", l.get_ref()),
+                    ),
+                }
+            }
+            if let Some(t) = &a.token_file {
+                admin.token_file = Some(PathBuf::from(t.get_ref()));
+                admin.token_file_pos = self.lines.pos(t.span().start);
+            }
+        }
+        if listeners.iter().any(|l| l.bind == admin.listen && admin.listen.port() != 0) {
+            self.err(
+                None,
+                "admin.listen",
+                format!("{} is also a traffic listener: the admin port never carries traffic", admin.listen),
+            );
+        }
+
+        Config { source: self.source.to_owned(), path: None, workers, admin, defaults, listeners, pools }
     }
 
     fn int(&mut self, v: &S<i64>, key: &str, min: i64, max: i64, note: &str) -> Option<u32> {

@@ -19,11 +19,19 @@ pub type S<T> = Spanned<T>;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub workers: Option<S<i64>>,
+    pub admin: Option<S<RawAdmin>>,
     pub defaults: Option<RawSettings>,
     #[serde(default)]
     pub listener: Vec<S<RawListener>>,
     #[serde(default)]
     pub pool: BTreeMap<String, S<RawPool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<S<String>>,
+    pub token_file: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -159,7 +159,7 @@ pub async fn start_lb(toml: &str) -> ucp_lb::Running {
 pub fn one_pool(servers: &[SocketAddr], pool_keys: &str) -> String {
     let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nservers = [{}]\n{pool_keys}\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nservers = [{}]\n{pool_keys}\n",
         list.join(", ")
     )
 }
@@ -276,7 +276,7 @@ impl Proc {
 
     /// The address a listener bound, from the "listening" log line.
     pub async fn listener_addr(&self) -> SocketAddr {
-        let line = self.wait_for_line("listening").await;
+        let line = self.wait_for_line("listening bind=").await;
         let at = line.find("local=").expect("local= in the listening line") + "local=".len();
         line[at..].split_whitespace().next().unwrap().trim_matches('"').parse().unwrap()
     }

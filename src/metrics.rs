@@ -1,0 +1,186 @@
+//! Every metric name, its help text, and how /metrics is rendered.
+//!
+//! The hot path pays nothing for metrics: connections count into the
+//! atomics of `ServerState`, `Check` and `ListenerState`, which exist anyway
+//! for /status. A scrape copies them into this process's own Prometheus
+//! recorder (absolute counters, gauges) and renders it; the only thing
+//! recorded as it happens is each probe's duration, into the histogram of
+//! every (pool, server) that uses the check. Each running load balancer has
+//! its own recorder, so several can share a process (tests) without mixing.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use tokio::time::Instant;
+
+use crate::listener::ListenerState;
+use crate::proxy::FailReason;
+use crate::reload::ReloadStatus;
+use crate::snapshot::Snapshot;
+
+pub const SERVER_UP: &str = "ucp_lb_server_up";
+pub const SERVER_CHECK_UP: &str = "ucp_lb_server_check_up";
+pub const SERVER_ACTIVE: &str = "ucp_lb_server_active_connections";
+pub const SERVER_CONNECTIONS: &str = "ucp_lb_server_connections_total";
+pub const SERVER_CONNECT_FAILURES: &str = "ucp_lb_server_connect_failures_total";
+pub const SERVER_RECEIVED: &str = "ucp_lb_server_received_bytes_total";
+pub const SERVER_SENT: &str = "ucp_lb_server_sent_bytes_total";
+pub const SERVER_EJECTIONS: &str = "ucp_lb_server_ejections_total";
+pub const CHECK_DURATION: &str = "ucp_lb_health_check_duration_seconds";
+pub const CERT_EXPIRY: &str = "ucp_lb_server_cert_expiry_timestamp_seconds";
+pub const LISTENER_ACCEPTED: &str = "ucp_lb_listener_accepted_connections_total";
+pub const LISTENER_ACTIVE: &str = "ucp_lb_listener_active_connections";
+pub const LISTENER_REJECTED: &str = "ucp_lb_listener_rejected_connections_total";
+pub const RELOADS: &str = "ucp_lb_config_reloads_total";
+pub const RELOAD_OK: &str = "ucp_lb_config_last_reload_successful";
+pub const BUILD_INFO: &str = "ucp_lb_build_info";
+pub const POOL_FAIL_OPEN: &str = "ucp_lb_pool_fail_open";
+
+const HELP: &[(&str, &str, Unit)] = &[
+    (SERVER_UP, "1 when the server is eligible for new clients, 0 when not", Unit::Count),
+    (SERVER_CHECK_UP, "1 when the server's last active check state is up, 0 when down or unknown", Unit::Count),
+    (SERVER_ACTIVE, "Connections open (or opening) to the server", Unit::Count),
+    (SERVER_CONNECTIONS, "Connections made to the server", Unit::Count),
+    (SERVER_CONNECT_FAILURES, "Failed connects to the server, by reason", Unit::Count),
+    (SERVER_RECEIVED, "Bytes received from the server and passed to clients", Unit::Bytes),
+    (SERVER_SENT, "Bytes from clients sent to the server", Unit::Bytes),
+    (
+        SERVER_EJECTIONS,
+        "Times the server was taken out, by cause (passive: failed connects; active: checks)",
+        Unit::Count,
+    ),
+    (CHECK_DURATION, "Duration of active checks, failed ones included", Unit::Seconds),
+    (CERT_EXPIRY, "notAfter of the server certificate seen by the last HTTPS check, Unix seconds", Unit::Seconds),
+    (LISTENER_ACCEPTED, "Clients accepted by the listener", Unit::Count),
+    (LISTENER_ACTIVE, "Clients open on the listener", Unit::Count),
+    (LISTENER_REJECTED, "Clients closed at once, by reason", Unit::Count),
+    (RELOADS, "Config reloads, by result", Unit::Count),
+    (RELOAD_OK, "1 when the last config reload succeeded (or none was tried), 0 when it failed", Unit::Count),
+    (BUILD_INFO, "Always 1; the version label says which ucp-lb runs", Unit::Count),
+    (POOL_FAIL_OPEN, "1 while no server of the pool is eligible and it fails open (or rejects)", Unit::Count),
+];
+
+const FAIL_REASONS: [FailReason; 5] =
+    [FailReason::Refused, FailReason::Timeout, FailReason::Reset, FailReason::Unreachable, FailReason::Other];
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// Rendering is rare; one at a time keeps the absolute values coherent.
+    render_lock: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn meta() -> Metadata<'static> {
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()))
+}
+
+fn key(name: &'static str, labels: Vec<Label>) -> Key {
+    Key::from_parts(name, labels)
+}
+
+fn l(k: &'static str, v: impl Into<String>) -> Label {
+    Label::new(k, v.into())
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        // Probe durations: from a loopback millisecond to a 10 s timeout.
+        let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let builder = PrometheusBuilder::new();
+        let builder = match builder.set_buckets_for_metric(Matcher::Full(CHECK_DURATION.into()), &buckets) {
+            Ok(b) => b,
+            Err(_) => PrometheusBuilder::new(),
+        };
+        let recorder = builder.build_recorder();
+        for (name, help, unit) in HELP {
+            let k = metrics::KeyName::from(*name);
+            let h = metrics::SharedString::from(*help);
+            match *name {
+                SERVER_UP | SERVER_CHECK_UP | SERVER_ACTIVE | CERT_EXPIRY | LISTENER_ACTIVE | RELOAD_OK
+                | BUILD_INFO | POOL_FAIL_OPEN => recorder.describe_gauge(k, Some(*unit), h),
+                CHECK_DURATION => recorder.describe_histogram(k, Some(*unit), h),
+                _ => recorder.describe_counter(k, Some(*unit), h),
+            }
+        }
+        let handle = recorder.handle();
+        Metrics { recorder, handle, render_lock: Mutex::new(()) }
+    }
+
+    fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder.register_counter(&key(name, labels), &meta())
+    }
+
+    fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
+        self.recorder.register_gauge(&key(name, labels), &meta())
+    }
+
+    /// The duration histogram of one (pool, server).
+    pub fn check_duration(&self, pool: &str, server: &str) -> Histogram {
+        self.recorder.register_histogram(&key(CHECK_DURATION, vec![l("pool", pool), l("server", server)]), &meta())
+    }
+
+    /// The Prometheus text exposition of everything now.
+    pub fn render(&self, snap: &Snapshot, listeners: &[Arc<ListenerState>], reload: &ReloadStatus) -> String {
+        let _one = self.render_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        self.gauge(BUILD_INFO, vec![l("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
+        for pool in &snap.pools {
+            let pname = pool.name.to_string();
+            let all_down = pool.state.all_down.load(Relaxed);
+            self.gauge(POOL_FAIL_OPEN, vec![l("pool", pname.clone())]).set(f64::from(u8::from(all_down)));
+            for (i, s) in pool.servers.iter().enumerate() {
+                let labels = || vec![l("pool", pname.clone()), l("server", s.label())];
+                let st = &s.state;
+                self.gauge(SERVER_UP, labels()).set(f64::from(u8::from(pool.eligible(i, now))));
+                self.gauge(SERVER_ACTIVE, labels()).set(f64::from(st.active.load(Relaxed)));
+                self.counter(SERVER_CONNECTIONS, labels()).absolute(st.connections.load(Relaxed));
+                self.counter(SERVER_RECEIVED, labels()).absolute(st.bytes_received.load(Relaxed));
+                self.counter(SERVER_SENT, labels()).absolute(st.bytes_sent.load(Relaxed));
+                for r in FAIL_REASONS {
+                    let mut lb = labels();
+                    lb.push(l("reason", r.as_str()));
+                    self.counter(SERVER_CONNECT_FAILURES, lb).absolute(st.failures_by(r));
+                }
+                let mut passive = labels();
+                passive.push(l("cause", "passive"));
+                self.counter(SERVER_EJECTIONS, passive).absolute(st.passive_ejections.load(Relaxed));
+                if let Some(c) = &s.check {
+                    self.gauge(SERVER_CHECK_UP, labels()).set(f64::from(u8::from(c.is_up())));
+                    let mut active = labels();
+                    active.push(l("cause", "active"));
+                    self.counter(SERVER_EJECTIONS, active).absolute(c.downs.load(Relaxed));
+                    let t = c.cert_not_after.load(Relaxed);
+                    if t != 0 {
+                        self.gauge(CERT_EXPIRY, labels()).set(t as f64);
+                    }
+                }
+            }
+        }
+        for ls in listeners {
+            let name = || vec![l("listener", ls.local.to_string())];
+            self.counter(LISTENER_ACCEPTED, name()).absolute(ls.accepted.load(Relaxed));
+            self.gauge(LISTENER_ACTIVE, name()).set(ls.active.load(Relaxed) as f64);
+            for (reason, v) in [
+                ("max_connections", &ls.rejected_max_connections),
+                ("fd_limit", &ls.rejected_fd_limit),
+                ("no_pool", &ls.rejected_no_pool),
+            ] {
+                let mut lb = name();
+                lb.push(l("reason", reason));
+                self.counter(LISTENER_REJECTED, lb).absolute(v.load(Relaxed));
+            }
+        }
+        self.counter(RELOADS, vec![l("result", "success")]).absolute(reload.successes);
+        self.counter(RELOADS, vec![l("result", "failure")]).absolute(reload.failures);
+        self.gauge(RELOAD_OK, vec![]).set(if reload.last_ok == Some(false) { 0.0 } else { 1.0 });
+        self.handle.render()
+    }
+}
