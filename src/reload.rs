@@ -125,6 +125,9 @@ impl Control {
         self.shared.health.prepare(&config)?;
         let bound = self.listeners.bind_new(&config)?;
         let cur = self.shared.snapshot.load_full();
+        if config.admin != cur.config.admin {
+            warn!("[admin] changed: the admin server keeps its address and token until the next restart");
+        }
         let config = Arc::new(config);
         let next =
             Snapshot::build(cur.generation + 1, config.clone(), Arc::new(resolved), Some(&cur), &self.shared.health);
