@@ -12,11 +12,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use common::{cpu_secs, pinned};
+use common::{cpu_secs, spawn_ucp_lb};
 use ucp_lb::standin::{Manager, TestCa, https_get};
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -42,15 +41,7 @@ async fn probe_cpu(n: usize, kind: &str, secs: u64) -> (f64, f64) {
         ),
     )
     .unwrap();
-    let mut cmd = pinned(env!("CARGO_BIN_EXE_ucp-lb"));
-    let mut child = cmd
-        .arg("--config")
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_ucp_lb(&cfg);
     let pid = child.id();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pings0: u64 = managers.iter().map(|m| m.pings.load(Relaxed)).sum();

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::{cpu_secs, pinned};
+use common::{cpu_secs, pinned, spawn_ucp_lb};
 
 const STREAM_SECS: f64 = 3.0;
 const CONN_SECS: f64 = 3.0;
@@ -81,16 +81,7 @@ fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conn
                 ),
             )
             .unwrap();
-            Some(
-                pinned(env!("CARGO_BIN_EXE_ucp-lb"))
-                    .arg("--config")
-                    .arg(&cfg)
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            )
+            Some(spawn_ucp_lb(&cfg))
         }
         "nginx" => {
             let bin = which("nginx")?;

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 /// `cmd` run under `taskset -c 0` when taskset is there (the load stays on
 /// CPU 1), so a proxy's figures do not mix with the load generator's.
@@ -27,4 +27,16 @@ pub fn cpu_secs(pid: u32) -> f64 {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     let below: f64 = children.split_whitespace().filter_map(|c| c.parse().ok()).map(cpu_secs).sum();
     ticks / 100.0 + below
+}
+
+/// The release ucp-lb on `config`, pinned, quiet.
+pub fn spawn_ucp_lb(config: &Path) -> Child {
+    pinned(env!("CARGO_BIN_EXE_ucp-lb"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the ucp-lb binary cargo built for this bench starts")
 }
