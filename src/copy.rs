@@ -132,20 +132,37 @@ struct PipeError {
 
 /// Copies both ways until both sides have closed, an error, the idle timeout
 /// or `force_close`.
+/// Byte totals are added to the server's counters this often while a
+/// connection lives, so a `docker push` lasting an hour shows in /metrics
+/// before it ends.
+const FLUSH_EVERY: Duration = Duration::from_secs(10);
+
+/// Where a connection's bytes are counted: (client to server, server to
+/// client), added every [`FLUSH_EVERY`] and at the end.
+pub type Totals<'a> = (&'a AtomicU64, &'a AtomicU64);
+
 pub async fn bidirectional(
     client: &TcpStream,
     server: &TcpStream,
     idle: Option<Duration>,
     force_close: &CancellationToken,
+    totals: Totals<'_>,
 ) -> Outcome {
     let activity = Activity { start: Instant::now(), last: AtomicU64::new(0) };
     let track = idle.map(|_| &activity);
-    let (mut up, mut down) = (0u64, 0u64);
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let mut flushed = (0u64, 0u64);
+    let mut flush = || {
+        let (u, d) = (up.load(Relaxed), down.load(Relaxed));
+        totals.0.fetch_add(u - flushed.0, Relaxed);
+        totals.1.fetch_add(d - flushed.1, Relaxed);
+        flushed = (u, d);
+    };
     let end = {
         let both = async {
             tokio::try_join!(
-                pipe(client, server, Side::Client, Side::Server, &mut up, track),
-                pipe(server, client, Side::Server, Side::Client, &mut down, track),
+                pipe(client, server, Side::Client, Side::Server, &up, track),
+                pipe(server, client, Side::Server, Side::Client, &down, track),
             )
         };
         let idle_expired = async {
@@ -154,16 +171,23 @@ pub async fn bidirectional(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            r = both => match r {
-                Ok(_) => End::Closed,
-                Err(PipeError { side, err }) => End::Error { side, kind: err.kind() },
-            },
-            _ = idle_expired => End::IdleTimeout,
-            _ = force_close.cancelled() => End::Shutdown,
+        let mut both = std::pin::pin!(both);
+        let mut idle_expired = std::pin::pin!(idle_expired);
+        let mut tick = tokio::time::interval_at(Instant::now() + FLUSH_EVERY, FLUSH_EVERY);
+        loop {
+            tokio::select! {
+                r = &mut both => break match r {
+                    Ok(_) => End::Closed,
+                    Err(PipeError { side, err }) => End::Error { side, kind: err.kind() },
+                },
+                _ = &mut idle_expired => break End::IdleTimeout,
+                _ = force_close.cancelled() => break End::Shutdown,
+                _ = tick.tick() => flush(),
+            }
         }
     };
-    Outcome { to_server: up, to_client: down, end }
+    flush();
+    Outcome { to_server: up.load(Relaxed), to_client: down.load(Relaxed), end }
 }
 
 async fn pipe(
@@ -171,7 +195,7 @@ async fn pipe(
     dst: &TcpStream,
     src_side: Side,
     dst_side: Side,
-    moved: &mut u64,
+    moved: &AtomicU64,
     activity: Option<&Activity>,
 ) -> Result<(), PipeError> {
     let read_err = |err| PipeError { side: src_side, err };
@@ -193,7 +217,7 @@ async fn pipe(
                 }
                 Ok(n) => {
                     write_all(dst, &buf.bytes()[..n]).await.map_err(write_err)?;
-                    *moved += n as u64;
+                    moved.fetch_add(n as u64, Relaxed);
                     if let Some(a) = activity {
                         a.touch();
                     }

@@ -119,9 +119,8 @@ pub async fn serve(
     };
     let server = &pool.servers[idx];
     tracing::Span::current().record("server", tracing::field::display(server.addr));
-    let out = copy::bidirectional(&client, &upstream, pool.settings.idle_timeout, &force_close).await;
-    server.state.bytes_sent.fetch_add(out.to_server, Relaxed);
-    server.state.bytes_received.fetch_add(out.to_client, Relaxed);
+    let totals = (&server.state.bytes_sent, &server.state.bytes_received);
+    let out = copy::bidirectional(&client, &upstream, pool.settings.idle_timeout, &force_close, totals).await;
     debug!(
         bytes_to_server = out.to_server,
         bytes_to_client = out.to_client,

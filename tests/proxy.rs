@@ -206,3 +206,32 @@ async fn clients_never_see_each_others_bytes() {
         within("client", t).await.unwrap();
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn bytes_of_a_long_connection_are_counted_before_it_ends() {
+    let echo = Echo::start().await;
+    let lb = start_lb(&one_pool(&[echo.addr], "")).await;
+    let mut c = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
+    for _ in 0..25 {
+        echo_once(&mut c).await.unwrap();
+    }
+    assert_eq!(server(&lb, echo.addr).bytes_sent, 0, "not yet: counted every 10 s");
+    // The paused clock runs through the flush interval at once.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let st = server(&lb, echo.addr);
+    assert_eq!((st.bytes_sent, st.bytes_received), (100, 100), "counted while still open");
+    echo_once(&mut c).await.unwrap();
+    drop(c);
+    eventually_paused(|| server(&lb, echo.addr).bytes_sent == 104).await;
+}
+
+/// `eventually` for the paused clock: each sleep lets the other tasks run.
+async fn eventually_paused(mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition never held");
+}
