@@ -203,6 +203,34 @@ impl Admin {
                 }
             }
             (&Method::GET, ["status"]) => json(StatusCode::OK, &self.status()),
+            (&Method::GET, [""]) => {
+                let st = self.status();
+                let header = crate::page::Header {
+                    version: st.version,
+                    generation: st.generation,
+                    ready: st.ready,
+                    shutting_down: st.shutting_down,
+                    config_source: &st.config_source,
+                    reload_ok: st.reload.last_ok,
+                    reload_error: st.reload.last_error.as_deref(),
+                    reloads: (st.reload.successes, st.reload.failures),
+                };
+                let rows: Vec<crate::page::ListenerRow> = st
+                    .listeners
+                    .iter()
+                    .map(|l| crate::page::ListenerRow {
+                        local: l.local.to_string(),
+                        pool: l.pool.clone().unwrap_or_default(),
+                        active: l.active,
+                        accepted: l.accepted,
+                        rejected: l.rejected_max_connections + l.rejected_fd_limit,
+                    })
+                    .collect();
+                let mut r = text(StatusCode::OK, crate::page::render(&header, &rows, &st.pools));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/html; charset=utf-8"));
+                r
+            }
             (&Method::GET, ["metrics"]) => {
                 let snap = self.control.shared.snapshot.load_full();
                 let body = self.control.shared.health.metrics.render(

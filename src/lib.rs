@@ -34,6 +34,7 @@ pub mod health;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod page;
 pub mod passive;
 pub mod pool;
 pub mod probe;
