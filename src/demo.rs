@@ -103,6 +103,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     writeln!(out, "  curl -sk https://{lb}/_ping")?;
     writeln!(out, "  type 1, 2 or 3 and Enter to break or mend that manager's /_ping")?;
     if let Some(admin) = running.admin_addr() {
+        writeln!(out, "  open http://{admin}/ in a browser   # the status page, refreshing itself")?;
         writeln!(out, "  curl -s http://{admin}/status      # JSON: pools, servers, checks, reasons")?;
         writeln!(out, "  curl -s http://{admin}/metrics     # Prometheus")?;
     }
