@@ -69,10 +69,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     if let Ok(a) = listener.local_addr() {
         if !a.ip().is_loopback() && admin.token.is_none() {

@@ -91,11 +91,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let listeners = Listeners::default();
     // Bind every listener before accepting on any, so a bad bind changes nothing.
     let bound = listeners.bind_new(&config)?;
-    let admin_sock = admin::bind(config.admin.listen).await.map_err(|error| StartError::AdminBind {
-        file: config.source.clone(),
-        addr: config.admin.listen,
-        error,
-    })?;
+    let admin_sock = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|error| StartError::AdminBind { file: config.source.clone(), addr: config.admin.listen, error })?;
     let admin_addr = admin_sock.local_addr().ok();
     let path = config.path.clone();
     let snapshot = Snapshot::build(1, Arc::new(config), Arc::new(resolved), None, &health);

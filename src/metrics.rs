@@ -137,7 +137,8 @@ impl Metrics {
             let all_down = pool.state.all_down.load(Relaxed);
             self.gauge(POOL_FAIL_OPEN, vec![l("pool", pname.clone())]).set(f64::from(u8::from(all_down)));
             for (i, s) in pool.servers.iter().enumerate() {
-                let labels = || vec![l("pool", pname.clone()), l("server", s.label())];
+                let server = s.label();
+                let labels = || vec![l("pool", pname.clone()), l("server", server.clone())];
                 let st = &s.state;
                 self.gauge(SERVER_UP, labels()).set(f64::from(u8::from(pool.eligible(i, now))));
                 self.gauge(SERVER_ACTIVE, labels()).set(f64::from(st.active.load(Relaxed)));

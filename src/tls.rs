@@ -68,10 +68,6 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-fn finish(cfg: ClientConfig) -> Arc<ClientConfig> {
-    Arc::new(cfg)
-}
-
 /// The provider probes use: ring, with SHA-256 suites first. A probe needs
 /// no more than AES-128, and SHA-384's key schedule was a tenth of the CPU
 /// of 1,000 probes a second.
@@ -93,7 +89,7 @@ pub fn unverified() -> Result<Arc<ClientConfig>, TlsError> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCertificate(p)))
         .with_no_client_auth();
-    Ok(finish(cfg))
+    Ok(Arc::new(cfg))
 }
 
 /// A config that trusts only the certificates in the PEM file `ca_file`.
@@ -113,7 +109,7 @@ pub fn verified(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(finish(cfg))
+    Ok(Arc::new(cfg))
 }
 
 /// The certificate's notAfter, in seconds since the Unix epoch.
