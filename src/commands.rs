@@ -1,4 +1,4 @@
-//! The sub-commands: `check` and `demo`.
+//! The sub-commands: `check`, `healthcheck`, `convert-nginx` and `demo`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,6 +16,24 @@ pub enum Command {
         /// the node it will run on).
         #[arg(long)]
         offline: bool,
+    },
+    /// Ask a running ucp-lb's /healthz; exit 0 when it answers 200, else 1.
+    /// For container HEALTHCHECKs and keepalived track scripts (no curl
+    /// needed). Without --url the address is `[admin] listen` of --config
+    /// (0.0.0.0 asked on 127.0.0.1), else 127.0.0.1:9900.
+    Healthcheck {
+        /// An http:// URL to ask instead, e.g. http://127.0.0.1:9900/healthz.
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this long (connect, send and answer).
+        #[arg(long, default_value = "3s", value_parser = parse_timeout)]
+        timeout: std::time::Duration,
+    },
+    /// Print the lb.toml equivalent of an nginx config's `stream {}` block;
+    /// what cannot be carried over becomes a comment and a warning.
+    ConvertNginx {
+        /// The nginx config (nginx.conf); `include`s are followed.
+        file: std::path::PathBuf,
     },
     /// A self-contained demo: stand-in managers on loopback and ucp-lb in
     /// front of them.
@@ -36,9 +54,66 @@ pub fn run(cmd: Command, config: Option<&Path>) -> anyhow::Result<ExitCode> {
             };
             Ok(rt.block_on(check(path, offline)))
         }
+        Command::Healthcheck { url, timeout } => Ok(healthcheck(url.as_deref(), config, timeout)),
+        Command::ConvertNginx { file } => Ok(convert_nginx(&file)),
         Command::Demo { listen } => {
             rt.block_on(crate::demo::run(listen))?;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    config::parse_duration(s)?.ok_or_else(|| "a timeout is needed here, not none".to_owned())
+}
+
+fn healthcheck(url: Option<&str>, config: Option<&Path>, timeout: std::time::Duration) -> ExitCode {
+    let url = match url {
+        Some(u) => u.to_owned(),
+        None => {
+            let admin = match config {
+                Some(path) => match config::load(path) {
+                    Ok(c) => c.admin.listen,
+                    Err(e) => {
+                        // A config being edited must not fail the health check of
+                        // the process still running the last good one.
+                        eprintln!("ucp-lb healthcheck: {e}\nucp-lb healthcheck: asking the default admin address");
+                        config::AdminConfig::default().listen
+                    }
+                },
+                None => config::AdminConfig::default().listen,
+            };
+            format!("http://{}/healthz", crate::healthcheck::local_addr(admin))
+        }
+    };
+    match crate::healthcheck::get(&url, timeout) {
+        Ok((200, body)) => {
+            println!("{url}: 200 {}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("{url}: {status} {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn convert_nginx(file: &Path) -> ExitCode {
+    match crate::nginx::convert(file) {
+        Ok(out) => {
+            for w in &out.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", out.toml);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

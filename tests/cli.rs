@@ -176,3 +176,57 @@ async fn demo_shows_traffic_leaving_a_broken_manager_and_coming_back() {
     demo.signal("INT");
     assert_eq!(demo.exit_code().await, Some(0));
 }
+
+/// `ucp-lb healthcheck` (the image's HEALTHCHECK, keepalived's track
+/// script): exit 0 on 200 from /healthz, 1 when nothing answers or when
+/// the LB is shutting down (503). The address comes from `[admin] listen`.
+#[tokio::test]
+async fn healthcheck_follows_healthz() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::nginx::free_addr();
+    let cfg = dir.path().join("lb.toml");
+    let toml = format!(
+        "[admin]\nlisten = \"{admin}\"\n[defaults]\nshutdown_timeout = \"1m\"\n\
+         [[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"{}\"]\n",
+        echo.addr
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let healthcheck = |args: &[&str]| {
+        let out = Command::new(BIN).arg("healthcheck").args(args).arg("--config").arg(&cfg).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, text) = healthcheck(&[]);
+    assert_eq!(code, Some(1), "nothing listens yet: {text}");
+    assert!(text.contains(&format!("http://{admin}/healthz: connect {admin}")), "{text}");
+
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&cfg);
+    let mut lb = Proc::spawn(cmd, false);
+    let addr = lb.listener_addr().await;
+    let start = std::time::Instant::now();
+    loop {
+        let (code, text) = healthcheck(&[]);
+        if code == Some(0) {
+            assert!(text.contains("200"), "{text}");
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "never healthy: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("http://{admin}/healthz");
+    assert_eq!(healthcheck(&["--url", &url]).0, Some(0));
+    let (code, text) = healthcheck(&["--url", &format!("https://{admin}/healthz")]);
+    assert_eq!(code, Some(1), "{text}");
+
+    // Shutting down with a connection still open: /healthz says 503.
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    echo_once(&mut open).await.unwrap();
+    lb.signal("TERM");
+    lb.wait_for_line("SIGTERM").await;
+    let (code, text) = healthcheck(&["--url", &url, "--timeout", "2s"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("503"), "{text}");
+    drop(open);
+    assert_eq!(lb.exit_code().await, Some(0));
+}

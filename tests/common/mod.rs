@@ -18,6 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use ucp_lb::snapshot::ServerStatus;
 
+pub mod nginx;
+
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Waits until `cond` holds, checking every 10 ms; panics after 10 s. The

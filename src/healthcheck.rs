@@ -1,0 +1,152 @@
+//! `ucp-lb healthcheck`: a tiny blocking HTTP/1.1 GET of a running
+//! ucp-lb's `/healthz`, so that a `FROM scratch` image (no curl, no shell)
+//! and keepalived's track script can ask it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// The address to ask for a listen address: a wildcard bind is asked on
+/// the loopback address of its family.
+pub fn local_addr(listen: SocketAddr) -> SocketAddr {
+    let mut a = listen;
+    if a.ip().is_unspecified() {
+        a.set_ip(if a.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    a
+}
+
+/// Most of a reply that is read: /healthz says a word or two.
+const MAX_REPLY: usize = 16 * 1024;
+
+/// GETs `url` (`http://host[:port][/path]`) and returns the status code
+/// and the body (lossy UTF-8, at most 16 KiB of reply in all); `timeout`
+/// bounds the whole exchange.
+pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs are asked (the admin port speaks plain HTTP)")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/healthz"),
+    };
+    if authority.is_empty() {
+        return Err("no host in the URL".into());
+    }
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:80")
+    } else {
+        authority.to_owned()
+    };
+    let deadline = Instant::now() + timeout;
+    let addrs: Vec<SocketAddr> =
+        with_port.to_socket_addrs().map_err(|e| format!("cannot resolve {authority}: {e}"))?.collect();
+    let mut last = format!("{authority} resolves to no address");
+    for addr in addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("timeout after {timeout:?}"));
+        }
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(s) => return exchange(s, authority, path, deadline, timeout),
+            Err(e) => last = format!("connect {addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+fn exchange(
+    mut s: TcpStream,
+    host: &str,
+    path: &str,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let timed_out = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!("timeout after {timeout:?}"),
+        _ => e.to_string(),
+    };
+    let left = |_: ()| {
+        let d = deadline.saturating_duration_since(Instant::now());
+        if d.is_zero() { Err(format!("timeout after {timeout:?}")) } else { Ok(d) }
+    };
+    s.set_write_timeout(Some(left(())?)).map_err(|e| e.to_string())?;
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ucp-lb-healthcheck\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).map_err(timed_out)?;
+    let mut reply = Vec::with_capacity(512);
+    let mut buf = [0u8; 4096];
+    loop {
+        s.set_read_timeout(Some(left(())?)).map_err(|e| e.to_string())?;
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                reply.extend_from_slice(&buf[..n]);
+                if reply.len() >= MAX_REPLY || complete(&reply) {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(timed_out(e)),
+        }
+    }
+    parse(&reply)
+}
+
+/// True once the head and a Content-Length body are in (the admin server
+/// always sends a length; without one the reply ends at close).
+fn complete(reply: &[u8]) -> bool {
+    let Some(end) = find(reply, b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&reply[..end]);
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| reply.len() >= end + 4 + len)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse(reply: &[u8]) -> Result<(u16, String), String> {
+    if reply.is_empty() {
+        return Err("closed without an answer".into());
+    }
+    let line_end = find(reply, b"\r\n").unwrap_or(reply.len());
+    let line = String::from_utf8_lossy(&reply[..line_end]);
+    let mut parts = line.split_whitespace();
+    let status = match (parts.next(), parts.next()) {
+        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => code.parse::<u16>().ok(),
+        _ => None,
+    };
+    let Some(status) = status else {
+        return Err(format!("not an HTTP answer: {:?}", line.chars().take(60).collect::<String>()));
+    };
+    let body =
+        find(reply, b"\r\n\r\n").map(|i| String::from_utf8_lossy(&reply[i + 4..]).into_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_and_body() {
+        assert_eq!(parse(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").unwrap(), (200, "ok\n".into()));
+        assert_eq!(parse(b"HTTP/1.1 503 Service Unavailable\r\n\r\nshutting down").unwrap().0, 503);
+        assert!(parse(b"SSH-2.0-OpenSSH\r\n").unwrap_err().contains("not an HTTP answer"));
+        assert!(parse(b"").unwrap_err().contains("closed"));
+    }
+
+    #[test]
+    fn wildcard_listen_is_asked_on_loopback() {
+        assert_eq!(local_addr("0.0.0.0:9900".parse().unwrap()), "127.0.0.1:9900".parse().unwrap());
+        assert_eq!(local_addr("[::]:9900".parse().unwrap()), "[::1]:9900".parse().unwrap());
+        assert_eq!(local_addr("10.0.0.5:9900".parse().unwrap()), "10.0.0.5:9900".parse().unwrap());
+    }
+
+    #[test]
+    fn rejects_other_schemes() {
+        assert!(get("https://127.0.0.1:9900/healthz", Duration::from_secs(1)).is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! nginx's own `stream` module, run next to ucp-lb: found where Debian puts
+//! it, started in the foreground on a config of the test's, stopped on drop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use tokio::net::TcpSocket;
+
+use super::{DEADLINE, Echo, echo_once};
+
+/// The nginx binary; None (test skipped) when it is missing, except under
+/// CI=true, where .ci/run installs it and a missing one is a failure.
+pub fn nginx_bin() -> Option<PathBuf> {
+    let found =
+        ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"].iter().map(PathBuf::from).find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nginx is missing under CI=true: .ci/run should install it"
+        );
+        eprintln!("skipped: nginx is not installed");
+    }
+    found
+}
+
+pub struct Nginx {
+    child: Child,
+    /// The nginx.conf it runs.
+    pub conf: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port: nginx cannot report a port it chose.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// Starts nginx (one process, in the foreground) with `stream` as the body
+/// of its `stream {}` block; returns once its listeners are open.
+pub async fn start_nginx(bin: &Path, stream: &str) -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
+    let module = ["/usr/lib/nginx/modules/ngx_stream_module.so", "/usr/share/nginx/modules/ngx_stream_module.so"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .map(|m| format!("load_module {m};\n"))
+        .unwrap_or_default();
+    let d = dir.path().display();
+    let conf = format!(
+        "{module}daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 1024; }}\nstream {{\n{stream}\n}}\n"
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new(bin)
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the pid file, written after the listening sockets are open:
+    // a probe connection would itself be proxied and skew the counts.
+    let pid = dir.path().join("nginx.pid");
+    let start = std::time::Instant::now();
+    while !pid.exists() {
+        assert!(start.elapsed() < DEADLINE, "nginx did not start: {}", log(&dir));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Nginx { child, conf: path, dir }
+}
+
+fn log(dir: &tempfile::TempDir) -> String {
+    std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+}
+
+impl Nginx {
+    /// Stops nginx and waits until it has exited (its ports are free).
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which of `echoes` served one round trip from `src` through `lb`.
+pub async fn served_by(echoes: &[Echo], lb: SocketAddr, src: [u8; 4]) -> usize {
+    let before: Vec<usize> = echoes.iter().map(Echo::count).collect();
+    let s = TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::from((src, 0))).unwrap();
+    let mut s = s.connect(lb).await.unwrap();
+    echo_once(&mut s).await.unwrap();
+    (0..echoes.len()).find(|&i| echoes[i].count() > before[i]).unwrap()
+}

@@ -1,0 +1,268 @@
+//! `ucp-lb convert-nginx`: the reference architectures' stream configs
+//! convert and pass `check`; includes, comments and every carried directive;
+//! what cannot be carried is a comment and a warning; syntax errors name
+//! file:line; and a round trip: nginx and ucp-lb run on the same config file
+//! send each client to the same server.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::nginx::*;
+use common::*;
+
+fn ucp_lb() -> Command {
+    Command::new(BIN)
+}
+
+fn convert(path: &Path) -> Output {
+    ucp_lb().arg("convert-nginx").arg(path).output().unwrap()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nginx").join(name)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Writes `toml` and runs `ucp-lb check --offline` on it.
+fn check(toml: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, toml).unwrap();
+    ucp_lb().arg("check").arg("--offline").arg("--config").arg(&path).output().unwrap()
+}
+
+#[test]
+fn reference_architecture_configs_convert_and_pass_check() {
+    for (file, binds, pools) in [
+        ("ucp.conf", ["0.0.0.0:443 -> pool ucp_443", "0.0.0.0:6443 -> pool ucp_6443"], ["ucp_443", "ucp_6443"]),
+        ("dtr.conf", ["0.0.0.0:443 -> pool dtr_443", "0.0.0.0:80 -> pool dtr_80"], ["dtr_443", "dtr_80"]),
+    ] {
+        let out = convert(&fixture(file));
+        assert!(out.status.success(), "{file}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stderr), "", "{file}: nothing in the reference config is lost");
+        let toml = text(&out.stdout);
+        assert!(toml.contains("Outside stream {} and ignored: user, worker_processes, error_log, pid, events."));
+        let checked = check(&toml);
+        assert!(checked.status.success(), "{file}: {}\n{toml}", text(&checked.stderr));
+        let summary = text(&checked.stdout);
+        for b in binds {
+            assert!(summary.contains(b), "{file}: {b}\n{summary}");
+        }
+        for p in pools {
+            // max_fails=2 fail_timeout=30s carried; nginx's other defaults written out.
+            assert!(
+                summary.contains(&format!(
+                    "  {p}: balance round_robin, connect_timeout 1m, idle_timeout 10m, max_fails 2, fail_timeout 30s, \
+                     retries all, all_down reject"
+                )),
+                "{file}: {p}\n{summary}"
+            );
+        }
+        assert_eq!(summary.matches("(weight 1)").count(), 6, "{summary}");
+        assert!(toml.contains("breaks `docker events`, `kubectl --watch`"), "the 10m trap is called out");
+    }
+}
+
+#[test]
+fn carries_every_upstream_and_server_directive_and_follows_includes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("streams")).unwrap();
+    std::fs::write(
+        d.join("nginx.conf"),
+        "user nginx;\nevents { worker_connections 512; }\nhttp { server { listen 8080; } }\n\
+         stream {\n  proxy_connect_timeout 5s;\n  include streams/*.conf;\n  log_format basic '$remote_addr';\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("streams/a.conf"),
+        "# Managers, weighted: manager-01 is the big one.\nupstream ucp {\n  zone ucp 64k;\n  hash $remote_addr consistent;\n\
+         \x20 # the big one\n  server 10.0.0.1:443 weight=5 max_fails=3 fail_timeout=1m;\n\
+         \x20 server 10.0.0.2:443 max_fails=3 fail_timeout=1m max_conns=100;\n\
+         \x20 server 10.0.0.3:443 max_fails=3 fail_timeout=1m backup slow_start=30s;\n\
+         \x20 server 10.0.0.4:443 max_fails=3 fail_timeout=1m down;\n}\n\
+         server {\n  listen 443 reuseport;\n  listen [::]:443;\n  proxy_pass ucp;\n  proxy_timeout 1h;\n\
+         \x20 proxy_next_upstream_tries 2;\n  access_log off;\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("streams/b.conf"),
+        "upstream lc { least_conn; server 10.0.1.1:80; server 10.0.1.2:80 max_fails=0; }\n\
+         upstream r2 { random two; server 10.0.2.1:80; }\n\
+         server { listen 127.0.0.1:8000; proxy_pass lc; proxy_next_upstream off; }\n\
+         server { listen 8001; proxy_pass r2; proxy_timeout 0; }\n\
+         server { listen *:8002; proxy_pass 10.0.3.1:9000; }\n\
+         server { listen 8443 ssl; proxy_pass lc; }\n\
+         server { listen 5353 udp; proxy_pass lc; }\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("streams/.hidden.conf"), "this is not read {").unwrap();
+    let out = convert(&d.join("nginx.conf"));
+    let (toml, warnings) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{warnings}");
+    let checked = check(&toml);
+    assert!(checked.status.success(), "{}\n{toml}", text(&checked.stderr));
+    let summary = text(&checked.stdout);
+    let expect = [
+        "0.0.0.0:443 -> pool ucp",
+        "[::]:443 -> pool ucp",
+        "127.0.0.1:8000 -> pool lc",
+        "0.0.0.0:8001 -> pool r2",
+        "0.0.0.0:8002 -> pool direct_10_0_3_1_9000",
+        // stream-level proxy_connect_timeout inherited, per-server limits on the pool.
+        "ucp: balance source_hash, connect_timeout 5s, idle_timeout 1h, max_fails 3, fail_timeout 1m, retries 1, all_down reject",
+        "10.0.0.1:443 -> not resolved (--offline) (weight 5)",
+        "10.0.0.2:443 -> not resolved (--offline) (weight 1, max_conns 100)",
+        "10.0.0.3:443 -> not resolved (--offline) (weight 1, backup)",
+        "10.0.0.4:443 -> not resolved (--offline) (weight 1, down)",
+        "lc: balance least_conn, connect_timeout 5s, idle_timeout 10m, max_fails 1, fail_timeout 10s, retries 0",
+        "r2: balance random_two, connect_timeout 5s, idle_timeout none,",
+        "direct_10_0_3_1_9000: balance round_robin, connect_timeout 5s, idle_timeout 10m, max_fails 1, fail_timeout 10s, retries all",
+    ];
+    for e in expect {
+        assert!(summary.contains(e), "missing {e:?} in\n{summary}\n{toml}");
+    }
+    assert!(!summary.contains("8443") && !summary.contains("5353"), "ssl and udp listeners are not carried");
+    // The nginx comments are kept next to what they described.
+    assert!(toml.contains("# Managers, weighted: manager-01 is the big one.\n"), "{toml}");
+    assert!(toml.contains("  # the big one\n  { address = \"10.0.0.1:443\", weight = 5 },"), "{toml}");
+    // One warning per directive not carried, each with file:line.
+    let a = d.join("streams/a.conf").display().to_string();
+    let b = d.join("streams/b.conf").display().to_string();
+    let n = d.join("nginx.conf").display().to_string();
+    for w in [
+        format!("warning: {n}:7: log_format basic $remote_addr;: not carried over"),
+        format!("warning: {a}:8: server 10.0.0.3:443: parameter slow_start=30s: not carried over"),
+        format!(
+            "warning: {a}:12: listen 443 reuseport;: listening on 0.0.0.0:443; parameters not carried over: reuseport"
+        ),
+        format!("warning: {a}:17: access_log off;: not carried over"),
+        format!("warning: {b}:6: listen 8443 ssl;: not carried over: ucp-lb passes TLS through"),
+        format!("warning: {b}:7: listen 5353 udp;: not carried over: ucp-lb balances TCP only"),
+    ] {
+        assert!(warnings.contains(&w), "missing {w:?} in\n{warnings}");
+    }
+    assert!(
+        warnings.contains(&format!("warning: {b}:1: upstream lc {{ ... }}: ucp-lb sets max_fails and fail_timeout per pool: 1 and 10s used, also for 10.0.1.2:80 (max_fails=0 fail_timeout=10s)")),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("zone"), "zone needs no warning: {warnings}");
+    // Each warning is also a comment in the output.
+    assert!(toml.contains("# nginx: access_log off;"), "{toml}");
+}
+
+#[test]
+fn unreadable_syntax_fails_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "stream {\n  upstream u {\n    server 10.0.0.1:443\n  }\n}\n",
+            ":3: \"server 10.0.0.1:443\" has no \";\" before the \"}\" on line 4",
+        ),
+        (
+            "stream {\n  upstream u {\n    server 10.0.0.1:443;\n",
+            ":2: unexpected end of file: the \"{\" opened here is not closed",
+        ),
+        ("events {}\n}\n", ":2: unexpected \"}\": no block is open here"),
+        ("stream {\n  server { listen 443; proxy_pass \"u;\n}\n", ":2: unexpected end of file: a \" is not closed"),
+        ("stream {\n ;\n}\n", ":2: unexpected \";\""),
+        ("stream {\n  include missing.conf;\n}\n", ":2: include "),
+        (
+            "stream {\n  server { listen 443; proxy_pass nowhere; }\n}\n",
+            ":2: proxy_pass nowhere: no upstream \"nowhere\"",
+        ),
+        ("stream {\n  upstream u {\n    server 10.0.0.1;\n  }\n}\n", ":3: expected host:port, found \"10.0.0.1\""),
+        ("stream {\n  upstream u { server 10.0.0.1:1 max_fails=x; }\n}\n", ":2: max_fails: expected a whole number"),
+        (
+            "stream {\n  upstream u { server 10.0.0.1:1; }\n  server { listen 1; proxy_pass u; proxy_timeout 5y; }\n}\n",
+            ":3: proxy_timeout: expected an nginx time",
+        ),
+    ];
+    for (i, (conf, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.conf"));
+        std::fs::write(&path, conf).unwrap();
+        let out = convert(&path);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{conf}");
+        assert!(err.starts_with(&format!("{}{want}", path.display())), "{conf}\nwant {want}\ngot {err}");
+        assert!(out.stdout.is_empty(), "nothing printed on error");
+    }
+    // An include loop ends with an error, not a stack overflow.
+    let looped = dir.path().join("loop.conf");
+    std::fs::write(&looped, "include loop.conf;\n").unwrap();
+    let out = convert(&looped);
+    assert!(text(&out.stderr).contains("include nested more than 16 deep"), "{}", text(&out.stderr));
+    // No stream block at all: nothing to carry, exit 1.
+    let http = dir.path().join("http.conf");
+    std::fs::write(&http, "events {}\nhttp { server { listen 80; } }\n").unwrap();
+    let out = convert(&http);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no stream {} block"));
+}
+
+/// Round trip: one nginx.conf with three upstreams on loopback backends
+/// (weighted round robin with a refusing server, `hash $remote_addr
+/// consistent`, a backup) is run by nginx, then converted and run by
+/// ucp-lb on the same ports; every client must land on the same backend.
+#[tokio::test]
+async fn converted_config_routes_as_nginx_did() {
+    let Some(bin) = nginx_bin() else { return };
+    let echoes: Vec<Echo> = vec![Echo::start().await, Echo::start().await, Echo::start().await];
+    let refusing = refusing_addr();
+    let [wrr, hash, backup] = [free_addr(), free_addr(), free_addr()];
+    let e = |i: usize| echoes[i].addr;
+    let stream = format!(
+        "  upstream wrr {{\n    server {} weight=3;\n    server {refusing} weight=6 max_fails=2 fail_timeout=1h;\n    server {} weight=2;\n  }}\n\
+         \x20 upstream hashed {{\n    hash $remote_addr consistent;\n    server {};\n    server {};\n    server {};\n  }}\n\
+         \x20 upstream with_backup {{\n    server {refusing} max_fails=1 fail_timeout=1h;\n    server {} backup;\n  }}\n\
+         \x20 server {{ listen {wrr}; proxy_pass wrr; }}\n  server {{ listen {hash}; proxy_pass hashed; }}\n\
+         \x20 server {{ listen {backup}; proxy_pass with_backup; }}\n",
+        e(0),
+        e(2),
+        e(0),
+        e(1),
+        e(2),
+        e(1)
+    );
+    let ngx = start_nginx(&bin, &stream).await;
+    let keep = tempfile::tempdir().unwrap();
+    let conf = keep.path().join("nginx.conf");
+    std::fs::copy(&ngx.conf, &conf).unwrap();
+
+    async fn run(
+        echoes: &[Echo],
+        wrr: std::net::SocketAddr,
+        hash: std::net::SocketAddr,
+        backup: std::net::SocketAddr,
+    ) -> Vec<usize> {
+        let mut seq = Vec::new();
+        for _ in 0..24 {
+            seq.push(served_by(echoes, wrr, [127, 0, 0, 1]).await);
+        }
+        for host in 1..=40u8 {
+            seq.push(served_by(echoes, hash, [127, 0, 3, host]).await);
+        }
+        for _ in 0..4 {
+            seq.push(served_by(echoes, backup, [127, 0, 0, 1]).await);
+        }
+        seq
+    }
+    let seq_nginx = run(&echoes, wrr, hash, backup).await;
+    ngx.stop();
+
+    let out = convert(&conf);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let toml = text(&out.stdout) + "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let lb = start_lb(&toml).await;
+    assert_eq!(lb.listener_addrs().len(), 3);
+    let seq_lb = run(&echoes, wrr, hash, backup).await;
+    assert_eq!(seq_lb, seq_nginx, "\n{toml}");
+    // The refusing server was tried and ejected in both: not a trivial match.
+    assert!(seq_nginx[..24].contains(&0) && seq_nginx[..24].contains(&2));
+    assert!(server(&lb, refusing).ejected);
+}
