@@ -66,9 +66,11 @@ use crate::snapshot::{PoolStatus, Shared, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    // transparent: `ucp-lb: {e:#}` prints the chain, and "{0}" with a
+    // source would print the same message twice.
+    #[error(transparent)]
     Config(#[from] ConfigErrors),
-    #[error("{0}")]
+    #[error(transparent)]
     Bind(#[from] BindError),
     #[error("{file}: admin.listen: cannot listen on {addr}: {error}")]
     AdminBind { file: String, addr: SocketAddr, error: std::io::Error },

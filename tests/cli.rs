@@ -142,6 +142,7 @@ async fn a_port_in_use_stops_the_start_and_names_the_listener() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("listener[0].bind: cannot listen on"), "{stderr}");
+    assert_eq!(stderr.matches("cannot listen on").count(), 1, "said once: {stderr}");
 }
 
 #[test]
