@@ -34,7 +34,7 @@ fail() {
 cleanup() {
   set +e
   if [ -n "$dockerd_pid" ]; then
-    docker rm -f ucp-lb-test >/dev/null 2>&1
+    docker rm -f ucp-lb-test ucp-lb >/dev/null 2>&1
     kill "$dockerd_pid" 2>/dev/null
     for _ in $(seq 1 300); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.1; done
   fi
@@ -185,4 +185,21 @@ awk -v t0="$t0" -v t1="$t1" -v ok="$last_ok" -v closed="$closed" -v rounds="$rou
   if (t1 - t0 > 10) { print "docker test: FAILED: docker stop took longer than shutdown_timeout allows" > "/dev/stderr"; exit 1 }
 }' || exit 1
 docker logs ucp-lb-test 2>&1 | grep -q SIGTERM || fail "no SIGTERM in the log"
+docker rm ucp-lb-test >/dev/null
+
+# docker/compose.yml's LB service as written (all capabilities dropped but
+# NET_BIND_SERVICE, read-only root), on the same config directory.
+if command -v docker-compose >/dev/null; then
+  compose=(docker-compose -f docker/compose.yml -p ucplbtest --profile lb)
+  export UCP_LB_IMAGE=ucp-lb:test UCP_LB_CONFIG_DIR=$conf
+  "${compose[@]}" config -q || fail "compose.yml does not validate"
+  "${compose[@]}" up -d >"$work/compose.log" 2>&1 || fail "docker-compose up: $(tail -3 "$work/compose.log")"
+  until_ok "no traffic through the compose service" ask
+  echo "docker test: docker/compose.yml (profile lb) serves on port $lb_port: backend $(ask)"
+  "${compose[@]}" down -t 30 >"$work/compose.log" 2>&1 || fail "docker-compose down: $(tail -5 "$work/compose.log")"
+elif [ "${CI:-}" = true ]; then
+  fail "docker-compose is missing under CI=true (.ci/run installs it)"
+else
+  echo "docker test: compose.yml skipped, docker-compose is not installed"
+fi
 echo "docker test: passed"
