@@ -74,7 +74,7 @@ echo "docker test: image size $size bytes ($(awk -v s="$size" 'BEGIN { printf "%
 [ "$(docker history -q ucp-lb:test | wc -l)" -ge 1 ] || fail "no image"
 
 # Two named echo backends on loopback.
-peer=tests/docker_peer.py
+peer=tests/peer.py
 for name in one two; do
   python3 "$peer" serve "$name" "$work/$name.port" &
   peers+=($!)

@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
-"""Loopback peers for tests/docker.sh (the image has no shell, so the test
-drives it from outside). Every mode is bounded in time and stops by itself.
+"""Test peers for tests/docker.sh and tests/ha.sh (the image has no shell,
+so the tests drive it from outside). Every mode is bounded in time and stops
+by itself; targets are loopback or the tests' own network namespaces.
 
-  docker_peer.py serve NAME PORTFILE      echo server on 127.0.0.1:0 that
-                                          answers each line with NAME:line;
-                                          writes its port, exits after 600 s
-  docker_peer.py ask ADDR                 one connection: prints the backend's
+  peer.py serve NAME PORTFILE [HOST]      echo server on HOST:0 (default
+                                          127.0.0.1) that answers each line
+                                          with NAME:line; writes its port,
+                                          exits after 600 s
+  peer.py ask ADDR                        one connection: prints the backend's
                                           NAME, exit 1 on any failure
-  docker_peer.py hold ADDR READYFILE      one connection held open, a round
+  peer.py watch ADDR SECONDS STOPFILE     a new connection every 50 ms (each
+                                          given 300 ms) until STOPFILE exists
+                                          or SECONDS pass; prints one line per
+                                          attempt: "EPOCH NAME" or "EPOCH -"
+  peer.py hold ADDR READYFILE             one connection held open, a round
                                           trip every 100 ms until the LB closes
                                           it; prints "rounds=N last_ok=T
                                           closed=T" (epoch seconds), at most 120 s
@@ -18,10 +24,10 @@ import threading
 import time
 
 
-def serve(name, portfile):
+def serve(name, portfile, host="127.0.0.1"):
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
+    srv.bind((host, 0))
     srv.listen(128)
     srv.settimeout(1.0)
     with open(portfile + ".tmp", "w") as f:
@@ -57,9 +63,9 @@ def serve(name, portfile):
         threading.Thread(target=handle, args=(c,), daemon=True).start()
 
 
-def connect(addr):
+def connect(addr, timeout=5):
     host, port = addr.rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=5)
+    return socket.create_connection((host, int(port)), timeout=timeout)
 
 
 def round_trip(s, f, word):
@@ -84,6 +90,26 @@ def ask(addr):
         return 1
 
 
+def watch(addr, seconds, stopfile):
+    import os
+
+    end = time.time() + float(seconds)
+    while time.time() < end and not os.path.exists(stopfile):
+        t = time.time()
+        try:
+            s = connect(addr, timeout=0.3)
+            f = s.makefile("r")
+            name = round_trip(s, f, "w")
+            s.close()
+        except OSError:
+            name = "-"
+        print("%.3f %s" % (t, name), flush=True)
+        left = 0.05 - (time.time() - t)
+        if left > 0:
+            time.sleep(left)
+    return 0
+
+
 def hold(addr, readyfile):
     s = connect(addr)
     f = s.makefile("r")
@@ -105,7 +131,9 @@ def hold(addr, readyfile):
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "serve":
-        serve(sys.argv[2], sys.argv[3])
+        serve(*sys.argv[2:5])
+    elif mode == "watch":
+        sys.exit(watch(sys.argv[2], sys.argv[3], sys.argv[4]))
     elif mode == "ask":
         sys.exit(ask(sys.argv[2]))
     elif mode == "hold":
