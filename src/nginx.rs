@@ -180,9 +180,14 @@ struct Reader {
     /// main file, nginx's conf prefix in the usual layout.
     base: PathBuf,
     depth: usize,
+    /// Blocks open right now, across includes.
+    nesting: usize,
 }
 
 const MAX_INCLUDE_DEPTH: usize = 16;
+/// nginx configs nest three or four deep; a limit keeps hostile input from
+/// exhausting the stack.
+const MAX_NESTING: usize = 64;
 
 impl Reader {
     fn read_file(&mut self, path: &Path, from: Option<&Directive>) -> Result<Vec<Directive>, ConvertError> {
@@ -231,8 +236,17 @@ impl Reader {
                         return Err(err(*line, &format!("unexpected {what}")));
                     }
                     let name = words.remove(0);
-                    let block =
-                        if *tok == Tok::Open { Some(self.parse_block(toks, pos, file, Some(*line))?) } else { None };
+                    let block = if *tok == Tok::Open {
+                        if self.nesting >= MAX_NESTING {
+                            return Err(err(*line, &format!("blocks nested more than {MAX_NESTING} deep")));
+                        }
+                        self.nesting += 1;
+                        let inner = self.parse_block(toks, pos, file, Some(*line));
+                        self.nesting -= 1;
+                        Some(inner?)
+                    } else {
+                        None
+                    };
                     let d = Directive {
                         name,
                         args: std::mem::take(&mut words),
@@ -886,7 +900,7 @@ fn comment_lines(out: &mut String, indent: &str, lines: &[String]) {
 /// Converts the nginx config at `path` (and its includes).
 pub fn convert(path: &Path) -> Result<Converted, ConvertError> {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut reader = Reader { base, depth: 0 };
+    let mut reader = Reader { base, depth: 0, nesting: 0 };
     let top = reader.read_file(path, None)?;
     let mut c = Converter::default();
     let mut outside: Vec<String> = Vec::new();
@@ -1076,6 +1090,15 @@ mod tests {
         assert_eq!(toks("hash ${remote_addr}x;"), vec![w("hash"), w("${remote_addr}x"), Semi]);
         assert!(tokenize("a \"b;", "t").unwrap_err().to_string().contains("t:1: unexpected end of file"));
         assert!(tokenize("a \"b\"c;", "t").is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep.conf");
+        std::fs::write(&path, "a {".repeat(100_000)).unwrap();
+        let e = convert(&path).unwrap_err();
+        assert!(e.msg.contains("nested more than 64 deep"), "{e}");
     }
 
     #[test]
