@@ -423,6 +423,23 @@ struct Server {
     dropped: Vec<String>,
 }
 
+impl Server {
+    /// A server line with nginx's defaults.
+    fn new(address: &str, comments: Vec<String>) -> Server {
+        Server {
+            address: address.to_owned(),
+            weight: 1,
+            max_fails: NGINX_MAX_FAILS,
+            fail_timeout: NGINX_FAIL_TIMEOUT,
+            backup: false,
+            down: false,
+            max_conns: 0,
+            comments,
+            dropped: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Pool {
     name: String,
@@ -595,17 +612,7 @@ impl Converter {
                 d.err(format!("expected host:port, found \"{addr}\" (nginx's stream module needs the port too)"))
             );
         }
-        let mut s = Server {
-            address: addr.clone(),
-            weight: 1,
-            max_fails: NGINX_MAX_FAILS,
-            fail_timeout: NGINX_FAIL_TIMEOUT,
-            backup: false,
-            down: false,
-            max_conns: 0,
-            comments: d.comments.clone(),
-            dropped: Vec::new(),
-        };
+        let mut s = Server::new(addr, d.comments.clone());
         for p in &d.args[1..] {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             let num = || v.parse::<u32>().map_err(|_| d.err(format!("{k}: expected a whole number, found \"{v}\"")));
@@ -724,17 +731,7 @@ impl Converter {
                     )));
                 }
                 let name = self.pool_name(&format!("direct_{to}"));
-                let server = Server {
-                    address: to.clone(),
-                    weight: 1,
-                    max_fails: NGINX_MAX_FAILS,
-                    fail_timeout: NGINX_FAIL_TIMEOUT,
-                    backup: false,
-                    down: false,
-                    max_conns: 0,
-                    comments: Vec::new(),
-                    dropped: Vec::new(),
-                };
+                let server = Server::new(to, Vec::new());
                 self.pools.push(Pool {
                     name,
                     origin: to.clone(),

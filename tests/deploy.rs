@@ -6,25 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::BIN;
+use common::{BIN, external_tool};
 
 fn config(name: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name)).unwrap()
-}
-
-fn tool(candidates: &[&str], package: &str) -> Option<PathBuf> {
-    let found = candidates.iter().map(PathBuf::from).find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{package} is missing under CI=true: .ci/run installs it"
-        );
-        eprintln!("skipped: {package} is not installed");
-    }
-    found
 }
 
 #[test]
@@ -44,7 +32,9 @@ fn keepalived_conf_passes_keepalived_config_test() {
     assert!(matches!(out.status.code(), Some(0 | 1)), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("http://127.0.0.1:9900/healthz"));
 
-    let Some(keepalived) = tool(&["/usr/sbin/keepalived", "/usr/bin/keepalived"], "keepalived") else { return };
+    let Some(keepalived) = external_tool(&["/usr/sbin/keepalived", "/usr/bin/keepalived"], "keepalived") else {
+        return;
+    };
     // As installed on a node, with the test's binary in place of
     // /usr/local/bin/ucp-lb. script_user root here: keepalived 2.2.7
     // (Debian 12) kills its own config test with SIGTERM when script_user
@@ -82,7 +72,9 @@ fn systemd_unit_passes_verify_and_is_sandboxed() {
     let stop: u64 = text.lines().find_map(|l| l.strip_prefix("TimeoutStopSec=")).unwrap().parse().unwrap();
     assert!(stop > 30);
 
-    let Some(analyze) = tool(&["/usr/bin/systemd-analyze", "/bin/systemd-analyze"], "systemd (systemd-analyze)") else {
+    let Some(analyze) =
+        external_tool(&["/usr/bin/systemd-analyze", "/bin/systemd-analyze"], "systemd (systemd-analyze)")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,8 @@
 //! config/'s Prometheus, alert and Grafana files: valid for promtool, and
 //! naming only metrics ucp-lb exports.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -8,23 +10,15 @@ fn config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
 }
 
-fn promtool() -> Option<&'static str> {
-    let found = ["/usr/bin/promtool", "/usr/local/bin/promtool"].into_iter().find(|p| Path::new(p).exists());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "promtool is missing under CI=true: .ci/run should install it"
-        );
-        eprintln!("skipped: promtool is not installed");
-    }
-    found
+fn promtool() -> Option<PathBuf> {
+    common::external_tool(&["/usr/bin/promtool", "/usr/local/bin/promtool"], "promtool")
 }
 
 #[test]
 fn alert_rules_and_scrape_config_pass_promtool() {
     let Some(bin) = promtool() else { return };
     for args in [["check", "rules", "ucp-lb-alerts.yml"], ["check", "config", "prometheus.yml"]] {
-        let out = Command::new(bin).args(args).current_dir(config_dir()).output().unwrap();
+        let out = Command::new(&bin).args(args).current_dir(config_dir()).output().unwrap();
         assert!(
             out.status.success(),
             "{args:?}: {}{}",

@@ -13,18 +13,7 @@ use common::*;
 use ucp_lb::standin::{Manager, TestCa};
 
 fn chromium() -> Option<PathBuf> {
-    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "chromium is missing under CI=true: .ci/run should install it"
-        );
-        eprintln!("skipped: chromium is not installed");
-    }
-    found
+    external_tool(&["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"], "chromium")
 }
 
 /// Runs headless Chromium with `args` then `url`; its stdout.

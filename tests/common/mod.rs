@@ -20,6 +20,18 @@ use ucp_lb::snapshot::ServerStatus;
 
 pub mod nginx;
 
+/// The first of `candidates` that exists: an outside program a test needs.
+/// None (the test says it skipped) when missing, except under CI=true,
+/// where .ci/run installs it and a missing one fails the test.
+pub fn external_tool(candidates: &[&str], what: &str) -> Option<std::path::PathBuf> {
+    let found = candidates.iter().map(std::path::PathBuf::from).find(|p| p.exists());
+    if found.is_none() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{what} is missing under CI=true: .ci/run installs it");
+        eprintln!("skipped: {what} is not installed");
+    }
+    found
+}
+
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Waits until `cond` holds, checking every 10 ms; panics after 10 s. The

@@ -12,16 +12,7 @@ use super::{DEADLINE, Echo, echo_once};
 /// The nginx binary; None (test skipped) when it is missing, except under
 /// CI=true, where .ci/run installs it and a missing one is a failure.
 pub fn nginx_bin() -> Option<PathBuf> {
-    let found =
-        ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"].iter().map(PathBuf::from).find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nginx is missing under CI=true: .ci/run should install it"
-        );
-        eprintln!("skipped: nginx is not installed");
-    }
-    found
+    super::external_tool(&["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"], "nginx")
 }
 
 pub struct Nginx {
