@@ -274,7 +274,11 @@ fn main() {
     let idle_n = env_usize("IDLE_CONNS", 5000);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let run_dir = std::env::temp_dir().join(format!("ucp-lb-bench-{}", std::process::id()));
-    let names = ["direct", "ucp-lb", "nginx", "haproxy"];
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let names: Vec<&str> = ["direct", "ucp-lb", "nginx", "haproxy"]
+        .into_iter()
+        .filter(|n| only.is_empty() || only.split(',').any(|o| o == *n))
+        .collect();
     let rows = || vec![Vec::<f64>::new(); names.len()];
     let (mut tput, mut cpu_gib, mut conns, mut cpu_conn, mut idle) = (rows(), rows(), rows(), rows(), rows());
     rt.block_on(async {

@@ -8,6 +8,10 @@
 //! connection's whole life.) A buffer only ever carries `buf[..n]` of the
 //! read that just filled it, so nothing of one client can reach another.
 //!
+//! A read that fills the whole buffer means a bulk transfer: the rest of
+//! that burst goes through a pooled pipe with `splice(2)` (`splice.rs`), so
+//! its bytes never enter user space; small messages stay on the buffer.
+//!
 //! EOF on one side is passed on as a half-close (`shutdown(SHUT_WR)`) while
 //! the other direction keeps flowing; an error on either side ends both,
 //! and the caller closes the other socket.
@@ -15,13 +19,15 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::splice::{self, Burst, BurstError};
 
 // 32 KiB: on loopback (MTU 64 KiB) a 64 KiB write leaves a 53-byte tail
 // segment each time; one stream through the LB measured 11 Gbit/s with
@@ -151,6 +157,7 @@ pub async fn bidirectional(
     let activity = Activity { start: Instant::now(), last: AtomicU64::new(0) };
     let track = idle.map(|_| &activity);
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let half_closed = AtomicBool::new(false);
     let mut flushed = (0u64, 0u64);
     let mut flush = || {
         let (u, d) = (up.load(Relaxed), down.load(Relaxed));
@@ -161,8 +168,8 @@ pub async fn bidirectional(
     let end = {
         let both = async {
             tokio::try_join!(
-                pipe(client, server, Side::Client, Side::Server, &up, track),
-                pipe(server, client, Side::Server, Side::Client, &down, track),
+                pipe(client, server, Side::Client, Side::Server, &up, track, &half_closed),
+                pipe(server, client, Side::Server, Side::Client, &down, track, &half_closed),
             )
         };
         let idle_expired = async {
@@ -174,6 +181,7 @@ pub async fn bidirectional(
         let mut both = std::pin::pin!(both);
         let mut idle_expired = std::pin::pin!(idle_expired);
         let mut tick = tokio::time::interval_at(Instant::now() + FLUSH_EVERY, FLUSH_EVERY);
+        let mut keepalive_set = false;
         loop {
             tokio::select! {
                 r = &mut both => break match r {
@@ -182,7 +190,19 @@ pub async fn bidirectional(
                 },
                 _ = &mut idle_expired => break End::IdleTimeout,
                 _ = force_close.cancelled() => break End::Shutdown,
-                _ = tick.tick() => flush(),
+                _ = tick.tick() => {
+                    flush();
+                    if !keepalive_set {
+                        // Idle dead peers are found by keepalive (60 s, then
+                        // 10 s x 6). The client socket inherits it from the
+                        // listener; the server socket gets it here, on
+                        // connections that last: four syscalls saved on every
+                        // short one. Its timer counts from the last segment,
+                        // so setting it late changes nothing.
+                        keepalive_set = true;
+                        let _ = SockRef::from(server).set_tcp_keepalive(&crate::proxy::keepalive());
+                    }
+                }
             }
         }
     };
@@ -197,9 +217,29 @@ async fn pipe(
     dst_side: Side,
     moved: &AtomicU64,
     activity: Option<&Activity>,
+    half_closed: &AtomicBool,
 ) -> Result<(), PipeError> {
     let read_err = |err| PipeError { side: src_side, err };
     let write_err = |err| PipeError { side: dst_side, err };
+    let count = |n: usize| {
+        moved.fetch_add(n as u64, Relaxed);
+        if let Some(a) = activity {
+            a.touch();
+        }
+    };
+    // Pass the half-close on; the other direction goes on. After the
+    // second EOF both directions are done and the caller closes both
+    // sockets now, which sends the FIN (nothing is left unread on either):
+    // no shutdown then.
+    let eof = || {
+        if half_closed.swap(true, Relaxed) {
+            return Ok(());
+        }
+        match SockRef::from(dst).shutdown(Shutdown::Write) {
+            Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(write_err(e)),
+            _ => Ok(()),
+        }
+    };
     loop {
         src.readable().await.map_err(read_err)?;
         // Taken only now that there is something to read: an idle
@@ -207,19 +247,22 @@ async fn pipe(
         let mut buf = Buf::take();
         loop {
             match src.try_read(buf.bytes()) {
-                Ok(0) => {
-                    drop(buf);
-                    // Pass the half-close on; the other direction goes on.
-                    return match SockRef::from(dst).shutdown(Shutdown::Write) {
-                        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(write_err(e)),
-                        _ => Ok(()),
-                    };
-                }
+                Ok(0) => return eof(),
                 Ok(n) => {
                     write_all(dst, &buf.bytes()[..n]).await.map_err(write_err)?;
-                    moved.fetch_add(n as u64, Relaxed);
-                    if let Some(a) = activity {
-                        a.touch();
+                    count(n);
+                    if n < BUF_SIZE {
+                        continue;
+                    }
+                    // A full buffer: a bulk transfer. The rest of this
+                    // burst goes through a pipe, never through user space.
+                    drop(buf);
+                    match splice::burst(src, dst, count).await {
+                        Ok(Burst::Drained(_)) => break,
+                        Ok(Burst::Eof(_)) => return eof(),
+                        Ok(Burst::NoPipe) => buf = Buf::take(),
+                        Err(BurstError::Read(e)) => return Err(read_err(e)),
+                        Err(BurstError::Write(e)) => return Err(write_err(e)),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

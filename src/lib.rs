@@ -45,6 +45,7 @@ pub mod reload;
 pub mod resolve;
 pub mod shutdown;
 pub mod snapshot;
+pub mod splice;
 pub mod standin;
 pub mod tls;
 

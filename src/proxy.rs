@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use socket2::{SockRef, TcpKeepalive};
+use socket2::TcpKeepalive;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -96,7 +96,8 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, F
     let sock = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
     let sock = sock.map_err(|e| FailReason::of(&e))?;
     let _ = sock.set_nodelay(true);
-    let _ = SockRef::from(&sock).set_tcp_keepalive(&keepalive());
+    // Keepalive (four setsockopt calls) is set by the byte path once the
+    // connection has lived FLUSH_EVERY: most connections end before.
     match tokio::time::timeout(timeout, sock.connect(addr)).await {
         Err(_) => Err(FailReason::Timeout),
         Ok(Err(e)) => Err(FailReason::of(&e)),
