@@ -3,9 +3,16 @@
 //!
 //! Run with `benches/run.sh` (raises the fd limit, pins load to CPU 1 and each
 //! proxy to CPU 0 with one worker). Rows:
-//! - one stream's throughput (Gbit/s) for a few seconds, and direct;
-//! - new connections per second (connect, 1-byte echo, close; 16 at once);
-//! - RSS per idle connection with N idle clients held through the proxy.
+//! - bulk throughput (Gbit/s) with 1 and with 8 streams, and the proxy's CPU
+//!   per GiB moved;
+//! - HTTPS keep-alive requests per second (wrk, 50 connections, TLS from
+//!   wrk to an nginx HTTPS backend, passed through) and proxy CPU per request;
+//! - new connections per second: raw TCP (connect, 1-byte echo, close; 16 at
+//!   once), HTTP and full TLS (wrk with `Connection: close`), and the proxy's
+//!   CPU per connection;
+//! - added latency of a 1-byte ping-pong, p50 and p99, against direct;
+//! - RSS and kernel memory (slab + TCP buffers) per idle connection with N
+//!   idle clients held through the proxy, and proxy CPU while they idle.
 //!
 //! Every load is bounded in count and time, targets loopback only, and stops
 //! by itself; each proxy is a child process stopped by its PID. nginx and
@@ -29,6 +36,9 @@ use common::{cpu_secs, pinned, spawn_ucp_lb};
 const STREAM_SECS: f64 = 3.0;
 const CONN_SECS: f64 = 3.0;
 const CONN_PARALLEL: usize = 16;
+const WRK_SECS: u64 = 3;
+const PING_PONGS: usize = 20_000;
+const IDLE_SECS: f64 = 3.0;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -152,6 +162,90 @@ fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conn
     Some(p)
 }
 
+/// nginx as the HTTP and HTTPS backend of the wrk rows, pinned to CPU 1 with
+/// the load (not measured: every proxy sees the same backend).
+struct HttpBackend {
+    child: Child,
+    http: SocketAddr,
+    https: SocketAddr,
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_backend(run: &Path) -> Option<HttpBackend> {
+    let bin = which("nginx")?;
+    let dir = run.join("backend");
+    std::fs::create_dir_all(&dir).ok()?;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).ok()?;
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).ok()?;
+    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).ok()?;
+    let (http, https) = (free_port(), free_port());
+    let cfg = dir.join("nginx.conf");
+    std::fs::write(
+        &cfg,
+        format!(
+            "daemon off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {d}/nginx.pid;\nerror_log {d}/error.log crit;\n\
+             events {{ worker_connections 10000; }}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n\
+             server {{\n  listen 127.0.0.1:{http};\n  listen 127.0.0.1:{https} ssl;\n  ssl_certificate {d}/cert.pem;\n  ssl_certificate_key {d}/key.pem;\n\
+             \x20 location / {{ return 200 \"ok\\n\"; }}\n }}\n}}\n",
+            d = dir.display()
+        ),
+    )
+    .ok()?;
+    let mut cmd = std::process::Command::new("taskset");
+    cmd.args(["-c", "1"]).arg(bin).arg("-c").arg(&cfg).arg("-p").arg(&dir).stdout(Stdio::null()).stderr(Stdio::null());
+    let child = cmd.spawn().ok()?;
+    let b = HttpBackend {
+        child,
+        http: format!("127.0.0.1:{http}").parse().ok()?,
+        https: format!("127.0.0.1:{https}").parse().ok()?,
+    };
+    let start = Instant::now();
+    while std::net::TcpStream::connect(b.https).is_err() || std::net::TcpStream::connect(b.http).is_err() {
+        if start.elapsed() > Duration::from_secs(10) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(b)
+}
+
+/// wrk for `secs` against `url` with `conns` connections on one thread;
+/// requests per second and the number of requests, None when wrk is
+/// missing or reported errors.
+fn wrk(url: &str, conns: usize, close: bool) -> Option<(f64, u64)> {
+    let bin = which("wrk")?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["-t1", &format!("-c{conns}"), &format!("-d{}s", WRK_SECS), "--latency"]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd.arg(url).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+    };
+    let rate = field("Requests/sec:")?;
+    let n = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse::<u64>().ok())?;
+    if text.contains("Socket errors") || text.contains("Non-2xx") {
+        eprint!(
+            " (wrk: {})",
+            text.lines().filter(|l| l.contains("errors") || l.contains("Non-2xx")).collect::<Vec<_>>().join("; ")
+        );
+    }
+    Some((rate, n))
+}
+
 /// A backend that discards what it reads (throughput) or echoes (connections).
 async fn backend(echo: bool) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -191,6 +285,47 @@ async fn one_stream(addr: SocketAddr) -> (f64, u64) {
     }
     let secs = start.elapsed().as_secs_f64();
     (sent as f64 * 8.0 / secs / 1e9, sent)
+}
+
+/// `n` streams at once for STREAM_SECS: total Gbit/s and bytes.
+async fn streams(addr: SocketAddr, n: usize) -> (f64, u64) {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(one_stream(addr))).collect();
+    let mut bytes = 0;
+    for t in tasks {
+        bytes += t.await.map(|(_, b)| b).unwrap_or(0);
+    }
+    (bytes as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9, bytes)
+}
+
+/// One connection, PING_PONGS sequential 1-byte round trips: (p50, p99) in µs.
+async fn ping_pong(addr: SocketAddr) -> Option<(f64, f64)> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.set_nodelay(true).ok()?;
+    let mut b = [0u8; 1];
+    for _ in 0..1000 {
+        s.write_all(b"x").await.ok()?;
+        s.read_exact(&mut b).await.ok()?;
+    }
+    let mut rtt = Vec::with_capacity(PING_PONGS);
+    for _ in 0..PING_PONGS {
+        let t = Instant::now();
+        s.write_all(b"x").await.ok()?;
+        s.read_exact(&mut b).await.ok()?;
+        rtt.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    rtt.sort_by(|a, b| a.total_cmp(b));
+    Some((rtt[rtt.len() / 2], rtt[rtt.len() * 99 / 100]))
+}
+
+/// Kernel memory in KiB: slab (socket structures) plus TCP buffer pages.
+fn kernel_kib() -> Option<f64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let slab: f64 = meminfo.lines().find(|l| l.starts_with("Slab:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let tcp = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let pages: f64 = tcp.split_whitespace().skip_while(|w| *w != "mem").nth(1)?.parse().ok()?;
+    Some(slab + pages * 4.0)
 }
 
 async fn new_connections(addr: SocketAddr) -> (f64, u64) {
@@ -233,9 +368,11 @@ fn rss_kib(pid: u32) -> Option<u64> {
     Some(kib)
 }
 
-/// Bytes of RSS per idle connection: `n` clients held open through the proxy.
-async fn idle_memory(p: &Proxy, n: usize) -> Option<f64> {
-    let pid = p.child.as_ref()?.id();
+/// Per idle connection with `n` clients held open through the proxy: RSS
+/// KiB, kernel KiB (the whole system's, so direct shows the sockets' own
+/// share), and the proxy's CPU in ms per second while they idle.
+async fn idle_memory(p: &Proxy, n: usize) -> Option<(f64, f64, f64)> {
+    let pid = p.child.as_ref().map(Child::id);
     // Warm up: allocator arenas and runtime structures the first clients fault in.
     for _ in 0..200 {
         let mut s = TcpStream::connect(p.addr).await.ok()?;
@@ -244,7 +381,8 @@ async fn idle_memory(p: &Proxy, n: usize) -> Option<f64> {
         s.read_exact(&mut b).await.ok()?;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_kib(pid)?;
+    let before = pid.and_then(rss_kib).unwrap_or(0);
+    let kernel_before = kernel_kib()?;
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
         let mut s = TcpStream::connect(p.addr).await.ok()?;
@@ -254,9 +392,16 @@ async fn idle_memory(p: &Proxy, n: usize) -> Option<f64> {
         held.push(s);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_kib(pid)?;
+    let after = pid.and_then(rss_kib).unwrap_or(0);
+    let kernel_after = kernel_kib()?;
+    let cpu0 = pid.map(cpu_secs);
+    tokio::time::sleep(Duration::from_secs_f64(IDLE_SECS)).await;
+    let idle_cpu = match (pid, cpu0) {
+        (Some(pid), Some(c0)) => (cpu_secs(pid) - c0) * 1000.0 / IDLE_SECS,
+        _ => 0.0,
+    };
     drop(held);
-    Some((after.saturating_sub(before)) as f64 * 1024.0 / n as f64)
+    Some((after.saturating_sub(before) as f64 / n as f64, (kernel_after - kernel_before) / n as f64, idle_cpu))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -269,9 +414,47 @@ fn spread(v: &[f64]) -> f64 {
     if max > 0.0 { (max - min) / max * 100.0 } else { 0.0 }
 }
 
+/// The figures of one proxy, one list per row, one value per round.
+#[derive(Default, Clone)]
+struct Rows {
+    tput1: Vec<f64>,
+    cpu1: Vec<f64>,
+    tput8: Vec<f64>,
+    cpu8: Vec<f64>,
+    ka_rate: Vec<f64>,
+    ka_cpu: Vec<f64>,
+    tcp_rate: Vec<f64>,
+    tcp_cpu: Vec<f64>,
+    http_rate: Vec<f64>,
+    http_cpu: Vec<f64>,
+    tls_rate: Vec<f64>,
+    tls_cpu: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    rss: Vec<f64>,
+    kernel: Vec<f64>,
+    idle_cpu: Vec<f64>,
+}
+
+/// Proxy CPU (ms, or per `per` units) spent while `f` runs.
+async fn with_cpu<T>(pid: Option<u32>, f: impl std::future::Future<Output = T>) -> (T, Option<f64>) {
+    let c0 = pid.map(cpu_secs);
+    let out = f.await;
+    (out, pid.zip(c0).map(|(pid, c0)| cpu_secs(pid) - c0))
+}
+
 fn main() {
     let rounds = env_usize("ROUNDS", 3);
-    let idle_n = env_usize("IDLE_CONNS", 5000);
+    // Each idle client costs the proxy two descriptors: stay under the limit.
+    let hard = rlimit_nofile();
+    let want = env_usize("IDLE_CONNS", 10_000);
+    let idle_n = want.min(hard.saturating_sub(200) / 2);
+    if idle_n < want {
+        eprintln!(
+            "IDLE_CONNS={want} needs {} descriptors in the proxy; the limit here is {hard} (and cannot be raised): measuring {idle_n}",
+            want * 2 + 200
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let run_dir = std::env::temp_dir().join(format!("ucp-lb-bench-{}", std::process::id()));
     let only = std::env::var("ONLY").unwrap_or_default();
@@ -279,8 +462,11 @@ fn main() {
         .into_iter()
         .filter(|n| only.is_empty() || only.split(',').any(|o| o == *n))
         .collect();
-    let rows = || vec![Vec::<f64>::new(); names.len()];
-    let (mut tput, mut cpu_gib, mut conns, mut cpu_conn, mut idle) = (rows(), rows(), rows(), rows(), rows());
+    let mut rows = vec![Rows::default(); names.len()];
+    let backend_http = http_backend(&run_dir);
+    if backend_http.is_none() {
+        eprintln!("nginx (the HTTP/HTTPS backend) or wrk missing: the wrk rows are skipped");
+    }
     rt.block_on(async {
         let sink = backend(false).await;
         let echo = backend(true).await;
@@ -288,63 +474,136 @@ fn main() {
             for (i, name) in names.iter().enumerate() {
                 eprint!("round {}/{rounds}: {name}...", round + 1);
                 let _ = std::io::stderr().flush();
+                let r = &mut rows[i];
+                let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+                // Bulk.
                 let Some(p) = start_proxy(name, &[sink], &run_dir, idle_n + 500) else {
                     eprintln!(" not installed, skipped");
                     continue;
                 };
                 let pid = p.child.as_ref().map(Child::id);
-                let cpu0 = pid.map(cpu_secs);
-                let (gbps, bytes) = one_stream(p.addr).await;
-                tput[i].push(gbps);
-                if let (Some(pid), Some(c0)) = (pid, cpu0) {
-                    cpu_gib[i].push((cpu_secs(pid) - c0) * 1000.0 / (bytes as f64 / (1u64 << 30) as f64));
-                }
+                let ((gbps, bytes), cpu) = with_cpu(pid, one_stream(p.addr)).await;
+                r.tput1.push(gbps);
+                r.cpu1.extend(cpu.map(|c| c * 1000.0 / gib(bytes)));
+                let ((gbps, bytes), cpu) = with_cpu(pid, streams(p.addr, 8)).await;
+                r.tput8.push(gbps);
+                r.cpu8.extend(cpu.map(|c| c * 1000.0 / gib(bytes)));
                 drop(p);
+                // HTTP through wrk.
+                if let Some(b) = &backend_http {
+                    if let Some(p) = start_proxy(name, &[b.https], &run_dir, idle_n + 500) {
+                        let pid = p.child.as_ref().map(Child::id);
+                        let url = format!("https://{}/", p.addr);
+                        let (res, cpu) = with_cpu(pid, async { wrk(&url, 50, false) }).await;
+                        if let Some((rate, n)) = res {
+                            r.ka_rate.push(rate);
+                            r.ka_cpu.extend(cpu.map(|c| c * 1e6 / n.max(1) as f64));
+                        }
+                        let (res, cpu) = with_cpu(pid, async { wrk(&url, 16, true) }).await;
+                        if let Some((rate, n)) = res {
+                            r.tls_rate.push(rate);
+                            r.tls_cpu.extend(cpu.map(|c| c * 1e6 / n.max(1) as f64));
+                        }
+                    }
+                    if let Some(p) = start_proxy(name, &[b.http], &run_dir, idle_n + 500) {
+                        let pid = p.child.as_ref().map(Child::id);
+                        let url = format!("http://{}/", p.addr);
+                        let (res, cpu) = with_cpu(pid, async { wrk(&url, 16, true) }).await;
+                        if let Some((rate, n)) = res {
+                            r.http_rate.push(rate);
+                            r.http_cpu.extend(cpu.map(|c| c * 1e6 / n.max(1) as f64));
+                        }
+                    }
+                }
+                // Raw TCP connections, latency, idle connections.
                 let Some(p) = start_proxy(name, &[echo], &run_dir, idle_n + 500) else {
                     continue;
                 };
                 let pid = p.child.as_ref().map(Child::id);
-                let cpu0 = pid.map(cpu_secs);
-                let (rate, n) = new_connections(p.addr).await;
-                conns[i].push(rate);
-                if let (Some(pid), Some(c0)) = (pid, cpu0) {
-                    cpu_conn[i].push((cpu_secs(pid) - c0) * 1e6 / n.max(1) as f64);
+                let ((rate, n), cpu) = with_cpu(pid, new_connections(p.addr)).await;
+                r.tcp_rate.push(rate);
+                r.tcp_cpu.extend(cpu.map(|c| c * 1e6 / n.max(1) as f64));
+                if let Some((p50, p99)) = ping_pong(p.addr).await {
+                    r.p50.push(p50);
+                    r.p99.push(p99);
                 }
-                if let Some(m) = idle_memory(&p, idle_n).await {
-                    idle[i].push(m / 1024.0);
+                if let Some((rss, kernel, idle_cpu)) = idle_memory(&p, idle_n).await {
+                    if pid.is_some() {
+                        r.rss.push(rss);
+                        r.idle_cpu.push(idle_cpu);
+                    }
+                    r.kernel.push(kernel);
                 }
                 eprintln!(" done");
             }
         }
     });
+    drop(backend_http);
     let _ = std::fs::remove_dir_all(&run_dir);
+    print_table(&names, &rows, rounds, idle_n);
+}
+
+fn rlimit_nofile() -> usize {
+    // /proc/self/limits: "Max open files   SOFT   HARD   files"
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            let line = l.lines().find(|l| l.starts_with("Max open files"))?.to_owned();
+            line.split_whitespace().nth(4)?.parse().ok()
+        })
+        .unwrap_or(1024)
+}
+
+fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
     println!(
-        "\nmedian of {rounds} interleaved rounds, ± the spread (max-min)/max; each proxy pinned to CPU 0 with one worker\n"
+        "\nmedian of {rounds} interleaved rounds, ± the spread (max-min)/max; each proxy pinned to CPU 0 with one worker,\n\
+         load and backends on CPU 1. CPU figures are the proxy's own (user + system, all its processes).\n"
     );
     let cell = |v: &Vec<f64>, digits: usize| {
         if v.is_empty() { "-".to_owned() } else { format!("{:.*} ±{:.0}%", digits, median(&mut v.clone()), spread(v)) }
     };
-    println!(
-        "{:<9} {:>16} {:>18} {:>14} {:>18} {:>18}",
-        "",
-        "1 stream Gbit/s",
-        "proxy CPU ms/GiB",
-        "new conns/s",
-        "proxy CPU µs/conn",
-        format!("RSS KiB/idle@{idle_n}")
-    );
-    for (i, name) in names.iter().enumerate() {
-        if tput[i].is_empty() {
-            println!("{name:<9} {:>16}", "not installed");
-            continue;
+    let direct = names.iter().position(|n| *n == "direct");
+    let added = |v: &Vec<f64>, base: Option<&Vec<f64>>| match base {
+        Some(b) if !v.is_empty() && !b.is_empty() => {
+            format!("+{:.1} ±{:.0}%", median(&mut v.clone()) - median(&mut b.clone()), spread(v))
         }
-        println!(
-            "{name:<9} {:>16} {:>18} {:>14} {:>18} {:>18}",
-            cell(&tput[i], 2),
-            cell(&cpu_gib[i], 0),
-            cell(&conns[i], 0),
-            cell(&cpu_conn[i], 1),
-            cell(&idle[i], 2)
-        );
+        _ => "-".to_owned(),
+    };
+    let table: &[(&str, &dyn Fn(&Rows) -> String)] = &[
+        ("1 stream Gbit/s", &|r| cell(&r.tput1, 2)),
+        ("  proxy CPU ms/GiB", &|r| cell(&r.cpu1, 0)),
+        ("8 streams Gbit/s", &|r| cell(&r.tput8, 2)),
+        ("  proxy CPU ms/GiB", &|r| cell(&r.cpu8, 0)),
+        ("HTTPS keep-alive req/s", &|r| cell(&r.ka_rate, 0)),
+        ("  proxy CPU µs/req", &|r| cell(&r.ka_cpu, 2)),
+        ("new TCP conns/s (1-byte echo)", &|r| cell(&r.tcp_rate, 0)),
+        ("  proxy CPU µs/conn", &|r| cell(&r.tcp_cpu, 1)),
+        ("new HTTP conns/s", &|r| cell(&r.http_rate, 0)),
+        ("  proxy CPU µs/conn", &|r| cell(&r.http_cpu, 1)),
+        ("new TLS conns/s (full handshake)", &|r| cell(&r.tls_rate, 0)),
+        ("  proxy CPU µs/conn", &|r| cell(&r.tls_cpu, 1)),
+        ("1-byte ping-pong p50 µs", &|r| cell(&r.p50, 1)),
+        ("1-byte ping-pong p99 µs", &|r| cell(&r.p99, 1)),
+        ("  added p50 µs", &|r| added(&r.p50, direct.map(|d| &rows[d].p50))),
+        ("  added p99 µs", &|r| added(&r.p99, direct.map(|d| &rows[d].p99))),
+    ];
+    let idle_rows: [(String, &dyn Fn(&Rows) -> String); 3] = [
+        (format!("RSS KiB/idle conn @{idle_n}"), &|r| cell(&r.rss, 2)),
+        (format!("kernel KiB/idle conn @{idle_n}"), &|r| cell(&r.kernel, 2)),
+        ("proxy CPU ms/s while idle".to_owned(), &|r| cell(&r.idle_cpu, 2)),
+    ];
+    print!("{:<34}", "");
+    for n in names {
+        print!(" {n:>16}");
+    }
+    println!();
+    let rows_iter =
+        table.iter().map(|(l, f)| (l.to_string(), *f)).chain(idle_rows.iter().map(|(l, f)| (l.clone(), *f)));
+    for (label, f) in rows_iter {
+        print!("{label:<34}");
+        for r in rows {
+            print!(" {:>16}", f(r));
+        }
+        println!();
     }
 }
