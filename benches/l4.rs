@@ -554,6 +554,9 @@ fn rlimit_nofile() -> usize {
         .unwrap_or(1024)
 }
 
+/// How one row's cell is made from a proxy's figures.
+type Cell = dyn Fn(&Rows) -> String;
+
 fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
     println!(
         "\nmedian of {rounds} interleaved rounds, ± the spread (max-min)/max; each proxy pinned to CPU 0 with one worker,\n\
@@ -569,7 +572,7 @@ fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
         }
         _ => "-".to_owned(),
     };
-    let table: &[(&str, &dyn Fn(&Rows) -> String)] = &[
+    let table: &[(&str, &Cell)] = &[
         ("1 stream Gbit/s", &|r| cell(&r.tput1, 2)),
         ("  proxy CPU ms/GiB", &|r| cell(&r.cpu1, 0)),
         ("8 streams Gbit/s", &|r| cell(&r.tput8, 2)),
@@ -587,7 +590,7 @@ fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
         ("  added p50 µs", &|r| added(&r.p50, direct.map(|d| &rows[d].p50))),
         ("  added p99 µs", &|r| added(&r.p99, direct.map(|d| &rows[d].p99))),
     ];
-    let idle_rows: [(String, &dyn Fn(&Rows) -> String); 3] = [
+    let idle_rows: [(String, &Cell); 3] = [
         (format!("RSS KiB/idle conn @{idle_n}"), &|r| cell(&r.rss, 2)),
         (format!("kernel KiB/idle conn @{idle_n}"), &|r| cell(&r.kernel, 2)),
         ("proxy CPU ms/s while idle".to_owned(), &|r| cell(&r.idle_cpu, 2)),
