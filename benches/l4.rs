@@ -555,7 +555,7 @@ fn rlimit_nofile() -> usize {
 }
 
 /// How one row's cell is made from a proxy's figures.
-type Cell = dyn Fn(&Rows) -> String;
+type Cell<'a> = dyn Fn(&Rows) -> String + 'a;
 
 fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
     println!(
@@ -572,7 +572,7 @@ fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
         }
         _ => "-".to_owned(),
     };
-    let table: &[(&str, &Cell)] = &[
+    let table: &[(&str, &Cell<'_>)] = &[
         ("1 stream Gbit/s", &|r| cell(&r.tput1, 2)),
         ("  proxy CPU ms/GiB", &|r| cell(&r.cpu1, 0)),
         ("8 streams Gbit/s", &|r| cell(&r.tput8, 2)),
@@ -590,7 +590,7 @@ fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
         ("  added p50 µs", &|r| added(&r.p50, direct.map(|d| &rows[d].p50))),
         ("  added p99 µs", &|r| added(&r.p99, direct.map(|d| &rows[d].p99))),
     ];
-    let idle_rows: [(String, &Cell); 3] = [
+    let idle_rows: [(String, &Cell<'_>); 3] = [
         (format!("RSS KiB/idle conn @{idle_n}"), &|r| cell(&r.rss, 2)),
         (format!("kernel KiB/idle conn @{idle_n}"), &|r| cell(&r.kernel, 2)),
         ("proxy CPU ms/s while idle".to_owned(), &|r| cell(&r.idle_cpu, 2)),
