@@ -448,11 +448,11 @@ fn main() {
     // Each idle client costs the proxy two descriptors: stay under the limit.
     let hard = rlimit_nofile();
     let want = env_usize("IDLE_CONNS", 10_000);
-    let idle_n = want.min(hard.saturating_sub(200) / 2);
+    let idle_n = want.min(hard.saturating_sub(400) / 2);
     if idle_n < want {
         eprintln!(
             "IDLE_CONNS={want} needs {} descriptors in the proxy; the limit here is {hard} (and cannot be raised): measuring {idle_n}",
-            want * 2 + 200
+            want * 2 + 400
         );
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -477,7 +477,7 @@ fn main() {
                 let r = &mut rows[i];
                 let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
                 // Bulk.
-                let Some(p) = start_proxy(name, &[sink], &run_dir, idle_n + 500) else {
+                let Some(p) = start_proxy(name, &[sink], &run_dir, idle_n + 50) else {
                     eprintln!(" not installed, skipped");
                     continue;
                 };
@@ -491,7 +491,7 @@ fn main() {
                 drop(p);
                 // HTTP through wrk.
                 if let Some(b) = &backend_http {
-                    if let Some(p) = start_proxy(name, &[b.https], &run_dir, idle_n + 500) {
+                    if let Some(p) = start_proxy(name, &[b.https], &run_dir, idle_n + 50) {
                         let pid = p.child.as_ref().map(Child::id);
                         let url = format!("https://{}/", p.addr);
                         let (res, cpu) = with_cpu(pid, async { wrk(&url, 50, false) }).await;
@@ -505,7 +505,7 @@ fn main() {
                             r.tls_cpu.extend(cpu.map(|c| c * 1e6 / n.max(1) as f64));
                         }
                     }
-                    if let Some(p) = start_proxy(name, &[b.http], &run_dir, idle_n + 500) {
+                    if let Some(p) = start_proxy(name, &[b.http], &run_dir, idle_n + 50) {
                         let pid = p.child.as_ref().map(Child::id);
                         let url = format!("http://{}/", p.addr);
                         let (res, cpu) = with_cpu(pid, async { wrk(&url, 16, true) }).await;
@@ -516,7 +516,7 @@ fn main() {
                     }
                 }
                 // Raw TCP connections, latency, idle connections.
-                let Some(p) = start_proxy(name, &[echo], &run_dir, idle_n + 500) else {
+                let Some(p) = start_proxy(name, &[echo], &run_dir, idle_n + 50) else {
                     continue;
                 };
                 let pid = p.child.as_ref().map(Child::id);
