@@ -173,9 +173,11 @@ pub async fn bidirectional(
                 pipe(server, client, Side::Server, Side::Client, &down, track, &half_closed),
             )
         };
+        // Boxed when there is an idle timeout: the default (none) then
+        // costs a connection nothing.
         let idle_expired = async {
             match idle {
-                Some(d) => activity.expired(d).await,
+                Some(d) => Box::pin(activity.expired(d)).await,
                 None => std::future::pending().await,
             }
         };
@@ -258,7 +260,9 @@ async fn pipe(
                     // A full buffer: a bulk transfer. The rest of this
                     // burst goes through a pipe, never through user space.
                     drop(buf);
-                    match splice::burst(src, dst, count).await {
+                    // Boxed: its state exists only during a burst, and an idle
+                    // connection's future stays small.
+                    match Box::pin(splice::burst(src, dst, count)).await {
                         Ok(Burst::Drained(_)) => break,
                         Ok(Burst::Eof(_)) => return eof(),
                         Ok(Burst::NoPipe) => buf = Buf::take(),
@@ -300,12 +304,28 @@ fn read_clearing(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    // Most writes go out at once; only a full socket needs to wait, and
+    // that wait's state is boxed, so an idle connection's future does not
+    // carry it.
+    loop {
+        match dst.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) if n == data.len() => return Ok(()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Box::pin(write_waiting(dst, data)).await,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn write_waiting(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
+        dst.writable().await?;
         match dst.try_write(data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
             Err(e) => return Err(e),
         }
     }
