@@ -214,23 +214,37 @@ pub async fn watch_file(control: Arc<Control>, path: PathBuf) {
         warn!(dir = %dir.display(), error = %e, "cannot watch the config directory: reload by SIGHUP only");
         return;
     }
-    let mut last = std::fs::read(&path).ok();
+    // Compared with the text the running config came from (its CRC-32), not
+    // with what this task first read: a change made between the start (or
+    // a reload) and the watch being set up is not missed. The first pass
+    // checks at once, for that reason.
+    let mut last_tried: Option<u32> = None;
+    let mut first = true;
     loop {
-        kick.notified().await;
-        // Debounce: let a burst of events (write, rename, chmod) settle.
-        loop {
-            tokio::select! {
-                _ = kick.notified() => continue,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => break,
+        if !first {
+            kick.notified().await;
+            // Debounce: let a burst of events (write, rename, chmod) settle.
+            loop {
+                tokio::select! {
+                    _ = kick.notified() => continue,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => break,
+                }
             }
         }
+        first = false;
         // Mid-replace the file may be missing for a moment: wait for the
         // event that brings it back.
         let Ok(now) = std::fs::read(&path) else { continue };
-        if last.as_ref() == Some(&now) {
+        let crc = crc32fast::hash(&now);
+        if crc == control.shared.snapshot.load().config.fingerprint {
+            last_tried = None;
             continue;
         }
-        last = Some(now);
+        // The same text that already failed to load.
+        if last_tried == Some(crc) {
+            continue;
+        }
+        last_tried = Some(crc);
         info!(file = %path.display(), "config file changed: reloading");
         let _ = control.reload().await;
     }

@@ -270,6 +270,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Sorted by name.
     pub pools: Vec<PoolConfig>,
+    /// CRC-32 of the text it was parsed from: the file watch compares the
+    /// file with what is running, not with what it read when it started.
+    pub fingerprint: u32,
 }
 
 impl Config {
@@ -346,7 +349,8 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
     }
     let raw = parse_raw(text, source, &lines)?;
     let mut v = Validator { source, lines: &lines, errors: Vec::new() };
-    let config = v.config(&raw);
+    let mut config = v.config(&raw);
+    config.fingerprint = crc32fast::hash(text.as_bytes());
     if v.errors.is_empty() {
         Ok(config)
     } else {
@@ -630,7 +634,16 @@ impl Validator<'_> {
             );
         }
 
-        Config { source: self.source.to_owned(), path: None, workers, admin, defaults, listeners, pools }
+        Config {
+            source: self.source.to_owned(),
+            path: None,
+            workers,
+            admin,
+            defaults,
+            listeners,
+            pools,
+            fingerprint: 0,
+        }
     }
 
     fn int(&mut self, v: &S<i64>, key: &str, min: i64, max: i64, note: &str) -> Option<u32> {
