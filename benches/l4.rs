@@ -104,7 +104,7 @@ fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conn
             std::fs::write(
                 &cfg,
                 format!(
-                    "{load}daemon off;\nworker_processes 1;\nworker_rlimit_nofile 200000;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+                    "{load}daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 200000;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
                      events {{ worker_connections 200000; }}\nstream {{\n upstream b {{\n{ups} }}\n server {{ listen {addr}; proxy_pass b; }}\n}}\n",
                     d = dir.display(),
                     ups = list(&|_, b| format!("  server {b};\n")),
@@ -189,7 +189,7 @@ fn http_backend(run: &Path) -> Option<HttpBackend> {
     std::fs::write(
         &cfg,
         format!(
-            "daemon off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {d}/nginx.pid;\nerror_log {d}/error.log crit;\n\
+            "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {d}/nginx.pid;\nerror_log {d}/error.log crit;\n\
              events {{ worker_connections 10000; }}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n\
              server {{\n  listen 127.0.0.1:{http};\n  listen 127.0.0.1:{https} ssl;\n  ssl_certificate {d}/cert.pem;\n  ssl_certificate_key {d}/key.pem;\n\
              \x20 location / {{ return 200 \"ok\\n\"; }}\n }}\n}}\n",
