@@ -106,9 +106,17 @@ impl Drop for Echo {
 }
 
 /// An address on which nothing listens: connects are refused at once.
+/// The port stays bound (not listening) for the rest of the test process:
+/// a port merely released could be taken by a listener of a test running
+/// alongside, which then accepts what should have been refused (seen once
+/// in CI: a "refusing" server that was never ejected).
 pub fn refusing_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind(loopback()).unwrap();
-    l.local_addr().unwrap()
+    static HELD: Mutex<Vec<Socket>> = Mutex::new(Vec::new());
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(&loopback().into()).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    HELD.lock().unwrap().push(sock);
+    addr
 }
 
 /// A socket bound but not listening (connects refused) that can start
