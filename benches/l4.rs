@@ -246,6 +246,16 @@ fn wrk(url: &str, conns: usize, close: bool) -> Option<(f64, u64)> {
     Some((rate, n))
 }
 
+/// One wrk row: requests per second into `rate`, the proxy's µs of CPU per
+/// request into `cpu`.
+fn wrk_row(pid: Option<u32>, url: &str, conns: usize, close: bool, rate: &mut Vec<f64>, cpu: &mut Vec<f64>) {
+    let c0 = pid.map(cpu_secs);
+    if let Some((r, n)) = wrk(url, conns, close) {
+        rate.push(r);
+        cpu.extend(pid.zip(c0).map(|(pid, c0)| (cpu_secs(pid) - c0) * 1e6 / n.max(1) as f64));
+    }
+}
+
 /// A backend that discards what it reads (throughput) or echoes (connections).
 async fn backend(echo: bool) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -494,25 +504,12 @@ fn main() {
                     if let Some(p) = start_proxy(name, &[b.https], &run_dir, idle_n + 50) {
                         let pid = p.child.as_ref().map(Child::id);
                         let url = format!("https://{}/", p.addr);
-                        let (res, cpu) = with_cpu(pid, async { wrk(&url, 50, false) }).await;
-                        if let Some((rate, n)) = res {
-                            r.ka_rate.push(rate);
-                            r.ka_cpu.extend(cpu.map(|c| c * 1e6 / n.max(1) as f64));
-                        }
-                        let (res, cpu) = with_cpu(pid, async { wrk(&url, 16, true) }).await;
-                        if let Some((rate, n)) = res {
-                            r.tls_rate.push(rate);
-                            r.tls_cpu.extend(cpu.map(|c| c * 1e6 / n.max(1) as f64));
-                        }
+                        wrk_row(pid, &url, 50, false, &mut r.ka_rate, &mut r.ka_cpu);
+                        wrk_row(pid, &url, 16, true, &mut r.tls_rate, &mut r.tls_cpu);
                     }
                     if let Some(p) = start_proxy(name, &[b.http], &run_dir, idle_n + 50) {
                         let pid = p.child.as_ref().map(Child::id);
-                        let url = format!("http://{}/", p.addr);
-                        let (res, cpu) = with_cpu(pid, async { wrk(&url, 16, true) }).await;
-                        if let Some((rate, n)) = res {
-                            r.http_rate.push(rate);
-                            r.http_cpu.extend(cpu.map(|c| c * 1e6 / n.max(1) as f64));
-                        }
+                        wrk_row(pid, &format!("http://{}/", p.addr), 16, true, &mut r.http_rate, &mut r.http_cpu);
                     }
                 }
                 // Raw TCP connections, latency, idle connections.
