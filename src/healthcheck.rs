@@ -64,18 +64,18 @@ fn exchange(
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!("timeout after {timeout:?}"),
         _ => e.to_string(),
     };
-    let left = |_: ()| {
+    let left = || {
         let d = deadline.saturating_duration_since(Instant::now());
         if d.is_zero() { Err(format!("timeout after {timeout:?}")) } else { Ok(d) }
     };
-    s.set_write_timeout(Some(left(())?)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(left()?)).map_err(|e| e.to_string())?;
     let req =
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ucp-lb-healthcheck\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).map_err(timed_out)?;
     let mut reply = Vec::with_capacity(512);
     let mut buf = [0u8; 4096];
     loop {
-        s.set_read_timeout(Some(left(())?)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(left()?)).map_err(|e| e.to_string())?;
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {

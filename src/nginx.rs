@@ -476,7 +476,7 @@ struct Converter {
 impl Converter {
     /// Records a directive that was not carried over: a warning, and the
     /// comment line returned for the output.
-    fn drop(&mut self, d: &Directive, why: &str) -> String {
+    fn not_carried(&mut self, d: &Directive, why: &str) -> String {
         self.warnings.push(format!("{}: {}: not carried over: {why}", d.at(), d.text()));
         format!("nginx: {}  ({}): not carried over: {why}", d.text(), d.at())
     }
@@ -539,7 +539,8 @@ impl Converter {
                         pool.notes.push(n);
                     }
                     _ => {
-                        let n = self.drop(x, "only hash $remote_addr is carried (as source_hash); round_robin used");
+                        let n =
+                            self.not_carried(x, "only hash $remote_addr is carried (as source_hash); round_robin used");
                         pool.notes.push(n);
                     }
                 },
@@ -549,7 +550,7 @@ impl Converter {
                     x.at()
                 )),
                 _ => {
-                    let n = self.drop(x, "no ucp-lb equivalent");
+                    let n = self.not_carried(x, "no ucp-lb equivalent");
                     pool.notes.push(n);
                 }
             }
@@ -698,18 +699,18 @@ impl Converter {
                     notes.push(format!("nginx: {}  ({}): ucp-lb always sets TCP_NODELAY", x.text(), x.at()));
                 }
                 _ => {
-                    let n = self.drop(x, "no ucp-lb equivalent");
+                    let n = self.not_carried(x, "no ucp-lb equivalent");
                     notes.push(n);
                 }
             }
         }
         let Some(target) = target else {
-            let n = self.drop(d, "a server {} without proxy_pass");
+            let n = self.not_carried(d, "a server {} without proxy_pass");
             self.head_notes.push(n);
             return Ok(());
         };
         if binds.is_empty() {
-            let n = self.drop(d, "no listen that ucp-lb can carry");
+            let n = self.not_carried(d, "no listen that ucp-lb can carry");
             self.head_notes.push(n);
             return Ok(());
         }
@@ -717,7 +718,7 @@ impl Converter {
             return Err(target.err("proxy_pass takes one upstream name or host:port"));
         };
         if to.contains('$') {
-            let n = self.drop(target, "proxy_pass with variables");
+            let n = self.not_carried(target, "proxy_pass with variables");
             self.head_notes.push(n);
             return Ok(());
         }
@@ -795,7 +796,7 @@ impl Converter {
                 _ => None,
             };
             if let Some(why) = skip_why {
-                let n = self.drop(d, why);
+                let n = self.not_carried(d, why);
                 notes.push(n);
                 return Ok(None);
             }
@@ -809,7 +810,7 @@ impl Converter {
         } else if addr.parse::<std::net::SocketAddr>().is_ok() {
             addr.clone()
         } else {
-            let n = self.drop(d, "ucp-lb binds IP addresses (and *, localhost), not names or unix: sockets");
+            let n = self.not_carried(d, "ucp-lb binds IP addresses (and *, localhost), not names or unix: sockets");
             notes.push(n);
             return Ok(None);
         };
@@ -922,7 +923,7 @@ pub fn convert(path: &Path) -> Result<Converted, ConvertError> {
         let mut stream_proxy = Proxy::default();
         for d in block {
             if !matches!(d.name.as_str(), "upstream" | "server") && !c.proxy_directive(d, &mut stream_proxy)? {
-                let n = c.drop(d, "no ucp-lb equivalent");
+                let n = c.not_carried(d, "no ucp-lb equivalent");
                 c.head_notes.push(n);
             }
         }
