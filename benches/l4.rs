@@ -38,7 +38,10 @@ const CONN_SECS: f64 = 3.0;
 const CONN_PARALLEL: usize = 16;
 const WRK_SECS: u64 = 3;
 const PING_PONGS: usize = 20_000;
-const IDLE_SECS: f64 = 3.0;
+/// How long the idle connections are watched for CPU; RSS is read at the
+/// start and again at the end (ucp-lb frees each connection's keepalive
+/// timer after 10 s, so the second figure is what lasting connections cost).
+const IDLE_SECS: f64 = 12.0;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -381,7 +384,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// Per idle connection with `n` clients held open through the proxy: RSS
 /// KiB, kernel KiB (the whole system's, so direct shows the sockets' own
 /// share), and the proxy's CPU in ms per second while they idle.
-async fn idle_memory(p: &Proxy, n: usize) -> Option<(f64, f64, f64)> {
+/// Per idle connection: RSS at once, kernel memory, CPU while idle, RSS
+/// after IDLE_SECS.
+async fn idle_memory(p: &Proxy, n: usize) -> Option<(f64, f64, f64, f64)> {
     let pid = p.child.as_ref().map(Child::id);
     // Warm up: allocator arenas and runtime structures the first clients fault in.
     for _ in 0..200 {
@@ -410,8 +415,10 @@ async fn idle_memory(p: &Proxy, n: usize) -> Option<(f64, f64, f64)> {
         (Some(pid), Some(c0)) => (cpu_secs(pid) - c0) * 1000.0 / IDLE_SECS,
         _ => 0.0,
     };
+    let settled = pid.and_then(rss_kib).unwrap_or(0);
     drop(held);
-    Some((after.saturating_sub(before) as f64 / n as f64, (kernel_after - kernel_before) / n as f64, idle_cpu))
+    let per_conn = |kib: u64| kib.saturating_sub(before) as f64 / n as f64;
+    Some((per_conn(after), (kernel_after - kernel_before) / n as f64, idle_cpu, per_conn(settled)))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -442,6 +449,7 @@ struct Rows {
     p50: Vec<f64>,
     p99: Vec<f64>,
     rss: Vec<f64>,
+    rss_settled: Vec<f64>,
     kernel: Vec<f64>,
     idle_cpu: Vec<f64>,
 }
@@ -524,9 +532,10 @@ fn main() {
                     r.p50.push(p50);
                     r.p99.push(p99);
                 }
-                if let Some((rss, kernel, idle_cpu)) = idle_memory(&p, idle_n).await {
+                if let Some((rss, kernel, idle_cpu, settled)) = idle_memory(&p, idle_n).await {
                     if pid.is_some() {
                         r.rss.push(rss);
+                        r.rss_settled.push(settled);
                         r.idle_cpu.push(idle_cpu);
                     }
                     r.kernel.push(kernel);
@@ -587,8 +596,9 @@ fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
         ("  added p50 µs", &|r| added(&r.p50, direct.map(|d| &rows[d].p50))),
         ("  added p99 µs", &|r| added(&r.p99, direct.map(|d| &rows[d].p99))),
     ];
-    let idle_rows: [(String, &Cell<'_>); 3] = [
+    let idle_rows: [(String, &Cell<'_>); 4] = [
         (format!("RSS KiB/idle conn @{idle_n}"), &|r| cell(&r.rss, 2)),
+        (format!("  after {IDLE_SECS:.0} s idle"), &|r| cell(&r.rss_settled, 2)),
         (format!("kernel KiB/idle conn @{idle_n}"), &|r| cell(&r.kernel, 2)),
         ("proxy CPU ms/s while idle".to_owned(), &|r| cell(&r.idle_cpu, 2)),
     ];

@@ -20,13 +20,13 @@ use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
 use std::time::Duration;
 
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::splice::{self, Burst, BurstError};
 
@@ -82,8 +82,6 @@ pub enum End {
     /// Both sides closed their write half.
     Closed,
     IdleTimeout,
-    /// The shutdown grace period ran out.
-    Shutdown,
     Error {
         side: Side,
         kind: io::ErrorKind,
@@ -95,7 +93,6 @@ impl End {
         match self {
             End::Closed => "closed",
             End::IdleTimeout => "idle timeout",
-            End::Shutdown => "shutdown",
             End::Error { side: Side::Client, .. } => "client error",
             End::Error { side: Side::Server, .. } => "server error",
         }
@@ -106,6 +103,8 @@ impl End {
 pub struct Outcome {
     pub to_server: u64,
     pub to_client: u64,
+    /// From the upstream connect to the end.
+    pub duration: Duration,
     pub end: End,
 }
 
@@ -137,142 +136,228 @@ struct PipeError {
     err: io::Error,
 }
 
-/// Copies both ways until both sides have closed, an error, the idle timeout
-/// or `force_close`.
-/// Byte totals are added to the server's counters this often while a
-/// connection lives, so a `docker push` lasting an hour shows in /metrics
-/// before it ends.
-const FLUSH_EVERY: Duration = Duration::from_secs(10);
+/// The upstream socket gets its keepalive once the connection has lasted
+/// this long (see [`bidirectional`]).
+const KEEPALIVE_AFTER: Duration = Duration::from_secs(10);
+
+/// Byte totals are added to the server's counters whenever a direction has
+/// drained what it could read, and within a long burst every this many
+/// bytes, so a `docker push` lasting an hour shows in /metrics as it goes.
+const FLUSH_BYTES: u64 = 1 << 20;
 
 /// Where a connection's bytes are counted: (client to server, server to
-/// client), added every [`FLUSH_EVERY`] and at the end.
+/// client).
 pub type Totals<'a> = (&'a AtomicU64, &'a AtomicU64);
 
-pub async fn bidirectional(
-    client: &TcpStream,
-    server: &TcpStream,
-    idle: Option<Duration>,
-    force_close: &CancellationToken,
-    totals: Totals<'_>,
-) -> Outcome {
-    let activity = Activity { start: Instant::now(), last: AtomicU64::new(0) };
-    let track = idle.map(|_| &activity);
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let half_closed = AtomicBool::new(false);
-    let mut flushed = (0u64, 0u64);
-    let mut flush = || {
-        let (u, d) = (up.load(Relaxed), down.load(Relaxed));
-        totals.0.fetch_add(u - flushed.0, Relaxed);
-        totals.1.fetch_add(d - flushed.1, Relaxed);
-        flushed = (u, d);
-    };
-    let end = {
-        let both = async {
-            tokio::try_join!(
-                pipe(client, server, Side::Client, Side::Server, &up, track, &half_closed),
-                pipe(server, client, Side::Server, Side::Client, &down, track, &half_closed),
-            )
-        };
-        // Boxed when there is an idle timeout: the default (none) then
-        // costs a connection nothing.
-        let idle_expired = async {
-            match idle {
-                Some(d) => Box::pin(activity.expired(d)).await,
-                None => std::future::pending().await,
-            }
-        };
-        let mut both = std::pin::pin!(both);
-        let mut idle_expired = std::pin::pin!(idle_expired);
-        let mut tick = tokio::time::interval_at(Instant::now() + FLUSH_EVERY, FLUSH_EVERY);
-        let mut keepalive_set = false;
-        loop {
-            tokio::select! {
-                r = &mut both => break match r {
-                    Ok(_) => End::Closed,
-                    Err(PipeError { side, err }) => End::Error { side, kind: err.kind() },
-                },
-                _ = &mut idle_expired => break End::IdleTimeout,
-                _ = force_close.cancelled() => break End::Shutdown,
-                _ = tick.tick() => {
-                    flush();
-                    if !keepalive_set {
-                        // Idle dead peers are found by keepalive (60 s, then
-                        // 10 s x 6). The client socket inherits it from the
-                        // listener; the server socket gets it here, on
-                        // connections that last: four syscalls saved on every
-                        // short one. Its timer counts from the last segment,
-                        // so setting it late changes nothing.
-                        keepalive_set = true;
-                        let _ = SockRef::from(server).set_tcp_keepalive(&crate::proxy::keepalive());
-                    }
-                }
-            }
-        }
-    };
-    flush();
-    Outcome { to_server: up.load(Relaxed), to_client: down.load(Relaxed), end }
+/// One direction's byte count: its own total, and how much of it the
+/// server's shared counter has.
+struct Meter<'a> {
+    moved: AtomicU64,
+    flushed: AtomicU64,
+    shared: &'a AtomicU64,
 }
 
-async fn pipe(
-    src: &TcpStream,
-    dst: &TcpStream,
+impl Meter<'_> {
+    fn new(shared: &AtomicU64) -> Meter<'_> {
+        Meter { moved: AtomicU64::new(0), flushed: AtomicU64::new(0), shared }
+    }
+
+    fn add(&self, n: usize) {
+        let moved = self.moved.fetch_add(n as u64, Relaxed) + n as u64;
+        if moved - self.flushed.load(Relaxed) >= FLUSH_BYTES {
+            self.flush();
+        }
+    }
+
+    fn flush(&self) {
+        let moved = self.moved.load(Relaxed);
+        let flushed = self.flushed.swap(moved, Relaxed);
+        if moved != flushed {
+            self.shared.fetch_add(moved - flushed, Relaxed);
+        }
+    }
+}
+
+/// Copies both ways until both sides have closed, an error or the idle
+/// timeout.
+///
+/// The future waits on its two sockets only (and the idle timer, when one is
+/// configured): each wake polls nothing shared with other connections, so
+/// the per-byte path takes no lock. Shutdown does not reach in here: at the
+/// end of the grace period the process ends, and that closes what is left.
+///
+/// (A plain function returning an `async move` block: an `async fn` would
+/// keep a second copy of its arguments for the connection's whole life.)
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn bidirectional<'a>(
+    client: &'a TcpStream,
+    server: &'a TcpStream,
+    idle: Option<Duration>,
+    totals: Totals<'a>,
+) -> impl Future<Output = Outcome> + Send + 'a {
+    async move {
+        let clock = Activity { start: Instant::now(), last: AtomicU64::new(0) };
+        let half_closed = AtomicBool::new(false);
+        let activity = idle.map(|_| &clock);
+        let half_closed = &half_closed;
+        let up = Direction {
+            src: client,
+            dst: server,
+            src_side: Side::Client,
+            dst_side: Side::Server,
+            meter: Meter::new(totals.0),
+            activity,
+            half_closed,
+        };
+        let down = Direction {
+            src: server,
+            dst: client,
+            src_side: Side::Server,
+            dst_side: Side::Client,
+            meter: Meter::new(totals.1),
+            activity,
+            half_closed,
+        };
+        let both = async { tokio::try_join!(up.pipe(), down.pipe()) };
+        let mut both = std::pin::pin!(both);
+        // Boxed, and only when there is an idle timeout: the default (none)
+        // costs a connection nothing.
+        let mut idle_expired = idle.map(|d| Box::pin(clock.expired(d)));
+        // Boxed and dropped once it fires: a connection that lasts holds no
+        // timer.
+        let mut late = Some(Box::pin(tokio::time::sleep(KEEPALIVE_AFTER)));
+        // Polled by hand rather than with select!, whose state would sit in
+        // every connection's future.
+        let end = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = both.as_mut().poll(cx) {
+                return Poll::Ready(match r {
+                    Ok(_) => End::Closed,
+                    Err(PipeError { side, err }) => End::Error { side, kind: err.kind() },
+                });
+            }
+            if let Some(Poll::Ready(())) = idle_expired.as_mut().map(|t| t.as_mut().poll(cx)) {
+                return Poll::Ready(End::IdleTimeout);
+            }
+            if let Some(Poll::Ready(())) = late.as_mut().map(|t| t.as_mut().poll(cx)) {
+                // Idle dead peers are found by keepalive (60 s, then 10 s x
+                // 6). The client socket inherits it from the listener; the
+                // server socket gets it here, on connections that last: four
+                // syscalls saved on every short one. Its timer counts from
+                // the last segment, so setting it late changes nothing. After
+                // this the timer is gone and a wake polls the sockets alone.
+                late = None;
+                let _ = SockRef::from(server).set_tcp_keepalive(&crate::proxy::keepalive());
+            }
+            Poll::Pending
+        })
+        .await;
+        up.meter.flush();
+        down.meter.flush();
+        Outcome {
+            to_server: up.meter.moved.load(Relaxed),
+            to_client: down.meter.moved.load(Relaxed),
+            duration: clock.start.elapsed(),
+            end,
+        }
+    }
+}
+
+/// One direction of a connection: what [`Direction::pipe`] needs, kept in
+/// one place so its future holds a single reference.
+struct Direction<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
     src_side: Side,
     dst_side: Side,
-    moved: &AtomicU64,
-    activity: Option<&Activity>,
-    half_closed: &AtomicBool,
-) -> Result<(), PipeError> {
-    let read_err = |err| PipeError { side: src_side, err };
-    let write_err = |err| PipeError { side: dst_side, err };
-    let count = |n: usize| {
-        moved.fetch_add(n as u64, Relaxed);
-        if let Some(a) = activity {
+    meter: Meter<'a>,
+    activity: Option<&'a Activity>,
+    /// Set by the first direction to reach EOF.
+    half_closed: &'a AtomicBool,
+}
+
+impl Direction<'_> {
+    fn read_err(&self, err: io::Error) -> PipeError {
+        PipeError { side: self.src_side, err }
+    }
+
+    fn write_err(&self, err: io::Error) -> PipeError {
+        PipeError { side: self.dst_side, err }
+    }
+
+    fn count(&self, n: usize) {
+        self.meter.add(n);
+        if let Some(a) = self.activity {
             a.touch();
         }
-    };
-    // Pass the half-close on; the other direction goes on. After the
-    // second EOF both directions are done and the caller closes both
-    // sockets now, which sends the FIN (nothing is left unread on either):
-    // no shutdown then.
-    let eof = || {
-        if half_closed.swap(true, Relaxed) {
+    }
+
+    /// Passes the half-close on; the other direction goes on. After the
+    /// second EOF both directions are done and the caller closes both
+    /// sockets now, which sends the FIN (nothing is left unread on either):
+    /// no shutdown then.
+    fn eof(&self) -> Result<(), PipeError> {
+        if self.half_closed.swap(true, Relaxed) {
             return Ok(());
         }
-        match SockRef::from(dst).shutdown(Shutdown::Write) {
-            Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(write_err(e)),
+        match SockRef::from(self.dst).shutdown(Shutdown::Write) {
+            Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(self.write_err(e)),
             _ => Ok(()),
         }
-    };
-    loop {
-        src.readable().await.map_err(read_err)?;
-        // Taken only now that there is something to read: an idle
-        // connection holds no buffer.
-        let mut buf = Buf::take();
-        loop {
-            match read_clearing(src, buf.bytes()) {
-                Ok(0) => return eof(),
-                Ok(n) => {
-                    write_all(dst, &buf.bytes()[..n]).await.map_err(write_err)?;
-                    count(n);
-                    if n < BUF_SIZE {
-                        continue;
-                    }
-                    // A full buffer: a bulk transfer. The rest of this
-                    // burst goes through a pipe, never through user space.
-                    drop(buf);
-                    // Boxed: its state exists only during a burst, and an idle
-                    // connection's future stays small.
-                    match Box::pin(splice::burst(src, dst, count)).await {
-                        Ok(Burst::Drained(_)) => break,
-                        Ok(Burst::Eof(_)) => return eof(),
-                        Ok(Burst::NoPipe) => buf = Buf::take(),
-                        Err(BurstError::Read(e)) => return Err(read_err(e)),
-                        Err(BurstError::Write(e)) => return Err(write_err(e)),
+    }
+
+    #[allow(clippy::manual_async_fn)] // on purpose: an async fn would store `self` twice
+    fn pipe(&self) -> impl Future<Output = Result<(), PipeError>> + Send + '_ {
+        async move {
+            let (src, dst) = (self.src, self.dst);
+            loop {
+                // Everything read so far is written: the server's totals get
+                // it before the wait, which may be long.
+                self.meter.flush();
+                // poll_read_ready keeps the waker in the socket's own reader
+                // slot; `readable()` would put a 152-byte waiter in this
+                // future, which an idle connection carries for its whole life.
+                std::future::poll_fn(|cx| src.poll_read_ready(cx)).await.map_err(|e| self.read_err(e))?;
+                // Taken only now that there is something to read: an idle
+                // connection holds no buffer.
+                let mut buf = Buf::take();
+                loop {
+                    match read_clearing(src, buf.bytes()) {
+                        Ok(0) => return self.eof(),
+                        Ok(n) => {
+                            // Most writes go out at once; only a full socket
+                            // needs to wait, and that wait's state is boxed,
+                            // so an idle connection's future does not carry it.
+                            let data = &buf.bytes()[..n];
+                            match try_write_all(dst, data) {
+                                Ok(m) if m == n => {}
+                                Ok(m) => {
+                                    Box::pin(write_waiting(dst, &data[m..])).await.map_err(|e| self.write_err(e))?
+                                }
+                                Err(e) => return Err(self.write_err(e)),
+                            }
+                            self.count(n);
+                            if n < BUF_SIZE {
+                                continue;
+                            }
+                            // A full buffer: a bulk transfer. The rest of this
+                            // burst goes through a pipe, never through user
+                            // space.
+                            drop(buf);
+                            // Boxed: its state exists only during a burst, and
+                            // an idle connection's future stays small.
+                            match Box::pin(splice::burst(src, dst, |n| self.count(n))).await {
+                                Ok(Burst::Drained(_)) => break,
+                                Ok(Burst::Eof(_)) => return self.eof(),
+                                Ok(Burst::NoPipe) => buf = Buf::take(),
+                                Err(BurstError::Read(e)) => return Err(self.read_err(e)),
+                                Err(BurstError::Write(e)) => return Err(self.write_err(e)),
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(self.read_err(e)),
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(read_err(e)),
             }
         }
     }
@@ -303,20 +388,19 @@ fn read_clearing(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    // Most writes go out at once; only a full socket needs to wait, and
-    // that wait's state is boxed, so an idle connection's future does not
-    // carry it.
-    loop {
-        match dst.try_write(data) {
+/// Writes as much of `data` as `dst` takes now; returns how much.
+fn try_write_all(dst: &TcpStream, data: &[u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match dst.try_write(&data[done..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) if n == data.len() => return Ok(()),
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Box::pin(write_waiting(dst, data)).await,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
+    Ok(done)
 }
 
 async fn write_waiting(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {

@@ -175,8 +175,9 @@ impl Running {
         self.control.shutdown.stop_accepting.is_cancelled()
     }
 
-    /// Stops accepting, lets connections finish up to `shutdown_timeout`,
-    /// then closes the rest.
+    /// Stops accepting and lets connections finish up to `shutdown_timeout`.
+    /// Connections still open then are closed when the runtime is dropped
+    /// (the binary returns from it right after).
     pub async fn shutdown(&self) {
         let grace = self.shared.snapshot.load().config.defaults.shutdown_timeout;
         self.control.shutdown.run(grace).await;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::proxy;
@@ -173,15 +173,10 @@ fn dispatch(
         debug!(listener = %state.local, client = %peer, "max_connections reached: client closed");
         return;
     }
-    let span = info_span!("conn", listener = %state.local, client = %peer, server = tracing::field::Empty);
-    let force_close = shutdown.force_close.clone();
-    shutdown.tracker.spawn(
-        async move {
-            let _guard = guard;
-            proxy::serve(client, peer, snap, pool, force_close).await;
-        }
-        .instrument(span),
-    );
+    // No tracing span per connection: entering it on every wake and
+    // keeping its fields cost more than the few lines that would carry it,
+    // which name the client themselves.
+    shutdown.tracker.spawn(proxy::serve(client, peer, snap, pool, guard));
 }
 
 /// A listener could not be bound.

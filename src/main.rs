@@ -55,6 +55,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         rt.worker_threads(n);
     }
     let rt = rt.enable_all().build()?;
-    rt.block_on(ucp_lb::run(config, ucp_lb::shutdown::on_signals))?;
+    let result = rt.block_on(ucp_lb::run(config, ucp_lb::shutdown::on_signals));
+    // Drops every task, which closes the connections still open after the
+    // grace period; a DNS lookup stuck in the blocking pool does not hold
+    // the exit up.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
     Ok(ExitCode::SUCCESS)
 }

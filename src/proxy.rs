@@ -9,7 +9,7 @@
 //! running out of local file descriptors or ports.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -17,7 +17,6 @@ use std::time::Duration;
 use socket2::TcpKeepalive;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Retries;
@@ -97,7 +96,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, F
     let sock = sock.map_err(|e| FailReason::of(&e))?;
     let _ = sock.set_nodelay(true);
     // Keepalive (four setsockopt calls) is set by the byte path once the
-    // connection has lived FLUSH_EVERY: most connections end before.
+    // connection has lived 10 s: most connections end before.
     match tokio::time::timeout(timeout, sock.connect(addr)).await {
         Err(_) => Err(FailReason::Timeout),
         Ok(Err(e)) => Err(FailReason::of(&e)),
@@ -105,35 +104,50 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, F
     }
 }
 
-/// Serves one accepted client with the pool `pool` of `snap`.
-pub async fn serve(
+/// Serves one accepted client with the pool `pool` of `snap`; `guard` is
+/// dropped when the connection ends.
+///
+/// (A plain function returning an `async move` block: an `async fn` would
+/// keep a second copy of its arguments for the connection's whole life.)
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn serve<G: Send + 'static>(
     client: TcpStream,
     peer: SocketAddr,
     snap: Arc<Snapshot>,
     pool: usize,
-    force_close: CancellationToken,
-) {
-    let pool = &snap.pools[pool];
-    let started = Instant::now();
-    let Some((upstream, idx, _active)) = connect_upstream(pool, peer.ip()).await else {
-        return;
-    };
-    let server = &pool.servers[idx];
-    tracing::Span::current().record("server", tracing::field::display(server.addr));
-    let totals = (&server.state.bytes_sent, &server.state.bytes_received);
-    let out = copy::bidirectional(&client, &upstream, pool.settings.idle_timeout, &force_close, totals).await;
-    debug!(
-        bytes_to_server = out.to_server,
-        bytes_to_client = out.to_client,
-        duration_ms = started.elapsed().as_millis() as u64,
-        end = out.end.as_str(),
-        "connection closed"
-    );
+    guard: G,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = &guard; // captured, so it lives as long as the connection
+        let Some((upstream, idx, _active)) = connect_upstream(&snap.pools[pool], peer).await else {
+            return;
+        };
+        // Only indexes live across the await below: every reference kept
+        // there would be a field of every connection's future.
+        let out = {
+            let (p, s) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
+            let totals = (&s.state.bytes_sent, &s.state.bytes_received);
+            copy::bidirectional(&client, &upstream, p.settings.idle_timeout, totals)
+        }
+        .await;
+        let (pool, server) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
+        debug!(
+            pool = %pool.name,
+            client = %peer,
+            server = %server.addr,
+            bytes_to_server = out.to_server,
+            bytes_to_client = out.to_client,
+            duration_ms = out.duration.as_millis() as u64,
+            end = out.end.as_str(),
+            "connection closed"
+        );
+    }
 }
 
 /// Picks and connects, trying further servers after a failed connect, up to
 /// `retries` more and each at most once.
-async fn connect_upstream(pool: &Pool, client: IpAddr) -> Option<(TcpStream, usize, ActiveConn)> {
+async fn connect_upstream(pool: &Pool, peer: SocketAddr) -> Option<(TcpStream, usize, ActiveConn)> {
+    let client = peer.ip();
     let max_attempts = match pool.settings.retries {
         Retries::Count(n) => n as usize + 1,
         Retries::All => pool.servers.len(),
@@ -146,9 +160,9 @@ async fn connect_upstream(pool: &Pool, client: IpAddr) -> Option<(TcpStream, usi
                 if pool.set_all_down(true) {
                     warn!(pool = %pool.name, all_down = "reject", "no server is eligible: closing new clients");
                 }
-                debug!(pool = %pool.name, "no server to send the client to");
+                debug!(pool = %pool.name, client = %peer, "no server to send the client to");
             } else {
-                debug!(pool = %pool.name, attempts = tried.len(), "every server tried has failed");
+                debug!(pool = %pool.name, client = %peer, attempts = tried.len(), "every server tried has failed");
             }
             return None;
         };
@@ -163,12 +177,12 @@ async fn connect_upstream(pool: &Pool, client: IpAddr) -> Option<(TcpStream, usi
                 return Some((stream, pick.idx, active));
             }
             Err(FailReason::Local) => {
-                warn!(pool = %pool.name, server = %server.label(), "cannot open a connection: out of local resources (file descriptors or ports)");
+                warn!(pool = %pool.name, server = %server.label(), client = %peer, "cannot open a connection: out of local resources (file descriptors or ports)");
                 return None;
             }
             Err(reason) => {
                 drop(active);
-                debug!(pool = %pool.name, server = %server.label(), reason = reason.as_str(), "connect failed");
+                debug!(pool = %pool.name, server = %server.label(), client = %peer, reason = reason.as_str(), "connect failed");
                 if pool.connect_failed(pick.idx, Instant::now(), reason) == Some(Transition::Ejected) {
                     warn!(
                         pool = %pool.name,

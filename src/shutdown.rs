@@ -1,8 +1,10 @@
 //! Graceful shutdown: stop accepting, let connections finish up to
 //! `shutdown_timeout`, then close what is left.
 //!
-//! Two tokens, because the copy loop must not watch the first: a reload or
-//! SIGTERM never cuts a connection; only the end of the grace period does.
+//! Connections do not watch anything for shutdown (a token polled on every
+//! wake would put a lock shared by all connections on the byte path): at
+//! the end of the grace period the caller returns from the runtime, and
+//! dropping it (or the process ending) closes every connection still open.
 
 use std::time::Duration;
 
@@ -13,14 +15,13 @@ use tracing::info;
 #[derive(Clone, Default)]
 pub struct Shutdown {
     pub stop_accepting: CancellationToken,
-    pub force_close: CancellationToken,
     /// Every connection task.
     pub tracker: TaskTracker,
 }
 
 impl Shutdown {
-    /// Stops accepting, waits up to `grace` for open connections, then cuts
-    /// the rest and waits for them to go.
+    /// Stops accepting and waits up to `grace` for open connections. Those
+    /// still open after it are closed when the runtime is dropped.
     pub async fn run(&self, grace: Duration) {
         self.stop_accepting.cancel();
         self.tracker.close();
@@ -30,8 +31,6 @@ impl Shutdown {
         }
         if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
             info!(open = self.tracker.len(), "grace period over: closing the remaining connections");
-            self.force_close.cancel();
-            self.tracker.wait().await;
         }
     }
 }
