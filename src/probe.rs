@@ -56,7 +56,9 @@ async fn run(t: &ProbeTarget, deadline: Instant, out: &mut Outcome) -> Result<()
         Ok(Err(e)) => return Err(Fail(connect_error(&e))),
         Ok(Ok(s)) => s,
     };
-    let _ = tcp.set_nodelay(true);
+    if t.kind != CheckKind::Tcp {
+        let _ = tcp.set_nodelay(true);
+    }
     match (t.kind, &t.tls) {
         (CheckKind::Tcp, _) => Ok(()),
         (CheckKind::Https, Some(cfg)) => {
