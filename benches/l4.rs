@@ -38,10 +38,12 @@ const CONN_SECS: f64 = 3.0;
 const CONN_PARALLEL: usize = 16;
 const WRK_SECS: u64 = 3;
 const PING_PONGS: usize = 20_000;
-/// How long the idle connections are watched for CPU; RSS is read at the
-/// start and again at the end (ucp-lb frees each connection's keepalive
-/// timer after 10 s, so the second figure is what lasting connections cost).
-const IDLE_SECS: f64 = 12.0;
+/// Idle connections are left alone this long before their CPU is watched
+/// for IDLE_SECS and RSS read again: ucp-lb sets each upstream socket's
+/// keepalive once a connection has lived 10 s (four setsockopt calls, about
+/// 10 µs per connection, once), which is connection set-up, not idling.
+const SETTLE_SECS: f64 = 12.0;
+const IDLE_SECS: f64 = 3.0;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -384,8 +386,8 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// Per idle connection with `n` clients held open through the proxy: RSS
 /// KiB, kernel KiB (the whole system's, so direct shows the sockets' own
 /// share), and the proxy's CPU in ms per second while they idle.
-/// Per idle connection: RSS at once, kernel memory, CPU while idle, RSS
-/// after IDLE_SECS.
+/// Per idle connection: RSS at once, kernel memory, CPU while idle (after
+/// SETTLE_SECS), RSS at the end.
 async fn idle_memory(p: &Proxy, n: usize) -> Option<(f64, f64, f64, f64)> {
     let pid = p.child.as_ref().map(Child::id);
     // Warm up: allocator arenas and runtime structures the first clients fault in.
@@ -409,6 +411,7 @@ async fn idle_memory(p: &Proxy, n: usize) -> Option<(f64, f64, f64, f64)> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = pid.and_then(rss_kib).unwrap_or(0);
     let kernel_after = kernel_kib()?;
+    tokio::time::sleep(Duration::from_secs_f64(SETTLE_SECS)).await;
     let cpu0 = pid.map(cpu_secs);
     tokio::time::sleep(Duration::from_secs_f64(IDLE_SECS)).await;
     let idle_cpu = match (pid, cpu0) {
@@ -598,7 +601,7 @@ fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
     ];
     let idle_rows: [(String, &Cell<'_>); 4] = [
         (format!("RSS KiB/idle conn @{idle_n}"), &|r| cell(&r.rss, 2)),
-        (format!("  after {IDLE_SECS:.0} s idle"), &|r| cell(&r.rss_settled, 2)),
+        (format!("  after {:.0} s idle", SETTLE_SECS + IDLE_SECS), &|r| cell(&r.rss_settled, 2)),
         (format!("kernel KiB/idle conn @{idle_n}"), &|r| cell(&r.kernel, 2)),
         ("proxy CPU ms/s while idle".to_owned(), &|r| cell(&r.idle_cpu, 2)),
     ];
