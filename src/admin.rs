@@ -4,15 +4,18 @@
 //! It never shares a port with traffic. Slow or greedy clients cannot
 //! starve it: each connection must send its headers within 5 s and finish
 //! within 30 s, requests are small (headers up to 16 KiB, no body is read),
-//! and at most 64 connections are served at once (more are closed at
-//! once). POST endpoints need `Authorization: Bearer <token>` (the contents
+//! and at most 64 connections are open at once: when a 65th comes, the
+//! oldest is closed, as nginx drains its oldest idle connections, so a
+//! client holding connections open (slowloris) cannot keep /healthz from
+//! the keepalived or Docker health check. POST endpoints need `Authorization: Bearer <token>` (the contents
 //! of `token_file`), compared in constant time; without a token file they
 //! answer 403.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -23,7 +26,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -54,6 +57,9 @@ pub fn read_token(cfg: &AdminConfig, source: &str) -> Result<Option<String>, Con
         }])
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+    if let Some(why) = crate::config::world_writable(path) {
+        return Err(err(why));
+    }
     let token = text.lines().next().unwrap_or("").trim().to_owned();
     if token.is_empty() {
         return Err(err(format!("{} holds no token", path.display())));
@@ -76,16 +82,16 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         }
         info!(listen = %a, "admin endpoints up: /metrics /status /healthz");
     }
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Open::default());
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
+        let (slot, evict) = open.admit();
         let admin = admin.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.route(req).await) }
@@ -96,8 +102,51 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 .max_buf_size(16 * 1024)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(tcp), svc);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+                _ = evict.notified() => {}
+            }
         });
+    }
+}
+
+/// The open admin connections, oldest first.
+#[derive(Default)]
+struct Open {
+    conns: Mutex<VecDeque<(u64, Arc<Notify>)>>,
+    next: AtomicU64,
+}
+
+/// Takes a connection out of [`Open`] when it ends.
+struct Slot {
+    open: Arc<Open>,
+    id: u64,
+}
+
+impl Open {
+    /// Registers a new connection, closing the oldest when all
+    /// `MAX_CONNECTIONS` are taken. Returns its slot and what tells it to go.
+    fn admit(self: &Arc<Self>) -> (Slot, Arc<Notify>) {
+        let id = self.next.fetch_add(1, Relaxed);
+        let evict = Arc::new(Notify::new());
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.len() >= MAX_CONNECTIONS
+            && let Some((_, oldest)) = conns.pop_front()
+        {
+            // notify_one keeps the permit if the task is not waiting yet.
+            oldest.notify_one();
+        }
+        conns.push_back((id, evict.clone()));
+        (Slot { open: self.clone(), id }, evict)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut conns = self.open.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = conns.iter().position(|(id, _)| *id == self.id) {
+            conns.remove(i);
+        }
     }
 }
 

@@ -331,9 +331,34 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read the config file: {e}"),
         }])
     })?;
+    if let Some(why) = world_writable(path) {
+        return Err(ConfigErrors(vec![ConfigError {
+            source: source.clone(),
+            pos: None,
+            key: String::new(),
+            message: why,
+        }]));
+    }
     let mut config = parse(&text, &source)?;
     config.path = Some(path.to_path_buf());
     Ok(config)
+}
+
+/// Why `path` must not be used when every user of the host may write it
+/// (the config decides where traffic goes; the token guards the admin
+/// POST endpoints), else `None`. A symbolic link is followed: its target's
+/// mode is what counts.
+pub fn world_writable(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o002 != 0).then(|| {
+        format!(
+            "{} is writable by every user (mode {:04o}): refused; remove that bit with `chmod o-w {}`",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        )
+    })
 }
 
 /// Validates lb.toml `text`; `source` names it in messages.

@@ -1,0 +1,185 @@
+//! Security: files others can write are refused, the admin token never
+//! leaks, the admin endpoints stay on loopback unless told otherwise, and a
+//! flood on the admin port does not touch the traffic.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// One HTTP/1.1 request on a fresh connection: the whole answer.
+async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    within("admin answer", s.read_to_end(&mut buf)).await.unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn world_writable_config_and_token_files_are_refused_and_change_nothing() {
+    let (a, b) = (Echo::start().await, Echo::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, one_pool(&[a.addr], "")).unwrap();
+
+    chmod(&path, 0o666);
+    let err = ucp_lb::config::load(&path).unwrap_err().to_string();
+    assert!(err.contains(&path.display().to_string()) && err.contains("writable by every user (mode 0666)"), "{err}");
+    assert!(err.contains("chmod o-w"), "says how to fix it: {err}");
+    chmod(&path, 0o644);
+    let lb = start_lb_file(&path).await;
+    round_trip(lb.listener_addrs()[0]).await.unwrap();
+
+    // A reload from a file made world-writable is refused: still server a.
+    std::fs::write(&path, one_pool(&[b.addr], "")).unwrap();
+    chmod(&path, 0o646);
+    let err = lb.reload().await.unwrap_err().to_string();
+    assert!(err.contains("writable by every user"), "{err}");
+    let a0 = a.count();
+    round_trip(lb.listener_addrs()[0]).await.unwrap();
+    assert_eq!((a.count(), b.count()), (a0 + 1, 0), "the running config is unchanged");
+    chmod(&path, 0o640);
+    lb.reload().await.unwrap();
+    round_trip(lb.listener_addrs()[0]).await.unwrap();
+    assert_eq!(b.count(), 1, "reloaded once the file is safe");
+
+    // The admin token file, the same.
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    chmod(&token, 0o662);
+    let toml = one_pool(&[a.addr], "").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n", token.display()),
+    );
+    assert!(toml.contains("token_file"), "{toml}");
+    let cfg = ucp_lb::config::parse(&toml, "lb.toml").unwrap();
+    let err = ucp_lb::start(cfg).await.err().expect("refused").to_string();
+    assert!(err.contains("admin.token_file") && err.contains("writable by every user (mode 0662)"), "{err}");
+}
+
+#[tokio::test]
+async fn the_admin_token_never_appears_in_logs_status_metrics_or_the_page() {
+    const TOKEN: &str = "tok-7d1e5c0a9b-secret";
+    const WRONG: &str = "tok-guess-4f2b91-wrong";
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let admin = common::nginx::free_addr();
+    let cfg = dir.path().join("lb.toml");
+    let toml = one_pool(&[echo.addr], "").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!("[admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"\n", token.display()),
+    );
+    assert!(toml.contains("token_file"), "{toml}");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut cmd = Command::new(common::BIN);
+    // Everything, at every level.
+    cmd.arg("--config").arg(&cfg).env("RUST_LOG", "trace");
+    let mut lb = Proc::spawn(cmd, false);
+    let addr = lb.listener_addr().await;
+    round_trip(addr).await.unwrap();
+    let mut answers = Vec::new();
+    for (method, path, tok) in [
+        ("POST", "/reload", Some(TOKEN)),
+        ("POST", "/reload", Some(WRONG)),
+        ("POST", "/pools/p/servers/nope/drain", Some(TOKEN)),
+        ("GET", "/status", Some(TOKEN)),
+        ("GET", "/status", None),
+        ("GET", "/metrics", None),
+        ("GET", "/", None),
+        ("GET", "/healthz", None),
+    ] {
+        answers.push(http(admin, method, path, tok).await);
+    }
+    assert!(answers[0].starts_with("HTTP/1.1 200"), "the token works: {}", answers[0]);
+    assert!(answers[1].starts_with("HTTP/1.1 401"), "{}", answers[1]);
+    lb.wait_for_line("config reloaded").await;
+    lb.signal("TERM");
+    assert_eq!(lb.exit_code().await, Some(0));
+    let logs = lb.text();
+    assert!(logs.lines().count() > 10, "trace logging was on: {logs}");
+    for secret in [TOKEN, WRONG] {
+        assert!(!logs.contains(secret), "a token in the log:\n{logs}");
+        for a in &answers {
+            assert!(!a.contains(secret), "a token in an answer:\n{a}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn admin_listens_on_loopback_by_default_and_warns_when_open_without_a_token() {
+    let echo = Echo::start().await;
+    let cfg =
+        ucp_lb::config::parse(&one_pool(&[echo.addr], "").replace("[admin]\nlisten = \"127.0.0.1:0\"\n", ""), "x")
+            .unwrap();
+    assert!(cfg.admin.listen.ip().is_loopback(), "default admin listen: {}", cfg.admin.listen);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    let port = common::nginx::free_addr().port();
+    let toml = one_pool(&[echo.addr], "").replace("listen = \"127.0.0.1:0\"", &format!("listen = \"0.0.0.0:{port}\""));
+    assert!(toml.contains("0.0.0.0"), "{toml}");
+    std::fs::write(&path, toml).unwrap();
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
+    let mut lb = Proc::spawn(cmd, false);
+    let line = lb.wait_for_line("beyond loopback").await;
+    assert!(line.contains("WARN") && line.contains("without a token_file"), "{line}");
+    lb.signal("TERM");
+    assert_eq!(lb.exit_code().await, Some(0));
+}
+
+/// 200 slow clients and 50 oversized requests on the admin port while a
+/// client keeps passing traffic: every round trip completes and /healthz
+/// still answers; the admin connections are closed, not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_admin_port_does_not_touch_the_traffic() {
+    let echo = Echo::start().await;
+    let lb = start_lb(&one_pool(&[echo.addr], "")).await;
+    let (admin, addr) = (lb.admin_addr().unwrap(), lb.listener_addrs()[0]);
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        if let Ok(mut s) = TcpStream::connect(admin).await {
+            let _ = s.write_all(b"GET /status HTTP/1.1\r\nX-Slow: ").await;
+            slow.push(s);
+        }
+    }
+    let big = tokio::spawn(async move {
+        let header = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
+        let mut refused = 0;
+        for _ in 0..50 {
+            let Ok(mut s) = TcpStream::connect(admin).await else { continue };
+            // The server may close before all of it is sent.
+            let _ = s.write_all(header.as_bytes()).await;
+            let mut buf = Vec::new();
+            let _ = within("oversized request answered or closed", s.read_to_end(&mut buf)).await;
+            let text = String::from_utf8_lossy(&buf);
+            if !text.starts_with("HTTP/1.1 200") {
+                refused += 1;
+            }
+        }
+        refused
+    });
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    for _ in 0..500 {
+        within("round trip during the flood", echo_once(&mut c)).await.unwrap();
+    }
+    assert_eq!(within("oversized requests", big).await.unwrap(), 50, "no oversized request was served");
+    assert!(http(admin, "GET", "/healthz", None).await.starts_with("HTTP/1.1 200"));
+    drop(slow);
+}
