@@ -1,0 +1,239 @@
+//! Faults and hostile peers: what a client sees when a server or another
+//! client misbehaves. Each test prints what it measured (`cargo test --test
+//! faults -- --nocapture`); README's "Failure behaviour" quotes them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use common::*;
+use socket2::SockRef;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// No progress for this long means the writer is blocked: the window is
+/// full from one end to the other. (A stall on a loaded machine only makes
+/// the figure smaller; the assertions are upper bounds.)
+const STALLED: Duration = Duration::from_millis(500);
+/// Far above what the kernel buffers of the whole path can hold.
+const UNBOUNDED: usize = 64 << 20;
+
+/// Writes `chunk` until a write makes no progress for STALLED; returns the
+/// bytes written.
+async fn write_until_blocked(s: &mut TcpStream) -> usize {
+    let chunk = vec![0x5a; 64 * 1024];
+    let mut sent = 0;
+    while let Ok(r) = tokio::time::timeout(STALLED, s.write(&chunk)).await {
+        sent += r.expect("the write fails only if the path breaks");
+        assert!(sent < UNBOUNDED, "{sent} bytes went in without the other end reading: no back-pressure");
+    }
+    sent
+}
+
+#[tokio::test]
+async fn a_server_that_never_reads_pushes_back_on_the_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        // Holds the connection, never reads.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(s);
+    });
+    let lb = start_lb(&one_pool(&[addr], "")).await;
+    let mut c = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
+    let sent = within("writes stop", write_until_blocked(&mut c)).await;
+    eprintln!("server never reads: the client wrote {} KiB, then its writes blocked", sent >> 10);
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_pushes_back_on_the_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let written = Arc::new(AtomicU64::new(0));
+    let blocked = Arc::new(AtomicBool::new(false));
+    let (w, b) = (written.clone(), blocked.clone());
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let n = write_until_blocked(&mut s).await;
+        w.store(n as u64, Relaxed);
+        b.store(true, Relaxed);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    let lb = start_lb(&one_pool(&[addr], "")).await;
+    let c = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
+    eventually("the server's writes stop", || blocked.load(Relaxed)).await;
+    eprintln!("client never reads: the server wrote {} KiB, then its writes blocked", written.load(Relaxed) >> 10);
+    drop(c);
+    server.abort();
+}
+
+/// 500 clients that reset at once and 500 that send garbage and leave:
+/// nothing stays open in the LB, and the next client is served.
+#[tokio::test]
+async fn resets_and_garbage_from_clients_leave_nothing_behind() {
+    let echo = Echo::start().await;
+    let lb = start_lb(&one_pool(&[echo.addr], "")).await;
+    let addr = lb.listener_addrs()[0];
+    for _ in 0..500 {
+        let s = TcpStream::connect(addr).await.unwrap();
+        SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s); // RST
+    }
+    for i in 0..500u32 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let garbage: Vec<u8> =
+            (0..1024u32).map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i) >> 7) as u8).collect();
+        let _ = s.write_all(&garbage).await;
+        if i.is_multiple_of(2) {
+            SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        }
+    }
+    eventually("every connection gone from the LB", || {
+        lb.listeners()[0].active.load(Relaxed) == 0 && server(&lb, echo.addr).active == 0
+    })
+    .await;
+    let l = &lb.listeners()[0];
+    eprintln!(
+        "1000 hostile clients: accepted {}, open afterwards {}; the next client is served",
+        l.accepted.load(Relaxed),
+        l.active.load(Relaxed)
+    );
+    round_trip(addr).await.unwrap();
+}
+
+/// A server that resets every other connection right after accepting it:
+/// each client either gets its own bytes back or a close, never a hang or
+/// someone else's bytes, and the LB keeps serving.
+#[tokio::test]
+async fn a_server_resetting_half_its_connections_affects_only_those() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Ok((s, _)) = listener.accept().await {
+            n += 1;
+            if n.is_multiple_of(2) {
+                SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+                drop(s);
+                continue;
+            }
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let lb = start_lb(&one_pool(&[addr], "")).await;
+    let lb_addr = lb.listener_addrs()[0];
+    let (mut ok, mut closed) = (0, 0);
+    for i in 0..200u32 {
+        let mut c = TcpStream::connect(lb_addr).await.unwrap();
+        let msg = i.to_be_bytes();
+        let _ = c.write_all(&msg).await;
+        let mut back = [0u8; 4];
+        match within("an answer or a close", c.read_exact(&mut back)).await {
+            Ok(_) => {
+                assert_eq!(back, msg, "client {i} got bytes that were not its own");
+                ok += 1;
+            }
+            Err(_) => closed += 1,
+        }
+    }
+    assert!(ok > 0 && closed > 0, "ok {ok}, closed {closed}");
+    eprintln!("server resets every other connection: {ok} of 200 clients served, {closed} closed, none hung");
+}
+
+/// 200 round trips on `c`: (p50, p99) in µs.
+async fn round_trips(c: &mut TcpStream) -> (f64, f64) {
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        within("round trip", echo_once(c)).await.unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    (times[100], times[198])
+}
+
+/// Thousands of connections that send nothing (slowloris) while a normal
+/// client keeps doing round trips: it is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_that_send_nothing_do_not_slow_a_normal_client() {
+    // This process holds four descriptors per idle connection (client, the
+    // LB's two, the echo server's): as many as its limit allows, at most 4,000.
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(20_000);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit { current: Some(hard), maximum: Some(hard) },
+    );
+    let n = ((hard.saturating_sub(1_000)) / 4).min(4_000) as usize;
+    let echo = Echo::start().await;
+    let lb = start_lb(&one_pool(&[echo.addr], "")).await;
+    let addr = lb.listener_addrs()[0];
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let before = round_trips(&mut c).await;
+    let mut idle = Vec::with_capacity(n);
+    for _ in 0..n {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    eventually("every idle client connected through", || server(&lb, echo.addr).active as usize > n).await;
+    let during = round_trips(&mut c).await;
+    eprintln!(
+        "{n} idle connections: a normal client's round trip p50/p99 {:.0}/{:.0} µs before, {:.0}/{:.0} µs with them open",
+        before.0, before.1, during.0, during.1
+    );
+    drop(idle);
+}
+
+/// A server that dies in the middle of a transfer: the client sees the
+/// connection end (no hang), and the next client goes elsewhere.
+#[tokio::test]
+async fn a_server_dying_mid_stream_ends_the_client_connection_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dying: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 256 * 1024];
+        let _ = s.read_exact(&mut buf).await;
+        // Dies with bytes unread: the kernel resets the connection.
+        drop(s);
+        drop(listener);
+    });
+    let other = Echo::start().await;
+    let lb = start_lb(&one_pool(&[dying, other.addr], "")).await;
+    let addr = lb.listener_addrs()[0];
+    // Round robin: the first client goes to the dying server.
+    let c = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = c.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..64 {
+            if w.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let t = Instant::now();
+    let mut buf = [0u8; 1024];
+    let end = within("the client sees the end", async {
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) => return "closed",
+                Err(_) => return "reset",
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    eprintln!(
+        "server died mid-stream: the client saw the connection {end} {:.1} ms later",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let _ = writer.await;
+    round_trip(addr).await.unwrap();
+}
