@@ -112,6 +112,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     control.listeners.launch(bound, &shared, &control.shutdown);
     control.set_ready();
     background.push(tokio::spawn(resolve::refresh_loop(shared.clone())));
+    background.push(tokio::spawn(metrics::upkeep_loop(shared.health.metrics.clone())));
     Ok(Running { control, shared, background, path, admin_addr })
 }
 

@@ -127,6 +127,15 @@ impl Metrics {
         self.recorder.register_histogram(&key(CHECK_DURATION, vec![l("pool", pool), l("server", server)]), &meta())
     }
 
+    /// Folds the probe durations recorded since the last scrape into their
+    /// buckets. The exporter keeps each sample until a scrape or this (and
+    /// `build_recorder` starts no task for it): on a node nobody scrapes,
+    /// memory grew with every probe (seen in the soak: 8 KiB a minute with
+    /// 4 servers checked every second).
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     /// The Prometheus text exposition of everything now.
     pub fn render(&self, snap: &Snapshot, listeners: &[Arc<ListenerState>], reload: &ReloadStatus) -> String {
         let _one = self.render_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -183,5 +192,41 @@ impl Metrics {
         self.counter(RELOADS, vec![l("result", "failure")]).absolute(reload.failures);
         self.gauge(RELOAD_OK, vec![]).set(if reload.last_ok == Some(false) { 0.0 } else { 1.0 });
         self.handle.render()
+    }
+}
+
+/// How often [`upkeep_loop`] drains the probe-duration samples.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs [`Metrics::upkeep`] every 5 s, for ever; cancel by dropping.
+pub async fn upkeep_loop(metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    loop {
+        tick.tick().await;
+        metrics.upkeep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upkeep_keeps_every_probe_duration() {
+        let m = Metrics::new();
+        let h = m.check_duration("p", "s");
+        for _ in 0..10 {
+            h.record(0.002);
+        }
+        m.upkeep();
+        for _ in 0..5 {
+            h.record(0.2);
+        }
+        m.upkeep();
+        let text = m.handle.render();
+        let count = format!("{CHECK_DURATION}_count{{pool=\"p\",server=\"s\"}} 15");
+        assert!(text.contains(&count), "{text}");
+        let sum = format!("{CHECK_DURATION}_sum{{pool=\"p\",server=\"s\"}} 1.02");
+        assert!(text.contains(&sum), "{text}");
     }
 }
