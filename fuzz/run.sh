@@ -24,7 +24,8 @@ for t in "${targets[@]}"; do
   status=0
   cargo +nightly fuzz run "$t" "fuzz/corpus/$t" -- -max_total_time="$secs" -timeout=10 -rss_limit_mb=4096 \
     >"$log" 2>&1 || status=$?
-  runs=$(grep -o 'Done [0-9]* runs' "$log" | awk '{print $2}' | tail -1)
+  # libFuzzer's last "#N" status line: inputs tried (also after a crash).
+  runs=$(grep -o '^#[0-9]*' "$log" | tail -1 | tr -d '#' || true)
   crashes=$(find "fuzz/artifacts/$t" -type f 2>/dev/null | wc -l)
   [ "$status" = 0 ] || tail -40 "$log"
   summary+=("$(printf '%-16s %12s inputs  %3d crash files  exit %s' "$t" "${runs:-?}" "$crashes" "$status")")

@@ -290,17 +290,35 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Each error is one line, whatever the file holds: a value quoted in a
+/// message (or a quoted key) may contain line breaks, which would otherwise
+/// split the error or forge another one after it. Control characters are
+/// written as escapes.
+fn one_line(f: &mut fmt::Formatter, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        match c {
+            '\n' => f.write_str("\\n")?,
+            '\r' => f.write_str("\\r")?,
+            '\t' => f.write_str("\\t")?,
+            c if c.is_control() => write!(f, "\\u{{{:x}}}", c as u32)?,
+            c => fmt::Write::write_char(f, c)?,
+        }
+    }
+    Ok(())
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(&self.source)?;
+        one_line(f, &self.source)?;
         if let Some(p) = self.pos {
             write!(f, ":{}:{}", p.line, p.col)?;
         }
-        if self.key.is_empty() {
-            write!(f, ": {}", self.message)
-        } else {
-            write!(f, ": {}: {}", self.key, self.message)
+        f.write_str(": ")?;
+        if !self.key.is_empty() {
+            one_line(f, &self.key)?;
+            f.write_str(": ")?;
         }
+        one_line(f, &self.message)
     }
 }
 
