@@ -301,3 +301,42 @@ async fn probe_outcomes_and_reasons() {
     assert!(req.starts_with("GET /_ping HTTP/1.1\r\n"), "{req}");
     assert!(req.to_ascii_lowercase().contains("\r\nhost: manager-01\r\n"), "{req}");
 }
+
+/// A manager process that goes away (its port refuses) and comes back on the
+/// same port: its check goes down on the refused probes, clients go to the
+/// others meanwhile without one failing, and the check re-admits it after
+/// `rise` good probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_manager_is_readmitted_by_its_checks() {
+    let ca = TestCa::new("test CA").unwrap();
+    let mut ms = managers(&ca, 2).await;
+    let addrs: Vec<SocketAddr> = ms.iter().map(|m| m.addr).collect();
+    let lb = start_lb(&pool_with_check(&addrs, "", FAST)).await;
+    let addr = lb.listener_addrs()[0];
+    let connector = ca.connector().unwrap();
+    eventually("both up", || addrs.iter().all(|&a| check_state(&lb, a).0 == "up")).await;
+
+    // manager-02 stops: its listener is closed, connects are refused.
+    let stopped = ms.pop().unwrap();
+    drop(stopped);
+    let t = std::time::Instant::now();
+    eventually("manager-02 down", || check_state(&lb, addrs[1]).0 == "down").await;
+    let down_after = t.elapsed();
+    let reason = check_state(&lb, addrs[1]).1.unwrap_or_default();
+    assert!(reason.contains("refused"), "reason: {reason}");
+    assert_eq!(spread(&connector, addr, 20, &ms).await, vec![20], "every client served by manager-01");
+
+    // It comes back on the same address.
+    ms.push(Manager::start("manager-02", addrs[1], &ca).await.unwrap());
+    let t = std::time::Instant::now();
+    eventually("manager-02 up again", || check_state(&lb, addrs[1]).0 == "up").await;
+    let up_after = t.elapsed();
+    let counts = spread(&connector, addr, 30, &ms).await;
+    assert_eq!(counts, vec![15, 15], "back in rotation");
+    eprintln!(
+        "restart: check down {} ms after the stop (reason {reason:?}), up {} ms after the restart \
+         (interval 100 ms, rise 2, fall 2); 20 clients during the outage, none failed",
+        down_after.as_millis(),
+        up_after.as_millis()
+    );
+}
