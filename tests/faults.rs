@@ -237,3 +237,89 @@ async fn a_server_dying_mid_stream_ends_the_client_connection_at_once() {
     let _ = writer.await;
     round_trip(addr).await.unwrap();
 }
+
+/// A server that is up 150 ms, down 150 ms, twelve times, behind an active
+/// check and passive ejection, while clients keep connecting: the LB's
+/// listener never closes or moves, no client hangs, the only failures are
+/// connections the server's own closing listener reset, and afterwards
+/// nothing is left over (no connection counted open, no descriptor held,
+/// the pool still has its two servers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_server_does_not_flap_the_listener_or_leak_state() {
+    let fds = || std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let stable = Echo::start().await;
+    let flapping = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let flap_addr = flapping.local_addr().unwrap();
+    drop(flapping);
+    let toml = format!(
+        "{}\n[pool.p.health]\nkind = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n",
+        one_pool(&[stable.addr, flap_addr], "max_fails = 1\nfail_timeout = \"100ms\"\nretries = 1")
+    );
+    let lb = start_lb(&toml).await;
+    let addr = lb.listener_addrs()[0];
+    // Once a client is served the accept loop holds its spare descriptor.
+    round_trip(addr).await.unwrap();
+    let fds_before = fds();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Relaxed) {
+                // A hang would fail the test through `within` below.
+                match round_trip(addr).await {
+                    Ok(()) => served.fetch_add(1, Relaxed),
+                    Err(_) => failed.fetch_add(1, Relaxed),
+                };
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    // The flaps: each "up" is a new listener on the same address; "down"
+    // closes it (what the server's process ending does).
+    let (downs, mut served_by_flapper) = (12u64, 0usize);
+    for _ in 0..downs {
+        let l = within("rebind", async {
+            loop {
+                match TcpListener::bind(flap_addr).await {
+                    Ok(l) => break l,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        })
+        .await;
+        let echo = Echo::on(l);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        served_by_flapper += echo.count();
+        drop(echo);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stop.store(true, Relaxed);
+    for c in clients {
+        within("clients stop", c).await.unwrap();
+    }
+    let (served, failed) = (served.load(Relaxed), failed.load(Relaxed));
+    let listener = &lb.listeners()[0];
+    eprintln!(
+        "{downs} flaps: {served} clients served ({served_by_flapper} of them by the flapping server while up), \
+         {failed} failed (a closing listener resets its backlog); LB listener {} accepted {} and rejected {}",
+        listener.local,
+        listener.accepted.load(Relaxed),
+        listener.rejected_max_connections.load(Relaxed) + listener.rejected_fd_limit.load(Relaxed)
+    );
+    assert_eq!(lb.listener_addrs(), vec![addr], "the listener stayed where it was");
+    assert_eq!(listener.accepted.load(Relaxed), served + failed + 1, "every client was accepted by the LB");
+    assert!(served_by_flapper > 0, "the flapping server was used while up");
+    // Four clients, each with at most one connection on its way: at most
+    // four can sit in the backlog that a closing listener resets.
+    assert!(failed <= 4 * downs, "{failed} failed: more than the closing listener can reset");
+
+    // Afterwards: nothing counted open, no descriptor left, same servers.
+    eventually("no connection counted open", || listener.active.load(Relaxed) == 0).await;
+    eventually("descriptors back", || fds() <= fds_before).await;
+    let servers: Vec<SocketAddr> = lb.status().into_iter().flat_map(|p| p.servers).map(|s| s.addr).collect();
+    assert_eq!(servers, vec![stable.addr, flap_addr]);
+    assert_eq!(server(&lb, flap_addr).active + server(&lb, stable.addr).active, 0);
+}
