@@ -13,14 +13,7 @@ use ucp_lb::standin::{Manager, TestCa};
 
 /// One HTTP/1.1 request on a fresh connection: (status, body).
 async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let req =
-        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    within("admin answer", s.read_to_end(&mut buf)).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    let text = http_raw(addr, method, path, token).await;
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)

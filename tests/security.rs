@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -15,18 +14,6 @@ use tokio::net::TcpStream;
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// One HTTP/1.1 request on a fresh connection: the whole answer.
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let req =
-        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    within("admin answer", s.read_to_end(&mut buf)).await.unwrap();
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 #[tokio::test]
@@ -104,7 +91,7 @@ async fn the_admin_token_never_appears_in_logs_status_metrics_or_the_page() {
         ("GET", "/", None),
         ("GET", "/healthz", None),
     ] {
-        answers.push(http(admin, method, path, tok).await);
+        answers.push(http_raw(admin, method, path, tok).await);
     }
     assert!(answers[0].starts_with("HTTP/1.1 200"), "the token works: {}", answers[0]);
     assert!(answers[1].starts_with("HTTP/1.1 401"), "{}", answers[1]);
@@ -180,6 +167,6 @@ async fn a_flooded_admin_port_does_not_touch_the_traffic() {
         within("round trip during the flood", echo_once(&mut c)).await.unwrap();
     }
     assert_eq!(within("oversized requests", big).await.unwrap(), 50, "no oversized request was served");
-    assert!(http(admin, "GET", "/healthz", None).await.starts_with("HTTP/1.1 200"));
+    assert!(http_raw(admin, "GET", "/healthz", None).await.starts_with("HTTP/1.1 200"));
     drop(slow);
 }

@@ -252,6 +252,19 @@ pub async fn read_request(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// One HTTP/1.1 request on a fresh connection (to the admin port, say),
+/// with a bearer token when given: the whole answer.
+pub async fn http_raw(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    within("admin answer", s.read_to_end(&mut buf)).await.unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// Starts an LB from a config file (so it can reload it).
 pub async fn start_lb_file(path: &std::path::Path) -> ucp_lb::Running {
     let config = ucp_lb::config::load(path).unwrap_or_else(|e| panic!("bad test config: {e}"));
