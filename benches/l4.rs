@@ -12,7 +12,8 @@
 //!   CPU per connection;
 //! - added latency of a 1-byte ping-pong, p50 and p99, against direct;
 //! - RSS and kernel memory (slab + TCP buffers) per idle connection with N
-//!   idle clients held through the proxy, and proxy CPU while they idle.
+//!   idle clients held through the proxy, and proxy CPU while they idle;
+//!   the ping-pong's p50 and p99 again while they are held (slowloris).
 //!
 //! Every load is bounded in count and time, targets loopback only, and stops
 //! by itself; each proxy is a child process stopped by its PID. nginx and
@@ -387,8 +388,10 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// KiB, kernel KiB (the whole system's, so direct shows the sockets' own
 /// share), and the proxy's CPU in ms per second while they idle.
 /// Per idle connection: RSS at once, kernel memory, CPU while idle (after
-/// SETTLE_SECS), RSS at the end.
-async fn idle_memory(p: &Proxy, n: usize) -> Option<(f64, f64, f64, f64)> {
+/// SETTLE_SECS), RSS at the end; and a 1-byte ping-pong's (p50, p99) while
+/// the idle connections are held (the slowloris case: clients that hold a
+/// connection and send nothing more).
+async fn idle_memory(p: &Proxy, n: usize) -> Option<(f64, f64, f64, f64, Option<(f64, f64)>)> {
     let pid = p.child.as_ref().map(Child::id);
     // Warm up: allocator arenas and runtime structures the first clients fault in.
     for _ in 0..200 {
@@ -411,6 +414,7 @@ async fn idle_memory(p: &Proxy, n: usize) -> Option<(f64, f64, f64, f64)> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = pid.and_then(rss_kib).unwrap_or(0);
     let kernel_after = kernel_kib()?;
+    let busy = ping_pong(p.addr).await;
     tokio::time::sleep(Duration::from_secs_f64(SETTLE_SECS)).await;
     let cpu0 = pid.map(cpu_secs);
     tokio::time::sleep(Duration::from_secs_f64(IDLE_SECS)).await;
@@ -421,7 +425,7 @@ async fn idle_memory(p: &Proxy, n: usize) -> Option<(f64, f64, f64, f64)> {
     let settled = pid.and_then(rss_kib).unwrap_or(0);
     drop(held);
     let per_conn = |kib: u64| kib.saturating_sub(before) as f64 / n as f64;
-    Some((per_conn(after), (kernel_after - kernel_before) / n as f64, idle_cpu, per_conn(settled)))
+    Some((per_conn(after), (kernel_after - kernel_before) / n as f64, idle_cpu, per_conn(settled), busy))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -451,6 +455,8 @@ struct Rows {
     tls_cpu: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    p50_idle: Vec<f64>,
+    p99_idle: Vec<f64>,
     rss: Vec<f64>,
     rss_settled: Vec<f64>,
     kernel: Vec<f64>,
@@ -535,7 +541,11 @@ fn main() {
                     r.p50.push(p50);
                     r.p99.push(p99);
                 }
-                if let Some((rss, kernel, idle_cpu, settled)) = idle_memory(&p, idle_n).await {
+                if let Some((rss, kernel, idle_cpu, settled, busy)) = idle_memory(&p, idle_n).await {
+                    if let Some((p50, p99)) = busy {
+                        r.p50_idle.push(p50);
+                        r.p99_idle.push(p99);
+                    }
                     if pid.is_some() {
                         r.rss.push(rss);
                         r.rss_settled.push(settled);
@@ -599,7 +609,9 @@ fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
         ("  added p50 µs", &|r| added(&r.p50, direct.map(|d| &rows[d].p50))),
         ("  added p99 µs", &|r| added(&r.p99, direct.map(|d| &rows[d].p99))),
     ];
-    let idle_rows: [(String, &Cell<'_>); 4] = [
+    let idle_rows: [(String, &Cell<'_>); 6] = [
+        (format!("ping-pong p50 µs, {idle_n} idle open"), &|r| cell(&r.p50_idle, 1)),
+        (format!("ping-pong p99 µs, {idle_n} idle open"), &|r| cell(&r.p99_idle, 1)),
         (format!("RSS KiB/idle conn @{idle_n}"), &|r| cell(&r.rss, 2)),
         (format!("  after {:.0} s idle", SETTLE_SECS + IDLE_SECS), &|r| cell(&r.rss_settled, 2)),
         (format!("kernel KiB/idle conn @{idle_n}"), &|r| cell(&r.kernel, 2)),
