@@ -485,6 +485,10 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let run_dir = std::env::temp_dir().join(format!("ucp-lb-bench-{}", std::process::id()));
     let only = std::env::var("ONLY").unwrap_or_default();
+    // ROWS=bulk,http,tcp for a subset of the row groups (tcp: new
+    // connections, ping-pong and idle); all by default.
+    let groups = std::env::var("ROWS").unwrap_or_default();
+    let row = |g: &str| groups.is_empty() || groups.split(',').any(|o| o == g);
     let names: Vec<&str> = ["direct", "ucp-lb", "nginx", "haproxy"]
         .into_iter()
         .filter(|n| only.is_empty() || only.split(',').any(|o| o == *n))
@@ -508,16 +512,18 @@ fn main() {
                     eprintln!(" not installed, skipped");
                     continue;
                 };
-                let pid = p.child.as_ref().map(Child::id);
-                let ((gbps, bytes), cpu) = with_cpu(pid, one_stream(p.addr)).await;
-                r.tput1.push(gbps);
-                r.cpu1.extend(cpu.map(|c| c * 1000.0 / gib(bytes)));
-                let ((gbps, bytes), cpu) = with_cpu(pid, streams(p.addr, 8)).await;
-                r.tput8.push(gbps);
-                r.cpu8.extend(cpu.map(|c| c * 1000.0 / gib(bytes)));
+                if row("bulk") {
+                    let pid = p.child.as_ref().map(Child::id);
+                    let ((gbps, bytes), cpu) = with_cpu(pid, one_stream(p.addr)).await;
+                    r.tput1.push(gbps);
+                    r.cpu1.extend(cpu.map(|c| c * 1000.0 / gib(bytes)));
+                    let ((gbps, bytes), cpu) = with_cpu(pid, streams(p.addr, 8)).await;
+                    r.tput8.push(gbps);
+                    r.cpu8.extend(cpu.map(|c| c * 1000.0 / gib(bytes)));
+                }
                 drop(p);
                 // HTTP through wrk.
-                if let Some(b) = &backend_http {
+                if let Some(b) = backend_http.as_ref().filter(|_| row("http")) {
                     if let Some(p) = start_proxy(name, &[b.https], &run_dir, idle_n + 50) {
                         let pid = p.child.as_ref().map(Child::id);
                         let url = format!("https://{}/", p.addr);
@@ -530,6 +536,10 @@ fn main() {
                     }
                 }
                 // Raw TCP connections, latency, idle connections.
+                if !row("tcp") {
+                    eprintln!(" done");
+                    continue;
+                }
                 let Some(p) = start_proxy(name, &[echo], &run_dir, idle_n + 50) else {
                     continue;
                 };

@@ -5,6 +5,7 @@
 # far as the hard limit allows, and pins the load generator to CPU 1 (the
 # bench pins each proxy to CPU 0).
 # Usage: benches/run.sh     ROUNDS=3 IDLE_CONNS=10000 by default; ONLY=ucp-lb,nginx for a subset
+#                           of proxies, ROWS=bulk,http,tcp for a subset of rows
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null || ! command -v wrk >/dev/null \
