@@ -4,7 +4,8 @@
 //!
 //! Used only for bursts: the byte path in `copy.rs` starts every read with a
 //! user-space buffer and switches a direction to splice when a read fills
-//! the whole buffer (more is waiting). A 1-byte ping-pong never gets here:
+//! the whole buffer (more is waiting) while another bulk transfer runs (a
+//! lone one is faster on the buffer). A 1-byte ping-pong never gets here:
 //! splice costs two syscalls per chunk where a buffer costs one read and one
 //! write, and was measured worse for small messages.
 //!
@@ -17,6 +18,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
 use tokio::io::Interest;
@@ -29,6 +31,23 @@ use tokio::net::TcpStream;
 const PIPE_CAP: usize = 64 * 1024;
 /// Empty pipes kept per worker thread; more are closed.
 const POOL_MAX: usize = 16;
+
+/// Bursts that got a pipe, and pipes closed because they still held bytes,
+/// since the process started.
+static BURSTS: AtomicU64 = AtomicU64::new(0);
+static DISCARDED: AtomicU64 = AtomicU64::new(0);
+
+/// How many bursts have gone through a pipe in this process (tests use it
+/// to know that a transfer took the splice path).
+pub fn bursts() -> u64 {
+    BURSTS.load(Relaxed)
+}
+
+/// How many pipes were closed instead of pooled because a transfer ended
+/// with bytes in them.
+pub fn discarded() -> u64 {
+    DISCARDED.load(Relaxed)
+}
 
 thread_local! {
     static FREE: RefCell<Vec<(OwnedFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
@@ -55,17 +74,19 @@ impl Pipe {
 
 impl Drop for Pipe {
     fn drop(&mut self) {
-        if let Some(fds) = self.fds.take()
-            && self.held == 0
-        {
-            let _ = FREE.try_with(|f| {
-                let mut f = f.borrow_mut();
-                if f.len() < POOL_MAX {
-                    f.push(fds);
-                }
-            });
+        if let Some(fds) = self.fds.take() {
+            if self.held == 0 {
+                let _ = FREE.try_with(|f| {
+                    let mut f = f.borrow_mut();
+                    if f.len() < POOL_MAX {
+                        f.push(fds);
+                    }
+                });
+            } else {
+                // Not empty (an error or a cancel mid-transfer): closed here.
+                DISCARDED.fetch_add(1, Relaxed);
+            }
         }
-        // Not empty (an error or a cancel mid-transfer): dropped, closed.
     }
 }
 
@@ -90,6 +111,7 @@ pub enum BurstError {
 /// `dst`.
 pub async fn burst(src: &TcpStream, dst: &TcpStream, mut moved: impl FnMut(usize)) -> Result<Burst, BurstError> {
     let Some(mut pipe) = Pipe::take() else { return Ok(Burst::NoPipe) };
+    BURSTS.fetch_add(1, Relaxed);
     let mut total = 0;
     loop {
         let Some((r, w)) = pipe.fds.as_ref() else { return Ok(Burst::NoPipe) };

@@ -252,11 +252,13 @@ async fn lb_with_resetting_and_echo_pools(resetter: SocketAddr, echo: SocketAddr
     .await
 }
 
-/// Bulk transfers go through pooled pipes (splice). A transfer that dies with
-/// bytes still in a pipe (the server resets mid-stream while the client
-/// keeps sending) must not hand those bytes to the next connection that
-/// takes a pipe from the pool. Current-thread runtime: the LB's tasks, and
-/// so its per-thread pools, are all on this one thread.
+/// Bulk transfers go through pooled pipes (splice) while more than one runs.
+/// A transfer that dies with bytes still in a pipe (the server resets
+/// mid-stream while the client keeps sending) must not hand those bytes to
+/// the next connection that takes a pipe from the pool. A second bulk
+/// transfer runs beside each poisoned one, so that it splices.
+/// Current-thread runtime: the LB's tasks, and so its per-thread pools, are
+/// all on this one thread.
 #[tokio::test]
 async fn pooled_pipes_never_carry_bytes_from_one_connection_to_the_next() {
     const POISON: u8 = 0xEE;
@@ -275,7 +277,10 @@ async fn pooled_pipes_never_carry_bytes_from_one_connection_to_the_next() {
     let echo = Echo::start().await;
     let lb = lb_with_resetting_and_echo_pools(resetter, echo.addr).await;
     let (reset_addr, clean_addr) = (lb.listener_addrs()[0], lb.listener_addrs()[1]);
+    let discarded = ucp_lb::splice::discarded();
     for round in 0..5u64 {
+        let beside = TcpStream::connect(clean_addr).await.unwrap();
+        let beside = tokio::spawn(send_and_receive(beside, round + 100, 16 << 20));
         // Poison: 4 MiB of 0xEE towards a server that resets after 300 KiB.
         let mut s = TcpStream::connect(reset_addr).await.unwrap();
         let poison = vec![POISON; 256 * 1024];
@@ -285,6 +290,8 @@ async fn pooled_pipes_never_carry_bytes_from_one_connection_to_the_next() {
             }
         }
         assert!(within("poisoned client closed", closed(&mut s)).await);
+        let (sent, got, _) = within("transfer beside", beside).await.unwrap();
+        assert_eq!(got, sent, "round {round}: the transfer beside the poisoned one");
         // Clean: 1 MiB each way through the echo server, byte for byte.
         for i in 0..4 {
             let mut data = vec![0u8; 1 << 20];
@@ -304,11 +311,13 @@ async fn pooled_pipes_never_carry_bytes_from_one_connection_to_the_next() {
             assert!(back == data, "round {round}: content differs");
         }
     }
+    assert!(ucp_lb::splice::discarded() > discarded, "no poisoned pipe was discarded: the test did not splice");
 }
 
 /// A server behind a 64 KiB receive buffer that takes 1000 bytes at a time:
 /// splices out of a pipe (64 KiB each) and buffered writes come out partial
-/// again and again. 8 MiB each way must arrive unchanged. (Below the
+/// again and again. 8 MiB each way must arrive unchanged, for two clients at
+/// once (two bulk transfers, so they splice) and for one alone (buffer). (Below the
 /// loopback MSS, a receive buffer stalls any sender on zero-window probes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_writes_to_a_slow_reader_lose_nothing() {
@@ -330,9 +339,20 @@ async fn partial_writes_to_a_slow_reader_lose_nothing() {
     })
     .await;
     let lb = start_lb(&one_pool(&[slow], "")).await;
-    let s = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
     const N: usize = 8 << 20;
-    let (sent, got, n) = within("8 MiB through a slow reader", send_and_receive(s, 7, N)).await;
+    let bursts = ucp_lb::splice::bursts();
+    let two = (0..2u64).map(|i| {
+        let addr = lb.listener_addrs()[0];
+        tokio::spawn(async move { send_and_receive(TcpStream::connect(addr).await.unwrap(), 7 + i, N).await })
+    });
+    for t in two.collect::<Vec<_>>() {
+        let (sent, got, n) = within("8 MiB through a slow reader, two at once", t).await.unwrap();
+        assert_eq!(n, N);
+        assert_eq!(got, sent);
+    }
+    assert!(ucp_lb::splice::bursts() > bursts, "two bulk transfers at once did not splice");
+    let s = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
+    let (sent, got, n) = within("8 MiB through a slow reader", send_and_receive(s, 9, N)).await;
     assert_eq!(n, N);
     assert_eq!(got, sent);
 }
