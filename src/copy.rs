@@ -47,6 +47,17 @@ const POOL_MAX: usize = 32;
 /// leaves that state, never per read.
 static BULK: AtomicUsize = AtomicUsize::new(0);
 
+/// Set by tests (tests/splice.rs) that need every bulk burst to splice.
+static SPLICE_ALWAYS: AtomicBool = AtomicBool::new(false);
+
+/// Makes every bulk burst in this process go through a pipe, alone or not:
+/// for tests of the splice path, which the count of bulk transfers would
+/// otherwise choose by timing.
+#[doc(hidden)]
+pub fn splice_always(on: bool) {
+    SPLICE_ALWAYS.store(on, Relaxed);
+}
+
 /// One direction's place in `BULK`; leaves it when dropped.
 struct BulkMark(bool);
 
@@ -64,7 +75,7 @@ impl BulkMark {
 
     /// Splice pays when this transfer shares the proxy with another.
     fn splice(&self) -> bool {
-        self.0 && BULK.load(Relaxed) > 1
+        self.0 && (BULK.load(Relaxed) > 1 || SPLICE_ALWAYS.load(Relaxed))
     }
 }
 

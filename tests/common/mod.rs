@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -341,4 +342,73 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Deterministic pseudo-random bytes, so both ends can be checked.
+pub fn fill(seed: u64, buf: &mut [u8]) -> u64 {
+    let mut x = seed;
+    for chunk in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    x
+}
+
+/// Sends `len` bytes and reads to EOF at once; returns (sent, received)
+/// digests and the count received.
+pub async fn send_and_receive(s: TcpStream, seed: u64, len: usize) -> ([u8; 32], [u8; 32], usize) {
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut x = seed;
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(buf.len());
+            x = fill(x, &mut buf[..n]);
+            h.update(&buf[..n]);
+            w.write_all(&buf[..n]).await.unwrap();
+            left -= n;
+        }
+        w.shutdown().await.unwrap();
+        <[u8; 32]>::from(h.finalize())
+    });
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        got += n;
+    }
+    (writer.await.unwrap(), h.finalize().into(), got)
+}
+
+/// An echo server behind a 64 KiB receive buffer that takes 1000 bytes at
+/// a time: the LB's writes to it come out partial again and again. (Below
+/// the loopback MSS, a receive buffer stalls any sender on zero-window
+/// probes.)
+pub async fn slow_echo() -> SocketAddr {
+    scripted(|s: TcpStream| async move {
+        let _ = socket2::SockRef::from(&s).set_recv_buffer_size(64 * 1024);
+        let (mut r, mut w) = s.into_split();
+        let mut buf = [0u8; 1000];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if w.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = w.shutdown().await;
+    })
+    .await
 }
