@@ -200,10 +200,5 @@ async fn eventually_paused(mut cond: impl FnMut() -> bool) {
 /// path (tests/splice.rs has the splice path).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_writes_to_a_slow_reader_lose_nothing() {
-    let lb = start_lb(&one_pool(&[slow_echo().await], "")).await;
-    let s = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
-    const N: usize = 8 << 20;
-    let (sent, got, n) = within("8 MiB through a slow reader", send_and_receive(s, 7, N)).await;
-    assert_eq!(n, N);
-    assert_eq!(got, sent);
+    each_way_through_lb(slow_echo().await, 7, 8 << 20, "8 MiB through a slow reader").await;
 }

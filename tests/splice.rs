@@ -19,12 +19,7 @@ async fn bulk_64_mib_each_way_arrives_unchanged_through_pipes() {
     ucp_lb::copy::splice_always(true);
     let bursts = ucp_lb::splice::bursts();
     let echo = Echo::start().await;
-    let lb = start_lb(&one_pool(&[echo.addr], "")).await;
-    let s = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
-    const N: usize = 64 << 20;
-    let (sent, got, n) = within("64 MiB each way", send_and_receive(s, 3, N)).await;
-    assert_eq!(n, N);
-    assert_eq!(got, sent);
+    each_way_through_lb(echo.addr, 3, 64 << 20, "64 MiB each way").await;
     assert!(ucp_lb::splice::bursts() > bursts, "nothing went through a pipe");
 }
 
@@ -34,12 +29,7 @@ async fn bulk_64_mib_each_way_arrives_unchanged_through_pipes() {
 async fn partial_splices_to_a_slow_reader_lose_nothing() {
     ucp_lb::copy::splice_always(true);
     let bursts = ucp_lb::splice::bursts();
-    let lb = start_lb(&one_pool(&[slow_echo().await], "")).await;
-    let s = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
-    const N: usize = 8 << 20;
-    let (sent, got, n) = within("8 MiB through a slow reader", send_and_receive(s, 7, N)).await;
-    assert_eq!(n, N);
-    assert_eq!(got, sent);
+    each_way_through_lb(slow_echo().await, 7, 8 << 20, "8 MiB through a slow reader").await;
     assert!(ucp_lb::splice::bursts() > bursts, "nothing went through a pipe");
 }
 

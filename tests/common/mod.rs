@@ -389,6 +389,16 @@ pub async fn send_and_receive(s: TcpStream, seed: u64, len: usize) -> ([u8; 32],
     (writer.await.unwrap(), h.finalize().into(), got)
 }
 
+/// `len` bytes (seeded) each way through an LB in front of the echo
+/// server `server`: all of them come back, unchanged (SHA-256 of each side).
+pub async fn each_way_through_lb(server: SocketAddr, seed: u64, len: usize, what: &str) {
+    let lb = start_lb(&one_pool(&[server], "")).await;
+    let s = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
+    let (sent, got, n) = within(what, send_and_receive(s, seed, len)).await;
+    assert_eq!(n, len, "{what}: length");
+    assert_eq!(got, sent, "{what}: content");
+}
+
 /// An echo server behind a 64 KiB receive buffer that takes 1000 bytes at
 /// a time: the LB's writes to it come out partial again and again. (Below
 /// the loopback MSS, a receive buffer stalls any sender on zero-window
