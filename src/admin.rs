@@ -41,7 +41,6 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the admin server serves from.
 pub struct Admin {
     pub control: Arc<Control>,
-    token: Option<String>,
 }
 
 /// Reads the token file: its first line, trimmed. An empty or unreadable
@@ -75,10 +74,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Warns that admin endpoints bound beyond loopback with no token are
+/// readable by anyone who reaches them.
+pub fn warn_if_open_without_token(listen: SocketAddr) {
+    if !listen.ip().is_loopback() {
+        warn!(listen = %listen, "admin endpoints listen beyond loopback without a token_file: status and metrics are readable by anyone who reaches this port (POST endpoints stay off)");
+    }
+}
+
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     if let Ok(a) = listener.local_addr() {
-        if !a.ip().is_loopback() && admin.token.is_none() {
-            warn!(listen = %a, "admin endpoints listen beyond loopback without a token_file: status and metrics are readable by anyone who reaches this port (POST endpoints stay off)");
+        if admin.control.admin_token().is_none() {
+            warn_if_open_without_token(a);
         }
         info!(listen = %a, "admin endpoints up: /metrics /status /healthz");
     }
@@ -188,8 +195,8 @@ fn json(status: StatusCode, v: &impl Serialize) -> Response<Full<Bytes>> {
 }
 
 impl Admin {
-    pub fn new(control: Arc<Control>, token: Option<String>) -> Admin {
-        Admin { control, token }
+    pub fn new(control: Arc<Control>) -> Admin {
+        Admin { control }
     }
 
     fn status(&self) -> Status {
@@ -223,7 +230,7 @@ impl Admin {
 
     /// `Some(response)` when the request may not POST.
     fn deny(&self, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
-        let Some(token) = &self.token else {
+        let Some(token) = self.control.admin_token() else {
             return Some(text(StatusCode::FORBIDDEN, "POST endpoints are off: set admin.token_file\n"));
         };
         let given =

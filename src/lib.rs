@@ -100,14 +100,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .await
         .map_err(|error| StartError::AdminBind { file: config.source.clone(), addr: config.admin.listen, error })?;
     let admin_addr = admin_sock.local_addr().ok();
+    let admin_listen = config.admin.listen;
     let path = config.path.clone();
     let snapshot = Snapshot::build(1, Arc::new(config), Arc::new(resolved), None, &health);
     let shared = Arc::new(Shared::new(snapshot, health));
     let shutdown = Shutdown::default();
-    let control = Arc::new(Control::new(shared.clone(), shutdown, listeners));
+    let control = Arc::new(Control::new(shared.clone(), shutdown, listeners, admin_listen, token));
     // The admin server answers from now on: /healthz says 503 until the
     // first probes are in and the listeners accept.
-    let mut background = vec![tokio::spawn(admin::serve(admin_sock, Arc::new(Admin::new(control.clone(), token))))];
+    let mut background = vec![tokio::spawn(admin::serve(admin_sock, Arc::new(Admin::new(control.clone()))))];
     first_results(&shared.snapshot.load()).await;
     control.listeners.launch(bound, &shared, &control.shutdown);
     control.set_ready();

@@ -7,10 +7,12 @@
 //! changes nothing; it is logged, counted and kept for the status. Open
 //! connections are never cut: each keeps the snapshot it started with.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwapOption;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
@@ -52,10 +54,20 @@ pub struct Control {
     status: Mutex<ReloadStatus>,
     /// Set once the listeners accept after the first probes.
     ready: std::sync::atomic::AtomicBool,
+    /// `[admin] listen` as the admin server was started with: it stays put.
+    admin_listen: SocketAddr,
+    /// The first line of `[admin] token_file`, re-read by every reload.
+    admin_token: ArcSwapOption<String>,
 }
 
 impl Control {
-    pub fn new(shared: Arc<Shared>, shutdown: Shutdown, listeners: Listeners) -> Control {
+    pub fn new(
+        shared: Arc<Shared>,
+        shutdown: Shutdown,
+        listeners: Listeners,
+        admin_listen: SocketAddr,
+        admin_token: Option<String>,
+    ) -> Control {
         let generation = shared.snapshot.load().generation;
         Control {
             shared,
@@ -63,6 +75,29 @@ impl Control {
             listeners,
             status: Mutex::new(ReloadStatus { generation, ..Default::default() }),
             ready: Default::default(),
+            admin_listen,
+            admin_token: ArcSwapOption::new(admin_token.map(Arc::new)),
+        }
+    }
+
+    /// The token the admin POST endpoints take now, if any.
+    pub fn admin_token(&self) -> Option<Arc<String>> {
+        self.admin_token.load_full()
+    }
+
+    /// Puts the token of a reloaded config in force, and says so (never
+    /// what it is).
+    fn set_admin_token(&self, token: Option<String>) {
+        let new = token.map(Arc::new);
+        let old = self.admin_token.swap(new.clone());
+        if old != new {
+            match &new {
+                Some(_) => info!("admin token replaced from token_file: POST endpoints take only the new one"),
+                None => info!("admin token_file removed: POST endpoints are off"),
+            }
+        }
+        if new.is_none() {
+            crate::admin::warn_if_open_without_token(self.admin_listen);
         }
     }
 
@@ -121,12 +156,19 @@ impl Control {
     async fn reload_from(&self, path: &Path) -> Result<u64, ReloadError> {
         let _writer = self.shared.writer.lock().await;
         let config = config::load(path)?;
+        // Read with the config and rejected with it: an unreadable, empty or
+        // world-writable token file changes nothing that is running.
+        let token = crate::admin::read_token(&config.admin, &config.source)?;
         let resolved = crate::resolve::resolve_all(&config).await?;
         self.shared.health.prepare(&config)?;
         let bound = self.listeners.bind_new(&config)?;
         let cur = self.shared.snapshot.load_full();
-        if config.admin != cur.config.admin {
-            warn!("[admin] changed: the admin server keeps its address and token until the next restart");
+        if config.admin.listen != self.admin_listen {
+            warn!(
+                running = %self.admin_listen,
+                configured = %config.admin.listen,
+                "[admin] listen changed: the admin endpoints keep their address until the next restart"
+            );
         }
         let config = Arc::new(config);
         let next =
@@ -137,6 +179,7 @@ impl Control {
         let generation = next.generation;
         let (servers_before, servers_after) = (server_count(&cur), server_count(&next));
         self.shared.snapshot.store(Arc::new(next));
+        self.set_admin_token(token);
         self.shared.config_changed.notify_one();
         let added = bound.len();
         self.listeners.launch(bound, &self.shared, &self.shutdown);

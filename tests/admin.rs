@@ -31,11 +31,6 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-fn with_admin(toml: &str, token_file: Option<&std::path::Path>) -> String {
-    let token = token_file.map(|p| format!("token_file = \"{}\"\n", p.display())).unwrap_or_default();
-    toml.replacen("[admin]\nlisten = \"127.0.0.1:0\"\n", &format!("[admin]\nlisten = \"127.0.0.1:0\"\n{token}"), 1)
-}
-
 #[tokio::test]
 async fn healthz_is_200_while_serving_and_503_while_shutting_down() {
     let a = Echo::start().await;

@@ -48,11 +48,7 @@ async fn world_writable_config_and_token_files_are_refused_and_change_nothing() 
     let token = dir.path().join("token");
     std::fs::write(&token, "t0ken\n").unwrap();
     chmod(&token, 0o662);
-    let toml = one_pool(&[a.addr], "").replace(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n",
-        &format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n", token.display()),
-    );
-    assert!(toml.contains("token_file"), "{toml}");
+    let toml = with_admin(&one_pool(&[a.addr], ""), Some(&token));
     let cfg = ucp_lb::config::parse(&toml, "lb.toml").unwrap();
     let err = ucp_lb::start(cfg).await.err().expect("refused").to_string();
     assert!(err.contains("admin.token_file") && err.contains("writable by every user (mode 0662)"), "{err}");
@@ -68,11 +64,9 @@ async fn the_admin_token_never_appears_in_logs_status_metrics_or_the_page() {
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let admin = common::nginx::free_addr();
     let cfg = dir.path().join("lb.toml");
-    let toml = one_pool(&[echo.addr], "").replace(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n",
-        &format!("[admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"\n", token.display()),
-    );
-    assert!(toml.contains("token_file"), "{toml}");
+    let toml = with_admin(&one_pool(&[echo.addr], ""), Some(&token))
+        .replace("listen = \"127.0.0.1:0\"\ntoken_file", &format!("listen = \"{admin}\"\ntoken_file"));
+    assert!(toml.contains(&admin.to_string()), "{toml}");
     std::fs::write(&cfg, toml).unwrap();
     let mut cmd = Command::new(common::BIN);
     // Everything, at every level.
@@ -169,4 +163,41 @@ async fn a_flooded_admin_port_does_not_touch_the_traffic() {
     assert_eq!(within("oversized requests", big).await.unwrap(), 50, "no oversized request was served");
     assert!(http_raw(admin, "GET", "/healthz", None).await.starts_with("HTTP/1.1 200"));
     drop(slow);
+}
+
+/// Rotating the admin token: rewrite `token_file` and reload; the old token
+/// is refused from then on. A token file that turns bad rejects the reload
+/// whole, and the token in force stays.
+#[tokio::test]
+async fn a_reload_puts_a_rewritten_token_file_in_force() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first-token\n").unwrap();
+    chmod(&token, 0o600);
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, with_admin(&one_pool(&[echo.addr], ""), Some(&token))).unwrap();
+    let lb = start_lb_file(&path).await;
+    let admin = lb.admin_addr().unwrap();
+    // Authorised: 404 (no such server); refused: 401.
+    let drain = |tok: &'static str| async move {
+        let answer = http_raw(admin, "POST", "/pools/p/servers/nope/drain", Some(tok)).await;
+        answer.lines().next().unwrap_or("").to_owned()
+    };
+    assert!(drain("first-token").await.starts_with("HTTP/1.1 404"));
+
+    std::fs::write(&token, "second-token\n").unwrap();
+    lb.reload().await.unwrap();
+    assert!(drain("first-token").await.starts_with("HTTP/1.1 401"), "the old token still works after the reload");
+    assert!(drain("second-token").await.starts_with("HTTP/1.1 404"));
+
+    for (content, mode, why) in [("\n", 0o600, "holds no token"), ("third-token\n", 0o602, "writable by every user")] {
+        std::fs::write(&token, content).unwrap();
+        chmod(&token, mode);
+        let err = lb.reload().await.unwrap_err().to_string();
+        assert!(err.contains("admin.token_file") && err.contains(why), "{err}");
+        assert!(drain("second-token").await.starts_with("HTTP/1.1 404"), "a rejected reload changed the token");
+        assert!(drain("third-token").await.starts_with("HTTP/1.1 401"));
+    }
+    round_trip(lb.listener_addrs()[0]).await.expect("traffic untouched");
 }

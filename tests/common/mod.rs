@@ -187,6 +187,15 @@ pub fn one_pool(servers: &[SocketAddr], pool_keys: &str) -> String {
     )
 }
 
+/// `toml` (from `one_pool`) with `[admin] token_file` set.
+pub fn with_admin(toml: &str, token_file: Option<&std::path::Path>) -> String {
+    let token = token_file.map(|p| format!("token_file = \"{}\"\n", p.display())).unwrap_or_default();
+    let out =
+        toml.replacen("[admin]\nlisten = \"127.0.0.1:0\"\n", &format!("[admin]\nlisten = \"127.0.0.1:0\"\n{token}"), 1);
+    assert!(token.is_empty() || out.contains("token_file"), "no [admin] table to add token_file to: {toml}");
+    out
+}
+
 /// Sends a few bytes through `lb` and expects them echoed back.
 pub async fn round_trip(lb: SocketAddr) -> io::Result<()> {
     let mut s = TcpStream::connect(lb).await?;
