@@ -315,8 +315,26 @@ impl Proc {
     }
 
     pub async fn wait_for_line(&self, needle: &str) -> String {
-        eventually(&format!("a line with {needle:?}"), || self.text().contains(needle)).await;
-        self.lines.lock().unwrap().iter().find(|l| l.contains(needle)).cloned().unwrap()
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(line) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for a line with {needle:?}; the process said:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The address the admin endpoints bound, from their "admin endpoints
+    /// up" log line.
+    pub async fn admin_addr(&self) -> SocketAddr {
+        let line = self.wait_for_line("admin endpoints up").await;
+        let at = line.find("listen=").expect("listen= in the admin line") + "listen=".len();
+        line[at..].split_whitespace().next().unwrap().trim_matches('"').parse().unwrap()
     }
 
     /// The address a listener bound, from the "listening" log line.
