@@ -214,7 +214,7 @@ async fn converted_config_routes_as_nginx_did() {
     let Some(bin) = nginx_bin() else { return };
     let echoes: Vec<Echo> = vec![Echo::start().await, Echo::start().await, Echo::start().await];
     let refusing = refusing_addr();
-    let [wrr, hash, backup] = [free_addr(), free_addr(), free_addr()];
+    let [wrr, hash, backup] = free_addrs();
     let e = |i: usize| echoes[i].addr;
     let stream = format!(
         "  upstream wrr {{\n    server {} weight=3;\n    server {refusing} weight=6 max_fails=2 fail_timeout=1h;\n    server {} weight=2;\n  }}\n\

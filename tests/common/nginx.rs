@@ -31,7 +31,17 @@ impl Drop for Nginx {
 
 /// A free loopback port: nginx cannot report a port it chose.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    let [addr] = free_addrs();
+    addr
+}
+
+/// `N` distinct free loopback ports. Each is held until the last is
+/// picked: released one by one, the kernel may hand the same port out
+/// twice (seen in CI: nginx refused a duplicate listen).
+pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let held: Vec<std::net::TcpListener> =
+        (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap())
 }
 
 /// Starts nginx (one process, in the foreground) with `stream` as the body
