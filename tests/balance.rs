@@ -135,16 +135,19 @@ async fn random_two_spreads_clients_and_avoids_the_busy_server() {
         start_lb(&format!("{}balance = \"random_two\"\n", servers(&[(a.addr, ""), (b.addr, ""), (c.addr, "")]))).await;
     let addr = lb.listener_addrs()[0];
     let mut held = Vec::new();
-    for _ in 0..30 {
+    for _ in 0..90 {
         let mut s = TcpStream::connect(addr).await.unwrap();
         echo_once(&mut s).await.unwrap();
         held.push(s);
     }
     let act: Vec<u32> = [a.addr, b.addr, c.addr].iter().map(|&x| server(&lb, x).active).collect();
-    // With two choices, held connections stay close to level (pure random
-    // would often leave one server far behind).
+    // With two choices, held connections stay close to level; pure random
+    // leaves one server far behind. Simulated, 90 clients: two choices
+    // never spread more than 6 in 300,000 runs (5 or more in 1 of 1,200);
+    // pure random spreads more than 8 in half of the runs. (30 clients and
+    // a bound of 4 failed about 1 run in 1,200.)
     let (min, max) = (*act.iter().min().unwrap(), *act.iter().max().unwrap());
-    assert!(max - min <= 4, "spread: {act:?}");
+    assert!(max - min <= 8, "spread: {act:?}");
 }
 
 /// Connects from a chosen loopback source address.
@@ -163,7 +166,7 @@ async fn source_hash_keeps_each_client_on_one_server() {
     let echoes = [&a, &b, &c];
     let mut home: HashMap<u8, usize> = HashMap::new();
     for round in 0..3 {
-        for host in 2..42u8 {
+        for host in 2..202u8 {
             let before: Vec<usize> = echoes.iter().map(|e| e.count()).collect();
             let mut s = connect_from([127, 0, 1, host], addr).await;
             echo_once(&mut s).await.unwrap();
@@ -176,5 +179,9 @@ async fn source_hash_keeps_each_client_on_one_server() {
         }
     }
     let per: Vec<usize> = (0..3).map(|i| home.values().filter(|&&v| v == i).count()).collect();
-    assert!(per.iter().all(|&n| n >= 4), "40 clients spread over three servers: {per:?}");
+    // The ring depends on the echo servers' ports. With 40 clients one
+    // server got 3 in a CI run (about 1 port draw in 1,500 does that); with
+    // 200, 100,000 simulated draws of three ports never gave a server fewer
+    // than 37.
+    assert!(per.iter().all(|&n| n >= 20), "200 clients spread over three servers: {per:?}");
 }
