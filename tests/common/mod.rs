@@ -332,16 +332,19 @@ impl Proc {
     /// The address the admin endpoints bound, from their "admin endpoints
     /// up" log line.
     pub async fn admin_addr(&self) -> SocketAddr {
-        let line = self.wait_for_line("admin endpoints up").await;
-        let at = line.find("listen=").expect("listen= in the admin line") + "listen=".len();
+        self.logged_addr("admin endpoints up", "listen=").await
+    }
+
+    /// The address after `key` in the first line with `needle`.
+    async fn logged_addr(&self, needle: &str, key: &str) -> SocketAddr {
+        let line = self.wait_for_line(needle).await;
+        let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line:?}")) + key.len();
         line[at..].split_whitespace().next().unwrap().trim_matches('"').parse().unwrap()
     }
 
     /// The address a listener bound, from the "listening" log line.
     pub async fn listener_addr(&self) -> SocketAddr {
-        let line = self.wait_for_line("listening bind=").await;
-        let at = line.find("local=").expect("local= in the listening line") + "local=".len();
-        line[at..].split_whitespace().next().unwrap().trim_matches('"').parse().unwrap()
+        self.logged_addr("listening bind=", "local=").await
     }
 
     pub fn signal(&self, sig: &str) {
