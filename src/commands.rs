@@ -12,8 +12,8 @@ use crate::config::{self, Config, Retries, format_duration};
 pub enum Command {
     /// Validate the config, print a summary, exit 1 on error.
     Check {
-        /// Do not resolve server names (for checking a config away from
-        /// the node it will run on).
+        /// Check away from the node the config is for: do not resolve
+        /// server names, and do not read the token and CA files it names.
         #[arg(long)]
         offline: bool,
     },
@@ -71,14 +71,15 @@ fn healthcheck(url: Option<&str>, config: Option<&Path>, timeout: std::time::Dur
     let url = match url {
         Some(u) => u.to_owned(),
         None => {
+            // The default address only when no config is named at all: a
+            // typo in a track script's path must fail it, not ask whatever
+            // answers on the default port.
             let admin = match config {
                 Some(path) => match config::load(path) {
                     Ok(c) => c.admin.listen,
                     Err(e) => {
-                        // A config being edited must not fail the health check of
-                        // the process still running the last good one.
-                        eprintln!("ucp-lb healthcheck: {e}\nucp-lb healthcheck: asking the default admin address");
-                        config::AdminConfig::default().listen
+                        eprintln!("{e}\nucp-lb healthcheck: cannot tell which admin address to ask: unhealthy");
+                        return ExitCode::FAILURE;
                     }
                 },
                 None => config::AdminConfig::default().listen,
@@ -118,23 +119,24 @@ fn convert_nginx(file: &Path) -> ExitCode {
     }
 }
 
+/// The start's own preparation, up to where it would bind: the same
+/// errors and the same warnings as a start.
 async fn check(path: &Path, offline: bool) -> ExitCode {
-    let config = match config::load(path) {
-        Ok(c) => c,
+    let loaded = if offline { crate::lifecycle::load_offline(path) } else { crate::lifecycle::load(path) };
+    let loaded = match loaded {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    // CA files are read now, so a bad one fails the check as it would the start.
-    if let Err(e) = crate::health::Health::default().prepare(&config) {
-        eprintln!("{e}");
-        return ExitCode::FAILURE;
+    for w in loaded.warnings() {
+        eprintln!("warning: {w}");
     }
     let resolved = if offline {
         None
     } else {
-        match crate::resolve::resolve_all(&config).await {
+        match crate::lifecycle::resolve(&loaded).await {
             Ok(r) => Some(r),
             Err(e) => {
                 eprintln!("{e}");
@@ -142,12 +144,12 @@ async fn check(path: &Path, offline: bool) -> ExitCode {
             }
         }
     };
-    print!("{}", summary(&config, resolved.as_ref()));
+    print!("{}", summary(&loaded.config, resolved.as_ref()));
     ExitCode::SUCCESS
 }
 
 /// What `check` prints of a valid config.
-pub fn summary(config: &Config, resolved: Option<&crate::resolve::Resolved>) -> String {
+pub fn summary(config: &Config, resolved: Option<&crate::snapshot::Resolved>) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(s, "{}: ok", config.source);

@@ -293,7 +293,7 @@ pub fn bidirectional<'a>(
                 // the last segment, so setting it late changes nothing. After
                 // this the timer is gone and a wake polls the sockets alone.
                 late = None;
-                let _ = SockRef::from(server).set_tcp_keepalive(&crate::proxy::keepalive());
+                let _ = SockRef::from(server).set_tcp_keepalive(&crate::net::keepalive());
             }
             Poll::Pending
         })

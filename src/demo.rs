@@ -149,7 +149,7 @@ async fn clients(connector: &TlsConnector, lb: SocketAddr, n: usize, title: &str
     println!("{line}");
 }
 
-fn check_of(running: &Running, addr: SocketAddr) -> Option<crate::snapshot::CheckStatus> {
+fn check_of(running: &Running, addr: SocketAddr) -> Option<crate::status::CheckStatus> {
     running.status().into_iter().flat_map(|p| p.servers).find(|s| s.addr == addr).and_then(|s| s.check)
 }
 

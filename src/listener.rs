@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::net;
 use crate::proxy;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Shared;
@@ -55,7 +56,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     sock.bind(&addr.into())?;
     sock.listen(BACKLOG)?;
     sock.set_tcp_nodelay(true)?;
-    sock.set_tcp_keepalive(&proxy::keepalive())?;
+    sock.set_tcp_keepalive(&net::keepalive())?;
     TcpListener::from_std(sock.into())
 }
 
@@ -109,7 +110,7 @@ pub async fn accept_loop(
                 }
                 dispatch(client, peer, &state, &shared, &shutdown);
             }
-            Err(e) if proxy::is_fd_exhaustion(&e) => {
+            Err(e) if net::is_fd_exhaustion(&e) => {
                 if !starved {
                     starved = true;
                     warn!(listener = %state.local, error = %e, "out of file descriptors: closing new clients until some are free");

@@ -40,22 +40,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let Some(path) = cli.config else {
         anyhow::bail!("no config: pass --config FILE or set UCP_LB_CONFIG (try `ucp-lb demo`)");
     };
-    let config = ucp_lb::config::load(&path)?;
-    let workers = match std::env::var("UCP_LB_WORKERS") {
-        Ok(v) => Some(
-            v.parse::<usize>()
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| anyhow::anyhow!("UCP_LB_WORKERS: expected a whole number >= 1, found \"{v}\""))?,
-        ),
-        Err(_) => config.workers,
-    };
+    // The same preparation `check` runs: every error of the file, the files
+    // it names and the environment, at once.
+    let loaded = ucp_lb::lifecycle::load(&path)?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
+    if let Some(n) = loaded.workers {
         rt.worker_threads(n);
     }
     let rt = rt.enable_all().build()?;
-    let result = rt.block_on(ucp_lb::run(config, ucp_lb::shutdown::on_signals));
+    let result = rt.block_on(ucp_lb::run(loaded, ucp_lb::shutdown::on_signals));
     // Drops every task, which closes the connections still open after the
     // grace period; a DNS lookup stuck in the blocking pool does not hold
     // the exit up.

@@ -1,24 +1,18 @@
-//! Every metric name, its help text, and how /metrics is rendered.
+//! Every metric name, its help text, and the Prometheus recorder.
 //!
 //! The hot path pays nothing for metrics: connections count into the
 //! atomics of `ServerState`, `Check` and `ListenerState`, which exist anyway
-//! for /status. A scrape copies them into this process's own Prometheus
-//! recorder (absolute counters, gauges) and renders it; the only thing
-//! recorded as it happens is each probe's duration, into the histogram of
-//! every (pool, server) that uses the check. Each running load balancer has
-//! its own recorder, so several can share a process (tests) without mixing.
+//! for /status. A scrape copies the status view into this recorder
+//! (absolute counters, gauges; `admin/prom.rs`) and renders it; the only
+//! thing recorded as it happens is each probe's duration, into the
+//! histogram of every (pool, server) that uses the check. Each running load
+//! balancer has its own recorder, so several can share a process (tests)
+//! without mixing.
 
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use tokio::time::Instant;
-
-use crate::listener::ListenerState;
-use crate::proxy::FailReason;
-use crate::reload::ReloadStatus;
-use crate::snapshot::Snapshot;
 
 pub const SERVER_UP: &str = "ucp_lb_server_up";
 pub const SERVER_CHECK_UP: &str = "ucp_lb_server_check_up";
@@ -62,14 +56,9 @@ const HELP: &[(&str, &str, Unit)] = &[
     (POOL_FAIL_OPEN, "1 while no server of the pool is eligible and it fails open (or rejects)", Unit::Count),
 ];
 
-const FAIL_REASONS: [FailReason; 5] =
-    [FailReason::Refused, FailReason::Timeout, FailReason::Reset, FailReason::Unreachable, FailReason::Other];
-
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    /// Rendering is rare; one at a time keeps the absolute values coherent.
-    render_lock: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -86,7 +75,7 @@ fn key(name: &'static str, labels: Vec<Label>) -> Key {
     Key::from_parts(name, labels)
 }
 
-fn l(k: &'static str, v: impl Into<String>) -> Label {
+pub fn l(k: &'static str, v: impl Into<String>) -> Label {
     Label::new(k, v.into())
 }
 
@@ -111,14 +100,14 @@ impl Metrics {
             }
         }
         let handle = recorder.handle();
-        Metrics { recorder, handle, render_lock: Mutex::new(()) }
+        Metrics { recorder, handle }
     }
 
-    fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+    pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
         self.recorder.register_counter(&key(name, labels), &meta())
     }
 
-    fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
+    pub fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
         self.recorder.register_gauge(&key(name, labels), &meta())
     }
 
@@ -136,61 +125,8 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    /// The Prometheus text exposition of everything now.
-    pub fn render(&self, snap: &Snapshot, listeners: &[Arc<ListenerState>], reload: &ReloadStatus) -> String {
-        let _one = self.render_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        self.gauge(BUILD_INFO, vec![l("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
-        for pool in &snap.pools {
-            let pname = pool.name.to_string();
-            let all_down = pool.state.all_down.load(Relaxed);
-            self.gauge(POOL_FAIL_OPEN, vec![l("pool", pname.clone())]).set(f64::from(u8::from(all_down)));
-            for (i, s) in pool.servers.iter().enumerate() {
-                let server = s.label();
-                let labels = || vec![l("pool", pname.clone()), l("server", server.clone())];
-                let st = &s.state;
-                self.gauge(SERVER_UP, labels()).set(f64::from(u8::from(pool.eligible(i, now))));
-                self.gauge(SERVER_ACTIVE, labels()).set(f64::from(st.active.load(Relaxed)));
-                self.counter(SERVER_CONNECTIONS, labels()).absolute(st.connections.load(Relaxed));
-                self.counter(SERVER_RECEIVED, labels()).absolute(st.bytes_received.load(Relaxed));
-                self.counter(SERVER_SENT, labels()).absolute(st.bytes_sent.load(Relaxed));
-                for r in FAIL_REASONS {
-                    let mut lb = labels();
-                    lb.push(l("reason", r.as_str()));
-                    self.counter(SERVER_CONNECT_FAILURES, lb).absolute(st.failures_by(r));
-                }
-                let mut passive = labels();
-                passive.push(l("cause", "passive"));
-                self.counter(SERVER_EJECTIONS, passive).absolute(st.passive_ejections.load(Relaxed));
-                if let Some(c) = &s.check {
-                    self.gauge(SERVER_CHECK_UP, labels()).set(f64::from(u8::from(c.is_up())));
-                    let mut active = labels();
-                    active.push(l("cause", "active"));
-                    self.counter(SERVER_EJECTIONS, active).absolute(c.downs.load(Relaxed));
-                    let t = c.cert_not_after.load(Relaxed);
-                    if t != 0 {
-                        self.gauge(CERT_EXPIRY, labels()).set(t as f64);
-                    }
-                }
-            }
-        }
-        for ls in listeners {
-            let name = || vec![l("listener", ls.local.to_string())];
-            self.counter(LISTENER_ACCEPTED, name()).absolute(ls.accepted.load(Relaxed));
-            self.gauge(LISTENER_ACTIVE, name()).set(ls.active.load(Relaxed) as f64);
-            for (reason, v) in [
-                ("max_connections", &ls.rejected_max_connections),
-                ("fd_limit", &ls.rejected_fd_limit),
-                ("no_pool", &ls.rejected_no_pool),
-            ] {
-                let mut lb = name();
-                lb.push(l("reason", reason));
-                self.counter(LISTENER_REJECTED, lb).absolute(v.load(Relaxed));
-            }
-        }
-        self.counter(RELOADS, vec![l("result", "success")]).absolute(reload.successes);
-        self.counter(RELOADS, vec![l("result", "failure")]).absolute(reload.failures);
-        self.gauge(RELOAD_OK, vec![]).set(if reload.last_ok == Some(false) { 0.0 } else { 1.0 });
+    /// Renders every series set so far.
+    pub fn render(&self) -> String {
         self.handle.render()
     }
 }

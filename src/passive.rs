@@ -41,6 +41,13 @@ impl Passive {
             && self.checked.is_some_and(|c| now.saturating_duration_since(c) < fail_timeout)
     }
 
+    /// When the server stops being skipped, if it is skipped at `now`: the
+    /// moment a state that changes with time alone changes, for whoever
+    /// follows pool state without traffic.
+    pub fn ejected_until(&self, now: Instant, max_fails: u32, fail_timeout: std::time::Duration) -> Option<Instant> {
+        self.ejected(now, max_fails, fail_timeout).then(|| self.checked.map(|c| c + fail_timeout)).flatten()
+    }
+
     /// The server was picked for a client: once `fail_timeout` has passed
     /// since the last check, this pick is the trial, and restarts the wait for
     /// everyone else.
@@ -91,6 +98,8 @@ mod tests {
         assert_eq!(p.failed(t0 + secs(1), 2), Some(Transition::Ejected));
         assert!(p.ejected(t0 + secs(30), 2, secs(30)));
         assert!(!p.ejected(t0 + secs(31), 2, secs(30)));
+        assert_eq!(p.ejected_until(t0 + secs(2), 2, secs(30)), Some(t0 + secs(31)));
+        assert_eq!(p.ejected_until(t0 + secs(31), 2, secs(30)), None);
     }
 
     #[test]

@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::time::Instant;
 
+use crate::check::Check;
 use crate::config::{AdminState, AllDown, Balance, Settings};
-use crate::health::Check;
+use crate::net::FailReason;
 use crate::passive::{Passive, Transition};
-use crate::proxy::FailReason;
 
 /// Runtime state of one server address in one pool, kept across reloads.
 #[derive(Debug, Default)]
@@ -119,6 +119,10 @@ pub struct Pool {
     pub settings: Settings,
     pub servers: Vec<Server>,
     pub state: Arc<PoolState>,
+    /// Woken by whoever changes what this pool's servers are (the callers
+    /// of `connect_failed` and `connected` on a transition), so the pool's
+    /// all-down state is followed without traffic.
+    pub changed: Arc<tokio::sync::Notify>,
     /// One primary server and no backup: nginx never ejects it passively,
     /// since there is nowhere else to go.
     single: bool,
@@ -128,12 +132,18 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(name: Arc<str>, settings: Settings, servers: Vec<Server>, state: Arc<PoolState>) -> Pool {
+    pub fn new(
+        name: Arc<str>,
+        settings: Settings,
+        servers: Vec<Server>,
+        state: Arc<PoolState>,
+        changed: Arc<tokio::sync::Notify>,
+    ) -> Pool {
         let primaries = servers.iter().filter(|s| !s.backup).count();
         let single = primaries == 1 && servers.len() == 1;
         let ring = if settings.balance == Balance::SourceHash { Ring::new(&servers) } else { Ring::default() };
         let rr = servers.iter().map(|s| RrWeight { current: 0, effective: i64::from(s.weight) }).collect();
-        Pool { name, settings, servers, state, single, rr: Mutex::new(rr), ring }
+        Pool { name, settings, servers, state, changed, single, rr: Mutex::new(rr), ring }
     }
 
     /// Eligible for a new client: up, passing its active check, not
@@ -141,6 +151,28 @@ impl Pool {
     pub fn eligible(&self, idx: usize, now: Instant) -> bool {
         let s = &self.servers[idx];
         s.admin_state() == AdminState::Up && s.check_up() && s.under_max_conns() && !self.ejected(idx, now)
+    }
+
+    /// Could take clients if it had room: up, passing its check, not
+    /// ejected (`max_conns` aside: a full server is busy, not down).
+    pub fn available(&self, idx: usize, now: Instant) -> bool {
+        let s = &self.servers[idx];
+        s.admin_state() == AdminState::Up && s.check_up() && !self.ejected(idx, now)
+    }
+
+    /// No server of the pool is available: it fails open or rejects.
+    pub fn all_down(&self, now: Instant) -> bool {
+        !(0..self.servers.len()).any(|i| self.available(i, now))
+    }
+
+    /// The next moment a server's eligibility changes with time alone (a
+    /// passive ejection ending), if any.
+    pub fn next_change(&self, now: Instant) -> Option<Instant> {
+        if self.single {
+            return None;
+        }
+        let (max_fails, fail_timeout) = (self.settings.max_fails, self.settings.fail_timeout);
+        self.servers.iter().filter_map(|s| s.state.passive().ejected_until(now, max_fails, fail_timeout)).min()
     }
 
     /// Skipped by passive ejection now.
@@ -441,7 +473,7 @@ mod tests {
 
     fn pool(balance: Balance, servers: Vec<Server>) -> Pool {
         let settings = Settings { balance, ..Settings::default() };
-        Pool::new("p".into(), settings, servers, Arc::default())
+        Pool::new("p".into(), settings, servers, Arc::default(), Arc::default())
     }
 
     fn client() -> IpAddr {
@@ -664,7 +696,7 @@ mod tests {
                 all_down: AllDown::Reject,
                 ..Settings::default()
             };
-            let p = Pool::new("p".into(), settings, servers, Arc::default());
+            let p = Pool::new("p".into(), settings, servers, Arc::default(), Arc::default());
             let mut model = NginxModel {
                 peers: weights
                     .iter()

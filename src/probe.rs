@@ -8,21 +8,46 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper::header::{CONNECTION, HOST, USER_AGENT};
 use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
 
-use crate::config::{CheckKind, format_duration};
-use crate::health::ProbeTarget;
+use crate::config::{CheckKind, StatusMatch, format_duration};
 use crate::tls;
+
+/// Everything one probe needs, resolved.
+#[derive(Debug)]
+pub struct ProbeTarget {
+    pub addr: SocketAddr,
+    pub kind: CheckKind,
+    pub path: String,
+    /// The Host header.
+    pub host: String,
+    pub server_name: ServerName<'static>,
+    pub tls: Option<Arc<ClientConfig>>,
+    pub expect_status: Vec<StatusMatch>,
+    pub expect_body: Option<String>,
+    pub expect_json: Vec<(String, serde_json::Value)>,
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// For logs: `https://10.0.0.1:443/_ping`.
+    pub label: String,
+}
 
 /// Body bytes read at most; the rest is never read.
 pub const BODY_LIMIT: usize = 64 * 1024;

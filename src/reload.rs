@@ -1,207 +1,19 @@
-//! Hot reload: on SIGHUP, on a change of the config file, and on request.
-//!
-//! Every fallible step comes first — read, parse, validate, resolve, load CA
-//! files, bind new listeners, build the snapshot and wait for the first
-//! probes of new servers — and only then is the snapshot swapped and are
-//! removed listeners closed. A failure at any step drops the new parts and
-//! changes nothing; it is logged, counted and kept for the status. Open
-//! connections are never cut: each keeps the snapshot it started with.
+//! What starts a reload: SIGHUP and a change of the config file (the
+//! admin API's `POST /reload` is the third). The reload itself is
+//! `lifecycle.rs`'s: every fallible step first, then one swap; a failure
+//! changes nothing and is logged, counted and shown in `/status`.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use serde::Serialize;
 use tokio::sync::Notify;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use crate::config::{self, ConfigErrors};
-use crate::listener::{BindError, Listeners};
-use crate::shutdown::Shutdown;
-use crate::snapshot::{Shared, Snapshot};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("{0}")]
-    Config(#[from] ConfigErrors),
-    #[error("{0}")]
-    Bind(#[from] BindError),
-    #[error("the running config was not read from a file: nothing to reload")]
-    NoFile,
-}
-
-/// The outcome of the last reload and the running totals, for `/status`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ReloadStatus {
-    /// Generation of the running snapshot.
-    pub generation: u64,
-    pub successes: u64,
-    pub failures: u64,
-    /// Unix seconds of the last attempt, if any.
-    pub last_attempt: Option<u64>,
-    pub last_ok: Option<bool>,
-    /// The error of the last attempt when it failed (file:line:col: key: ...).
-    pub last_error: Option<String>,
-}
-
-/// What a running load balancer needs to change itself.
-pub struct Control {
-    pub shared: Arc<Shared>,
-    pub shutdown: Shutdown,
-    pub listeners: Listeners,
-    status: Mutex<ReloadStatus>,
-    /// Set once the listeners accept after the first probes.
-    ready: std::sync::atomic::AtomicBool,
-    /// `[admin] listen` as the admin server was started with: it stays put.
-    admin_listen: SocketAddr,
-    /// The first line of `[admin] token_file`, re-read by every reload.
-    admin_token: ArcSwapOption<String>,
-}
-
-impl Control {
-    pub fn new(
-        shared: Arc<Shared>,
-        shutdown: Shutdown,
-        listeners: Listeners,
-        admin_listen: SocketAddr,
-        admin_token: Option<String>,
-    ) -> Control {
-        let generation = shared.snapshot.load().generation;
-        Control {
-            shared,
-            shutdown,
-            listeners,
-            status: Mutex::new(ReloadStatus { generation, ..Default::default() }),
-            ready: Default::default(),
-            admin_listen,
-            admin_token: ArcSwapOption::new(admin_token.map(Arc::new)),
-        }
-    }
-
-    /// The token the admin POST endpoints take now, if any.
-    pub fn admin_token(&self) -> Option<Arc<String>> {
-        self.admin_token.load_full()
-    }
-
-    /// Puts the token of a reloaded config in force, and says so (never
-    /// what it is).
-    fn set_admin_token(&self, token: Option<String>) {
-        let new = token.map(Arc::new);
-        let old = self.admin_token.swap(new.clone());
-        if old != new {
-            match &new {
-                Some(_) => info!("admin token replaced from token_file: POST endpoints take only the new one"),
-                None => info!("admin token_file removed: POST endpoints are off"),
-            }
-        }
-        if new.is_none() {
-            crate::admin::warn_if_open_without_token(self.admin_listen);
-        }
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub fn set_ready(&self) {
-        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Overrides the state of `server` (its configured name or one of its
-    /// addresses) in `pool` until the process restarts: 1 up, 2 drain,
-    /// 3 down. Returns how many addresses it applied to.
-    pub fn set_override(&self, pool: &str, server: &str, state: u8) -> usize {
-        let snap = self.shared.snapshot.load();
-        let Some(p) = snap.pool(pool) else { return 0 };
-        let mut n = 0;
-        for s in &p.servers {
-            if &*s.name == server || s.addr.to_string() == server {
-                s.state.override_state.store(state, std::sync::atomic::Ordering::Relaxed);
-                n += 1;
-            }
-        }
-        n
-    }
-
-    pub fn reload_status(&self) -> ReloadStatus {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Reloads the config file the running config came from. Returns the new
-    /// generation; on error nothing has changed.
-    pub async fn reload(&self) -> Result<u64, ReloadError> {
-        let path = self.shared.snapshot.load().config.path.clone().ok_or(ReloadError::NoFile)?;
-        let result = self.reload_from(&path).await;
-        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        st.last_attempt = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
-        match &result {
-            Ok(g) => {
-                st.generation = *g;
-                st.successes += 1;
-                st.last_ok = Some(true);
-                st.last_error = None;
-            }
-            Err(e) => {
-                st.failures += 1;
-                st.last_ok = Some(false);
-                st.last_error = Some(e.to_string());
-                error!(error = %e, "config reload rejected: the running config stays");
-            }
-        }
-        result
-    }
-
-    async fn reload_from(&self, path: &Path) -> Result<u64, ReloadError> {
-        let _writer = self.shared.writer.lock().await;
-        let config = config::load(path)?;
-        // Read with the config and rejected with it: an unreadable, empty or
-        // world-writable token file changes nothing that is running.
-        let token = crate::admin::read_token(&config.admin, &config.source)?;
-        let resolved = crate::resolve::resolve_all(&config).await?;
-        self.shared.health.prepare(&config)?;
-        let bound = self.listeners.bind_new(&config)?;
-        let cur = self.shared.snapshot.load_full();
-        if config.admin.listen != self.admin_listen {
-            warn!(
-                running = %self.admin_listen,
-                configured = %config.admin.listen,
-                "[admin] listen changed: the admin endpoints keep their address until the next restart"
-            );
-        }
-        let config = Arc::new(config);
-        let next =
-            Snapshot::build(cur.generation + 1, config.clone(), Arc::new(resolved), Some(&cur), &self.shared.health);
-        // New servers are probed now; none gets a client before its first
-        // result (or one check timeout).
-        crate::first_results(&next).await;
-        let generation = next.generation;
-        let (servers_before, servers_after) = (server_count(&cur), server_count(&next));
-        self.shared.snapshot.store(Arc::new(next));
-        self.set_admin_token(token);
-        self.shared.config_changed.notify_one();
-        let added = bound.len();
-        self.listeners.launch(bound, &self.shared, &self.shutdown);
-        let removed = self.listeners.close_removed(&config).len();
-        info!(
-            generation,
-            listeners_added = added,
-            listeners_removed = removed,
-            servers_before,
-            servers_after,
-            "config reloaded"
-        );
-        Ok(generation)
-    }
-}
-
-fn server_count(s: &Snapshot) -> usize {
-    s.pools.iter().map(|p| p.servers.len()).sum()
-}
+use crate::lifecycle::Lb;
 
 /// Reloads on every SIGHUP until shutdown.
-pub async fn on_sighup(control: Arc<Control>) {
+pub async fn on_sighup(lb: Arc<Lb>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -211,7 +23,7 @@ pub async fn on_sighup(control: Arc<Control>) {
         };
         while hup.recv().await.is_some() {
             info!("SIGHUP: reloading the config");
-            let _ = control.reload().await;
+            let _ = lb.reload().await;
         }
     }
 }
@@ -221,7 +33,7 @@ pub async fn on_sighup(control: Arc<Control>) {
 /// Kubernetes swaps ConfigMap symlinks, and a watch on the old inode would
 /// go quiet. Events are debounced; a half-written file is rejected like any
 /// bad config and the next complete write is taken.
-pub async fn watch_file(control: Arc<Control>, path: PathBuf) {
+pub async fn watch_file(lb: Arc<Lb>, path: PathBuf) {
     use notify::{RecursiveMode, Watcher};
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -277,9 +89,15 @@ pub async fn watch_file(control: Arc<Control>, path: PathBuf) {
         first = false;
         // Mid-replace the file may be missing for a moment: wait for the
         // event that brings it back.
-        let Ok(now) = std::fs::read(&path) else { continue };
+        // Off the runtime's worker threads: a file system that stalls must
+        // not stall traffic.
+        let read = {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || std::fs::read(p)).await
+        };
+        let Ok(Ok(now)) = read else { continue };
         let crc = crc32fast::hash(&now);
-        if crc == control.shared.snapshot.load().config.fingerprint {
+        if crc == lb.shared.snapshot.load().config.fingerprint {
             last_tried = None;
             continue;
         }
@@ -289,6 +107,6 @@ pub async fn watch_file(control: Arc<Control>, path: PathBuf) {
         }
         last_tried = Some(crc);
         info!(file = %path.display(), "config file changed: reloading");
-        let _ = control.reload().await;
+        let _ = lb.reload().await;
     }
 }

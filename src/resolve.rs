@@ -16,10 +16,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, ConfigErrors, HostPort};
-use crate::snapshot::Shared;
-
-/// The addresses of every `host:port` of a config, sorted and deduplicated.
-pub type Resolved = HashMap<HostPort, Vec<SocketAddr>>;
+use crate::snapshot::{Resolved, Shared};
 
 pub async fn lookup(hp: &HostPort) -> std::io::Result<Vec<SocketAddr>> {
     if let Ok(ip) = hp.host.parse::<IpAddr>() {

@@ -13,18 +13,21 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
-use tokio::time::Instant;
 
-use crate::config::{Config, HostPort, ListenerConfig};
-use crate::health::Health;
+use crate::config::{AdminState, Config, HostPort, ListenerConfig};
+use crate::health::{Health, TlsConfigs};
 use crate::pool::{Pool, PoolState, Server};
-use crate::resolve::Resolved;
+
+/// The addresses of every `host:port` of a config, sorted and deduplicated.
+pub type Resolved = HashMap<HostPort, Vec<SocketAddr>>;
 
 pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<Config>,
     pub resolved: Arc<Resolved>,
+    /// The TLS configs of its HTTPS checks, kept for rebuilds after a
+    /// change of DNS answers.
+    pub tls: Arc<TlsConfigs>,
     pub pools: Vec<Arc<Pool>>,
 }
 
@@ -35,6 +38,7 @@ impl Snapshot {
         generation: u64,
         config: Arc<Config>,
         resolved: Arc<Resolved>,
+        tls: Arc<TlsConfigs>,
         prev: Option<&Snapshot>,
         health: &Health,
     ) -> Snapshot {
@@ -45,7 +49,7 @@ impl Snapshot {
             for sc in &pc.servers {
                 let name: Arc<str> = Arc::from(sc.address.to_string());
                 for &addr in resolved.get(&sc.address).map(Vec::as_slice).unwrap_or_default() {
-                    let check = pc.health.as_ref().and_then(|h| health.check_for(h, &sc.address, addr));
+                    let check = pc.health.as_ref().and_then(|h| health.check_for(h, &sc.address, addr, &tls));
                     if let Some(c) = &check {
                         let label = crate::pool::server_label(&name, addr);
                         c.observe_for(format!("{}|{label}", pc.name), || {
@@ -69,9 +73,15 @@ impl Snapshot {
                 }
             }
             let state = old.map(|p| p.state.clone()).unwrap_or_else(|| Arc::new(PoolState::default()));
-            pools.push(Arc::new(Pool::new(pc.name.clone(), pc.settings.clone(), servers, state)));
+            pools.push(Arc::new(Pool::new(
+                pc.name.clone(),
+                pc.settings.clone(),
+                servers,
+                state,
+                health.changed.clone(),
+            )));
         }
-        Snapshot { generation, config, resolved, pools }
+        Snapshot { generation, config, resolved, tls, pools }
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
@@ -87,89 +97,26 @@ impl Snapshot {
         self.config.listeners.iter().filter(|l| l.bind == bind).nth(nth)
     }
 
-    pub fn status(&self, now: Instant) -> Vec<PoolStatus> {
-        self.pools
-            .iter()
-            .map(|p| PoolStatus {
-                name: p.name.to_string(),
-                all_down: p.state.all_down.load(Relaxed),
-                fail_open_picks: p.state.fail_open_picks.load(Relaxed),
-                no_server: p.state.no_server.load(Relaxed),
-                servers: p
-                    .servers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| {
-                        let st = &s.state;
-                        ServerStatus {
-                            name: s.name.to_string(),
-                            addr: s.addr,
-                            state: s.admin_state().as_str(),
-                            weight: s.weight,
-                            backup: s.backup,
-                            eligible: p.eligible(i, now),
-                            ejected: p.ejected(i, now),
-                            fails: st.passive().fails(),
-                            active: st.active.load(Relaxed),
-                            connections: st.connections.load(Relaxed),
-                            connect_failures: st.connect_failures.load(Relaxed),
-                            bytes_received: st.bytes_received.load(Relaxed),
-                            bytes_sent: st.bytes_sent.load(Relaxed),
-                            passive_ejections: st.passive_ejections.load(Relaxed),
-                            check: s.check.as_ref().map(|c| CheckStatus {
-                                target: c.target.label.clone(),
-                                state: c.state().as_str(),
-                                reason: c.reason(),
-                                probes: c.probes.load(Relaxed),
-                                cert_not_after: Some(c.cert_not_after.load(Relaxed)).filter(|&t| t != 0),
-                            }),
-                        }
-                    })
-                    .collect(),
-            })
-            .collect()
+    /// Overrides the state of `server` (its configured name, one of its
+    /// addresses, or its label) in `pool` until the process restarts.
+    /// Returns how many addresses it applied to; `None` when there is no
+    /// such pool.
+    pub fn set_override(&self, pool: &str, server: &str, state: AdminState) -> Option<usize> {
+        let p = self.pool(pool)?;
+        let code = match state {
+            AdminState::Up => 1,
+            AdminState::Drain => 2,
+            AdminState::Down => 3,
+        };
+        let mut n = 0;
+        for s in &p.servers {
+            if &*s.name == server || s.addr.to_string() == server || s.label() == server {
+                s.state.override_state.store(code, Relaxed);
+                n += 1;
+            }
+        }
+        Some(n)
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PoolStatus {
-    pub name: String,
-    pub all_down: bool,
-    pub fail_open_picks: u64,
-    pub no_server: u64,
-    pub servers: Vec<ServerStatus>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ServerStatus {
-    pub name: String,
-    pub addr: SocketAddr,
-    pub state: &'static str,
-    pub weight: u32,
-    pub backup: bool,
-    pub eligible: bool,
-    pub ejected: bool,
-    pub fails: u32,
-    pub active: u32,
-    pub connections: u64,
-    pub connect_failures: u64,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub passive_ejections: u64,
-    /// `None` when the pool has no active check.
-    pub check: Option<CheckStatus>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CheckStatus {
-    pub target: String,
-    /// `up`, `down` or `unknown` (no result yet).
-    pub state: &'static str,
-    /// Why the last probe failed; `None` after a success.
-    pub reason: Option<String>,
-    pub probes: u64,
-    /// The server certificate's notAfter, Unix seconds.
-    pub cert_not_after: Option<i64>,
 }
 
 /// What every task shares: the current snapshot, and the lock that keeps
@@ -203,9 +150,21 @@ impl Shared {
         for (hp, addrs) in updates {
             resolved.insert(hp, addrs);
         }
-        let next =
-            Snapshot::build(cur.generation + 1, cur.config.clone(), Arc::new(resolved), Some(&cur), &self.health);
+        let next = Snapshot::build(
+            cur.generation + 1,
+            cur.config.clone(),
+            Arc::new(resolved),
+            cur.tls.clone(),
+            Some(&cur),
+            &self.health,
+        );
+        self.store(next);
+    }
+
+    /// Puts `next` in force and wakes whoever follows pool state.
+    pub fn store(&self, next: Snapshot) {
         self.snapshot.store(Arc::new(next));
+        self.health.changed.notify_one();
     }
 }
 
@@ -226,9 +185,10 @@ mod tests {
                 .unwrap(),
         );
         let h = Health::default();
-        let one = Snapshot::build(1, cfg.clone(), resolved(443, &["10.0.0.1:443"]), None, &h);
+        let tls = Arc::new(TlsConfigs::new());
+        let one = Snapshot::build(1, cfg.clone(), resolved(443, &["10.0.0.1:443"]), tls.clone(), None, &h);
         one.pools[0].servers[0].state.connections.store(7, Relaxed);
-        let two = Snapshot::build(2, cfg, resolved(443, &["10.0.0.1:443", "10.0.0.2:443"]), Some(&one), &h);
+        let two = Snapshot::build(2, cfg, resolved(443, &["10.0.0.1:443", "10.0.0.2:443"]), tls, Some(&one), &h);
         let servers = &two.pools[0].servers;
         assert_eq!(servers.len(), 2, "every address is a server");
         assert!(Arc::ptr_eq(&servers[0].state, &one.pools[0].servers[0].state));

@@ -265,7 +265,8 @@ fn an_unreadable_ca_file_fails_the_check_at_its_key() {
         "{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n[pool.ucp.health]\nca_file = \"/nonexistent/ca.pem\"\n"
     );
     std::fs::write(&path, text).unwrap();
-    let out = ucp_lb().arg("check").arg("--offline").arg("--config").arg(&path).output().unwrap();
+    // Not --offline: that one leaves the node's own files (CA, token) unread.
+    let out = ucp_lb().arg("check").arg("--config").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(":8:11: pool.ucp.health.ca_file: cannot read CA file /nonexistent/ca.pem"), "{stderr}");

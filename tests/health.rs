@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use ucp_lb::config::{CheckKind, StatusMatch};
-use ucp_lb::health::ProbeTarget;
+use ucp_lb::probe::ProbeTarget;
 use ucp_lb::standin::{Flavor, Manager, TestCa, https_get};
 
 const FAST: &str = "interval = \"100ms\"\ntimeout = \"1s\"\nrise = 2\nfall = 2";
@@ -150,7 +150,7 @@ async fn the_6443_pool_follows_the_443_probe_and_pools_share_probes() {
         list(kport)
     );
     let lb = start_lb(&toml).await;
-    assert_eq!(lb.shared.health.probe_count(), 3, "one probe per manager, not per pool");
+    assert_eq!(lb.probe_count(), 3, "one probe per manager, not per pool");
 
     ms[1].set_healthy(false);
     let kube2: SocketAddr = format!("127.0.0.12:{kport}").parse().unwrap();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ucp_lb::config::{CheckKind, StatusMatch};
-use ucp_lb::health::ProbeTarget;
+use ucp_lb::probe::ProbeTarget;
 
 struct World {
     rt: tokio::runtime::Runtime,

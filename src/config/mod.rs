@@ -273,6 +273,9 @@ pub struct Config {
     /// CRC-32 of the text it was parsed from: the file watch compares the
     /// file with what is running, not with what it read when it started.
     pub fingerprint: u32,
+    /// What is legal but probably not meant, in file order: `check` prints
+    /// these, start and reload log them.
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Config {
@@ -391,9 +394,11 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
         }]));
     }
     let raw = parse_raw(text, source, &lines)?;
-    let mut v = Validator { source, lines: &lines, errors: Vec::new() };
+    let mut v = Validator { source, lines: &lines, errors: Vec::new(), warnings: Vec::new() };
     let mut config = v.config(&raw);
     config.fingerprint = crc32fast::hash(text.as_bytes());
+    v.warnings.sort_by_key(|e| e.pos.map(|p| (p.line, p.col)));
+    config.warnings = v.warnings;
     if v.errors.is_empty() {
         Ok(config)
     } else {
@@ -533,11 +538,21 @@ struct Validator<'a> {
     source: &'a str,
     lines: &'a LineIndex<'a>,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl Validator<'_> {
     fn err(&mut self, span: Option<Range<usize>>, key: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
+            source: self.source.to_owned(),
+            pos: span.map(|s| self.lines.pos(s.start)),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, span: Option<Range<usize>>, key: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(ConfigError {
             source: self.source.to_owned(),
             pos: span.map(|s| self.lines.pos(s.start)),
             key: key.into(),
@@ -677,6 +692,18 @@ impl Validator<'_> {
             );
         }
 
+        if admin.token_file.is_none() && !admin.listen.ip().is_loopback() {
+            let span = raw.admin.as_ref().and_then(|a| a.get_ref().listen.as_ref()).map(|l| l.span());
+            self.warn(
+                span,
+                "admin.listen",
+                format!(
+                    "{} is beyond loopback without a token_file: status and metrics are readable by anyone who reaches this port (POST endpoints stay off)",
+                    admin.listen
+                ),
+            );
+        }
+
         Config {
             source: self.source.to_owned(),
             path: None,
@@ -686,6 +713,7 @@ impl Validator<'_> {
             listeners,
             pools,
             fingerprint: 0,
+            warnings: Vec::new(),
         }
     }
 
@@ -819,6 +847,18 @@ impl Validator<'_> {
         }
         if let Some(Some(d)) = self.duration(r.timeout.as_ref(), k("timeout"), false) {
             c.timeout = d;
+        }
+        if c.interval < c.timeout {
+            let span = r.interval.as_ref().or(r.timeout.as_ref()).map(|s| s.span()).unwrap_or(h.span());
+            self.warn(
+                Some(span),
+                k("interval"),
+                format!(
+                    "interval {} is shorter than timeout {}: a slow probe runs into the next one, and probes then run back to back",
+                    format_duration(c.interval),
+                    format_duration(c.timeout)
+                ),
+            );
         }
         if let Some(v) = &r.rise
             && let Some(n) = self.int(v, &k("rise"), 1, 1000, "")

@@ -13,7 +13,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,68 +26,24 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::config::{AdminConfig, ConfigError, ConfigErrors};
-use crate::reload::{Control, ReloadStatus};
-use crate::snapshot::PoolStatus;
+use crate::config::AdminState;
+use crate::lifecycle::Lb;
+
+mod page;
+mod prom;
 
 const MAX_CONNECTIONS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the admin server serves from.
-pub struct Admin {
-    pub control: Arc<Control>,
-}
-
-/// Reads the token file: its first line, trimmed. An empty or unreadable
-/// file is a config error, not a silently open endpoint.
-pub fn read_token(cfg: &AdminConfig, source: &str) -> Result<Option<String>, ConfigErrors> {
-    let Some(path) = &cfg.token_file else { return Ok(None) };
-    let err = |message: String| {
-        ConfigErrors(vec![ConfigError {
-            source: source.to_owned(),
-            pos: Some(cfg.token_file_pos),
-            key: "admin.token_file".into(),
-            message,
-        }])
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
-    if let Some(why) = crate::config::world_writable(path) {
-        return Err(err(why));
-    }
-    let token = text.lines().next().unwrap_or("").trim().to_owned();
-    if token.is_empty() {
-        return Err(err(format!("{} holds no token", path.display())));
-    }
-    Ok(Some(token))
-}
-
-/// Equal in time that does not depend on where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Warns that admin endpoints bound beyond loopback with no token are
-/// readable by anyone who reaches them.
-pub fn warn_if_open_without_token(listen: SocketAddr) {
-    if !listen.ip().is_loopback() {
-        warn!(listen = %listen, "admin endpoints listen beyond loopback without a token_file: status and metrics are readable by anyone who reaches this port (POST endpoints stay off)");
-    }
-}
-
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+/// Serves the admin endpoints of `lb` on `listener` until dropped.
+pub async fn serve(listener: TcpListener, lb: Arc<Lb>) {
     if let Ok(a) = listener.local_addr() {
-        if admin.control.admin_token().is_none() {
-            warn_if_open_without_token(a);
-        }
         info!(listen = %a, "admin endpoints up: /metrics /status /healthz");
     }
+    let admin = Arc::new(Admin { lb });
     let open = Arc::new(Open::default());
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -157,29 +112,6 @@ impl Drop for Slot {
     }
 }
 
-#[derive(Serialize)]
-struct ListenerStatus {
-    bind: SocketAddr,
-    local: SocketAddr,
-    pool: Option<String>,
-    active: u64,
-    accepted: u64,
-    rejected_max_connections: u64,
-    rejected_fd_limit: u64,
-}
-
-#[derive(Serialize)]
-struct Status {
-    version: &'static str,
-    ready: bool,
-    shutting_down: bool,
-    config_source: String,
-    generation: u64,
-    reload: ReloadStatus,
-    listeners: Vec<ListenerStatus>,
-    pools: Vec<PoolStatus>,
-}
-
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.into())));
     *r.status_mut() = status;
@@ -194,49 +126,21 @@ fn json(status: StatusCode, v: &impl Serialize) -> Response<Full<Bytes>> {
     r
 }
 
+/// What the admin server serves from.
+struct Admin {
+    lb: Arc<Lb>,
+}
+
 impl Admin {
-    pub fn new(control: Arc<Control>) -> Admin {
-        Admin { control }
-    }
-
-    fn status(&self) -> Status {
-        let snap = self.control.shared.snapshot.load_full();
-        let listeners = self
-            .control
-            .listeners
-            .states()
-            .iter()
-            .map(|l| ListenerStatus {
-                bind: l.bind,
-                local: l.local,
-                pool: snap.listener(l.bind, l.nth).map(|c| c.pool.to_string()),
-                active: l.active.load(Relaxed),
-                accepted: l.accepted.load(Relaxed),
-                rejected_max_connections: l.rejected_max_connections.load(Relaxed),
-                rejected_fd_limit: l.rejected_fd_limit.load(Relaxed),
-            })
-            .collect();
-        Status {
-            version: env!("CARGO_PKG_VERSION"),
-            ready: self.control.is_ready(),
-            shutting_down: self.control.shutdown.stop_accepting.is_cancelled(),
-            config_source: snap.config.source.clone(),
-            generation: snap.generation,
-            reload: self.control.reload_status(),
-            listeners,
-            pools: snap.status(Instant::now()),
-        }
-    }
-
     /// `Some(response)` when the request may not POST.
     fn deny(&self, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
-        let Some(token) = self.control.admin_token() else {
+        if self.lb.token.get().is_none() {
             return Some(text(StatusCode::FORBIDDEN, "POST endpoints are off: set admin.token_file\n"));
-        };
+        }
         let given =
             req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         match given {
-            Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => None,
+            Some(g) if self.lb.token.accepts(g.trim()) => None,
             _ => Some(text(StatusCode::UNAUTHORIZED, "a valid Authorization: Bearer token is needed\n")),
         }
     }
@@ -246,51 +150,24 @@ impl Admin {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (req.method(), parts.as_slice()) {
             (&Method::GET, ["healthz"]) => {
-                if self.control.shutdown.stop_accepting.is_cancelled() {
+                let phase = self.lb.phase();
+                if phase.shutting_down {
                     text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-                } else if !self.control.is_ready() {
+                } else if !phase.ready {
                     text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
                 } else {
                     text(StatusCode::OK, "ok\n")
                 }
             }
-            (&Method::GET, ["status"]) => json(StatusCode::OK, &self.status()),
+            (&Method::GET, ["status"]) => json(StatusCode::OK, &self.lb.view()),
             (&Method::GET, [""]) => {
-                let st = self.status();
-                let header = crate::page::Header {
-                    version: st.version,
-                    generation: st.generation,
-                    ready: st.ready,
-                    shutting_down: st.shutting_down,
-                    config_source: &st.config_source,
-                    reload_ok: st.reload.last_ok,
-                    reload_error: st.reload.last_error.as_deref(),
-                    reloads: (st.reload.successes, st.reload.failures),
-                };
-                let rows: Vec<crate::page::ListenerRow> = st
-                    .listeners
-                    .iter()
-                    .map(|l| crate::page::ListenerRow {
-                        local: l.local.to_string(),
-                        pool: l.pool.clone().unwrap_or_default(),
-                        active: l.active,
-                        accepted: l.accepted,
-                        rejected: l.rejected_max_connections + l.rejected_fd_limit,
-                    })
-                    .collect();
-                let mut r = text(StatusCode::OK, crate::page::render(&header, &rows, &st.pools));
+                let mut r = text(StatusCode::OK, page::render(&self.lb.view()));
                 r.headers_mut()
                     .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/html; charset=utf-8"));
                 r
             }
             (&Method::GET, ["metrics"]) => {
-                let snap = self.control.shared.snapshot.load_full();
-                let body = self.control.shared.health.metrics.render(
-                    &snap,
-                    &self.control.listeners.states(),
-                    &self.control.reload_status(),
-                );
-                let mut r = text(StatusCode::OK, body);
+                let mut r = text(StatusCode::OK, prom::render(&self.lb.shared.health.metrics, &self.lb.view()));
                 r.headers_mut().insert(
                     CONTENT_TYPE,
                     hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -302,7 +179,7 @@ impl Admin {
                     return d;
                 }
                 info!("reload requested over the admin API");
-                match self.control.reload().await {
+                match self.lb.reload().await {
                     Ok(g) => json(StatusCode::OK, &serde_json::json!({ "generation": g })),
                     Err(e) => json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": e.to_string() })),
                 }
@@ -312,15 +189,16 @@ impl Admin {
                     return d;
                 }
                 let state = match *action {
-                    "enable" => 1,
-                    "drain" => 2,
-                    "down" => 3,
+                    "enable" => AdminState::Up,
+                    "drain" => AdminState::Drain,
+                    "down" => AdminState::Down,
                     _ => return text(StatusCode::NOT_FOUND, "expected drain, enable or down\n"),
                 };
                 let server = percent_decode(server);
-                match self.control.set_override(pool, &server, state) {
-                    0 => text(StatusCode::NOT_FOUND, format!("no server {server} in pool {pool}\n")),
-                    n => {
+                match self.lb.set_override(pool, &server, state) {
+                    None => text(StatusCode::NOT_FOUND, format!("no pool {pool}\n")),
+                    Some(0) => text(StatusCode::NOT_FOUND, format!("no server {server} in pool {pool}\n")),
+                    Some(n) => {
                         info!(pool, %server, action, servers = n, "runtime override");
                         json(
                             StatusCode::OK,
@@ -361,13 +239,6 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-    }
 
     #[test]
     fn percent_escapes_decode() {

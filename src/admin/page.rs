@@ -8,30 +8,7 @@
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-
-use crate::snapshot::{PoolStatus, ServerStatus};
-
-/// What the page shows besides the pools.
-#[derive(Serialize)]
-pub struct Header<'a> {
-    pub version: &'a str,
-    pub generation: u64,
-    pub ready: bool,
-    pub shutting_down: bool,
-    pub config_source: &'a str,
-    pub reload_ok: Option<bool>,
-    pub reload_error: Option<&'a str>,
-    pub reloads: (u64, u64),
-}
-
-pub struct ListenerRow {
-    pub local: String,
-    pub pool: String,
-    pub active: u64,
-    pub accepted: u64,
-    pub rejected: u64,
-}
+use crate::status::{ServerStatus, View};
 
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -126,7 +103,8 @@ fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
     );
 }
 
-pub fn render(h: &Header<'_>, listeners: &[ListenerRow], pools: &[PoolStatus]) -> String {
+/// The page of `view`.
+pub fn render(h: &View) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let mut out = String::with_capacity(8192);
     let _ = write!(
@@ -137,15 +115,19 @@ pub fn render(h: &Header<'_>, listeners: &[ListenerRow], pools: &[PoolStatus]) -
     );
     let (health, health_class) = if h.shutting_down {
         ("shutting down", "bad")
+    } else if h.ready && h.pools.iter().any(|p| p.all_down) {
+        ("serving, a pool has no server", "bad")
     } else if h.ready {
         ("serving", "ok")
     } else {
         ("starting", "warn")
     };
-    let reload = match (h.reload_ok, h.reload_error) {
+    let reload = match (h.reload.last_ok, &h.reload.last_error) {
         (None, _) => "no reload yet".to_owned(),
         (Some(true), _) => "<span class=ok>last reload ok</span>".to_owned(),
-        (Some(false), e) => format!("<span class=bad>last reload failed:</span> {}", escape(e.unwrap_or(""))),
+        (Some(false), e) => {
+            format!("<span class=bad>last reload failed:</span> {}", escape(e.as_deref().unwrap_or("")))
+        }
     };
     let _ = write!(
         out,
@@ -153,26 +135,32 @@ pub fn render(h: &Header<'_>, listeners: &[ListenerRow], pools: &[PoolStatus]) -
          <div class=meta>version {ver} · config {src} · generation {gen} · reloads {ok} ok, {bad} failed</div>\
          <div class=meta id=reload>{reload}</div>",
         ver = escape(h.version),
-        src = escape(h.config_source),
+        src = escape(&h.config_source),
         gen = h.generation,
-        ok = h.reloads.0,
-        bad = h.reloads.1,
+        ok = h.reload.successes,
+        bad = h.reload.failures,
     );
     out.push_str("<h2>Listeners</h2><div class=box><table><tr><th>address</th><th>pool</th><th>open</th><th>accepted</th><th>closed at once</th></tr>");
-    for l in listeners {
+    for l in &h.listeners {
         let _ = write!(
             out,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&l.local),
-            escape(&l.pool),
+            escape(&l.local.to_string()),
+            escape(l.pool.as_deref().unwrap_or("")),
             l.active,
             l.accepted,
-            l.rejected
+            l.rejected_max_connections + l.rejected_fd_limit + l.rejected_no_pool
         );
     }
     out.push_str("</table></div>");
-    for p in pools {
-        let badge = if p.all_down { " <span class='badge bad'>no server eligible</span>" } else { "" };
+    for p in &h.pools {
+        let badge = if p.fail_open {
+            " <span class='badge bad all-down'>no server eligible: failing open</span>"
+        } else if p.rejecting {
+            " <span class='badge bad all-down'>no server eligible: closing new clients</span>"
+        } else {
+            ""
+        };
         let _ = write!(
             out,
             "<h2>Pool {}{badge}</h2><div class=box><table><tr><th>server</th><th>check</th><th>state</th><th>eligible</th>\

@@ -1,0 +1,237 @@
+//! What an active check last found: its rise/fall state machine, the
+//! state it decided, why the last probe failed, and its counters.
+//!
+//! A leaf, free of I/O: `health.rs` runs the probes and feeds their outcomes
+//! in through [`Check::record`]; `pool.rs` reads [`Check::is_up`] to decide
+//! eligibility; the status view reads the rest. Every change of state wakes
+//! `changed`, so whoever follows the pools (the status watcher) learns of it
+//! at once, whether or not a client arrives.
+
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+/// What the last probes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckState {
+    /// No result yet: not eligible.
+    Unknown = 0,
+    Up = 1,
+    Down = 2,
+}
+
+impl CheckState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Unknown => "unknown",
+            CheckState::Up => "up",
+            CheckState::Down => "down",
+        }
+    }
+}
+
+/// rise/fall counting, pure: `observe` returns the new state when it changed.
+#[derive(Debug, Clone)]
+pub struct RiseFall {
+    state: CheckState,
+    /// Consecutive results against the current state.
+    streak: u32,
+}
+
+impl Default for RiseFall {
+    fn default() -> Self {
+        RiseFall { state: CheckState::Unknown, streak: 0 }
+    }
+}
+
+impl RiseFall {
+    pub fn state(&self) -> CheckState {
+        self.state
+    }
+
+    pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<CheckState> {
+        let (agrees, needed, target) = match self.state {
+            // The first result decides at once.
+            CheckState::Unknown => (false, 1, if ok { CheckState::Up } else { CheckState::Down }),
+            CheckState::Up => (ok, fall, CheckState::Down),
+            CheckState::Down => (!ok, rise, CheckState::Up),
+        };
+        if agrees {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        if self.streak >= needed {
+            self.state = target;
+            self.streak = 0;
+            Some(target)
+        } else {
+            None
+        }
+    }
+}
+
+/// One shared active check's results.
+#[derive(Debug)]
+pub struct Check {
+    /// For logs and the status: `https://10.0.0.1:443/_ping`.
+    pub label: String,
+    rise: u32,
+    fall: u32,
+    machine: Mutex<RiseFall>,
+    state: AtomicU8,
+    first: watch::Sender<CheckState>,
+    /// Woken on every change of state.
+    changed: Arc<Notify>,
+    reason: Mutex<Option<String>>,
+    /// The certificate's notAfter (Unix seconds), 0 when none was seen.
+    pub cert_not_after: AtomicI64,
+    pub probes: AtomicU64,
+    pub failures: AtomicU64,
+    /// Times it went from up to down: active ejections.
+    pub downs: AtomicU64,
+    pub last_duration_us: AtomicU64,
+    /// The duration histograms of every (pool, server) using this check.
+    observers: Mutex<Vec<(String, metrics::Histogram)>>,
+}
+
+impl Check {
+    pub fn new(label: String, rise: u32, fall: u32, changed: Arc<Notify>) -> Check {
+        Check {
+            label,
+            rise,
+            fall,
+            machine: Mutex::default(),
+            state: AtomicU8::new(CheckState::Unknown as u8),
+            first: watch::Sender::new(CheckState::Unknown),
+            changed,
+            reason: Mutex::new(None),
+            cert_not_after: AtomicI64::new(0),
+            probes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            downs: AtomicU64::new(0),
+            last_duration_us: AtomicU64::new(0),
+            observers: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn state(&self) -> CheckState {
+        match self.state.load(Relaxed) {
+            1 => CheckState::Up,
+            2 => CheckState::Down,
+            _ => CheckState::Unknown,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state() == CheckState::Up
+    }
+
+    /// Why the last probe failed ("status 500", "timeout after 1s
+    /// (response)"); `None` after a success.
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until the first probe has decided.
+    pub async fn first_result(&self) {
+        let mut rx = self.first.subscribe();
+        let _ = rx.wait_for(|s| *s != CheckState::Unknown).await;
+    }
+
+    /// Adds the duration histogram of one (pool, server) using this check.
+    pub fn observe_for(&self, key: String, h: impl FnOnce() -> metrics::Histogram) {
+        let mut obs = self.observers.lock().unwrap_or_else(|p| p.into_inner());
+        if !obs.iter().any(|(k, _)| *k == key) {
+            obs.push((key, h()));
+        }
+    }
+
+    /// Applies one probe's outcome (`failure`: why it failed, `None` when
+    /// it passed); logs a change of state once, with why.
+    pub fn record(&self, failure: Option<String>, cert_not_after: Option<i64>, took: Duration) {
+        self.probes.fetch_add(1, Relaxed);
+        for (_, h) in self.observers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            h.record(took.as_secs_f64());
+        }
+        self.last_duration_us.store(took.as_micros() as u64, Relaxed);
+        if let Some(t) = cert_not_after {
+            self.cert_not_after.store(t, Relaxed);
+        }
+        let ok = failure.is_none();
+        if !ok {
+            self.failures.fetch_add(1, Relaxed);
+        }
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = failure.clone();
+        let change = self.machine.lock().unwrap_or_else(|p| p.into_inner()).observe(ok, self.rise, self.fall);
+        if let Some(new) = change {
+            if new == CheckState::Down && self.state() == CheckState::Up {
+                self.downs.fetch_add(1, Relaxed);
+            }
+            self.state.store(new as u8, Relaxed);
+            self.first.send_replace(new);
+            self.changed.notify_one();
+            match (new, &failure) {
+                (CheckState::Down, Some(reason)) => {
+                    warn!(check = %self.label, %reason, fall = self.fall, "server down: active check failed")
+                }
+                _ => info!(check = %self.label, rise = self.rise, "server up: active check passes"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_result_decides_at_once() {
+        let mut up = RiseFall::default();
+        assert_eq!(up.observe(true, 3, 3), Some(CheckState::Up));
+        let mut down = RiseFall::default();
+        assert_eq!(down.observe(false, 3, 3), Some(CheckState::Down));
+    }
+
+    #[test]
+    fn fall_consecutive_failures_take_it_down() {
+        let mut m = RiseFall::default();
+        m.observe(true, 2, 3);
+        assert_eq!(m.observe(false, 2, 3), None);
+        assert_eq!(m.observe(false, 2, 3), None);
+        // A success in between restarts the count.
+        assert_eq!(m.observe(true, 2, 3), None);
+        assert_eq!(m.observe(false, 2, 3), None);
+        assert_eq!(m.observe(false, 2, 3), None);
+        assert_eq!(m.observe(false, 2, 3), Some(CheckState::Down));
+    }
+
+    #[test]
+    fn rise_consecutive_successes_bring_it_back() {
+        let mut m = RiseFall::default();
+        m.observe(false, 2, 2);
+        assert_eq!(m.observe(true, 2, 2), None);
+        assert_eq!(m.observe(false, 2, 2), None);
+        assert_eq!(m.observe(true, 2, 2), None);
+        assert_eq!(m.observe(true, 2, 2), Some(CheckState::Up));
+        assert_eq!(m.state(), CheckState::Up);
+    }
+
+    #[test]
+    fn a_change_of_state_wakes_the_watcher_and_a_repeat_does_not() {
+        let changed = Arc::new(Notify::new());
+        let c = Check::new("tcp://x".into(), 1, 1, changed.clone());
+        c.record(Some("connect refused".into()), None, Duration::ZERO);
+        assert_eq!(c.state(), CheckState::Down);
+        let woken = changed.notified();
+        tokio::pin!(woken);
+        assert!(woken.as_mut().enable(), "a stored permit: the change woke it");
+        let again = changed.notified();
+        tokio::pin!(again);
+        c.record(Some("connect refused".into()), None, Duration::ZERO);
+        assert!(!again.as_mut().enable(), "no change, no wake");
+    }
+}

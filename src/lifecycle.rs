@@ -1,0 +1,391 @@
+//! One pipeline for `check`, start and reload: prepare everything that can
+//! fail, then commit it in one swap.
+//!
+//! [`load`] does what needs no runtime: read the file, parse and validate
+//! it, read the token file and the CA files, read `UCP_LB_WORKERS`; it
+//! returns a [`Loaded`] or every error of every step at once. [`resolve`]
+//! turns server names into addresses. `check` stops there (`--offline`
+//! before resolving). Start and reload go on: bind the listeners that are
+//! new, build the next snapshot and wait for the first probe results of
+//! its new servers, and only then commit: swap the snapshot and the token,
+//! start accepting on the new listeners, close the removed ones. Because
+//! the three share these steps, `check` cannot pass a config that a start
+//! or a reload would refuse (binding aside: a port held by another process
+//! is only found by binding it).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::config::{self, AdminState, Config, ConfigError, ConfigErrors};
+use crate::health::{self, Health, TlsConfigs};
+use crate::listener::{BindError, ListenerState, Listeners};
+use crate::resolve;
+use crate::shutdown::Shutdown;
+use crate::snapshot::{Resolved, Shared, Snapshot};
+use crate::status::{self, Phase, PoolStatus, ReloadStatus, View};
+use crate::token::{self, Token};
+
+/// The environment variable that overrides `workers`.
+pub const WORKERS_ENV: &str = "UCP_LB_WORKERS";
+
+/// A config and everything read with it, valid as a whole.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// The admin token, from `[admin] token_file`.
+    pub token: Option<String>,
+    pub tls: TlsConfigs,
+    /// Worker threads: `UCP_LB_WORKERS`, else `workers`, else one per CPU.
+    pub workers: Option<usize>,
+}
+
+impl Loaded {
+    /// What is worth saying about a valid config (`check` prints these,
+    /// start and reload log them).
+    pub fn warnings(&self) -> &[ConfigError] {
+        &self.config.warnings
+    }
+}
+
+/// Reads and validates the config file at `path` and everything it names.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    complete(config::load(path)?)
+}
+
+/// What `check --offline` reads: the config file and the environment, but
+/// not the files it names (token, CA files), which live on the node the
+/// config is for.
+pub fn load_offline(path: &Path) -> Result<Loaded, ConfigErrors> {
+    complete_with(config::load(path)?, false)
+}
+
+/// Reads what a parsed `config` names (token file, CA files) and the
+/// environment, collecting every error.
+pub fn complete(config: Config) -> Result<Loaded, ConfigErrors> {
+    complete_with(config, true)
+}
+
+fn complete_with(config: Config, node_files: bool) -> Result<Loaded, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut token = None;
+    let mut tls = TlsConfigs::new();
+    if node_files {
+        token = token::read(&config.admin, &config.source).unwrap_or_else(|e| {
+            errors.push(e);
+            None
+        });
+        tls = health::tls_configs(&config).unwrap_or_else(|e| {
+            errors.extend(e);
+            TlsConfigs::new()
+        });
+    }
+    let workers = match std::env::var(WORKERS_ENV) {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Some(n),
+            _ => {
+                errors.push(ConfigError {
+                    source: "environment".into(),
+                    pos: None,
+                    key: WORKERS_ENV.into(),
+                    message: format!("expected a whole number from 1 to 1024, found \"{v}\""),
+                });
+                None
+            }
+        },
+        Err(_) => config.workers,
+    };
+    if errors.is_empty() { Ok(Loaded { config, token, tls, workers }) } else { Err(ConfigErrors(errors)) }
+}
+
+/// Resolves every server name of `loaded`.
+pub async fn resolve(loaded: &Loaded) -> Result<Resolved, ConfigErrors> {
+    resolve::resolve_all(&loaded.config).await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    // transparent: `ucp-lb: {e:#}` prints the chain, and "{0}" with a
+    // source would print the same message twice.
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("{file}: admin.listen: cannot listen on {addr}: {error}")]
+    AdminBind { file: String, addr: SocketAddr, error: std::io::Error },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Bind(#[from] BindError),
+    #[error("the running config was not read from a file: nothing to reload")]
+    NoFile,
+}
+
+/// One running load balancer: its runtime state, its listeners, its
+/// shutdown, the admin token, and what its reloads did.
+pub struct Lb {
+    pub shared: Arc<Shared>,
+    pub listeners: Listeners,
+    pub shutdown: Shutdown,
+    pub token: Token,
+    /// Set once the listeners accept after the first probes.
+    ready: AtomicBool,
+    reload: Mutex<ReloadStatus>,
+    /// `[admin] listen` as the admin server was started with: it stays put.
+    admin_listen: SocketAddr,
+}
+
+/// A started load balancer, as the binary and tests hold it.
+pub struct Running {
+    pub lb: Arc<Lb>,
+    background: Vec<JoinHandle<()>>,
+    admin_addr: Option<SocketAddr>,
+}
+
+fn log_warnings(loaded: &Loaded) {
+    for w in loaded.warnings() {
+        warn!("{w}");
+    }
+}
+
+/// Resolves, binds, probes and starts accepting. Returns once every
+/// listener is bound and accepting. `serve_admin` starts the admin server
+/// on its bound socket as soon as there is something to serve (its
+/// /healthz says 503 until the listeners accept).
+pub async fn start<A>(loaded: Loaded, serve_admin: A) -> Result<Running, StartError>
+where
+    A: FnOnce(tokio::net::TcpListener, Arc<Lb>) -> JoinHandle<()>,
+{
+    log_warnings(&loaded);
+    let resolved = resolve(&loaded).await?;
+    let Loaded { config, token, tls, .. } = loaded;
+    let listeners = Listeners::default();
+    // Bind every listener before accepting on any, so a bad bind changes nothing.
+    let bound = listeners.bind_new(&config)?;
+    let admin_listen = config.admin.listen;
+    let admin_sock = tokio::net::TcpListener::bind(admin_listen).await.map_err(|error| StartError::AdminBind {
+        file: config.source.clone(),
+        addr: admin_listen,
+        error,
+    })?;
+    let admin_addr = admin_sock.local_addr().ok();
+    let health = Arc::new(Health::default());
+    let snapshot = Snapshot::build(1, Arc::new(config), Arc::new(resolved), Arc::new(tls), None, &health);
+    let shared = Arc::new(Shared::new(snapshot, health));
+    let lb = Arc::new(Lb {
+        shared: shared.clone(),
+        listeners,
+        shutdown: Shutdown::default(),
+        token: Token::new(token),
+        ready: AtomicBool::new(false),
+        reload: Mutex::new(ReloadStatus { generation: 1, ..Default::default() }),
+        admin_listen,
+    });
+    let mut background = vec![serve_admin(admin_sock, lb.clone())];
+    first_results(&shared.snapshot.load()).await;
+    lb.listeners.launch(bound, &shared, &lb.shutdown);
+    lb.ready.store(true, Relaxed);
+    background.push(tokio::spawn(status::follow(shared.clone())));
+    background.push(tokio::spawn(resolve::refresh_loop(shared.clone())));
+    background.push(tokio::spawn(crate::metrics::upkeep_loop(shared.health.metrics.clone())));
+    Ok(Running { lb, background, admin_addr })
+}
+
+/// Waits until every checked server of `snap` has its first result, or one
+/// check `timeout` (the longest configured), whichever comes first: clients
+/// are then only sent where a probe has said yes. Listeners are bound
+/// already, so clients arriving meanwhile wait in the backlog.
+async fn first_results(snap: &Snapshot) {
+    let longest = snap.config.pools.iter().filter_map(|p| p.health.as_ref().map(|h| h.timeout)).max();
+    let Some(longest) = longest else { return };
+    let deadline = Instant::now() + longest + Duration::from_millis(100);
+    for pool in &snap.pools {
+        for s in &pool.servers {
+            if let Some(c) = &s.check {
+                let _ = tokio::time::timeout_at(deadline, c.first_result()).await;
+            }
+        }
+    }
+}
+
+impl Lb {
+    pub fn phase(&self) -> Phase {
+        Phase { ready: self.ready.load(Relaxed), shutting_down: self.shutdown.stop_accepting.is_cancelled() }
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reload.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The status view now.
+    pub fn view(&self) -> View {
+        let snap = self.shared.snapshot.load_full();
+        status::view(&snap, &self.listeners.states(), self.reload_status(), self.phase())
+    }
+
+    /// Overrides the state of a server until the process restarts; see
+    /// [`Snapshot::set_override`].
+    pub fn set_override(&self, pool: &str, server: &str, state: AdminState) -> Option<usize> {
+        let n = self.shared.snapshot.load().set_override(pool, server, state);
+        self.shared.health.changed.notify_one();
+        n
+    }
+
+    /// Reloads the config file the running config came from. Returns the new
+    /// generation; on error nothing has changed.
+    pub async fn reload(&self) -> Result<u64, ReloadError> {
+        let result = match self.shared.snapshot.load().config.path.clone() {
+            Some(path) => self.reload_from(path).await,
+            None => Err(ReloadError::NoFile),
+        };
+        let mut st = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        st.last_attempt = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
+        match &result {
+            Ok(g) => {
+                st.generation = *g;
+                st.successes += 1;
+                st.last_ok = Some(true);
+                st.last_error = None;
+            }
+            Err(e) => {
+                st.failures += 1;
+                st.last_ok = Some(false);
+                st.last_error = Some(e.to_string());
+                error!(error = %e, "config reload rejected: the running config stays");
+            }
+        }
+        result
+    }
+
+    async fn reload_from(&self, path: std::path::PathBuf) -> Result<u64, ReloadError> {
+        let _writer = self.shared.writer.lock().await;
+        // Files are read off the runtime's worker threads.
+        let loaded = tokio::task::spawn_blocking(move || load(&path)).await.unwrap_or_else(|e| {
+            Err(ConfigErrors(vec![ConfigError {
+                source: String::new(),
+                pos: None,
+                key: String::new(),
+                message: format!("reading the config failed: {e}"),
+            }]))
+        })?;
+        log_warnings(&loaded);
+        let resolved = resolve(&loaded).await?;
+        let Loaded { config, token, tls, .. } = loaded;
+        let bound = self.listeners.bind_new(&config)?;
+        let cur = self.shared.snapshot.load_full();
+        if config.admin.listen != self.admin_listen {
+            warn!(
+                running = %self.admin_listen,
+                configured = %config.admin.listen,
+                "[admin] listen changed: the admin endpoints keep their address until the next restart"
+            );
+        }
+        let config = Arc::new(config);
+        let next = Snapshot::build(
+            cur.generation + 1,
+            config.clone(),
+            Arc::new(resolved),
+            Arc::new(tls),
+            Some(&cur),
+            &self.shared.health,
+        );
+        // New servers are probed now; none gets a client before its first
+        // result (or one check timeout).
+        first_results(&next).await;
+
+        // Commit: nothing below can fail.
+        let generation = next.generation;
+        let (servers_before, servers_after) = (server_count(&cur), server_count(&next));
+        self.shared.store(next);
+        if self.token.replace(token) {
+            match self.token.get() {
+                Some(_) => info!("admin token replaced from token_file: POST endpoints take only the new one"),
+                None => info!("admin token_file removed: POST endpoints are off"),
+            }
+        }
+        self.shared.config_changed.notify_one();
+        let added = bound.len();
+        self.listeners.launch(bound, &self.shared, &self.shutdown);
+        let removed = self.listeners.close_removed(&config).len();
+        info!(
+            generation,
+            listeners_added = added,
+            listeners_removed = removed,
+            servers_before,
+            servers_after,
+            "config reloaded"
+        );
+        Ok(generation)
+    }
+}
+
+fn server_count(s: &Snapshot) -> usize {
+    s.pools.iter().map(|p| p.servers.len()).sum()
+}
+
+impl Running {
+    /// The addresses actually bound, in the order they were opened.
+    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+        self.lb.listeners.states().iter().map(|l| l.local).collect()
+    }
+
+    /// Where the admin server listens.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn listeners(&self) -> Vec<Arc<ListenerState>> {
+        self.lb.listeners.states()
+    }
+
+    /// Every pool, as `/status` shows it.
+    pub fn status(&self) -> Vec<PoolStatus> {
+        self.lb.view().pools
+    }
+
+    /// How many distinct probes are running.
+    pub fn probe_count(&self) -> usize {
+        self.lb.shared.health.probe_count()
+    }
+
+    /// Keeps `task` running as long as this load balancer, and stops it
+    /// with the rest at shutdown.
+    pub fn adopt(&mut self, task: JoinHandle<()>) {
+        self.background.push(task);
+    }
+
+    /// Reloads the config file; see [`Lb::reload`].
+    pub async fn reload(&self) -> Result<u64, ReloadError> {
+        self.lb.reload().await
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.lb.reload_status()
+    }
+
+    /// True once shutdown has begun (not ready for new clients).
+    pub fn is_shutting_down(&self) -> bool {
+        self.lb.phase().shutting_down
+    }
+
+    /// Stops accepting and lets connections finish up to `shutdown_timeout`.
+    /// Connections still open then are closed when the runtime is dropped
+    /// (the binary returns from it right after).
+    pub async fn shutdown(&self) {
+        let grace = self.lb.shared.snapshot.load().config.defaults.shutdown_timeout;
+        self.lb.shutdown.run(grace).await;
+        for task in &self.background {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The one status view: what every listener, pool and server is now,
+//! computed at read time from the snapshot and the state cells (checks,
+//! passive counters, admin overrides, connection counts).
+//!
+//! `/status` (JSON), the status page and `/metrics` are three renderings of
+//! [`View`]; none of them computes a fact of its own, so they cannot drift
+//! apart. [`follow`] watches the same facts for changes a pool goes through
+//! as a whole (its last eligible server gone, the first one back) and logs
+//! each once, when it happens, whether or not a client arrives.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde::Serialize;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::config::AllDown;
+use crate::listener::ListenerState;
+use crate::net::FailReason;
+use crate::pool::Pool;
+use crate::snapshot::{Shared, Snapshot};
+
+/// The outcome of the last reload and the running totals.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    /// Generation of the running snapshot.
+    pub generation: u64,
+    pub successes: u64,
+    pub failures: u64,
+    /// Unix seconds of the last attempt, if any.
+    pub last_attempt: Option<u64>,
+    pub last_ok: Option<bool>,
+    /// The error of the last attempt when it failed (file:line:col: key: ...).
+    pub last_error: Option<String>,
+}
+
+/// Where the process is in its life.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phase {
+    /// Listeners accept (after the first probes).
+    pub ready: bool,
+    /// Shutdown has begun.
+    pub shutting_down: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    pub version: &'static str,
+    pub ready: bool,
+    pub shutting_down: bool,
+    pub config_source: String,
+    pub generation: u64,
+    pub reload: ReloadStatus,
+    pub listeners: Vec<ListenerStatus>,
+    pub pools: Vec<PoolStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerStatus {
+    pub bind: SocketAddr,
+    pub local: SocketAddr,
+    pub pool: Option<String>,
+    pub active: u64,
+    pub accepted: u64,
+    pub rejected_max_connections: u64,
+    pub rejected_fd_limit: u64,
+    pub rejected_no_pool: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    /// No server is available (up, passing its check, not ejected).
+    pub all_down: bool,
+    /// `all_down` and the pool fails open over the servers not set down.
+    pub fail_open: bool,
+    /// `all_down` and the pool closes new clients.
+    pub rejecting: bool,
+    /// Servers that would take a new client now.
+    pub eligible: usize,
+    pub fail_open_picks: u64,
+    pub no_server: u64,
+    pub servers: Vec<ServerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerStatus {
+    pub name: String,
+    /// `name (addr)`, or the address when the name is one: how logs and
+    /// metrics name the server.
+    pub label: String,
+    pub addr: SocketAddr,
+    pub state: &'static str,
+    pub weight: u32,
+    pub backup: bool,
+    pub eligible: bool,
+    pub ejected: bool,
+    pub fails: u32,
+    pub active: u32,
+    pub connections: u64,
+    pub connect_failures: u64,
+    /// Failed connects by reason (`refused`, `timeout`, ...).
+    pub connect_failures_by_reason: BTreeMap<&'static str, u64>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub passive_ejections: u64,
+    /// `None` when the pool has no active check.
+    pub check: Option<CheckStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckStatus {
+    pub target: String,
+    /// `up`, `down` or `unknown` (no result yet).
+    pub state: &'static str,
+    /// Why the last probe failed; `None` after a success.
+    pub reason: Option<String>,
+    pub probes: u64,
+    /// Times the check took the server out.
+    pub downs: u64,
+    /// The server certificate's notAfter, Unix seconds.
+    pub cert_not_after: Option<i64>,
+}
+
+/// Reasons a connect is counted under, in the order they are shown.
+pub const FAIL_REASONS: [FailReason; 6] = [
+    FailReason::Refused,
+    FailReason::Timeout,
+    FailReason::Reset,
+    FailReason::Unreachable,
+    FailReason::Local,
+    FailReason::Other,
+];
+
+/// The whole view now.
+pub fn view(snap: &Snapshot, listeners: &[Arc<ListenerState>], reload: ReloadStatus, phase: Phase) -> View {
+    let now = Instant::now();
+    View {
+        version: env!("CARGO_PKG_VERSION"),
+        ready: phase.ready,
+        shutting_down: phase.shutting_down,
+        config_source: snap.config.source.clone(),
+        generation: snap.generation,
+        reload,
+        listeners: listeners
+            .iter()
+            .map(|l| ListenerStatus {
+                bind: l.bind,
+                local: l.local,
+                pool: snap.listener(l.bind, l.nth).map(|c| c.pool.to_string()),
+                active: l.active.load(Relaxed),
+                accepted: l.accepted.load(Relaxed),
+                rejected_max_connections: l.rejected_max_connections.load(Relaxed),
+                rejected_fd_limit: l.rejected_fd_limit.load(Relaxed),
+                rejected_no_pool: l.rejected_no_pool.load(Relaxed),
+            })
+            .collect(),
+        pools: pools(snap, now),
+    }
+}
+
+/// Every pool of `snap` at `now`.
+pub fn pools(snap: &Snapshot, now: Instant) -> Vec<PoolStatus> {
+    snap.pools.iter().map(|p| pool(p, now)).collect()
+}
+
+fn pool(p: &Pool, now: Instant) -> PoolStatus {
+    let servers: Vec<ServerStatus> = (0..p.servers.len()).map(|i| server(p, i, now)).collect();
+    let all_down = p.all_down(now);
+    PoolStatus {
+        name: p.name.to_string(),
+        all_down,
+        fail_open: all_down && p.settings.all_down == AllDown::FailOpen,
+        rejecting: all_down && p.settings.all_down == AllDown::Reject,
+        eligible: servers.iter().filter(|s| s.eligible).count(),
+        fail_open_picks: p.state.fail_open_picks.load(Relaxed),
+        no_server: p.state.no_server.load(Relaxed),
+        servers,
+    }
+}
+
+fn server(p: &Pool, i: usize, now: Instant) -> ServerStatus {
+    let s = &p.servers[i];
+    let st = &s.state;
+    ServerStatus {
+        name: s.name.to_string(),
+        label: s.label(),
+        addr: s.addr,
+        state: s.admin_state().as_str(),
+        weight: s.weight,
+        backup: s.backup,
+        eligible: p.eligible(i, now),
+        ejected: p.ejected(i, now),
+        fails: st.passive().fails(),
+        active: st.active.load(Relaxed),
+        connections: st.connections.load(Relaxed),
+        connect_failures: st.connect_failures.load(Relaxed),
+        connect_failures_by_reason: FAIL_REASONS.iter().map(|&r| (r.as_str(), st.failures_by(r))).collect(),
+        bytes_received: st.bytes_received.load(Relaxed),
+        bytes_sent: st.bytes_sent.load(Relaxed),
+        passive_ejections: st.passive_ejections.load(Relaxed),
+        check: s.check.as_ref().map(|c| CheckStatus {
+            target: c.label.clone(),
+            state: c.state().as_str(),
+            reason: c.reason(),
+            probes: c.probes.load(Relaxed),
+            downs: c.downs.load(Relaxed),
+            cert_not_after: Some(c.cert_not_after.load(Relaxed)).filter(|&t| t != 0),
+        }),
+    }
+}
+
+/// Follows every pool of the running snapshot for ever (cancel by
+/// dropping): when its last available server goes, and when the first comes
+/// back, logs it once. Wakes on every change of a check, a passive
+/// ejection or re-admission, an admin override and a new snapshot, and at
+/// the moment a passive ejection ends by itself.
+pub async fn follow(shared: Arc<Shared>) {
+    let changed = shared.health.changed.clone();
+    loop {
+        // Every change calls notify_one, which keeps a permit when nobody
+        // waits: a change made while the state is read wakes the next round.
+        let woken = changed.notified();
+        let snap = shared.snapshot.load_full();
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for p in &snap.pools {
+            note_all_down(p, p.all_down(now));
+            next = match (next, p.next_change(now)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        drop(snap);
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
+            None => woken.await,
+        }
+    }
+}
+
+/// Logs the start and the end of an all-down episode, once each.
+fn note_all_down(p: &Pool, down: bool) {
+    if !p.set_all_down(down) {
+        return;
+    }
+    match (down, p.settings.all_down) {
+        (true, AllDown::FailOpen) => warn!(
+            pool = %p.name,
+            all_down = "fail_open",
+            "no server is eligible: failing open over every server not set down"
+        ),
+        (true, AllDown::Reject) => {
+            warn!(pool = %p.name, all_down = "reject", "no server is eligible: closing new clients")
+        }
+        (false, _) => info!(pool = %p.name, "a server is eligible again"),
+    }
+}

@@ -1,0 +1,176 @@
+//! Imports between the library's modules only go down: no two modules of
+//! src/ import each other, directly or round a loop.
+//!
+//! A module is `src/NAME.rs` or the folder `src/NAME/`. An edge A -> B is a
+//! `crate::B` path in A's code outside its tests (the `#[cfg(test)]` item
+//! and what follows it are left out, as are comments). `lib.rs` only
+//! declares modules and composes them; `main.rs` and `src/cli/` are the
+//! binary, a crate of its own.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+/// Code without comments and without its tests.
+fn code(text: &str) -> String {
+    let text = match text.find("#[cfg(test)]") {
+        Some(i) => &text[..i],
+        None => text,
+    };
+    text.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n")
+}
+
+/// The first path segment of every `crate::` path in `code`.
+fn crate_paths(code: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = code;
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // `crate::{a, b::{C, D}, e}`: the first segment of each item.
+            let (mut depth, mut item_start, mut end) = (0usize, true, group.len());
+            for (j, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        end = j;
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    c if item_start && (c.is_ascii_alphabetic() || c == '_') => {
+                        item_start = false;
+                        out.insert(ident(&group[j..]));
+                    }
+                    _ => {}
+                }
+            }
+            rest = &group[end..];
+        } else {
+            out.insert(ident(rest));
+        }
+    }
+    out
+}
+
+fn ident(s: &str) -> String {
+    s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The module graph of the library under `src`.
+fn graph(src: &Path) -> Graph {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let mut texts: BTreeMap<String, String> = BTreeMap::new();
+    for f in files {
+        let rel = f.strip_prefix(src).unwrap();
+        let top = rel.components().next().unwrap().as_os_str().to_string_lossy().into_owned();
+        let name = top.strip_suffix(".rs").unwrap_or(&top).to_owned();
+        if matches!(name.as_str(), "lib" | "main" | "cli" | "bin") {
+            continue;
+        }
+        texts.entry(name).or_default().push_str(&code(&std::fs::read_to_string(&f).unwrap()));
+    }
+    let names: BTreeSet<String> = texts.keys().cloned().collect();
+    texts
+        .iter()
+        .map(|(m, t)| {
+            let deps = crate_paths(t).into_iter().filter(|d| d != m && names.contains(d)).collect();
+            (m.clone(), deps)
+        })
+        .collect()
+}
+
+/// Every set of two or more modules that reach each other (Tarjan's
+/// strongly connected components).
+fn cycles(g: &Graph) -> Vec<Vec<String>> {
+    struct T<'a> {
+        g: &'a Graph,
+        index: BTreeMap<&'a str, usize>,
+        low: BTreeMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        on: BTreeSet<&'a str>,
+        out: Vec<Vec<String>>,
+    }
+    impl<'a> T<'a> {
+        fn visit(&mut self, v: &'a str) {
+            let i = self.index.len();
+            self.index.insert(v, i);
+            self.low.insert(v, i);
+            self.stack.push(v);
+            self.on.insert(v);
+            for w in &self.g[v] {
+                let w = w.as_str();
+                if !self.index.contains_key(w) {
+                    self.visit(w);
+                    let lw = self.low[w];
+                    let lv = self.low.get_mut(v).unwrap();
+                    *lv = (*lv).min(lw);
+                } else if self.on.contains(w) {
+                    let iw = self.index[w];
+                    let lv = self.low.get_mut(v).unwrap();
+                    *lv = (*lv).min(iw);
+                }
+            }
+            if self.low[v] == self.index[v] {
+                let mut scc = Vec::new();
+                while let Some(w) = self.stack.pop() {
+                    self.on.remove(w);
+                    scc.push(w.to_owned());
+                    if w == v {
+                        break;
+                    }
+                }
+                if scc.len() > 1 {
+                    scc.sort();
+                    self.out.push(scc);
+                }
+            }
+        }
+    }
+    let mut t =
+        T { g, index: BTreeMap::new(), low: BTreeMap::new(), stack: Vec::new(), on: BTreeSet::new(), out: Vec::new() };
+    for v in g.keys() {
+        if !t.index.contains_key(v.as_str()) {
+            t.visit(v);
+        }
+    }
+    t.out
+}
+
+#[test]
+fn library_modules_import_each_other_in_no_loop() {
+    let g = graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    assert!(g.len() > 10, "the graph was read: {g:?}");
+    let found = cycles(&g);
+    let edges: Vec<String> = g.iter().flat_map(|(m, ds)| ds.iter().map(move |d| format!("{m}->{d}"))).collect();
+    assert!(found.is_empty(), "modules importing each other in a loop: {found:?}\nedges: {}", edges.join(" "));
+}
+
+#[test]
+fn the_reader_finds_every_kind_of_crate_path_and_the_cycle_finder_finds_loops() {
+    let paths = crate_paths("use crate::a::B;\nuse crate::{c, d::{E, F}, g::H};\nlet x = crate::i::f();");
+    assert_eq!(paths.into_iter().collect::<Vec<_>>(), ["a", "c", "d", "g", "i"]);
+    assert!(code("use crate::a; // crate::b\n#[cfg(test)]\nmod tests { use crate::c; }").contains("crate::a"));
+    assert!(!code("use crate::a; // crate::b\n#[cfg(test)]\nmod tests { use crate::c; }").contains("crate::b"));
+    let mut g = Graph::new();
+    for (a, b) in [("x", "y"), ("y", "z"), ("z", "x"), ("z", "w")] {
+        g.entry(a.into()).or_default().insert(b.into());
+        g.entry(b.into()).or_default();
+    }
+    assert_eq!(cycles(&g), [vec!["x".to_owned(), "y".to_owned(), "z".to_owned()]]);
+    g.get_mut("z").unwrap().remove("x");
+    assert!(cycles(&g).is_empty());
+}
