@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use common::standin::{Manager, TestCa, https_get};
 use common::{cpu_secs, spawn_ucp_lb};
-use ucp_lb::standin::{Manager, TestCa, https_get};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

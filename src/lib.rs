@@ -27,15 +27,11 @@
 
 pub mod admin;
 pub mod check;
-pub mod commands;
 pub mod config;
 pub mod copy;
-pub mod demo;
 pub mod health;
-pub mod healthcheck;
 pub mod lifecycle;
 pub mod listener;
-pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod nginx;
@@ -48,7 +44,6 @@ pub mod resolve;
 pub mod shutdown;
 pub mod snapshot;
 pub mod splice;
-pub mod standin;
 pub mod status;
 pub mod tls;
 pub mod token;

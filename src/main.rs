@@ -4,8 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ucp_lb::commands::Command;
-use ucp_lb::logging::LogFormat;
+mod cli;
+
+use cli::Command;
+use cli::logging::LogFormat;
 
 /// Layer-4 load balancer for Docker Enterprise UCP managers and DTR replicas.
 #[derive(Debug, Parser)]
@@ -33,9 +35,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    ucp_lb::logging::init(cli.log_format)?;
+    cli::logging::init(cli.log_format)?;
     if let Some(cmd) = cli.command {
-        return ucp_lb::commands::run(cmd, cli.config.as_deref());
+        return cli::run(cmd, cli.config.as_deref());
     }
     let Some(path) = cli.config else {
         anyhow::bail!("no config: pass --config FILE or set UCP_LB_CONFIG (try `ucp-lb demo`)");

@@ -6,10 +6,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::standin::{Manager, TestCa};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use ucp_lb::standin::{Manager, TestCa};
 
 /// One HTTP/1.1 request on a fresh connection: (status, body).
 async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {

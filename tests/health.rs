@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use common::standin::{Flavor, Manager, TestCa, https_get};
 use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use ucp_lb::config::{CheckKind, StatusMatch};
 use ucp_lb::probe::ProbeTarget;
-use ucp_lb::standin::{Flavor, Manager, TestCa, https_get};
 
 const FAST: &str = "interval = \"100ms\"\ntimeout = \"1s\"\nrise = 2\nfall = 2";
 

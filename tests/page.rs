@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::standin::{Manager, TestCa};
 use common::*;
-use ucp_lb::standin::{Manager, TestCa};
 
 fn chromium() -> Option<PathBuf> {
     external_tool(&["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"], "chromium")

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use common::standin::{Manager, TestCa};
 use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use ucp_lb::standin::{Manager, TestCa};
 
 /// One or two listeners on port 0 (kept across reloads as the first and
 /// second listener bound to 127.0.0.1:0) for pool "p" with `servers`.

@@ -2,6 +2,10 @@
 //! process's CPU time from /proc.
 #![allow(dead_code)]
 
+/// The stand-in UCP managers (shared with the demo and the tests).
+#[path = "../../src/cli/standin.rs"]
+pub mod standin;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 

@@ -20,6 +20,9 @@ use tokio::task::JoinHandle;
 use ucp_lb::status::ServerStatus;
 
 pub mod nginx;
+/// The stand-in UCP managers and DTR replicas the demo runs too.
+#[path = "../../src/cli/standin.rs"]
+pub mod standin;
 
 /// The first of `candidates` that exists: an outside program a test needs.
 /// None (the test says it skipped) when missing, except under CI=true,
@@ -41,6 +44,20 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 pub async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
     let start = std::time::Instant::now();
     while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// As [`eventually`], for a condition that has to await (an HTTP request,
+/// say).
+pub async fn eventually_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !cond().await {
         assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

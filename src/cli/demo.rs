@@ -16,8 +16,9 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::Running;
-use crate::standin::{Manager, TestCa, https_get};
+use ucp_lb::Running;
+
+use super::standin::{Manager, TestCa, https_get};
 
 /// The embedded lb.toml; `{listen}` and `{servers}` are filled in at start.
 const DEMO_TOML: &str = r#"
@@ -59,8 +60,8 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let servers: Vec<String> =
         managers.iter().map(|m| format!("\"{}\"", m.addr)).chain([format!("\"{stopped}\"")]).collect();
     let text = DEMO_TOML.replace("{listen}", &listen.to_string()).replace("{servers}", &servers.join(", "));
-    let config = crate::config::parse(&text, "demo.toml")?;
-    let running = crate::start(config).await?;
+    let config = ucp_lb::config::parse(&text, "demo.toml")?;
+    let running = ucp_lb::start(config).await?;
     let lb = running.listener_addrs()[0];
     let connector = ca.connector()?;
 
@@ -129,7 +130,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         std::future::pending::<()>().await;
     };
     tokio::select! {
-        _ = crate::shutdown::on_signals() => {}
+        _ = ucp_lb::shutdown::on_signals() => {}
         _ = keys => {}
     }
     running.shutdown().await;
@@ -149,7 +150,7 @@ async fn clients(connector: &TlsConnector, lb: SocketAddr, n: usize, title: &str
     println!("{line}");
 }
 
-fn check_of(running: &Running, addr: SocketAddr) -> Option<crate::status::CheckStatus> {
+fn check_of(running: &Running, addr: SocketAddr) -> Option<ucp_lb::status::CheckStatus> {
     running.status().into_iter().flat_map(|p| p.servers).find(|s| s.addr == addr).and_then(|s| s.check)
 }
 

@@ -1,4 +1,13 @@
-//! The sub-commands: `check`, `healthcheck`, `convert-nginx` and `demo`.
+//! The binary's side: the sub-commands `check`, `healthcheck`,
+//! `convert-nginx` and `demo`, logging set-up, the healthcheck client and
+//! the demo's stand-in managers. Only the binary uses these; the library
+//! (`ucp_lb`) is what an embedder needs: config, start, the running
+//! handle and the status view.
+
+pub mod demo;
+pub mod healthcheck;
+pub mod logging;
+pub mod standin;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -6,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::config::{self, Config, Retries, format_duration};
+use ucp_lb::config::{self, Config, Retries, format_duration};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -57,7 +66,7 @@ pub fn run(cmd: Command, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         Command::Healthcheck { url, timeout } => Ok(healthcheck(url.as_deref(), config, timeout)),
         Command::ConvertNginx { file } => Ok(convert_nginx(&file)),
         Command::Demo { listen } => {
-            rt.block_on(crate::demo::run(listen))?;
+            rt.block_on(demo::run(listen))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -84,10 +93,10 @@ fn healthcheck(url: Option<&str>, config: Option<&Path>, timeout: std::time::Dur
                 },
                 None => config::AdminConfig::default().listen,
             };
-            format!("http://{}/healthz", crate::healthcheck::local_addr(admin))
+            format!("http://{}/healthz", healthcheck::local_addr(admin))
         }
     };
-    match crate::healthcheck::get(&url, timeout) {
+    match healthcheck::get(&url, timeout) {
         Ok((200, body)) => {
             println!("{url}: 200 {}", body.trim());
             ExitCode::SUCCESS
@@ -104,7 +113,7 @@ fn healthcheck(url: Option<&str>, config: Option<&Path>, timeout: std::time::Dur
 }
 
 fn convert_nginx(file: &Path) -> ExitCode {
-    match crate::nginx::convert(file) {
+    match ucp_lb::nginx::convert(file) {
         Ok(out) => {
             for w in &out.warnings {
                 eprintln!("warning: {w}");
@@ -122,7 +131,7 @@ fn convert_nginx(file: &Path) -> ExitCode {
 /// The start's own preparation, up to where it would bind: the same
 /// errors and the same warnings as a start.
 async fn check(path: &Path, offline: bool) -> ExitCode {
-    let loaded = if offline { crate::lifecycle::load_offline(path) } else { crate::lifecycle::load(path) };
+    let loaded = if offline { ucp_lb::lifecycle::load_offline(path) } else { ucp_lb::lifecycle::load(path) };
     let loaded = match loaded {
         Ok(l) => l,
         Err(e) => {
@@ -136,7 +145,7 @@ async fn check(path: &Path, offline: bool) -> ExitCode {
     let resolved = if offline {
         None
     } else {
-        match crate::lifecycle::resolve(&loaded).await {
+        match ucp_lb::lifecycle::resolve(&loaded).await {
             Ok(r) => Some(r),
             Err(e) => {
                 eprintln!("{e}");
@@ -149,7 +158,7 @@ async fn check(path: &Path, offline: bool) -> ExitCode {
 }
 
 /// What `check` prints of a valid config.
-pub fn summary(config: &Config, resolved: Option<&crate::snapshot::Resolved>) -> String {
+pub fn summary(config: &Config, resolved: Option<&ucp_lb::snapshot::Resolved>) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(s, "{}: ok", config.source);

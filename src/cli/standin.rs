@@ -2,8 +2,13 @@
 //! made at start by a throw-away CA, answering `GET /_ping` (switchable
 //! between 200 and 500) and a page that names the manager.
 //!
-//! `ucp-lb demo` runs three of them; the tests use them too, so both drive
-//! the same code. Nothing here is used when ucp-lb serves real traffic.
+//! `ucp-lb demo` runs three of them; the tests and benches use them too
+//! (tests/common includes this file), so both drive the same code. Nothing
+//! here is used when ucp-lb serves real traffic, and the library does not
+//! have it: rcgen is a dependency of the binary's `cli` feature only.
+
+// The demo uses part of this; tests and benches use the rest.
+#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::io;
