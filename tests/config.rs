@@ -51,7 +51,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
         (
             "unknown server key",
             format!("{HEAD}[pool.ucp]\nservers = [{{ address = \"10.0.0.1:443\", wieght = 2 }}]\n"),
-            "bad.toml:6:12: pool.ucp.servers[0]: unknown field `wieght`",
+            "bad.toml:6:40: pool.ucp.servers[0].wieght: unknown field `wieght`",
         ),
         (
             "duration without unit",
@@ -161,6 +161,26 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
             "bad.toml:6:26: invalid TOML: unclosed array, expected `]`",
         ),
         (
+            "a bare number for a duration",
+            pool("connect_timeout = 3\n"),
+            "bad.toml:7:19: pool.ucp.connect_timeout: expected a duration with a unit, found the number 3: write it as \"3s\"",
+        ),
+        (
+            "a URL for a server",
+            format!("{HEAD}[pool.ucp]\nservers = [\"https://manager-01:443\"]\n"),
+            "bad.toml:6:12: pool.ucp.servers[0]: expected \"host:port\", found \"https://manager-01:443\": a server is an address, not a URL: drop \"https://\" and write \"manager-01:443\"",
+        ),
+        (
+            "a duration below a millisecond",
+            pool("[pool.ucp.health]\ninterval = \"0.0000001ms\"\n"),
+            "bad.toml:8:12: pool.ucp.health.interval: must be at least 1ms, found \"0.0000001ms\"",
+        ),
+        (
+            "a table where a string belongs",
+            pool("balance = { kind = \"rr\" }\n"),
+            "bad.toml:7:11: pool.ucp.balance: invalid type: table { kind = \"rr\" }, expected a string",
+        ),
+        (
             "max_connections 0",
             "[[listener]]\nbind = \"127.0.0.1:1\"\npool = \"ucp\"\nmax_connections = 0\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n".to_string(),
             "bad.toml:4:19: listener[0].max_connections: expected an integer >= 1, found 0",
@@ -186,6 +206,34 @@ fn every_bad_config_names_file_line_column_and_key() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Seven mistakes of different kinds, three of them wrong types, in one
+/// file: one run reports each, in file order.
+#[test]
+fn every_mistake_of_a_file_is_reported_in_one_run_in_file_order() {
+    let text = "workers = \"two\"\n\
+                [admin]\nlisten = \"localhost:9900\"\n\
+                [[listener]]\nbind = \"127.0.0.1:8443\"\npool = \"ucp\"\nmax_connections = \"many\"\n\
+                [defaults]\nconnect_timeout = 3\nbalanse = \"least_conn\"\n\
+                [pool.ucp]\nservers = [\"https://manager-01:443\", { address = \"10.0.0.2:443\", weight = 0 }]\n\
+                [pool.ucp.health]\nrise = 0\n";
+    let e = ucp_lb::config::parse(text, "bad.toml").unwrap_err();
+    let lines: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
+    let expected = [
+        "bad.toml:1:11: workers: invalid type: string \"two\", expected an integer",
+        "bad.toml:3:10: admin.listen: expected an IP address and port",
+        "bad.toml:7:19: listener[0].max_connections: invalid type: string \"many\", expected an integer",
+        "bad.toml:9:19: defaults.connect_timeout: expected a duration with a unit, found the number 3",
+        "bad.toml:10:1: defaults.balanse: unknown field `balanse`",
+        "bad.toml:12:12: pool.ucp.servers[0]: expected \"host:port\", found \"https://manager-01:443\"",
+        "bad.toml:12:75: pool.ucp.servers[1].weight: expected an integer from 1 to 1000, found 0",
+        "bad.toml:14:8: pool.ucp.health.rise: expected an integer from 1 to 1000, found 0",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{}", lines.join("\n"));
+    for (got, want) in lines.iter().zip(expected) {
+        assert!(got.starts_with(want), "got:      {got}\nexpected: {want}\nall:\n{}", lines.join("\n"));
+    }
 }
 
 #[test]

@@ -393,38 +393,34 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
             message: "the config is empty: at least one [[listener]] and one [pool.NAME] are needed".into(),
         }]));
     }
-    let raw = parse_raw(text, source, &lines)?;
+    let (raw, shape) = raw::read(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            source: source.to_owned(),
+            pos: e.span().map(|s| lines.pos(s.start)),
+            key: String::new(),
+            message: format!("invalid TOML: {}", e.message().trim()),
+        }])
+    })?;
     let mut v = Validator { source, lines: &lines, errors: Vec::new(), warnings: Vec::new() };
     let mut config = v.config(&raw);
     config.fingerprint = crc32fast::hash(text.as_bytes());
     v.warnings.sort_by_key(|e| e.pos.map(|p| (p.line, p.col)));
     config.warnings = v.warnings;
-    if v.errors.is_empty() {
+    // A key with a wrong type was left unset: validation's "missing key" for
+    // it would only repeat the error.
+    let mut errors: Vec<ConfigError> = v.errors.into_iter().filter(|e| !shape.iter().any(|s| s.key == e.key)).collect();
+    errors.extend(shape.into_iter().map(|s| ConfigError {
+        source: source.to_owned(),
+        pos: Some(lines.pos(s.span.start)),
+        key: s.key,
+        message: s.message,
+    }));
+    if errors.is_empty() {
         Ok(config)
     } else {
-        v.errors.sort_by_key(|e| e.pos.map(|p| (p.line, p.col)));
-        Err(ConfigErrors(v.errors))
+        errors.sort_by_key(|e| e.pos.map(|p| (p.line, p.col)));
+        Err(ConfigErrors(errors))
     }
-}
-
-fn parse_raw(text: &str, source: &str, lines: &LineIndex) -> Result<RawConfig, ConfigErrors> {
-    let fail = |pos: Option<Pos>, key: String, message: String| {
-        ConfigErrors(vec![ConfigError { source: source.to_owned(), pos, key, message }])
-    };
-    let de = toml::Deserializer::parse(text)
-        .map_err(|e| fail(e.span().map(|s| lines.pos(s.start)), String::new(), syntax_message(&e)))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        // Spanned values show up in the path as a private field: drop it.
-        let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
-        let inner = e.into_inner();
-        let key = if key == "." { String::new() } else { key };
-        let message = inner.message().trim().replace("expected i64", "expected an integer");
-        fail(inner.span().map(|s| lines.pos(s.start)), key, message)
-    })
-}
-
-fn syntax_message(e: &toml::de::Error) -> String {
-    format!("invalid TOML: {}", e.message().trim())
 }
 
 /// Byte offset to line and column (both from 1; columns count characters).
@@ -504,6 +500,10 @@ pub fn format_duration(d: Duration) -> String {
 /// Parses `host:port`, `[v6]:port` or `v4:port`.
 pub fn parse_host_port(s: &str) -> Result<HostPort, String> {
     let bad = |why: &str| format!(r#"expected "host:port", found "{s}": {why}"#);
+    if let Some((scheme, rest)) = s.split_once("://") {
+        let bare = rest.split('/').next().unwrap_or(rest);
+        return Err(bad(&format!("a server is an address, not a URL: drop \"{scheme}://\" and write \"{bare}\"")));
+    }
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (h, p) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
         let p = p.strip_prefix(':').ok_or_else(|| bad("missing port"))?;
@@ -737,6 +737,12 @@ impl Validator<'_> {
         match parse_duration(v.get_ref()) {
             Ok(None) if !may_be_off => {
                 self.err(Some(v.span()), key, format!("must be longer than 0, found \"{}\"", v.get_ref()));
+                None
+            }
+            // A timer finer than that is not meant: probes or timeouts would
+            // fire back to back.
+            Ok(Some(d)) if d < Duration::from_millis(1) => {
+                self.err(Some(v.span()), key, format!("must be at least 1ms, found \"{}\"", v.get_ref()));
                 None
             }
             Ok(d) => Some(d),

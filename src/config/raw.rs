@@ -1,102 +1,82 @@
-//! The serde mirror of lb.toml: what the file says, nothing more.
+//! The mirror of lb.toml: what the file says, nothing more, and every
+//! problem of shape (an unknown key, a value of the wrong type) at once.
 //!
-//! No defaults are applied here (every key is an `Option`), so validation in
-//! `config/mod.rs` can tell "unset" from "set to the default". Values that a
-//! later check may reject are `Spanned`, so that check can still point at the
-//! line and column. Every table denies unknown keys: a typo is an error, never
-//! a silently ignored setting.
+//! The file is parsed into toml's spanned document tree and read by hand,
+//! not by serde: serde's derive stops at the first wrong type or unknown
+//! key, so a file with several mistakes would need a run for each. Here a
+//! key with a wrong type is reported (at its value, with what was expected)
+//! and left unset, an unknown key is reported at its name, and reading goes
+//! on. No defaults are applied (every key is an `Option`), so validation in
+//! `config/validate.rs` can tell "unset" from "set to the default"; values
+//! keep their spans, so a later check can still point at line and column.
 
 use std::collections::BTreeMap;
-use std::fmt;
+use std::ops::Range;
 
-use serde::Deserialize;
-use serde::de::{self, MapAccess, Visitor};
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 pub type S<T> = Spanned<T>;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct RawConfig {
     pub workers: Option<S<i64>>,
     pub admin: Option<S<RawAdmin>>,
     pub defaults: Option<RawSettings>,
-    #[serde(default)]
     pub listener: Vec<S<RawListener>>,
-    #[serde(default)]
     pub pool: BTreeMap<String, S<RawPool>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token_file: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct RawListener {
     pub bind: Option<S<String>>,
     pub pool: Option<S<String>>,
     pub max_connections: Option<S<i64>>,
 }
 
-/// Declares a table that carries every `[defaults]` key plus its own fields.
-/// A macro and not `#[serde(flatten)]`: flatten does not work together with
-/// `deny_unknown_fields`, and unknown keys would slip through.
-macro_rules! with_settings {
-    ($(#[$meta:meta])* pub struct $name:ident { $(pub $field:ident : $ty:ty,)* }) => {
-        $(#[$meta])*
-        #[derive(Debug, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct $name {
-            $(pub $field: $ty,)*
-            pub balance: Option<S<String>>,
-            pub connect_timeout: Option<S<String>>,
-            pub idle_timeout: Option<S<String>>,
-            pub max_fails: Option<S<i64>>,
-            pub fail_timeout: Option<S<String>>,
-            pub retries: Option<S<toml::Value>>,
-            pub all_down: Option<S<String>>,
-            pub resolve_interval: Option<S<String>>,
-            pub shutdown_timeout: Option<S<String>>,
-        }
-
-        impl $name {
-            pub fn settings(&self) -> SettingsRef<'_> {
-                SettingsRef {
-                    balance: self.balance.as_ref(),
-                    connect_timeout: self.connect_timeout.as_ref(),
-                    idle_timeout: self.idle_timeout.as_ref(),
-                    max_fails: self.max_fails.as_ref(),
-                    fail_timeout: self.fail_timeout.as_ref(),
-                    retries: self.retries.as_ref(),
-                    all_down: self.all_down.as_ref(),
-                    resolve_interval: self.resolve_interval.as_ref(),
-                    shutdown_timeout: self.shutdown_timeout.as_ref(),
-                }
-            }
-        }
-    };
+/// The `[defaults]` keys: the table `[defaults]` itself, and any of them in
+/// a `[pool.NAME]` table, for that pool only.
+#[derive(Debug, Default)]
+pub struct RawSettings {
+    pub balance: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub max_fails: Option<S<i64>>,
+    pub fail_timeout: Option<S<String>>,
+    pub retries: Option<S<toml::Value>>,
+    pub all_down: Option<S<String>>,
+    pub resolve_interval: Option<S<String>>,
+    pub shutdown_timeout: Option<S<String>>,
 }
 
-with_settings! {
-    /// `[defaults]`: every pool inherits these.
-    pub struct RawSettings {}
-}
+const SETTINGS: &[&str] = &[
+    "balance",
+    "connect_timeout",
+    "idle_timeout",
+    "max_fails",
+    "fail_timeout",
+    "retries",
+    "all_down",
+    "resolve_interval",
+    "shutdown_timeout",
+];
 
-with_settings! {
-    /// `[pool.NAME]`: its servers, and any `[defaults]` key for this pool only.
-    pub struct RawPool {
-        pub servers: Option<S<Vec<S<RawServer>>>>,
-        pub health: Option<S<RawHealth>>,
-    }
+/// `[pool.NAME]`: its servers, its check, and any `[defaults]` key.
+#[derive(Debug, Default)]
+pub struct RawPool {
+    pub servers: Option<S<Vec<S<RawServer>>>>,
+    pub health: Option<S<RawHealth>>,
+    pub settings: RawSettings,
 }
 
 /// `[pool.NAME.health]`: the active check of every server of the pool.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct RawHealth {
     pub kind: Option<S<String>>,
     pub path: Option<S<String>>,
@@ -113,8 +93,335 @@ pub struct RawHealth {
     pub port: Option<S<i64>>,
 }
 
-/// The `[defaults]` keys of one table, borrowed, so defaults and pools are
-/// validated by the same code.
+/// A server entry: `"host:port"` or `{ address = "host:port", weight = 1, ... }`.
+#[derive(Debug, Default)]
+pub struct RawServer {
+    pub address: Option<S<String>>,
+    pub weight: Option<S<i64>>,
+    pub backup: Option<S<bool>>,
+    pub max_conns: Option<S<i64>>,
+    pub state: Option<S<String>>,
+}
+
+/// A problem of shape: where, which key, what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawError {
+    pub span: Range<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+/// Reads lb.toml `text`: what it says and every problem of shape, or the
+/// TOML syntax error that stops reading.
+pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
+    let root = DeTable::parse(text)?;
+    let mut r = Reader { text, errors: Vec::new() };
+    let t = root.get_ref();
+    r.known_keys(t, "", &["workers", "admin", "defaults", "listener", "pool"]);
+    let mut raw = RawConfig { workers: r.int(t, "", "workers"), ..RawConfig::default() };
+    if let Some((span, a)) = r.table(t, "", "admin") {
+        r.known_keys(a, "admin", &["listen", "token_file"]);
+        let admin = RawAdmin { listen: r.string(a, "admin", "listen"), token_file: r.string(a, "admin", "token_file") };
+        raw.admin = Some(Spanned::new(span, admin));
+    }
+    if let Some((_, d)) = r.table(t, "", "defaults") {
+        r.known_keys(d, "defaults", SETTINGS);
+        raw.defaults = Some(r.settings(d, "defaults"));
+    }
+    if let Some(v) = field(t, "listener") {
+        match v.get_ref() {
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let key = format!("listener[{i}]");
+                    let Some(l) = r.as_table(item, &key, "a [[listener]] table") else { continue };
+                    r.known_keys(l, &key, &["bind", "pool", "max_connections"]);
+                    let listener = RawListener {
+                        bind: r.string(l, &key, "bind"),
+                        pool: r.string(l, &key, "pool"),
+                        max_connections: r.int(l, &key, "max_connections"),
+                    };
+                    raw.listener.push(Spanned::new(item.span(), listener));
+                }
+            }
+            _ => r.wrong_type(v, "listener", "[[listener]] tables"),
+        }
+    }
+    if let Some((_, pools)) = r.table(t, "", "pool") {
+        for (name, p) in pools.iter() {
+            let key = format!("pool.{}", name.get_ref());
+            let Some(pt) = r.as_table(p, &key, "a [pool.NAME] table") else { continue };
+            let known: Vec<&str> = ["servers", "health"].iter().chain(SETTINGS).copied().collect();
+            r.known_keys(pt, &key, &known);
+            let pool =
+                RawPool { servers: r.servers(pt, &key), health: r.health(pt, &key), settings: r.settings(pt, &key) };
+            raw.pool.insert(name.get_ref().to_string(), Spanned::new(p.span(), pool));
+        }
+    }
+    r.errors.sort_by_key(|e| e.span.start);
+    Ok((raw, r.errors))
+}
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// The value of `key` in `t`.
+fn field<'a, 'i>(t: &'a DeTable<'i>, key: &str) -> Option<&'a Value<'i>> {
+    t.iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v)
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+}
+
+/// Keys whose value is a duration: a bare number there gets its own advice.
+const DURATIONS: &[&str] =
+    &["connect_timeout", "idle_timeout", "fail_timeout", "resolve_interval", "shutdown_timeout", "interval", "timeout"];
+
+struct Reader<'t> {
+    text: &'t str,
+    errors: Vec<RawError>,
+}
+
+impl Reader<'_> {
+    fn error(&mut self, span: Range<usize>, key: String, message: String) {
+        self.errors.push(RawError { span, key, message });
+    }
+
+    /// Reports every key of `t` that is not in `known`, at the key.
+    fn known_keys(&mut self, t: &DeTable<'_>, path: &str, known: &[&str]) {
+        for (k, _) in t.iter() {
+            let name = k.get_ref();
+            if !known.contains(&name.as_ref()) {
+                let expected = known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+                self.error(k.span(), join(path, name), format!("unknown field `{name}`, expected one of {expected}"));
+            }
+        }
+    }
+
+    /// "invalid type: string "two", expected an integer", at the value.
+    fn wrong_type(&mut self, v: &Value<'_>, key: &str, expected: &str) {
+        let shown: String = self.text.get(v.span()).unwrap_or("").chars().take(40).collect();
+        let found = v.get_ref().type_str();
+        let message = match v.get_ref() {
+            DeValue::Integer(_) | DeValue::Float(_) if expected.contains("duration") => {
+                format!(
+                    "expected a duration with a unit, found the number {shown}: write it as \"{shown}s\" (or ms, m, h, d)"
+                )
+            }
+            _ => format!("invalid type: {found} {shown}, expected {expected}"),
+        };
+        self.error(v.span(), key.to_owned(), message);
+    }
+
+    fn string(&mut self, t: &DeTable<'_>, path: &str, key: &str) -> Option<S<String>> {
+        let v = field(t, key)?;
+        match v.get_ref() {
+            DeValue::String(s) => Some(Spanned::new(v.span(), s.to_string())),
+            _ => {
+                let expected = if DURATIONS.contains(&key) { "a duration like \"5s\"" } else { "a string" };
+                self.wrong_type(v, &join(path, key), expected);
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, t: &DeTable<'_>, path: &str, key: &str) -> Option<S<i64>> {
+        let v = field(t, key)?;
+        match v.get_ref() {
+            DeValue::Integer(n) => match i64::from_str_radix(n.as_str(), n.radix()) {
+                Ok(n) => Some(Spanned::new(v.span(), n)),
+                Err(_) => {
+                    self.error(v.span(), join(path, key), format!("integer {n} is out of range"));
+                    None
+                }
+            },
+            _ => {
+                self.wrong_type(v, &join(path, key), "an integer");
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, t: &DeTable<'_>, path: &str, key: &str) -> Option<S<bool>> {
+        let v = field(t, key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(Spanned::new(v.span(), *b)),
+            _ => {
+                self.wrong_type(v, &join(path, key), "true or false");
+                None
+            }
+        }
+    }
+
+    /// Any value, as toml's own `Value` (checked by validation).
+    fn value(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<toml::Value>> {
+        let v = field(t, key)?;
+        Some(Spanned::new(v.span(), to_value(v.get_ref())))
+    }
+
+    fn as_table<'a, 'i>(&mut self, v: &'a Value<'i>, key: &str, expected: &str) -> Option<&'a DeTable<'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            _ => {
+                self.wrong_type(v, key, expected);
+                None
+            }
+        }
+    }
+
+    fn table<'a, 'i>(&mut self, t: &'a DeTable<'i>, path: &str, key: &str) -> Option<(Range<usize>, &'a DeTable<'i>)> {
+        let v = field(t, key)?;
+        self.as_table(v, &join(path, key), "a table").map(|t| (v.span(), t))
+    }
+
+    fn settings(&mut self, t: &DeTable<'_>, path: &str) -> RawSettings {
+        RawSettings {
+            balance: self.string(t, path, "balance"),
+            connect_timeout: self.string(t, path, "connect_timeout"),
+            idle_timeout: self.string(t, path, "idle_timeout"),
+            max_fails: self.int(t, path, "max_fails"),
+            fail_timeout: self.string(t, path, "fail_timeout"),
+            retries: self.value(t, "retries"),
+            all_down: self.string(t, path, "all_down"),
+            resolve_interval: self.string(t, path, "resolve_interval"),
+            shutdown_timeout: self.string(t, path, "shutdown_timeout"),
+        }
+    }
+
+    fn servers(&mut self, t: &DeTable<'_>, path: &str) -> Option<S<Vec<S<RawServer>>>> {
+        let key = join(path, "servers");
+        let v = field(t, "servers")?;
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong_type(v, &key, "a list of servers");
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let skey = format!("{key}[{i}]");
+            let server = match item.get_ref() {
+                // The span of a bare string is the span of the whole entry.
+                DeValue::String(s) => {
+                    RawServer { address: Some(Spanned::new(item.span(), s.to_string())), ..RawServer::default() }
+                }
+                DeValue::Table(st) => {
+                    self.known_keys(st, &skey, &["address", "weight", "backup", "max_conns", "state"]);
+                    RawServer {
+                        address: self.string(st, &skey, "address"),
+                        weight: self.int(st, &skey, "weight"),
+                        backup: self.bool(st, &skey, "backup"),
+                        max_conns: self.int(st, &skey, "max_conns"),
+                        state: self.string(st, &skey, "state"),
+                    }
+                }
+                _ => {
+                    self.wrong_type(item, &skey, r#"a server "host:port" or a table { address = "host:port", ... }"#);
+                    continue;
+                }
+            };
+            out.push(Spanned::new(item.span(), server));
+        }
+        Some(Spanned::new(v.span(), out))
+    }
+
+    fn health(&mut self, t: &DeTable<'_>, path: &str) -> Option<S<RawHealth>> {
+        let key = join(path, "health");
+        let v = field(t, "health")?;
+        let h = self.as_table(v, &key, "a table")?;
+        let known = [
+            "kind",
+            "path",
+            "interval",
+            "timeout",
+            "rise",
+            "fall",
+            "expect_status",
+            "expect_body",
+            "expect_json",
+            "sni",
+            "host",
+            "ca_file",
+            "port",
+        ];
+        self.known_keys(h, &key, &known);
+        let expect_status = field(h, "expect_status").and_then(|s| match s.get_ref() {
+            DeValue::Array(items) => Some(Spanned::new(
+                s.span(),
+                items.iter().map(|i| Spanned::new(i.span(), to_value(i.get_ref()))).collect(),
+            )),
+            _ => {
+                self.wrong_type(s, &join(&key, "expect_status"), "a list like [200] or [\"2xx\"]");
+                None
+            }
+        });
+        let expect_json = field(h, "expect_json").and_then(|j| match to_value(j.get_ref()) {
+            toml::Value::Table(t) => Some(Spanned::new(j.span(), t)),
+            _ => {
+                self.wrong_type(j, &join(&key, "expect_json"), "a table like { Healthy = true }");
+                None
+            }
+        });
+        let raw = RawHealth {
+            kind: self.string(h, &key, "kind"),
+            path: self.string(h, &key, "path"),
+            interval: self.string(h, &key, "interval"),
+            timeout: self.string(h, &key, "timeout"),
+            rise: self.int(h, &key, "rise"),
+            fall: self.int(h, &key, "fall"),
+            expect_status,
+            expect_body: self.string(h, &key, "expect_body"),
+            expect_json,
+            sni: self.string(h, &key, "sni"),
+            host: self.string(h, &key, "host"),
+            ca_file: self.string(h, &key, "ca_file"),
+            port: self.int(h, &key, "port"),
+        };
+        Some(Spanned::new(v.span(), raw))
+    }
+}
+
+/// A value of the document tree as toml's own `Value`.
+fn to_value(v: &DeValue<'_>) -> toml::Value {
+    match v {
+        DeValue::String(s) => toml::Value::String(s.to_string()),
+        DeValue::Integer(n) => match i64::from_str_radix(n.as_str(), n.radix()) {
+            Ok(n) => toml::Value::Integer(n),
+            // Out of range for TOML's integers: kept as written, so a check
+            // that wants an integer rejects it with the text.
+            Err(_) => toml::Value::String(n.to_string()),
+        },
+        DeValue::Float(f) => toml::Value::Float(f.as_str().parse().unwrap_or(f64::NAN)),
+        DeValue::Boolean(b) => toml::Value::Boolean(*b),
+        DeValue::Datetime(d) => toml::Value::Datetime(*d),
+        DeValue::Array(a) => toml::Value::Array(a.iter().map(|i| to_value(i.get_ref())).collect()),
+        DeValue::Table(t) => {
+            toml::Value::Table(t.iter().map(|(k, v)| (k.get_ref().to_string(), to_value(v.get_ref()))).collect())
+        }
+    }
+}
+
+impl RawSettings {
+    /// The keys, borrowed, so defaults and pools are validated by the same code.
+    pub fn settings(&self) -> SettingsRef<'_> {
+        SettingsRef {
+            balance: self.balance.as_ref(),
+            connect_timeout: self.connect_timeout.as_ref(),
+            idle_timeout: self.idle_timeout.as_ref(),
+            max_fails: self.max_fails.as_ref(),
+            fail_timeout: self.fail_timeout.as_ref(),
+            retries: self.retries.as_ref(),
+            all_down: self.all_down.as_ref(),
+            resolve_interval: self.resolve_interval.as_ref(),
+            shutdown_timeout: self.shutdown_timeout.as_ref(),
+        }
+    }
+}
+
+impl RawPool {
+    pub fn settings(&self) -> SettingsRef<'_> {
+        self.settings.settings()
+    }
+}
+
+/// The `[defaults]` keys of one table, borrowed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SettingsRef<'a> {
     pub balance: Option<&'a S<String>>,
@@ -126,56 +433,4 @@ pub struct SettingsRef<'a> {
     pub all_down: Option<&'a S<String>>,
     pub resolve_interval: Option<&'a S<String>>,
     pub shutdown_timeout: Option<&'a S<String>>,
-}
-
-/// A server entry: `"host:port"` or `{ address = "host:port", weight = 1, ... }`.
-#[derive(Debug, Default)]
-pub struct RawServer {
-    pub address: Option<S<String>>,
-    pub weight: Option<S<i64>>,
-    pub backup: Option<S<bool>>,
-    pub max_conns: Option<S<i64>>,
-    pub state: Option<S<String>>,
-}
-
-const SERVER_FIELDS: &[&str] = &["address", "weight", "backup", "max_conns", "state"];
-
-// Hand-written rather than `#[serde(untagged)]`: untagged can only say "data did
-// not match any variant", which tells an operator nothing.
-impl<'de> Deserialize<'de> for RawServer {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawServer;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(r#"a server "host:port" or a table { address = "host:port", ... }"#)
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawServer, E> {
-                // The span of a bare string is the span of the whole entry,
-                // which the caller has through `Spanned<RawServer>`.
-                Ok(RawServer { address: Some(Spanned::new(0..0, v.to_owned())), ..RawServer::default() })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawServer, A::Error> {
-                let mut s = RawServer::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "address" => set(&mut s.address, "address", map.next_value()?)?,
-                        "weight" => set(&mut s.weight, "weight", map.next_value()?)?,
-                        "backup" => set(&mut s.backup, "backup", map.next_value()?)?,
-                        "max_conns" => set(&mut s.max_conns, "max_conns", map.next_value()?)?,
-                        "state" => set(&mut s.state, "state", map.next_value()?)?,
-                        other => return Err(de::Error::unknown_field(other, SERVER_FIELDS)),
-                    }
-                }
-                Ok(s)
-            }
-        }
-        fn set<T, E: de::Error>(slot: &mut Option<T>, key: &'static str, v: T) -> Result<(), E> {
-            if slot.replace(v).is_some() {
-                return Err(de::Error::duplicate_field(key));
-            }
-            Ok(())
-        }
-        d.deserialize_any(V)
-    }
 }
