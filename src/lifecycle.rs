@@ -56,14 +56,42 @@ impl Loaded {
 
 /// Reads and validates the config file at `path` and everything it names.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    complete(config::load(path)?)
+    load_with(path, true)
 }
 
 /// What `check --offline` reads: the config file and the environment, but
 /// not the files it names (token, CA files), which live on the node the
 /// config is for.
 pub fn load_offline(path: &Path) -> Result<Loaded, ConfigErrors> {
-    complete_with(config::load(path)?, false)
+    load_with(path, false)
+}
+
+fn load_with(path: &Path, node_files: bool) -> Result<Loaded, ConfigErrors> {
+    match config::load(path) {
+        Ok(c) => complete_with(c, node_files),
+        // The environment is wrong or right whatever the file says: one
+        // run names both.
+        Err(mut e) => {
+            if let Err(env) = workers_from_env() {
+                e.0.push(env);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// `UCP_LB_WORKERS`, when set.
+fn workers_from_env() -> Result<Option<usize>, ConfigError> {
+    let Ok(v) = std::env::var(WORKERS_ENV) else { return Ok(None) };
+    match v.trim().parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(Some(n)),
+        _ => Err(ConfigError {
+            source: "environment".into(),
+            pos: None,
+            key: WORKERS_ENV.into(),
+            message: format!("expected a whole number from 1 to 1024, found \"{v}\""),
+        }),
+    }
 }
 
 /// Reads what a parsed `config` names (token file, CA files) and the
@@ -86,20 +114,12 @@ fn complete_with(config: Config, node_files: bool) -> Result<Loaded, ConfigError
             TlsConfigs::new()
         });
     }
-    let workers = match std::env::var(WORKERS_ENV) {
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=1024).contains(&n) => Some(n),
-            _ => {
-                errors.push(ConfigError {
-                    source: "environment".into(),
-                    pos: None,
-                    key: WORKERS_ENV.into(),
-                    message: format!("expected a whole number from 1 to 1024, found \"{v}\""),
-                });
-                None
-            }
-        },
-        Err(_) => config.workers,
+    let workers = match workers_from_env() {
+        Ok(w) => w.or(config.workers),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
     };
     if errors.is_empty() { Ok(Loaded { config, token, tls, workers }) } else { Err(ConfigErrors(errors)) }
 }
