@@ -131,6 +131,9 @@ async fn a_server_resetting_half_its_connections_affects_only_those() {
     let lb = start_lb(&one_pool(&[addr], "")).await;
     let lb_addr = lb.listener_addrs()[0];
     let (mut ok, mut closed) = (0, 0);
+    // One client at a time, so the server's n-th connection is client n-1's:
+    // the server resets the connections of clients 1, 3, 5, ... and echoes
+    // for clients 0, 2, 4, ...
     for i in 0..200u32 {
         let mut c = TcpStream::connect(lb_addr).await.unwrap();
         let msg = i.to_be_bytes();
@@ -139,12 +142,16 @@ async fn a_server_resetting_half_its_connections_affects_only_those() {
         match within("an answer or a close", c.read_exact(&mut back)).await {
             Ok(_) => {
                 assert_eq!(back, msg, "client {i} got bytes that were not its own");
+                assert_eq!(i % 2, 0, "client {i}: its connection was reset by the server, yet it was answered");
                 ok += 1;
             }
-            Err(_) => closed += 1,
+            Err(_) => {
+                assert_eq!(i % 2, 1, "client {i}: the server echoes on its connection, yet it was closed");
+                closed += 1;
+            }
         }
     }
-    assert!(ok > 0 && closed > 0, "ok {ok}, closed {closed}");
+    assert_eq!((ok, closed), (100, 100));
     eprintln!("server resets every other connection: {ok} of 200 clients served, {closed} closed, none hung");
 }
 
@@ -161,9 +168,13 @@ async fn round_trips(c: &mut TcpStream) -> (f64, f64) {
 }
 
 /// Thousands of connections that send nothing (slowloris) while a normal
-/// client keeps doing round trips: it is served throughout.
+/// client keeps doing round trips: every round trip is answered (each
+/// within the test deadline) and every idle connection stays open through
+/// the LB. How long the round trips take is printed, not asserted: the
+/// benchmark (benches/l4.rs, ping-pong with idle connections held) measures
+/// it beside nginx and HAProxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_connections_that_send_nothing_do_not_slow_a_normal_client() {
+async fn a_normal_client_is_answered_while_thousands_of_idle_connections_are_held() {
     // This process holds four descriptors per idle connection (client, the
     // LB's two, the echo server's): as many as its limit allows, at most 4,000.
     let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(20_000);
@@ -187,6 +198,16 @@ async fn idle_connections_that_send_nothing_do_not_slow_a_normal_client() {
         "{n} idle connections: a normal client's round trip p50/p99 {:.0}/{:.0} µs before, {:.0}/{:.0} µs with them open",
         before.0, before.1, during.0, during.1
     );
+    // Still all there: none was dropped to make room.
+    assert_eq!(lb.listeners()[0].active.load(Relaxed) as usize, n + 1, "the idle clients and the normal one");
+    assert_eq!(server(&lb, echo.addr).active as usize, n + 1);
+    for s in &idle {
+        let mut one = [0u8; 1];
+        assert!(
+            s.try_read(&mut one).is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "an idle client was closed"
+        );
+    }
     drop(idle);
 }
 
@@ -243,10 +264,11 @@ async fn a_server_dying_mid_stream_ends_the_client_connection_at_once() {
 /// listener never closes or moves, no client hangs, the only failures are
 /// connections the server's own closing listener reset, and afterwards
 /// nothing is left over (no connection counted open, no descriptor held,
-/// the pool still has its two servers).
+/// the pool still has its two servers). The LB runs as its own process, so
+/// its descriptors are counted apart from this test binary's, where other
+/// tests open thousands at the same time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_server_does_not_flap_the_listener_or_leak_state() {
-    let fds = || std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
     let stable = Echo::start().await;
     let flapping = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let flap_addr = flapping.local_addr().unwrap();
@@ -255,8 +277,20 @@ async fn a_flapping_server_does_not_flap_the_listener_or_leak_state() {
         "{}\n[pool.p.health]\nkind = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n",
         one_pool(&[stable.addr, flap_addr], "max_fails = 1\nfail_timeout = \"100ms\"\nretries = 1")
     );
-    let lb = start_lb(&toml).await;
-    let addr = lb.listener_addrs()[0];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
+    let lb = Proc::spawn(cmd, false);
+    let (addr, admin) = (lb.listener_addr().await, lb.admin_addr().await);
+    let pid = lb.child.id();
+    let fds = move || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let status = || async move {
+        let answer = http_raw(admin, "GET", "/status", None).await;
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+        serde_json::from_str::<serde_json::Value>(&body).expect("/status is JSON")
+    };
     // Once a client is served the accept loop holds its spare descriptor.
     round_trip(addr).await.unwrap();
     let fds_before = fds();
@@ -301,25 +335,28 @@ async fn a_flapping_server_does_not_flap_the_listener_or_leak_state() {
         within("clients stop", c).await.unwrap();
     }
     let (served, failed) = (served.load(Relaxed), failed.load(Relaxed));
-    let listener = &lb.listeners()[0];
+    let st = status().await;
+    let listener = &st["listeners"][0];
     eprintln!(
         "{downs} flaps: {served} clients served ({served_by_flapper} of them by the flapping server while up), \
          {failed} failed (a closing listener resets its backlog); LB listener {} accepted {} and rejected {}",
-        listener.local,
-        listener.accepted.load(Relaxed),
-        listener.rejected_max_connections.load(Relaxed) + listener.rejected_fd_limit.load(Relaxed)
+        listener["local"], listener["accepted"], listener["rejected_max_connections"]
     );
-    assert_eq!(lb.listener_addrs(), vec![addr], "the listener stayed where it was");
-    assert_eq!(listener.accepted.load(Relaxed), served + failed + 1, "every client was accepted by the LB");
+    assert_eq!(st["listeners"].as_array().map(Vec::len), Some(1));
+    assert_eq!(listener["local"], addr.to_string(), "the listener stayed where it was");
+    assert_eq!(listener["accepted"], served + failed + 1, "every client was accepted by the LB");
     assert!(served_by_flapper > 0, "the flapping server was used while up");
     // Four clients, each with at most one connection on its way: at most
     // four can sit in the backlog that a closing listener resets.
     assert!(failed <= 4 * downs, "{failed} failed: more than the closing listener can reset");
 
     // Afterwards: nothing counted open, no descriptor left, same servers.
-    eventually("no connection counted open", || listener.active.load(Relaxed) == 0).await;
-    eventually("descriptors back", || fds() <= fds_before).await;
-    let servers: Vec<SocketAddr> = lb.status().into_iter().flat_map(|p| p.servers).map(|s| s.addr).collect();
-    assert_eq!(servers, vec![stable.addr, flap_addr]);
-    assert_eq!(server(&lb, flap_addr).active + server(&lb, stable.addr).active, 0);
+    eventually_async("no connection counted open", || async move { status().await["listeners"][0]["active"] == 0 })
+        .await;
+    eventually("the LB's descriptors back", || fds() <= fds_before).await;
+    let st = status().await;
+    let servers = st["pools"][0]["servers"].as_array().cloned().unwrap_or_default();
+    let addrs: Vec<String> = servers.iter().map(|s| s["addr"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(addrs, vec![stable.addr.to_string(), flap_addr.to_string()]);
+    assert!(servers.iter().all(|s| s["active"] == 0), "no connection counted open to a server");
 }

@@ -1,0 +1,512 @@
+//! The `upstream` and `server` blocks of `stream {}` as pools and
+//! listeners, with nginx's defaults where they differ from ucp-lb's.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::ConvertError;
+use super::read::Directive;
+use crate::config::format_duration;
+
+/// nginx's defaults where they differ from ucp-lb's.
+pub(super) const NGINX_MAX_FAILS: u32 = 1;
+pub(super) const NGINX_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const NGINX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const NGINX_PROXY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The per-`server {}` proxy settings, which ucp-lb keeps per pool.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(super) struct Proxy {
+    pub(super) connect_timeout: Option<Duration>,
+    /// `Some(None)`: switched off.
+    pub(super) idle_timeout: Option<Option<Duration>>,
+    pub(super) next_upstream: Option<bool>,
+    pub(super) tries: Option<u32>,
+}
+
+impl Proxy {
+    pub(super) fn or(&self, parent: &Proxy) -> Proxy {
+        Proxy {
+            connect_timeout: self.connect_timeout.or(parent.connect_timeout),
+            idle_timeout: self.idle_timeout.or(parent.idle_timeout),
+            next_upstream: self.next_upstream.or(parent.next_upstream),
+            tries: self.tries.or(parent.tries),
+        }
+    }
+
+    pub(super) fn retries(&self) -> String {
+        match (self.next_upstream.unwrap_or(true), self.tries.unwrap_or(0)) {
+            (false, _) => "0".into(),
+            (true, 0) => "\"all\"".into(),
+            (true, n) => (n - 1).to_string(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Server {
+    pub(super) address: String,
+    pub(super) weight: u32,
+    pub(super) max_fails: u32,
+    pub(super) fail_timeout: Duration,
+    pub(super) backup: bool,
+    pub(super) down: bool,
+    pub(super) max_conns: u32,
+    pub(super) comments: Vec<String>,
+    /// Parameters that were not carried over, already warned about.
+    pub(super) dropped: Vec<String>,
+}
+
+impl Server {
+    /// A server line with nginx's defaults.
+    pub(super) fn new(address: &str, comments: Vec<String>) -> Server {
+        Server {
+            address: address.to_owned(),
+            weight: 1,
+            max_fails: NGINX_MAX_FAILS,
+            fail_timeout: NGINX_FAIL_TIMEOUT,
+            backup: false,
+            down: false,
+            max_conns: 0,
+            comments,
+            dropped: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Pool {
+    pub(super) name: String,
+    /// `upstream NAME` as written, or the `proxy_pass` target.
+    pub(super) origin: String,
+    pub(super) at: String,
+    pub(super) comments: Vec<String>,
+    pub(super) balance: &'static str,
+    pub(super) servers: Vec<Server>,
+    /// Comment lines for the pool table (directives not carried over).
+    pub(super) notes: Vec<String>,
+    /// From the first `server {}` proxying to it; None if none does.
+    pub(super) proxy: Option<Proxy>,
+    pub(super) used_at: String,
+}
+
+#[derive(Debug)]
+pub(super) struct Listener {
+    pub(super) bind: String,
+    pub(super) pool: String,
+    pub(super) comments: Vec<String>,
+    pub(super) notes: Vec<String>,
+}
+
+#[derive(Default)]
+pub(super) struct Converter {
+    pub(super) warnings: Vec<String>,
+    pub(super) pools: Vec<Pool>,
+    pub(super) listeners: Vec<Listener>,
+    /// Lines for the head of the file: stream-level directives not carried.
+    pub(super) head_notes: Vec<String>,
+}
+
+impl Converter {
+    /// Records a directive that was not carried over: a warning, and the
+    /// comment line returned for the output.
+    pub(super) fn not_carried(&mut self, d: &Directive, why: &str) -> String {
+        self.warnings.push(format!("{}: {}: not carried over: {why}", d.at(), d.text()));
+        format!("nginx: {}  ({}): not carried over: {why}", d.text(), d.at())
+    }
+
+    pub(super) fn warn(&mut self, d: &Directive, what: String) -> String {
+        self.warnings.push(format!("{}: {}: {what}", d.at(), d.text()));
+        format!("nginx: {}  ({}): {what}", d.text(), d.at())
+    }
+
+    pub(super) fn upstream(&mut self, d: &Directive) -> Result<(), ConvertError> {
+        let [name] = d.args.as_slice() else {
+            return Err(d.err("upstream takes one name"));
+        };
+        let mut pool = Pool {
+            name: self.pool_name(name),
+            origin: name.clone(),
+            at: d.at(),
+            comments: d.comments.clone(),
+            balance: "round_robin",
+            servers: Vec::new(),
+            notes: Vec::new(),
+            proxy: None,
+            used_at: String::new(),
+        };
+        if pool.name != *name {
+            pool.notes
+                .push(format!("nginx upstream \"{name}\": renamed, pool names hold only letters, digits, _ and -"));
+        }
+        for x in d.block.as_deref().unwrap_or_default() {
+            match x.name.as_str() {
+                "server" => {
+                    let s = self.server(x)?;
+                    pool.servers.push(s);
+                }
+                "least_conn" => pool.balance = "least_conn",
+                "random" => {
+                    pool.balance = "random_two";
+                    match x.args.first().map(String::as_str) {
+                        Some("two") if x.args.get(1).is_none_or(|m| m == "least_conn") => {}
+                        Some("two") => {
+                            let n = self.warn(x, "random_two (which picks the one with fewer connections) used".into());
+                            pool.notes.push(n);
+                        }
+                        _ => {
+                            let n = self.warn(x, "plain random has no twin; random_two used".into());
+                            pool.notes.push(n);
+                        }
+                    }
+                }
+                "hash" => match x.args.as_slice() {
+                    [k, c] if k == "$remote_addr" && c == "consistent" => pool.balance = "source_hash",
+                    [k] if k == "$remote_addr" => {
+                        pool.balance = "source_hash";
+                        let n = self.warn(
+                            x,
+                            "source_hash is nginx's consistent hash: the same client keeps one server, but not \
+                             the one plain hash picked"
+                                .into(),
+                        );
+                        pool.notes.push(n);
+                    }
+                    _ => {
+                        let n =
+                            self.not_carried(x, "only hash $remote_addr is carried (as source_hash); round_robin used");
+                        pool.notes.push(n);
+                    }
+                },
+                "zone" => pool.notes.push(format!(
+                    "nginx: {}  ({}): not needed, ucp-lb's workers share server state",
+                    x.text(),
+                    x.at()
+                )),
+                _ => {
+                    let n = self.not_carried(x, "no ucp-lb equivalent");
+                    pool.notes.push(n);
+                }
+            }
+        }
+        if pool.servers.is_empty() {
+            return Err(d.err(format!("upstream \"{name}\" has no server (nginx refuses this too)")));
+        }
+        self.settle_per_server_limits(d, &mut pool);
+        self.pools.push(pool);
+        Ok(())
+    }
+
+    /// nginx sets max_fails/fail_timeout per server, ucp-lb per pool: the
+    /// value most servers have is used, with a warning for the others.
+    pub(super) fn settle_per_server_limits(&mut self, d: &Directive, pool: &mut Pool) {
+        let mut counts: BTreeMap<(u32, Duration), usize> = BTreeMap::new();
+        for s in &pool.servers {
+            *counts.entry((s.max_fails, s.fail_timeout)).or_default() += 1;
+        }
+        if counts.len() > 1 {
+            let (&(mf, ft), _) = counts.iter().max_by_key(|(_, n)| **n).unwrap_or((&(1, NGINX_FAIL_TIMEOUT), &0));
+            let odd: Vec<String> = pool
+                .servers
+                .iter()
+                .filter(|s| (s.max_fails, s.fail_timeout) != (mf, ft))
+                .map(|s| {
+                    format!(
+                        "{} (max_fails={} fail_timeout={})",
+                        s.address,
+                        s.max_fails,
+                        format_duration(s.fail_timeout)
+                    )
+                })
+                .collect();
+            let n = self.warn(
+                d,
+                format!(
+                    "ucp-lb sets max_fails and fail_timeout per pool: {mf} and {} used, also for {}",
+                    format_duration(ft),
+                    odd.join(", ")
+                ),
+            );
+            pool.notes.push(n);
+            for s in &mut pool.servers {
+                s.max_fails = mf;
+                s.fail_timeout = ft;
+            }
+        }
+    }
+
+    pub(super) fn server(&mut self, d: &Directive) -> Result<Server, ConvertError> {
+        let Some(addr) = d.args.first() else {
+            return Err(d.err("server needs an address"));
+        };
+        if addr.starts_with("unix:") {
+            return Err(d.err("a unix: socket server cannot be carried over (ucp-lb connects over TCP only)"));
+        }
+        if crate::config::parse_host_port(addr).is_err() {
+            return Err(
+                d.err(format!("expected host:port, found \"{addr}\" (nginx's stream module needs the port too)"))
+            );
+        }
+        let mut s = Server::new(addr, d.comments.clone());
+        for p in &d.args[1..] {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let num = || v.parse::<u32>().map_err(|_| d.err(format!("{k}: expected a whole number, found \"{v}\"")));
+            match k {
+                "weight" => s.weight = num()?.max(1),
+                "max_fails" => s.max_fails = num()?,
+                "max_conns" => s.max_conns = num()?,
+                "fail_timeout" => {
+                    s.fail_timeout = parse_format_duration(v).map_err(|e| d.err(format!("fail_timeout: {e}")))?
+                }
+                "backup" => s.backup = true,
+                "down" => s.down = true,
+                _ => {
+                    self.warnings.push(format!("{}: server {addr}: parameter {p}: not carried over", d.at()));
+                    s.dropped.push(p.clone());
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    pub(super) fn pool_name(&self, want: &str) -> String {
+        let clean: String =
+            want.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+        let mut name = if clean.is_empty() { "pool".to_owned() } else { clean };
+        let base = name.clone();
+        let mut n = 2;
+        while self.pools.iter().any(|p| p.name == name) {
+            name = format!("{base}_{n}");
+            n += 1;
+        }
+        name
+    }
+
+    /// Reads a `proxy_*` directive into `p`; false if it is not one.
+    pub(super) fn proxy_directive(&mut self, d: &Directive, p: &mut Proxy) -> Result<bool, ConvertError> {
+        let one = || match d.args.as_slice() {
+            [a] => Ok(a.as_str()),
+            _ => Err(d.err(format!("{} takes one value", d.name))),
+        };
+        let time = |v: &str| parse_format_duration(v).map_err(|e| d.err(format!("{}: {e}", d.name)));
+        match d.name.as_str() {
+            "proxy_connect_timeout" => p.connect_timeout = Some(time(one()?)?),
+            "proxy_timeout" => {
+                let t = time(one()?)?;
+                p.idle_timeout = Some(if t.is_zero() { None } else { Some(t) });
+            }
+            "proxy_next_upstream" => {
+                p.next_upstream = Some(match one()? {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(d.err(format!("proxy_next_upstream: expected on or off, found \"{v}\""))),
+                })
+            }
+            "proxy_next_upstream_tries" => {
+                let v = one()?;
+                p.tries = Some(v.parse().map_err(|_| d.err(format!("expected a whole number, found \"{v}\"")))?);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    pub(super) fn server_block(&mut self, d: &Directive, stream: &Proxy) -> Result<(), ConvertError> {
+        let mut proxy = Proxy::default();
+        let mut binds: Vec<(String, Vec<String>)> = Vec::new();
+        let mut target: Option<&Directive> = None;
+        let mut notes = Vec::new();
+        let block = d.block.as_deref().unwrap_or_default();
+        for x in block {
+            if self.proxy_directive(x, &mut proxy)? {
+                continue;
+            }
+            match x.name.as_str() {
+                "listen" => {
+                    if let Some(b) = self.listen(x, &mut notes)? {
+                        binds.push((b, x.comments.clone()));
+                    }
+                }
+                "proxy_pass" => target = Some(x),
+                "proxy_next_upstream_timeout" if x.args.first().is_some_and(|v| v == "0") => {}
+                "tcp_nodelay" if x.args.first().is_some_and(|v| v == "on") => {
+                    notes.push(format!("nginx: {}  ({}): ucp-lb always sets TCP_NODELAY", x.text(), x.at()));
+                }
+                _ => {
+                    let n = self.not_carried(x, "no ucp-lb equivalent");
+                    notes.push(n);
+                }
+            }
+        }
+        let Some(target) = target else {
+            let n = self.not_carried(d, "a server {} without proxy_pass");
+            self.head_notes.push(n);
+            return Ok(());
+        };
+        if binds.is_empty() {
+            let n = self.not_carried(d, "no listen that ucp-lb can carry");
+            self.head_notes.push(n);
+            return Ok(());
+        }
+        let [to] = target.args.as_slice() else {
+            return Err(target.err("proxy_pass takes one upstream name or host:port"));
+        };
+        if to.contains('$') {
+            let n = self.not_carried(target, "proxy_pass with variables");
+            self.head_notes.push(n);
+            return Ok(());
+        }
+        let proxy = proxy.or(stream);
+        let idx = match self.pools.iter().position(|p| p.origin == *to) {
+            Some(i) => i,
+            None => {
+                if crate::config::parse_host_port(to).is_err() {
+                    return Err(target.err(format!(
+                        "proxy_pass {to}: no upstream \"{to}\" and not host:port (nginx refuses this too)"
+                    )));
+                }
+                let name = self.pool_name(&format!("direct_{to}"));
+                let server = Server::new(to, Vec::new());
+                self.pools.push(Pool {
+                    name,
+                    origin: to.clone(),
+                    at: target.at(),
+                    comments: Vec::new(),
+                    balance: "round_robin",
+                    servers: vec![server],
+                    notes: vec![format!("nginx: proxy_pass {to} straight to one server ({})", target.at())],
+                    proxy: None,
+                    used_at: String::new(),
+                });
+                self.pools.len() - 1
+            }
+        };
+        match &self.pools[idx].proxy {
+            None => {
+                self.pools[idx].proxy = Some(proxy);
+                self.pools[idx].used_at = d.at();
+            }
+            Some(first) if *first != proxy => {
+                let first_at = self.pools[idx].used_at.clone();
+                let n = self.warn(
+                    d,
+                    format!(
+                        "proxies to {to} with other proxy_* settings than the server at {first_at}; ucp-lb keeps them \
+                         per pool: the first are used"
+                    ),
+                );
+                notes.push(n);
+            }
+            Some(_) => {}
+        }
+        let pool = self.pools[idx].name.clone();
+        for (i, (bind, mut comments)) in binds.into_iter().enumerate() {
+            if i == 0 {
+                let mut c = d.comments.clone();
+                c.append(&mut comments);
+                comments = c;
+            }
+            self.listeners.push(Listener {
+                bind,
+                pool: pool.clone(),
+                comments,
+                notes: if i == 0 { std::mem::take(&mut notes) } else { Vec::new() },
+            });
+        }
+        Ok(())
+    }
+
+    /// The bind address of a `listen`, or None (with a note) if it cannot
+    /// be carried.
+    pub(super) fn listen(&mut self, d: &Directive, notes: &mut Vec<String>) -> Result<Option<String>, ConvertError> {
+        let Some(addr) = d.args.first() else {
+            return Err(d.err("listen needs an address or port"));
+        };
+        for p in &d.args[1..] {
+            let skip_why = match p.split('=').next().unwrap_or(p) {
+                "udp" => Some("ucp-lb balances TCP only"),
+                "ssl" => Some("ucp-lb passes TLS through and does not terminate it"),
+                "proxy_protocol" => Some("the PROXY protocol header is not read"),
+                _ => None,
+            };
+            if let Some(why) = skip_why {
+                let n = self.not_carried(d, why);
+                notes.push(n);
+                return Ok(None);
+            }
+        }
+        let bind = if addr.chars().all(|c| c.is_ascii_digit()) {
+            format!("0.0.0.0:{addr}")
+        } else if let Some(port) = addr.strip_prefix("*:") {
+            format!("0.0.0.0:{port}")
+        } else if let Some(port) = addr.strip_prefix("localhost:") {
+            format!("127.0.0.1:{port}")
+        } else if addr.parse::<std::net::SocketAddr>().is_ok() {
+            addr.clone()
+        } else {
+            let n = self.not_carried(d, "ucp-lb binds IP addresses (and *, localhost), not names or unix: sockets");
+            notes.push(n);
+            return Ok(None);
+        };
+        let extra: Vec<&String> = d.args[1..].iter().collect();
+        if !extra.is_empty() {
+            let list: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
+            let n = self.warn(
+                d,
+                format!(
+                    "listening on {bind}; parameters not carried over: {} (ucp-lb sets backlog 1024, SO_REUSEADDR \
+                     and TCP keepalive itself)",
+                    list.join(" ")
+                ),
+            );
+            notes.push(n);
+        }
+        Ok(Some(bind))
+    }
+}
+
+/// nginx time: `30s`, `10m`, `1h30m`, `500ms`; a bare number is seconds.
+pub(super) fn parse_format_duration(v: &str) -> Result<Duration, String> {
+    let bad = || format!("expected an nginx time like 30s, 10m or 500ms, found \"{v}\"");
+    let mut total = Duration::ZERO;
+    let mut rest = v;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = match rest.as_bytes() {
+            [b'm', b's', ..] => (Duration::from_millis(1), 2),
+            [b's', ..] => (Duration::from_secs(1), 1),
+            [b'm', ..] => (Duration::from_secs(60), 1),
+            [b'h', ..] => (Duration::from_secs(3600), 1),
+            [b'd', ..] => (Duration::from_secs(86400), 1),
+            [b'w', ..] => (Duration::from_secs(7 * 86400), 1),
+            [] => (Duration::from_secs(1), 0),
+            _ => return Err(bad()),
+        };
+        rest = &rest[len..];
+        total += unit.checked_mul(u32::try_from(n).map_err(|_| bad())?).ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_times() {
+        assert_eq!(parse_format_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_format_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_format_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_format_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_format_duration("5x").is_err());
+        assert!(parse_format_duration("").is_err());
+        assert!(parse_format_duration("s").is_err());
+    }
+}
