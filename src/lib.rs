@@ -1,27 +1,43 @@
 //! ucp-lb: a layer-4 load balancer for Docker Enterprise UCP managers and DTR
 //! replicas, the job of the reference architectures' nginx `stream {}` block.
 //!
-//! Layout, in the order a connection meets them:
+//! Layout, from the leaves up (imports only go down; `tests/modules.rs`
+//! fails on a loop):
 //!
-//! - `config` (and `config/raw.rs`): lb.toml into a typed, validated
-//!   [`config::Config`], or every error with file, line, column and key.
+//! - `config` (`raw.rs`, `validate.rs`, `values.rs`): lb.toml into a typed,
+//!   validated [`config::Config`], or every error with file, line, column
+//!   and key, and its warnings. No runtime state, no sockets.
+//! - `net`: connect with a timeout, TCP keepalive, why a connect failed.
+//! - `check`: what an active check last found, its rise/fall counting.
+//! - `passive`: nginx's `max_fails`/`fail_timeout`, pure, taking `now`.
+//! - `token`: the admin token, read with the config, compared in constant time.
+//! - `metrics`: every metric name and the Prometheus recorder.
+//! - `splice`, `copy`: the byte path, both directions, pooled buffers and
+//!   pipes, half-close.
+//! - `tls`, `probe`, `health`: probe TLS configs, one probe, and the probe
+//!   tasks shared between pools.
+//! - `pool`: eligibility and balancing, pure (reads check cells, no I/O).
+//! - `snapshot`: the running config as one immutable snapshot, swapped
+//!   whole; server state that outlives snapshots.
 //! - `resolve`: server names into addresses, at load and every
 //!   `resolve_interval`.
-//! - `snapshot`: the running config as one immutable snapshot, swapped whole;
-//!   server state that outlives snapshots.
-//! - `listener`: bound sockets and accept loops that never die.
 //! - `proxy`: one client: pick, connect with retries, copy.
-//! - `pool` and `passive`: eligibility, balancing and nginx's
-//!   `max_fails`/`fail_timeout`, pure and tested without sockets.
-//! - `copy`: the byte path, both directions, pooled buffers, half-close.
-//! - `health`, `probe`, `tls`: active checks, one probe, probe TLS configs.
-//! - `reload`: SIGHUP, file watch, and the reload itself.
-//! - `shutdown`: stop accepting, grace period, force close.
-//! - `logging`, `commands`, `demo`, `standin`: the binary's set-up, its
-//!   sub-commands, and the stand-in UCP managers the demo runs.
+//! - `listener`: bound sockets and accept loops that never die.
+//! - `shutdown`: stop accepting, grace period.
+//! - `status`: the one status view (listeners, pools, servers) computed at
+//!   read time, and the watcher that logs a pool's all-down episodes.
+//! - `lifecycle`: the one pipeline of check, start and reload (load
+//!   everything that can fail, then commit in one swap), and the running
+//!   handle.
+//! - `reload`: what triggers a reload (SIGHUP, a change of the file).
+//! - `admin`: the admin server; `/status`, the page (`admin/page.rs`) and
+//!   `/metrics` (`admin/prom.rs`) render the status view.
+//! - `nginx`: `convert-nginx` (read, convert, write).
 //!
 //! [`start`] binds everything and returns a [`Running`] that reports the
-//! addresses it bound, so tests run the binary's own code on port 0.
+//! addresses it bound, so tests run the binary's own code on port 0. The
+//! command line, the demo and its stand-in managers are the binary's
+//! (`src/main.rs`, `src/cli/`).
 
 #![forbid(unsafe_code)]
 
