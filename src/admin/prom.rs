@@ -1,9 +1,10 @@
 //! `GET /metrics`: the status view as Prometheus series.
 //!
 //! Every value comes from [`View`]; nothing is computed here that `/status`
-//! and the page do not show too. Series are set in the view's order (pools
-//! and servers as configured, listeners as opened) and the exporter sorts
-//! them by name and labels, so two scrapes list them the same way.
+//! and the page do not show too. The exporter writes families and series
+//! in hash-map order, which changes from one scrape to the next: the text
+//! is put in a stable order here (families by name, counter and gauge
+//! series by their labels; histogram buckets keep their own order).
 
 use std::sync::Mutex;
 
@@ -63,5 +64,64 @@ pub fn render(m: &Metrics, view: &View) -> String {
     m.counter(RELOADS, vec![l("result", "success")]).absolute(view.reload.successes);
     m.counter(RELOADS, vec![l("result", "failure")]).absolute(view.reload.failures);
     m.gauge(RELOAD_OK, vec![]).set(if view.reload.last_ok == Some(false) { 0.0 } else { 1.0 });
-    m.render()
+    stable(&m.render())
+}
+
+/// The exposition `text` with its families sorted by name and the series
+/// of each counter and gauge sorted; a histogram's lines keep their order
+/// (buckets ascending, then sum and count, by series in registration order).
+fn stable(text: &str) -> String {
+    let mut families: Vec<(String, Vec<&str>)> = Vec::new();
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let lines: Vec<&str> = block.lines().collect();
+        let kind = lines.iter().find_map(|l| l.strip_prefix("# TYPE ")).unwrap_or("");
+        let name = kind.split_whitespace().next().unwrap_or("").to_owned();
+        let (mut head, mut samples): (Vec<&str>, Vec<&str>) = lines.into_iter().partition(|l| l.starts_with('#'));
+        if kind.ends_with(" counter") || kind.ends_with(" gauge") {
+            samples.sort_unstable();
+        }
+        head.append(&mut samples);
+        families.push((name, head));
+    }
+    families.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::with_capacity(text.len());
+    for (_, lines) in families {
+        for l in lines {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_and_series_come_in_one_order() {
+        let text = "# HELP b_total B\n# TYPE b_total counter\nb_total{x=\"2\"} 1\nb_total{x=\"1\"} 1\n\n\
+                    # TYPE a gauge\na 1\n\n\
+                    # TYPE h histogram\nh_bucket{le=\"0.5\"} 1\nh_bucket{le=\"10\"} 2\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n\n";
+        let want = "# TYPE a gauge\na 1\n\n\
+                    # HELP b_total B\n# TYPE b_total counter\nb_total{x=\"1\"} 1\nb_total{x=\"2\"} 1\n\n\
+                    # TYPE h histogram\nh_bucket{le=\"0.5\"} 1\nh_bucket{le=\"10\"} 2\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n\n";
+        assert_eq!(stable(text), want);
+    }
+
+    #[test]
+    fn two_scrapes_of_the_same_state_read_the_same() {
+        let m = Metrics::new();
+        for (i, name) in ["p1", "p2", "p3", "p4", "p5", "p6"].iter().enumerate() {
+            m.gauge(SERVER_UP, vec![l("pool", *name), l("server", "s")]).set(1.0);
+            m.counter(SERVER_CONNECTIONS, vec![l("pool", *name), l("server", "s")]).absolute(i as u64);
+            m.counter(RELOADS, vec![l("result", *name)]).absolute(1);
+        }
+        let (a, b) = (stable(&m.render()), stable(&m.render()));
+        assert_eq!(a, b);
+        let first = a.lines().position(|l| l.contains("pool=\"p1\"")).unwrap();
+        let last = a.lines().position(|l| l.contains("pool=\"p6\"")).unwrap();
+        assert!(first < last, "{a}");
+    }
 }
