@@ -7,6 +7,8 @@
 //! - `config` (`raw.rs`, `validate.rs`, `values.rs`): lb.toml into a typed,
 //!   validated [`config::Config`], or every error with file, line, column
 //!   and key, and its warnings. No runtime state, no sockets.
+//! - `files`: reading lb.toml and the files it names: regular files only,
+//!   capped, trusted (owner and modes checked on the open descriptor).
 //! - `net`: connect with a timeout, TCP keepalive, why a connect failed.
 //! - `check`: what an active check last found, its rise/fall counting.
 //! - `passive`: nginx's `max_fails`/`fail_timeout`, pure, taking `now`.
@@ -45,6 +47,7 @@ pub mod admin;
 pub mod check;
 pub mod config;
 pub mod copy;
+pub mod files;
 pub mod health;
 pub mod lifecycle;
 pub mod listener;

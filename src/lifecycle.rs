@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{self, AdminState, Config, ConfigError, ConfigErrors};
+use crate::files::READ_TIMEOUT as FILE_TIMEOUT;
 use crate::health::{self, Health, TlsConfigs};
 use crate::listener::{BindError, ListenerState, Listeners};
 use crate::resolve;
@@ -261,6 +262,18 @@ impl Lb {
         n
     }
 
+    /// The config file holds the running config's text again (a bad edit
+    /// was reverted): the last reload's failure no longer describes the
+    /// file, so it is cleared, and said once.
+    pub fn file_matches_running(&self) {
+        let mut st = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        if st.last_ok == Some(false) {
+            st.last_ok = Some(true);
+            st.last_error = None;
+            info!("the config file matches the running config again: the last reload failure is cleared");
+        }
+    }
+
     /// Reloads the config file the running config came from. Returns the new
     /// generation; on error nothing has changed.
     pub async fn reload(&self) -> Result<u64, ReloadError> {
@@ -289,15 +302,24 @@ impl Lb {
 
     async fn reload_from(&self, path: std::path::PathBuf) -> Result<u64, ReloadError> {
         let _writer = self.shared.writer.lock().await;
-        // Files are read off the runtime's worker threads.
-        let loaded = tokio::task::spawn_blocking(move || load(&path)).await.unwrap_or_else(|e| {
-            Err(ConfigErrors(vec![ConfigError {
-                source: String::new(),
-                pos: None,
-                key: String::new(),
-                message: format!("reading the config failed: {e}"),
-            }]))
-        })?;
+        // Files are read off the runtime's worker threads, and a file system
+        // that stalls fails the reload after FILE_TIMEOUT (the thread may
+        // stay stuck; the runtime, traffic and signals do not).
+        let source = path.display().to_string();
+        let fail = |message: String| {
+            ConfigErrors(vec![ConfigError { source: source.clone(), pos: None, key: String::new(), message }])
+        };
+        let loaded = match tokio::time::timeout(FILE_TIMEOUT, tokio::task::spawn_blocking(move || load(&path))).await {
+            Ok(Ok(loaded)) => loaded?,
+            Ok(Err(e)) => return Err(fail(format!("reading the config failed: {e}")).into()),
+            Err(_) => {
+                return Err(fail(format!(
+                    "reading the config and the files it names took longer than {}s (a stalled file system?)",
+                    FILE_TIMEOUT.as_secs()
+                ))
+                .into());
+            }
+        };
         log_warnings(&loaded);
         let resolved = resolve(&loaded).await?;
         let Loaded { config, token, tls, .. } = loaded;

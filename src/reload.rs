@@ -28,6 +28,14 @@ pub async fn on_sighup(lb: Arc<Lb>) {
     }
 }
 
+/// What the watch found in the file: text (its CRC-32), or a refusal (the
+/// CRC-32 of the reason), so the same bad file is tried once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Text(u32),
+    Refused(u32),
+}
+
 /// Watches the config file's directory and reloads when the file's content
 /// changes. The directory, not the file: editors replace files by rename and
 /// Kubernetes swaps ConfigMap symlinks, and a watch on the old inode would
@@ -73,7 +81,7 @@ pub async fn watch_file(lb: Arc<Lb>, path: PathBuf) {
     // with what this task first read: a change made between the start (or
     // a reload) and the watch being set up is not missed. The first pass
     // checks at once, for that reason.
-    let mut last_tried: Option<u32> = None;
+    let mut last_tried: Option<Seen> = None;
     let mut first = true;
     loop {
         if !first {
@@ -87,25 +95,38 @@ pub async fn watch_file(lb: Arc<Lb>, path: PathBuf) {
             }
         }
         first = false;
-        // Mid-replace the file may be missing for a moment: wait for the
-        // event that brings it back.
-        // Off the runtime's worker threads: a file system that stalls must
-        // not stall traffic.
+        // Off the runtime's worker threads, bounded in size and time, and
+        // never blocking on a FIFO (files.rs): a file system that stalls or
+        // a hostile file must not stall traffic.
         let read = {
             let p = path.clone();
-            tokio::task::spawn_blocking(move || std::fs::read(p)).await
+            let job = tokio::task::spawn_blocking(move || {
+                // Mid-replace the file may be missing for a moment: wait for
+                // the event that brings it back.
+                std::fs::symlink_metadata(&p).ok()?;
+                Some(crate::files::read(&p, "the config file", crate::files::CONFIG))
+            });
+            tokio::time::timeout(crate::files::READ_TIMEOUT, job).await
         };
-        let Ok(Ok(now)) = read else { continue };
-        let crc = crc32fast::hash(&now);
-        if crc == lb.shared.snapshot.load().config.fingerprint {
+        // Missing, or the reading thread failed: wait for the next event. A
+        // read that timed out is left to the reload, which says so.
+        let seen = match read {
+            Ok(Ok(None)) | Ok(Err(_)) => continue,
+            Ok(Ok(Some(Ok(text)))) => Seen::Text(crc32fast::hash(text.as_bytes())),
+            Ok(Ok(Some(Err(why)))) => Seen::Refused(crc32fast::hash(why.as_bytes())),
+            Err(_) => Seen::Refused(0),
+        };
+        if seen == Seen::Text(lb.shared.snapshot.load().config.fingerprint) {
             last_tried = None;
+            // A bad edit reverted: file and running config agree again.
+            lb.file_matches_running();
             continue;
         }
-        // The same text that already failed to load.
-        if last_tried == Some(crc) {
+        // The same text (or the same refusal) that already failed to load.
+        if last_tried == Some(seen) {
             continue;
         }
-        last_tried = Some(crc);
+        last_tried = Some(seen);
         info!(file = %path.display(), "config file changed: reloading");
         let _ = lb.reload().await;
     }

@@ -21,6 +21,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    #[error("{0}")]
+    File(String),
     #[error("cannot read CA file {path}: {error}")]
     ReadCa { path: String, error: String },
     #[error("no certificate in CA file {0}")]
@@ -96,8 +98,8 @@ pub fn unverified() -> Result<Arc<ClientConfig>, TlsError> {
 pub fn verified(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
     let path = ca_file.display().to_string();
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_file)
-        .map_err(|e| TlsError::ReadCa { path: path.clone(), error: e.to_string() })?;
+    let text = crate::files::read(ca_file, &format!("CA file {path}"), crate::files::CA).map_err(TlsError::File)?;
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes());
     for cert in certs {
         let cert = cert.map_err(|e| TlsError::ReadCa { path: path.clone(), error: e.to_string() })?;
         roots.add(cert)?;

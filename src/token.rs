@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use crate::config::{AdminConfig, ConfigError, world_writable};
+use crate::config::{AdminConfig, ConfigError};
 
-/// Reads the token file: its first line, trimmed. An empty or unreadable
-/// file is a config error, not a silently open endpoint.
+/// Reads the token file: its first line, trimmed. An empty, unreadable or
+/// untrusted file (see `files.rs`: readable or writable by others, too
+/// large, not a regular file) is a config error, not a silently open
+/// endpoint.
 pub fn read(cfg: &AdminConfig, source: &str) -> Result<Option<String>, ConfigError> {
     let Some(path) = &cfg.token_file else { return Ok(None) };
     let err = |message: String| ConfigError {
@@ -21,10 +23,7 @@ pub fn read(cfg: &AdminConfig, source: &str) -> Result<Option<String>, ConfigErr
         key: "admin.token_file".into(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
-    if let Some(why) = world_writable(path) {
-        return Err(err(why));
-    }
+    let text = crate::files::read(path, &path.display().to_string(), crate::files::TOKEN).map_err(err)?;
     let token = text.lines().next().unwrap_or("").trim().to_owned();
     if token.is_empty() {
         return Err(err(format!("{} holds no token", path.display())));

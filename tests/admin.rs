@@ -151,7 +151,7 @@ async fn post_endpoints_need_the_token_and_overrides_change_routing_at_once() {
     let (a, b) = (Echo::start().await, Echo::start().await);
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    write_secret(&token_file, "s3cret-token\n");
     let path = dir.path().join("lb.toml");
     std::fs::write(&path, with_admin(&one_pool(&[a.addr, b.addr], ""), Some(&token_file))).unwrap();
     let lb = start_lb_file(&path).await;

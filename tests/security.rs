@@ -61,7 +61,7 @@ async fn the_admin_token_never_appears_in_logs_status_metrics_or_the_page() {
     let echo = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    write_secret(&token, &format!("{TOKEN}\n"));
     let cfg = dir.path().join("lb.toml");
     std::fs::write(&cfg, with_admin(&one_pool(&[echo.addr], ""), Some(&token))).unwrap();
     let mut cmd = Command::new(common::BIN);

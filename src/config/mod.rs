@@ -344,45 +344,17 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Reads and validates the config file at `path`.
+/// Reads and validates the config file at `path`: a regular file of at
+/// most 1 MiB that nobody but its owner (root or ucp-lb's user) may write
+/// (see `files.rs`).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            source: source.clone(),
-            pos: None,
-            key: String::new(),
-            message: format!("cannot read the config file: {e}"),
-        }])
+    let text = crate::files::read(path, "the config file", crate::files::CONFIG).map_err(|message| {
+        ConfigErrors(vec![ConfigError { source: source.clone(), pos: None, key: String::new(), message }])
     })?;
-    if let Some(why) = world_writable(path) {
-        return Err(ConfigErrors(vec![ConfigError {
-            source: source.clone(),
-            pos: None,
-            key: String::new(),
-            message: why,
-        }]));
-    }
     let mut config = parse(&text, &source)?;
     config.path = Some(path.to_path_buf());
     Ok(config)
-}
-
-/// Why `path` must not be used when every user of the host may write it
-/// (the config decides where traffic goes; the token guards the admin
-/// POST endpoints), else `None`. A symbolic link is followed: its target's
-/// mode is what counts.
-pub fn world_writable(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o002 != 0).then(|| {
-        format!(
-            "{} is writable by every user (mode {:04o}): refused; remove that bit with `chmod o-w {}`",
-            path.display(),
-            mode & 0o7777,
-            path.display()
-        )
-    })
 }
 
 /// Validates lb.toml `text`; `source` names it in messages.

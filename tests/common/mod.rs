@@ -188,6 +188,14 @@ impl Blackhole {
     }
 }
 
+/// Writes a secret (an admin token) readable by its owner only, as ucp-lb
+/// requires of a token file.
+pub fn write_secret(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// Starts an LB from lb.toml text.
 pub async fn start_lb(toml: &str) -> ucp_lb::Running {
     let config = ucp_lb::config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("bad test config: {e}\n{toml}"));

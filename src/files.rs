@@ -1,0 +1,184 @@
+//! Reading the files a config names, and the config itself, so that
+//! nothing the file system does can stop or fool the balancer.
+//!
+//! A file is opened without blocking (a FIFO would otherwise wait for a
+//! writer), checked on the open descriptor (not on the path, which may
+//! change in between): it must be a regular file, no larger than its cap,
+//! owned by root or by the user ucp-lb runs as, writable by nobody else,
+//! in a directory nobody else may write (unless sticky), and, for a secret,
+//! readable by nobody else. Then at most the cap is read. Each refusal says
+//! what to run to fix it. A leaf: callers wrap the message in their own
+//! error, with the key that named the file.
+
+use std::fs::{Metadata, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+/// lb.toml, and a CA file, are read up to this size.
+pub const CONFIG_MAX: u64 = 1 << 20;
+/// A token file is read up to this size.
+pub const TOKEN_MAX: u64 = 4 << 10;
+/// How long reading the config and the files it names may take, off the
+/// runtime's threads, before a reload gives up and the running config stays.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How much of a file is read and who may see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    pub max: u64,
+    /// Only its owner may read it (the admin token).
+    pub secret: bool,
+}
+
+pub const CONFIG: Kind = Kind { max: CONFIG_MAX, secret: false };
+pub const TOKEN: Kind = Kind { max: TOKEN_MAX, secret: true };
+pub const CA: Kind = Kind { max: CONFIG_MAX, secret: false };
+
+/// The text of `path`, or why it may not be used; `what` names the file in
+/// a message about an error reading it ("the config file", "CA file x").
+pub fn read(path: &Path, what: &str, kind: Kind) -> Result<String, String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
+        .open(path)
+        .map_err(|e| format!("cannot read {what}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read {what}: {e}"))?;
+    trusted(path, &meta, kind)?;
+    let mut text = String::new();
+    let read = (&file).take(kind.max + 1).read_to_string(&mut text);
+    match read {
+        Ok(n) if n as u64 > kind.max => Err(too_big(path, kind)),
+        Ok(_) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(format!("{} is not UTF-8 text", path.display())),
+        Err(e) => Err(format!("cannot read {what}: {e}")),
+    }
+}
+
+fn too_big(path: &Path, kind: Kind) -> String {
+    format!("{} is larger than {} KiB: refused (nothing is read past that)", path.display(), kind.max >> 10)
+}
+
+/// What a file of this type is, for a message.
+fn type_name(meta: &Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Why the open file `meta` (at `path`) may not be used, if it may not.
+fn trusted(path: &Path, meta: &Metadata, kind: Kind) -> Result<(), String> {
+    let shown = path.display();
+    if !meta.file_type().is_file() {
+        return Err(format!("{shown} is {}, not a regular file: refused", type_name(meta)));
+    }
+    if meta.len() > kind.max {
+        return Err(too_big(path, kind));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(format!(
+            "{shown} is writable by every user (mode {mode:04o}): refused; remove that bit with `chmod o-w {shown}`"
+        ));
+    }
+    if mode & 0o020 != 0 {
+        return Err(format!(
+            "{shown} is writable by its group (mode {mode:04o}): refused; remove that bit with `chmod g-w {shown}`"
+        ));
+    }
+    if kind.secret && mode & 0o044 != 0 {
+        return Err(format!(
+            "{shown} is readable by others than its owner (mode {mode:04o}): refused for a secret; `chmod 600 {shown}`"
+        ));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "{shown} is owned by uid {}, neither root nor the user ucp-lb runs as (uid {me}): refused; `chown {me} {shown}` or `chown root {shown}`",
+            meta.uid()
+        ));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = std::fs::metadata(dir) {
+        let dmode = d.mode() & 0o7777;
+        // Sticky (as /tmp): others may add files, not replace this one.
+        if dmode & 0o002 != 0 && dmode & 0o1000 == 0 {
+            return Err(format!(
+                "{shown} is in {}, which every user may write (mode {dmode:04o}): anyone could replace it; refused (`chmod o-w {}`)",
+                dir.display(),
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file(dir: &Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_fifo_a_device_and_a_directory_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o644)).unwrap();
+        let e = read(&fifo, "f", CONFIG).unwrap_err();
+        assert!(e.contains("is a FIFO (named pipe), not a regular file"), "{e}");
+        let e = read(Path::new("/dev/zero"), "f", CONFIG).unwrap_err();
+        assert!(e.contains("is a character device"), "{e}");
+        let e = read(dir.path(), "f", CONFIG).unwrap_err();
+        assert!(e.contains("is a directory"), "{e}");
+    }
+
+    #[test]
+    fn size_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = file(dir.path(), "big", &"#".repeat((2 << 20) as usize), 0o644);
+        assert!(read(&big, "f", CONFIG).unwrap_err().contains("larger than 1024 KiB"));
+        let token = file(dir.path(), "token", &"t".repeat(5000), 0o600);
+        assert!(read(&token, "f", TOKEN).unwrap_err().contains("larger than 4 KiB"));
+        let ok = file(dir.path(), "ok", "x = 1\n", 0o644);
+        assert_eq!(read(&ok, "f", CONFIG).unwrap(), "x = 1\n");
+    }
+
+    #[test]
+    fn who_may_write_or_read_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = file(dir.path(), "g", "x", 0o664);
+        assert!(read(&g, "f", CONFIG).unwrap_err().contains("writable by its group"));
+        let o = file(dir.path(), "o", "x", 0o646);
+        assert!(read(&o, "f", CONFIG).unwrap_err().contains("writable by every user"));
+        let readable = file(dir.path(), "t", "secret", 0o640);
+        assert!(read(&readable, "f", TOKEN).unwrap_err().contains("readable by others than its owner"));
+        assert!(read(&readable, "f", CONFIG).is_ok(), "a config may be readable");
+        let open_dir = dir.path().join("open");
+        std::fs::create_dir(&open_dir).unwrap();
+        std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let inside = file(&open_dir, "lb.toml", "x", 0o644);
+        assert!(read(&inside, "f", CONFIG).unwrap_err().contains("which every user may write"));
+        std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(read(&inside, "f", CONFIG).is_ok(), "a sticky directory is fine");
+    }
+}
