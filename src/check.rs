@@ -74,6 +74,31 @@ impl RiseFall {
     }
 }
 
+/// The most of a peer's text kept in a reason, in characters.
+pub const REASON_MAX: usize = 256;
+
+/// Text that came from a peer (a JSON `Error` field, a TLS alert, a
+/// malformed response) made safe to log and show: control characters
+/// written as escapes, so a backend cannot forge a log line, and at most
+/// [`REASON_MAX`] characters.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(REASON_MAX + 8));
+    for (n, c) in text.chars().enumerate() {
+        if n == REASON_MAX {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// One shared active check's results.
 #[derive(Debug)]
 pub struct Check {
@@ -161,6 +186,7 @@ impl Check {
         if let Some(t) = cert_not_after {
             self.cert_not_after.store(t, Relaxed);
         }
+        let failure = failure.map(|f| printable(&f));
         let ok = failure.is_none();
         if !ok {
             self.failures.fetch_add(1, Relaxed);
@@ -218,6 +244,19 @@ mod tests {
         assert_eq!(m.observe(true, 2, 2), None);
         assert_eq!(m.observe(true, 2, 2), Some(CheckState::Up));
         assert_eq!(m.state(), CheckState::Up);
+    }
+
+    #[test]
+    fn a_backend_cannot_forge_a_log_line_or_flood_the_status() {
+        let c = Check::new("http://x/_ping".into(), 1, 1, Arc::default());
+        let forged =
+            "body: Healthy is false (Error: x\n2026-01-01T00:00:00Z  INFO ucp_lb: admin token replaced\u{1b}[2J)";
+        c.record(Some(forged.into()), None, Duration::ZERO);
+        let r = c.reason().unwrap();
+        assert!(!r.contains('\n') && !r.contains('\u{1b}'), "{r}");
+        assert!(r.contains("x\\n2026-01-01") && r.contains("\\u{1b}[2J"), "{r}");
+        c.record(Some("y".repeat(10_000)), None, Duration::ZERO);
+        assert_eq!(c.reason().unwrap().chars().count(), REASON_MAX + 1, "capped, with an ellipsis");
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub fn complete(config: Config) -> Result<Loaded, ConfigErrors> {
     complete_with(config, true)
 }
 
-fn complete_with(config: Config, node_files: bool) -> Result<Loaded, ConfigErrors> {
+fn complete_with(mut config: Config, node_files: bool) -> Result<Loaded, ConfigErrors> {
     let mut errors = Vec::new();
     let mut token = None;
     let mut tls = TlsConfigs::new();
@@ -110,6 +110,18 @@ fn complete_with(config: Config, node_files: bool) -> Result<Loaded, ConfigError
             errors.push(e);
             None
         });
+        if let Some(t) = token.as_ref().filter(|t| t.len() < token::SHORT) {
+            config.warnings.push(ConfigError {
+                source: config.source.clone(),
+                pos: Some(config.admin.token_file_pos),
+                key: "admin.token_file".into(),
+                message: format!(
+                    "the token is {} bytes: shorter than {} is easy to guess (e.g. `openssl rand -hex 32`)",
+                    t.len(),
+                    token::SHORT
+                ),
+            });
+        }
         tls = health::tls_configs(&config).unwrap_or_else(|e| {
             errors.extend(e);
             TlsConfigs::new()

@@ -126,8 +126,10 @@ pub struct Pool {
     /// One primary server and no backup: nginx never ejects it passively,
     /// since there is nowhere else to go.
     single: bool,
-    /// Smooth weighted round robin's state, one per server.
-    rr: Mutex<Vec<RrWeight>>,
+    /// Smooth weighted round robin's state, one per server; shared with
+    /// the next snapshot's pool when its servers are the same, so a reload
+    /// does not send the next client back to the first server.
+    rr: Arc<Mutex<Vec<RrWeight>>>,
     ring: Ring,
 }
 
@@ -143,7 +145,21 @@ impl Pool {
         let single = primaries == 1 && servers.len() == 1;
         let ring = if settings.balance == Balance::SourceHash { Ring::new(&servers) } else { Ring::default() };
         let rr = servers.iter().map(|s| RrWeight { current: 0, effective: i64::from(s.weight) }).collect();
-        Pool { name, settings, servers, state, changed, single, rr: Mutex::new(rr), ring }
+        Pool { name, settings, servers, state, changed, single, rr: Arc::new(Mutex::new(rr)), ring }
+    }
+
+    /// Goes on from where `old` (the same pool in the snapshot before) is in
+    /// its round robin, when both list the same servers with the same
+    /// weights: a reload or a DNS refresh that changes nothing here keeps
+    /// the rotation going (nginx restarts it; 30 reloads each followed by
+    /// one client would send all 30 to the first server).
+    pub fn keep_position(&mut self, old: &Pool) {
+        let same = |a: &Server, b: &Server| {
+            a.name == b.name && a.addr == b.addr && a.weight == b.weight && a.backup == b.backup
+        };
+        if self.servers.len() == old.servers.len() && self.servers.iter().zip(&old.servers).all(|(a, b)| same(a, b)) {
+            self.rr = old.rr.clone();
+        }
     }
 
     /// Eligible for a new client: up, passing its active check, not
@@ -490,6 +506,25 @@ mod tests {
         let now = Instant::now();
         let seq: Vec<usize> = (0..7).map(|_| p.pick(now, client(), &[]).unwrap().idx).collect();
         assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn the_rotation_goes_on_in_a_pool_rebuilt_with_the_same_servers() {
+        let servers = || (1..=3).map(|i| server(&format!("10.0.0.{i}:1"), 1, false)).collect::<Vec<_>>();
+        let now = Instant::now();
+        let mut p = pool(Balance::RoundRobin, servers());
+        let mut seen = Vec::new();
+        for _ in 0..30 {
+            let mut next = pool(Balance::RoundRobin, servers());
+            next.keep_position(&p);
+            p = next;
+            seen.push(p.pick(now, client(), &[]).unwrap().idx);
+        }
+        let counts: Vec<usize> = (0..3).map(|i| seen.iter().filter(|&&s| s == i).count()).collect();
+        assert_eq!(counts, [10, 10, 10], "{seen:?}");
+        let mut other = pool(Balance::RoundRobin, servers().into_iter().take(2).collect());
+        other.keep_position(&p);
+        assert_eq!(other.pick(now, client(), &[]).unwrap().idx, 0, "other servers: a fresh rotation");
     }
 
     #[test]

@@ -73,13 +73,11 @@ impl Snapshot {
                 }
             }
             let state = old.map(|p| p.state.clone()).unwrap_or_else(|| Arc::new(PoolState::default()));
-            pools.push(Arc::new(Pool::new(
-                pc.name.clone(),
-                pc.settings.clone(),
-                servers,
-                state,
-                health.changed.clone(),
-            )));
+            let mut pool = Pool::new(pc.name.clone(), pc.settings.clone(), servers, state, health.changed.clone());
+            if let Some(o) = old {
+                pool.keep_position(o);
+            }
+            pools.push(Arc::new(pool));
         }
         Snapshot { generation, config, resolved, tls, pools }
     }

@@ -357,3 +357,22 @@ async fn a_second_signal_stops_at_once() {
     assert!(within("closed", closed(&mut s)).await);
     assert!(lb.text().contains("second signal"));
 }
+
+/// A reload that leaves a pool's servers as they are keeps its round robin
+/// going: 30 reloads, each followed by one client, spread 10/10/10 (nginx,
+/// and ucp-lb before, sent all 30 to the first server).
+#[tokio::test]
+async fn round_robin_goes_on_across_reloads() {
+    let echos = [Echo::start().await, Echo::start().await, Echo::start().await];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    write(&path, &config(1, &echos.iter().map(|e| e.addr).collect::<Vec<_>>(), ""));
+    let lb = start_lb_file(&path).await;
+    let addr = lb.listener_addrs()[0];
+    for i in 0..30 {
+        lb.reload().await.unwrap_or_else(|e| panic!("reload {i}: {e}"));
+        round_trip(addr).await.unwrap();
+    }
+    let counts: Vec<usize> = echos.iter().map(|e| e.count()).collect();
+    assert_eq!(counts, [10, 10, 10]);
+}

@@ -194,12 +194,14 @@ impl Admin {
                     "down" => AdminState::Down,
                     _ => return text(StatusCode::NOT_FOUND, "expected drain, enable or down\n"),
                 };
+                // Decoded text from a request: escaped before it reaches a log line.
                 let server = percent_decode(server);
+                let shown = crate::check::printable(&server);
                 match self.lb.set_override(pool, &server, state) {
                     None => text(StatusCode::NOT_FOUND, format!("no pool {pool}\n")),
                     Some(0) => text(StatusCode::NOT_FOUND, format!("no server {server} in pool {pool}\n")),
                     Some(n) => {
-                        info!(pool, %server, action, servers = n, "runtime override");
+                        info!(pool, server = %shown, action, servers = n, "runtime override");
                         json(
                             StatusCode::OK,
                             &serde_json::json!({ "pool": pool, "server": server, "state": action, "addresses": n }),
@@ -221,8 +223,12 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // Two hex digits, as RFC 3986 has it: from_str_radix alone takes a
+        // sign too, and "%+a" became a line break.
         if b[i] == b'%'
             && i + 2 < b.len()
+            && b[i + 1].is_ascii_hexdigit()
+            && b[i + 2].is_ascii_hexdigit()
             && let Some(hex) = s.get(i + 1..i + 3)
             && let Ok(v) = u8::from_str_radix(hex, 16)
         {
@@ -246,5 +252,7 @@ mod tests {
         assert_eq!(percent_decode("%5B%3A%3A1%5D%3A443"), "[::1]:443");
         assert_eq!(percent_decode("10.0.0.1:443"), "10.0.0.1:443");
         assert_eq!(percent_decode("bad%zz"), "bad%zz");
+        assert_eq!(percent_decode("x%+ay"), "x%+ay", "a sign is not a hex digit");
+        assert_eq!(percent_decode("x%-1y"), "x%-1y");
     }
 }
