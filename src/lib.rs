@@ -93,12 +93,23 @@ where
     S: FnMut() -> F,
     F: Future<Output = ()>,
 {
-    let mut running = start_loaded(loaded).await?;
+    // The first signal is listened for before anything else happens (its
+    // handlers are installed when it is first polled, here): a SIGTERM
+    // during the start stops the process cleanly instead of killing it.
+    let mut first = std::pin::pin!(signal());
+    let mut running = tokio::select! {
+        biased;
+        _ = &mut first => {
+            info!("stopped before the start was complete");
+            return Ok(());
+        }
+        r = start_loaded(loaded) => r?,
+    };
     if let Some(path) = running.lb.shared.snapshot.load().config.path.clone() {
         running.adopt(tokio::spawn(reload::on_sighup(running.lb.clone())));
         running.adopt(tokio::spawn(reload::watch_file(running.lb.clone(), path)));
     }
-    signal().await;
+    first.await;
     tokio::select! {
         _ = running.shutdown() => info!("stopped"),
         _ = signal() => tracing::warn!("second signal: stopping now, cutting open connections"),
