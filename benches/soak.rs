@@ -196,7 +196,7 @@ fn proc_status(pid: u32, key: &str) -> u64 {
 /// Open client connections and the config generation, from /status.
 async fn lb_status(admin: SocketAddr) -> (u64, u64) {
     let Ok(mut s) = TcpStream::connect(admin).await else { return (0, 0) };
-    let _ = s.write_all(b"GET /status HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n").await;
+    let _ = s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf);

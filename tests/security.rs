@@ -7,6 +7,9 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -139,7 +142,7 @@ async fn a_flooded_admin_port_does_not_touch_the_traffic() {
         }
     }
     let big = tokio::spawn(async move {
-        let header = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
+        let header = format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
         let mut refused = 0;
         for _ in 0..50 {
             let Ok(mut s) = TcpStream::connect(admin).await else { continue };
@@ -198,4 +201,119 @@ async fn a_reload_puts_a_rewritten_token_file_in_force() {
         assert!(drain("third-token").await.starts_with("HTTP/1.1 401"));
     }
     round_trip(lb.listener_addrs()[0]).await.expect("traffic untouched");
+}
+
+/// A connect flood on the admin port from one address (127.0.0.2, as fast
+/// as one thread can connect, for 3 s, holding up to 200 at a time) while
+/// the health check asks /healthz from another (127.0.0.1) every 20 ms:
+/// every health check is answered 200. The flood's connections never send
+/// a request head, so they take at most 16 places and only ever evict each
+/// other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_flood_from_one_address_never_starves_the_health_check() {
+    let echo = Echo::start().await;
+    let lb = start_lb(&one_pool(&[echo.addr], "")).await;
+    let admin = lb.admin_addr().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (start, mut made) = (std::time::Instant::now(), 0u64);
+            let mut held = std::collections::VecDeque::new();
+            let from: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
+            while !stop.load(Relaxed) && start.elapsed() < Duration::from_secs(3) {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+                if s.bind(&from.into()).is_err()
+                    || s.connect_timeout(&admin.into(), Duration::from_millis(200)).is_err()
+                {
+                    continue;
+                }
+                made += 1;
+                held.push_back(s);
+                if held.len() > 200 {
+                    held.pop_front();
+                }
+            }
+            made
+        })
+    };
+    let mut failed = Vec::new();
+    for i in 0..140 {
+        let answer = within("/healthz during the flood", http_raw(admin, "GET", "/healthz", None)).await;
+        if !answer.starts_with("HTTP/1.1 200") {
+            failed.push((i, answer.lines().next().unwrap_or("(closed)").to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Relaxed);
+    let made = flood.join().unwrap();
+    eprintln!(
+        "connect flood from 127.0.0.2: {made} connections; /healthz from 127.0.0.1: {} of 140 failed",
+        failed.len()
+    );
+    assert!(made > 1_000, "the flood ran: {made}");
+    assert!(failed.is_empty(), "health checks failed: {failed:?}");
+}
+
+/// DNS rebinding: a page of another origin whose name now points at
+/// 127.0.0.1 sends its own name as Host. The loopback admin port answers
+/// 421 to that, and as ever to its own address and localhost.
+#[tokio::test]
+async fn the_loopback_admin_port_answers_only_its_own_names() {
+    let echo = Echo::start().await;
+    let lb = start_lb(&one_pool(&[echo.addr], "")).await;
+    let admin = lb.admin_addr().unwrap();
+    let get = |host: String| async move {
+        let mut s = TcpStream::connect(admin).await.unwrap();
+        let req = format!("GET /status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        within("answer", s.read_to_end(&mut buf)).await.unwrap();
+        String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_owned()
+    };
+    assert!(get("attacker.example".into()).await.starts_with("HTTP/1.1 421"));
+    assert!(get(format!("attacker.example:{}", admin.port())).await.starts_with("HTTP/1.1 421"));
+    assert!(get(admin.to_string()).await.starts_with("HTTP/1.1 200"));
+    assert!(get(format!("localhost:{}", admin.port())).await.starts_with("HTTP/1.1 200"));
+}
+
+/// `status_needs_token = true`: /status, the page and /metrics need the
+/// token like the POST endpoints; /healthz never does (keepalived and the
+/// container's health check ask it without one).
+#[tokio::test]
+async fn status_needs_token_guards_the_read_endpoints_but_not_healthz() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    write_secret(&token, "read-token-0123456789\n");
+    let toml = with_admin(&one_pool(&[echo.addr], ""), Some(&token)).replacen(
+        "[admin]\n",
+        "[admin]\nstatus_needs_token = true\n",
+        1,
+    );
+    let lb = start_lb(&toml).await;
+    let admin = lb.admin_addr().unwrap();
+    for path in ["/status", "/", "/metrics"] {
+        assert!(http_raw(admin, "GET", path, None).await.starts_with("HTTP/1.1 401"), "{path} without the token");
+        assert!(http_raw(admin, "GET", path, Some("wrong")).await.starts_with("HTTP/1.1 401"), "{path} wrong token");
+        let ok = http_raw(admin, "GET", path, Some("read-token-0123456789")).await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{path} with the token: {ok}");
+    }
+    assert!(http_raw(admin, "GET", "/healthz", None).await.starts_with("HTTP/1.1 200"));
+    // The scheme's case does not matter (RFC 9110).
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    let req = format!(
+        "GET /status HTTP/1.1\r\nHost: {admin}\r\nAuthorization: bearer read-token-0123456789\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    within("answer", s.read_to_end(&mut buf)).await.unwrap();
+    assert!(buf.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
+    let err = ucp_lb::config::parse(
+        &one_pool(&[echo.addr], "").replacen("[admin]\n", "[admin]\nstatus_needs_token = true\n", 1),
+        "x",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("admin.status_needs_token: needs a token_file"), "{err}");
 }

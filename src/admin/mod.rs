@@ -4,16 +4,19 @@
 //! It never shares a port with traffic. Slow or greedy clients cannot
 //! starve it: each connection must send its headers within 5 s and finish
 //! within 30 s, requests are small (headers up to 16 KiB, no body is read),
-//! and at most 64 connections are open at once: when a 65th comes, the
-//! oldest is closed, as nginx drains its oldest idle connections, so a
-//! client holding connections open (slowloris) cannot keep /healthz from
-//! the keepalived or Docker health check. POST endpoints need `Authorization: Bearer <token>` (the contents
+//! and at most 64 connections are open at once. To make room, only a
+//! connection that has not sent a whole request head is closed (the
+//! oldest, as nginx drains its oldest idle connections), and one address
+//! holds at most 16 such: a client holding connections open (slowloris) or
+//! flooding connects cannot keep /healthz from the keepalived or Docker
+//! health check. POST endpoints need `Authorization: Bearer <token>` (the contents
 //! of `token_file`), compared in constant time; without a token file they
 //! answer 403.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +38,8 @@ mod page;
 mod prom;
 
 const MAX_CONNECTIONS: usize = 64;
+/// Connections one address may hold before sending a request head.
+const PER_SOURCE: usize = 16;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -43,18 +48,22 @@ pub async fn serve(listener: TcpListener, lb: Arc<Lb>) {
     if let Ok(a) = listener.local_addr() {
         info!(listen = %a, "admin endpoints up: /metrics /status /healthz");
     }
-    let admin = Arc::new(Admin { lb });
+    let local = listener.local_addr().ok();
+    let admin = Arc::new(Admin { lb, local });
     let open = Arc::new(Open::default());
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let (slot, evict) = open.admit();
+        // Every place is taken by a request being answered: this one waits
+        // for nothing and is closed at once.
+        let Some((slot, evict, served)) = open.admit(peer.ip()) else { continue };
         let admin = admin.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let svc = service_fn(move |req| {
+                served.store(true, Relaxed);
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.route(req).await) }
             });
@@ -72,10 +81,20 @@ pub async fn serve(listener: TcpListener, lb: Arc<Lb>) {
     }
 }
 
+/// One open admin connection.
+struct Conn {
+    id: u64,
+    /// Tells its task to close it.
+    evict: Arc<Notify>,
+    peer: IpAddr,
+    /// Its request head has been read: it is being answered, never evicted.
+    served: Arc<AtomicBool>,
+}
+
 /// The open admin connections, oldest first.
 #[derive(Default)]
 struct Open {
-    conns: Mutex<VecDeque<(u64, Arc<Notify>)>>,
+    conns: Mutex<VecDeque<Conn>>,
     next: AtomicU64,
 }
 
@@ -86,27 +105,43 @@ struct Slot {
 }
 
 impl Open {
-    /// Registers a new connection, closing the oldest when all
-    /// `MAX_CONNECTIONS` are taken. Returns its slot and what tells it to go.
-    fn admit(self: &Arc<Self>) -> (Slot, Arc<Notify>) {
-        let id = self.next.fetch_add(1, Relaxed);
-        let evict = Arc::new(Notify::new());
+    /// Registers a new connection from `peer`. Only connections that have
+    /// not sent a whole request head yet are ever closed to make room (one
+    /// being answered is left to finish): a source already holding
+    /// `PER_SOURCE` of them loses its oldest; when all `MAX_CONNECTIONS` are
+    /// taken the oldest overall goes. When every one is being answered the
+    /// newcomer is refused (`None`). So a flood from one address, however
+    /// fast, takes at most `PER_SOURCE` places, and the keepalived or Docker
+    /// health check from another always gets one.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<(Slot, Arc<Notify>, Arc<AtomicBool>)> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if conns.len() >= MAX_CONNECTIONS
-            && let Some((_, oldest)) = conns.pop_front()
-        {
+        let waiting = |c: &Conn| !c.served.load(Relaxed);
+        let from_peer = conns.iter().filter(|c| c.peer == peer && waiting(c)).count();
+        let victim = if from_peer >= PER_SOURCE {
+            conns.iter().position(|c| c.peer == peer && waiting(c))
+        } else if conns.len() >= MAX_CONNECTIONS {
+            match conns.iter().position(waiting) {
+                Some(i) => Some(i),
+                None => return None,
+            }
+        } else {
+            None
+        };
+        if let Some(old) = victim.and_then(|i| conns.remove(i)) {
             // notify_one keeps the permit if the task is not waiting yet.
-            oldest.notify_one();
+            old.evict.notify_one();
         }
-        conns.push_back((id, evict.clone()));
-        (Slot { open: self.clone(), id }, evict)
+        let id = self.next.fetch_add(1, Relaxed);
+        let (evict, served) = (Arc::new(Notify::new()), Arc::new(AtomicBool::new(false)));
+        conns.push_back(Conn { id, evict: evict.clone(), peer, served: served.clone() });
+        Some((Slot { open: self.clone(), id }, evict, served))
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut conns = self.open.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = conns.iter().position(|(id, _)| *id == self.id) {
+        if let Some(i) = conns.iter().position(|c| c.id == self.id) {
             conns.remove(i);
         }
     }
@@ -129,6 +164,31 @@ fn json(status: StatusCode, v: &impl Serialize) -> Response<Full<Bytes>> {
 /// What the admin server serves from.
 struct Admin {
     lb: Arc<Lb>,
+    /// Where it listens: on loopback, only requests naming this host are
+    /// answered (see [`host_allowed`]).
+    local: Option<SocketAddr>,
+}
+
+/// Whether a request for `host` (its Host header) may be answered by an
+/// admin server listening on `local`. On loopback only an IP literal,
+/// `localhost` or the listen address itself: a page from another origin
+/// that rebinds its name to 127.0.0.1 (DNS rebinding) sends its own name
+/// and gets 421. Beyond loopback any name (the admin port is reached by
+/// whatever name the network gives it). No Host at all is not a browser.
+fn host_allowed(host: Option<&str>, local: Option<SocketAddr>) -> bool {
+    let (Some(host), Some(local)) = (host, local) else { return true };
+    if !local.ip().is_loopback() {
+        return true;
+    }
+    // Without the port: "[::1]:9900", "127.0.0.1:9900", "localhost".
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => {
+            host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host })
+        }
+    };
+    let name = name.trim_end_matches('.');
+    name.parse::<IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost") || name == local.ip().to_string()
 }
 
 impl Admin {
@@ -137,17 +197,42 @@ impl Admin {
         if self.lb.token.get().is_none() {
             return Some(text(StatusCode::FORBIDDEN, "POST endpoints are off: set admin.token_file\n"));
         }
-        let given =
-            req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme is case-insensitive (RFC 9110): "bearer" works too.
+        let given = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        });
         match given {
             Some(g) if self.lb.token.accepts(g.trim()) => None,
             _ => Some(text(StatusCode::UNAUTHORIZED, "a valid Authorization: Bearer token is needed\n")),
         }
     }
 
+    /// `Some(response)` when a GET of status may not be answered: the
+    /// config says `status_needs_token` and the request has not got it.
+    fn deny_read(&self, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+        if !self.lb.shared.snapshot.load().config.admin.status_needs_token {
+            return None;
+        }
+        self.deny(req)
+    }
+
     async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let host = req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok());
+        if !host_allowed(host, self.local) {
+            return text(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this admin port answers only for its own address or localhost\n",
+            );
+        }
         let path = req.uri().path().to_owned();
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if req.method() == Method::GET
+            && matches!(parts.as_slice(), ["status"] | [""] | ["metrics"])
+            && let Some(d) = self.deny_read(&req)
+        {
+            return d;
+        }
         match (req.method(), parts.as_slice()) {
             (&Method::GET, ["healthz"]) => {
                 let phase = self.lb.phase();
@@ -245,6 +330,25 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn on_loopback_only_its_own_names_are_answered() {
+        let lo: Option<SocketAddr> = "127.0.0.1:9900".parse().ok();
+        for ok in [
+            None,
+            Some("127.0.0.1:9900"),
+            Some("localhost"),
+            Some("LOCALHOST:9900"),
+            Some("[::1]:9900"),
+            Some("10.1.2.3"),
+        ] {
+            assert!(host_allowed(ok, lo), "{ok:?}");
+        }
+        for bad in ["evil.example", "evil.example:9900", "localhost.evil.example", "127.0.0.1.nip.io"] {
+            assert!(!host_allowed(Some(bad), lo), "{bad}");
+        }
+        assert!(host_allowed(Some("lb.example"), "0.0.0.0:9900".parse().ok()), "beyond loopback any name");
+    }
 
     #[test]
     fn percent_escapes_decode() {

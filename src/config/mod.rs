@@ -250,6 +250,8 @@ pub struct AdminConfig {
     /// Enables the POST endpoints; `None`: they answer 403.
     pub token_file: Option<PathBuf>,
     pub token_file_pos: Pos,
+    /// GET /status, / and /metrics need the token too (/healthz never).
+    pub status_needs_token: bool,
 }
 
 impl Default for AdminConfig {
@@ -258,6 +260,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9900)),
             token_file: None,
             token_file_pos: Pos::default(),
+            status_needs_token: false,
         }
     }
 }

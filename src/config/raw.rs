@@ -31,6 +31,7 @@ pub struct RawConfig {
 pub struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token_file: Option<S<String>>,
+    pub status_needs_token: Option<S<bool>>,
 }
 
 #[derive(Debug, Default)]
@@ -120,8 +121,12 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
     r.known_keys(t, "", &["workers", "admin", "defaults", "listener", "pool"]);
     let mut raw = RawConfig { workers: r.int(t, "", "workers"), ..RawConfig::default() };
     if let Some((span, a)) = r.table(t, "", "admin") {
-        r.known_keys(a, "admin", &["listen", "token_file"]);
-        let admin = RawAdmin { listen: r.string(a, "admin", "listen"), token_file: r.string(a, "admin", "token_file") };
+        r.known_keys(a, "admin", &["listen", "token_file", "status_needs_token"]);
+        let admin = RawAdmin {
+            listen: r.string(a, "admin", "listen"),
+            token_file: r.string(a, "admin", "token_file"),
+            status_needs_token: r.bool(a, "admin", "status_needs_token"),
+        };
         raw.admin = Some(Spanned::new(span, admin));
     }
     if let Some((_, d)) = r.table(t, "", "defaults") {

@@ -160,6 +160,12 @@ impl Validator<'_> {
                 admin.token_file = Some(PathBuf::from(t.get_ref()));
                 admin.token_file_pos = self.lines.pos(t.span().start);
             }
+            if let Some(s) = &a.status_needs_token {
+                admin.status_needs_token = *s.get_ref();
+                if admin.status_needs_token && admin.token_file.is_none() {
+                    self.err(Some(s.span()), "admin.status_needs_token", "needs a token_file to take the token from");
+                }
+            }
         }
         if listeners.iter().any(|l| l.bind == admin.listen && admin.listen.port() != 0) {
             self.err(
@@ -169,16 +175,22 @@ impl Validator<'_> {
             );
         }
 
-        if admin.token_file.is_none() && !admin.listen.ip().is_loopback() {
+        // GET endpoints answer anyone unless status_needs_token: say so
+        // whenever they can be reached from beyond this host.
+        if !admin.listen.ip().is_loopback() && !admin.status_needs_token {
             let span = raw.admin.as_ref().and_then(|a| a.get_ref().listen.as_ref()).map(|l| l.span());
-            self.warn(
-                span,
-                "admin.listen",
+            let message = if admin.token_file.is_none() {
                 format!(
                     "{} is beyond loopback without a token_file: status and metrics are readable by anyone who reaches this port (POST endpoints stay off)",
                     admin.listen
-                ),
-            );
+                )
+            } else {
+                format!(
+                    "{} is beyond loopback: /status, the page and /metrics are readable by anyone who reaches this port (the token guards POST only); set status_needs_token = true to require it for them too",
+                    admin.listen
+                )
+            };
+            self.warn(span, "admin.listen", message);
         }
 
         Config {
