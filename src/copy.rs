@@ -17,18 +17,22 @@
 //! same CPU per GiB. Small messages always stay on the buffer.
 //!
 //! EOF on one side is passed on as a half-close (`shutdown(SHUT_WR)`) while
-//! the other direction keeps flowing; an error on either side ends both,
-//! and the caller closes the other socket.
+//! the other direction keeps flowing, and the half-closed side is still
+//! watched for errors, so a peer that goes after its FIN (a reset, a
+//! keepalive timeout) ends the connection; an error on either side ends
+//! both, and the caller closes the other socket abortively (an RST), so a
+//! truncated transfer never looks complete.
 
 use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::Poll;
 use std::time::Duration;
 
 use socket2::SockRef;
-use tokio::io::Interest;
+use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -192,6 +196,9 @@ const KEEPALIVE_AFTER: Duration = Duration::from_secs(10);
 /// bytes, so a `docker push` lasting an hour shows in /metrics as it goes.
 const FLUSH_BYTES: u64 = 1 << 20;
 
+/// Waits for an error on a half-closed connection's finished side.
+type ErrorWatch<'a> = Pin<Box<dyn Future<Output = io::Result<Ready>> + Send + 'a>>;
+
 /// Where a connection's bytes are counted: (client to server, server to
 /// client).
 pub type Totals<'a> = (&'a AtomicU64, &'a AtomicU64);
@@ -265,8 +272,15 @@ pub fn bidirectional<'a>(
             activity,
             half_closed,
         };
-        let both = async { tokio::try_join!(up.pipe(), down.pipe()) };
-        let mut both = std::pin::pin!(both);
+        let mut up_pipe = std::pin::pin!(up.pipe());
+        let mut down_pipe = std::pin::pin!(down.pipe());
+        let (mut up_done, mut down_done) = (false, false);
+        // Once one direction has passed its EOF on, nothing reads its source
+        // any more, so a peer that then goes (a reset, a keepalive timeout)
+        // would never be noticed while the other direction stays quiet: its
+        // socket is watched for an error from then on. Boxed, and only for
+        // half-closed connections.
+        let mut gone: Option<(Side, ErrorWatch<'a>)> = None;
         // Boxed, and only when there is an idle timeout: the default (none)
         // costs a connection nothing.
         let mut idle_expired = idle.map(|d| Box::pin(clock.expired(d)));
@@ -276,11 +290,46 @@ pub fn bidirectional<'a>(
         // Polled by hand rather than with select!, whose state would sit in
         // every connection's future.
         let end = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = both.as_mut().poll(cx) {
-                return Poll::Ready(match r {
-                    Ok(_) => End::Closed,
-                    Err(PipeError { side, err }) => End::Error { side, kind: err.kind() },
-                });
+            if !up_done {
+                match up_pipe.as_mut().poll(cx) {
+                    Poll::Ready(Ok(())) => {
+                        up_done = true;
+                        if !down_done {
+                            gone = Some((Side::Client, Box::pin(client.ready(Interest::ERROR))));
+                        }
+                    }
+                    Poll::Ready(Err(PipeError { side, err })) => {
+                        return Poll::Ready(End::Error { side, kind: err.kind() });
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if !down_done {
+                match down_pipe.as_mut().poll(cx) {
+                    Poll::Ready(Ok(())) => {
+                        down_done = true;
+                        if !up_done {
+                            gone = Some((Side::Server, Box::pin(server.ready(Interest::ERROR))));
+                        }
+                    }
+                    Poll::Ready(Err(PipeError { side, err })) => {
+                        return Poll::Ready(End::Error { side, kind: err.kind() });
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if up_done && down_done {
+                return Poll::Ready(End::Closed);
+            }
+            if let Some((side, watch)) = gone.as_mut()
+                && let Poll::Ready(r) = watch.as_mut().poll(cx)
+            {
+                let sock = if *side == Side::Client { client } else { server };
+                let kind = match r {
+                    Err(e) => e.kind(),
+                    Ok(_) => sock.take_error().ok().flatten().map_or(io::ErrorKind::ConnectionReset, |e| e.kind()),
+                };
+                return Poll::Ready(End::Error { side: *side, kind });
             }
             if let Some(Poll::Ready(())) = idle_expired.as_mut().map(|t| t.as_mut().poll(cx)) {
                 return Poll::Ready(End::IdleTimeout);

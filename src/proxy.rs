@@ -66,6 +66,15 @@ pub fn serve<G: Send + 'static>(
             copy::bidirectional(&client, &upstream, p.settings.idle_timeout, totals)
         }
         .await;
+        // A connection broken on one side (a reset, a peer gone) is broken
+        // for the other too: it gets an abortive close (RST), not a FIN
+        // that would make a truncated transfer look complete. What was read
+        // before has been written to it; bytes the kernel still queues
+        // toward it are dropped with the RST, which is what a reset means.
+        if let copy::End::Error { side, .. } = out.end {
+            let other = if side == copy::Side::Server { &client } else { &upstream };
+            let _ = socket2::SockRef::from(other).set_linger(Some(std::time::Duration::ZERO));
+        }
         let (pool, server) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
         debug!(
             pool = %pool.name,

@@ -360,3 +360,101 @@ async fn a_flapping_server_does_not_flap_the_listener_or_leak_state() {
     assert_eq!(addrs, vec![stable.addr.to_string(), flap_addr.to_string()]);
     assert!(servers.iter().all(|s| s["active"] == 0), "no connection counted open to a server");
 }
+
+/// Reads until the stream ends: the bytes, and how it ended (`Ok` for a
+/// clean EOF, the error kind for a reset).
+async fn read_to_end_or_error(s: &mut TcpStream) -> (usize, Result<(), std::io::ErrorKind>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) => return (n, Ok(())),
+            Ok(m) => n += m,
+            Err(e) => return (n, Err(e.kind())),
+        }
+    }
+}
+
+/// A server that sends 1 MiB and then resets: the client reads what came
+/// and then a reset, never a clean end of stream (which would make the
+/// truncated transfer look complete). And a server that sends 1 MiB and
+/// closes normally: the client reads all of it and a clean end. Five times
+/// each.
+#[tokio::test]
+async fn an_upstream_reset_reaches_the_client_as_a_reset_and_a_fin_as_a_fin() {
+    for reset in [true, false] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = s.write_all(&vec![9u8; 1 << 20]).await;
+                    if reset {
+                        SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+                    } else {
+                        let _ = s.shutdown().await;
+                        // Holds its end until the client has read everything.
+                        let mut rest = Vec::new();
+                        let _ = s.read_to_end(&mut rest).await;
+                    }
+                });
+            }
+        });
+        let lb = start_lb(&one_pool(&[addr], "")).await;
+        for run in 0..5 {
+            let mut c = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
+            let (n, end) = within("the end of the stream", read_to_end_or_error(&mut c)).await;
+            if reset {
+                assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset), "run {run}: {n} bytes, then a clean EOF");
+                assert!(n <= 1 << 20);
+            } else {
+                assert_eq!((n, end), (1 << 20, Ok(())), "run {run}: a FIN passed on as a FIN, after every byte");
+            }
+        }
+    }
+}
+
+/// A client that sends a few bytes, half-closes, and then resets, in front
+/// of a server that reads to the end and then holds its connection open,
+/// never writing: the LB notices the reset on the half-closed side, ends the
+/// connection (its counts go back to zero, the server's side is reset)
+/// instead of holding both sockets for as long as the server lives.
+#[tokio::test]
+async fn a_client_gone_after_its_half_close_is_released() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (held_tx, held) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        // Handed to the test, which holds it open.
+        let _ = held_tx.send((got, s));
+    });
+    let lb = start_lb(&one_pool(&[addr], "")).await;
+    let mut c = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
+    c.write_all(b"hello").await.unwrap();
+    c.shutdown().await.unwrap();
+    let (got, mut upstream) = within("the server sees the half-close", held).await.unwrap();
+    assert_eq!(got, b"hello");
+    assert_eq!(lb.listeners()[0].active.load(Relaxed), 1);
+    // The client goes: a reset after its FIN.
+    SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(c);
+    eventually("the connection released", || {
+        lb.listeners()[0].active.load(Relaxed) == 0 && server(&lb, addr).active == 0
+    })
+    .await;
+    // The server's side was closed abortively: a write soon fails.
+    let failed = within("a write to the released connection fails", async {
+        for _ in 0..100 {
+            if upstream.write_all(b"x").await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    })
+    .await;
+    assert!(failed, "the LB still holds the server's side");
+}
