@@ -27,6 +27,7 @@ use crate::config::{self, AdminState, Config, ConfigError, ConfigErrors};
 use crate::files::READ_TIMEOUT as FILE_TIMEOUT;
 use crate::health::{self, Health, TlsConfigs};
 use crate::listener::{BindError, ListenerState, Listeners};
+use crate::pool::States;
 use crate::resolve;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Resolved, Shared, Snapshot};
@@ -213,8 +214,9 @@ where
     })?;
     let admin_addr = admin_sock.local_addr().ok();
     let health = Arc::new(Health::default());
-    let snapshot = Snapshot::build(1, Arc::new(config), Arc::new(resolved), Arc::new(tls), None, &health);
-    let shared = Arc::new(Shared::new(snapshot, health));
+    let states = States::default();
+    let snapshot = Snapshot::build(1, Arc::new(config), Arc::new(resolved), Arc::new(tls), None, &health, &states);
+    let shared = Arc::new(Shared::new(snapshot, health, states));
     let lb = Arc::new(Lb {
         shared: shared.clone(),
         listeners,
@@ -263,7 +265,14 @@ impl Lb {
     /// The status view now.
     pub fn view(&self) -> View {
         let snap = self.shared.snapshot.load_full();
-        status::view(&snap, &self.listeners.states(), self.reload_status(), self.phase())
+        status::view(
+            &snap,
+            &self.shared.states,
+            &self.listeners.states(),
+            &self.listeners.draining(),
+            self.reload_status(),
+            self.phase(),
+        )
     }
 
     /// Overrides the state of a server until the process restarts; see
@@ -352,6 +361,7 @@ impl Lb {
             Arc::new(tls),
             Some(&cur),
             &self.shared.health,
+            &self.shared.states,
         );
         // New servers are probed now; none gets a client before its first
         // result (or one check timeout).

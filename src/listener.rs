@@ -195,10 +195,12 @@ struct Open {
     stop: CancellationToken,
 }
 
-/// The open listeners, kept across reloads by (bind, nth).
+/// The open listeners, kept across reloads by (bind, nth), and those a
+/// reload closed while connections they accepted are still open.
 #[derive(Default)]
 pub struct Listeners {
     open: Mutex<Vec<Open>>,
+    closed: Mutex<Vec<Arc<ListenerState>>>,
 }
 
 /// A bound socket not yet accepting.
@@ -250,6 +252,7 @@ impl Listeners {
     /// connections go on. Returns the addresses closed.
     pub fn close_removed(&self, config: &Config) -> Vec<SocketAddr> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gone = self.closed.lock().unwrap_or_else(|p| p.into_inner());
         let mut closed = Vec::new();
         open.retain(|o| {
             let keep = config.listeners.iter().filter(|l| l.bind == o.state.bind).count() > o.state.nth;
@@ -257,10 +260,19 @@ impl Listeners {
                 o.stop.cancel();
                 info!(bind = %o.state.bind, local = %o.state.local, "listener removed: no longer accepting");
                 closed.push(o.state.local);
+                gone.push(o.state.clone());
             }
             keep
         });
         closed
+    }
+
+    /// Listeners closed by a reload whose connections are not all gone:
+    /// they are counted until the last ends.
+    pub fn draining(&self) -> Vec<Arc<ListenerState>> {
+        let mut gone = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        gone.retain(|l| l.active.load(Relaxed) > 0);
+        gone.clone()
     }
 
     pub fn states(&self) -> Vec<Arc<ListenerState>> {

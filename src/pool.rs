@@ -50,6 +50,67 @@ impl ServerState {
     }
 }
 
+/// Every server state of one load balancer, held weakly and keyed by
+/// (pool, name, address), so a server that a reload removed and a later one
+/// adds again gets back the state its still-open connections count in
+/// (least_conn sees them), and the status can show removed servers while
+/// connections to them last. An entry goes when its last holder does.
+#[derive(Debug, Default)]
+pub struct States {
+    all: Mutex<Vec<Kept>>,
+}
+
+#[derive(Debug)]
+struct Kept {
+    pool: Arc<str>,
+    name: Arc<str>,
+    addr: SocketAddr,
+    state: std::sync::Weak<ServerState>,
+}
+
+/// A server no snapshot lists any more, with connections still open to it.
+#[derive(Debug, Clone)]
+pub struct Removed {
+    pub pool: Arc<str>,
+    pub name: Arc<str>,
+    pub addr: SocketAddr,
+    pub state: Arc<ServerState>,
+}
+
+impl States {
+    /// The state of `name` at `addr` in `pool`: the one that exists, or a
+    /// new one.
+    pub fn get(&self, pool: &Arc<str>, name: &Arc<str>, addr: SocketAddr) -> Arc<ServerState> {
+        let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        let found = all.iter().find(|k| k.addr == addr && k.name == *name && k.pool == *pool);
+        if let Some(s) = found.and_then(|k| k.state.upgrade()) {
+            return s;
+        }
+        all.retain(|k| k.state.strong_count() > 0);
+        let state = Arc::new(ServerState::default());
+        all.push(Kept { pool: pool.clone(), name: name.clone(), addr, state: Arc::downgrade(&state) });
+        state
+    }
+
+    /// Servers with open connections that `listed` does not name (each
+    /// `(pool, name, addr)` it does).
+    pub fn removed(&self, listed: impl Fn(&str, &str, SocketAddr) -> bool) -> Vec<Removed> {
+        let all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter()
+            .filter(|k| !listed(&k.pool, &k.name, k.addr))
+            .filter_map(|k| {
+                let state = k.state.upgrade()?;
+                (state.active.load(Relaxed) > 0).then(|| Removed {
+                    pool: k.pool.clone(),
+                    name: k.name.clone(),
+                    addr: k.addr,
+                    state,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Pool-wide state kept across reloads.
 #[derive(Debug, Default)]
 pub struct PoolState {

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{AdminState, Config, HostPort, ListenerConfig};
 use crate::health::{Health, TlsConfigs};
-use crate::pool::{Pool, PoolState, Server};
+use crate::pool::{Pool, PoolState, Server, States};
 
 /// The addresses of every `host:port` of a config, sorted and deduplicated.
 pub type Resolved = HashMap<HostPort, Vec<SocketAddr>>;
@@ -41,6 +41,7 @@ impl Snapshot {
         tls: Arc<TlsConfigs>,
         prev: Option<&Snapshot>,
         health: &Health,
+        states: &States,
     ) -> Snapshot {
         let mut pools = Vec::with_capacity(config.pools.len());
         for pc in &config.pools {
@@ -56,10 +57,9 @@ impl Snapshot {
                             health.metrics.check_duration(&pc.name, &label)
                         });
                     }
-                    let state = old
-                        .and_then(|p| p.servers.iter().find(|s| s.addr == addr && s.name == name))
-                        .map(|s| s.state.clone())
-                        .unwrap_or_default();
+                    // The state that exists (kept by this pool, or by open
+                    // connections to a server removed and now back), or new.
+                    let state = states.get(&pc.name, &name, addr);
                     servers.push(Server {
                         name: name.clone(),
                         addr,
@@ -122,6 +122,9 @@ impl Snapshot {
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub health: Arc<Health>,
+    /// Every server state, for snapshots to come and for the status of
+    /// servers removed with connections open.
+    pub states: States,
     /// Held by whoever builds the next snapshot (reload, re-resolution), so
     /// neither overwrites the other's work.
     pub writer: tokio::sync::Mutex<()>,
@@ -131,10 +134,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, health: Arc<Health>) -> Shared {
+    pub fn new(snapshot: Snapshot, health: Arc<Health>, states: States) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             health,
+            states,
             writer: tokio::sync::Mutex::new(()),
             config_changed: tokio::sync::Notify::new(),
         }
@@ -155,6 +159,7 @@ impl Shared {
             cur.tls.clone(),
             Some(&cur),
             &self.health,
+            &self.states,
         );
         self.store(next);
     }
@@ -184,9 +189,10 @@ mod tests {
         );
         let h = Health::default();
         let tls = Arc::new(TlsConfigs::new());
-        let one = Snapshot::build(1, cfg.clone(), resolved(443, &["10.0.0.1:443"]), tls.clone(), None, &h);
+        let st = States::default();
+        let one = Snapshot::build(1, cfg.clone(), resolved(443, &["10.0.0.1:443"]), tls.clone(), None, &h, &st);
         one.pools[0].servers[0].state.connections.store(7, Relaxed);
-        let two = Snapshot::build(2, cfg, resolved(443, &["10.0.0.1:443", "10.0.0.2:443"]), tls, Some(&one), &h);
+        let two = Snapshot::build(2, cfg, resolved(443, &["10.0.0.1:443", "10.0.0.2:443"]), tls, Some(&one), &h, &st);
         let servers = &two.pools[0].servers;
         assert_eq!(servers.len(), 2, "every address is a server");
         assert!(Arc::ptr_eq(&servers[0].state, &one.pools[0].servers[0].state));

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::config::AllDown;
 use crate::listener::ListenerState;
 use crate::net::FailReason;
-use crate::pool::Pool;
+use crate::pool::{Pool, States};
 use crate::snapshot::{Shared, Snapshot};
 
 /// The outcome of the last reload and the running totals.
@@ -60,6 +60,8 @@ pub struct View {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ListenerStatus {
+    /// Closed by a reload; shown while connections it accepted are open.
+    pub removed: bool,
     pub bind: SocketAddr,
     pub local: SocketAddr,
     pub pool: Option<String>,
@@ -73,6 +75,8 @@ pub struct ListenerStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolStatus {
     pub name: String,
+    /// No longer configured; shown while connections to its servers are open.
+    pub removed: bool,
     /// No server is available (up, passing its check, not ejected).
     pub all_down: bool,
     /// `all_down` and the pool fails open over the servers not set down.
@@ -89,6 +93,8 @@ pub struct PoolStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerStatus {
     pub name: String,
+    /// No longer in its pool; shown while connections to it are open.
+    pub removed: bool,
     /// `name (addr)`, or the address when the name is one: how logs and
     /// metrics name the server.
     pub label: String,
@@ -135,9 +141,20 @@ pub const FAIL_REASONS: [FailReason; 6] = [
     FailReason::Other,
 ];
 
-/// The whole view now.
-pub fn view(snap: &Snapshot, listeners: &[Arc<ListenerState>], reload: ReloadStatus, phase: Phase) -> View {
+/// The whole view now: the snapshot's listeners, pools and servers, and
+/// those a reload removed while connections to them are open (marked
+/// `removed`), so every open connection is counted somewhere.
+pub fn view(
+    snap: &Snapshot,
+    states: &States,
+    listeners: &[Arc<ListenerState>],
+    draining: &[Arc<ListenerState>],
+    reload: ReloadStatus,
+    phase: Phase,
+) -> View {
     let now = Instant::now();
+    let mut pools = pools(snap, now);
+    add_removed(&mut pools, snap, states);
     View {
         version: env!("CARGO_PKG_VERSION"),
         ready: phase.ready,
@@ -147,10 +164,13 @@ pub fn view(snap: &Snapshot, listeners: &[Arc<ListenerState>], reload: ReloadSta
         reload,
         listeners: listeners
             .iter()
-            .map(|l| ListenerStatus {
+            .map(|l| (l, false))
+            .chain(draining.iter().map(|l| (l, true)))
+            .map(|(l, removed)| ListenerStatus {
+                removed,
                 bind: l.bind,
                 local: l.local,
-                pool: snap.listener(l.bind, l.nth).map(|c| c.pool.to_string()),
+                pool: if removed { None } else { snap.listener(l.bind, l.nth).map(|c| c.pool.to_string()) },
                 active: l.active.load(Relaxed),
                 accepted: l.accepted.load(Relaxed),
                 rejected_max_connections: l.rejected_max_connections.load(Relaxed),
@@ -158,7 +178,52 @@ pub fn view(snap: &Snapshot, listeners: &[Arc<ListenerState>], reload: ReloadSta
                 rejected_no_pool: l.rejected_no_pool.load(Relaxed),
             })
             .collect(),
-        pools: pools(snap, now),
+        pools,
+    }
+}
+
+/// Adds the servers no pool of `snap` lists that still have connections
+/// open, under their pool (a pool no longer configured is added, marked).
+fn add_removed(pools: &mut Vec<PoolStatus>, snap: &Snapshot, states: &States) {
+    let listed = |pool: &str, name: &str, addr: SocketAddr| {
+        snap.pool(pool).is_some_and(|p| p.servers.iter().any(|s| &*s.name == name && s.addr == addr))
+    };
+    for r in states.removed(listed) {
+        let st = &r.state;
+        let server = ServerStatus {
+            name: r.name.to_string(),
+            removed: true,
+            label: crate::pool::server_label(&r.name, r.addr),
+            addr: r.addr,
+            state: "removed",
+            weight: 0,
+            backup: false,
+            eligible: false,
+            ejected: false,
+            fails: st.passive().fails(),
+            active: st.active.load(Relaxed),
+            connections: st.connections.load(Relaxed),
+            connect_failures: st.connect_failures.load(Relaxed),
+            connect_failures_by_reason: FAIL_REASONS.iter().map(|&f| (f.as_str(), st.failures_by(f))).collect(),
+            bytes_received: st.bytes_received.load(Relaxed),
+            bytes_sent: st.bytes_sent.load(Relaxed),
+            passive_ejections: st.passive_ejections.load(Relaxed),
+            check: None,
+        };
+        match pools.iter_mut().find(|p| p.name == *r.pool) {
+            Some(p) => p.servers.push(server),
+            None => pools.push(PoolStatus {
+                name: r.pool.to_string(),
+                removed: true,
+                all_down: false,
+                fail_open: false,
+                rejecting: false,
+                eligible: 0,
+                fail_open_picks: 0,
+                no_server: 0,
+                servers: vec![server],
+            }),
+        }
     }
 }
 
@@ -172,6 +237,7 @@ fn pool(p: &Pool, now: Instant) -> PoolStatus {
     let all_down = p.all_down(now);
     PoolStatus {
         name: p.name.to_string(),
+        removed: false,
         all_down,
         fail_open: all_down && p.settings.all_down == AllDown::FailOpen,
         rejecting: all_down && p.settings.all_down == AllDown::Reject,
@@ -187,6 +253,7 @@ fn server(p: &Pool, i: usize, now: Instant) -> ServerStatus {
     let st = &s.state;
     ServerStatus {
         name: s.name.to_string(),
+        removed: false,
         label: s.label(),
         addr: s.addr,
         state: s.admin_state().as_str(),

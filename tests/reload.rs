@@ -376,3 +376,74 @@ async fn round_robin_goes_on_across_reloads() {
     let counts: Vec<usize> = echos.iter().map(|e| e.count()).collect();
     assert_eq!(counts, [10, 10, 10]);
 }
+
+/// Three connections open through a pool and its listener, both then
+/// removed by a reload: they stay counted (the listener and the pool shown
+/// as removed, in /status and /metrics alike) and keep passing bytes. The
+/// pool added back with a second server: least_conn sees the three on the
+/// first and sends new clients to the second. When they close, nothing is
+/// left counted.
+#[tokio::test]
+async fn connections_stay_counted_when_their_pool_is_removed_and_count_again_when_it_is_back() {
+    let (e1, e2, e3) = (Echo::start().await, Echo::start().await, Echo::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    let with_p = |servers: &[SocketAddr]| {
+        let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[listener]]\nbind = \"127.0.0.1:0\"\npool = \"q\"\n[pool.q]\nservers = [\"{}\"]\n\
+             [[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nbalance = \"least_conn\"\nservers = [{}]\n",
+            e3.addr,
+            list.join(", ")
+        )
+    };
+    let without_p = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"q\"\n[pool.q]\nservers = [\"{}\"]\n",
+        e3.addr
+    );
+    write(&path, &with_p(&[e1.addr]));
+    let lb = start_lb_file(&path).await;
+    let admin = lb.admin_addr().unwrap();
+    let l1 = lb.listener_addrs()[1];
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(l1).await.unwrap();
+        echo_once(&mut c).await.unwrap();
+        held.push(c);
+    }
+    let metric = |text: &str, pool: &str, addr: SocketAddr| {
+        let series = format!("ucp_lb_server_active_connections{{pool=\"{pool}\",server=\"{addr}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(str::to_owned)
+    };
+
+    write(&path, &without_p);
+    lb.reload().await.unwrap();
+    let view = lb.lb.view();
+    let removed_listener = view.listeners.iter().find(|l| l.local == l1).expect("the removed listener is shown");
+    assert!(removed_listener.removed && removed_listener.active == 3, "{removed_listener:?}");
+    let p = view.pools.iter().find(|p| p.name == "p").expect("the removed pool is shown");
+    assert!(p.removed && p.servers.len() == 1 && p.servers[0].removed && p.servers[0].active == 3, "{p:?}");
+    let metrics = http_raw(admin, "GET", "/metrics", None).await;
+    assert_eq!(metric(&metrics, "p", e1.addr).as_deref(), Some("3"), "/metrics counts them too");
+    for c in &mut held {
+        echo_once(c).await.expect("still passing bytes");
+    }
+
+    write(&path, &with_p(&[e1.addr, e2.addr]));
+    lb.reload().await.unwrap();
+    let l1 = lb.listener_addrs()[1];
+    assert_eq!(server(&lb, e1.addr).active, 3, "the server back in its pool has its open connections");
+    let (c1, c2) = (e1.count(), e2.count());
+    for _ in 0..3 {
+        round_trip(l1).await.unwrap();
+    }
+    assert_eq!((e1.count() - c1, e2.count() - c2), (0, 3), "least_conn saw the three open on the first server");
+
+    drop(held);
+    eventually("nothing left counted", || {
+        let v = lb.lb.view();
+        v.listeners.iter().all(|l| !l.removed) && v.pools.iter().all(|p| p.servers.iter().all(|s| s.active == 0))
+    })
+    .await;
+}
