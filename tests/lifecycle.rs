@@ -200,3 +200,16 @@ async fn healthcheck_with_an_unreadable_config_is_unhealthy_even_when_the_defaul
     .unwrap();
     assert_eq!(out.status.code(), Some(1), "UCP_LB_CONFIG counts as naming a config");
 }
+
+#[test]
+fn a_short_token_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = write(dir.path(), "token", "short\n", 0o600);
+    let path = write(dir.path(), "lb.toml", &config(&format!("token_file = \"{}\"", token.display()), ""), 0o644);
+    let (code, err) = run(&["check"], &path, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("warning: ") && err.contains("admin.token_file: the token is 5 bytes: shorter than 16"),
+        "{err}"
+    );
+}
