@@ -272,9 +272,10 @@ pub fn bidirectional<'a>(
             activity,
             half_closed,
         };
-        let mut up_pipe = std::pin::pin!(up.pipe());
-        let mut down_pipe = std::pin::pin!(down.pipe());
-        let (mut up_done, mut down_done) = (false, false);
+        // Both directions, each with its source socket and whether it has
+        // passed its EOF on.
+        let (up_pipe, down_pipe) = (std::pin::pin!(up.pipe()), std::pin::pin!(down.pipe()));
+        let mut pipes = [(up_pipe, Side::Client, client, false), (down_pipe, Side::Server, server, false)];
         // Once one direction has passed its EOF on, nothing reads its source
         // any more, so a peer that then goes (a reset, a keepalive timeout)
         // would never be noticed while the other direction stays quiet: its
@@ -290,12 +291,17 @@ pub fn bidirectional<'a>(
         // Polled by hand rather than with select!, whose state would sit in
         // every connection's future.
         let end = std::future::poll_fn(|cx| {
-            if !up_done {
-                match up_pipe.as_mut().poll(cx) {
+            for i in 0..2 {
+                let (pipe, side, src, done) = &mut pipes[i];
+                if *done {
+                    continue;
+                }
+                match pipe.as_mut().poll(cx) {
                     Poll::Ready(Ok(())) => {
-                        up_done = true;
-                        if !down_done {
-                            gone = Some((Side::Client, Box::pin(client.ready(Interest::ERROR))));
+                        *done = true;
+                        let (side, src) = (*side, *src);
+                        if !pipes[1 - i].3 {
+                            gone = Some((side, Box::pin(src.ready(Interest::ERROR))));
                         }
                     }
                     Poll::Ready(Err(PipeError { side, err })) => {
@@ -304,21 +310,7 @@ pub fn bidirectional<'a>(
                     Poll::Pending => {}
                 }
             }
-            if !down_done {
-                match down_pipe.as_mut().poll(cx) {
-                    Poll::Ready(Ok(())) => {
-                        down_done = true;
-                        if !up_done {
-                            gone = Some((Side::Server, Box::pin(server.ready(Interest::ERROR))));
-                        }
-                    }
-                    Poll::Ready(Err(PipeError { side, err })) => {
-                        return Poll::Ready(End::Error { side, kind: err.kind() });
-                    }
-                    Poll::Pending => {}
-                }
-            }
-            if up_done && down_done {
+            if pipes.iter().all(|p| p.3) {
                 return Poll::Ready(End::Closed);
             }
             if let Some((side, watch)) = gone.as_mut()

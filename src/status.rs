@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::config::AllDown;
 use crate::listener::ListenerState;
 use crate::net::FailReason;
-use crate::pool::{Pool, States};
+use crate::pool::{Pool, ServerState, States};
 use crate::snapshot::{Shared, Snapshot};
 
 /// The outcome of the last reload and the running totals.
@@ -189,27 +189,7 @@ fn add_removed(pools: &mut Vec<PoolStatus>, snap: &Snapshot, states: &States) {
         snap.pool(pool).is_some_and(|p| p.servers.iter().any(|s| &*s.name == name && s.addr == addr))
     };
     for r in states.removed(listed) {
-        let st = &r.state;
-        let server = ServerStatus {
-            name: r.name.to_string(),
-            removed: true,
-            label: crate::pool::server_label(&r.name, r.addr),
-            addr: r.addr,
-            state: "removed",
-            weight: 0,
-            backup: false,
-            eligible: false,
-            ejected: false,
-            fails: st.passive().fails(),
-            active: st.active.load(Relaxed),
-            connections: st.connections.load(Relaxed),
-            connect_failures: st.connect_failures.load(Relaxed),
-            connect_failures_by_reason: FAIL_REASONS.iter().map(|&f| (f.as_str(), st.failures_by(f))).collect(),
-            bytes_received: st.bytes_received.load(Relaxed),
-            bytes_sent: st.bytes_sent.load(Relaxed),
-            passive_ejections: st.passive_ejections.load(Relaxed),
-            check: None,
-        };
+        let server = ServerStatus { removed: true, ..counted(&r.name, r.addr, &r.state) };
         match pools.iter_mut().find(|p| p.name == *r.pool) {
             Some(p) => p.servers.push(server),
             None => pools.push(PoolStatus {
@@ -250,25 +230,12 @@ fn pool(p: &Pool, now: Instant) -> PoolStatus {
 
 fn server(p: &Pool, i: usize, now: Instant) -> ServerStatus {
     let s = &p.servers[i];
-    let st = &s.state;
     ServerStatus {
-        name: s.name.to_string(),
-        removed: false,
-        label: s.label(),
-        addr: s.addr,
         state: s.admin_state().as_str(),
         weight: s.weight,
         backup: s.backup,
         eligible: p.eligible(i, now),
         ejected: p.ejected(i, now),
-        fails: st.passive().fails(),
-        active: st.active.load(Relaxed),
-        connections: st.connections.load(Relaxed),
-        connect_failures: st.connect_failures.load(Relaxed),
-        connect_failures_by_reason: FAIL_REASONS.iter().map(|&r| (r.as_str(), st.failures_by(r))).collect(),
-        bytes_received: st.bytes_received.load(Relaxed),
-        bytes_sent: st.bytes_sent.load(Relaxed),
-        passive_ejections: st.passive_ejections.load(Relaxed),
         check: s.check.as_ref().map(|c| CheckStatus {
             target: c.label.clone(),
             state: c.state().as_str(),
@@ -277,6 +244,33 @@ fn server(p: &Pool, i: usize, now: Instant) -> ServerStatus {
             downs: c.downs.load(Relaxed),
             cert_not_after: Some(c.cert_not_after.load(Relaxed)).filter(|&t| t != 0),
         }),
+        ..counted(&s.name, s.addr, &s.state)
+    }
+}
+
+/// What a server's own state says (its counters), for a server in a pool
+/// and for one a reload removed alike; what depends on the pool is left as
+/// for a removed server.
+fn counted(name: &str, addr: SocketAddr, st: &ServerState) -> ServerStatus {
+    ServerStatus {
+        name: name.to_owned(),
+        removed: false,
+        label: crate::pool::server_label(name, addr),
+        addr,
+        state: "removed",
+        weight: 0,
+        backup: false,
+        eligible: false,
+        ejected: false,
+        fails: st.passive().fails(),
+        active: st.active.load(Relaxed),
+        connections: st.connections.load(Relaxed),
+        connect_failures: st.connect_failures.load(Relaxed),
+        connect_failures_by_reason: FAIL_REASONS.iter().map(|&r| (r.as_str(), st.failures_by(r))).collect(),
+        bytes_received: st.bytes_received.load(Relaxed),
+        bytes_sent: st.bytes_sent.load(Relaxed),
+        passive_ejections: st.passive_ejections.load(Relaxed),
+        check: None,
     }
 }
 
