@@ -12,6 +12,8 @@
 //! - `net`: connect with a timeout, TCP keepalive, why a connect failed.
 //! - `check`: what an active check last found, its rise/fall counting.
 //! - `passive`: nginx's `max_fails`/`fail_timeout`, pure, taking `now`.
+//! - `state`: runtime state that outlives a snapshot (a server's counters
+//!   and passive state, a pool's latch), and its registry.
 //! - `token`: the admin token, read with the config, compared in constant time.
 //! - `metrics`: every metric name and the Prometheus recorder.
 //! - `splice`, `copy`: the byte path, both directions, pooled buffers and
@@ -63,6 +65,7 @@ pub mod resolve;
 pub mod shutdown;
 pub mod snapshot;
 pub mod splice;
+pub mod state;
 pub mod status;
 pub mod tls;
 pub mod token;

@@ -27,10 +27,10 @@ use crate::config::{self, AdminState, Config, ConfigError, ConfigErrors};
 use crate::files::READ_TIMEOUT as FILE_TIMEOUT;
 use crate::health::{self, Health, TlsConfigs};
 use crate::listener::{BindError, ListenerState, Listeners};
-use crate::pool::States;
 use crate::resolve;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Resolved, Shared, Snapshot};
+use crate::state::States;
 use crate::status::{self, Phase, PoolStatus, ReloadStatus, View};
 use crate::token::{self, Token};
 

@@ -20,8 +20,9 @@ use crate::config::Retries;
 use crate::copy;
 use crate::net::{FailReason, connect};
 use crate::passive::Transition;
-use crate::pool::{Pool, ServerState};
+use crate::pool::Pool;
 use crate::snapshot::Snapshot;
+use crate::state::ServerState;
 
 /// Holds one place in a server's active count while it lives, whatever ends
 /// the connection (error, cancellation, panic).

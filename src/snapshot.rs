@@ -16,7 +16,8 @@ use arc_swap::ArcSwap;
 
 use crate::config::{AdminState, Config, HostPort, ListenerConfig};
 use crate::health::{Health, TlsConfigs};
-use crate::pool::{Pool, PoolState, Server, States};
+use crate::pool::{Pool, Server};
+use crate::state::{PoolState, States};
 
 /// The addresses of every `host:port` of a config, sorted and deduplicated.
 pub type Resolved = HashMap<HostPort, Vec<SocketAddr>>;

@@ -20,8 +20,9 @@ use tracing::{info, warn};
 use crate::config::AllDown;
 use crate::listener::ListenerState;
 use crate::net::FailReason;
-use crate::pool::{Pool, ServerState, States};
+use crate::pool::Pool;
 use crate::snapshot::{Shared, Snapshot};
+use crate::state::{ServerState, States};
 
 /// The outcome of the last reload and the running totals.
 #[derive(Debug, Clone, Default, Serialize)]
