@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod build_info;
 pub mod check;
 pub mod config;
 pub mod copy;

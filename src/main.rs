@@ -11,11 +11,26 @@ use cli::logging::LogFormat;
 
 /// Layer-4 load balancer for Docker Enterprise UCP managers and DTR replicas.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    about,
+    disable_version_flag = true,
+    after_help = "Without a sub-command, ucp-lb runs the load balancer on the config named by \
+                  --config/-c (or UCP_LB_CONFIG) until SIGTERM or SIGINT; SIGHUP reloads it. \
+                  `ucp-lb -t -c FILE` tests a config as `ucp-lb check` does; `ucp-lb demo` needs no config."
+)]
 struct Cli {
-    /// The lb.toml to run (or to check).
-    #[arg(long, global = true, env = "UCP_LB_CONFIG")]
+    /// The lb.toml to run (or, with -t, to test); default: UCP_LB_CONFIG.
+    #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Test the config and exit, as `ucp-lb check` (nginx's and HAProxy's -t).
+    #[arg(short = 't')]
+    test: bool,
+    /// Print the version, commit, build date, compiler and target, and exit.
+    #[arg(long = "version")]
+    version: bool,
+    /// Print the version and build facts in full, with the enabled features, and exit.
+    #[arg(short = 'V')]
+    version_long: bool,
     /// Log lines as text or as one JSON object each; filter with RUST_LOG.
     #[arg(long, global = true, value_enum, default_value_t)]
     log_format: LogFormat,
@@ -25,23 +40,35 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = cli.log_format;
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ucp-lb: {e:#}");
+            cli::logging::error(format, &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    cli::logging::init(cli.log_format)?;
-    if let Some(cmd) = cli.command {
-        return cli::run(cmd, cli.config.as_deref());
+    if cli.version || cli.version_long {
+        print!("{}", cli::version(cli.version_long));
+        return Ok(ExitCode::SUCCESS);
     }
-    let Some(path) = cli.config else {
-        anyhow::bail!("no config: pass --config FILE or set UCP_LB_CONFIG (try `ucp-lb demo`)");
+    cli::logging::init(cli.log_format)?;
+    let command = match (cli.command, cli.test) {
+        (Some(cmd), _) => cmd,
+        (None, true) => Command::check(),
+        (None, false) => {
+            let path = cli::config_path(cli.config.as_deref())?;
+            return serve(path);
+        }
     };
+    cli::run(command, cli.config.as_deref(), cli.log_format)
+}
+
+/// Runs the load balancer on the config at `path`.
+fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
     // The same preparation `check` runs: every error of the file, the files
     // it names and the environment, at once.
     let loaded = ucp_lb::lifecycle::load(&path)?;

@@ -52,7 +52,11 @@ const HELP: &[(&str, &str, Unit)] = &[
     (LISTENER_REJECTED, "Clients closed at once, by reason", Unit::Count),
     (RELOADS, "Config reloads, by result", Unit::Count),
     (RELOAD_OK, "1 when the last config reload succeeded (or none was tried), 0 when it failed", Unit::Count),
-    (BUILD_INFO, "Always 1; the version label says which ucp-lb runs", Unit::Count),
+    (
+        BUILD_INFO,
+        "Always 1; the labels say which ucp-lb runs (version, commit, build date, compiler, target)",
+        Unit::Count,
+    ),
     (POOL_FAIL_OPEN, "1 while no server of the pool is eligible and it fails open (or rejects)", Unit::Count),
 ];
 

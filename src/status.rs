@@ -50,6 +50,8 @@ pub struct Phase {
 #[derive(Debug, Clone, Serialize)]
 pub struct View {
     pub version: &'static str,
+    /// Commit, build date, compiler and target of this binary.
+    pub build: crate::build_info::BuildInfo,
     pub ready: bool,
     pub shutting_down: bool,
     pub config_source: String,
@@ -158,6 +160,7 @@ pub fn view(
     add_removed(&mut pools, snap, states);
     View {
         version: env!("CARGO_PKG_VERSION"),
+        build: crate::build_info::BUILD,
         ready: phase.ready,
         shutting_down: phase.shutting_down,
         config_source: snap.config.source.clone(),

@@ -147,10 +147,18 @@ async fn a_port_in_use_stops_the_start_and_names_the_listener() {
 }
 
 #[test]
-fn version_is_printed() {
+fn version_names_commit_build_date_compiler_and_target() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ucp-lb {}", env!("CARGO_PKG_VERSION")));
+    let short = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(short.starts_with(&format!("ucp-lb {} (commit ", env!("CARGO_PKG_VERSION"))), "{short}");
+    assert!(short.contains(", built 20") && short.contains("rustc 1.") && short.contains("-linux-"), "{short}");
+    assert_eq!(short.lines().count(), 1);
+    let out = Command::new(BIN).arg("-V").output().unwrap();
+    let long = String::from_utf8_lossy(&out.stdout);
+    for field in ["commit: ", "built: ", "compiler: rustc ", "target: ", "features: cli"] {
+        assert!(long.contains(field), "-V lacks {field:?}:\n{long}");
+    }
 }
 
 #[tokio::test]
@@ -231,4 +239,166 @@ async fn healthcheck_follows_healthz() {
     assert!(text.contains("503"), "{text}");
     drop(open);
     assert_eq!(lb.exit_code().await, Some(0));
+}
+
+/// nginx's and HAProxy's habits: `-t -c FILE` tests a config, `-c FILE`
+/// runs it, `check FILE` takes it as an argument; each answers as `check
+/// --config` and `--config` do.
+#[tokio::test]
+async fn nginx_and_haproxy_habits_work_as_aliases() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(dir.path(), &[echo.addr], "");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, one_pool(&[echo.addr], "balance = \"fastest\"")).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (good, bad) = (good.to_str().unwrap(), bad.to_str().unwrap());
+    let reference = run(&["check", "--config", good]);
+    assert_eq!(reference.0, Some(0), "{}", reference.2);
+    for args in [vec!["-t", "-c", good], vec!["check", good], vec!["-t", "--config", good], vec!["-c", good, "check"]] {
+        assert_eq!(run(&args), reference, "{args:?}");
+    }
+    let reference = run(&["check", "--config", bad]);
+    assert_eq!(reference.0, Some(1));
+    assert!(reference.2.contains("balance: expected one of"), "{}", reference.2);
+    for args in [vec!["-t", "-c", bad], vec!["check", bad]] {
+        assert_eq!(run(&args), reference, "{args:?}");
+    }
+    // `-c FILE` runs it.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["-c", good]);
+    let mut lb = Proc::spawn(cmd, false);
+    round_trip(lb.listener_addr().await).await.unwrap();
+    lb.signal("TERM");
+    assert_eq!(lb.exit_code().await, Some(0));
+}
+
+#[test]
+fn help_says_what_running_without_a_subcommand_does_and_config_is_offered_only_where_read() {
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("Without a sub-command, ucp-lb runs the load balancer"), "{text}");
+    for sub in [vec!["demo", "--config", "x"], vec!["convert-nginx", "--config", "x", "nginx.conf"]] {
+        let out = Command::new(BIN).args(&sub).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{sub:?} takes no --config");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--config'"), "{sub:?}");
+    }
+}
+
+#[test]
+fn an_empty_ucp_lb_config_is_named_as_such() {
+    let out = Command::new(BIN).env("UCP_LB_CONFIG", "").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UCP_LB_CONFIG is set but empty"));
+    let out = Command::new(BIN).arg("check").env("UCP_LB_CONFIG", "").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UCP_LB_CONFIG is set but empty"));
+}
+
+#[test]
+fn with_json_logs_a_config_error_at_start_is_json_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, "workers = \"two\"\nbalanse = 1\n").unwrap();
+    let out = Command::new(BIN).args(["--log-format", "json", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(lines.len() >= 2, "{text}");
+    assert!(lines.iter().all(|l| l["level"] == "ERROR"));
+    assert!(lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("workers: invalid type"))), "{text}");
+}
+
+/// A relative `token_file` (or `ca_file`) is found beside the config, as
+/// nginx finds relative paths under its prefix, whatever the working
+/// directory; a missing one is reported with the path that was tried.
+#[tokio::test]
+async fn relative_files_are_found_beside_the_config() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_secret(&dir.path().join("admin-token"), "beside-the-config-0123\n");
+    let path = dir.path().join("lb.toml");
+    std::fs::write(
+        &path,
+        one_pool(&[echo.addr], "").replacen("[admin]\n", "[admin]\ntoken_file = \"admin-token\"\n", 1),
+    )
+    .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).current_dir(elsewhere.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = format!("token from {}", dir.path().join("admin-token").display());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&want), "{}", String::from_utf8_lossy(&out.stdout));
+    std::fs::remove_file(dir.path().join("admin-token")).unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).current_dir(elsewhere.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot read {}", dir.path().join("admin-token").display())), "{err}");
+}
+
+/// `check --print`: every key of every table with the value in force and
+/// where it came from; what it prints is a config `check` accepts, and
+/// printing that again gives the same keys and values.
+#[test]
+fn check_print_shows_every_key_in_force_and_where_it_came_from() {
+    let lb_toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lb.toml");
+    let out = Command::new(BIN).args(["check", "--offline", "--print"]).arg(&lb_toml).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dump = String::from_utf8_lossy(&out.stdout).into_owned();
+    for key in [
+        "listen",
+        "token_file",
+        "status_needs_token",
+        "bind",
+        "max_connections",
+        "balance",
+        "connect_timeout",
+        "idle_timeout",
+        "max_fails",
+        "fail_timeout",
+        "retries",
+        "all_down",
+        "resolve_interval",
+        "shutdown_timeout",
+        "servers",
+        "kind",
+        "path",
+        "interval",
+        "timeout",
+        "rise",
+        "fall",
+        "expect_status",
+        "expect_body",
+        "expect_json",
+        "sni",
+        "host",
+        "ca_file",
+        "port",
+    ] {
+        assert!(
+            dump.lines().any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} ="))),
+            "{key} missing:\n{dump}"
+        );
+    }
+    assert!(dump.contains("balance = \"least_conn\"") && dump.contains("# pool"), "a pool's own key:\n{dump}");
+    assert!(dump.contains("# [defaults]") && dump.contains("# default"), "{dump}");
+    let dir = tempfile::tempdir().unwrap();
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &dump).unwrap();
+    let out = Command::new(BIN).args(["check", "--offline", "--print"]).arg(&again).output().unwrap();
+    assert!(out.status.success(), "the printed config passes check: {}", String::from_utf8_lossy(&out.stderr));
+    let values = |d: &str| -> Vec<String> {
+        d.lines()
+            .filter(|l| !l.starts_with("# ") || l.contains(" = "))
+            .map(|l| l.split(" # ").next().unwrap_or("").trim_end().to_owned())
+            .skip(2)
+            .collect()
+    };
+    assert_eq!(values(&String::from_utf8_lossy(&out.stdout)), values(&dump), "the same values the second time");
 }

@@ -17,7 +17,15 @@ static RENDER: Mutex<()> = Mutex::new(());
 /// The Prometheus text exposition of `view`.
 pub fn render(m: &Metrics, view: &View) -> String {
     let _one = RENDER.lock().unwrap_or_else(|p| p.into_inner());
-    m.gauge(BUILD_INFO, vec![l("version", view.version)]).set(1.0);
+    let b = &view.build;
+    let build = vec![
+        l("version", b.version),
+        l("commit", b.commit),
+        l("date", b.date),
+        l("rustc", b.rustc),
+        l("target", b.target),
+    ];
+    m.gauge(BUILD_INFO, build).set(1.0);
     for pool in &view.pools {
         let pname = pool.name.clone();
         m.gauge(POOL_FAIL_OPEN, vec![l("pool", pname.clone())]).set(f64::from(u8::from(pool.all_down)));

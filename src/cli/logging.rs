@@ -24,3 +24,31 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
     };
     result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
+
+/// Says `text` (one or more lines) as an error: plain on stderr, its first
+/// line prefixed with `ucp-lb: `, or through the JSON log, one object per
+/// line, so a config error at start is as machine-readable as the log.
+pub fn error(format: LogFormat, text: &str) {
+    say(format, tracing::Level::ERROR, text, |i| if i == 0 { "ucp-lb: " } else { "" });
+}
+
+/// Says a check's errors: as they are (each line names file, line, column
+/// and key), or as JSON log lines.
+pub fn report(format: LogFormat, text: &str) {
+    say(format, tracing::Level::ERROR, text, |_| "");
+}
+
+/// Says `text` as a warning: `warning: ...` lines, or JSON log lines.
+pub fn warning(format: LogFormat, text: &str) {
+    say(format, tracing::Level::WARN, text, |_| "warning: ");
+}
+
+fn say(format: LogFormat, level: tracing::Level, text: &str, prefix: impl Fn(usize) -> &'static str) {
+    for (i, line) in text.lines().enumerate() {
+        match (format, level) {
+            (LogFormat::Text, _) => eprintln!("{}{line}", prefix(i)),
+            (LogFormat::Json, tracing::Level::ERROR) => tracing::error!("{line}"),
+            (LogFormat::Json, _) => tracing::warn!("{line}"),
+        }
+    }
+}

@@ -5,12 +5,13 @@
 //! handle and the status view.
 
 pub mod demo;
+mod effective;
 pub mod healthcheck;
 pub mod logging;
 pub mod standin;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -19,18 +20,32 @@ use ucp_lb::config::{self, Config, Retries, format_duration};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate the config, print a summary, exit 1 on error.
+    /// Validate the config as a start would, short of binding; print a
+    /// summary (or, with --print, every key in force); exit 1 on error.
     Check {
+        /// The lb.toml to check (also --config/-c, or UCP_LB_CONFIG).
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The lb.toml to check.
+        #[arg(short = 'c', long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Check away from the node the config is for: do not resolve
         /// server names, and do not read the token and CA files it names.
         #[arg(long)]
         offline: bool,
+        /// Print the effective config: every key with the value in force
+        /// and where it came from (default, [defaults], the pool).
+        #[arg(long)]
+        print: bool,
     },
     /// Ask a running ucp-lb's /healthz; exit 0 when it answers 200, else 1.
     /// For container HEALTHCHECKs and keepalived track scripts (no curl
-    /// needed). Without --url the address is `[admin] listen` of --config
-    /// (0.0.0.0 asked on 127.0.0.1), else 127.0.0.1:9900.
+    /// needed). Without --url the address is `[admin] listen` of the config
+    /// (0.0.0.0 asked on 127.0.0.1); with no config named, 127.0.0.1:9900.
     Healthcheck {
+        /// The lb.toml whose `[admin] listen` to ask (also UCP_LB_CONFIG).
+        #[arg(short = 'c', long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// An http:// URL to ask instead, e.g. http://127.0.0.1:9900/healthz.
         #[arg(long)]
         url: Option<String>,
@@ -42,10 +57,10 @@ pub enum Command {
     /// what cannot be carried over becomes a comment and a warning.
     ConvertNginx {
         /// The nginx config (nginx.conf); `include`s are followed.
-        file: std::path::PathBuf,
+        file: PathBuf,
     },
     /// A self-contained demo: stand-in managers on loopback and ucp-lb in
-    /// front of them.
+    /// front of them. Needs no config.
     Demo {
         /// Where the demo's load balancer listens.
         #[arg(long, default_value = "127.0.0.1:8443")]
@@ -53,23 +68,81 @@ pub enum Command {
     },
 }
 
-/// Runs `cmd`; `config` is the `--config` path, if given.
-pub fn run(cmd: Command, config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    match cmd {
-        Command::Check { offline } => {
-            let Some(path) = config else {
-                anyhow::bail!("check needs --config FILE (or UCP_LB_CONFIG)");
-            };
-            Ok(rt.block_on(check(path, offline)))
+impl Command {
+    /// `check` with nothing but the config (what `-t` means).
+    pub fn check() -> Command {
+        Command::Check { file: None, config: None, offline: false, print: false }
+    }
+}
+
+/// The config to use: the one named on the command line, else
+/// `UCP_LB_CONFIG`; an empty variable is an error of its own.
+pub fn config_path(named: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = named {
+        return Ok(p.to_path_buf());
+    }
+    match std::env::var_os("UCP_LB_CONFIG") {
+        Some(v) if v.is_empty() => {
+            anyhow::bail!("UCP_LB_CONFIG is set but empty: set it to the lb.toml to use, or pass --config FILE")
         }
-        Command::Healthcheck { url, timeout } => Ok(healthcheck(url.as_deref(), config, timeout)),
+        Some(v) => Ok(PathBuf::from(v)),
+        None => anyhow::bail!("no config: pass --config FILE (-c FILE) or set UCP_LB_CONFIG (try `ucp-lb demo`)"),
+    }
+}
+
+/// `--version` (one line) or `-V` (every build fact and the features).
+pub fn version(long: bool) -> String {
+    let b = ucp_lb::build_info::BUILD;
+    if !long {
+        return format!("{}\n", b.line());
+    }
+    let mut features = Vec::new();
+    if cfg!(feature = "cli") {
+        features.push("cli");
+    }
+    format!(
+        "ucp-lb {}\ncommit: {}\nbuilt: {} ({} profile)\ncompiler: {}\ntarget: {}\nfeatures: {}\n\
+         TLS for probes: rustls with the ring provider (TLS 1.2, 1.3)\n",
+        b.version,
+        b.commit,
+        b.date,
+        b.profile,
+        b.rustc,
+        b.target,
+        if features.is_empty() { "none".into() } else { features.join(", ") },
+    )
+}
+
+/// Runs `cmd`; `top` is the `--config` given before the sub-command.
+pub fn run(cmd: Command, top: Option<&Path>, format: logging::LogFormat) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Check { file, config, offline, print } => {
+            let path = config_path(config.as_deref().or(file.as_deref()).or(top))?;
+            Ok(runtime()?.block_on(check(&path, offline, print, format)))
+        }
+        Command::Healthcheck { config, url, timeout } => {
+            // Named on the command line or in UCP_LB_CONFIG; an empty
+            // variable is as good as none for this one question.
+            let named = config
+                .or_else(|| top.map(Path::to_path_buf))
+                .or_else(|| std::env::var_os("UCP_LB_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+            Ok(healthcheck(url.as_deref(), named.as_deref(), timeout))
+        }
         Command::ConvertNginx { file } => Ok(convert_nginx(&file)),
         Command::Demo { listen } => {
-            rt.block_on(demo::run(listen))?;
+            let rt = runtime()?;
+            let result = rt.block_on(demo::run(listen));
+            // The demo's keyboard reader sits in a blocking read of stdin,
+            // which a runtime's drop would wait for: leave it behind.
+            rt.shutdown_background();
+            result?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
 }
 
 fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
@@ -130,17 +203,17 @@ fn convert_nginx(file: &Path) -> ExitCode {
 
 /// The start's own preparation, up to where it would bind: the same
 /// errors and the same warnings as a start.
-async fn check(path: &Path, offline: bool) -> ExitCode {
+async fn check(path: &Path, offline: bool, print: bool, format: logging::LogFormat) -> ExitCode {
     let loaded = if offline { ucp_lb::lifecycle::load_offline(path) } else { ucp_lb::lifecycle::load(path) };
     let loaded = match loaded {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("{e}");
+            logging::report(format, &e.to_string());
             return ExitCode::FAILURE;
         }
     };
     for w in loaded.warnings() {
-        eprintln!("warning: {w}");
+        logging::warning(format, &w.to_string());
     }
     let resolved = if offline {
         None
@@ -148,12 +221,16 @@ async fn check(path: &Path, offline: bool) -> ExitCode {
         match ucp_lb::lifecycle::resolve(&loaded).await {
             Ok(r) => Some(r),
             Err(e) => {
-                eprintln!("{e}");
+                logging::report(format, &e.to_string());
                 return ExitCode::FAILURE;
             }
         }
     };
-    print!("{}", summary(&loaded.config, resolved.as_ref()));
+    if print {
+        print!("{}", effective::dump(&loaded.config));
+    } else {
+        print!("{}", summary(&loaded.config, resolved.as_ref()));
+    }
     ExitCode::SUCCESS
 }
 
@@ -162,6 +239,13 @@ pub fn summary(config: &Config, resolved: Option<&ucp_lb::snapshot::Resolved>) -
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(s, "{}: ok", config.source);
+    let a = &config.admin;
+    let token = match &a.token_file {
+        Some(t) => format!("token from {} (POST endpoints on)", t.display()),
+        None => "no token_file (POST endpoints off)".into(),
+    };
+    let reads = if a.status_needs_token { "status needs the token" } else { "status open to all who reach it" };
+    let _ = writeln!(s, "admin: {}, {token}, {reads}", a.listen);
     let _ = writeln!(s, "listeners:");
     for l in &config.listeners {
         let max = if l.max_connections == 0 { "no limit".to_owned() } else { l.max_connections.to_string() };
@@ -196,15 +280,48 @@ pub fn summary(config: &Config, resolved: Option<&ucp_lb::snapshot::Resolved>) -
                     k => format!("{} GET {}", if k == config::CheckKind::Https { "https" } else { "http" }, h.path),
                 };
                 let port = h.port.map(|p| format!(" on port {p}")).unwrap_or_default();
+                let mut expect: Vec<String> = h
+                    .expect_status
+                    .iter()
+                    .map(|m| match m {
+                        config::StatusMatch::Code(c) => c.to_string(),
+                        config::StatusMatch::Class(c) => format!("{c}xx"),
+                    })
+                    .collect();
+                expect = vec![format!("status {}", expect.join("/"))];
+                if let Some(b) = &h.expect_body {
+                    expect.push(format!("body containing {b:?}"));
+                }
+                for (k, v) in &h.expect_json {
+                    expect.push(format!("JSON {k} = {v}"));
+                }
+                let mut tls = Vec::new();
+                if let Some(sni) = &h.sni {
+                    tls.push(format!("sni {sni}"));
+                }
+                if let Some(host) = &h.host {
+                    tls.push(format!("Host {host}"));
+                }
+                if h.kind == config::CheckKind::Https {
+                    tls.push(match &h.ca_file {
+                        Some(f) => format!("certificate verified against {}", f.display()),
+                        None => "certificate not verified".into(),
+                    });
+                }
                 let _ = writeln!(
                     s,
-                    "    active check: {target}{port} every {}, timeout {}, rise {}, fall {}{}",
+                    "    active check: {target}{port} every {}, timeout {}, rise {}, fall {}",
                     format_duration(h.interval),
                     format_duration(h.timeout),
                     h.rise,
                     h.fall,
-                    if h.ca_file.is_some() { ", certificate verified" } else { "" },
                 );
+                if h.kind != config::CheckKind::Tcp {
+                    let _ = writeln!(s, "      expects {}", expect.join(", "));
+                }
+                if !tls.is_empty() {
+                    let _ = writeln!(s, "      {}", tls.join(", "));
+                }
             }
         }
         if !config.listeners.iter().any(|l| l.pool == p.name) {

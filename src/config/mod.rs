@@ -160,9 +160,32 @@ pub struct ServerConfig {
 pub struct PoolConfig {
     pub name: Arc<str>,
     pub settings: Settings,
+    /// Where each `[defaults]` key's value came from, by key name.
+    pub origins: std::collections::BTreeMap<&'static str, Origin>,
     pub servers: Vec<ServerConfig>,
     /// `None`: no active check (`kind = "none"` or no `[pool.NAME.health]`).
     pub health: Option<HealthConfig>,
+}
+
+/// Where a pool's setting came from, for `check --print`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// ucp-lb's default.
+    Default,
+    /// The `[defaults]` table.
+    Defaults,
+    /// The pool's own table.
+    Pool,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Default => "default",
+            Origin::Defaults => "[defaults]",
+            Origin::Pool => "pool",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -357,6 +380,23 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     })?;
     let mut config = parse(&text, &source)?;
     config.path = Some(path.to_path_buf());
+    // Relative file names are relative to the config's directory (as nginx
+    // takes them relative to its prefix), not to wherever ucp-lb was
+    // started; messages about them name the path that was tried.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let beside = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = dir.join(&*p);
+        }
+    };
+    if let Some(t) = config.admin.token_file.as_mut() {
+        beside(t);
+    }
+    for pool in &mut config.pools {
+        if let Some(f) = pool.health.as_mut().and_then(|h| h.ca_file.as_mut()) {
+            beside(f);
+        }
+    }
     Ok(config)
 }
 

@@ -426,6 +426,23 @@ impl RawPool {
     }
 }
 
+impl SettingsRef<'_> {
+    /// Each key's name and whether this table sets it.
+    pub fn set(&self) -> [(&'static str, bool); 9] {
+        [
+            ("balance", self.balance.is_some()),
+            ("connect_timeout", self.connect_timeout.is_some()),
+            ("idle_timeout", self.idle_timeout.is_some()),
+            ("max_fails", self.max_fails.is_some()),
+            ("fail_timeout", self.fail_timeout.is_some()),
+            ("retries", self.retries.is_some()),
+            ("all_down", self.all_down.is_some()),
+            ("resolve_interval", self.resolve_interval.is_some()),
+            ("shutdown_timeout", self.shutdown_timeout.is_some()),
+        ]
+    }
+}
+
 /// The `[defaults]` keys of one table, borrowed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SettingsRef<'a> {

@@ -66,7 +66,27 @@ impl Validator<'_> {
                 Some(h) => self.health(h, &format!("{key}.health")),
                 None => None,
             };
-            pools.push(PoolConfig { name: Arc::from(name.as_str()), settings, servers, health });
+            let from_defaults = raw.defaults.as_ref().map(|d| d.settings().set());
+            let origins = pool_ref
+                .settings()
+                .set()
+                .iter()
+                .enumerate()
+                .map(|(i, &(key, in_pool))| {
+                    let in_defaults = from_defaults.is_some_and(|d| d[i].1);
+                    (
+                        key,
+                        if in_pool {
+                            Origin::Pool
+                        } else if in_defaults {
+                            Origin::Defaults
+                        } else {
+                            Origin::Default
+                        },
+                    )
+                })
+                .collect();
+            pools.push(PoolConfig { name: Arc::from(name.as_str()), settings, origins, servers, health });
         }
 
         let mut listeners: Vec<ListenerConfig> = Vec::new();

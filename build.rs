@@ -1,0 +1,48 @@
+//! Build facts for `ucp-lb --version`, `/status` and `ucp_lb_build_info`:
+//! the commit, the build date, the compiler and the target. Each is
+//! "unknown" where it cannot be had (no git, no .git in a source tarball);
+//! SOURCE_DATE_EPOCH, when set, gives a reproducible date.
+
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+/// Days since 1970-01-01 as a civil date (Howard Hinnant's algorithm).
+fn date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/refs");
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    let commit = output("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = output("git", &["status", "--porcelain", "--untracked-files=no"]).is_some();
+    let commit = if dirty && commit != "unknown" { format!("{commit}-modified") } else { commit };
+    let secs = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0));
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let rustc = output(&rustc, &["-V"]).unwrap_or_else(|| "unknown".into());
+    let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".into());
+    let profile = std::env::var("PROFILE").unwrap_or_else(|_| "unknown".into());
+    println!("cargo:rustc-env=UCP_LB_COMMIT={commit}");
+    println!("cargo:rustc-env=UCP_LB_BUILD_DATE={}", date(secs.div_euclid(86_400)));
+    println!("cargo:rustc-env=UCP_LB_RUSTC={rustc}");
+    println!("cargo:rustc-env=UCP_LB_TARGET={target}");
+    println!("cargo:rustc-env=UCP_LB_PROFILE={profile}");
+}

@@ -1,0 +1,147 @@
+//! `ucp-lb check --print`: the config in force, every key with its value
+//! (defaults filled in) and where it came from, as lb.toml that `check`
+//! accepts again.
+
+use std::fmt::Write;
+
+use ucp_lb::config::{AdminState, CheckKind, Config, Origin, Retries, StatusMatch, format_duration};
+
+/// A value and where it came from, aligned as a comment.
+fn line(out: &mut String, key: &str, value: String, from: &str) {
+    let kv = format!("{key} = {value}");
+    let _ = writeln!(out, "{kv:<40} # {from}");
+}
+
+fn q(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn duration(d: Option<std::time::Duration>) -> String {
+    q(&d.map_or_else(|| "none".to_owned(), format_duration))
+}
+
+/// The effective config of `c`.
+pub fn dump(c: &Config) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# {}: the config in force, every key with its value.", c.source);
+    let _ = writeln!(o, "# After each value: where it came from (set, default, [defaults], pool).\n");
+    match c.workers {
+        Some(n) => line(&mut o, "workers", n.to_string(), "set"),
+        None => line(&mut o, "# workers", "(one per CPU)".into(), "default"),
+    }
+    let a = &c.admin;
+    let _ = writeln!(o, "\n[admin]");
+    let is_default_listen = a.listen == ucp_lb::config::AdminConfig::default().listen;
+    line(&mut o, "listen", q(&a.listen.to_string()), if is_default_listen { "default" } else { "set" });
+    match &a.token_file {
+        Some(p) => line(&mut o, "token_file", q(&p.display().to_string()), "set: POST endpoints on"),
+        None => line(&mut o, "# token_file", "(none)".into(), "default: POST endpoints off"),
+    }
+    line(
+        &mut o,
+        "status_needs_token",
+        a.status_needs_token.to_string(),
+        if a.status_needs_token { "set" } else { "default" },
+    );
+    for l in &c.listeners {
+        let _ = writeln!(o, "\n[[listener]]");
+        line(&mut o, "bind", q(&l.bind.to_string()), "set");
+        line(&mut o, "pool", q(&l.pool), "set");
+        match l.max_connections {
+            0 => line(&mut o, "# max_connections", "(no limit)".into(), "default"),
+            n => line(&mut o, "max_connections", n.to_string(), "set"),
+        }
+    }
+    for p in &c.pools {
+        let s = &p.settings;
+        let from = |k: &str| p.origins.get(k).copied().unwrap_or(Origin::Default).as_str();
+        let _ = writeln!(o, "\n[pool.{}]", p.name);
+        line(&mut o, "balance", q(s.balance.as_str()), from("balance"));
+        line(&mut o, "connect_timeout", duration(Some(s.connect_timeout)), from("connect_timeout"));
+        line(&mut o, "idle_timeout", duration(s.idle_timeout), from("idle_timeout"));
+        line(&mut o, "max_fails", s.max_fails.to_string(), from("max_fails"));
+        line(&mut o, "fail_timeout", duration(Some(s.fail_timeout)), from("fail_timeout"));
+        let retries = match s.retries {
+            Retries::Count(n) => n.to_string(),
+            Retries::All => q("all"),
+        };
+        line(&mut o, "retries", retries, from("retries"));
+        line(&mut o, "all_down", q(s.all_down.as_str()), from("all_down"));
+        line(&mut o, "resolve_interval", duration(Some(s.resolve_interval)), from("resolve_interval"));
+        line(&mut o, "shutdown_timeout", duration(Some(s.shutdown_timeout)), from("shutdown_timeout"));
+        let _ = writeln!(o, "servers = [");
+        for srv in &p.servers {
+            let state = match srv.state {
+                AdminState::Up => "up",
+                AdminState::Drain => "drain",
+                AdminState::Down => "down",
+            };
+            let _ = writeln!(
+                o,
+                "  {{ address = {}, weight = {}, backup = {}, max_conns = {}, state = {} }},",
+                q(&srv.address.to_string()),
+                srv.weight,
+                srv.backup,
+                srv.max_conns,
+                q(state)
+            );
+        }
+        let _ = writeln!(o, "]");
+        let Some(h) = &p.health else {
+            let _ = writeln!(o, "# no active check (no [pool.{}.health], or kind = \"none\")", p.name);
+            continue;
+        };
+        let _ = writeln!(o, "\n[pool.{}.health]", p.name);
+        let kind = match h.kind {
+            CheckKind::Https => "https",
+            CheckKind::Http => "http",
+            CheckKind::Tcp => "tcp",
+        };
+        // Each health key: the value, and "set" or "default" against a
+        // check with nothing set.
+        let d = ucp_lb::config::HealthConfig::default();
+        let src = |is_default: bool| if is_default { "default" } else { "set" };
+        line(&mut o, "kind", q(kind), src(h.kind == d.kind));
+        line(&mut o, "path", q(&h.path), src(h.path == d.path));
+        line(&mut o, "interval", duration(Some(h.interval)), src(h.interval == d.interval));
+        line(&mut o, "timeout", duration(Some(h.timeout)), src(h.timeout == d.timeout));
+        line(&mut o, "rise", h.rise.to_string(), src(h.rise == d.rise));
+        line(&mut o, "fall", h.fall.to_string(), src(h.fall == d.fall));
+        let statuses: Vec<String> = h
+            .expect_status
+            .iter()
+            .map(|m| match m {
+                StatusMatch::Code(c) => c.to_string(),
+                StatusMatch::Class(c) => q(&format!("{c}xx")),
+            })
+            .collect();
+        line(&mut o, "expect_status", format!("[{}]", statuses.join(", ")), src(h.expect_status == d.expect_status));
+        match &h.expect_body {
+            Some(b) => line(&mut o, "expect_body", q(b), "set"),
+            None => line(&mut o, "# expect_body", "(none)".into(), "default"),
+        }
+        if h.expect_json.is_empty() {
+            line(&mut o, "# expect_json", "(none)".into(), "default");
+        } else {
+            let fields: Vec<String> = h.expect_json.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            line(&mut o, "expect_json", format!("{{ {} }}", fields.join(", ")), "set");
+        }
+        for (key, v, fallback) in
+            [("sni", &h.sni, "the server's host name"), ("host", &h.host, "sni, else the server's host name")]
+        {
+            match v {
+                Some(v) => line(&mut o, key, q(v), "set"),
+                None => line(&mut o, &format!("# {key}"), format!("({fallback})"), "default"),
+            }
+        }
+        match &h.ca_file {
+            Some(f) => line(&mut o, "ca_file", q(&f.display().to_string()), "set: certificate verified"),
+            None => line(&mut o, "# ca_file", "(none)".into(), "default: certificate not verified"),
+        }
+        match h.port {
+            Some(port) => line(&mut o, "port", port.to_string(), "set"),
+            None => line(&mut o, "# port", "(the server's)".into(), "default"),
+        }
+    }
+    o
+}
