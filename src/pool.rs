@@ -25,6 +25,9 @@ use crate::passive::Transition;
 pub struct Server {
     /// The address as configured (`manager-01:443`).
     pub name: Arc<str>,
+    /// The `name` given in the config (`manager-01`), if any: shown
+    /// instead of the address as configured.
+    pub alias: Option<Arc<str>>,
     /// One address that name resolved to.
     pub addr: SocketAddr,
     pub weight: u32,
@@ -55,9 +58,15 @@ impl Server {
         self.max_conns == 0 || self.state.active.load(Relaxed) < self.max_conns
     }
 
+    /// How people know it: the name given in the config, else the address
+    /// as configured.
+    pub fn shown(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.name)
+    }
+
     /// `name (addr)`, or just the address when the name is an IP.
     pub fn label(&self) -> String {
-        server_label(&self.name, self.addr)
+        server_label(self.shown(), self.addr)
     }
 }
 
@@ -438,6 +447,7 @@ mod tests {
         let addr: SocketAddr = name.parse().unwrap();
         Server {
             name: name.into(),
+            alias: None,
             addr,
             weight,
             backup,

@@ -53,7 +53,7 @@ impl Snapshot {
                 for &addr in resolved.get(&sc.address).map(Vec::as_slice).unwrap_or_default() {
                     let check = pc.health.as_ref().and_then(|h| health.check_for(h, &sc.address, addr, &tls));
                     if let Some(c) = &check {
-                        let label = crate::pool::server_label(&name, addr);
+                        let label = crate::pool::server_label(sc.name.as_deref().unwrap_or(&name), addr);
                         c.observe_for(format!("{}|{label}", pc.name), || {
                             health.metrics.check_duration(&pc.name, &label)
                         });
@@ -63,6 +63,7 @@ impl Snapshot {
                     let state = states.get(&pc.name, &name, addr);
                     servers.push(Server {
                         name: name.clone(),
+                        alias: sc.name.as_deref().map(Arc::from),
                         addr,
                         weight: sc.weight,
                         backup: sc.backup,
@@ -109,7 +110,7 @@ impl Snapshot {
         };
         let mut n = 0;
         for s in &p.servers {
-            if &*s.name == server || s.addr.to_string() == server || s.label() == server {
+            if &*s.name == server || s.shown() == server || s.addr.to_string() == server || s.label() == server {
                 s.state.override_state.store(code, Relaxed);
                 n += 1;
             }

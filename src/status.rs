@@ -248,7 +248,7 @@ fn server(p: &Pool, i: usize, now: Instant) -> ServerStatus {
             downs: c.downs.load(Relaxed),
             cert_not_after: Some(c.cert_not_after.load(Relaxed)).filter(|&t| t != 0),
         }),
-        ..counted(&s.name, s.addr, &s.state)
+        ..counted(s.shown(), s.addr, &s.state)
     }
 }
 

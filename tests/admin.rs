@@ -198,6 +198,34 @@ async fn without_a_token_file_post_endpoints_are_forbidden() {
     assert_eq!(http(admin, "GET", "/nope", None).await.0, 404);
 }
 
+/// A route that exists answers another method with 405 and says which one
+/// it takes (Allow); an unknown pool is named as such.
+#[tokio::test]
+async fn a_wrong_method_gets_405_with_allow_and_an_unknown_pool_is_named() {
+    let a = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    write_secret(&token, "allow-test-token-0123\n");
+    let lb = start_lb(&with_admin(&one_pool(&[a.addr], ""), Some(&token))).await;
+    let admin = lb.admin_addr().unwrap();
+    for (method, path, allow) in [
+        ("GET", "/pools/p/servers/x/drain", "POST"),
+        ("GET", "/reload", "POST"),
+        ("POST", "/status", "GET"),
+        ("DELETE", "/metrics", "GET"),
+        ("PUT", "/healthz", "GET"),
+    ] {
+        let answer = http_raw(admin, method, path, None).await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{method} {path}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains(&format!("\r\nallow: {}\r\n", allow.to_ascii_lowercase())),
+            "{method} {path}: {answer}"
+        );
+    }
+    let (status, body) = http(admin, "POST", "/pools/nope/servers/x/drain", Some("allow-test-token-0123")).await;
+    assert_eq!((status, body.trim()), (404, "no pool nope"));
+}
+
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_cannot_block_the_admin() {
     let a = Echo::start().await;
@@ -217,4 +245,30 @@ async fn a_client_that_never_finishes_its_headers_cannot_block_the_admin() {
         let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
         assert!(r.is_ok(), "slow client cut after the header timeout");
     }
+}
+
+/// A server given a `name` is shown by it (with the address it resolved
+/// to) in /status, /metrics and the page, and the admin API takes it.
+#[tokio::test]
+async fn servers_are_shown_by_the_name_given_in_the_config() {
+    let (a, b) = (Echo::start().await, Echo::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    write_secret(&token, "name-test-token-0123\n");
+    let toml = with_admin(&one_pool(&[a.addr, b.addr], ""), Some(&token)).replacen(
+        &format!("\"{}\"", a.addr),
+        &format!("{{ address = \"{}\", name = \"manager-01\" }}", a.addr),
+        1,
+    );
+    let lb = start_lb(&toml).await;
+    let admin = lb.admin_addr().unwrap();
+    let s = server(&lb, a.addr);
+    assert_eq!((s.name.as_str(), s.label.as_str()), ("manager-01", format!("manager-01 ({})", a.addr).as_str()));
+    assert_eq!(server(&lb, b.addr).name, b.addr.to_string(), "no name: the address as written");
+    let metrics = http(admin, "GET", "/metrics", None).await.1;
+    assert!(metrics.contains(&format!("server=\"manager-01 ({})\"", a.addr)), "{metrics}");
+    assert!(http(admin, "GET", "/", None).await.1.contains("manager-01"));
+    let (status, _) = http(admin, "POST", "/pools/p/servers/manager-01/drain", Some("name-test-token-0123")).await;
+    assert_eq!(status, 200);
+    assert_eq!(server(&lb, a.addr).state, "drain");
 }

@@ -187,6 +187,42 @@ async fn demo_shows_traffic_leaving_a_broken_manager_and_coming_back() {
     assert_eq!(demo.exit_code().await, Some(0));
 }
 
+/// Ctrl-C stops the demo while it waits for keys on a terminal (its
+/// standard input stays open): exit 0. The status page address is given at
+/// the start of the scene, and the servers are named on it.
+#[tokio::test]
+async fn ctrl_c_stops_the_demo_at_its_prompt() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["demo", "--listen", "127.0.0.1:0"]);
+    let mut demo = Proc::spawn_interactive(cmd, true);
+    let page = demo.wait_for_line("Status page: http://").await;
+    let admin: SocketAddr = page.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap().parse().unwrap();
+    let first_clients = demo.text().lines().position(|l| l.starts_with("Six clients")).unwrap_or(usize::MAX);
+    let page_line = demo.text().lines().position(|l| l.contains("Status page: http://")).unwrap();
+    assert!(page_line < first_clients, "the address comes before the scene");
+    demo.wait_for_line("Ctrl-C stops the demo").await;
+    let html = http_raw(admin, "GET", "/", None).await;
+    for name in ["manager-01", "manager-02", "manager-03", "manager-04"] {
+        assert!(html.contains(name), "{name} named on the page");
+    }
+    demo.signal("INT");
+    assert_eq!(demo.exit_code().await, Some(0));
+}
+
+/// The demo's port taken: the message says to pass --listen.
+#[tokio::test]
+async fn a_taken_demo_port_says_to_pass_listen() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(BIN).args(["demo", "--listen", &addr]).output().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is taken") && err.contains("--listen"), "{err}");
+}
+
 /// `ucp-lb healthcheck` (the image's HEALTHCHECK, keepalived's track
 /// script): exit 0 on 200 from /healthz, 1 when nothing answers or when
 /// the LB is shutting down (503). The address comes from `[admin] listen`.

@@ -294,11 +294,25 @@ impl Admin {
                     }
                 }
             }
-            (_, ["healthz" | "status" | "metrics"]) | (_, ["reload"]) => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
-            _ => text(StatusCode::NOT_FOUND, "not found: try /status, /metrics or /healthz\n"),
+            (_, parts) => match allowed(parts) {
+                Some(allow) => {
+                    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed: use {allow}\n"));
+                    r.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static(allow));
+                    r
+                }
+                None => text(StatusCode::NOT_FOUND, "not found: try /status, /metrics or /healthz\n"),
+            },
         }
+    }
+}
+
+/// The method a route takes, for a request that came with another (405
+/// with `Allow`); `None` when there is no such route (404).
+fn allowed(parts: &[&str]) -> Option<&'static str> {
+    match parts {
+        ["healthz" | "status" | "metrics" | ""] => Some("GET"),
+        ["reload"] | ["pools", _, "servers", _, "drain" | "enable" | "down"] => Some("POST"),
+        _ => None,
     }
 }
 

@@ -57,11 +57,23 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     // A fourth manager that is down: its port refuses connections.
     let stopped = TcpListener::bind(loopback).await?.local_addr()?;
 
-    let servers: Vec<String> =
-        managers.iter().map(|m| format!("\"{}\"", m.addr)).chain([format!("\"{stopped}\"")]).collect();
+    // Named as the managers are, so the page and /status say manager-02,
+    // not a loopback port.
+    let servers: Vec<String> = managers
+        .iter()
+        .map(|m| (m.name.as_str(), m.addr))
+        .chain([("manager-04", stopped)])
+        .map(|(name, addr)| format!("{{ address = \"{addr}\", name = \"{name}\" }}"))
+        .collect();
     let text = DEMO_TOML.replace("{listen}", &listen.to_string()).replace("{servers}", &servers.join(", "));
     let config = ucp_lb::config::parse(&text, "demo.toml")?;
-    let running = ucp_lb::start(config).await?;
+    let running = match ucp_lb::start(config).await {
+        Ok(r) => r,
+        Err(ucp_lb::StartError::Bind(e)) if e.error.kind() == std::io::ErrorKind::AddrInUse => {
+            anyhow::bail!("{listen} is taken: pass --listen with a free address, e.g. --listen 127.0.0.1:18443")
+        }
+        Err(e) => return Err(e.into()),
+    };
     let lb = running.listener_addrs()[0];
     let connector = ca.connector()?;
 
@@ -73,7 +85,11 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     }
     writeln!(out, "  manager-04  {stopped}  stopped: refuses connections")?;
     writeln!(out, "\nucp-lb listens on {lb} and passes TCP through to pool \"ucp\"; TLS ends at the managers.")?;
-    writeln!(out, "It probes GET /_ping on every manager every 500ms (rise 2, fall 2).\n")?;
+    writeln!(out, "It probes GET /_ping on every manager every 500ms (rise 2, fall 2).")?;
+    if let Some(admin) = running.admin_addr() {
+        writeln!(out, "Status page: http://{admin}/  (refreshes itself while the scene plays; JSON at /status)")?;
+    }
+    writeln!(out)?;
     print!("{out}");
 
     clients(&connector, lb, 6, "Six clients through the load balancer (round robin):").await;

@@ -146,8 +146,11 @@ impl fmt::Display for HostPort {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
-    /// As written, e.g. `manager-01:443`: the server's name in logs and status.
+    /// As written, e.g. `manager-01:443`: the server's name in logs and
+    /// status unless `name` is given; the hash ring is built from it.
     pub address: HostPort,
+    /// A name for people (`manager-01`), shown instead of the address.
+    pub name: Option<String>,
     pub weight: u32,
     pub backup: bool,
     /// 0: no limit.

@@ -102,6 +102,7 @@ pub struct RawServer {
     pub backup: Option<S<bool>>,
     pub max_conns: Option<S<i64>>,
     pub state: Option<S<String>>,
+    pub name: Option<S<String>>,
 }
 
 /// A problem of shape: where, which key, what was expected.
@@ -308,13 +309,14 @@ impl Reader<'_> {
                     RawServer { address: Some(Spanned::new(item.span(), s.to_string())), ..RawServer::default() }
                 }
                 DeValue::Table(st) => {
-                    self.known_keys(st, &skey, &["address", "weight", "backup", "max_conns", "state"]);
+                    self.known_keys(st, &skey, &["address", "name", "weight", "backup", "max_conns", "state"]);
                     RawServer {
                         address: self.string(st, &skey, "address"),
                         weight: self.int(st, &skey, "weight"),
                         backup: self.bool(st, &skey, "backup"),
                         max_conns: self.int(st, &skey, "max_conns"),
                         state: self.string(st, &skey, "state"),
+                        name: self.string(st, &skey, "name"),
                     }
                 }
                 _ => {

@@ -508,8 +508,22 @@ impl Validator<'_> {
                 self.err(Some(addr_span), skey, format!("{address} is already listed in this pool at line {line}"));
                 continue;
             }
+            let name = r.name.as_ref().and_then(|n| {
+                let s = n.get_ref();
+                if s.is_empty() || s.chars().count() > 64 || s.chars().any(char::is_control) {
+                    self.err(
+                        Some(n.span()),
+                        format!("{skey}.name"),
+                        format!("expected a name of 1 to 64 printable characters, found {s:?}"),
+                    );
+                    None
+                } else {
+                    Some(s.clone())
+                }
+            });
             out.push(ServerConfig {
                 address,
+                name,
                 weight,
                 backup: r.backup.as_ref().is_some_and(|b| *b.get_ref()),
                 max_conns,

@@ -317,6 +317,17 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(mut cmd: Command, watch_stdout: bool) -> Proc {
         cmd.stdin(Stdio::null());
+        Proc::start(cmd, watch_stdout)
+    }
+
+    /// As [`Proc::spawn`], with its standard input a pipe held open (as a
+    /// terminal would be) for as long as the `Proc` lives.
+    pub fn spawn_interactive(mut cmd: Command, watch_stdout: bool) -> Proc {
+        cmd.stdin(Stdio::piped());
+        Proc::start(cmd, watch_stdout)
+    }
+
+    fn start(mut cmd: Command, watch_stdout: bool) -> Proc {
         if watch_stdout {
             cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         } else {
