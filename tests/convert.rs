@@ -266,3 +266,100 @@ async fn converted_config_routes_as_nginx_did() {
     assert!(seq_nginx[..24].contains(&0) && seq_nginx[..24].contains(&2));
     assert!(server(&lb, refusing).ejected);
 }
+
+/// The commented health table of each pool, uncommented: what an operator
+/// gets by removing the `# ` (the advice lines starting `# ^` stay comments).
+fn uncommented_health(toml: &str) -> String {
+    let mut out = String::new();
+    let mut in_health = false;
+    for line in toml.lines() {
+        if line.starts_with("# [pool.") && line.ends_with(".health]") {
+            in_health = true;
+        } else if !line.starts_with('#') {
+            in_health = false;
+        }
+        match line.strip_prefix("# ") {
+            Some(rest) if in_health && !rest.starts_with('^') && !rest.starts_with("  ") => out.push_str(rest),
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn health_of(toml: &str, pool: &str) -> String {
+    let head = format!("# [pool.{pool}.health]");
+    let rest = toml.split_once(&head).map_or("", |(_, r)| r);
+    rest.lines().skip(1).take_while(|l| l.starts_with('#')).collect::<Vec<_>>().join("\n")
+}
+
+/// The suggested checks never take every server out: UCP's 6443 pool is
+/// told to follow /_ping on 443 (the Kubernetes API has no /_ping), DTR's
+/// pools to check /_ping for `"Healthy": true`, anything else (a plain
+/// Kubernetes API server, a game server) a TCP connect. Uncommented, each
+/// passes check.
+#[test]
+fn suggested_health_checks_fit_ucp_dtr_and_anything_else() {
+    let ucp = text(&convert(&fixture("ucp.conf")).stdout);
+    assert!(health_of(&ucp, "ucp_443").contains("# path = \"/_ping\"") && !health_of(&ucp, "ucp_443").contains("port"));
+    let kube = health_of(&ucp, "ucp_6443");
+    assert!(kube.contains("# path = \"/_ping\"") && kube.contains("# port = 443"), "{kube}");
+    let dtr = text(&convert(&fixture("dtr.conf")).stdout);
+    for pool in ["dtr_443", "dtr_80"] {
+        let h = health_of(&dtr, pool);
+        assert!(h.contains("# expect_json = { Healthy = true }") && h.contains("# path = \"/_ping\""), "{pool}: {h}");
+    }
+    assert!(health_of(&dtr, "dtr_80").contains("# port = 443"));
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("nginx.conf");
+    std::fs::write(
+        &other,
+        "stream {\n  upstream k3s { server 10.0.0.1:6443; server 10.0.0.2:6443; }\n  server { listen 6443; proxy_pass k3s; }\n\
+         upstream mk8s { server 10.0.0.1:16443; }\n  server { listen 16443; proxy_pass mk8s; }\n\
+         upstream mc { server 10.0.0.3:25565; }\n  server { listen 25565; proxy_pass mc; }\n}\n",
+    )
+    .unwrap();
+    let others = text(&convert(&other).stdout);
+    for pool in ["k3s", "mk8s", "mc"] {
+        let h = health_of(&others, pool);
+        assert!(h.contains("# kind = \"tcp\"") && h.contains("not one of UCP's or DTR's"), "{pool}: {h}");
+    }
+    for toml in [&ucp, &dtr, &others] {
+        let on = uncommented_health(toml);
+        assert!(on.contains("\n[pool."), "uncommented: {on}");
+        let checked = check(&on);
+        assert!(checked.status.success(), "{}\n{on}", text(&checked.stderr));
+    }
+}
+
+/// `proxy_protocol off;` is nginx's default and what ucp-lb does: carried
+/// without a word. An unfilled template placeholder is called one. A
+/// mistake of the input (the same listen twice) is reported at its place,
+/// never as a converter bug.
+#[test]
+fn input_mistakes_are_the_inputs_and_defaults_are_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = |body: &str| {
+        let p = dir.path().join("nginx.conf");
+        std::fs::write(&p, format!("stream {{\n{body}}}\n")).unwrap();
+        convert(&p)
+    };
+    let out =
+        conf("  upstream u { server 10.0.0.1:443; }\n  server { listen 443; proxy_pass u; proxy_protocol off; }\n");
+    assert!(out.status.success());
+    assert_eq!(text(&out.stderr), "", "proxy_protocol off is nginx's default: no warning");
+    let out = conf("  upstream k3s { server ${k3s_ip}:6443; }\n  server { listen 6443; proxy_pass k3s; }\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("nginx.conf:2:") && err.contains("${k3s_ip} is a template variable that was never filled in"),
+        "{err}"
+    );
+    let out = conf(
+        "  upstream u { server 10.0.0.1:443; }\n  server { listen 443; proxy_pass u; }\n  server { listen 443; proxy_pass u; }\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("nginx.conf:4: listen 443: 0.0.0.0:443 is already listened on at"), "{err}");
+    assert!(!err.contains("converter bug"), "{err}");
+}

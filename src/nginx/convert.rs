@@ -8,6 +8,18 @@ use super::ConvertError;
 use super::read::Directive;
 use crate::config::format_duration;
 
+/// The first `$var` or `${var}` in `s`: a template placeholder (Ansible,
+/// Helm, envsubst) that was never filled in.
+pub(super) fn unfilled(s: &str) -> Option<String> {
+    let i = s.find('$')?;
+    let rest = &s[i..];
+    let end = match rest.strip_prefix("${") {
+        Some(r) => r.find('}').map_or(rest.len(), |j| j + 3),
+        None => 1 + rest[1..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len() - 1),
+    };
+    Some(rest[..end].to_owned())
+}
+
 /// nginx's defaults where they differ from ucp-lb's.
 pub(super) const NGINX_MAX_FAILS: u32 = 1;
 pub(super) const NGINX_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,6 +105,8 @@ pub(super) struct Pool {
 #[derive(Debug)]
 pub(super) struct Listener {
     pub(super) bind: String,
+    /// The `listen` directive's file:line.
+    pub(super) at: String,
     pub(super) pool: String,
     pub(super) comments: Vec<String>,
     pub(super) notes: Vec<String>,
@@ -242,6 +256,11 @@ impl Converter {
         if addr.starts_with("unix:") {
             return Err(d.err("a unix: socket server cannot be carried over (ucp-lb connects over TCP only)"));
         }
+        if let Some(var) = unfilled(addr) {
+            return Err(d.err(format!(
+                "server {addr}: {var} is a template variable that was never filled in (nginx itself would refuse it): fill it in, then convert"
+            )));
+        }
         if crate::config::parse_host_port(addr).is_err() {
             return Err(
                 d.err(format!("expected host:port, found \"{addr}\" (nginx's stream module needs the port too)"))
@@ -302,6 +321,8 @@ impl Converter {
                     v => return Err(d.err(format!("proxy_next_upstream: expected on or off, found \"{v}\""))),
                 })
             }
+            // nginx's default, and what ucp-lb does: nothing to carry, nothing to say.
+            "proxy_protocol" if one()? == "off" => {}
             "proxy_next_upstream_tries" => {
                 let v = one()?;
                 p.tries = Some(v.parse().map_err(|_| d.err(format!("expected a whole number, found \"{v}\"")))?);
@@ -313,7 +334,7 @@ impl Converter {
 
     pub(super) fn server_block(&mut self, d: &Directive, stream: &Proxy) -> Result<(), ConvertError> {
         let mut proxy = Proxy::default();
-        let mut binds: Vec<(String, Vec<String>)> = Vec::new();
+        let mut binds: Vec<(String, Vec<String>, String)> = Vec::new();
         let mut target: Option<&Directive> = None;
         let mut notes = Vec::new();
         let block = d.block.as_deref().unwrap_or_default();
@@ -324,7 +345,21 @@ impl Converter {
             match x.name.as_str() {
                 "listen" => {
                     if let Some(b) = self.listen(x, &mut notes)? {
-                        binds.push((b, x.comments.clone()));
+                        // nginx refuses a duplicate listen too ("duplicate
+                        // ... address and port pair"): the input's mistake,
+                        // said at its place.
+                        let first = self
+                            .listeners
+                            .iter()
+                            .map(|l| (&l.bind, l.at.clone()))
+                            .chain(binds.iter().map(|(b, _, at)| (b, at.clone())))
+                            .find(|(bound, _)| **bound == b);
+                        if let Some((_, at)) = first {
+                            return Err(
+                                x.err(format!("listen {}: {b} is already listened on at {at}", x.args.join(" ")))
+                            );
+                        }
+                        binds.push((b, x.comments.clone(), x.at()));
                     }
                 }
                 "proxy_pass" => target = Some(x),
@@ -351,6 +386,11 @@ impl Converter {
         let [to] = target.args.as_slice() else {
             return Err(target.err("proxy_pass takes one upstream name or host:port"));
         };
+        if let Some(var) = unfilled(to).filter(|v| v.starts_with("${")) {
+            return Err(target.err(format!(
+                "proxy_pass {to}: {var} is a template variable that was never filled in: fill it in, then convert"
+            )));
+        }
         if to.contains('$') {
             let n = self.not_carried(target, "proxy_pass with variables");
             self.head_notes.push(n);
@@ -400,7 +440,7 @@ impl Converter {
             Some(_) => {}
         }
         let pool = self.pools[idx].name.clone();
-        for (i, (bind, mut comments)) in binds.into_iter().enumerate() {
+        for (i, (bind, mut comments, at)) in binds.into_iter().enumerate() {
             if i == 0 {
                 let mut c = d.comments.clone();
                 c.append(&mut comments);
@@ -408,6 +448,7 @@ impl Converter {
             }
             self.listeners.push(Listener {
                 bind,
+                at,
                 pool: pool.clone(),
                 comments,
                 notes: if i == 0 { std::mem::take(&mut notes) } else { Vec::new() },

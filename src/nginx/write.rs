@@ -98,14 +98,10 @@ pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
             }
         }
         o.push_str("]\n");
-        // nginx never probed; show how, for the ports of UCP and DTR.
-        let port = p.servers.first().and_then(|s| s.address.rsplit(':').next()).unwrap_or("");
+        // nginx never probed; suggest how, such that uncommenting it can
+        // never take every server out.
         let _ = writeln!(o, "# [pool.{}.health]", p.name);
-        match port {
-            "443" | "6443" => o.push_str("# kind = \"https\"\n# path = \"/_ping\"\n"),
-            "80" => o.push_str("# kind = \"https\"\n# path = \"/_ping\"\n# port = 443\n"),
-            _ => o.push_str("# kind = \"tcp\"\n"),
-        }
+        o.push_str(&health_advice(p, &c.pools));
     }
     o
 }
@@ -149,5 +145,52 @@ pub(super) fn comment_lines(out: &mut String, indent: &str, lines: &[String]) {
                 let _ = writeln!(out, "{indent}# {part}");
             }
         }
+    }
+}
+
+/// The hosts of a pool (addresses without their port) and its port.
+fn hosts_and_port(p: &Pool) -> (Vec<&str>, &str) {
+    let mut hosts: Vec<&str> = p.servers.iter().filter_map(|s| s.address.rsplit_once(':').map(|(h, _)| h)).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let port = p.servers.first().and_then(|s| s.address.rsplit_once(':')).map_or("", |(_, port)| port);
+    (hosts, port)
+}
+
+/// A commented `[pool.X.health]` body for `p`, from what the Docker
+/// reference architectures put on which port of the same hosts: UCP
+/// publishes 443 (with `/_ping`) and 6443 (the Kubernetes API, which has no
+/// `/_ping` of its own); DTR publishes 80 and 443, and its `/_ping` answers
+/// JSON with `"Healthy"` (503 when unhealthy). Anything else gets a TCP
+/// check, which any server passes while it accepts connections.
+pub(super) fn health_advice(p: &Pool, all: &[Pool]) -> String {
+    let (hosts, port) = hosts_and_port(p);
+    let sibling = |want: &str| {
+        all.iter().any(|o| {
+            let (h, port) = hosts_and_port(o);
+            port == want && h == hosts
+        })
+    };
+    let name = p.name.to_ascii_lowercase();
+    let dtr_named = name.contains("dtr") || name.contains("msr");
+    let dtr = "# kind = \"https\"\n# path = \"/_ping\"\n# expect_json = { Healthy = true }\n";
+    match port {
+        "6443" if sibling("443") => "# kind = \"https\"\n# path = \"/_ping\"\n# port = 443\n\
+             # ^ UCP answers /_ping on 443; its Kubernetes API on 6443 has none: this pool follows 443.\n"
+            .into(),
+        "443" if sibling("80") || dtr_named => {
+            format!("{dtr}# ^ DTR: /_ping answers {{\"Healthy\": false}} (503) when a replica is unhealthy.\n")
+        }
+        "80" if sibling("443") || dtr_named => {
+            format!("{dtr}# port = 443\n# ^ DTR: /_ping is served over HTTPS on 443; this pool on 80 follows it.\n")
+        }
+        "443" => {
+            "# kind = \"https\"\n# path = \"/_ping\"\n# ^ UCP (and DTR) answer GET /_ping with 200 while healthy.\n"
+                .into()
+        }
+        _ => format!(
+            "# kind = \"tcp\"\n# ^ port {port} is not one of UCP's or DTR's: a TCP connect check. An HTTP check needs a\n\
+             #   path this server answers with 200 (a plain Kubernetes API server answers /_ping with 401 or 404).\n"
+        ),
     }
 }
