@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
+
+use crate::history::{History, now};
 use tracing::{info, warn};
 
 /// What the last probes say.
@@ -109,8 +111,10 @@ pub struct Check {
     machine: Mutex<RiseFall>,
     state: AtomicU8,
     first: watch::Sender<CheckState>,
-    /// Woken on every change of state.
-    changed: Arc<Notify>,
+    /// Told of every change of state.
+    history: Arc<History>,
+    /// When the state last changed, Unix seconds (0: never).
+    since: AtomicU64,
     reason: Mutex<Option<String>>,
     /// The certificate's notAfter (Unix seconds), 0 when none was seen.
     pub cert_not_after: AtomicI64,
@@ -124,7 +128,7 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn new(label: String, rise: u32, fall: u32, changed: Arc<Notify>) -> Check {
+    pub fn new(label: String, rise: u32, fall: u32, history: Arc<History>) -> Check {
         Check {
             label,
             rise,
@@ -132,7 +136,8 @@ impl Check {
             machine: Mutex::default(),
             state: AtomicU8::new(CheckState::Unknown as u8),
             first: watch::Sender::new(CheckState::Unknown),
-            changed,
+            history,
+            since: AtomicU64::new(0),
             reason: Mutex::new(None),
             cert_not_after: AtomicI64::new(0),
             probes: AtomicU64::new(0),
@@ -159,6 +164,12 @@ impl Check {
     /// (response)"); `None` after a success.
     pub fn reason(&self) -> Option<String> {
         self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// When the state last changed, Unix seconds; `None` before the first
+    /// result.
+    pub fn since(&self) -> Option<u64> {
+        Some(self.since.load(Relaxed)).filter(|&s| s != 0)
     }
 
     /// Waits until the first probe has decided.
@@ -197,9 +208,19 @@ impl Check {
             if new == CheckState::Down && self.state() == CheckState::Up {
                 self.downs.fetch_add(1, Relaxed);
             }
+            let was = self.state();
             self.state.store(new as u8, Relaxed);
+            self.since.store(now() as u64, Relaxed);
             self.first.send_replace(new);
-            self.changed.notify_one();
+            // A first result that is up is how every server starts: no event
+            // for it, but one for everything else.
+            match (was, new, &failure) {
+                (CheckState::Unknown, CheckState::Up, _) => self.history.wake(),
+                (_, CheckState::Down, Some(reason)) => {
+                    self.history.record("server down", None, Some(&self.label), reason.clone())
+                }
+                _ => self.history.record("server up", None, Some(&self.label), "check passes"),
+            }
             match (new, &failure) {
                 (CheckState::Down, Some(reason)) => {
                     warn!(check = %self.label, %reason, fall = self.fall, "server down: active check failed")
@@ -260,17 +281,20 @@ mod tests {
     }
 
     #[test]
-    fn a_change_of_state_wakes_the_watcher_and_a_repeat_does_not() {
-        let changed = Arc::new(Notify::new());
-        let c = Check::new("tcp://x".into(), 1, 1, changed.clone());
+    fn a_change_of_state_is_recorded_and_a_repeat_is_not() {
+        let history = Arc::new(History::default());
+        let c = Check::new("tcp://x".into(), 1, 1, history.clone());
         c.record(Some("connect refused".into()), None, Duration::ZERO);
         assert_eq!(c.state(), CheckState::Down);
-        let woken = changed.notified();
-        tokio::pin!(woken);
-        assert!(woken.as_mut().enable(), "a stored permit: the change woke it");
-        let again = changed.notified();
-        tokio::pin!(again);
+        assert!(c.since().is_some());
         c.record(Some("connect refused".into()), None, Duration::ZERO);
-        assert!(!again.as_mut().enable(), "no change, no wake");
+        let e = history.events();
+        assert_eq!(e.len(), 1, "no change, no event: {e:?}");
+        assert_eq!(
+            (e[0].what, e[0].server.as_deref(), e[0].detail.as_str()),
+            ("server down", Some("tcp://x"), "connect refused")
+        );
+        c.record(None, None, Duration::ZERO);
+        assert_eq!(history.events()[0].what, "server up");
     }
 }

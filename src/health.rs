@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::check::Check;
 use crate::config::{CheckKind, Config, ConfigError, HealthConfig, HostPort};
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::probe::{self, ProbeTarget};
 use crate::tls;
@@ -96,8 +96,9 @@ pub fn tls_configs(config: &Config) -> Result<TlsConfigs, Vec<ConfigError>> {
 pub struct Health {
     checks: Mutex<HashMap<String, Weak<Check>>>,
     pub metrics: Arc<Metrics>,
-    /// Woken whenever a check changes state.
-    pub changed: Arc<Notify>,
+    /// Told of every change of a check (and, through the pools, of every
+    /// other change of state).
+    pub history: Arc<History>,
 }
 
 impl Health {
@@ -133,7 +134,7 @@ impl Health {
             return Some(c);
         }
         checks.retain(|_, w| w.strong_count() > 0);
-        let check = Arc::new(Check::new(target.label.clone(), target.rise, target.fall, self.changed.clone()));
+        let check = Arc::new(Check::new(target.label.clone(), target.rise, target.fall, self.history.clone()));
         checks.insert(key.clone(), Arc::downgrade(&check));
         let offset = jitter(&key, target.interval);
         tokio::spawn(probe_loop(target, Arc::downgrade(&check), offset));

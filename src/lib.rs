@@ -52,6 +52,7 @@ pub mod config;
 pub mod copy;
 pub mod files;
 pub mod health;
+pub mod history;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;

@@ -231,6 +231,7 @@ where
     lb.listeners.launch(bound, &shared, &lb.shutdown);
     lb.ready.store(true, Relaxed);
     background.push(tokio::spawn(status::follow(shared.clone())));
+    background.push(tokio::spawn(status::sample_loop(shared.clone())));
     background.push(tokio::spawn(resolve::refresh_loop(shared.clone())));
     background.push(tokio::spawn(crate::metrics::upkeep_loop(shared.health.metrics.clone())));
     Ok(Running { lb, background, admin_addr })
@@ -279,7 +280,15 @@ impl Lb {
     /// [`Snapshot::set_override`].
     pub fn set_override(&self, pool: &str, server: &str, state: AdminState) -> Option<usize> {
         let n = self.shared.snapshot.load().set_override(pool, server, state);
-        self.shared.health.changed.notify_one();
+        if n.is_some_and(|n| n > 0) {
+            let what = match state {
+                AdminState::Up => "enable",
+                AdminState::Drain => "drain",
+                AdminState::Down => "down",
+            };
+            let shown = crate::check::printable(server);
+            self.shared.health.history.record(what, Some(pool), Some(&shown), "set over the admin API");
+        }
         n
     }
 
@@ -304,14 +313,18 @@ impl Lb {
         };
         let mut st = self.reload.lock().unwrap_or_else(|p| p.into_inner());
         st.last_attempt = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
+        let history = &self.shared.health.history;
         match &result {
             Ok(g) => {
+                history.record("reload", None, None, format!("generation {g}"));
                 st.generation = *g;
                 st.successes += 1;
                 st.last_ok = Some(true);
                 st.last_error = None;
             }
             Err(e) => {
+                let first = e.to_string().lines().next().unwrap_or("").to_owned();
+                history.record("reload failed", None, None, crate::check::printable(&first));
                 st.failures += 1;
                 st.last_ok = Some(false);
                 st.last_error = Some(e.to_string());

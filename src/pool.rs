@@ -18,6 +18,7 @@ use crate::state::{PoolState, ServerState};
 
 use crate::check::Check;
 use crate::config::{AdminState, AllDown, Balance, Settings};
+use crate::history::History;
 use crate::net::FailReason;
 use crate::passive::Transition;
 
@@ -89,10 +90,10 @@ pub struct Pool {
     pub settings: Settings,
     pub servers: Vec<Server>,
     pub state: Arc<PoolState>,
-    /// Woken by whoever changes what this pool's servers are (the callers
+    /// Told by whoever changes what this pool's servers are (the callers
     /// of `connect_failed` and `connected` on a transition), so the pool's
-    /// all-down state is followed without traffic.
-    pub changed: Arc<tokio::sync::Notify>,
+    /// all-down state is followed without traffic and the page has it.
+    pub history: Arc<History>,
     /// One primary server and no backup: nginx never ejects it passively,
     /// since there is nowhere else to go.
     single: bool,
@@ -109,13 +110,13 @@ impl Pool {
         settings: Settings,
         servers: Vec<Server>,
         state: Arc<PoolState>,
-        changed: Arc<tokio::sync::Notify>,
+        history: Arc<History>,
     ) -> Pool {
         let primaries = servers.iter().filter(|s| !s.backup).count();
         let single = primaries == 1 && servers.len() == 1;
         let ring = if settings.balance == Balance::SourceHash { Ring::new(&servers) } else { Ring::default() };
         let rr = servers.iter().map(|s| RrWeight { current: 0, effective: i64::from(s.weight) }).collect();
-        Pool { name, settings, servers, state, changed, single, rr: Arc::new(Mutex::new(rr)), ring }
+        Pool { name, settings, servers, state, history, single, rr: Arc::new(Mutex::new(rr)), ring }
     }
 
     /// Goes on from where `old` (the same pool in the snapshot before) is in

@@ -119,7 +119,13 @@ async fn connect_upstream(pool: &Pool, peer: SocketAddr) -> Option<(TcpStream, u
         match connect(server.addr, pool.settings.connect_timeout).await {
             Ok(stream) => {
                 if pool.connected(pick.idx) == Some(Transition::Readmitted) {
-                    pool.changed.notify_one();
+                    server.state.touch();
+                    pool.history.record(
+                        "readmitted",
+                        Some(&pool.name),
+                        Some(&server.label()),
+                        "a connect succeeded again",
+                    );
                     info!(pool = %pool.name, server = %server.label(), "server connects again: back in rotation");
                 }
                 return Some((stream, pick.idx, active));
@@ -132,7 +138,9 @@ async fn connect_upstream(pool: &Pool, peer: SocketAddr) -> Option<(TcpStream, u
                 drop(active);
                 debug!(pool = %pool.name, server = %server.label(), client = %peer, reason = reason.as_str(), "connect failed");
                 if pool.connect_failed(pick.idx, Instant::now(), reason) == Some(Transition::Ejected) {
-                    pool.changed.notify_one();
+                    server.state.touch();
+                    let why = format!("{} failed connects, the last {}", pool.settings.max_fails, reason.as_str());
+                    pool.history.record("ejected", Some(&pool.name), Some(&server.label()), why);
                     warn!(
                         pool = %pool.name,
                         server = %server.label(),

@@ -75,7 +75,7 @@ impl Snapshot {
                 }
             }
             let state = old.map(|p| p.state.clone()).unwrap_or_else(|| Arc::new(PoolState::default()));
-            let mut pool = Pool::new(pc.name.clone(), pc.settings.clone(), servers, state, health.changed.clone());
+            let mut pool = Pool::new(pc.name.clone(), pc.settings.clone(), servers, state, health.history.clone());
             if let Some(o) = old {
                 pool.keep_position(o);
             }
@@ -112,6 +112,7 @@ impl Snapshot {
         for s in &p.servers {
             if &*s.name == server || s.shown() == server || s.addr.to_string() == server || s.label() == server {
                 s.state.override_state.store(code, Relaxed);
+                s.state.touch();
                 n += 1;
             }
         }
@@ -169,7 +170,7 @@ impl Shared {
     /// Puts `next` in force and wakes whoever follows pool state.
     pub fn store(&self, next: Snapshot) {
         self.snapshot.store(Arc::new(next));
-        self.health.changed.notify_one();
+        self.health.history.wake();
     }
 }
 

@@ -29,11 +29,19 @@ pub struct ServerState {
     /// A runtime override of the configured state (0 = none), set by the
     /// admin endpoints; it lasts until the process restarts.
     pub override_state: AtomicU8,
+    /// When a passive ejection, re-admission or override last changed it,
+    /// Unix seconds (0: never).
+    pub changed_at: AtomicU64,
 }
 
 impl ServerState {
     pub fn failures_by(&self, r: FailReason) -> u64 {
         self.failures[r as usize].load(Relaxed)
+    }
+
+    /// Notes that its state changed now (for the page's "for 42 s").
+    pub fn touch(&self) {
+        self.changed_at.store(crate::history::now() as u64, Relaxed);
     }
 
     pub fn passive(&self) -> MutexGuard<'_, Passive> {

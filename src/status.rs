@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::AllDown;
+use crate::history::{Event, Sample};
 use crate::listener::ListenerState;
 use crate::net::FailReason;
 use crate::pool::Pool;
@@ -59,6 +60,8 @@ pub struct View {
     pub reload: ReloadStatus,
     pub listeners: Vec<ListenerStatus>,
     pub pools: Vec<PoolStatus>,
+    /// The last state changes of the whole balancer, newest first.
+    pub events: Vec<Event>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +91,8 @@ pub struct PoolStatus {
     pub rejecting: bool,
     /// Servers that would take a new client now.
     pub eligible: usize,
+    /// Open and new connections over the last 15 minutes, oldest first.
+    pub traffic: Vec<Sample>,
     pub fail_open_picks: u64,
     pub no_server: u64,
     pub servers: Vec<ServerStatus>,
@@ -116,6 +121,12 @@ pub struct ServerStatus {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub passive_ejections: u64,
+    /// When an ejection, re-admission or override last changed it, Unix
+    /// seconds.
+    pub changed_at: Option<u64>,
+    /// Its state in words: "in", "out: status 500 for 42 s", "draining, 3
+    /// open", ...
+    pub phrase: String,
     /// `None` when the pool has no active check.
     pub check: Option<CheckStatus>,
 }
@@ -130,6 +141,8 @@ pub struct CheckStatus {
     pub probes: u64,
     /// Times the check took the server out.
     pub downs: u64,
+    /// When its state last changed, Unix seconds.
+    pub since: Option<u64>,
     /// The server certificate's notAfter, Unix seconds.
     pub cert_not_after: Option<i64>,
 }
@@ -158,6 +171,14 @@ pub fn view(
     let now = Instant::now();
     let mut pools = pools(snap, now);
     add_removed(&mut pools, snap, states);
+    let history = &snap_history(snap);
+    let wall = crate::history::now() as u64;
+    for p in &mut pools {
+        p.traffic = history.as_ref().map(|h| h.samples(&p.name)).unwrap_or_default();
+        for s in &mut p.servers {
+            s.phrase = phrase(s, wall);
+        }
+    }
     View {
         version: env!("CARGO_PKG_VERSION"),
         build: crate::build_info::BUILD,
@@ -183,7 +204,73 @@ pub fn view(
             })
             .collect(),
         pools,
+        events: history.as_ref().map(|h| named(h.events(), snap)).unwrap_or_default(),
     }
+}
+
+/// Events of checks name their target (a check is shared by the pools that
+/// probe the same server the same way): name the servers behind it as the
+/// page does, "manager-02 (ucp, ucp_kube)".
+fn named(mut events: Vec<Event>, snap: &Snapshot) -> Vec<Event> {
+    for e in events.iter_mut().filter(|e| e.pool.is_none()) {
+        let Some(target) = e.server.as_deref() else { continue };
+        let mut who: Vec<(String, String)> = Vec::new();
+        for p in &snap.pools {
+            for s in p.servers.iter().filter(|s| s.check.as_ref().is_some_and(|c| c.label == target)) {
+                who.push((p.name.to_string(), s.label()));
+            }
+        }
+        if let Some((_, label)) = who.first() {
+            let pools: Vec<&str> = who.iter().map(|(p, _)| p.as_str()).collect();
+            e.pool = Some(pools.join(", "));
+            e.server = Some(label.clone());
+        }
+    }
+    events
+}
+
+/// The history the snapshot's pools report to (all share one).
+fn snap_history(snap: &Snapshot) -> Option<Arc<crate::history::History>> {
+    snap.pools.first().map(|p| p.history.clone())
+}
+
+/// A duration as people say it: "42 s", "3 min", "2 h 5 min", "4 d".
+fn human(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..86400 => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+        _ => format!("{} d", secs / 86400),
+    }
+}
+
+/// A server's state in one phrase, with how long it has been so where that
+/// is known: what the page shows first.
+fn phrase(s: &ServerStatus, now: u64) -> String {
+    let lasting =
+        |since: Option<u64>| since.map(|t| format!(" for {}", human(now.saturating_sub(t)))).unwrap_or_default();
+    if s.removed {
+        return format!("removed by a reload, {} open", s.active);
+    }
+    match s.state {
+        "drain" => return format!("draining, {} open", s.active),
+        "down" => return format!("out: set down{}", lasting(s.changed_at)),
+        _ => {}
+    }
+    if let Some(c) = &s.check {
+        match c.state {
+            "down" => return format!("out: {}{}", c.reason.as_deref().unwrap_or("check failed"), lasting(c.since)),
+            "unknown" => return "waiting for its first check".into(),
+            _ => {}
+        }
+    }
+    if s.ejected {
+        return format!("out: ejected after {} failed connects{}", s.fails, lasting(s.changed_at));
+    }
+    if !s.eligible {
+        return format!("full: {} open (max_conns)", s.active);
+    }
+    if s.backup { "in (backup)".into() } else { "in".into() }
 }
 
 /// Adds the servers no pool of `snap` lists that still have connections
@@ -203,6 +290,7 @@ fn add_removed(pools: &mut Vec<PoolStatus>, snap: &Snapshot, states: &States) {
                 fail_open: false,
                 rejecting: false,
                 eligible: 0,
+                traffic: Vec::new(),
                 fail_open_picks: 0,
                 no_server: 0,
                 servers: vec![server],
@@ -226,6 +314,7 @@ fn pool(p: &Pool, now: Instant) -> PoolStatus {
         fail_open: all_down && p.settings.all_down == AllDown::FailOpen,
         rejecting: all_down && p.settings.all_down == AllDown::Reject,
         eligible: servers.iter().filter(|s| s.eligible).count(),
+        traffic: Vec::new(),
         fail_open_picks: p.state.fail_open_picks.load(Relaxed),
         no_server: p.state.no_server.load(Relaxed),
         servers,
@@ -246,6 +335,7 @@ fn server(p: &Pool, i: usize, now: Instant) -> ServerStatus {
             reason: c.reason(),
             probes: c.probes.load(Relaxed),
             downs: c.downs.load(Relaxed),
+            since: c.since(),
             cert_not_after: Some(c.cert_not_after.load(Relaxed)).filter(|&t| t != 0),
         }),
         ..counted(s.shown(), s.addr, &s.state)
@@ -274,6 +364,8 @@ fn counted(name: &str, addr: SocketAddr, st: &ServerState) -> ServerStatus {
         bytes_received: st.bytes_received.load(Relaxed),
         bytes_sent: st.bytes_sent.load(Relaxed),
         passive_ejections: st.passive_ejections.load(Relaxed),
+        changed_at: Some(st.changed_at.load(Relaxed)).filter(|&t| t != 0),
+        phrase: String::new(),
         check: None,
     }
 }
@@ -284,11 +376,12 @@ fn counted(name: &str, addr: SocketAddr, st: &ServerState) -> ServerStatus {
 /// ejection or re-admission, an admin override and a new snapshot, and at
 /// the moment a passive ejection ends by itself.
 pub async fn follow(shared: Arc<Shared>) {
-    let changed = shared.health.changed.clone();
+    let history = shared.health.history.clone();
     loop {
-        // Every change calls notify_one, which keeps a permit when nobody
-        // waits: a change made while the state is read wakes the next round.
-        let woken = changed.notified();
+        // Every change wakes with notify_one, which keeps a permit when
+        // nobody waits: a change made while the state is read wakes the
+        // next round.
+        let woken = history.changed();
         let snap = shared.snapshot.load_full();
         let now = Instant::now();
         let mut next: Option<Instant> = None;
@@ -312,10 +405,16 @@ pub async fn follow(shared: Arc<Shared>) {
     }
 }
 
-/// Logs the start and the end of an all-down episode, once each.
+/// Logs the start and the end of an all-down episode, once each, and
+/// keeps them in the history.
 fn note_all_down(p: &Pool, down: bool) {
     if !p.set_all_down(down) {
         return;
+    }
+    match (down, p.settings.all_down) {
+        (true, AllDown::FailOpen) => p.history.record("pool all down", Some(&p.name), None, "failing open"),
+        (true, AllDown::Reject) => p.history.record("pool all down", Some(&p.name), None, "closing new clients"),
+        (false, _) => p.history.record("pool has a server again", Some(&p.name), None, ""),
     }
     match (down, p.settings.all_down) {
         (true, AllDown::FailOpen) => warn!(
@@ -327,5 +426,23 @@ fn note_all_down(p: &Pool, down: bool) {
             warn!(pool = %p.name, all_down = "reject", "no server is eligible: closing new clients")
         }
         (false, _) => info!(pool = %p.name, "a server is eligible again"),
+    }
+}
+
+/// Samples every pool's traffic every [`crate::history::SAMPLE_EVERY`] for
+/// ever (cancel by dropping): open connections and connections so far.
+pub async fn sample_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(crate::history::SAMPLE_EVERY);
+    loop {
+        tick.tick().await;
+        let snap = shared.snapshot.load_full();
+        let history = &shared.health.history;
+        for p in &snap.pools {
+            let open = p.servers.iter().map(|s| u64::from(s.state.active.load(Relaxed))).sum();
+            let total = p.servers.iter().map(|s| s.state.connections.load(Relaxed)).sum();
+            history.sample(&p.name, open, total);
+        }
+        let names: Vec<&str> = snap.pools.iter().map(|p| &*p.name).collect();
+        history.forget_others(&names);
     }
 }

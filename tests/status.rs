@@ -102,4 +102,13 @@ async fn a_quiet_pool_losing_every_server_is_reported_and_logged_once_each_way()
     assert_eq!(text.matches("a server is eligible again").count(), 1, "one line for the end:\n{text}");
     let status: serde_json::Value = serde_json::from_str(body(&http_raw(admin, "GET", "/status", None).await)).unwrap();
     assert_eq!(status["pools"][0]["fail_open_picks"], 0, "no client came: nothing was routed");
+    // The history says so too, newest first: the pool's episode, between
+    // the checks that caused it.
+    let whats: Vec<&str> = status["events"].as_array().unwrap().iter().filter_map(|e| e["what"].as_str()).collect();
+    let (back, lost) = (
+        whats.iter().position(|w| *w == "pool has a server again").expect("the end of the episode"),
+        whats.iter().position(|w| *w == "pool all down").expect("its start"),
+    );
+    assert!(back < lost, "newest first: {whats:?}");
+    assert_eq!(whats.iter().filter(|w| **w == "server down").count(), 3, "{whats:?}");
 }

@@ -8,7 +8,8 @@
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::status::{ServerStatus, View};
+use crate::history::Event;
+use crate::status::{PoolStatus, ServerStatus, View};
 
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -43,29 +44,43 @@ table{border-collapse:collapse;width:100%;min-width:640px}th,td{text-align:left;
 th{font-size:12px;text-transform:uppercase;color:#555;background:#fafbfc}.reason{white-space:normal;font-weight:400;color:#b3261e;font-size:13px}\
 .ok{color:#0a7a2f;font-weight:600}.bad{color:#b3261e;font-weight:600}.warn{color:#8a5a00;font-weight:600}\
 .badge{display:inline-block;padding:1px 7px;border-radius:10px;font-size:12px;font-weight:600}\
-.badge.bad{background:#fde7e6}.badge.ok{background:#e3f5e9}.badge.warn{background:#fff3d6}";
+.badge.bad{background:#fde7e6}.badge.ok{background:#e3f5e9}.badge.warn{background:#fff3d6}\
+.details{white-space:normal;font-size:13px;color:#444}svg.traffic{display:block;max-width:100%;height:auto}";
 
-fn class_of(ok: bool) -> &'static str {
-    if ok { "ok" } else { "bad" }
+/// `HH:MM:SS` (UTC) of Unix seconds: when something happened today.
+fn clock(unix: f64) -> String {
+    let s = unix.max(0.0) as u64 % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
 }
 
 fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
-    let state_class = match s.state {
-        "up" => "ok",
-        "drain" => "warn",
-        _ => "bad",
-    };
-    let (check, check_class, reason) = match &s.check {
-        None => ("none".to_owned(), "", String::new()),
-        Some(c) => (c.state.to_owned(), class_of(c.state == "up"), c.reason.clone().unwrap_or_default()),
-    };
-    let passive = if s.ejected {
-        format!("<span class=bad>ejected</span> ({} fails)", s.fails)
-    } else if s.fails > 0 {
-        format!("{} fails", s.fails)
+    let class = if s.phrase.starts_with("in") {
+        "ok"
+    } else if s.phrase.starts_with("draining") || s.phrase.starts_with("full") || s.phrase.starts_with("waiting") {
+        "warn"
     } else {
-        "ok".to_owned()
+        "bad"
     };
+    // The details beside the phrase: the check, passive ejection, the
+    // admin state, and when the state last changed.
+    let mut details = Vec::new();
+    match &s.check {
+        None => details.push("no active check".to_owned()),
+        Some(c) => {
+            let since = c.since.map(|t| format!(" since {} UTC", clock(t as f64))).unwrap_or_default();
+            let why = c.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+            details.push(format!("check {}{since}{why}", c.state));
+        }
+    }
+    if s.ejected {
+        details.push(format!("ejected ({} failed connects)", s.fails));
+    } else if s.fails > 0 {
+        details.push(format!("{} failed connects", s.fails));
+    }
+    if s.state != "up" {
+        let since = s.changed_at.map(|t| format!(" since {} UTC", clock(t as f64))).unwrap_or_default();
+        details.push(format!("set {}{since}", s.state));
+    }
     let cert = s
         .check
         .as_ref()
@@ -81,21 +96,17 @@ fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
     // The address under the name, unless the name is the address.
     let addr_line =
         if s.name == addr { String::new() } else { format!("<br><span class=meta>{}</span>", escape(&addr)) };
-    // The reason sits under the check state, where a phone still shows it.
-    let reason = if reason.is_empty() { reason } else { format!("<br><span class=reason>{}</span>", escape(&reason)) };
     let _ = write!(
         out,
-        "<tr class=server data-pool=\"{pool}\" data-addr=\"{addr}\"><td>{name}{role}{addr_line}</td>\
-         <td class='check {check_class}'>{check}{reason}</td><td class='state {state_class}'>{state}</td>\
-         <td class='eligible {el}'>{eligible}</td><td class=passive>{passive}</td>\
+        "<tr class=server data-pool=\"{pool}\" data-addr=\"{addr}\" data-eligible=\"{eligible}\"><td>{name}{role}{addr_line}</td>\
+         <td class='state {class}'>{phrase}</td><td class=details>{details}</td>\
          <td>{active}</td><td>{conns}</td><td>{sent} / {recv}</td><td class=cert>{cert}</td></tr>",
         pool = escape(pool),
         addr = escape(&addr),
+        eligible = s.eligible,
         name = escape(&s.name),
-        state = escape(s.state),
-        el = class_of(s.eligible),
-        eligible = if s.eligible { "yes" } else { "no" },
-        check = escape(&check),
+        phrase = escape(&s.phrase),
+        details = escape(&details.join(" · ")),
         active = s.active,
         conns = s.connections,
         sent = bytes(s.bytes_sent),
@@ -103,10 +114,63 @@ fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
     );
 }
 
+/// Open connections (blue) and new connections per second (green) of one
+/// pool over the last 15 minutes, with its state changes marked (red), as
+/// inline SVG: no script, nothing loaded.
+fn traffic_svg(pool: &PoolStatus, events: &[Event], now: f64) -> String {
+    const W: f64 = 600.0;
+    const H: f64 = 90.0;
+    let window = (crate::history::SAMPLES as u64 * crate::history::SAMPLE_EVERY.as_secs()) as f64;
+    let x = |t: f64| ((t - (now - window)) / window * W).clamp(0.0, W);
+    let s = &pool.traffic;
+    let rates: Vec<(f64, f64)> = s
+        .windows(2)
+        .map(|w| (w[1].at, (w[1].total.saturating_sub(w[0].total)) as f64 / (w[1].at - w[0].at).max(1.0)))
+        .collect();
+    let open_max = s.iter().map(|p| p.open).max().unwrap_or(0).max(1) as f64;
+    let rate_max = rates.iter().map(|r| r.1).fold(0.0, f64::max).max(1.0);
+    let line = |pts: Vec<(f64, f64)>, max: f64| {
+        pts.iter()
+            .map(|(t, v)| format!("{:.1},{:.1}", x(*t), H - 4.0 - v / max * (H - 14.0)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut o = format!(
+        "<svg class=traffic data-pool=\"{}\" width='{W}' height='{H}' viewBox='0 0 {W} {H}' role=img \
+         aria-label='open and new connections of pool {}, last 15 minutes'>\
+         <rect width='{W}' height='{H}' fill='#fff' stroke='#d8dde3'/>",
+        escape(&pool.name),
+        escape(&pool.name)
+    );
+    let of_pool = |e: &&Event| e.pool.as_deref().is_none_or(|p| p.split(", ").any(|p| p == pool.name));
+    for e in events.iter().filter(|e| e.at >= now - window).filter(of_pool) {
+        let ex = x(e.at);
+        let _ = write!(
+            o,
+            "<line class=event x1='{ex:.1}' x2='{ex:.1}' y1='0' y2='{H}' stroke='#b3261e' stroke-dasharray='3,2'><title>{} {}</title></line>",
+            clock(e.at),
+            escape(e.what)
+        );
+    }
+    let open: Vec<(f64, f64)> = s.iter().map(|p| (p.at, p.open as f64)).collect();
+    let _ = write!(
+        o,
+        "<polyline class=open fill='none' stroke='#1f5fbf' stroke-width='1.5' points='{}'/>\
+         <polyline class=rate fill='none' stroke='#0a7a2f' stroke-width='1.5' points='{}'/>\
+         <text x='4' y='11' font-size='10' fill='#1f5fbf'>open (max {open_max:.0})</text>\
+         <text x='110' y='11' font-size='10' fill='#0a7a2f'>new/s (max {rate_max:.1})</text>\
+         <text x='{}' y='11' font-size='10' fill='#555' text-anchor='end'>15 min to now</text></svg>",
+        line(open, open_max),
+        line(rates, rate_max),
+        W - 4.0
+    );
+    o
+}
+
 /// The page of `view`.
 pub fn render(h: &View) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let mut out = String::with_capacity(8192);
+    let mut out = String::with_capacity(16384);
     let _ = write!(
         out,
         "<!doctype html><html lang=en><head><meta charset=utf-8>\
@@ -132,9 +196,10 @@ pub fn render(h: &View) -> String {
     let _ = write!(
         out,
         "<h1>ucp-lb <span class='badge {health_class}' id=health>{health}</span></h1>\
-         <div class=meta>version {ver} · config {src} · generation {gen} · reloads {ok} ok, {bad} failed</div>\
+         <div class=meta>version {ver} (commit {commit}) · config {src} · generation {gen} · reloads {ok} ok, {bad} failed</div>\
          <div class=meta id=reload>{reload}</div>",
         ver = escape(h.version),
+        commit = escape(h.build.commit),
         src = escape(&h.config_source),
         gen = h.generation,
         ok = h.reload.successes,
@@ -142,9 +207,10 @@ pub fn render(h: &View) -> String {
     );
     out.push_str("<h2>Listeners</h2><div class=box><table><tr><th>address</th><th>pool</th><th>open</th><th>accepted</th><th>closed at once</th></tr>");
     for l in &h.listeners {
+        let removed = if l.removed { " (removed, draining)" } else { "" };
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}{removed}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&l.local.to_string()),
             escape(l.pool.as_deref().unwrap_or("")),
             l.active,
@@ -153,6 +219,7 @@ pub fn render(h: &View) -> String {
         );
     }
     out.push_str("</table></div>");
+    let wall = crate::history::now();
     for p in &h.pools {
         let badge = if p.fail_open {
             " <span class='badge bad all-down'>no server eligible: failing open</span>"
@@ -161,17 +228,51 @@ pub fn render(h: &View) -> String {
         } else {
             ""
         };
+        let configured = p.servers.iter().filter(|s| !s.removed).count();
+        let count_class = if p.eligible == configured {
+            "ok"
+        } else if p.eligible == 0 {
+            "bad"
+        } else {
+            "warn"
+        };
+        let removed = if p.removed { " (removed by a reload)" } else { "" };
         let _ = write!(
             out,
-            "<h2>Pool {}{badge}</h2><div class=box><table><tr><th>server</th><th>check</th><th>state</th><th>eligible</th>\
-             <th>passive</th><th>open</th><th>connections</th><th>sent / received</th><th>cert</th></tr>",
-            escape(&p.name)
+            "<h2>Pool {name}{removed}{badge} <span class='badge {count_class} eligible-count'>{e} of {n} eligible</span></h2>\
+             <div class=box>{svg}<table><tr><th>server</th><th>state</th><th>details</th>\
+             <th>open</th><th>connections</th><th>sent / received</th><th>cert</th></tr>",
+            name = escape(&p.name),
+            e = p.eligible,
+            n = configured,
+            svg = traffic_svg(p, &h.events, wall),
         );
         for s in &p.servers {
             server_row(&mut out, &p.name, s, now);
         }
         out.push_str("</table></div>");
     }
+    out.push_str("<h2>What happened</h2><div class=box><table id=events><tr><th>time (UTC)</th><th>what</th><th>pool</th><th>server</th><th>why</th></tr>");
+    if h.events.is_empty() {
+        out.push_str("<tr><td colspan=5 class=meta>nothing since the start</td></tr>");
+    }
+    for e in &h.events {
+        let class = match e.what {
+            "server up" | "readmitted" | "enable" | "reload" | "pool has a server again" => "ok",
+            "drain" => "warn",
+            _ => "bad",
+        };
+        let _ = write!(
+            out,
+            "<tr class=event><td>{}</td><td class={class}>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            clock(e.at),
+            escape(e.what),
+            escape(e.pool.as_deref().unwrap_or("")),
+            escape(e.server.as_deref().unwrap_or("")),
+            escape(&e.detail)
+        );
+    }
+    out.push_str("</table></div>");
     out.push_str("<p class=meta>Refreshes every 2 s. JSON: <a href=/status>/status</a> · Prometheus: <a href=/metrics>/metrics</a></p></body></html>");
     out
 }
