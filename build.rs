@@ -26,8 +26,16 @@ fn date(days: i64) -> String {
 }
 
 fn main() {
+    // HEAD names the branch; the branch's ref (or packed-refs) moves with
+    // each commit; the index with each add and commit.
     println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs");
+    println!("cargo:rerun-if-changed=.git/packed-refs");
+    println!("cargo:rerun-if-changed=.git/index");
+    if let Some(r) =
+        std::fs::read_to_string(".git/HEAD").ok().and_then(|h| h.strip_prefix("ref: ").map(|r| r.trim().to_owned()))
+    {
+        println!("cargo:rerun-if-changed=.git/{r}");
+    }
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     let commit = output("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty = output("git", &["status", "--porcelain", "--untracked-files=no"]).is_some();
