@@ -242,14 +242,22 @@ impl Meter<'_> {
 ///
 /// (A plain function returning an `async move` block: an `async fn` would
 /// keep a second copy of its arguments for the connection's whole life.)
+///
+/// `load` is the connection's place in its server's count of open
+/// connections: it is let go as soon as the server has closed its side
+/// (its FIN), as nginx ends the session then (`proxy_half_close off`), so
+/// `least_conn` stops counting a server's finished connection while the
+/// client still holds its half open.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-pub fn bidirectional<'a>(
+pub fn bidirectional<'a, L: Send + 'a>(
     client: &'a TcpStream,
     server: &'a TcpStream,
     idle: Option<Duration>,
     totals: Totals<'a>,
+    load: L,
 ) -> impl Future<Output = Outcome> + Send + 'a {
     async move {
+        let mut load = Some(load);
         let clock = Activity { start: Instant::now(), last: AtomicU64::new(0) };
         let half_closed = AtomicBool::new(false);
         let activity = idle.map(|_| &clock);
@@ -300,6 +308,9 @@ pub fn bidirectional<'a>(
                     Poll::Ready(Ok(())) => {
                         *done = true;
                         let (side, src) = (*side, *src);
+                        if side == Side::Server {
+                            load = None;
+                        }
                         if !pipes[1 - i].3 {
                             gone = Some((side, Box::pin(src.ready(Interest::ERROR))));
                         }

@@ -51,6 +51,11 @@ pub struct ListenerState {
 /// (TCP_NODELAY, keepalive), so they cost no syscalls per connection.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // An IPv6 listener serves IPv6 only, as nginx's `ipv6only=on`: the
+    // usual `listen 443; listen [::]:443;` pair binds both.
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
     sock.set_reuse_address(true)?;
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;

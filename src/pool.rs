@@ -27,8 +27,11 @@ pub struct Server {
     /// The address as configured (`manager-01:443`).
     pub name: Arc<str>,
     /// The `name` given in the config (`manager-01`), if any: shown
-    /// instead of the address as configured.
+    /// instead of the address as configured. A repeated address without a
+    /// name is shown with `#2`, `#3`.
     pub alias: Option<Arc<str>>,
+    /// Which of the servers listed with the same address (0: the first).
+    pub nth: u32,
     /// One address that name resolved to.
     pub addr: SocketAddr,
     pub weight: u32,
@@ -212,6 +215,7 @@ impl Pool {
             Balance::LeastConn => self.least_conn(&mask),
             Balance::RandomTwo => self.random_two(&mask),
             Balance::SourceHash => self.source_hash(&mask, client),
+            Balance::SourceHashMap => self.source_hash_map(&mask, client),
         }?;
         if !self.single {
             self.servers[idx].state.passive().picked(now, self.settings.fail_timeout);
@@ -284,15 +288,19 @@ impl Pool {
                 best = Some((i, (c, w)));
             }
         }
-        let (_, (bc, bw)) = best?;
+        let (first, (bc, bw)) = best?;
         let mut ties = Mask::new(self.servers.len());
+        let mut many = false;
         for i in mask.iter() {
             let (c, w) = ratio(i);
             if c * bw == bc * w {
                 ties.set(i);
+                many |= i != first;
             }
         }
-        self.round_robin(&ties)
+        // As nginx: one best is taken as it is; only a tie goes through the
+        // round robin (and moves its weights).
+        if many { self.round_robin(&ties) } else { Some(first) }
     }
 
     /// Two weighted random picks; the one with fewer connections per weight.
@@ -320,6 +328,44 @@ impl Pool {
             r -= w;
         }
         None
+    }
+
+    /// nginx's `hash $remote_addr` without `consistent` (HAProxy calls it
+    /// map-based): the CRC32 of the client address, folded as Cache::Memcached
+    /// does, modulo the total weight of the primary servers picks one; if it
+    /// cannot take the client (not eligible, or tried), the key is hashed
+    /// again with the attempt number in front, up to 20 more times, then
+    /// round robin. As `ngx_stream_upstream_get_hash_peer`.
+    fn source_hash_map(&self, mask: &Mask, client: IpAddr) -> Option<usize> {
+        let primaries: Vec<usize> = (0..self.servers.len()).filter(|&i| !self.servers[i].backup).collect();
+        let total: u64 = primaries.iter().map(|&i| u64::from(self.servers[i].weight)).sum();
+        if primaries.len() < 2 || total == 0 {
+            return self.round_robin(mask);
+        }
+        let key = client.to_canonical().to_string();
+        let mut hash: u32 = 0;
+        for rehash in 0..=20u32 {
+            let mut h = crc32fast::Hasher::new();
+            if rehash > 0 {
+                h.update(rehash.to_string().as_bytes());
+            }
+            h.update(key.as_bytes());
+            hash = hash.wrapping_add((h.finalize() >> 16) & 0x7fff);
+            let mut w = u64::from(hash) % total;
+            let mut pick = primaries[primaries.len() - 1];
+            for &i in &primaries {
+                let weight = u64::from(self.servers[i].weight);
+                if w < weight {
+                    pick = i;
+                    break;
+                }
+                w -= weight;
+            }
+            if mask.get(pick) {
+                return Some(pick);
+            }
+        }
+        self.round_robin(mask)
     }
 
     /// nginx's `hash $remote_addr consistent`: walk the ring from the client's
@@ -449,6 +495,7 @@ mod tests {
         Server {
             name: name.into(),
             alias: None,
+            nth: 0,
             addr,
             weight,
             backup,

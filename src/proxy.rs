@@ -56,7 +56,7 @@ pub fn serve<G: Send + 'static>(
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
         let _ = &guard; // captured, so it lives as long as the connection
-        let Some((upstream, idx, _active)) = connect_upstream(&snap.pools[pool], peer).await else {
+        let Some((upstream, idx, active)) = connect_upstream(&snap.pools[pool], peer).await else {
             return;
         };
         // Only indexes live across the await below: every reference kept
@@ -64,7 +64,7 @@ pub fn serve<G: Send + 'static>(
         let out = {
             let (p, s) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
             let totals = (&s.state.bytes_sent, &s.state.bytes_received);
-            copy::bidirectional(&client, &upstream, p.settings.idle_timeout, totals)
+            copy::bidirectional(&client, &upstream, p.settings.idle_timeout, totals, active)
         }
         .await;
         // A connection broken on one side (a reset, a peer gone) is broken

@@ -50,20 +50,28 @@ impl Snapshot {
             let mut servers = Vec::new();
             for sc in &pc.servers {
                 let name: Arc<str> = Arc::from(sc.address.to_string());
+                // Shown instead of the address as written: the name given,
+                // or "#2", "#3" for a repeated address.
+                let alias: Option<Arc<str>> = match (&sc.name, sc.nth) {
+                    (Some(n), _) => Some(Arc::from(n.as_str())),
+                    (None, 0) => None,
+                    (None, n) => Some(Arc::from(format!("{name} #{}", n + 1))),
+                };
                 for &addr in resolved.get(&sc.address).map(Vec::as_slice).unwrap_or_default() {
                     let check = pc.health.as_ref().and_then(|h| health.check_for(h, &sc.address, addr, &tls));
                     if let Some(c) = &check {
-                        let label = crate::pool::server_label(sc.name.as_deref().unwrap_or(&name), addr);
+                        let label = crate::pool::server_label(alias.as_deref().unwrap_or(&name), addr);
                         c.observe_for(format!("{}|{label}", pc.name), || {
                             health.metrics.check_duration(&pc.name, &label)
                         });
                     }
                     // The state that exists (kept by this pool, or by open
                     // connections to a server removed and now back), or new.
-                    let state = states.get(&pc.name, &name, addr);
+                    let state = states.get(&pc.name, &name, addr, sc.nth);
                     servers.push(Server {
                         name: name.clone(),
-                        alias: sc.name.as_deref().map(Arc::from),
+                        alias: alias.clone(),
+                        nth: sc.nth,
                         addr,
                         weight: sc.weight,
                         backup: sc.backup,

@@ -66,6 +66,8 @@ struct Kept {
     pool: Arc<str>,
     name: Arc<str>,
     addr: SocketAddr,
+    /// Which of the servers listed with the same address.
+    nth: u32,
     state: std::sync::Weak<ServerState>,
 }
 
@@ -81,24 +83,24 @@ pub struct Removed {
 impl States {
     /// The state of `name` at `addr` in `pool`: the one that exists, or a
     /// new one.
-    pub fn get(&self, pool: &Arc<str>, name: &Arc<str>, addr: SocketAddr) -> Arc<ServerState> {
+    pub fn get(&self, pool: &Arc<str>, name: &Arc<str>, addr: SocketAddr, nth: u32) -> Arc<ServerState> {
         let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
-        let found = all.iter().find(|k| k.addr == addr && k.name == *name && k.pool == *pool);
+        let found = all.iter().find(|k| k.addr == addr && k.name == *name && k.pool == *pool && k.nth == nth);
         if let Some(s) = found.and_then(|k| k.state.upgrade()) {
             return s;
         }
         all.retain(|k| k.state.strong_count() > 0);
         let state = Arc::new(ServerState::default());
-        all.push(Kept { pool: pool.clone(), name: name.clone(), addr, state: Arc::downgrade(&state) });
+        all.push(Kept { pool: pool.clone(), name: name.clone(), addr, nth, state: Arc::downgrade(&state) });
         state
     }
 
     /// Servers with open connections that `listed` does not name (each
     /// `(pool, name, addr)` it does).
-    pub fn removed(&self, listed: impl Fn(&str, &str, SocketAddr) -> bool) -> Vec<Removed> {
+    pub fn removed(&self, listed: impl Fn(&str, &str, SocketAddr, u32) -> bool) -> Vec<Removed> {
         let all = self.all.lock().unwrap_or_else(|p| p.into_inner());
         all.iter()
-            .filter(|k| !listed(&k.pool, &k.name, k.addr))
+            .filter(|k| !listed(&k.pool, &k.name, k.addr, k.nth))
             .filter_map(|k| {
                 let state = k.state.upgrade()?;
                 (state.active.load(Relaxed) > 0).then(|| Removed {

@@ -276,8 +276,8 @@ fn phrase(s: &ServerStatus, now: u64) -> String {
 /// Adds the servers no pool of `snap` lists that still have connections
 /// open, under their pool (a pool no longer configured is added, marked).
 fn add_removed(pools: &mut Vec<PoolStatus>, snap: &Snapshot, states: &States) {
-    let listed = |pool: &str, name: &str, addr: SocketAddr| {
-        snap.pool(pool).is_some_and(|p| p.servers.iter().any(|s| &*s.name == name && s.addr == addr))
+    let listed = |pool: &str, name: &str, addr: SocketAddr, nth: u32| {
+        snap.pool(pool).is_some_and(|p| p.servers.iter().any(|s| &*s.name == name && s.addr == addr && s.nth == nth))
     };
     for r in states.removed(listed) {
         let server = ServerStatus { removed: true, ..counted(&r.name, r.addr, &r.state) };

@@ -146,11 +146,6 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
             "bad.toml:1:1: listener[0].pool: missing key: expected pool = \"NAME\"",
         ),
         (
-            "duplicate server",
-            format!("{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\", \"10.0.0.1:443\"]\n"),
-            "bad.toml:6:28: pool.ucp.servers[1]: 10.0.0.1:443 is already listed in this pool at line 6",
-        ),
-        (
             "workers 0",
             format!("workers = 0\n{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"),
             "bad.toml:1:11: workers: expected an integer from 1 to 1024, found 0",

@@ -101,3 +101,174 @@ async fn retries_and_passive_ejection_follow_nginx_with_a_refusing_server() {
     assert_eq!(seq_lb, seq_nginx);
     assert!(server(&lb, refusing).ejected);
 }
+
+/// The config nginx runs (`stream` is the body of its `stream {}` block,
+/// listening on `addr`), converted by convert-nginx as an operator would,
+/// with its listener moved to a port of its own and the admin port on 0.
+fn converted(stream: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, format!("stream {{\n{stream}\n}}\n")).unwrap();
+    let out = ucp_lb::nginx::convert(&path).unwrap_or_else(|e| panic!("convert-nginx: {e}"));
+    assert!(out.warnings.is_empty(), "nothing lost in the conversion: {:?}", out.warnings);
+    let mut toml = String::from("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    for line in out.toml.lines() {
+        if line.starts_with("bind = ") {
+            toml.push_str("bind = \"127.0.0.1:0\"\n");
+        } else {
+            toml.push_str(line);
+            toml.push('\n');
+        }
+    }
+    toml
+}
+
+/// Which echo served each of `n` clients from 127.0.0.1 through `lb`.
+async fn sequence(echoes: &[Echo], lb: SocketAddr, n: usize) -> Vec<usize> {
+    let mut seq = Vec::new();
+    for _ in 0..n {
+        seq.push(served_by(echoes, lb, [127, 0, 0, 1]).await);
+    }
+    seq
+}
+
+/// The same address listed twice is two peers in nginx: that server gets
+/// two shares. ucp-lb, through convert-nginx, sends the same 60 clients to
+/// the same servers.
+#[tokio::test]
+async fn the_same_server_listed_twice_is_two_peers_as_in_nginx() {
+    let Some(bin) = nginx_bin() else { return };
+    let echoes = vec![Echo::start().await, Echo::start().await];
+    let addr = free_addr();
+    let stream = format!(
+        "  upstream b {{\n    server {a};\n    server {a};\n    server {b};\n  }}\n  server {{ listen {addr}; proxy_pass b; }}",
+        a = echoes[0].addr,
+        b = echoes[1].addr
+    );
+    let ngx = start_nginx(&bin, &stream).await;
+    let seq_nginx = sequence(&echoes, addr, 60).await;
+    ngx.stop();
+    let lb = start_lb(&converted(&stream)).await;
+    let seq_lb = sequence(&echoes, lb.listener_addrs()[0], 60).await;
+    assert_eq!(seq_lb, seq_nginx);
+    assert_eq!(seq_lb.iter().filter(|&&i| i == 0).count(), 40, "two shares of three");
+    let names: Vec<String> = lb.status()[0].servers.iter().map(|s| s.name.clone()).collect();
+    assert_eq!(names[1], format!("{} #2", echoes[0].addr), "the second is labelled apart: {names:?}");
+}
+
+/// nginx's plain `hash $remote_addr;` (no `consistent`): 60 client
+/// addresses, each on the same server under ucp-lb (converted to
+/// source_hash_map) as under nginx; weighted, as nginx weighs.
+#[tokio::test]
+async fn plain_hash_sends_each_client_where_nginx_hash_does() {
+    let Some(bin) = nginx_bin() else { return };
+    let echoes = vec![Echo::start().await, Echo::start().await, Echo::start().await];
+    let addr = free_addr();
+    let servers: String =
+        echoes.iter().zip([1, 3, 2]).map(|(e, w)| format!("    server {} weight={w};\n", e.addr)).collect();
+    let stream =
+        format!("  upstream b {{\n    hash $remote_addr;\n{servers}  }}\n  server {{ listen {addr}; proxy_pass b; }}");
+    let ngx = start_nginx(&bin, &stream).await;
+    let mut via_nginx = Vec::new();
+    for host in 1..=60u8 {
+        via_nginx.push(served_by(&echoes, addr, [127, 0, 3, host]).await);
+    }
+    ngx.stop();
+    let toml = converted(&stream);
+    assert!(toml.contains("balance = \"source_hash_map\""), "{toml}");
+    let lb = start_lb(&toml).await;
+    let mut differ = Vec::new();
+    for (host, want) in (1..=60u8).zip(&via_nginx) {
+        let got = served_by(&echoes, lb.listener_addrs()[0], [127, 0, 3, host]).await;
+        if got != *want {
+            differ.push(format!("127.0.3.{host}: nginx {want}, ucp-lb {got}"));
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+    let spread: Vec<usize> = (0..3).map(|i| via_nginx.iter().filter(|&&s| s == i).count()).collect();
+    assert!(spread.iter().all(|&n| n > 0), "every server gets clients: {spread:?}");
+}
+
+/// nginx's own least_conn test: two clients that stay connected, of which
+/// the first lands on a server that holds it and the second on one that
+/// answers and closes at once; then 20 short clients. nginx counts a
+/// session until either side closes it (proxy_half_close off), so the
+/// second server counts none and gets all 20; ucp-lb, through
+/// convert-nginx, the same, client by client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_conn_counts_and_breaks_ties_as_nginx_does() {
+    let Some(bin) = nginx_bin() else { return };
+    // Each backend answers one byte naming itself; "holds" keeps a client
+    // that sent "w" for 30 s first, as nginx's test server sleeps.
+    async fn backend(me: u8, holds: bool) -> SocketAddr {
+        scripted(move |mut s| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut b = [0u8; 16];
+            let Ok(n) = s.read(&mut b).await else { return };
+            if holds && b[..n].contains(&b'w') {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+            let _ = s.write_all(&[me]).await;
+        })
+        .await
+    }
+    let servers = [backend(b'1', true).await, backend(b'2', false).await];
+    let addr = free_addr();
+    let stream = format!(
+        "  upstream b {{\n    least_conn;\n    server {};\n    server {};\n  }}\n  server {{ listen {addr}; proxy_pass b; }}",
+        servers[0], servers[1]
+    );
+    async fn run(lb: SocketAddr) -> (Vec<u8>, Vec<tokio::net::TcpStream>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = tokio::net::TcpStream::connect(lb).await.unwrap();
+            s.write_all(b"w").await.unwrap();
+            held.push(s);
+        }
+        // The second held client is answered and its server closes: wait
+        // for that byte, so both balancers see the same counts.
+        let mut one = [0u8; 1];
+        within("the second held client answered", held[1].read_exact(&mut one)).await.unwrap();
+        let mut seq = Vec::new();
+        for _ in 0..20 {
+            let mut s = tokio::net::TcpStream::connect(lb).await.unwrap();
+            s.write_all(b".").await.unwrap();
+            let mut who = [0u8; 1];
+            within("a short client answered", s.read_exact(&mut who)).await.unwrap();
+            seq.push(who[0]);
+        }
+        (seq, held)
+    }
+    let ngx = start_nginx(&bin, &stream).await;
+    let (seq_nginx, held) = run(addr).await;
+    drop(held);
+    ngx.stop();
+    let lb = start_lb(&converted(&stream)).await;
+    let (seq_lb, _held) = run(lb.listener_addrs()[0]).await;
+    assert_eq!(String::from_utf8_lossy(&seq_lb), String::from_utf8_lossy(&seq_nginx));
+    assert_eq!(seq_nginx, vec![b'2'; 20], "nginx's own expectation");
+}
+
+/// proxy_next_upstream with a `down` server, a refusing one and a backup:
+/// every client ends where nginx sends it (the backup, once the refusing
+/// server is out), in the same order.
+#[tokio::test]
+async fn next_upstream_with_down_and_backup_servers_follows_nginx() {
+    let Some(bin) = nginx_bin() else { return };
+    let echoes = vec![Echo::start().await, Echo::start().await, Echo::start().await];
+    let refusing = refusing_addr();
+    let addr = free_addr();
+    let stream = format!(
+        "  upstream b {{\n    server {} down;\n    server {refusing};\n    server {};\n    server {} backup;\n  }}\n\
+         server {{ listen {addr}; proxy_pass b; proxy_next_upstream on; }}",
+        echoes[0].addr, echoes[1].addr, echoes[2].addr
+    );
+    let ngx = start_nginx(&bin, &stream).await;
+    let seq_nginx = sequence(&echoes, addr, 12).await;
+    ngx.stop();
+    let lb = start_lb(&converted(&stream)).await;
+    let seq_lb = sequence(&echoes, lb.listener_addrs()[0], 12).await;
+    assert_eq!(seq_lb, seq_nginx);
+    assert!(!seq_nginx.contains(&0), "the down server is never used");
+}

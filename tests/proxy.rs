@@ -202,3 +202,42 @@ async fn eventually_paused(mut cond: impl FnMut() -> bool) {
 async fn partial_writes_to_a_slow_reader_lose_nothing() {
     each_way_through_lb(slow_echo().await, 7, 8 << 20, "8 MiB through a slow reader").await;
 }
+
+/// nginx's usual dual-stack pair, `listen P; listen [::]:P;`: both bind
+/// (the IPv6 one takes IPv6 only, IPV6_V6ONLY), and each serves its own
+/// family. Skipped where this machine has no IPv6 loopback; under CI=true
+/// it fails only if ::1 exists and a bind fails.
+#[tokio::test]
+async fn an_ipv4_and_an_ipv6_wildcard_listener_bind_the_same_port() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    }
+    let echo = Echo::start().await;
+    // A port free on both families, held until just before ucp-lb binds.
+    let port = {
+        let v6 = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+        v6.set_only_v6(false).unwrap();
+        v6.bind(&"[::]:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        v6.local_addr().unwrap().as_socket().unwrap().port()
+    };
+    let toml = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"0.0.0.0:{port}\"\npool = \"p\"\n\
+         [[listener]]\nbind = \"[::]:{port}\"\npool = \"p\"\n[pool.p]\nservers = [\"{}\"]\n",
+        echo.addr
+    );
+    let config = ucp_lb::config::parse(&toml, "dual.toml").unwrap();
+    assert!(config.warnings.is_empty(), "a pair: no IPv6-only warning: {:?}", config.warnings);
+    let lb = ucp_lb::start(config).await.unwrap_or_else(|e| panic!("both listeners bind: {e}"));
+    round_trip(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
+    round_trip(format!("[::1]:{port}").parse().unwrap()).await.unwrap();
+    assert_eq!(
+        lb.listeners().iter().map(|l| l.accepted.load(std::sync::atomic::Ordering::Relaxed)).collect::<Vec<_>>(),
+        [1, 1]
+    );
+    // Alone, the IPv6 listener is said to serve IPv6 only.
+    let alone =
+        ucp_lb::config::parse(&toml.replacen(&format!("bind = \"0.0.0.0:{port}\""), "bind = \"127.0.0.1:0\"", 1), "x")
+            .unwrap();
+    assert!(alone.warnings.iter().any(|w| w.to_string().contains("serves IPv6 clients only")), "{:?}", alone.warnings);
+}

@@ -30,6 +30,9 @@ pub enum Balance {
     RandomTwo,
     /// nginx's `hash $remote_addr consistent`.
     SourceHash,
+    /// nginx's `hash $remote_addr` (HAProxy's map-based hash): the client
+    /// address modulo the total weight.
+    SourceHashMap,
 }
 
 impl Balance {
@@ -39,6 +42,7 @@ impl Balance {
             Balance::LeastConn => "least_conn",
             Balance::RandomTwo => "random_two",
             Balance::SourceHash => "source_hash",
+            Balance::SourceHashMap => "source_hash_map",
         }
     }
 }
@@ -149,6 +153,9 @@ pub struct ServerConfig {
     /// As written, e.g. `manager-01:443`: the server's name in logs and
     /// status unless `name` is given; the hash ring is built from it.
     pub address: HostPort,
+    /// How many servers before it in the pool have the same address: the
+    /// same address listed twice is two peers, as in nginx.
+    pub nth: u32,
     /// A name for people (`manager-01`), shown instead of the address.
     pub name: Option<String>,
     pub weight: u32,

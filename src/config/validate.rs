@@ -195,6 +195,23 @@ impl Validator<'_> {
             );
         }
 
+        // An IPv6 wildcard listener takes IPv6 only (IPV6_V6ONLY, as nginx):
+        // alone on its port, IPv4 clients are not served there.
+        for (i, (bind, span)) in bind_spans.iter().enumerate() {
+            let v4_too = bind_spans.iter().any(|(o, _)| o.is_ipv4() && o.port() == bind.port());
+            if bind.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) && bind.port() != 0 && !v4_too {
+                self.warn(
+                    Some(span.clone()),
+                    format!("listener[{i}].bind"),
+                    format!(
+                        "{} serves IPv6 clients only (IPV6_V6ONLY, as nginx); add a listener on 0.0.0.0:{} for IPv4",
+                        bind,
+                        bind.port()
+                    ),
+                );
+            }
+        }
+
         // GET endpoints answer anyone unless status_needs_token: say so
         // whenever they can be reached from beyond this host.
         if !admin.listen.ip().is_loopback() && !admin.status_needs_token {
@@ -271,11 +288,12 @@ impl Validator<'_> {
                 "least_conn" => s.balance = Balance::LeastConn,
                 "random_two" => s.balance = Balance::RandomTwo,
                 "source_hash" => s.balance = Balance::SourceHash,
+                "source_hash_map" => s.balance = Balance::SourceHashMap,
                 other => self.err(
                     Some(b.span()),
                     k("balance"),
                     format!(
-                        "expected one of \"round_robin\", \"least_conn\", \"random_two\", \"source_hash\", found \"{other}\""
+                        "expected one of \"round_robin\", \"least_conn\", \"random_two\", \"source_hash\", \"source_hash_map\", found \"{other}\""
                     ),
                 ),
             }
@@ -503,11 +521,10 @@ impl Validator<'_> {
                     }
                 },
             };
-            if let Some(first) = out.iter().find(|s| s.address == address) {
-                let line = first.pos.line;
-                self.err(Some(addr_span), skey, format!("{address} is already listed in this pool at line {line}"));
-                continue;
-            }
+            // The same address twice is two peers, as in nginx (two names
+            // resolving to one address, say): each its own state, the later
+            // ones shown with "#2", "#3".
+            let nth = out.iter().filter(|s| s.address == address).count() as u32;
             let name = r.name.as_ref().and_then(|n| {
                 let s = n.get_ref();
                 if s.is_empty() || s.chars().count() > 64 || s.chars().any(char::is_control) {
@@ -523,6 +540,7 @@ impl Validator<'_> {
             });
             out.push(ServerConfig {
                 address,
+                nth,
                 name,
                 weight,
                 backup: r.backup.as_ref().is_some_and(|b| *b.get_ref()),

@@ -176,19 +176,13 @@ impl Converter {
                 }
                 "hash" => match x.args.as_slice() {
                     [k, c] if k == "$remote_addr" && c == "consistent" => pool.balance = "source_hash",
-                    [k] if k == "$remote_addr" => {
-                        pool.balance = "source_hash";
-                        let n = self.warn(
-                            x,
-                            "source_hash is nginx's consistent hash: the same client keeps one server, but not \
-                             the one plain hash picked"
-                                .into(),
-                        );
-                        pool.notes.push(n);
-                    }
+                    [k] if k == "$remote_addr" => pool.balance = "source_hash_map",
                     _ => {
-                        let n =
-                            self.not_carried(x, "only hash $remote_addr is carried (as source_hash); round_robin used");
+                        let n = self.not_carried(
+                            x,
+                            "only hash $remote_addr is carried (as source_hash_map, or source_hash with consistent); \
+                             round_robin used",
+                        );
                         pool.notes.push(n);
                     }
                 },
