@@ -154,6 +154,8 @@ impl End {
 pub struct Outcome {
     pub to_server: u64,
     pub to_client: u64,
+    /// The side that closed (sent its FIN) first, if either did.
+    pub first_closed: Option<Side>,
     /// From the upstream connect to the end.
     pub duration: Duration,
     pub end: End,
@@ -284,6 +286,7 @@ pub fn bidirectional<'a, L: Send + 'a>(
         // passed its EOF on.
         let (up_pipe, down_pipe) = (std::pin::pin!(up.pipe()), std::pin::pin!(down.pipe()));
         let mut pipes = [(up_pipe, Side::Client, client, false), (down_pipe, Side::Server, server, false)];
+        let mut first_closed = None;
         // Once one direction has passed its EOF on, nothing reads its source
         // any more, so a peer that then goes (a reset, a keepalive timeout)
         // would never be noticed while the other direction stays quiet: its
@@ -308,6 +311,7 @@ pub fn bidirectional<'a, L: Send + 'a>(
                     Poll::Ready(Ok(())) => {
                         *done = true;
                         let (side, src) = (*side, *src);
+                        first_closed.get_or_insert(side);
                         if side == Side::Server {
                             load = None;
                         }
@@ -355,6 +359,7 @@ pub fn bidirectional<'a, L: Send + 'a>(
         Outcome {
             to_server: up.meter.moved.load(Relaxed),
             to_client: down.meter.moved.load(Relaxed),
+            first_closed,
             duration: clock.start.elapsed(),
             end,
         }

@@ -7,6 +7,8 @@
 //! - `config` (`raw.rs`, `validate.rs`, `values.rs`): lb.toml into a typed,
 //!   validated [`config::Config`], or every error with file, line, column
 //!   and key, and its warnings. No runtime state, no sockets.
+//! - `access_log`: one line per finished connection, written by a thread
+//!   of its own from a bounded queue.
 //! - `files`: reading lb.toml and the files it names: regular files only,
 //!   capped, trusted (owner and modes checked on the open descriptor).
 //! - `net`: connect with a timeout, TCP keepalive, why a connect failed.
@@ -45,6 +47,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod build_info;
 pub mod check;
@@ -110,6 +113,7 @@ where
         }
         r = start_loaded(loaded) => r?,
     };
+    running.adopt(tokio::spawn(access_log::on_sigusr1()));
     if let Some(path) = running.lb.shared.snapshot.load().config.path.clone() {
         running.adopt(tokio::spawn(reload::on_sighup(running.lb.clone())));
         running.adopt(tokio::spawn(reload::watch_file(running.lb.clone(), path)));

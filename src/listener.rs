@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::access_log;
 use crate::config::Config;
 use crate::net;
 use crate::proxy;
@@ -174,15 +175,22 @@ fn dispatch(
     };
     let active = state.active.fetch_add(1, Relaxed);
     let guard = ListenerConn(state.clone());
+    let entry = cfg
+        .access_log
+        .as_ref()
+        .map(|log| Box::new(access_log::Entry::new(log.clone(), peer, state.local, snap.pools[pool].name.clone())));
     if cfg.max_connections > 0 && active >= u64::from(cfg.max_connections) {
         state.rejected_max_connections.fetch_add(1, Relaxed);
         debug!(listener = %state.local, client = %peer, "max_connections reached: client closed");
+        if let Some(e) = entry {
+            e.finish(access_log::End::MaxConnections, 0, 0);
+        }
         return;
     }
     // No tracing span per connection: entering it on every wake and
     // keeping its fields cost more than the few lines that would carry it,
     // which name the client themselves.
-    shutdown.tracker.spawn(proxy::serve(client, peer, snap, pool, guard));
+    shutdown.tracker.spawn(proxy::serve(client, peer, snap, pool, guard, entry));
 }
 
 /// A listener could not be bound.

@@ -82,6 +82,8 @@ fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
     // grace period; a DNS lookup stuck in the blocking pool does not hold
     // the exit up.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    // The lines of the connections just closed (ended as `shutdown`).
+    ucp_lb::access_log::flush(std::time::Duration::from_millis(500));
     result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -31,6 +31,7 @@ pub const RELOADS: &str = "ucp_lb_config_reloads_total";
 pub const RELOAD_OK: &str = "ucp_lb_config_last_reload_successful";
 pub const BUILD_INFO: &str = "ucp_lb_build_info";
 pub const POOL_FAIL_OPEN: &str = "ucp_lb_pool_fail_open";
+pub const ACCESS_LOG_LINES: &str = "ucp_lb_access_log_lines_total";
 
 const HELP: &[(&str, &str, Unit)] = &[
     (SERVER_UP, "1 when the server is eligible for new clients, 0 when not", Unit::Count),
@@ -58,6 +59,7 @@ const HELP: &[(&str, &str, Unit)] = &[
         Unit::Count,
     ),
     (POOL_FAIL_OPEN, "1 while no server of the pool is eligible and it fails open (or rejects)", Unit::Count),
+    (ACCESS_LOG_LINES, "Access log lines, by result (written; dropped when the writer could not keep up)", Unit::Count),
 ];
 
 pub struct Metrics {

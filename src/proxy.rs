@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::access_log;
 use crate::config::Retries;
 use crate::copy;
 use crate::net::{FailReason, connect};
@@ -53,12 +54,32 @@ pub fn serve<G: Send + 'static>(
     snap: Arc<Snapshot>,
     pool: usize,
     guard: G,
+    // Boxed: a connection without an access log carries one pointer.
+    mut entry: Option<Box<access_log::Entry>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
         let _ = &guard; // captured, so it lives as long as the connection
-        let Some((upstream, idx, active)) = connect_upstream(&snap.pools[pool], peer).await else {
+        let mut tried = Vec::new();
+        let started = entry.as_ref().map(|_| Instant::now());
+        let connected = connect_upstream(&snap.pools[pool], peer, &mut tried).await;
+        if let Some(e) = entry.as_mut() {
+            let servers = &snap.pools[pool].servers;
+            let mut addrs: Vec<SocketAddr> = tried.iter().map(|&i| servers[i].addr).collect();
+            addrs.extend(connected.as_ref().map(|c| servers[c.1].addr));
+            e.connected(addrs, connected.as_ref().and(started).map(|t| t.elapsed()));
+        }
+        let Some((upstream, idx, active)) = connected else {
+            if let Some(e) = entry {
+                let end = if tried.is_empty() {
+                    access_log::End::NoServer
+                } else {
+                    access_log::End::ConnectFailed(tried.len())
+                };
+                e.finish(end, 0, 0);
+            }
             return;
         };
+        drop(tried);
         // Only indexes live across the await below: every reference kept
         // there would be a field of every connection's future.
         let out = {
@@ -76,6 +97,16 @@ pub fn serve<G: Send + 'static>(
             let other = if side == copy::Side::Server { &client } else { &upstream };
             let _ = socket2::SockRef::from(other).set_linger(Some(std::time::Duration::ZERO));
         }
+        if let Some(e) = entry {
+            let end = match out.end {
+                copy::End::Closed if out.first_closed == Some(copy::Side::Server) => access_log::End::ServerClosed,
+                copy::End::Closed => access_log::End::ClientClosed,
+                copy::End::IdleTimeout => access_log::End::IdleTimeout,
+                copy::End::Error { side: copy::Side::Client, .. } => access_log::End::ClientReset,
+                copy::End::Error { side: copy::Side::Server, .. } => access_log::End::ServerReset,
+            };
+            e.finish(end, out.to_client, out.to_server);
+        }
         let (pool, server) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
         debug!(
             pool = %pool.name,
@@ -92,15 +123,19 @@ pub fn serve<G: Send + 'static>(
 
 /// Picks and connects, trying further servers after a failed connect, up to
 /// `retries` more and each at most once.
-async fn connect_upstream(pool: &Pool, peer: SocketAddr) -> Option<(TcpStream, usize, ActiveConn)> {
+/// `tried` gets the servers that failed, in order.
+async fn connect_upstream(
+    pool: &Pool,
+    peer: SocketAddr,
+    tried: &mut Vec<usize>,
+) -> Option<(TcpStream, usize, ActiveConn)> {
     let client = peer.ip();
     let max_attempts = match pool.settings.retries {
         Retries::Count(n) => n as usize + 1,
         Retries::All => pool.servers.len(),
     };
-    let mut tried: Vec<usize> = Vec::new();
     loop {
-        let Some(pick) = pool.pick(Instant::now(), client, &tried) else {
+        let Some(pick) = pool.pick(Instant::now(), client, tried) else {
             if tried.is_empty() {
                 pool.state.no_server.fetch_add(1, Relaxed);
                 debug!(pool = %pool.name, client = %peer, "no server to send the client to");

@@ -62,6 +62,15 @@ pub struct View {
     pub pools: Vec<PoolStatus>,
     /// The last state changes of the whole balancer, newest first.
     pub events: Vec<Event>,
+    /// Access log lines written and dropped (the writer could not keep
+    /// up), in this process.
+    pub access_log: AccessLogStatus,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AccessLogStatus {
+    pub written: u64,
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -205,6 +214,7 @@ pub fn view(
             .collect(),
         pools,
         events: history.as_ref().map(|h| named(h.events(), snap)).unwrap_or_default(),
+        access_log: AccessLogStatus { written: crate::access_log::written(), dropped: crate::access_log::dropped() },
     }
 }
 

@@ -363,3 +363,29 @@ fn input_mistakes_are_the_inputs_and_defaults_are_silent() {
     assert!(err.contains("nginx.conf:4: listen 443: 0.0.0.0:443 is already listened on at"), "{err}");
     assert!(!err.contains("converter bug"), "{err}");
 }
+
+/// `log_format` and `access_log` are carried (the variables ucp-lb has not
+/// got are written as "-" and named), `access_log off` too.
+#[test]
+fn access_logs_and_their_formats_are_carried() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("nginx.conf");
+    std::fs::write(
+        &p,
+        "stream {\n  log_format main '$remote_addr [$time_local] $status $ssl_preread_server_name $upstream_addr';\n\
+         access_log /var/log/nginx/stream.log main;\n  upstream u { server 10.0.0.1:443; }\n\
+         server { listen 443; proxy_pass u; }\n  server { listen 8443; proxy_pass u; access_log off; }\n}\n",
+    )
+    .unwrap();
+    let out = convert(&p);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let toml = text(&out.stdout);
+    assert!(
+        toml.contains("access_log = \"/var/log/nginx/stream.log\"\naccess_log_format = \"$remote_addr [$time_local] $status - $upstream_addr\""),
+        "{toml}"
+    );
+    assert!(toml.contains("bind = \"0.0.0.0:8443\"\npool = \"u\"\naccess_log = \"off\""), "{toml}");
+    let err = text(&out.stderr);
+    assert!(err.contains("$ssl_preread_server_name not carried"), "{err}");
+    assert!(check(&toml).status.success(), "{}", text(&check(&toml).stderr));
+}

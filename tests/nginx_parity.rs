@@ -272,3 +272,38 @@ async fn next_upstream_with_down_and_backup_servers_follows_nginx() {
     assert_eq!(seq_lb, seq_nginx);
     assert!(!seq_nginx.contains(&0), "the down server is never used");
 }
+
+/// A converted `log_format` prints the very line nginx prints: a client
+/// whose first server refused, logged by nginx and by ucp-lb (through
+/// convert-nginx) with the same template, `$upstream_addr` naming both
+/// servers tried.
+#[tokio::test]
+async fn the_access_log_prints_what_nginx_prints() {
+    let Some(bin) = nginx_bin() else { return };
+    let echo = Echo::start().await;
+    let refusing = refusing_addr();
+    let addr = free_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let (ngx_log, lb_log) = (dir.path().join("nginx.log"), dir.path().join("ucp-lb.log"));
+    let stream = format!(
+        "  log_format basic '$remote_addr $upstream_addr $status $bytes_sent $bytes_received $protocol';\n\
+         upstream b {{\n    server {refusing};\n    server {};\n  }}\n\
+         server {{ listen {addr}; proxy_pass b; access_log {} basic; }}",
+        echo.addr,
+        ngx_log.display()
+    );
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let ngx = start_nginx(&bin, &stream).await;
+    served_by(std::slice::from_ref(&echo), addr, [127, 0, 0, 9]).await;
+    // nginx writes the line when the session has ended.
+    eventually("nginx's line", || read(&ngx_log).ends_with('\n')).await;
+    ngx.stop();
+    let toml = converted(&stream).replace(&ngx_log.display().to_string(), &lb_log.display().to_string());
+    assert!(toml.contains("access_log_format = \"$remote_addr $upstream_addr"), "{toml}");
+    let lb = start_lb(&toml).await;
+    served_by(std::slice::from_ref(&echo), lb.listener_addrs()[0], [127, 0, 0, 9]).await;
+    eventually("ucp-lb's line", || !read(&lb_log).is_empty()).await;
+    let nginx_line = read(&ngx_log);
+    assert_eq!(nginx_line, format!("127.0.0.9 {refusing}, {} 200 4 4 TCP\n", echo.addr), "nginx's own line");
+    assert_eq!(read(&lb_log), nginx_line);
+}

@@ -69,6 +69,8 @@ pub fn render(m: &Metrics, view: &View) -> String {
             m.counter(LISTENER_REJECTED, lb).absolute(v);
         }
     }
+    m.counter(ACCESS_LOG_LINES, vec![l("result", "written")]).absolute(view.access_log.written);
+    m.counter(ACCESS_LOG_LINES, vec![l("result", "dropped")]).absolute(view.access_log.dropped);
     m.counter(RELOADS, vec![l("result", "success")]).absolute(view.reload.successes);
     m.counter(RELOADS, vec![l("result", "failure")]).absolute(view.reload.failures);
     m.gauge(RELOAD_OK, vec![]).set(if view.reload.last_ok == Some(false) { 0.0 } else { 1.0 });

@@ -274,6 +274,75 @@ pub struct ListenerConfig {
     pub pool: Arc<str>,
     /// 0: no limit.
     pub max_connections: u32,
+    /// Where and how its finished connections are logged; `None`: not.
+    pub access_log: Option<Arc<AccessLog>>,
+}
+
+/// An access log: one line per finished connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccessLog {
+    pub to: LogTo,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LogTo {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Fields in a fixed order, space-separated, then the end in words.
+    Text,
+    /// nginx's `log_format` style: `$remote_addr [$time_local] ...`.
+    Template(String),
+}
+
+/// The variables an access log template may use: nginx's names where
+/// nginx has the field, and ucp-lb's own.
+pub const LOG_VARIABLES: &[&str] = &[
+    "remote_addr",
+    "remote_port",
+    "server_addr",
+    "server_port",
+    "upstream_addr",
+    "bytes_sent",
+    "bytes_received",
+    "upstream_bytes_sent",
+    "upstream_bytes_received",
+    "upstream_connect_time",
+    "session_time",
+    "status",
+    "protocol",
+    "time_local",
+    "time_iso8601",
+    "msec",
+    "pool",
+    "end",
+    "end_words",
+];
+
+/// The variables of a template (`$name` or `${name}`), in order.
+pub fn template_variables(t: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = t;
+    while let Some(i) = rest.find('$') {
+        rest = &rest[i + 1..];
+        let (name, after) = match rest.strip_prefix('{') {
+            Some(r) => r.split_once('}').unwrap_or((r, "")),
+            None => {
+                let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+                (&rest[..end], &rest[end..])
+            }
+        };
+        out.push(name);
+        rest = after;
+    }
+    out
 }
 
 /// `[admin]`: where /metrics, /status, /healthz and the status page listen.
@@ -404,6 +473,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     }
     for pool in &mut config.pools {
         if let Some(f) = pool.health.as_mut().and_then(|h| h.ca_file.as_mut()) {
+            beside(f);
+        }
+    }
+    for l in &mut config.listeners {
+        if let Some(log) = l.access_log.as_mut()
+            && let LogTo::File(f) = &mut Arc::make_mut(log).to
+        {
             beside(f);
         }
     }

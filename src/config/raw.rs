@@ -23,6 +23,10 @@ pub struct RawConfig {
     pub workers: Option<S<i64>>,
     pub admin: Option<S<RawAdmin>>,
     pub defaults: Option<RawSettings>,
+    /// `[defaults]`'s `access_log` and `access_log_format`, which every
+    /// listener inherits (pools do not have them).
+    pub access_log: Option<S<String>>,
+    pub access_log_format: Option<S<String>>,
     pub listener: Vec<S<RawListener>>,
     pub pool: BTreeMap<String, S<RawPool>>,
 }
@@ -39,6 +43,8 @@ pub struct RawListener {
     pub bind: Option<S<String>>,
     pub pool: Option<S<String>>,
     pub max_connections: Option<S<i64>>,
+    pub access_log: Option<S<String>>,
+    pub access_log_format: Option<S<String>>,
 }
 
 /// The `[defaults]` keys: the table `[defaults]` itself, and any of them in
@@ -131,8 +137,11 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
         raw.admin = Some(Spanned::new(span, admin));
     }
     if let Some((_, d)) = r.table(t, "", "defaults") {
-        r.known_keys(d, "defaults", SETTINGS);
+        let known: Vec<&str> = SETTINGS.iter().chain(&["access_log", "access_log_format"]).copied().collect();
+        r.known_keys(d, "defaults", &known);
         raw.defaults = Some(r.settings(d, "defaults"));
+        raw.access_log = r.string(d, "defaults", "access_log");
+        raw.access_log_format = r.string(d, "defaults", "access_log_format");
     }
     if let Some(v) = field(t, "listener") {
         match v.get_ref() {
@@ -140,11 +149,13 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
                 for (i, item) in items.iter().enumerate() {
                     let key = format!("listener[{i}]");
                     let Some(l) = r.as_table(item, &key, "a [[listener]] table") else { continue };
-                    r.known_keys(l, &key, &["bind", "pool", "max_connections"]);
+                    r.known_keys(l, &key, &["bind", "pool", "max_connections", "access_log", "access_log_format"]);
                     let listener = RawListener {
                         bind: r.string(l, &key, "bind"),
                         pool: r.string(l, &key, "pool"),
                         max_connections: r.int(l, &key, "max_connections"),
+                        access_log: r.string(l, &key, "access_log"),
+                        access_log_format: r.string(l, &key, "access_log_format"),
                     };
                     raw.listener.push(Spanned::new(item.span(), listener));
                 }

@@ -155,8 +155,13 @@ impl Validator<'_> {
                 None => 0,
                 Some(m) => self.int(m, &format!("{key}.max_connections"), 1, u32::MAX as i64, "").unwrap_or(0),
             };
+            let access_log = self.access_log(
+                lr.access_log.as_ref().or(raw.access_log.as_ref()),
+                lr.access_log_format.as_ref().or(raw.access_log_format.as_ref()),
+                &key,
+            );
             if let (Some(bind), Some(pool)) = (bind, pool) {
-                listeners.push(ListenerConfig { bind, pool, max_connections });
+                listeners.push(ListenerConfig { bind, pool, max_connections, access_log });
             }
         }
         if raw.pool.is_empty() {
@@ -241,6 +246,41 @@ impl Validator<'_> {
             fingerprint: 0,
             warnings: Vec::new(),
         }
+    }
+
+    /// A listener's access log from its keys (or `[defaults]`'s): where,
+    /// and in which format; `None` when off or not set.
+    fn access_log(&mut self, to: Option<&S<String>>, format: Option<&S<String>>, key: &str) -> Option<Arc<AccessLog>> {
+        let format = match format {
+            None => LogFormat::Text,
+            Some(f) => match f.get_ref().as_str() {
+                "json" => LogFormat::Json,
+                "text" => LogFormat::Text,
+                t => {
+                    let unknown: Vec<&str> =
+                        template_variables(t).into_iter().filter(|v| !LOG_VARIABLES.contains(v)).collect();
+                    if !t.contains('$') || !unknown.is_empty() {
+                        let known = LOG_VARIABLES.iter().map(|v| format!("${v}")).collect::<Vec<_>>().join(" ");
+                        self.err(
+                            Some(f.span()),
+                            format!("{key}.access_log_format"),
+                            format!(
+                                "expected \"json\", \"text\" or a template of variables; unknown: {}; known: {known}",
+                                if unknown.is_empty() { "(no variable)".to_owned() } else { unknown.join(", ") }
+                            ),
+                        );
+                    }
+                    LogFormat::Template(t.to_owned())
+                }
+            },
+        };
+        let to = match to?.get_ref().as_str() {
+            "off" | "" => return None,
+            "stdout" => LogTo::Stdout,
+            "stderr" => LogTo::Stderr,
+            path => LogTo::File(PathBuf::from(path)),
+        };
+        Some(Arc::new(AccessLog { to, format }))
     }
 
     fn int(&mut self, v: &S<i64>, key: &str, min: i64, max: i64, note: &str) -> Option<u32> {

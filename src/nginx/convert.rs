@@ -105,6 +105,7 @@ pub(super) struct Pool {
 #[derive(Debug)]
 pub(super) struct Listener {
     pub(super) bind: String,
+    pub(super) access_log: Option<AccessLog>,
     /// The `listen` directive's file:line.
     pub(super) at: String,
     pub(super) pool: String,
@@ -119,6 +120,17 @@ pub(super) struct Converter {
     pub(super) listeners: Vec<Listener>,
     /// Lines for the head of the file: stream-level directives not carried.
     pub(super) head_notes: Vec<String>,
+    /// `log_format` templates by name, as ucp-lb templates.
+    pub(super) log_formats: BTreeMap<String, String>,
+    /// The stream-level `access_log`, which server blocks inherit.
+    pub(super) stream_log: Option<AccessLog>,
+}
+
+/// A server block's `access_log`, carried.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum AccessLog {
+    Off,
+    To { path: String, template: Option<String> },
 }
 
 impl Converter {
@@ -329,6 +341,7 @@ impl Converter {
     pub(super) fn server_block(&mut self, d: &Directive, stream: &Proxy) -> Result<(), ConvertError> {
         let mut proxy = Proxy::default();
         let mut binds: Vec<(String, Vec<String>, String)> = Vec::new();
+        let mut access_log: Option<AccessLog> = None;
         let mut target: Option<&Directive> = None;
         let mut notes = Vec::new();
         let block = d.block.as_deref().unwrap_or_default();
@@ -357,6 +370,7 @@ impl Converter {
                     }
                 }
                 "proxy_pass" => target = Some(x),
+                "access_log" => access_log = Some(self.access_log(x, &mut notes)?),
                 "proxy_next_upstream_timeout" if x.args.first().is_some_and(|v| v == "0") => {}
                 "tcp_nodelay" if x.args.first().is_some_and(|v| v == "on") => {
                     notes.push(format!("nginx: {}  ({}): ucp-lb always sets TCP_NODELAY", x.text(), x.at()));
@@ -391,6 +405,7 @@ impl Converter {
             return Ok(());
         }
         let proxy = proxy.or(stream);
+        let access_log = access_log.or_else(|| self.stream_log.clone());
         let idx = match self.pools.iter().position(|p| p.origin == *to) {
             Some(i) => i,
             None => {
@@ -442,6 +457,7 @@ impl Converter {
             }
             self.listeners.push(Listener {
                 bind,
+                access_log: access_log.clone(),
                 at,
                 pool: pool.clone(),
                 comments,
@@ -449,6 +465,62 @@ impl Converter {
             });
         }
         Ok(())
+    }
+
+    /// `log_format NAME [escape=...] 'part' ...`: kept as a ucp-lb template,
+    /// with the variables ucp-lb has not got written as "-" (and said).
+    pub(super) fn log_format(&mut self, d: &Directive) -> Result<(), ConvertError> {
+        let Some((name, rest)) = d.args.split_first() else {
+            return Err(d.err("log_format needs a name and a format"));
+        };
+        let parts: Vec<&String> = rest.iter().filter(|a| !a.starts_with("escape=")).collect();
+        let text: String = parts.iter().map(|s| s.as_str()).collect();
+        let missing: Vec<&str> = crate::config::template_variables(&text)
+            .into_iter()
+            .filter(|v| !crate::config::LOG_VARIABLES.contains(v))
+            .collect();
+        let mut template = text.clone();
+        for v in &missing {
+            template = template.replace(&format!("${{{v}}}"), "-").replace(&format!("${v}"), "-");
+        }
+        if !missing.is_empty() {
+            let vars = missing.iter().map(|v| format!("${v}")).collect::<Vec<_>>().join(", ");
+            let n = self.warn(d, format!("log_format {name}: {vars} not carried (written as \"-\")"));
+            self.head_notes.push(n);
+        }
+        self.log_formats.insert(name.clone(), template);
+        Ok(())
+    }
+
+    /// `access_log off;` or `access_log PATH FORMAT [...];`.
+    pub(super) fn access_log(&mut self, d: &Directive, notes: &mut Vec<String>) -> Result<AccessLog, ConvertError> {
+        match d.args.as_slice() {
+            [off] if off == "off" => Ok(AccessLog::Off),
+            [path, rest @ ..] => {
+                let (format, extra) = match rest.split_first() {
+                    Some((f, extra)) if !f.contains('=') => (Some(f), extra),
+                    _ => (None, rest),
+                };
+                let template = match format {
+                    Some(f) => match self.log_formats.get(f) {
+                        Some(t) => Some(t.clone()),
+                        None => {
+                            return Err(
+                                d.err(format!("access_log: no log_format named \"{f}\" (nginx refuses this too)"))
+                            );
+                        }
+                    },
+                    None => None,
+                };
+                if !extra.is_empty() {
+                    let what = extra.join(" ");
+                    let n = self.warn(d, format!("access_log {what}: written line by line, not carried"));
+                    notes.push(n);
+                }
+                Ok(AccessLog::To { path: path.clone(), template })
+            }
+            [] => Err(d.err("access_log needs a path or off")),
+        }
     }
 
     /// The bind address of a `listen`, or None (with a note) if it cannot

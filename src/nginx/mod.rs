@@ -59,9 +59,23 @@ pub fn convert(path: &Path) -> Result<Converted, ConvertError> {
     }
     for s in &streams {
         let block = s.block.as_deref().unwrap_or_default();
-        // Stream-level proxy_* apply to every server {} whatever their order.
+        // Formats first: an access_log names one.
+        for d in block.iter().filter(|d| d.name == "log_format") {
+            c.log_format(d)?;
+        }
+        // Stream-level proxy_* and access_log apply to every server {}
+        // whatever their order.
         let mut stream_proxy = Proxy::default();
         for d in block {
+            if d.name == "log_format" {
+                continue;
+            }
+            if d.name == "access_log" {
+                let mut notes = Vec::new();
+                c.stream_log = Some(c.access_log(d, &mut notes)?);
+                c.head_notes.append(&mut notes);
+                continue;
+            }
             if !matches!(d.name.as_str(), "upstream" | "server") && !c.proxy_directive(d, &mut stream_proxy)? {
                 let n = c.not_carried(d, "no ucp-lb equivalent");
                 c.head_notes.push(n);

@@ -29,6 +29,18 @@ pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
         comment_lines(&mut o, "", &l.comments);
         comment_lines(&mut o, "", &l.notes);
         let _ = writeln!(o, "[[listener]]\nbind = {}\npool = {}", q(&l.bind), q(&l.pool));
+        match &l.access_log {
+            None => {}
+            Some(AccessLog::Off) => o.push_str("access_log = \"off\"\n"),
+            Some(AccessLog::To { path, template }) => {
+                let _ = writeln!(o, "access_log = {}", q(path));
+                // nginx's stream access_log always names a format; without
+                // one it logs nothing useful, and ucp-lb's text is close.
+                if let Some(t) = template {
+                    let _ = writeln!(o, "access_log_format = {}", q(t));
+                }
+            }
+        }
     }
     for p in &c.pools {
         o.push('\n');
