@@ -15,7 +15,10 @@ pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
     o.push_str(
         "# nginx's defaults are written out where they differ from ucp-lb's, so this\n\
          # config routes and ejects servers as nginx did. nginx has no active health\n\
-         # checks: see the commented [pool.*.health] tables to add them.\n",
+         # checks: see the commented [pool.*.health] tables to add them.\n\
+         # One deliberate difference: a half-close (a FIN from one side) is passed\n\
+         # on while the other side goes on sending; nginx ends the session at the\n\
+         # first FIN unless proxy_half_close is on.\n",
     );
     if !outside.is_empty() {
         let _ = writeln!(o, "# Outside stream {{}} and ignored: {}.", outside.join(", "));
