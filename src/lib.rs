@@ -119,6 +119,12 @@ where
         running.adopt(tokio::spawn(reload::watch_file(running.lb.clone(), path)));
     }
     first.await;
+    // The stop grace first (/healthz already 503, listeners still accept);
+    // a second signal skips what is left of it.
+    tokio::select! {
+        _ = running.stop_grace() => {}
+        _ = signal() => info!("second signal: skipping the rest of the stop grace"),
+    }
     tokio::select! {
         _ = running.shutdown() => info!("stopped"),
         _ = signal() => tracing::warn!("second signal: stopping now, cutting open connections"),

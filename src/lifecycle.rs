@@ -36,6 +36,9 @@ use crate::token::{self, Token};
 
 /// The environment variable that overrides `workers`.
 pub const WORKERS_ENV: &str = "UCP_LB_WORKERS";
+/// The environment variable that overrides `stop_grace` (a systemd unit or
+/// a compose file sets it beside the keepalived timing it must exceed).
+pub const STOP_GRACE_ENV: &str = "UCP_LB_STOP_GRACE";
 
 /// A config and everything read with it, valid as a whole.
 #[derive(Debug)]
@@ -127,6 +130,17 @@ fn complete_with(mut config: Config, node_files: bool) -> Result<Loaded, ConfigE
             errors.extend(e);
             TlsConfigs::new()
         });
+    }
+    if let Ok(v) = std::env::var(STOP_GRACE_ENV) {
+        match config::parse_duration(&v) {
+            Ok(d) => config.stop_grace = d.unwrap_or_default(),
+            Err(m) => errors.push(ConfigError {
+                source: "environment".into(),
+                pos: None,
+                key: STOP_GRACE_ENV.into(),
+                message: m,
+            }),
+        }
     }
     let workers = match workers_from_env() {
         Ok(w) => w.or(config.workers),
@@ -256,7 +270,11 @@ async fn first_results(snap: &Snapshot) {
 
 impl Lb {
     pub fn phase(&self) -> Phase {
-        Phase { ready: self.ready.load(Relaxed), shutting_down: self.shutdown.stop_accepting.is_cancelled() }
+        Phase {
+            ready: self.ready.load(Relaxed),
+            stopping: self.shutdown.stopping.is_cancelled(),
+            shutting_down: self.shutdown.stop_accepting.is_cancelled(),
+        }
     }
 
     pub fn reload_status(&self) -> ReloadStatus {
@@ -453,6 +471,18 @@ impl Running {
     /// True once shutdown has begun (not ready for new clients).
     pub fn is_shutting_down(&self) -> bool {
         self.lb.phase().shutting_down
+    }
+
+    /// The stop grace: /healthz says "stopping" (503) at once while every
+    /// listener still accepts, for `stop_grace`, so a keepalived pair moves
+    /// the VIP before clients are refused. Returns at once when it is zero.
+    pub async fn stop_grace(&self) {
+        let grace = self.lb.shared.snapshot.load().config.stop_grace;
+        self.lb.shutdown.stopping.cancel();
+        if !grace.is_zero() {
+            info!(grace_s = grace.as_secs_f64(), "stopping: /healthz answers 503, still accepting for the stop grace");
+            tokio::time::sleep(grace).await;
+        }
     }
 
     /// Stops accepting and lets connections finish up to `shutdown_timeout`.

@@ -14,6 +14,9 @@ use tracing::info;
 
 #[derive(Clone, Default)]
 pub struct Shutdown {
+    /// Cancelled at the first signal: /healthz says "stopping" while the
+    /// stop grace runs (listeners still accept).
+    pub stopping: CancellationToken,
     pub stop_accepting: CancellationToken,
     /// Every connection task.
     pub tracker: TaskTracker,
@@ -23,6 +26,7 @@ impl Shutdown {
     /// Stops accepting and waits up to `grace` for open connections. Those
     /// still open after it are closed when the runtime is dropped.
     pub async fn run(&self, grace: Duration) {
+        self.stopping.cancel();
         self.stop_accepting.cancel();
         self.tracker.close();
         let open = self.tracker.len();

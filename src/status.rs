@@ -44,6 +44,9 @@ pub struct ReloadStatus {
 pub struct Phase {
     /// Listeners accept (after the first probes).
     pub ready: bool,
+    /// A stop has begun: /healthz says so, listeners may still accept
+    /// (the stop grace).
+    pub stopping: bool,
     /// Shutdown has begun.
     pub shutting_down: bool,
 }
@@ -51,6 +54,8 @@ pub struct Phase {
 #[derive(Debug, Clone, Serialize)]
 pub struct View {
     pub version: &'static str,
+    /// A stop has begun (the stop grace, then the shutdown).
+    pub stopping: bool,
     /// Commit, build date, compiler and target of this binary.
     pub build: crate::build_info::BuildInfo,
     pub ready: bool,
@@ -191,6 +196,7 @@ pub fn view(
     View {
         version: env!("CARGO_PKG_VERSION"),
         build: crate::build_info::BUILD,
+        stopping: phase.stopping,
         ready: phase.ready,
         shutting_down: phase.shutting_down,
         config_source: snap.config.source.clone(),

@@ -438,3 +438,35 @@ fn check_print_shows_every_key_in_force_and_where_it_came_from() {
     };
     assert_eq!(values(&String::from_utf8_lossy(&out.stdout)), values(&dump), "the same values the second time");
 }
+
+/// SIGTERM with `stop_grace = "2s"`: /healthz answers 503 at once, new
+/// clients are still served during the grace, then refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stop_grace_keeps_accepting_while_healthz_says_stopping() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &[echo.addr], "[defaults]\nstop_grace = \"2s\"\nshutdown_timeout = \"1s\"");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
+    let mut lb = Proc::spawn(cmd, false);
+    let (addr, admin) = (lb.listener_addr().await, lb.admin_addr().await);
+    assert!(http_raw(admin, "GET", "/healthz", None).await.starts_with("HTTP/1.1 200"));
+    let t0 = std::time::Instant::now();
+    lb.signal("TERM");
+    eventually_async("/healthz says stopping", || async {
+        http_raw(admin, "GET", "/healthz", None).await.starts_with("HTTP/1.1 503")
+    })
+    .await;
+    let to_503 = t0.elapsed();
+    // Well inside the 2 s grace: every new client is served.
+    let mut served = 0;
+    while t0.elapsed() < Duration::from_millis(1200) {
+        round_trip(addr).await.expect("served during the stop grace");
+        served += 1;
+    }
+    eventually_async("refused after the grace", || async { TcpStream::connect(addr).await.is_err() }).await;
+    let refused_after = t0.elapsed();
+    eprintln!("stop grace 2s: /healthz 503 after {to_503:?}, {served} clients served, refused after {refused_after:?}");
+    assert!(served > 0);
+    assert_eq!(lb.exit_code().await, Some(0));
+}

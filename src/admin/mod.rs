@@ -238,6 +238,8 @@ impl Admin {
                 let phase = self.lb.phase();
                 if phase.shutting_down {
                     text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+                } else if phase.stopping {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "stopping: still accepting for the stop grace\n")
                 } else if !phase.ready {
                     text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
                 } else {

@@ -179,6 +179,8 @@ pub fn render(h: &View) -> String {
     );
     let (health, health_class) = if h.shutting_down {
         ("shutting down", "bad")
+    } else if h.stopping {
+        ("stopping: still accepting", "warn")
     } else if h.ready && h.pools.iter().any(|p| p.all_down) {
         ("serving, a pool has no server", "bad")
     } else if h.ready {

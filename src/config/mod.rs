@@ -375,6 +375,10 @@ pub struct Config {
     pub workers: Option<usize>,
     pub admin: AdminConfig,
     pub defaults: Settings,
+    /// After SIGTERM, how long /healthz already says "stopping" while the
+    /// listeners still accept (so keepalived moves the VIP first); zero:
+    /// stop accepting at once.
+    pub stop_grace: Duration,
     pub listeners: Vec<ListenerConfig>,
     /// Sorted by name.
     pub pools: Vec<PoolConfig>,

@@ -27,6 +27,8 @@ pub struct RawConfig {
     /// listener inherits (pools do not have them).
     pub access_log: Option<S<String>>,
     pub access_log_format: Option<S<String>>,
+    /// `[defaults]`'s `stop_grace` (process-wide, like shutdown_timeout).
+    pub stop_grace: Option<S<String>>,
     pub listener: Vec<S<RawListener>>,
     pub pool: BTreeMap<String, S<RawPool>>,
 }
@@ -137,11 +139,13 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
         raw.admin = Some(Spanned::new(span, admin));
     }
     if let Some((_, d)) = r.table(t, "", "defaults") {
-        let known: Vec<&str> = SETTINGS.iter().chain(&["access_log", "access_log_format"]).copied().collect();
+        let known: Vec<&str> =
+            SETTINGS.iter().chain(&["access_log", "access_log_format", "stop_grace"]).copied().collect();
         r.known_keys(d, "defaults", &known);
         raw.defaults = Some(r.settings(d, "defaults"));
         raw.access_log = r.string(d, "defaults", "access_log");
         raw.access_log_format = r.string(d, "defaults", "access_log_format");
+        raw.stop_grace = r.string(d, "defaults", "stop_grace");
     }
     if let Some(v) = field(t, "listener") {
         match v.get_ref() {
@@ -190,8 +194,16 @@ fn join(path: &str, key: &str) -> String {
 }
 
 /// Keys whose value is a duration: a bare number there gets its own advice.
-const DURATIONS: &[&str] =
-    &["connect_timeout", "idle_timeout", "fail_timeout", "resolve_interval", "shutdown_timeout", "interval", "timeout"];
+const DURATIONS: &[&str] = &[
+    "connect_timeout",
+    "idle_timeout",
+    "fail_timeout",
+    "resolve_interval",
+    "shutdown_timeout",
+    "stop_grace",
+    "interval",
+    "timeout",
+];
 
 struct Reader<'t> {
     text: &'t str,

@@ -235,12 +235,14 @@ impl Validator<'_> {
             self.warn(span, "admin.listen", message);
         }
 
+        let stop_grace = self.duration(raw.stop_grace.as_ref(), "defaults.stop_grace".into(), true).flatten();
         Config {
             source: self.source.to_owned(),
             path: None,
             workers,
             admin,
             defaults,
+            stop_grace: stop_grace.unwrap_or_default(),
             listeners,
             pools,
             fingerprint: 0,

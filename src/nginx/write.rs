@@ -23,6 +23,8 @@ pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
     if !outside.is_empty() {
         let _ = writeln!(o, "# Outside stream {{}} and ignored: {}.", outside.join(", "));
     }
+    // nginx closes its listeners at once on a stop: so does this config.
+    o.push_str("\n[defaults]\nstop_grace = \"0\"  # nginx stops accepting at once; in a keepalived pair set it above interval x fall\n");
     if !c.head_notes.is_empty() {
         o.push('\n');
         comment_lines(&mut o, "", &c.head_notes);
