@@ -134,7 +134,6 @@ fn carries_every_upstream_and_server_directive_and_follows_includes() {
     // One warning per directive not carried, each with file:line.
     let a = d.join("streams/a.conf").display().to_string();
     let b = d.join("streams/b.conf").display().to_string();
-    let n = d.join("nginx.conf").display().to_string();
     for w in [
         format!("warning: {a}:8: server 10.0.0.3:443: parameter slow_start=30s: not carried over"),
         format!(
