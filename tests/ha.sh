@@ -5,6 +5,8 @@
 # VIP every 50 ms. Three faults on the master, each followed by recovery:
 #   1. ucp-lb killed (SIGKILL)       -> track script fails, VIP moves
 #   2. ucp-lb stopped (SIGTERM)      -> /healthz 503 while draining, VIP moves
+#   2b. the same with stop_grace 3s  -> /healthz 503 while still accepting:
+#      the VIP moves before any client is refused
 #   3. the whole host gone (link down, keepalived and ucp-lb with it)
 #      -> the backup stops hearing adverts and takes the VIP
 # and prints, for each, how long new clients could not connect.
@@ -93,7 +95,7 @@ servers = ["10.77.0.3:$(cat "$work/$2.port")"]
 [pool.p.health]
 kind = "tcp"
 EOF
-  ip netns exec "ucplb-ha-$h" "$bin" --config "$work/$h.toml" >>"$work/$h.log" 2>&1 &
+  ip netns exec "ucplb-ha-$h" env UCP_LB_STOP_GRACE="${grace:-0}" "$bin" --config "$work/$h.toml" >>"$work/$h.log" 2>&1 &
   lb_pid[$h]=$!
 }
 
@@ -191,6 +193,13 @@ scenario "ucp-lb on a killed (SIGKILL)" kill_lb
 restore
 echo "ha: restored: VIP back on a"
 scenario "ucp-lb on a stopped (SIGTERM)" term_lb
+wait "${lb_pid[a]}" 2>/dev/null || true
+restore
+echo "ha: restored: VIP back on a"
+kill -TERM "${lb_pid[a]}"; wait "${lb_pid[a]}" 2>/dev/null || true
+grace=3s restore
+echo "ha: restored: VIP back on a, its ucp-lb with stop_grace 3s"
+scenario "ucp-lb on a stopped, stop_grace 3s" term_lb
 wait "${lb_pid[a]}" 2>/dev/null || true
 restore
 echo "ha: restored: VIP back on a"
