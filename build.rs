@@ -11,19 +11,8 @@ fn output(cmd: &str, args: &[&str]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()).filter(|s| !s.is_empty())
 }
 
-/// Days since 1970-01-01 as a civil date (Howard Hinnant's algorithm).
-fn date(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
+#[path = "src/civil.rs"]
+mod civil;
 
 fn main() {
     // HEAD names the branch; the branch's ref (or packed-refs) moves with
@@ -49,7 +38,8 @@ fn main() {
     let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".into());
     let profile = std::env::var("PROFILE").unwrap_or_else(|_| "unknown".into());
     println!("cargo:rustc-env=UCP_LB_COMMIT={commit}");
-    println!("cargo:rustc-env=UCP_LB_BUILD_DATE={}", date(secs.div_euclid(86_400)));
+    let (y, m, d, ..) = civil::civil(secs);
+    println!("cargo:rustc-env=UCP_LB_BUILD_DATE={y:04}-{m:02}-{d:02}");
     println!("cargo:rustc-env=UCP_LB_RUSTC={rustc}");
     println!("cargo:rustc-env=UCP_LB_TARGET={target}");
     println!("cargo:rustc-env=UCP_LB_PROFILE={profile}");

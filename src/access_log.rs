@@ -17,7 +17,8 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::{AccessLog, LogFormat, LogTo};
+use crate::civil::civil;
+use crate::config::{AccessLog, LogFormat, LogTo, TemplatePart, template_parts};
 
 /// Lines waiting for the writer at most; more are dropped and counted.
 const QUEUE: usize = 4096;
@@ -219,22 +220,6 @@ fn secs(at: SystemTime) -> f64 {
     at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Civil date and time (UTC) of Unix seconds.
-fn civil(unix: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = unix.div_euclid(86_400);
-    let rem = unix.rem_euclid(86_400) as u32;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 /// nginx's `$time_local` (in UTC): `30/Nov/2026:01:55:28 +0000`.
 fn time_local(at: SystemTime) -> String {
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
@@ -313,21 +298,12 @@ pub fn format(out: &mut String, format: &LogFormat, r: &Record) {
             );
         }
         LogFormat::Template(t) => {
-            let mut rest = t.as_str();
-            while let Some(i) = rest.find('$') {
-                out.push_str(&rest[..i]);
-                rest = &rest[i + 1..];
-                let (name, after) = match rest.strip_prefix('{') {
-                    Some(r) => r.split_once('}').unwrap_or((r, "")),
-                    None => {
-                        let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
-                        (&rest[..end], &rest[end..])
-                    }
-                };
-                out.push_str(&variable(name, r));
-                rest = after;
+            for part in template_parts(t) {
+                match part {
+                    TemplatePart::Text(s) => out.push_str(s),
+                    TemplatePart::Var(name) => out.push_str(&variable(name, r)),
+                }
             }
-            out.push_str(rest);
         }
     }
 }

@@ -261,9 +261,7 @@ pub fn bidirectional<'a, L: Send + 'a>(
     async move {
         let mut load = Some(load);
         let clock = Activity { start: Instant::now(), last: AtomicU64::new(0) };
-        let half_closed = AtomicBool::new(false);
         let activity = idle.map(|_| &clock);
-        let half_closed = &half_closed;
         let up = Direction {
             src: client,
             dst: server,
@@ -271,7 +269,6 @@ pub fn bidirectional<'a, L: Send + 'a>(
             dst_side: Side::Server,
             meter: Meter::new(totals.0),
             activity,
-            half_closed,
         };
         let down = Direction {
             src: server,
@@ -280,7 +277,6 @@ pub fn bidirectional<'a, L: Send + 'a>(
             dst_side: Side::Client,
             meter: Meter::new(totals.1),
             activity,
-            half_closed,
         };
         // Both directions, each with its source socket and whether it has
         // passed its EOF on.
@@ -312,10 +308,24 @@ pub fn bidirectional<'a, L: Send + 'a>(
                         *done = true;
                         let (side, src) = (*side, *src);
                         first_closed.get_or_insert(side);
+                        // The server has closed its side: the connection no
+                        // longer counts against it, before the client can
+                        // see the FIN and come back.
                         if side == Side::Server {
                             load = None;
                         }
                         if !pipes[1 - i].3 {
+                            // The first EOF: passed on as a half-close while
+                            // the other direction goes on. (After the second,
+                            // the caller closes both sockets, which sends the
+                            // FIN: nothing is left unread on either.)
+                            let dst = if side == Side::Client { server } else { client };
+                            if let Err(e) = SockRef::from(dst).shutdown(Shutdown::Write)
+                                && e.kind() != io::ErrorKind::NotConnected
+                            {
+                                let dst_side = if side == Side::Client { Side::Server } else { Side::Client };
+                                return Poll::Ready(End::Error { side: dst_side, kind: e.kind() });
+                            }
                             gone = Some((side, Box::pin(src.ready(Interest::ERROR))));
                         }
                     }
@@ -375,8 +385,6 @@ struct Direction<'a> {
     dst_side: Side,
     meter: Meter<'a>,
     activity: Option<&'a Activity>,
-    /// Set by the first direction to reach EOF.
-    half_closed: &'a AtomicBool,
 }
 
 impl Direction<'_> {
@@ -395,18 +403,11 @@ impl Direction<'_> {
         }
     }
 
-    /// Passes the half-close on; the other direction goes on. After the
-    /// second EOF both directions are done and the caller closes both
-    /// sockets now, which sends the FIN (nothing is left unread on either):
-    /// no shutdown then.
+    /// This direction's source has closed: done. The half-close is passed
+    /// on by [`bidirectional`], which first lets go of what the end changes
+    /// (the server's count).
     fn eof(&self) -> Result<(), PipeError> {
-        if self.half_closed.swap(true, Relaxed) {
-            return Ok(());
-        }
-        match SockRef::from(self.dst).shutdown(Shutdown::Write) {
-            Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(self.write_err(e)),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     #[allow(clippy::manual_async_fn)] // on purpose: an async fn would store `self` twice

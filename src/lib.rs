@@ -51,6 +51,7 @@ pub mod access_log;
 pub mod admin;
 pub mod build_info;
 pub mod check;
+mod civil;
 pub mod config;
 pub mod copy;
 pub mod files;

@@ -105,7 +105,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
         (
             "unknown balance",
             pool("balance = \"fastest\"\n"),
-            "bad.toml:7:11: pool.ucp.balance: expected one of \"round_robin\", \"least_conn\", \"random_two\", \"source_hash\", found \"fastest\"",
+            "bad.toml:7:11: pool.ucp.balance: expected one of \"round_robin\", \"least_conn\", \"random_two\", \"source_hash\", \"source_hash_map\", found \"fastest\"",
         ),
         (
             "unknown all_down",

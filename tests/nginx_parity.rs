@@ -8,6 +8,8 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::nginx::*;
 use common::*;
@@ -198,48 +200,64 @@ async fn plain_hash_sends_each_client_where_nginx_hash_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_counts_and_breaks_ties_as_nginx_does() {
     let Some(bin) = nginx_bin() else { return };
-    // Each backend answers one byte naming itself; "holds" keeps a client
-    // that sent "w" for 30 s first, as nginx's test server sleeps.
-    async fn backend(me: u8, holds: bool) -> SocketAddr {
-        scripted(move |mut s| async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut b = [0u8; 16];
-            let Ok(n) = s.read(&mut b).await else { return };
-            if holds && b[..n].contains(&b'w') {
-                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    // Each backend answers one byte naming itself and closes; "holds"
+    // keeps a client that sent "w" for 30 s first, as nginx's test server
+    // sleeps. Each counts the connections it accepted, so the test can wait
+    // until a balancer has placed a client before sending the next.
+    async fn backend(me: u8, holds: bool, seen: Arc<AtomicUsize>) -> SocketAddr {
+        scripted(move |mut s| {
+            let seen = seen.clone();
+            async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                seen.fetch_add(1, Ordering::Relaxed);
+                let mut b = [0u8; 16];
+                let Ok(n) = s.read(&mut b).await else { return };
+                if holds && b[..n].contains(&b'w') {
+                    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                }
+                let _ = s.write_all(&[me]).await;
             }
-            let _ = s.write_all(&[me]).await;
         })
         .await
     }
-    let servers = [backend(b'1', true).await, backend(b'2', false).await];
+    let seen = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let servers = [backend(b'1', true, seen[0].clone()).await, backend(b'2', false, seen[1].clone()).await];
     let addr = free_addr();
     let stream = format!(
         "  upstream b {{\n    least_conn;\n    server {};\n    server {};\n  }}\n  server {{ listen {addr}; proxy_pass b; }}",
         servers[0], servers[1]
     );
-    async fn run(lb: SocketAddr) -> (Vec<u8>, Vec<tokio::net::TcpStream>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut held = Vec::new();
-        for _ in 0..2 {
-            let mut s = tokio::net::TcpStream::connect(lb).await.unwrap();
-            s.write_all(b"w").await.unwrap();
-            held.push(s);
+    // One client at a time, each waited for to the end of its session (its
+    // EOF), as nginx's own test does by reading the answer: both balancers
+    // then see the same counts at each pick.
+    let run = |lb: SocketAddr| {
+        let seen = seen.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let placed = || seen[0].load(Ordering::Relaxed) + seen[1].load(Ordering::Relaxed);
+            let base = placed();
+            let mut held = Vec::new();
+            for i in 0..2 {
+                let mut s = tokio::net::TcpStream::connect(lb).await.unwrap();
+                s.write_all(b"w").await.unwrap();
+                eventually("the held client placed", || placed() == base + i + 1).await;
+                held.push(s);
+            }
+            // The second held client is answered and its server closes: to
+            // the end of that session.
+            let mut got = Vec::new();
+            within("the second held client's session ended", held[1].read_to_end(&mut got)).await.unwrap();
+            let mut seq = Vec::new();
+            for _ in 0..20 {
+                let mut s = tokio::net::TcpStream::connect(lb).await.unwrap();
+                s.write_all(b".").await.unwrap();
+                let mut who = Vec::new();
+                within("a short client's session", s.read_to_end(&mut who)).await.unwrap();
+                seq.push(who.first().copied().unwrap_or(b'?'));
+            }
+            (seq, held)
         }
-        // The second held client is answered and its server closes: wait
-        // for that byte, so both balancers see the same counts.
-        let mut one = [0u8; 1];
-        within("the second held client answered", held[1].read_exact(&mut one)).await.unwrap();
-        let mut seq = Vec::new();
-        for _ in 0..20 {
-            let mut s = tokio::net::TcpStream::connect(lb).await.unwrap();
-            s.write_all(b".").await.unwrap();
-            let mut who = [0u8; 1];
-            within("a short client answered", s.read_exact(&mut who)).await.unwrap();
-            seq.push(who[0]);
-        }
-        (seq, held)
-    }
+    };
     let ngx = start_nginx(&bin, &stream).await;
     let (seq_nginx, held) = run(addr).await;
     drop(held);

@@ -326,11 +326,22 @@ pub const LOG_VARIABLES: &[&str] = &[
     "end_words",
 ];
 
-/// The variables of a template (`$name` or `${name}`), in order.
-pub fn template_variables(t: &str) -> Vec<&str> {
+/// A piece of an access log template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplatePart<'a> {
+    Text(&'a str),
+    /// `$name` or `${name}`.
+    Var(&'a str),
+}
+
+/// A template as its text and its variables, in order.
+pub fn template_parts(t: &str) -> Vec<TemplatePart<'_>> {
     let mut out = Vec::new();
     let mut rest = t;
     while let Some(i) = rest.find('$') {
+        if i > 0 {
+            out.push(TemplatePart::Text(&rest[..i]));
+        }
         rest = &rest[i + 1..];
         let (name, after) = match rest.strip_prefix('{') {
             Some(r) => r.split_once('}').unwrap_or((r, "")),
@@ -339,10 +350,24 @@ pub fn template_variables(t: &str) -> Vec<&str> {
                 (&rest[..end], &rest[end..])
             }
         };
-        out.push(name);
+        out.push(TemplatePart::Var(name));
         rest = after;
     }
+    if !rest.is_empty() {
+        out.push(TemplatePart::Text(rest));
+    }
     out
+}
+
+/// The variables of a template, in order.
+pub fn template_variables(t: &str) -> Vec<&str> {
+    template_parts(t)
+        .into_iter()
+        .filter_map(|p| match p {
+            TemplatePart::Var(v) => Some(v),
+            TemplatePart::Text(_) => None,
+        })
+        .collect()
 }
 
 /// `[admin]`: where /metrics, /status, /healthz and the status page listen.
