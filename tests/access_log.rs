@@ -6,7 +6,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -141,12 +140,6 @@ async fn each_way_a_connection_ends_is_logged_once_with_its_code() {
     assert_eq!(line("server_closed")["bytes_to_client"], 3);
 }
 
-fn start(config: &Path) -> Proc {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config").arg(config).env("RUST_LOG", "info");
-    Proc::spawn(cmd, false)
-}
-
 /// logrotate's way: the file is moved, SIGUSR1 sent; the lines before are
 /// in the moved file, the lines after in a new one at the path, none lost.
 /// A connection still open when the shutdown grace ends is logged as cut.
@@ -165,7 +158,7 @@ async fn sigusr1_reopens_the_file_and_no_line_is_lost() {
         ),
     )
     .unwrap();
-    let mut lb = start(&path);
+    let mut lb = Proc::lb(&path);
     let addr = lb.listener_addr().await;
     for _ in 0..50 {
         round_trip(addr).await.unwrap();
@@ -210,7 +203,7 @@ async fn a_stuck_log_drops_and_counts_lines_and_traffic_goes_on() {
         ),
     )
     .unwrap();
-    let lb = start(&path);
+    let lb = Proc::lb(&path);
     let (addr, admin) = (lb.listener_addr().await, lb.admin_addr().await);
     // More connections than the queue holds (4,096), from four clients.
     let mut tasks = Vec::new();

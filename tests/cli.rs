@@ -446,9 +446,7 @@ async fn the_stop_grace_keeps_accepting_while_healthz_says_stopping() {
     let echo = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &[echo.addr], "[defaults]\nstop_grace = \"2s\"\nshutdown_timeout = \"1s\"");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
-    let mut lb = Proc::spawn(cmd, false);
+    let mut lb = Proc::lb(&path);
     let (addr, admin) = (lb.listener_addr().await, lb.admin_addr().await);
     assert!(http_raw(admin, "GET", "/healthz", None).await.starts_with("HTTP/1.1 200"));
     let t0 = std::time::Instant::now();

@@ -280,9 +280,7 @@ async fn a_flapping_server_does_not_flap_the_listener_or_leak_state() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lb.toml");
     std::fs::write(&path, toml).unwrap();
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
-    let lb = Proc::spawn(cmd, false);
+    let lb = Proc::lb(&path);
     let (addr, admin) = (lb.listener_addr().await, lb.admin_addr().await);
     let pid = lb.child.id();
     let fds = move || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);

@@ -7,7 +7,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -107,12 +106,6 @@ impl Traffic {
     }
 }
 
-fn start(path: &Path) -> Proc {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config").arg(path).env("RUST_LOG", "info");
-    Proc::spawn(cmd, false)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_a_device_or_a_huge_file_in_place_of_lb_toml_is_refused_while_traffic_flows() {
     let echo = Echo::start().await;
@@ -120,7 +113,7 @@ async fn a_fifo_a_device_or_a_huge_file_in_place_of_lb_toml_is_refused_while_tra
     let path = dir.path().join("lb.toml");
     let good = one_pool(&[echo.addr], "");
     std::fs::write(&path, &good).unwrap();
-    let mut lb = start(&path);
+    let mut lb = Proc::lb(&path);
     let (addr, admin) = (lb.listener_addr().await, lb.admin_addr().await);
     round_trip(addr).await.unwrap();
     let pid = lb.child.id();
@@ -158,7 +151,7 @@ async fn a_fifo_or_dev_zero_as_token_file_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lb.toml");
     std::fs::write(&path, one_pool(&[echo.addr], "")).unwrap();
-    let mut lb = start(&path);
+    let mut lb = Proc::lb(&path);
     let (addr, admin) = (lb.listener_addr().await, lb.admin_addr().await);
     let load = traffic(addr, admin);
     let token: PathBuf = dir.path().join("token");
@@ -185,7 +178,7 @@ async fn reverting_a_bad_edit_clears_the_reload_failure() {
     let path = dir.path().join("lb.toml");
     let good = one_pool(&[echo.addr], "");
     std::fs::write(&path, &good).unwrap();
-    let lb = start(&path);
+    let lb = Proc::lb(&path);
     let admin = lb.admin_addr().await;
     lb.wait_for_line("listening bind=").await;
     let gauge = || async move {

@@ -150,9 +150,7 @@ async fn every_warning_a_start_logs_check_prints() {
     assert!(warnings.iter().any(|w| w.contains("pool.ucp.health.interval: interval 500ms is shorter than timeout 1s")));
     assert!(warnings.iter().any(|w| w.contains("admin.listen: 0.0.0.0:0 is beyond loopback without a token_file")));
 
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
-    let mut lb = Proc::spawn(cmd, false);
+    let mut lb = Proc::lb(&path);
     lb.wait_for_line("listening bind=").await;
     for w in &warnings {
         let line = lb.wait_for_line(w).await;

@@ -117,9 +117,7 @@ async fn admin_listens_on_loopback_by_default_and_warns_when_open_without_a_toke
     let toml = one_pool(&[echo.addr], "").replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"");
     assert!(toml.contains("0.0.0.0"), "{toml}");
     std::fs::write(&path, toml).unwrap();
-    let mut cmd = Command::new(common::BIN);
-    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
-    let mut lb = Proc::spawn(cmd, false);
+    let mut lb = Proc::lb(&path);
     let line = lb.wait_for_line("beyond loopback").await;
     assert!(line.contains("WARN") && line.contains("without a token_file"), "{line}");
     lb.signal("TERM");

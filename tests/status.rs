@@ -6,10 +6,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 
 use common::standin::{Manager, TestCa};
-use common::{BIN, Proc, eventually_async, http_raw, loopback};
+use common::{Proc, eventually_async, http_raw, loopback};
 
 /// The answer's body (after the blank line).
 fn body(answer: &str) -> &str {
@@ -61,9 +60,7 @@ async fn a_quiet_pool_losing_every_server_is_reported_and_logged_once_each_way()
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lb.toml");
     std::fs::write(&path, toml).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
-    let lb = Proc::spawn(cmd, false);
+    let lb = Proc::lb(&path);
     let admin = lb.admin_addr().await;
     lb.wait_for_line("listening bind=").await;
 

@@ -315,6 +315,14 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// The ucp-lb binary running the config at `path`, its log (at info)
+    /// collected from stderr.
+    pub fn lb(path: &std::path::Path) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(path).env("RUST_LOG", "info");
+        Proc::spawn(cmd, false)
+    }
+
     pub fn spawn(mut cmd: Command, watch_stdout: bool) -> Proc {
         cmd.stdin(Stdio::null());
         Proc::start(cmd, watch_stdout)
