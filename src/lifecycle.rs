@@ -286,6 +286,7 @@ impl Lb {
         let snap = self.shared.snapshot.load_full();
         status::view(
             &snap,
+            &self.shared.health.history,
             &self.shared.states,
             &self.listeners.states(),
             &self.listeners.draining(),

@@ -176,6 +176,7 @@ pub const FAIL_REASONS: [FailReason; 6] = [
 /// `removed`), so every open connection is counted somewhere.
 pub fn view(
     snap: &Snapshot,
+    history: &crate::history::History,
     states: &States,
     listeners: &[Arc<ListenerState>],
     draining: &[Arc<ListenerState>],
@@ -185,10 +186,9 @@ pub fn view(
     let now = Instant::now();
     let mut pools = pools(snap, now);
     add_removed(&mut pools, snap, states);
-    let history = &snap_history(snap);
     let wall = crate::history::now() as u64;
     for p in &mut pools {
-        p.traffic = history.as_ref().map(|h| h.samples(&p.name)).unwrap_or_default();
+        p.traffic = history.samples(&p.name);
         for s in &mut p.servers {
             s.phrase = phrase(s, wall);
         }
@@ -219,7 +219,7 @@ pub fn view(
             })
             .collect(),
         pools,
-        events: history.as_ref().map(|h| named(h.events(), snap)).unwrap_or_default(),
+        events: named(history.events(), snap),
         access_log: AccessLogStatus { written: crate::access_log::written(), dropped: crate::access_log::dropped() },
     }
 }
@@ -243,11 +243,6 @@ fn named(mut events: Vec<Event>, snap: &Snapshot) -> Vec<Event> {
         }
     }
     events
-}
-
-/// The history the snapshot's pools report to (all share one).
-fn snap_history(snap: &Snapshot) -> Option<Arc<crate::history::History>> {
-    snap.pools.first().map(|p| p.history.clone())
 }
 
 /// A duration as people say it: "42 s", "3 min", "2 h 5 min", "4 d".
