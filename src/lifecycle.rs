@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{self, AdminState, Config, ConfigError, ConfigErrors};
-use crate::files::READ_TIMEOUT as FILE_TIMEOUT;
+use crate::files::READ_TIMEOUT;
 use crate::health::{self, Health, TlsConfigs};
 use crate::listener::{BindError, ListenerState, Listeners};
 use crate::resolve;
@@ -356,19 +356,19 @@ impl Lb {
     async fn reload_from(&self, path: std::path::PathBuf) -> Result<u64, ReloadError> {
         let _writer = self.shared.writer.lock().await;
         // Files are read off the runtime's worker threads, and a file system
-        // that stalls fails the reload after FILE_TIMEOUT (the thread may
+        // that stalls fails the reload after READ_TIMEOUT (the thread may
         // stay stuck; the runtime, traffic and signals do not).
         let source = path.display().to_string();
         let fail = |message: String| {
             ConfigErrors(vec![ConfigError { source: source.clone(), pos: None, key: String::new(), message }])
         };
-        let loaded = match tokio::time::timeout(FILE_TIMEOUT, tokio::task::spawn_blocking(move || load(&path))).await {
+        let loaded = match tokio::time::timeout(READ_TIMEOUT, tokio::task::spawn_blocking(move || load(&path))).await {
             Ok(Ok(loaded)) => loaded?,
             Ok(Err(e)) => return Err(fail(format!("reading the config failed: {e}")).into()),
             Err(_) => {
                 return Err(fail(format!(
                     "reading the config and the files it names took longer than {}s (a stalled file system?)",
-                    FILE_TIMEOUT.as_secs()
+                    READ_TIMEOUT.as_secs()
                 ))
                 .into());
             }
