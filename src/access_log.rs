@@ -14,7 +14,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::civil::civil;
@@ -109,22 +109,21 @@ enum Msg {
     Wake(Option<std::sync::mpsc::Sender<()>>),
 }
 
-fn writer() -> &'static Mutex<SyncSender<Msg>> {
-    static TX: OnceLock<Mutex<SyncSender<Msg>>> = OnceLock::new();
+fn writer() -> &'static SyncSender<Msg> {
+    static TX: OnceLock<SyncSender<Msg>> = OnceLock::new();
     TX.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         // A thread of its own: writing may block (a FIFO, a full disk);
         // nothing else waits for it.
         let _ = std::thread::Builder::new().name("ucp-lb-access-log".into()).spawn(move || write_loop(rx));
-        Mutex::new(tx)
+        tx
     })
 }
 
 /// Queues `record` for `log`; never blocks. A line that finds the queue
 /// full is dropped and counted.
 pub fn log(log: &Arc<AccessLog>, record: Record) {
-    let tx = writer().lock().unwrap_or_else(|p| p.into_inner()).clone();
-    match tx.try_send(Msg::Line(log.clone(), record)) {
+    match writer().try_send(Msg::Line(log.clone(), record)) {
         Ok(()) => {}
         Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
             DROPPED.fetch_add(1, Relaxed);
@@ -146,15 +145,13 @@ pub fn written() -> u64 {
 /// logrotate moved a file, new lines go to a new one at its path.
 pub fn reopen() {
     REOPEN.store(true, Relaxed);
-    let tx = writer().lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let _ = tx.try_send(Msg::Wake(None));
+    let _ = writer().try_send(Msg::Wake(None));
 }
 
 /// Waits up to `limit` for the lines queued so far to be written (at exit).
 pub fn flush(limit: Duration) {
     let (done, wait) = std::sync::mpsc::channel();
-    let tx = writer().lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if tx.try_send(Msg::Wake(Some(done))).is_ok() {
+    if writer().try_send(Msg::Wake(Some(done))).is_ok() {
         let _ = wait.recv_timeout(limit);
     }
 }
