@@ -394,6 +394,31 @@ impl Entry {
         self.write();
     }
 
+    /// How long since the connection was accepted.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// How long its upstream connect took.
+    pub fn connect_time(&self) -> Option<Duration> {
+        self.record.connect
+    }
+
+    /// The connection moved to another process, which writes its line:
+    /// none here.
+    pub fn moved(mut self) {
+        self.written = true;
+    }
+
+    /// The entry of a connection moved here from another process: open
+    /// for `age`, to `server`, its connect having taken `connect`.
+    pub fn resumed(mut self, server: SocketAddr, connect: Option<Duration>, age: Duration) -> Entry {
+        self.record.tried = vec![server];
+        self.record.connect = connect;
+        self.started = tokio::time::Instant::now().checked_sub(age).unwrap_or(self.started);
+        self
+    }
+
     fn write(&mut self) {
         if self.written {
             return;

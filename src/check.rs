@@ -54,6 +54,11 @@ impl RiseFall {
         self.state
     }
 
+    /// Consecutive results against the current state so far.
+    pub fn streak(&self) -> u32 {
+        self.streak
+    }
+
     pub fn observe(&mut self, ok: bool, rise: u32, fall: u32) -> Option<CheckState> {
         let (agrees, needed, target) = match self.state {
             // The first result decides at once.
@@ -99,6 +104,23 @@ pub fn printable(text: &str) -> String {
         }
     }
     out
+}
+
+/// What a check has found, as it moves to the process that takes over
+/// (`ucp-lb --upgrade`): the new process goes on from here instead of
+/// starting unknown, so a server that is down stays down until `rise`
+/// probes pass, counted from where the old process was.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Carried {
+    /// 0 unknown, 1 up, 2 down.
+    pub state: u8,
+    pub streak: u32,
+    pub reason: Option<String>,
+    pub since: u64,
+    pub probes: u64,
+    pub failures: u64,
+    pub downs: u64,
+    pub cert_not_after: i64,
 }
 
 /// One shared active check's results.
@@ -170,6 +192,40 @@ impl Check {
     /// result.
     pub fn since(&self) -> Option<u64> {
         Some(self.since.load(Relaxed)).filter(|&s| s != 0)
+    }
+
+    /// What it has found, to carry to another process.
+    pub fn carried(&self) -> Carried {
+        let machine = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        Carried {
+            state: machine.state() as u8,
+            streak: machine.streak(),
+            reason: self.reason(),
+            since: self.since.load(Relaxed),
+            probes: self.probes.load(Relaxed),
+            failures: self.failures.load(Relaxed),
+            downs: self.downs.load(Relaxed),
+            cert_not_after: self.cert_not_after.load(Relaxed),
+        }
+    }
+
+    /// Goes on from what another process found (before its own first
+    /// probe; silently: nothing changed).
+    pub fn restore(&self, c: &Carried) {
+        let state = match c.state {
+            1 => CheckState::Up,
+            2 => CheckState::Down,
+            _ => return,
+        };
+        *self.machine.lock().unwrap_or_else(|p| p.into_inner()) = RiseFall { state, streak: c.streak };
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = c.reason.as_deref().map(printable);
+        self.state.store(state as u8, Relaxed);
+        self.since.store(c.since, Relaxed);
+        self.probes.store(c.probes, Relaxed);
+        self.failures.store(c.failures, Relaxed);
+        self.downs.store(c.downs, Relaxed);
+        self.cert_not_after.store(c.cert_not_after, Relaxed);
+        self.first.send_replace(state);
     }
 
     /// Waits until the first probe has decided.

@@ -36,6 +36,7 @@ use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::handover;
 use crate::splice::{self, Burst, BurstError};
 
 // 32 KiB: on loopback (MTU 64 KiB) a 64 KiB write leaves a 53-byte tail
@@ -137,6 +138,9 @@ pub enum End {
         side: Side,
         kind: io::ErrorKind,
     },
+    /// Stopped with no bytes in hand, to move to the process that took
+    /// over ([`crate::handover`]); the sockets are still open.
+    Moving,
 }
 
 impl End {
@@ -146,6 +150,7 @@ impl End {
             End::IdleTimeout => "idle timeout",
             End::Error { side: Side::Client, .. } => "client error",
             End::Error { side: Side::Server, .. } => "server error",
+            End::Moving => "moved",
         }
     }
 }
@@ -159,6 +164,21 @@ pub struct Outcome {
     /// From the upstream connect to the end.
     pub duration: Duration,
     pub end: End,
+    /// Each side has sent its FIN, passed on to the other (what a moved
+    /// connection carries).
+    pub client_done: bool,
+    pub server_done: bool,
+}
+
+/// Where a connection moved from another process resumes: its byte
+/// counts, and which sides had already closed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resume {
+    pub to_server: u64,
+    pub to_client: u64,
+    pub client_done: bool,
+    pub server_done: bool,
+    pub first_closed: Option<Side>,
 }
 
 /// When bytes last moved, for the idle timeout; nanoseconds since `start`.
@@ -214,8 +234,9 @@ struct Meter<'a> {
 }
 
 impl Meter<'_> {
-    fn new(shared: &AtomicU64) -> Meter<'_> {
-        Meter { moved: AtomicU64::new(0), flushed: AtomicU64::new(0), shared }
+    /// Counting from `so_far` (bytes the shared counter has already).
+    fn new(shared: &AtomicU64, so_far: u64) -> Meter<'_> {
+        Meter { moved: AtomicU64::new(so_far), flushed: AtomicU64::new(so_far), shared }
     }
 
     fn add(&self, n: usize) {
@@ -250,6 +271,10 @@ impl Meter<'_> {
 /// (its FIN), as nginx ends the session then (`proxy_half_close off`), so
 /// `least_conn` stops counting a server's finished connection while the
 /// client still holds its half open.
+///
+/// Once [`handover::requested`], each direction stops where it holds no
+/// bytes, and the connection ends as [`End::Moving`] with both sockets
+/// open; `resume` starts one moved here from another process.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn bidirectional<'a, L: Send + 'a>(
     client: &'a TcpStream,
@@ -257,9 +282,10 @@ pub fn bidirectional<'a, L: Send + 'a>(
     idle: Option<Duration>,
     totals: Totals<'a>,
     load: L,
+    resume: Resume,
 ) -> impl Future<Output = Outcome> + Send + 'a {
     async move {
-        let mut load = Some(load);
+        let mut load = (!resume.server_done).then_some(load);
         let clock = Activity { start: Instant::now(), last: AtomicU64::new(0) };
         let activity = idle.map(|_| &clock);
         let up = Direction {
@@ -267,28 +293,39 @@ pub fn bidirectional<'a, L: Send + 'a>(
             dst: server,
             src_side: Side::Client,
             dst_side: Side::Server,
-            meter: Meter::new(totals.0),
+            meter: Meter::new(totals.0, resume.to_server),
             activity,
+            parked: AtomicBool::new(false),
         };
         let down = Direction {
             src: server,
             dst: client,
             src_side: Side::Server,
             dst_side: Side::Client,
-            meter: Meter::new(totals.1),
+            meter: Meter::new(totals.1, resume.to_client),
             activity,
+            parked: AtomicBool::new(false),
         };
         // Both directions, each with its source socket and whether it has
         // passed its EOF on.
         let (up_pipe, down_pipe) = (std::pin::pin!(up.pipe()), std::pin::pin!(down.pipe()));
-        let mut pipes = [(up_pipe, Side::Client, client, false), (down_pipe, Side::Server, server, false)];
-        let mut first_closed = None;
+        let mut pipes = [
+            (up_pipe, Side::Client, client, resume.client_done),
+            (down_pipe, Side::Server, server, resume.server_done),
+        ];
+        let mut first_closed = resume.first_closed;
         // Once one direction has passed its EOF on, nothing reads its source
         // any more, so a peer that then goes (a reset, a keepalive timeout)
         // would never be noticed while the other direction stays quiet: its
         // socket is watched for an error from then on. Boxed, and only for
         // half-closed connections.
-        let mut gone: Option<(Side, ErrorWatch<'a>)> = None;
+        let mut gone: Option<(Side, ErrorWatch<'a>)> = match (resume.client_done, resume.server_done) {
+            (true, false) => Some((Side::Client, Box::pin(client.ready(Interest::ERROR)))),
+            (false, true) => Some((Side::Server, Box::pin(server.ready(Interest::ERROR)))),
+            _ => None,
+        };
+        // This connection's waker, for an upgrade to reach it while idle.
+        let mut registration: Option<handover::Registration> = None;
         // Boxed, and only when there is an idle timeout: the default (none)
         // costs a connection nothing.
         let mut idle_expired = idle.map(|d| Box::pin(clock.expired(d)));
@@ -298,6 +335,9 @@ pub fn bidirectional<'a, L: Send + 'a>(
         // Polled by hand rather than with select!, whose state would sit in
         // every connection's future.
         let end = std::future::poll_fn(|cx| {
+            if registration.is_none() {
+                registration = Some(handover::register(cx.waker()));
+            }
             for i in 0..2 {
                 let (pipe, side, src, done) = &mut pipes[i];
                 if *done {
@@ -338,6 +378,14 @@ pub fn bidirectional<'a, L: Send + 'a>(
             if pipes.iter().all(|p| p.3) {
                 return Poll::Ready(End::Closed);
             }
+            // Both directions stopped without bytes in hand (or finished):
+            // the sockets are the whole connection now.
+            if handover::requested()
+                && (pipes[0].3 || up.parked.load(Relaxed))
+                && (pipes[1].3 || down.parked.load(Relaxed))
+            {
+                return Poll::Ready(End::Moving);
+            }
             if let Some((side, watch)) = gone.as_mut()
                 && let Poll::Ready(r) = watch.as_mut().poll(cx)
             {
@@ -364,6 +412,7 @@ pub fn bidirectional<'a, L: Send + 'a>(
             Poll::Pending
         })
         .await;
+        drop(registration);
         up.meter.flush();
         down.meter.flush();
         Outcome {
@@ -372,6 +421,8 @@ pub fn bidirectional<'a, L: Send + 'a>(
             first_closed,
             duration: clock.start.elapsed(),
             end,
+            client_done: pipes[0].3,
+            server_done: pipes[1].3,
         }
     }
 }
@@ -385,6 +436,9 @@ struct Direction<'a> {
     dst_side: Side,
     meter: Meter<'a>,
     activity: Option<&'a Activity>,
+    /// Waiting for its source with nothing in hand: where a connection
+    /// may stop and move.
+    parked: AtomicBool,
 }
 
 impl Direction<'_> {
@@ -422,10 +476,20 @@ impl Direction<'_> {
                 // Everything read so far is written: the server's totals get
                 // it before the wait, which may be long.
                 self.meter.flush();
+                self.parked.store(true, Relaxed);
+                if handover::requested() {
+                    // Stopped for good: the next bytes stay in the kernel
+                    // for the process that takes the socket over.
+                    std::future::pending::<()>().await;
+                }
                 // poll_read_ready keeps the waker in the socket's own reader
                 // slot; `readable()` would put a 152-byte waiter in this
                 // future, which an idle connection carries for its whole life.
                 std::future::poll_fn(|cx| src.poll_read_ready(cx)).await.map_err(|e| self.read_err(e))?;
+                if handover::requested() {
+                    continue;
+                }
+                self.parked.store(false, Relaxed);
                 if bulk.splice() {
                     match Box::pin(splice::burst(src, dst, |n| self.count(n))).await {
                         Ok(Burst::Drained(n)) => {
@@ -459,6 +523,10 @@ impl Direction<'_> {
                                 Err(e) => return Err(self.write_err(e)),
                             }
                             self.count(n);
+                            if handover::requested() {
+                                // Everything read is written: stop here.
+                                break;
+                            }
                             if n < BUF_SIZE {
                                 if was_first {
                                     // A wake that brought less than a buffer.

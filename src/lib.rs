@@ -50,11 +50,14 @@
 pub mod access_log;
 pub mod admin;
 pub mod build_info;
+pub mod carry;
 pub mod check;
 mod civil;
 pub mod config;
+pub mod control;
 pub mod copy;
 pub mod files;
+pub mod handover;
 pub mod health;
 pub mod history;
 pub mod lifecycle;
@@ -75,6 +78,7 @@ pub mod state;
 pub mod status;
 pub mod tls;
 pub mod token;
+pub mod upgrade;
 
 use std::future::Future;
 
@@ -94,10 +98,22 @@ pub async fn start_loaded(loaded: lifecycle::Loaded) -> Result<Running, StartErr
     lifecycle::start(loaded, |sock, lb| tokio::spawn(admin::serve(sock, lb))).await
 }
 
+/// How [`run`] begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// Binds everything itself.
+    Start,
+    /// Takes the listeners, state and connections over from the process
+    /// on the control socket (`ucp-lb --upgrade`).
+    Upgrade,
+}
+
 /// Runs until `signal` resolves, then shuts down gracefully; a second
 /// `signal` during the grace period stops at once. Reloads on SIGHUP and
-/// whenever the config file's content changes.
-pub async fn run<F, S>(loaded: lifecycle::Loaded, mut signal: S) -> Result<(), StartError>
+/// whenever the config file's content changes. Ends by itself, once its
+/// connections have moved, when a new process takes over through the
+/// control socket.
+pub async fn run<F, S>(loaded: lifecycle::Loaded, mut signal: S, begin: Begin) -> Result<(), StartError>
 where
     S: FnMut() -> F,
     F: Future<Output = ()>,
@@ -106,20 +122,61 @@ where
     // handlers are installed when it is first polled, here): a SIGTERM
     // during the start stops the process cleanly instead of killing it.
     let mut first = std::pin::pin!(signal());
-    let mut running = tokio::select! {
+    let control_cfg = loaded.config.admin.control_socket.clone();
+    let serve_admin = |sock, lb| tokio::spawn(admin::serve(sock, lb));
+    let mut control = None;
+    let started = async {
+        match begin {
+            Begin::Start => {
+                control = upgrade::control_socket(&control_cfg, false)?;
+                Ok((lifecycle::start(loaded, serve_admin).await?, None))
+            }
+            Begin::Upgrade => {
+                let Some(path) = control_cfg.path() else {
+                    return Err(StartError::Upgrade("admin.control_socket is \"\": nothing to take over from".into()));
+                };
+                match upgrade::take_over(path, loaded, serve_admin).await {
+                    Ok((running, link)) => Ok((running, Some(link))),
+                    Err(upgrade::UpgradeError::Start(e)) => Err(e),
+                    Err(e) => Err(StartError::Upgrade(e.to_string())),
+                }
+            }
+        }
+    };
+    let (mut running, link) = tokio::select! {
         biased;
         _ = &mut first => {
             info!("stopped before the start was complete");
             return Ok(());
         }
-        r = start_loaded(loaded) => r?,
+        r = started => r?,
     };
+    if let Some(link) = link {
+        // This process's own control socket, in place of the old one's.
+        control = upgrade::control_socket(&control_cfg, true).unwrap_or_else(|e| {
+            tracing::error!("{e}: this process cannot be upgraded in place");
+            None
+        });
+        running.adopt(tokio::spawn(upgrade::receive(link, running.lb.clone())));
+    }
     running.adopt(tokio::spawn(access_log::on_sigusr1()));
     if let Some(path) = running.lb.shared.snapshot.load().config.path.clone() {
         running.adopt(tokio::spawn(reload::on_sighup(running.lb.clone())));
         running.adopt(tokio::spawn(reload::watch_file(running.lb.clone(), path)));
     }
-    first.await;
+    let handed_over = async {
+        match &control {
+            Some(c) => upgrade::serve(c, running.lb.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = first => {}
+        _ = handed_over => {
+            running.stop_background();
+            return Ok(());
+        }
+    }
     // The stop grace first (/healthz already 503, listeners still accept);
     // a second signal skips what is left of it.
     tokio::select! {
@@ -129,6 +186,9 @@ where
     tokio::select! {
         _ = running.shutdown() => info!("stopped"),
         _ = signal() => tracing::warn!("second signal: stopping now, cutting open connections"),
+    }
+    if let Some(c) = &control {
+        c.remove();
     }
     Ok(())
 }

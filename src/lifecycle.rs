@@ -40,6 +40,10 @@ pub const WORKERS_ENV: &str = "UCP_LB_WORKERS";
 /// a compose file sets it beside the keepalived timing it must exceed).
 pub const STOP_GRACE_ENV: &str = "UCP_LB_STOP_GRACE";
 
+/// The environment variable that overrides `[admin] control_socket` (a
+/// container's compose file or a second instance on one host sets it).
+pub const CONTROL_SOCKET_ENV: &str = "UCP_LB_CONTROL_SOCKET";
+
 /// A config and everything read with it, valid as a whole.
 #[derive(Debug)]
 pub struct Loaded {
@@ -142,6 +146,17 @@ fn complete_with(mut config: Config, node_files: bool) -> Result<Loaded, ConfigE
             }),
         }
     }
+    if let Ok(v) = std::env::var(CONTROL_SOCKET_ENV) {
+        match config::ControlSocket::parse(&v) {
+            Ok(c) => config.admin.control_socket = c,
+            Err(m) => errors.push(ConfigError {
+                source: "environment".into(),
+                pos: None,
+                key: CONTROL_SOCKET_ENV.into(),
+                message: m,
+            }),
+        }
+    }
     let workers = match workers_from_env() {
         Ok(w) => w.or(config.workers),
         Err(e) => {
@@ -167,6 +182,10 @@ pub enum StartError {
     Bind(#[from] BindError),
     #[error("{file}: admin.listen: cannot listen on {addr}: {error}")]
     AdminBind { file: String, addr: SocketAddr, error: std::io::Error },
+    #[error("admin.control_socket: cannot make {path}: {error}")]
+    Control { path: String, error: std::io::Error },
+    #[error("upgrade refused, the running process goes on untouched: {0}")]
+    Upgrade(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +196,37 @@ pub enum ReloadError {
     Bind(#[from] BindError),
     #[error("the running config was not read from a file: nothing to reload")]
     NoFile,
+}
+
+/// What a process taking over (`ucp-lb --upgrade`) got from the one
+/// before it: listening sockets, the admin socket, the servers' state.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    pub listeners: Vec<crate::listener::Inherited>,
+    /// The admin socket, with the `[admin] listen` it was bound for.
+    pub admin: Option<(SocketAddr, std::os::fd::OwnedFd)>,
+    pub servers: Vec<crate::carry::Server>,
+    /// The old process's config generation.
+    pub generation: u64,
+    pub from_pid: u32,
+}
+
+/// This process: when it started, whom it took over from, and, while that
+/// one drains, how many connections it still holds.
+#[derive(Debug, Default)]
+pub struct Process {
+    pub started_at: u64,
+    pub took_over_from: Option<u32>,
+    /// The previous process is still draining into this one.
+    pub previous_draining: AtomicBool,
+    /// Connections the previous process still holds, as it last said.
+    pub previous_holds: std::sync::atomic::AtomicU64,
+    /// Connections moved here from it.
+    pub moved_in: std::sync::atomic::AtomicU64,
+    /// Connections this process moved to its successor, and those it
+    /// could not (cut at its deadline).
+    pub moved_out: std::sync::atomic::AtomicU64,
+    pub cut: std::sync::atomic::AtomicU64,
 }
 
 /// One running load balancer: its runtime state, its listeners, its
@@ -190,7 +240,10 @@ pub struct Lb {
     ready: AtomicBool,
     reload: Mutex<ReloadStatus>,
     /// `[admin] listen` as the admin server was started with: it stays put.
-    admin_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// The admin socket, kept to hand over to a successor.
+    pub admin_fd: Mutex<Option<std::os::fd::OwnedFd>>,
+    pub process: Process,
 }
 
 /// A started load balancer, as the binary and tests hold it.
@@ -214,22 +267,40 @@ pub async fn start<A>(loaded: Loaded, serve_admin: A) -> Result<Running, StartEr
 where
     A: FnOnce(tokio::net::TcpListener, Arc<Lb>) -> JoinHandle<()>,
 {
+    start_with(loaded, Inherited::default(), serve_admin).await
+}
+
+/// As [`start`], for a process taking over: the listening sockets and the
+/// admin socket of `inherited` are used where the config has them (the
+/// rest is bound fresh), and the servers' state goes on from where the old
+/// process left it.
+pub async fn start_with<A>(loaded: Loaded, mut inherited: Inherited, serve_admin: A) -> Result<Running, StartError>
+where
+    A: FnOnce(tokio::net::TcpListener, Arc<Lb>) -> JoinHandle<()>,
+{
     log_warnings(&loaded);
     let resolved = resolve(&loaded).await?;
     let Loaded { config, token, tls, .. } = loaded;
     let listeners = Listeners::default();
     // Bind every listener before accepting on any, so a bad bind changes nothing.
-    let bound = listeners.bind_new(&config)?;
+    let bound = listeners.bind_new_from(&config, &mut inherited.listeners)?;
     let admin_listen = config.admin.listen;
-    let admin_sock = tokio::net::TcpListener::bind(admin_listen).await.map_err(|error| StartError::AdminBind {
-        file: config.source.clone(),
-        addr: admin_listen,
-        error,
-    })?;
+    let admin_sock = match inherited.admin.take().filter(|(bind, _)| *bind == admin_listen) {
+        Some((_, fd)) => crate::listener::from_fd(fd),
+        None => tokio::net::TcpListener::bind(admin_listen).await,
+    }
+    .map_err(|error| StartError::AdminBind { file: config.source.clone(), addr: admin_listen, error })?;
     let admin_addr = admin_sock.local_addr().ok();
+    let admin_fd = std::os::fd::AsFd::as_fd(&admin_sock).try_clone_to_owned().ok();
     let health = Arc::new(Health::default());
     let states = States::default();
-    let snapshot = Snapshot::build(1, Arc::new(config), Arc::new(resolved), Arc::new(tls), None, &health, &states);
+    let generation = inherited.generation + 1;
+    let snapshot =
+        Snapshot::build(generation, Arc::new(config), Arc::new(resolved), Arc::new(tls), None, &health, &states);
+    if !inherited.servers.is_empty() {
+        let found = crate::carry::import(&snapshot, &inherited.servers);
+        info!(servers = found, of = inherited.servers.len(), "state of the servers taken over");
+    }
     let shared = Arc::new(Shared::new(snapshot, health, states));
     let lb = Arc::new(Lb {
         shared: shared.clone(),
@@ -237,8 +308,14 @@ where
         shutdown: Shutdown::default(),
         token: Token::new(token),
         ready: AtomicBool::new(false),
-        reload: Mutex::new(ReloadStatus { generation: 1, ..Default::default() }),
+        reload: Mutex::new(ReloadStatus { generation, ..Default::default() }),
         admin_listen,
+        admin_fd: Mutex::new(admin_fd),
+        process: Process {
+            started_at: crate::history::now() as u64,
+            took_over_from: (inherited.from_pid != 0).then_some(inherited.from_pid),
+            ..Default::default()
+        },
     });
     let mut background = vec![serve_admin(admin_sock, lb.clone())];
     first_results(&shared.snapshot.load()).await;
@@ -284,7 +361,7 @@ impl Lb {
     /// The status view now.
     pub fn view(&self) -> View {
         let snap = self.shared.snapshot.load_full();
-        status::view(
+        let mut view = status::view(
             &snap,
             &self.shared.health.history,
             &self.shared.states,
@@ -292,7 +369,14 @@ impl Lb {
             &self.listeners.draining(),
             self.reload_status(),
             self.phase(),
-        )
+        );
+        let p = &self.process;
+        view.process.started_at = p.started_at;
+        view.process.took_over_from = p.took_over_from;
+        view.process.previous_draining = p.previous_draining.load(Relaxed);
+        view.process.previous_holds = p.previous_holds.load(Relaxed);
+        view.process.moved_in = p.moved_in.load(Relaxed);
+        view
     }
 
     /// Overrides the state of a server until the process restarts; see
@@ -376,7 +460,7 @@ impl Lb {
         log_warnings(&loaded);
         let resolved = resolve(&loaded).await?;
         let Loaded { config, token, tls, .. } = loaded;
-        let bound = self.listeners.bind_new(&config)?;
+        let bound = self.listeners.bind_new_from(&config, &mut Vec::new())?;
         let cur = self.shared.snapshot.load_full();
         if config.admin.listen != self.admin_listen {
             warn!(
@@ -486,11 +570,21 @@ impl Running {
         }
     }
 
+    /// Stops the background tasks (probes' followers, re-resolution, the
+    /// admin server) of a process that has handed over.
+    pub fn stop_background(&self) {
+        for task in &self.background {
+            task.abort();
+        }
+    }
+
     /// Stops accepting and lets connections finish up to `shutdown_timeout`.
     /// Connections still open then are closed when the runtime is dropped
     /// (the binary returns from it right after).
     pub async fn shutdown(&self) {
         let grace = self.lb.shared.snapshot.load().config.defaults.shutdown_timeout;
+        self.lb.listeners.stop_all();
+        self.lb.admin_fd.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.lb.shutdown.run(grace).await;
         for task in &self.background {
             task.abort();

@@ -48,6 +48,36 @@ pub struct ListenerState {
     pub rejected_no_pool: AtomicU64,
 }
 
+/// A listening socket taken over from another process, as a tokio
+/// listener (it is non-blocking already: the flag belongs to the socket
+/// both processes share).
+pub fn from_fd(fd: std::os::fd::OwnedFd) -> io::Result<TcpListener> {
+    let std = std::net::TcpListener::from(fd);
+    std.set_nonblocking(true)?;
+    TcpListener::from_std(std)
+}
+
+/// What identifies a listener and its counters, as they move to the
+/// process that takes over.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Carried {
+    pub bind: SocketAddr,
+    pub nth: usize,
+    pub local: SocketAddr,
+    pub accepted: u64,
+    pub rejected_max_connections: u64,
+    pub rejected_fd_limit: u64,
+    pub rejected_no_pool: u64,
+}
+
+/// A listening socket taken over, with what identifies it in a config and
+/// its counters.
+#[derive(Debug)]
+pub struct Inherited {
+    pub carried: Carried,
+    pub fd: std::os::fd::OwnedFd,
+}
+
 /// Binds `addr` with the options every accepted socket inherits on Linux
 /// (TCP_NODELAY, keepalive), so they cost no syscalls per connection.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -206,6 +236,8 @@ pub struct BindError {
 struct Open {
     state: Arc<ListenerState>,
     stop: CancellationToken,
+    /// The listening socket, kept to hand over to a successor.
+    fd: Option<std::os::fd::OwnedFd>,
 }
 
 /// The open listeners, kept across reloads by (bind, nth), and those a
@@ -224,6 +256,18 @@ impl Listeners {
     /// accepts until [`Listeners::launch`]; on error the sockets bound so far
     /// are dropped and nothing has changed.
     pub fn bind_new(&self, config: &Config) -> Result<Vec<Bound>, BindError> {
+        self.bind_new_from(config, &mut Vec::new())
+    }
+
+    /// As [`Listeners::bind_new`], taking the sockets of `inherited` (from
+    /// the process this one takes over from) where they match a listener
+    /// of `config` by bind address and repeat; what is taken is removed
+    /// from it.
+    pub fn bind_new_from(
+        &self,
+        config: &Config,
+        inherited: &mut Vec<Inherited>,
+    ) -> Result<Vec<Bound>, BindError> {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for (index, l) in config.listeners.iter().enumerate() {
@@ -231,22 +275,106 @@ impl Listeners {
             if open.iter().any(|o| o.state.bind == l.bind && o.state.nth == nth) {
                 continue;
             }
-            let sock =
-                bind(l.bind).map_err(|error| BindError { file: config.source.clone(), index, bind: l.bind, error })?;
+            let err = |error| BindError { file: config.source.clone(), index, bind: l.bind, error };
+            let taken = inherited.iter().position(|i| i.carried.bind == l.bind && i.carried.nth == nth);
+            let (sock, c) = match taken.map(|i| inherited.swap_remove(i)) {
+                Some(i) => (from_fd(i.fd).map_err(err)?, Some(i.carried)),
+                None => (bind(l.bind).map_err(err)?, None),
+            };
             let local = sock.local_addr().unwrap_or(l.bind);
+            let c = c.unwrap_or(Carried {
+                bind: l.bind,
+                nth,
+                local,
+                accepted: 0,
+                rejected_max_connections: 0,
+                rejected_fd_limit: 0,
+                rejected_no_pool: 0,
+            });
             let state = Arc::new(ListenerState {
                 bind: l.bind,
                 nth,
                 local,
                 active: Default::default(),
-                accepted: Default::default(),
-                rejected_max_connections: Default::default(),
-                rejected_fd_limit: Default::default(),
-                rejected_no_pool: Default::default(),
+                accepted: c.accepted.into(),
+                rejected_max_connections: c.rejected_max_connections.into(),
+                rejected_fd_limit: c.rejected_fd_limit.into(),
+                rejected_no_pool: c.rejected_no_pool.into(),
             });
             out.push(Bound(sock, state));
         }
         Ok(out)
+    }
+
+    /// Stops accepting everywhere and closes the sockets kept for a
+    /// successor: from here new clients are refused (or, after a hand-over,
+    /// only the successor accepts them).
+    pub fn stop_all(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        for o in open.iter_mut() {
+            o.stop.cancel();
+            o.fd = None;
+        }
+    }
+
+    /// Every open listener's socket and what identifies it, for the
+    /// process taking over.
+    pub fn handover(&self) -> Vec<(Carried, std::os::fd::OwnedFd)> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.iter()
+            .filter_map(|o| {
+                let fd = o.fd.as_ref()?.try_clone().ok()?;
+                let st = &o.state;
+                Some((
+                    Carried {
+                        bind: st.bind,
+                        nth: st.nth,
+                        local: st.local,
+                        accepted: st.accepted.load(Relaxed),
+                        rejected_max_connections: st.rejected_max_connections.load(Relaxed),
+                        rejected_fd_limit: st.rejected_fd_limit.load(Relaxed),
+                        rejected_no_pool: st.rejected_no_pool.load(Relaxed),
+                    },
+                    fd,
+                ))
+            })
+            .collect()
+    }
+
+    /// Serves a connection moved here from the process this one took over
+    /// from, counted in the listener it came in on (when this config still
+    /// has it) and in its server (when still listed).
+    pub fn adopt(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
+        moved: crate::handover::Moved,
+        shared: &Arc<Shared>,
+        shutdown: &Shutdown,
+    ) {
+        let snap = shared.snapshot.load_full();
+        let state = self.states().into_iter().find(|l| l.local == moved.listener);
+        let guard = state.map(|st| {
+            st.active.fetch_add(1, Relaxed);
+            ListenerConn(st)
+        });
+        let cfg = guard.as_ref().and_then(|g| snap.listener(g.0.bind, g.0.nth));
+        let at = snap.pool_index(&moved.pool).and_then(|p| {
+            let i = snap.pools[p].servers.iter().position(|s| s.addr == moved.server)?;
+            Some((p, i))
+        });
+        let entry = match (cfg.and_then(|c| c.access_log.as_ref()), moved.logged) {
+            (Some(log), true) => Some(Box::new(
+                access_log::Entry::new(log.clone(), moved.peer, moved.listener, Arc::from(moved.pool.as_str()))
+                    .resumed(
+                        moved.server,
+                        moved.connect_us.map(Duration::from_micros),
+                        Duration::from_millis(moved.age_ms),
+                    ),
+            )),
+            _ => None,
+        };
+        shutdown.tracker.spawn(proxy::resume(client, upstream, moved, snap, at, guard, entry));
     }
 
     /// Starts accepting on freshly bound listeners.
@@ -256,8 +384,9 @@ impl Listeners {
             let pool = shared.snapshot.load().listener(state.bind, state.nth).map(|l| l.pool.clone());
             info!(bind = %state.bind, local = %state.local, pool = pool.as_deref().unwrap_or(""), "listening");
             let stop = shutdown.stop_accepting.child_token();
+            let fd = std::os::fd::AsFd::as_fd(&sock).try_clone_to_owned().ok();
             tokio::spawn(accept_loop(sock, state.clone(), shared.clone(), shutdown.clone(), stop.clone()));
-            open.push(Open { state, stop });
+            open.push(Open { state, stop, fd });
         }
     }
 

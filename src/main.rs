@@ -22,6 +22,12 @@ struct Cli {
     /// The lb.toml to run (or, with -t, to test); default: UCP_LB_CONFIG.
     #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Take over from the ucp-lb running on the control socket
+    /// (`[admin] control_socket`): its listening sockets, its state and
+    /// then its open connections; it exits 0 once they have moved. An
+    /// upgrade that fails leaves it untouched.
+    #[arg(long)]
+    upgrade: bool,
     /// Test the config and exit, as `ucp-lb check` (nginx's and HAProxy's -t).
     #[arg(short = 't')]
     test: bool,
@@ -61,14 +67,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (None, true) => Command::check(),
         (None, false) => {
             let path = cli::config_path(cli.config.as_deref())?;
-            return serve(path);
+            return serve(path, cli.upgrade);
         }
     };
     cli::run(command, cli.config.as_deref(), cli.log_format)
 }
 
 /// Runs the load balancer on the config at `path`.
-fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
+fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<ExitCode> {
     // The same preparation `check` runs: every error of the file, the files
     // it names and the environment, at once.
     let loaded = ucp_lb::lifecycle::load(&path)?;
@@ -77,7 +83,8 @@ fn serve(path: PathBuf) -> anyhow::Result<ExitCode> {
         rt.worker_threads(n);
     }
     let rt = rt.enable_all().build()?;
-    let result = rt.block_on(ucp_lb::run(loaded, ucp_lb::shutdown::on_signals));
+    let begin = if upgrade { ucp_lb::Begin::Upgrade } else { ucp_lb::Begin::Start };
+    let result = rt.block_on(ucp_lb::run(loaded, ucp_lb::shutdown::on_signals, begin));
     // Drops every task, which closes the connections still open after the
     // grace period; a DNS lookup stuck in the blocking pool does not hold
     // the exit up.

@@ -34,6 +34,27 @@ impl Passive {
         self.fails
     }
 
+    /// The state as another process can take it: the count, and how long
+    /// ago the last failure and the last check were.
+    pub fn carried(&self, now: Instant) -> (u32, Option<std::time::Duration>, Option<std::time::Duration>) {
+        let ago = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
+        (self.fails, ago(self.accessed), ago(self.checked))
+    }
+
+    /// The state another process carried: an ejection goes on for what was
+    /// left of it.
+    pub fn restored(
+        now: Instant,
+        fails: u32,
+        accessed_ago: Option<std::time::Duration>,
+        checked_ago: Option<std::time::Duration>,
+    ) -> Passive {
+        // (Both processes count from the same boot: a time the old one
+        // saw is always representable here.)
+        let at = |ago: Option<std::time::Duration>| ago.map(|a| now.checked_sub(a).unwrap_or(now));
+        Passive { fails, accessed: at(accessed_ago), checked: at(checked_ago) }
+    }
+
     /// Whether the server is skipped now.
     pub fn ejected(&self, now: Instant, max_fails: u32, fail_timeout: std::time::Duration) -> bool {
         max_fails > 0

@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::access_log;
 use crate::config::Retries;
 use crate::copy;
+use crate::handover;
 use crate::net::{FailReason, connect};
 use crate::passive::Transition;
 use crate::pool::Pool;
@@ -80,44 +81,175 @@ pub fn serve<G: Send + 'static>(
             return;
         };
         drop(tried);
-        // Only indexes live across the await below: every reference kept
-        // there would be a field of every connection's future.
-        let out = {
-            let (p, s) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
-            let totals = (&s.state.bytes_sent, &s.state.bytes_received);
-            copy::bidirectional(&client, &upstream, p.settings.idle_timeout, totals, active)
+        let out = relay(&client, &upstream, &snap, pool, idx, active, copy::Resume::default()).await;
+        conclude(client, upstream, peer, &snap, pool, idx, &out, entry);
+    }
+}
+
+/// Serves a connection moved here from the process this one took over
+/// from: `moved` says where it goes and where it is. `server` is `None`
+/// when the config running here no longer lists that server: its bytes
+/// still flow, counted nowhere.
+#[allow(clippy::manual_async_fn)] // as `serve`
+pub fn resume<G: Send + 'static>(
+    client: TcpStream,
+    upstream: TcpStream,
+    moved: handover::Moved,
+    snap: Arc<Snapshot>,
+    at: Option<(usize, usize)>,
+    guard: G,
+    entry: Option<Box<access_log::Entry>>,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = &guard;
+        let resume = copy::Resume {
+            to_server: moved.to_server,
+            to_client: moved.to_client,
+            client_done: moved.client_done,
+            server_done: moved.server_done,
+            first_closed: match (moved.client_done || moved.server_done, moved.server_first) {
+                (false, _) => None,
+                (true, true) => Some(copy::Side::Server),
+                (true, false) => Some(copy::Side::Client),
+            },
+        };
+        match at {
+            Some((pool, idx)) => {
+                let active = (!moved.server_done).then(|| ActiveConn::new(&snap.pools[pool].servers[idx].state));
+                let out = relay(&client, &upstream, &snap, pool, idx, active, resume).await;
+                conclude(client, upstream, moved.peer, &snap, pool, idx, &out, entry);
+            }
+            None => {
+                let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+                let out = copy::bidirectional(&client, &upstream, None, (&a, &b), (), resume).await;
+                if out.end == copy::End::Moving {
+                    park(client, upstream, moved.peer, &moved.pool, moved.server, &out, entry);
+                } else {
+                    finish(&client, &upstream, &out, entry, moved.peer);
+                }
+            }
         }
-        .await;
-        // A connection broken on one side (a reset, a peer gone) is broken
-        // for the other too: it gets an abortive close (RST), not a FIN
-        // that would make a truncated transfer look complete. What was read
-        // before has been written to it; bytes the kernel still queues
-        // toward it are dropped with the RST, which is what a reset means.
-        if let copy::End::Error { side, .. } = out.end {
-            let other = if side == copy::Side::Server { &client } else { &upstream };
-            let _ = socket2::SockRef::from(other).set_linger(Some(std::time::Duration::ZERO));
+    }
+}
+
+/// Copies both ways until the end (or until asked to move).
+#[allow(clippy::manual_async_fn)] // on purpose: see `serve`
+fn relay<'a, L: Send + 'a>(
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    snap: &'a Snapshot,
+    pool: usize,
+    idx: usize,
+    active: L,
+    resume: copy::Resume,
+) -> impl Future<Output = copy::Outcome> + Send + 'a {
+    let (p, s) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
+    let totals = (&s.state.bytes_sent, &s.state.bytes_received);
+    copy::bidirectional(client, upstream, p.settings.idle_timeout, totals, active, resume)
+}
+
+/// After the copy: a connection asked to move is parked for the process
+/// that took over; any other is closed as its end calls for, with its
+/// access log line.
+#[allow(clippy::too_many_arguments)]
+fn conclude(
+    client: TcpStream,
+    upstream: TcpStream,
+    peer: SocketAddr,
+    snap: &Snapshot,
+    pool: usize,
+    idx: usize,
+    out: &copy::Outcome,
+    entry: Option<Box<access_log::Entry>>,
+) {
+    let (pool, server) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
+    if out.end == copy::End::Moving {
+        park(client, upstream, peer, &pool.name, server.addr, out, entry);
+        return;
+    }
+    finish(&client, &upstream, out, entry, peer);
+    debug!(
+        pool = %pool.name,
+        client = %peer,
+        server = %server.addr,
+        bytes_to_server = out.to_server,
+        bytes_to_client = out.to_client,
+        duration_ms = out.duration.as_millis() as u64,
+        end = out.end.as_str(),
+        "connection closed"
+    );
+}
+
+/// The end of a connection: an abortive close where it broke, and its
+/// access log line.
+fn finish(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    out: &copy::Outcome,
+    entry: Option<Box<access_log::Entry>>,
+    peer: SocketAddr,
+) {
+    // A connection broken on one side (a reset, a peer gone) is broken
+    // for the other too: it gets an abortive close (RST), not a FIN
+    // that would make a truncated transfer look complete. What was read
+    // before has been written to it; bytes the kernel still queues
+    // toward it are dropped with the RST, which is what a reset means.
+    if let copy::End::Error { side, .. } = out.end {
+        let other = if side == copy::Side::Server { client } else { upstream };
+        let _ = socket2::SockRef::from(other).set_linger(Some(std::time::Duration::ZERO));
+    }
+    if let Some(e) = entry {
+        let end = match out.end {
+            copy::End::Closed if out.first_closed == Some(copy::Side::Server) => access_log::End::ServerClosed,
+            copy::End::Closed => access_log::End::ClientClosed,
+            copy::End::IdleTimeout => access_log::End::IdleTimeout,
+            copy::End::Error { side: copy::Side::Client, .. } => access_log::End::ClientReset,
+            copy::End::Error { side: copy::Side::Server, .. } => access_log::End::ServerReset,
+            copy::End::Moving => {
+                debug!(client = %peer, "moved connection could not be handed on: closed");
+                access_log::End::Shutdown
+            }
+        };
+        e.finish(end, out.to_client, out.to_server);
+    }
+}
+
+/// Puts a stopped connection where the control socket sends it on; if
+/// nothing takes it, it is closed (counted as cut by the drain).
+fn park(
+    client: TcpStream,
+    server: TcpStream,
+    peer: SocketAddr,
+    pool: &str,
+    server_addr: SocketAddr,
+    out: &copy::Outcome,
+    entry: Option<Box<access_log::Entry>>,
+) {
+    let listener = client.local_addr().unwrap_or(peer);
+    let moved = handover::Moved {
+        peer,
+        listener,
+        pool: pool.to_owned(),
+        server: server_addr,
+        to_server: out.to_server,
+        to_client: out.to_client,
+        client_done: out.client_done,
+        server_done: out.server_done,
+        server_first: out.first_closed == Some(copy::Side::Server),
+        age_ms: entry.as_ref().map_or(out.duration, |e| e.age()).as_millis() as u64,
+        logged: entry.is_some(),
+        connect_us: entry.as_ref().and_then(|e| e.connect_time()).map(|d| d.as_micros() as u64),
+    };
+    match handover::park(handover::Parked { client, server, moved }) {
+        Ok(()) => {
+            if let Some(e) = entry {
+                e.moved();
+            }
         }
-        if let Some(e) = entry {
-            let end = match out.end {
-                copy::End::Closed if out.first_closed == Some(copy::Side::Server) => access_log::End::ServerClosed,
-                copy::End::Closed => access_log::End::ClientClosed,
-                copy::End::IdleTimeout => access_log::End::IdleTimeout,
-                copy::End::Error { side: copy::Side::Client, .. } => access_log::End::ClientReset,
-                copy::End::Error { side: copy::Side::Server, .. } => access_log::End::ServerReset,
-            };
-            e.finish(end, out.to_client, out.to_server);
+        Err(back) => {
+            let back = *back;
+            finish(&back.client, &back.server, out, entry, peer);
         }
-        let (pool, server) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
-        debug!(
-            pool = %pool.name,
-            client = %peer,
-            server = %server.addr,
-            bytes_to_server = out.to_server,
-            bytes_to_client = out.to_client,
-            duration_ms = out.duration.as_millis() as u64,
-            end = out.end.as_str(),
-            "connection closed"
-        );
     }
 }
 

@@ -18,6 +18,9 @@ pub struct Shutdown {
     /// stop grace runs (listeners still accept).
     pub stopping: CancellationToken,
     pub stop_accepting: CancellationToken,
+    /// Cancelled when a successor (`ucp-lb --upgrade`) has taken the
+    /// listeners over: the admin server stops accepting too.
+    pub handed_over: CancellationToken,
     /// Every connection task.
     pub tracker: TaskTracker,
 }

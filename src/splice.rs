@@ -123,6 +123,10 @@ pub async fn burst(src: &TcpStream, dst: &TcpStream, mut moved: impl FnMut(usize
     BURSTS.fetch_add(1, Relaxed);
     let mut total = 0;
     loop {
+        // The pipe is empty here: a connection asked to move stops now.
+        if crate::handover::requested() {
+            return Ok(Burst::Drained(total));
+        }
         let Some((r, w)) = pipe.fds.as_ref() else { return Ok(Burst::NoPipe) };
         // The pipe is empty here, so WouldBlock can only mean `src` has
         // nothing: try_io then clears `src`'s read readiness, rightly.

@@ -70,6 +70,25 @@ pub struct View {
     /// Access log lines written and dropped (the writer could not keep
     /// up), in this process.
     pub access_log: AccessLogStatus,
+    /// This process: its start, whom it took over from, the upgrade's
+    /// connection moves.
+    pub process: ProcessStatus,
+}
+
+/// This process and its upgrades (`ucp-lb --upgrade`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ProcessStatus {
+    pub pid: u32,
+    /// Unix seconds.
+    pub started_at: u64,
+    /// The process it took over from, if it did.
+    pub took_over_from: Option<u32>,
+    /// That process is still moving its connections here.
+    pub previous_draining: bool,
+    /// Connections it still holds, as it last said.
+    pub previous_holds: u64,
+    /// Connections moved here from it.
+    pub moved_in: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -221,6 +240,7 @@ pub fn view(
         pools,
         events: named(history.events(), snap),
         access_log: AccessLogStatus { written: crate::access_log::written(), dropped: crate::access_log::dropped() },
+        process: ProcessStatus { pid: std::process::id(), ..Default::default() },
     }
 }
 

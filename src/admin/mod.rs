@@ -51,8 +51,14 @@ pub async fn serve(listener: TcpListener, lb: Arc<Lb>) {
     let local = listener.local_addr().ok();
     let admin = Arc::new(Admin { lb, local });
     let open = Arc::new(Open::default());
+    let handed_over = admin.lb.shutdown.handed_over.clone();
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            // The successor accepts on this socket now.
+            _ = handed_over.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let Ok((tcp, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };

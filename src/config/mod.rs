@@ -379,6 +379,56 @@ pub struct AdminConfig {
     pub token_file_pos: Pos,
     /// GET /status, / and /metrics need the token too (/healthz never).
     pub status_needs_token: bool,
+    /// The Unix socket a new process takes the listeners and connections
+    /// over from (`ucp-lb --upgrade`).
+    pub control_socket: ControlSocket,
+}
+
+/// Where the control socket is, and how firmly it was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlSocket {
+    /// Not set: [`DEFAULT_CONTROL_SOCKET`]. A start that cannot make it (no
+    /// right to create its directory, another instance holding it) logs a
+    /// warning and runs without one: it cannot be upgraded in place.
+    Default(PathBuf),
+    /// Set in the file or by `UCP_LB_CONTROL_SOCKET`: a start that cannot
+    /// make it fails.
+    Path(PathBuf),
+    /// `control_socket = ""`: none.
+    Off,
+}
+
+/// Where the control socket is when nothing says otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/ucp-lb/control.sock";
+
+impl ControlSocket {
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            ControlSocket::Default(p) | ControlSocket::Path(p) => Some(p),
+            ControlSocket::Off => None,
+        }
+    }
+
+    /// What the text of the key (or of the environment variable) means:
+    /// an absolute path that fits a Unix socket address, or "" for none.
+    pub fn parse(text: &str) -> Result<ControlSocket, String> {
+        if text.is_empty() {
+            return Ok(ControlSocket::Off);
+        }
+        let p = PathBuf::from(text);
+        if !p.is_absolute() {
+            return Err(format!("expected an absolute path (or \"\" for none), found \"{text}\""));
+        }
+        // sun_path holds 108 bytes with the terminating NUL; the socket is
+        // made beside it under a name 16 bytes longer, then renamed.
+        if text.len() > 90 {
+            return Err(format!("a Unix socket path must be at most 90 bytes here, found {}", text.len()));
+        }
+        if text.ends_with('/') {
+            return Err(format!("expected the socket's file name, found the directory \"{text}\""));
+        }
+        Ok(ControlSocket::Path(p))
+    }
 }
 
 impl Default for AdminConfig {
@@ -388,6 +438,7 @@ impl Default for AdminConfig {
             token_file: None,
             token_file_pos: Pos::default(),
             status_needs_token: false,
+            control_socket: ControlSocket::Default(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
         }
     }
 }

@@ -38,6 +38,7 @@ pub struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token_file: Option<S<String>>,
     pub status_needs_token: Option<S<bool>>,
+    pub control_socket: Option<S<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -130,11 +131,12 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
     r.known_keys(t, "", &["workers", "admin", "defaults", "listener", "pool"]);
     let mut raw = RawConfig { workers: r.int(t, "", "workers"), ..RawConfig::default() };
     if let Some((span, a)) = r.table(t, "", "admin") {
-        r.known_keys(a, "admin", &["listen", "token_file", "status_needs_token"]);
+        r.known_keys(a, "admin", &["listen", "token_file", "status_needs_token", "control_socket"]);
         let admin = RawAdmin {
             listen: r.string(a, "admin", "listen"),
             token_file: r.string(a, "admin", "token_file"),
             status_needs_token: r.bool(a, "admin", "status_needs_token"),
+            control_socket: r.string(a, "admin", "control_socket"),
         };
         raw.admin = Some(Spanned::new(span, admin));
     }

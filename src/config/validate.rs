@@ -192,6 +192,12 @@ impl Validator<'_> {
                 }
             }
         }
+        if let Some(c) = raw.admin.as_ref().and_then(|a| a.get_ref().control_socket.as_ref()) {
+            match ControlSocket::parse(c.get_ref()) {
+                Ok(v) => admin.control_socket = v,
+                Err(m) => self.err(Some(c.span()), "admin.control_socket", m),
+            }
+        }
         if listeners.iter().any(|l| l.bind == admin.listen && admin.listen.port() != 0) {
             self.err(
                 None,

@@ -1,0 +1,141 @@
+//! Moving open connections to the process that took over (`ucp-lb
+//! --upgrade`): the request every connection watches, the wakers that
+//! bring idle ones to see it, and where a connection puts its two sockets
+//! once it has stopped.
+//!
+//! A pass-through connection holds no protocol state, only its two sockets
+//! and the bytes in flight in its own buffer or pipe. `copy.rs` stops a
+//! direction only where it holds none (everything it read was written,
+//! nothing read since: the next bytes wait in the kernel), so once both
+//! directions have stopped, the two descriptors and the counters are the
+//! whole connection, and the new process carries on from there.
+//!
+//! Cost to a connection that never moves: one registration (a lock on one
+//! of 16 shards, at its first poll and at its end) and, per read, a load of
+//! one flag that nothing writes until an upgrade.
+//!
+//! A leaf: no I/O here beyond waking tasks.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::task::Waker;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Set once, when this process has handed its listeners over: every
+/// connection stops at its next point without bytes in hand.
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether connections are to stop and move.
+#[inline]
+pub fn requested() -> bool {
+    REQUESTED.load(Relaxed)
+}
+
+const SHARDS: usize = 16;
+
+/// The wakers of every connection in its copy phase, so an idle one (which
+/// nothing else wakes) sees the request at once.
+static WAKERS: [Mutex<Slab>; SHARDS] = [const { Mutex::new(Slab { slots: Vec::new(), free: Vec::new() }) }; SHARDS];
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+struct Slab {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+/// A connection's place in the registry; leaves it when dropped.
+pub struct Registration {
+    shard: u16,
+    slot: u32,
+}
+
+/// Registers the waker of a connection's task.
+pub fn register(waker: &Waker) -> Registration {
+    let shard = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    let mut s = WAKERS[shard].lock().unwrap_or_else(|p| p.into_inner());
+    let slot = match s.free.pop() {
+        Some(i) => {
+            s.slots[i] = Some(waker.clone());
+            i
+        }
+        None => {
+            s.slots.push(Some(waker.clone()));
+            s.slots.len() - 1
+        }
+    };
+    Registration { shard: shard as u16, slot: slot as u32 }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut s = WAKERS[self.shard as usize].lock().unwrap_or_else(|p| p.into_inner());
+        let i = self.slot as usize;
+        if let Some(w) = s.slots.get_mut(i) {
+            *w = None;
+            s.free.push(i);
+        }
+    }
+}
+
+/// Asks every connection to stop where it holds no bytes and to move to
+/// `sink`. Irreversible: this process is done.
+pub fn request(sink: mpsc::UnboundedSender<Parked>) {
+    *SINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    REQUESTED.store(true, Relaxed);
+    for shard in &WAKERS {
+        let s = shard.lock().unwrap_or_else(|p| p.into_inner());
+        for w in s.slots.iter().flatten() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+static SINK: Mutex<Option<mpsc::UnboundedSender<Parked>>> = Mutex::new(None);
+
+/// Hands a stopped connection over; gives it back when nothing takes
+/// connections (the caller then closes it).
+pub fn park(p: Parked) -> Result<(), Box<Parked>> {
+    let sink = SINK.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match sink {
+        Some(tx) => tx.send(p).map_err(|e| Box::new(e.0)),
+        None => Err(Box::new(p)),
+    }
+}
+
+/// A connection stopped with no bytes in hand: its sockets and what it is.
+pub struct Parked {
+    pub client: TcpStream,
+    pub server: TcpStream,
+    pub moved: Moved,
+}
+
+/// What goes with a moved connection's descriptors, over the control
+/// socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Moved {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address the client connected to (the listener's).
+    pub listener: SocketAddr,
+    pub pool: String,
+    pub server: SocketAddr,
+    /// Bytes so far, client to server and server to client.
+    pub to_server: u64,
+    pub to_client: u64,
+    /// The client has sent its FIN, passed on to the server (half-closed).
+    pub client_done: bool,
+    /// The server has sent its FIN, passed on to the client.
+    pub server_done: bool,
+    /// The server closed first (for the access log's end).
+    pub server_first: bool,
+    /// How long the connection has been open, milliseconds.
+    pub age_ms: u64,
+    /// The connection writes an access log line at its end.
+    pub logged: bool,
+    /// How long its upstream connect took, microseconds, when logged.
+    pub connect_us: Option<u64>,
+}

@@ -1,0 +1,331 @@
+//! Upgrading the binary without losing a client: the running process hands
+//! its listening sockets, its state and then its open connections to a new
+//! one over the control socket (`control.rs`).
+//!
+//! The conversation, new process (N) and old one (O):
+//!
+//! 1. N checks the socket file (owner, mode) and connects; says `hello`.
+//! 2. O answers with `welcome` (its pid, its config generation), each
+//!    listening socket (`listener`, the descriptor attached), the admin
+//!    socket (`admin`), every server's state (`server`), then `state_end`.
+//! 3. N prepares its own config exactly as a start does (load was done
+//!    before; resolve, bind what is new, build, restore the state), starts
+//!    accepting on every socket, and only then says `go`. Anything wrong
+//!    before that: N exits 1 and closes the connection; O, seeing it close
+//!    without `go`, goes on untouched.
+//! 4. O stops accepting (the sockets stay open in N, so a client in the
+//!    backlog is accepted by N), says `going`, and asks every connection
+//!    to stop where it holds no bytes (`handover.rs`). Each one that does
+//!    goes to N as `conn` with its two sockets; N carries on copying it.
+//!    O reports what it still holds (`draining`) every quarter second.
+//! 5. When O holds nothing, or its `shutdown_timeout` is over (what is
+//!    left is cut and counted), it says `done` and exits 0.
+//!
+//! Only one old process drains at a time: when N is itself upgraded while
+//! O still drains into it, N closes its link to O, and O ends at once.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::carry;
+use crate::config::ControlSocket;
+use crate::control::{Conn, ConnectError, ControlListener};
+use crate::handover::{self, Moved};
+use crate::lifecycle::{self, Inherited, Lb, Loaded, Running, StartError};
+use crate::listener;
+
+/// How long each side waits for the other's next message while the state
+/// is handed over (the new process's own preparation is not bounded by
+/// this: O waits [`PREPARE_MAX`] for its `go`).
+const STEP: Duration = Duration::from_secs(10);
+/// How long O waits for N to prepare (resolve, bind, first probes).
+const PREPARE_MAX: Duration = Duration::from_secs(120);
+/// How often a draining process says what it still holds.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+enum Msg {
+    Hello { pid: u32, version: String },
+    Welcome { pid: u32, generation: u64 },
+    Listener(listener::Carried),
+    Admin { listen: SocketAddr },
+    Server(carry::Server),
+    StateEnd,
+    Go,
+    Going,
+    Conn(Moved),
+    Draining { open: u64 },
+    Done { moved: u64, cut: u64 },
+}
+
+/// Why an upgrade did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("control socket: {0}")]
+    Connect(#[from] ConnectError),
+    #[error("the running process: {0}")]
+    Talk(String),
+    #[error("{0}")]
+    Start(#[from] StartError),
+}
+
+fn talk(e: impl std::fmt::Display) -> UpgradeError {
+    UpgradeError::Talk(e.to_string())
+}
+
+async fn recv(conn: &Conn, wait: Duration) -> Result<(Msg, Vec<OwnedFd>), UpgradeError> {
+    match tokio::time::timeout(wait, conn.recv::<Msg>()).await {
+        Ok(Ok(Some(m))) => Ok(m),
+        Ok(Ok(None)) => Err(talk("closed the control connection")),
+        Ok(Err(e)) => Err(talk(e)),
+        Err(_) => Err(talk(format!("no answer within {}s", wait.as_secs()))),
+    }
+}
+
+/// Makes this process's control socket as `[admin] control_socket` says.
+/// `replace`: a process taking over puts its own in place of the old one's.
+/// A default path that cannot be made is a warning (the process runs, but
+/// cannot be upgraded in place); a configured one is an error.
+pub fn control_socket(cfg: &ControlSocket, replace: bool) -> Result<Option<ControlListener>, StartError> {
+    let Some(path) = cfg.path() else { return Ok(None) };
+    match ControlListener::bind(path, replace) {
+        Ok(l) => {
+            info!(path = %path.display(), "control socket up (ucp-lb --upgrade takes over through it)");
+            Ok(Some(l))
+        }
+        Err(e) if matches!(cfg, ControlSocket::Default(_)) => {
+            warn!(
+                path = %path.display(),
+                error = %e,
+                "no control socket: this process cannot be upgraded in place (set [admin] control_socket or UCP_LB_CONTROL_SOCKET)"
+            );
+            Ok(None)
+        }
+        Err(error) => Err(StartError::Control { path: path.display().to_string(), error }),
+    }
+}
+
+/// The old side: answers upgrades on `control` until one takes over, then
+/// moves the open connections to it and returns once none is left (or its
+/// `shutdown_timeout` is over). An upgrade that fails leaves this process
+/// as it was.
+pub async fn serve(control: &ControlListener, lb: Arc<Lb>) {
+    loop {
+        let conn = match control.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "control socket: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match offer(&conn, &lb).await {
+            Ok(successor) => {
+                drain(conn, &lb, successor).await;
+                return;
+            }
+            Err(e) => warn!(error = %e, "upgrade abandoned: this process goes on as it was"),
+        }
+    }
+}
+
+/// Steps 2 to 4 on the old side: returns the successor's pid once it has
+/// said `go` and this process has stopped accepting.
+async fn offer(conn: &Conn, lb: &Lb) -> Result<u32, UpgradeError> {
+    let (Msg::Hello { pid, version }, _) = recv(conn, STEP).await? else {
+        return Err(talk("expected hello"));
+    };
+    info!(successor = pid, %version, "upgrade: a new process asks to take over");
+    let generation = lb.shared.snapshot.load().generation;
+    conn.send(&Msg::Welcome { pid: std::process::id(), generation }, &[]).await.map_err(talk)?;
+    for (carried, fd) in lb.listeners.handover() {
+        conn.send(&Msg::Listener(carried), &[fd.as_fd()]).await.map_err(talk)?;
+    }
+    let admin = lb.admin_fd.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|f| f.try_clone().ok());
+    if let Some(fd) = admin {
+        conn.send(&Msg::Admin { listen: lb.admin_listen }, &[fd.as_fd()]).await.map_err(talk)?;
+    }
+    for s in carry::export(&lb.shared.snapshot.load()) {
+        conn.send(&Msg::Server(s), &[]).await.map_err(talk)?;
+    }
+    conn.send(&Msg::StateEnd, &[]).await.map_err(talk)?;
+    match recv(conn, PREPARE_MAX).await? {
+        (Msg::Go, _) => {}
+        (other, _) => return Err(talk(format!("expected go, got {other:?}"))),
+    }
+    // The successor accepts on every socket now: stop here.
+    lb.listeners.stop_all();
+    lb.shutdown.handed_over.cancel();
+    lb.admin_fd.lock().unwrap_or_else(|p| p.into_inner()).take();
+    conn.send(&Msg::Going, &[]).await.map_err(talk)?;
+    lb.shared.health.history.record("handed over", None, None, format!("to pid {pid}"));
+    info!(successor = pid, "upgrade: the new process accepts; moving the open connections to it");
+    Ok(pid)
+}
+
+/// Step 4 and 5 on the old side.
+async fn drain(conn: Conn, lb: &Lb, successor: u32) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    handover::request(tx);
+    let tracker = &lb.shutdown.tracker;
+    tracker.close();
+    let grace = lb.shared.snapshot.load().config.defaults.shutdown_timeout;
+    let deadline = tokio::time::sleep(grace);
+    let mut deadline = std::pin::pin!(deadline);
+    let mut report = tokio::time::interval(REPORT_EVERY);
+    // The successor says nothing more after `go`: its end closing means it
+    // was itself upgraded (or died), and this drain ends at once.
+    let mut gone = std::pin::pin!(conn.recv::<Msg>());
+    let mut all_ended = std::pin::pin!(tracker.wait());
+    let (mut moved, mut lost) = (0u64, 0u64);
+    let mut ended = false;
+    loop {
+        tokio::select! {
+            biased;
+            p = rx.recv() => {
+                let Some(p) = p else { break };
+                match conn.send(&Msg::Conn(p.moved), &[p.client.as_fd(), p.server.as_fd()]).await {
+                    Ok(()) => moved += 1,
+                    Err(e) => {
+                        lost += 1;
+                        warn!(error = %e, "upgrade: a connection could not be handed over: closed");
+                    }
+                }
+            }
+            _ = &mut all_ended, if !ended => ended = true,
+            _ = report.tick() => {
+                let _ = conn.send(&Msg::Draining { open: tracker.len() as u64 }, &[]).await;
+            }
+            _ = &mut gone => {
+                warn!(
+                    open = tracker.len(),
+                    "upgrade: the process that took over has itself been upgraded (or has gone): ending this drain now"
+                );
+                break;
+            }
+            _ = &mut deadline => {
+                warn!(open = tracker.len(), grace_s = grace.as_secs_f64(), "upgrade: shutdown_timeout is over: cutting the connections that did not move");
+                break;
+            }
+        }
+        // Every task has ended, and what they parked has been sent.
+        if ended && rx.is_empty() {
+            break;
+        }
+    }
+    let cut = tracker.len() as u64 + lost;
+    lb.process.moved_out.store(moved, Relaxed);
+    lb.process.cut.store(cut, Relaxed);
+    let _ = conn.send(&Msg::Done { moved, cut }, &[]).await;
+    info!(successor, moved, cut, "upgrade: done here, exiting");
+}
+
+/// The new side, steps 1 to 3: takes the sockets and state over from the
+/// process at `path`, starts on `loaded` with them, and tells the old one
+/// to go. Returns the running load balancer and the link on which the
+/// old process sends its connections.
+pub async fn take_over<A>(path: &Path, loaded: Loaded, serve_admin: A) -> Result<(Running, Conn), UpgradeError>
+where
+    A: FnOnce(tokio::net::TcpListener, Arc<Lb>) -> JoinHandle<()>,
+{
+    let conn = Conn::connect(path).await?;
+    let hello = Msg::Hello { pid: std::process::id(), version: crate::build_info::BUILD.version.to_owned() };
+    conn.send(&hello, &[]).await.map_err(talk)?;
+    let mut inherited = Inherited::default();
+    loop {
+        match recv(&conn, STEP).await? {
+            (Msg::Welcome { pid, generation }, _) => {
+                inherited.from_pid = pid;
+                inherited.generation = generation;
+            }
+            (Msg::Listener(carried), mut fds) if fds.len() == 1 => {
+                inherited.listeners.push(listener::Inherited { carried, fd: fds.remove(0) })
+            }
+            (Msg::Admin { listen }, mut fds) if fds.len() == 1 => inherited.admin = Some((listen, fds.remove(0))),
+            (Msg::Server(s), _) => inherited.servers.push(s),
+            (Msg::StateEnd, _) => break,
+            (other, fds) => return Err(talk(format!("unexpected {other:?} with {} descriptors", fds.len()))),
+        }
+    }
+    let from = inherited.from_pid;
+    info!(
+        from,
+        listeners = inherited.listeners.len(),
+        servers = inherited.servers.len(),
+        "upgrade: sockets and state received; preparing the config"
+    );
+    let running = lifecycle::start_with(loaded, inherited, serve_admin).await?;
+    running.lb.process.previous_draining.store(true, Relaxed);
+    conn.send(&Msg::Go, &[]).await.map_err(talk)?;
+    match recv(&conn, STEP).await {
+        Ok((Msg::Going, _)) => info!(from, "upgrade: accepting; the old process has stopped accepting"),
+        Ok((other, _)) => warn!(from, "upgrade: expected going, got {other:?}"),
+        Err(e) => warn!(from, error = %e, "upgrade: the old process did not confirm that it stopped accepting"),
+    }
+    Ok((running, conn))
+}
+
+/// The new side, step 4 and 5: serves each connection the old process
+/// moves here, until it is done, or until this process hands over in turn
+/// (then the old one is told to end at once by the link closing).
+pub async fn receive(conn: Conn, lb: Arc<Lb>) {
+    let from = lb.process.took_over_from.unwrap_or(0);
+    let handed_over = lb.shutdown.handed_over.clone();
+    loop {
+        let next = tokio::select! {
+            _ = handed_over.cancelled() => {
+                info!(from, "this process is handing over in turn: the process before it ends its drain now");
+                break;
+            }
+            m = conn.recv::<Msg>() => m,
+        };
+        match next {
+            Ok(Some((Msg::Conn(moved), fds))) => {
+                let Ok([client, server]) = <[OwnedFd; 2]>::try_from(fds) else {
+                    warn!(from, "upgrade: a moved connection came without its two sockets");
+                    continue;
+                };
+                let streams = (stream(client), stream(server));
+                match streams {
+                    (Ok(c), Ok(s)) => {
+                        lb.process.moved_in.fetch_add(1, Relaxed);
+                        lb.listeners.adopt(c, s, moved, &lb.shared, &lb.shutdown);
+                    }
+                    _ => warn!(from, "upgrade: a moved connection's sockets could not be used: closed"),
+                }
+            }
+            Ok(Some((Msg::Draining { open }, _))) => lb.process.previous_holds.store(open, Relaxed),
+            Ok(Some((Msg::Done { moved, cut }, _))) => {
+                info!(from, moved, cut, "upgrade complete: the old process has moved its connections here and exits");
+                break;
+            }
+            Ok(Some((other, _))) => warn!(from, "upgrade: unexpected {other:?}"),
+            Ok(None) => {
+                info!(from, "upgrade: the old process has gone");
+                break;
+            }
+            Err(e) => {
+                error!(from, error = %e, "upgrade: the link to the old process failed");
+                break;
+            }
+        }
+    }
+    lb.process.previous_holds.store(0, Relaxed);
+    lb.process.previous_draining.store(false, Relaxed);
+}
+
+fn stream(fd: OwnedFd) -> std::io::Result<tokio::net::TcpStream> {
+    let s = std::net::TcpStream::from(fd);
+    s.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(s)
+}
