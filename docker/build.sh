@@ -21,7 +21,7 @@ bin=target/$target/dist/ucp-lb
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 root=$ctx/rootfs
-mkdir -p "$root/usr/local/bin" "$root/etc/ucp-lb" "$root/tmp"
+mkdir -p "$root/usr/local/bin" "$root/etc/ucp-lb" "$root/tmp" "$root/run"
 chmod 1777 "$root/tmp"
 cp "$bin" "$root/usr/local/bin/ucp-lb"
 chmod 0755 "$root/usr/local/bin/ucp-lb"
@@ -38,8 +38,16 @@ printf 'hosts: files dns\n' > "$root/etc/nsswitch.conf"
 # docker import applies it (COPY in a Dockerfile would not).
 version=$(cargo pkgid | sed 's/.*[#@]//')
 rootfs_tag=ucp-lb-rootfs:$version
-tar --xattrs --xattrs-include='security.capability' --numeric-owner --owner=0 --group=0 -C "$root" -c . \
-  | docker import --message "ucp-lb $version root file system" - "$rootfs_tag" >/dev/null
+# Everything root's, but the control socket's directory (/run/ucp-lb, mode
+# 0700), which belongs to uid 65532: a named volume mounted there starts
+# as a copy of it, so the process can make its socket in it, and two
+# containers sharing the volume can hand over (ucp-lb --upgrade).
+tar --xattrs --xattrs-include='security.capability' --numeric-owner --owner=0 --group=0 -C "$root" \
+  -cf "$ctx/rootfs.tar" .
+mkdir -p "$ctx/run/run/ucp-lb"
+chmod 0700 "$ctx/run/run/ucp-lb"
+tar --numeric-owner --owner=65532 --group=65532 -C "$ctx/run" -rf "$ctx/rootfs.tar" ./run/ucp-lb
+docker import --message "ucp-lb $version root file system" "$ctx/rootfs.tar" "$rootfs_tag" >/dev/null
 
 # The classic builder: FROM a local image needs nothing BuildKit adds, and
 # a docker CLI without the buildx plugin can still build.

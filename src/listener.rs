@@ -263,11 +263,7 @@ impl Listeners {
     /// the process this one takes over from) where they match a listener
     /// of `config` by bind address and repeat; what is taken is removed
     /// from it.
-    pub fn bind_new_from(
-        &self,
-        config: &Config,
-        inherited: &mut Vec<Inherited>,
-    ) -> Result<Vec<Bound>, BindError> {
+    pub fn bind_new_from(&self, config: &Config, inherited: &mut Vec<Inherited>) -> Result<Vec<Bound>, BindError> {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for (index, l) in config.listeners.iter().enumerate() {

@@ -83,6 +83,19 @@ fn systemd_unit_passes_verify_and_is_sandboxed() {
     let out = Command::new(&analyze).arg("verify").arg(&path).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    // The template for upgrades in place, as its instance a.
+    let template = config("ucp-lb@.service");
+    assert!(template.contains("--upgrade") && template.contains("RuntimeDirectoryPreserve=yes"));
+    assert_eq!(
+        template.lines().filter(|l| l.starts_with("ProtectSystem=") || l.starts_with("DynamicUser=")).count(),
+        2,
+        "the template is sandboxed as the unit is"
+    );
+    let instance = dir.path().join("ucp-lb@a.service");
+    std::fs::write(&instance, template.replace("/usr/local/bin/ucp-lb", BIN)).unwrap();
+    let out = Command::new(&analyze).arg("verify").arg(&instance).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
     // verify only warns on unknown keys: the check above must see them.
     std::fs::write(&path, text.replace("/usr/local/bin/ucp-lb", BIN).replace("ProtectHome=", "ProtectHom=")).unwrap();
     let out = Command::new(&analyze).arg("verify").arg(&path).output().unwrap();

@@ -34,7 +34,8 @@ fail() {
 cleanup() {
   set +e
   if [ -n "$dockerd_pid" ]; then
-    docker rm -f ucp-lb-test ucp-lb >/dev/null 2>&1
+    docker rm -f ucp-lb-test ucp-lb ucp-lb-old ucp-lb-new >/dev/null 2>&1
+    docker volume rm ucplbtest-run >/dev/null 2>&1
     kill "$dockerd_pid" 2>/dev/null
     for _ in $(seq 1 300); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.1; done
   fi
@@ -190,6 +191,50 @@ awk -v t0="$t0" -v t1="$t1" -v ok="$last_ok" -v closed="$closed" -v rounds="$rou
 docker logs ucp-lb-test >"$work/lb.log" 2>&1
 grep -q SIGTERM "$work/lb.log" || fail "no SIGTERM in the log"
 docker rm ucp-lb-test >/dev/null
+
+# An upgrade: a second container started with --upgrade, sharing the
+# control socket's directory, takes the listening sockets and the open
+# connection over; the first exits 0 by itself. A client loop connects
+# every 50 ms meanwhile: no connect fails, and the held connection goes on.
+# As README says: restart only on failure (a container that exits 0 after
+# handing over stays stopped), a named volume for the socket's directory.
+lb_run() { # $1: name, then arguments for ucp-lb
+  local name=$1; shift
+  docker run -d --name "$name" --network host --stop-timeout 30 --restart on-failure \
+    -v "$conf/lb.toml:/etc/ucp-lb/lb.toml:ro" -v ucplbtest-run:/run/ucp-lb ucp-lb:test "$@" >/dev/null
+}
+# --upgrade with nobody to take over from: an ordinary start.
+lb_run ucp-lb-old --config /etc/ucp-lb/lb.toml --upgrade || fail "docker run (old)"
+until_ok "no traffic through the first container" ask
+control_up() { docker logs ucp-lb-old 2>&1 | grep -c "control socket up"; }
+until_ok "no control socket" control_up
+python3 "$peer" hold "127.0.0.1:$lb_port" "$work/held2" "$work/stop" >"$work/hold2.out" &
+hold_pid=$!
+until_ok "held connection not open" test -e "$work/held2"
+python3 "$peer" watch "127.0.0.1:$lb_port" 60 "$work/stop" >"$work/watch.out" &
+watch_pid=$!
+until_ok "the client loop did not start" test -s "$work/watch.out"
+lb_run ucp-lb-new --config /etc/ucp-lb/lb.toml --upgrade || fail "docker run --upgrade"
+old_exited() { [ "$(docker inspect --format '{{.State.Status}}' ucp-lb-old)" = exited ]; }
+until_ok "the old container did not exit by itself" old_exited
+code=$(docker inspect --format '{{.State.ExitCode}}' ucp-lb-old)
+[ "$code" = 0 ] || fail "the old container exited $code"
+# Traffic for a second more on the new container alone (a duration of
+# load, not a wait for something to happen).
+sleep 1
+touch "$work/stop"
+wait "$watch_pid" "$hold_pid"
+attempts=$(wc -l <"$work/watch.out")
+failed=$(awk '$2 == "-"' "$work/watch.out" | wc -l)
+read -r rounds last_ok closed < <(sed 's/[a-z_]*=//g' "$work/hold2.out")
+docker logs ucp-lb-new >"$work/new.log" 2>&1
+moved=$(grep -o 'moved=[0-9]*' "$work/new.log" | tail -1)
+echo "docker test: upgrade by a second container: old exited $code by itself; $attempts connects meanwhile, $failed failed; the held connection made $rounds round trips and was not closed (closed=$closed); new container says $moved"
+[ "$failed" = 0 ] || fail "$failed connects failed during the upgrade"
+[ "$closed" = 0.000 ] || fail "the held connection was cut"
+[ "$(ask)" = two ] || fail "the new container does not serve"
+docker rm -f ucp-lb-old ucp-lb-new >/dev/null
+docker volume rm ucplbtest-run >/dev/null
 
 # docker/compose.yml's LB service as written (all capabilities dropped but
 # NET_BIND_SERVICE, read-only root), on the same config directory.

@@ -9,7 +9,11 @@
 #      the VIP moves before any client is refused
 #   3. the whole host gone (link down, keepalived and ucp-lb with it)
 #      -> the backup stops hearing adverts and takes the VIP
-# and prints, for each, how long new clients could not connect.
+# and prints, for each, how long new clients could not connect. Before
+# them, the master's ucp-lb is upgraded in place (ucp-lb --upgrade, the
+# same binary) with the client running and a connection held open through
+# the VIP: no connect may fail, the VIP may not move, the connection may
+# not be cut.
 #
 # Needs root, iproute2, keepalived, python3; uses only its own namespaces
 # (ucplb-ha-*) and addresses 10.77.0.0/24. Not in CI (it is a measurement,
@@ -85,6 +89,7 @@ start_lb() { # host, backend name
   cat >"$work/$h.toml" <<EOF
 [admin]
 listen = "127.0.0.1:9900"
+control_socket = "$work/$h-run/control.sock"
 [defaults]
 shutdown_timeout = "20s"
 [[listener]]
@@ -144,6 +149,46 @@ start_keepalived b 90
 until_ok "host a never took the VIP" 30 holds_vip a
 until_ok "no traffic through the VIP" 30 served_by one
 echo "ha: VIP $vip on host a (priority 100), host b (90) waiting; clients served by a"
+
+# An upgrade of the master in place: nothing may move.
+upgrade_run=0
+upgrade_a() {
+  upgrade_run=$((upgrade_run + 1))
+  rm -f "$work/stop" "$work/held"
+  ip netns exec ucplb-ha-c python3 "$peer" hold "$vip:8443" "$work/held" "$work/stop" >"$work/hold.out" &
+  local h=$!
+  ip netns exec ucplb-ha-c python3 "$peer" watch "$vip:8443" 60 "$work/stop" >"$work/watch.out" &
+  local w=$!
+  until_ok "held connection" 10 test -e "$work/held"
+  until_ok "watcher" 10 grep -q " one$" "$work/watch.out"
+  local t0 old=${lb_pid[a]} code=0
+  t0=$(date +%s.%N)
+  ip netns exec ucplb-ha-a "$bin" --config "$work/a.toml" --upgrade >>"$work/a.log" 2>&1 &
+  lb_pid[a]=$!
+  wait "$old" || code=$?
+  [ "$code" = 0 ] || fail "upgrade: the old ucp-lb on a exited $code"
+  local t1 n
+  t1=$(date +%s.%N)
+  # Two seconds of clients after the old process has gone (longer than
+  # the track script's interval x fall): the VIP would have moved by then.
+  n=$(wc -l <"$work/watch.out")
+  more() { [ "$(wc -l <"$work/watch.out")" -ge $((n + 40)) ]; }
+  until_ok "upgrade: watcher" 10 more
+  touch "$work/stop"
+  wait "$w" "$h"
+  holds_vip a || fail "upgrade: the VIP moved"
+  local line
+  line=$(awk -v t0="$t0" -v t1="$t1" -v run="$upgrade_run" '
+    $1 >= t0 { n++ } $1 >= t0 && $2 == "-" { failed++ } $1 >= t0 && $2 == "two" { moved++ }
+    END { printf "upgrade %d of ucp-lb on a: old exited 0 after %.2f s; %d connects, %d failed, %d served by b\n", run, t1 - t0, n, failed, moved }' "$work/watch.out")
+  read -r rounds _ closed < <(sed 's/[a-z_]*=//g' "$work/hold.out")
+  echo "ha: $line; held connection: $rounds round trips, $( [ "$closed" = 0.000 ] && echo "not cut" || echo "CUT")"
+  [ "$closed" = 0.000 ] || fail "upgrade: the held connection was cut"
+  awk '$2 == "-" || $2 == "two"' "$work/watch.out" | grep -q . && fail "upgrade: a client failed or went to b"
+  upgrades+=("$line")
+}
+upgrades=()
+for _ in 1 2 3; do upgrade_a; done
 
 results=()
 scenario() { # name, action on host a...
@@ -212,3 +257,5 @@ echo "failover with keepalived (advert_int 1, track interval 1, fall 2); a clien
 printf "%-34s | %-8s | %-8s | %s\n" "fault on the master (host a)" "fault ->" "last a ->" "failed"
 printf "%-34s | %-8s | %-8s | %s\n" "" "first b" "first b" "connects"
 for r in "${results[@]}"; do echo "$r"; done
+echo
+for u in "${upgrades[@]}"; do echo "$u"; done

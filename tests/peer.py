@@ -13,10 +13,12 @@ by itself; targets are loopback or the tests' own network namespaces.
                                           given 300 ms) until STOPFILE exists
                                           or SECONDS pass; prints one line per
                                           attempt: "EPOCH NAME" or "EPOCH -"
-  peer.py hold ADDR READYFILE             one connection held open, a round
+  peer.py hold ADDR READYFILE [STOPFILE]  one connection held open, a round
                                           trip every 100 ms until the LB closes
-                                          it; prints "rounds=N last_ok=T
-                                          closed=T" (epoch seconds), at most 120 s
+                                          it (or STOPFILE exists); prints
+                                          "rounds=N last_ok=T closed=T" (epoch
+                                          seconds; closed=0 when it was not),
+                                          at most 120 s
 """
 import socket
 import sys
@@ -110,21 +112,29 @@ def watch(addr, seconds, stopfile):
     return 0
 
 
-def hold(addr, readyfile):
+def hold(addr, readyfile, stopfile=None):
+    import os
+
     s = connect(addr)
     f = s.makefile("r")
     round_trip(s, f, "r0")
     open(readyfile, "w").close()
     rounds, last_ok, end = 1, time.time(), time.time() + 120
+    closed = 0.0
     while time.time() < end:
+        if stopfile and os.path.exists(stopfile):
+            break
         time.sleep(0.1)
         try:
             round_trip(s, f, "r%d" % rounds)
         except OSError:
+            closed = time.time()
             break
         rounds += 1
         last_ok = time.time()
-    print("rounds=%d last_ok=%.3f closed=%.3f" % (rounds, last_ok, time.time()))
+    if not stopfile and not closed:
+        closed = time.time()
+    print("rounds=%d last_ok=%.3f closed=%.3f" % (rounds, last_ok, closed))
     return 0
 
 
@@ -137,6 +147,6 @@ if __name__ == "__main__":
     elif mode == "ask":
         sys.exit(ask(sys.argv[2]))
     elif mode == "hold":
-        sys.exit(hold(sys.argv[2], sys.argv[3]))
+        sys.exit(hold(*sys.argv[2:5]))
     else:
         sys.exit("unknown mode " + mode)

@@ -53,6 +53,24 @@ fn clock(unix: f64) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
 }
 
+/// The process: its pid and start, whom it took over from, and while that
+/// one drains, what it still holds.
+fn process_line(p: &crate::status::ProcessStatus) -> String {
+    let (y, mo, d, hh, mm, ss) = crate::civil::civil(p.started_at as i64);
+    let mut line = format!("pid {} · started {y}-{mo:02}-{d:02} {hh:02}:{mm:02}:{ss:02} UTC", p.pid);
+    if let Some(from) = p.took_over_from {
+        line.push_str(&format!(" · took over from pid {from} ({} connections moved here)", p.moved_in));
+    }
+    if p.previous_draining {
+        line.push_str(&format!(
+            " · <span class=warn>pid {} still drains {} connections</span>",
+            p.took_over_from.unwrap_or(0),
+            p.previous_holds
+        ));
+    }
+    line
+}
+
 fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
     let class = if s.phrase.starts_with("in") {
         "ok"
@@ -199,7 +217,9 @@ pub fn render(h: &View) -> String {
         out,
         "<h1>ucp-lb <span class='badge {health_class}' id=health>{health}</span></h1>\
          <div class=meta>version {ver} (commit {commit}) · config {src} · generation {gen} · reloads {ok} ok, {bad} failed</div>\
-         <div class=meta id=reload>{reload}</div>",
+         <div class=meta id=reload>{reload}</div>\
+         <div class=meta id=process>{process}</div>",
+        process = process_line(&h.process),
         ver = escape(h.version),
         commit = escape(h.build.commit),
         src = escape(&h.config_source),

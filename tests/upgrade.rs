@@ -1,0 +1,606 @@
+//! Upgrading the binary in place (`ucp-lb --upgrade`): the new process
+//! takes the listening sockets, the state and the open connections over
+//! from the running one through the control socket; no client notices.
+//! The binary itself runs here, as an operator runs it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN: &str = "upgrade-test-token-0123456789";
+
+/// lb.toml for `servers` in pool "p", with a TCP check, an admin token,
+/// the control socket in `dir`, and `extra` in `[defaults]`.
+fn write_config(dir: &Path, servers: &[SocketAddr], extra: &str) -> PathBuf {
+    let token = dir.join("token");
+    write_secret(&token, TOKEN);
+    let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\ncontrol_socket = \"{}\"\n\
+         [defaults]\nshutdown_timeout = \"20s\"\n{extra}\n\
+         [[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [pool.p]\nservers = [{}]\n\
+         [pool.p.health]\nkind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nrise = 2\nfall = 2\n",
+        token.display(),
+        control(dir).display(),
+        list.join(", ")
+    );
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn control(dir: &Path) -> PathBuf {
+    dir.join("run").join("control.sock")
+}
+
+/// An address on loopback that refuses connections.
+fn refusing() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn upgrade_cmd(cfg: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(cfg).arg("--upgrade").env("RUST_LOG", "info");
+    cmd
+}
+
+/// Starts `ucp-lb --upgrade` on `cfg` and waits until it serves with its
+/// own control socket and the old process has exited 0 by itself.
+async fn upgrade(old: &mut Proc, cfg: &Path) -> Proc {
+    let new = Proc::spawn(upgrade_cmd(cfg), false);
+    new.wait_for_line("control socket up").await;
+    let code = old.exit_code().await;
+    assert_eq!(code, Some(0), "the old process exits 0 by itself; it said:\n{}", old.text());
+    new
+}
+
+async fn status(admin: SocketAddr) -> serde_json::Value {
+    let text = http_raw(admin, "GET", "/status", None).await;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("/status is JSON: {e}: {text}"))
+}
+
+/// Each server of pool "p": (address, state, check state, check reason).
+async fn server_states(admin: SocketAddr) -> Vec<(String, String, String, String)> {
+    let st = status(admin).await;
+    let servers = st["pools"][0]["servers"].as_array().cloned().unwrap_or_default();
+    servers
+        .iter()
+        .map(|s| {
+            let f = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+            (f(&s["addr"]), f(&s["state"]), f(&s["check"]["state"]), f(&s["check"]["reason"]))
+        })
+        .collect()
+}
+
+/// Counts of the short-connection client loop.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+/// One short connection: a few bytes there and back.
+async fn short(addr: SocketAddr, n: u64) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    let msg = n.to_be_bytes();
+    s.write_all(&msg).await?;
+    let mut back = [0u8; 8];
+    s.read_exact(&mut back).await?;
+    if back != msg {
+        return Err(std::io::Error::other("echo differs"));
+    }
+    Ok(())
+}
+
+/// Bytes of a stream, from a seed: the same for the sender and a checker.
+fn chunk(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A stream through `addr` to an echo server: sends `chunk_size` bytes
+/// every `every` until `stop`, then its FIN, and reads everything back.
+/// Returns (bytes sent, SHA-256 sent, bytes received, SHA-256 received).
+async fn stream(addr: SocketAddr, seed: u64, stop: Arc<AtomicBool>) -> std::io::Result<(u64, Vec<u8>, u64, Vec<u8>)> {
+    let s = TcpStream::connect(addr).await?;
+    let (mut r, mut w) = s.into_split();
+    let reader = tokio::spawn(async move {
+        let (mut h, mut n, mut buf) = (Sha256::new(), 0u64, vec![0u8; 64 * 1024]);
+        loop {
+            let got = r.read(&mut buf).await?;
+            if got == 0 {
+                return Ok::<_, std::io::Error>((n, h.finalize().to_vec()));
+            }
+            h.update(&buf[..got]);
+            n += got as u64;
+        }
+    });
+    let (mut h, mut n, mut i) = (Sha256::new(), 0u64, 0u64);
+    while !stop.load(Relaxed) {
+        let c = chunk(seed.wrapping_mul(1_000_003).wrapping_add(i), 4096);
+        w.write_all(&c).await?;
+        h.update(&c);
+        n += c.len() as u64;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    w.shutdown().await?;
+    let (rn, rh) = reader.await.map_err(std::io::Error::other)??;
+    Ok((n, h.finalize().to_vec(), rn, rh))
+}
+
+/// A client loop opening connections back to back until `stop`.
+fn short_loop(addr: SocketAddr, tally: Arc<Tally>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stop.load(Relaxed) {
+            n += 1;
+            match tokio::time::timeout(Duration::from_secs(5), short(addr, n)).await {
+                Ok(Ok(())) => {
+                    tally.ok.fetch_add(1, Relaxed);
+                }
+                Ok(Err(e)) => {
+                    tally.failed.fetch_add(1, Relaxed);
+                    tally.errors.lock().unwrap().push(e.to_string());
+                }
+                Err(_) => {
+                    tally.failed.fetch_add(1, Relaxed);
+                    tally.errors.lock().unwrap().push("no answer in 5 s".into());
+                }
+            }
+        }
+    })
+}
+
+/// 20 upgrades back to back under a loop of short connections and 100
+/// long streams: no connection refused or reset, no stream cut or
+/// corrupted, every old process exits 0 by itself (and before the next
+/// upgrade, so never more than two run at once), and health and drain
+/// state after the last upgrade are what they were before the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_upgrades_under_load_lose_no_client_and_keep_the_state() {
+    let (a, b) = (Echo::start().await, Echo::start().await);
+    let down = refusing();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[a.addr, b.addr, down], "");
+    let mut lb = Proc::lb(&cfg);
+    let addr = lb.listener_addr().await;
+    let admin = lb.admin_addr().await;
+    let b_path = format!("/pools/p/servers/{}/drain", b.addr.to_string().replace(':', "%3A"));
+    let answer = http_raw(admin, "POST", &b_path, Some(TOKEN)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    eventually_async("a up, b drained, the refusing server down", || async {
+        let s = server_states(admin).await;
+        s.iter().filter(|x| x.2 == "up").count() == 2 && s.iter().any(|x| x.2 == "down")
+    })
+    .await;
+    let before = server_states(admin).await;
+    assert!(before.iter().any(|s| s.1 == "drain"), "{before:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let loops: Vec<_> = (0..48).map(|_| short_loop(addr, tally.clone(), stop.clone())).collect();
+    let streams: Vec<_> = (0..100).map(|i| tokio::spawn(stream(addr, i, stop.clone()))).collect();
+    eventually("the client loop runs", || tally.ok.load(Relaxed) > 200).await;
+
+    let started = Instant::now();
+    let ok_before = tally.ok.load(Relaxed);
+    for _ in 0..20 {
+        lb = upgrade(&mut lb, &cfg).await;
+    }
+    let took = started.elapsed();
+    let during = tally.ok.load(Relaxed) - ok_before;
+    stop.store(true, Relaxed);
+    for l in loops {
+        l.await.unwrap();
+    }
+    let mut cut = Vec::new();
+    for (i, s) in streams.into_iter().enumerate() {
+        match s.await.unwrap() {
+            Ok((n, h, rn, rh)) => {
+                assert!(n > 0, "stream {i} sent nothing");
+                if (n, &h) != (rn, &rh) {
+                    cut.push(format!("stream {i}: sent {n} bytes, got back {rn}, hashes equal: {}", h == rh));
+                }
+            }
+            Err(e) => cut.push(format!("stream {i}: {e}")),
+        }
+    }
+    let errors = tally.errors.lock().unwrap().clone();
+    eprintln!(
+        "20 upgrades in {:.1} s; {during} short connections meanwhile ({:.0}/s), {} failed; {} of 100 streams cut",
+        took.as_secs_f64(),
+        during as f64 / took.as_secs_f64(),
+        errors.len(),
+        cut.len()
+    );
+    assert!(errors.is_empty(), "connections failed during the upgrades: {errors:?}");
+    assert!(cut.is_empty(), "streams cut or corrupted: {cut:?}");
+    let after = server_states(admin).await;
+    assert_eq!(before, after, "health and drain state carried over 20 upgrades");
+    let st = status(admin).await;
+    assert!(st["process"]["took_over_from"].as_u64().is_some(), "{}", st["process"]);
+    assert!(st["generation"].as_u64().unwrap_or(0) > 20, "the generation goes on: {}", st["generation"]);
+}
+
+/// What the recording backend saw of one connection: (bytes received,
+/// SHA-256 received, bytes sent, SHA-256 sent).
+type Seen = (u64, Vec<u8>, u64, Vec<u8>);
+
+/// A backend that echoes what it gets and, once the client has closed its
+/// side, keeps talking (a byte every 20 ms) until `stop`; it records the
+/// hashes of both directions of each connection under the client's 8-byte id.
+struct Recorder {
+    addr: SocketAddr,
+    seen: Arc<Mutex<HashMap<u64, Seen>>>,
+}
+
+impl Recorder {
+    async fn start(stop: Arc<AtomicBool>) -> Recorder {
+        let l = TcpListener::bind(loopback()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let (record, stop) = (record.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.into_split();
+                    let (mut rx, mut tx) = (Sha256::new(), Sha256::new());
+                    let (mut rn, mut tn) = (0u64, 0u64);
+                    let mut id = Vec::new();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let Ok(n) = r.read(&mut buf).await else { return };
+                        if n == 0 {
+                            break;
+                        }
+                        rx.update(&buf[..n]);
+                        rn += n as u64;
+                        if id.len() < 8 {
+                            id.extend_from_slice(&buf[..n.min(8 - id.len())]);
+                        }
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        tx.update(&buf[..n]);
+                        tn += n as u64;
+                    }
+                    while !stop.load(Relaxed) {
+                        if w.write_all(b"t").await.is_err() {
+                            return;
+                        }
+                        tx.update(b"t");
+                        tn += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    let _ = w.shutdown().await;
+                    let key = u64::from_be_bytes(id.try_into().unwrap_or([0; 8]));
+                    record.lock().unwrap().insert(key, (rn, rx.finalize().to_vec(), tn, tx.finalize().to_vec()));
+                });
+            }
+        });
+        Recorder { addr, seen }
+    }
+}
+
+/// How a long-lived client behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// A few bytes each way every 100 ms, waiting for each echo.
+    Interactive,
+    /// Sends a little, closes its side at once, then only listens.
+    HalfClosed,
+    /// 64 MiB, paced at 8 MiB/s, read back as it goes.
+    Bulk,
+}
+
+/// One long-lived client with id `id`: returns (bytes sent, SHA-256 sent,
+/// bytes received, SHA-256 received, longest wait for an echo).
+async fn long_lived(addr: SocketAddr, id: u64, kind: Kind, stop: Arc<AtomicBool>) -> std::io::Result<(Seen, Duration)> {
+    let s = TcpStream::connect(addr).await?;
+    let (mut r, mut w) = s.into_split();
+    let (mut tx, mut tn) = (Sha256::new(), 0u64);
+    let mut send = |data: &[u8]| {
+        tx.update(data);
+        tn += data.len() as u64;
+    };
+    let first = id.to_be_bytes();
+    w.write_all(&first).await?;
+    send(&first);
+    let mut longest = Duration::ZERO;
+    let (mut rx, mut rn) = (Sha256::new(), 0u64);
+    match kind {
+        Kind::Interactive => {
+            let mut back = [0u8; 8];
+            r.read_exact(&mut back).await?;
+            rx.update(back);
+            rn += 8;
+            let mut i = 0u64;
+            while !stop.load(Relaxed) {
+                let msg = chunk(id * 7919 + i, 16);
+                let t = Instant::now();
+                w.write_all(&msg).await?;
+                send(&msg);
+                let mut echo = [0u8; 16];
+                r.read_exact(&mut echo).await?;
+                longest = longest.max(t.elapsed());
+                if echo[..] != msg[..] {
+                    return Err(std::io::Error::other("echo differs"));
+                }
+                rx.update(echo);
+                rn += 16;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            w.shutdown().await?;
+        }
+        Kind::HalfClosed => {
+            let msg = chunk(id, 1000);
+            w.write_all(&msg).await?;
+            send(&msg);
+            w.shutdown().await?;
+        }
+        Kind::Bulk => {
+            let reader = tokio::spawn(async move {
+                let (mut h, mut n, mut buf) = (Sha256::new(), 0u64, vec![0u8; 64 * 1024]);
+                loop {
+                    let got = r.read(&mut buf).await?;
+                    if got == 0 {
+                        return Ok::<_, std::io::Error>((h, n));
+                    }
+                    h.update(&buf[..got]);
+                    n += got as u64;
+                }
+            });
+            let mut c = chunk(id * 1_000_003, 64 * 1024);
+            for i in 0..1024u64 {
+                c[..8].copy_from_slice(&i.to_be_bytes());
+                w.write_all(&c).await?;
+                send(&c);
+                tokio::time::sleep(Duration::from_millis(8)).await;
+            }
+            w.shutdown().await?;
+            let (h, n) = reader.await.map_err(std::io::Error::other)??;
+            // The reader has the whole echo, the ticks after it included.
+            return Ok(((tn, tx.finalize().to_vec(), n, h.finalize().to_vec()), longest));
+        }
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let got = r.read(&mut buf).await?;
+        if got == 0 {
+            break;
+        }
+        rx.update(&buf[..got]);
+        rn += got as u64;
+    }
+    Ok(((tn, tx.finalize().to_vec(), rn, rx.finalize().to_vec()), longest))
+}
+
+/// 200 long-lived connections (180 interactive, 10 half-closed by the
+/// client, 10 in a 64 MiB transfer) through 5 upgrades in a row: each
+/// survives on the newest process with its bytes intact at both ends,
+/// and that process's /status counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_connections_move_to_the_new_process_intact() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let backend = Recorder::start(stop.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[backend.addr], "");
+    let mut lb = Proc::lb(&cfg);
+    let addr = lb.listener_addr().await;
+    let admin = lb.admin_addr().await;
+
+    let mut clients = Vec::new();
+    for id in 1..=200u64 {
+        let kind = match id {
+            1..=10 => Kind::HalfClosed,
+            11..=20 => Kind::Bulk,
+            _ => Kind::Interactive,
+        };
+        clients.push((id, kind, tokio::spawn(long_lived(addr, id, kind, stop.clone()))));
+    }
+    eventually_async("200 connections open through the LB", || async {
+        let st = status(admin).await;
+        st["listeners"][0]["active"].as_u64() == Some(200)
+    })
+    .await;
+    for _ in 0..5 {
+        lb = upgrade(&mut lb, &cfg).await;
+    }
+    // The last old process has sent everything; this one has taken it all.
+    eventually_async("the newest process has every moved connection", || async {
+        status(admin).await["process"]["previous_draining"] == false
+    })
+    .await;
+    let st = status(admin).await;
+    assert_eq!(
+        st["listeners"][0]["active"].as_u64(),
+        Some(200),
+        "the newest process holds all 200: {}",
+        st["listeners"]
+    );
+    assert_eq!(st["pools"][0]["servers"][0]["active"].as_u64(), Some(200), "{}", st["pools"][0]["servers"][0]);
+    assert!(st["process"]["moved_in"].as_u64().unwrap_or(0) > 0, "{}", st["process"]);
+    let carried = st["pools"][0]["servers"][0]["bytes_sent"].as_u64().unwrap_or(0);
+    assert!(carried > 0, "byte counters carried over");
+
+    stop.store(true, Relaxed);
+    let mut longest = Duration::ZERO;
+    let mut broken = Vec::new();
+    let mut results = Vec::new();
+    for (id, kind, c) in clients {
+        match within("a long-lived client ends", c).await.unwrap() {
+            Ok((seen, wait)) => {
+                longest = longest.max(wait);
+                results.push((id, kind, seen));
+            }
+            Err(e) => broken.push(format!("client {id}: {e}")),
+        }
+    }
+    assert!(broken.is_empty(), "connections broken by the upgrades: {broken:?}");
+    let recorded = async {
+        while backend.seen.lock().unwrap().len() < 200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    if tokio::time::timeout(DEADLINE, recorded).await.is_err() {
+        let seen = backend.seen.lock().unwrap();
+        let missing: Vec<u64> = (1..=200).filter(|i| !seen.contains_key(i)).collect();
+        panic!("the backend did not record {missing:?}; the LB said:\n{}", lb.text());
+    }
+    let seen = backend.seen.lock().unwrap().clone();
+    for (id, kind, (tn, th, rn, rh)) in results {
+        let (brn, brh, btn, bth) = seen.get(&id).cloned().unwrap_or_else(|| panic!("backend saw client {id}"));
+        assert_eq!((tn, &th), (brn, &brh), "client {id}: what it sent is what the backend got");
+        assert_eq!((rn, &rh), (btn, &bth), "client {id}: what the backend sent is what it got");
+        if kind == Kind::Bulk {
+            assert!(tn >= 64 << 20, "client {id} sent its 64 MiB");
+        }
+    }
+    eprintln!("longest wait for an echo across 5 upgrades: {} ms", longest.as_millis());
+    // Generous on a loaded 2-core box; the figure itself is printed above.
+    assert!(longest < Duration::from_secs(2), "an interactive session paused {} ms", longest.as_millis());
+    drop(lb);
+}
+
+/// An upgrade is refused as a whole, and the running process goes on
+/// untouched, when the new config is invalid, when the control socket has
+/// group or other write bits, when it belongs to another user, and when
+/// the new process's user cannot use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upgrade_leaves_the_running_process_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[echo.addr], "");
+    let mut lb = Proc::lb(&cfg);
+    let addr = lb.listener_addr().await;
+    round_trip(addr).await.unwrap();
+    let sock = control(dir.path());
+    let meta = std::fs::symlink_metadata(&sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "the control socket is made 0600");
+
+    let refused = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "refused: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A config with an error: nothing is asked of the running process.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, std::fs::read_to_string(&cfg).unwrap().replace("interval = \"100ms\"", "interval = \"soon\""))
+        .unwrap();
+    let err = refused(&mut upgrade_cmd(&bad));
+    assert!(err.contains("interval"), "{err}");
+    // A config valid to read but not to start (its listener's port taken).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port_taken = dir.path().join("taken.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "bind = \"127.0.0.1:0\"",
+        &format!("bind = \"127.0.0.1:0\"\npool = \"p\"\n[[listener]]\nbind = \"{}\"", taken.local_addr().unwrap()),
+        1,
+    );
+    std::fs::write(&port_taken, text).unwrap();
+    let err = refused(&mut upgrade_cmd(&port_taken));
+    assert!(err.contains("cannot listen"), "{err}");
+    // Group and others may write to the socket.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o622)).unwrap();
+    let err = refused(&mut upgrade_cmd(&cfg));
+    assert!(err.contains("lets group or others write"), "{err}");
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    if rustix::process::geteuid().is_root() {
+        // The socket belongs to another user.
+        rustix::fs::chown(&sock, Some(rustix::process::Uid::from_raw(65534)), None).unwrap();
+        let err = refused(&mut upgrade_cmd(&cfg));
+        assert!(err.contains("owned by uid 65534"), "{err}");
+        rustix::fs::chown(&sock, Some(rustix::process::Uid::from_raw(0)), None).unwrap();
+        // The new process runs as a user who cannot use it (the config
+        // and the token it may read).
+        let open = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let token = open.path().join("token");
+        std::fs::write(&token, TOKEN).unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        rustix::fs::chown(&token, Some(rustix::process::Uid::from_raw(65534)), None).unwrap();
+        let other_cfg = open.path().join("lb.toml");
+        std::fs::write(
+            &other_cfg,
+            text.replace(&dir.path().join("token").display().to_string(), &token.display().to_string()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&other_cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut cmd = upgrade_cmd(&other_cfg);
+        std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+        let err = refused(&mut cmd);
+        assert!(err.contains("control socket") || err.contains("control_socket"), "{err}");
+    } else {
+        eprintln!("skipped: the checks of another user need root");
+    }
+
+    // Through all of it, the running process served and kept its socket.
+    round_trip(addr).await.unwrap();
+    assert!(lb.child.try_wait().unwrap().is_none(), "the running process is still there");
+    assert!(!lb.text().contains("handed over"), "{}", lb.text());
+    let mut lb2 = upgrade(&mut lb, &cfg).await;
+    round_trip(addr).await.unwrap();
+    lb2.signal("TERM");
+    assert_eq!(lb2.exit_code().await, Some(0));
+    assert!(!sock.exists(), "a clean stop removes its control socket");
+}
+
+/// A second upgrade while the process before is still draining ends that
+/// one at once: never more than two processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_upgrade_during_a_drain_ends_the_oldest_at_once() {
+    // A server that never answers keeps one connection busy in a write the
+    // old process cannot finish: it cannot move, and drains for the whole
+    // shutdown_timeout (20 s here) unless ended.
+    let stop = Arc::new(AtomicBool::new(false));
+    let backend = Recorder::start(stop.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[backend.addr], "");
+    let mut first = Proc::lb(&cfg);
+    let addr = first.listener_addr().await;
+    // A client that sends much and never reads: the echo fills its socket
+    // and the old process is stuck writing to it, holding bytes.
+    let mut stuck = TcpStream::connect(addr).await.unwrap();
+    let big = vec![7u8; 32 << 20];
+    let _ = tokio::time::timeout(Duration::from_millis(500), stuck.write_all(&big)).await;
+    let mut second = Proc::spawn(upgrade_cmd(&cfg), false);
+    second.wait_for_line("control socket up").await;
+    first.wait_for_line("moving the open connections").await;
+    assert!(first.child.try_wait().unwrap().is_none(), "the first still drains its stuck connection");
+    let mut third = upgrade(&mut second, &cfg).await;
+    // The first ended when the second handed over.
+    let code = first.exit_code().await;
+    assert_eq!(code, Some(0), "{}", first.text());
+    assert!(first.text().contains("ending this drain now"), "{}", first.text());
+    round_trip(addr).await.unwrap();
+    third.signal("TERM");
+    let _ = third.exit_code().await;
+    stop.store(true, Relaxed);
+}
