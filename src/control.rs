@@ -283,3 +283,69 @@ impl Conn {
         Ok(Some((msg, fds)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// Messages with and without descriptors, back to back: each arrives
+    /// with exactly its own descriptors (the one it names, tested by
+    /// writing through it).
+    #[tokio::test]
+    async fn each_message_arrives_with_its_own_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run").join("c.sock");
+        let l = ControlListener::bind(&path, false).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(std::fs::symlink_metadata(path.parent().unwrap()).unwrap().mode() & 0o777, 0o700);
+
+        let (client, server) = tokio::join!(Conn::connect(&path), l.accept());
+        let (client, server) = (client.unwrap(), server.unwrap());
+        let pipes: Vec<_> = (0..40).map(|_| rustix::pipe::pipe().unwrap()).collect();
+        let sender = async {
+            for (i, (_, w)) in pipes.iter().enumerate() {
+                let fds: Vec<BorrowedFd<'_>> = if i % 3 == 0 { vec![] } else { vec![w.as_fd()] };
+                client.send(&(i, "x".repeat(i * 100)), &fds).await.unwrap();
+            }
+        };
+        let receiver = async {
+            let mut got = Vec::new();
+            for _ in 0..pipes.len() {
+                let ((i, _), fds): ((usize, String), Vec<OwnedFd>) = server.recv().await.unwrap().unwrap();
+                got.push((i, fds));
+            }
+            got
+        };
+        let ((), got) = tokio::join!(sender, receiver);
+        for (i, fds) in got {
+            assert_eq!(fds.len(), usize::from(i % 3 != 0), "message {i}");
+            if let Some(fd) = fds.first() {
+                rustix::io::write(fd, &[i as u8]).unwrap();
+                let mut b = [0u8; 1];
+                rustix::io::read(&pipes[i].0, &mut b).unwrap();
+                assert_eq!(b[0], i as u8, "message {i} came with its own pipe");
+            }
+        }
+        drop(client);
+        assert!(server.recv::<(usize, String)>().await.unwrap().is_none(), "end of stream");
+        assert_eq!(occupant(&path).unwrap(), Occupant::Live);
+        assert!(ControlListener::bind(&path, false).is_err(), "a live socket is not replaced");
+        l.remove();
+        assert_eq!(occupant(&path).unwrap(), Occupant::Nothing);
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_socket_others_may_write_to_or_that_is_missing_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        assert!(matches!(Conn::connect(&path).await, Err(ConnectError::Missing(_))));
+        let _l = ControlListener::bind(&path, false).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o620)).unwrap();
+        assert!(matches!(Conn::connect(&path).await, Err(ConnectError::Mode { .. })));
+        std::fs::write(dir.path().join("plain"), "x").unwrap();
+        assert!(matches!(Conn::connect(&dir.path().join("plain")).await, Err(ConnectError::NotSocket(_))));
+    }
+}

@@ -223,10 +223,9 @@ pub struct Process {
     pub previous_holds: std::sync::atomic::AtomicU64,
     /// Connections moved here from it.
     pub moved_in: std::sync::atomic::AtomicU64,
-    /// Connections this process moved to its successor, and those it
-    /// could not (cut at its deadline).
-    pub moved_out: std::sync::atomic::AtomicU64,
-    pub cut: std::sync::atomic::AtomicU64,
+    /// Connections it could not move (cut at its deadline), as it said
+    /// when done.
+    pub previous_cut: std::sync::atomic::AtomicU64,
 }
 
 /// One running load balancer: its runtime state, its listeners, its
@@ -376,6 +375,7 @@ impl Lb {
         view.process.previous_draining = p.previous_draining.load(Relaxed);
         view.process.previous_holds = p.previous_holds.load(Relaxed);
         view.process.moved_in = p.moved_in.load(Relaxed);
+        view.process.previous_cut = p.previous_cut.load(Relaxed);
         view
     }
 

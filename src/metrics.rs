@@ -32,6 +32,9 @@ pub const RELOAD_OK: &str = "ucp_lb_config_last_reload_successful";
 pub const BUILD_INFO: &str = "ucp_lb_build_info";
 pub const POOL_FAIL_OPEN: &str = "ucp_lb_pool_fail_open";
 pub const ACCESS_LOG_LINES: &str = "ucp_lb_access_log_lines_total";
+pub const START_TIME: &str = "ucp_lb_start_time_seconds";
+pub const MOVED_IN: &str = "ucp_lb_upgrade_connections_moved_in_total";
+pub const PREVIOUS_HOLDS: &str = "ucp_lb_upgrade_previous_process_connections";
 
 const HELP: &[(&str, &str, Unit)] = &[
     (SERVER_UP, "1 when the server is eligible for new clients, 0 when not", Unit::Count),
@@ -60,6 +63,9 @@ const HELP: &[(&str, &str, Unit)] = &[
     ),
     (POOL_FAIL_OPEN, "1 while no server of the pool is eligible and it fails open (or rejects)", Unit::Count),
     (ACCESS_LOG_LINES, "Access log lines, by result (written; dropped when the writer could not keep up)", Unit::Count),
+    (START_TIME, "When this process started, Unix seconds (an upgrade in place starts a new one)", Unit::Seconds),
+    (MOVED_IN, "Open connections moved into this process from the one it took over from (ucp-lb --upgrade)", Unit::Count),
+    (PREVIOUS_HOLDS, "Connections the process this one took over from still holds while it drains (0 when none drains)", Unit::Count),
 ];
 
 pub struct Metrics {

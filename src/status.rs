@@ -89,6 +89,9 @@ pub struct ProcessStatus {
     pub previous_holds: u64,
     /// Connections moved here from it.
     pub moved_in: u64,
+    /// Connections it could not move and cut at its `shutdown_timeout`
+    /// (a client that stopped reading mid-transfer, say).
+    pub previous_cut: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]

@@ -130,20 +130,27 @@ pub async fn serve(control: &ControlListener, lb: Arc<Lb>) {
             }
         };
         match offer(&conn, &lb).await {
-            Ok(successor) => {
+            Ok(Some(successor)) => {
                 drain(conn, &lb, successor).await;
                 return;
             }
+            Ok(None) => {}
             Err(e) => warn!(error = %e, "upgrade abandoned: this process goes on as it was"),
         }
     }
 }
 
 /// Steps 2 to 4 on the old side: returns the successor's pid once it has
-/// said `go` and this process has stopped accepting.
-async fn offer(conn: &Conn, lb: &Lb) -> Result<u32, UpgradeError> {
-    let (Msg::Hello { pid, version }, _) = recv(conn, STEP).await? else {
-        return Err(talk("expected hello"));
+/// said `go` and this process has stopped accepting; `None` for a
+/// connection closed without a word (`--upgrade` and a start looking
+/// whether anyone listens here).
+async fn offer(conn: &Conn, lb: &Lb) -> Result<Option<u32>, UpgradeError> {
+    let (pid, version) = match tokio::time::timeout(STEP, conn.recv::<Msg>()).await {
+        Ok(Ok(None)) => return Ok(None),
+        Ok(Ok(Some((Msg::Hello { pid, version }, _)))) => (pid, version),
+        Ok(Ok(Some((other, _)))) => return Err(talk(format!("expected hello, got {other:?}"))),
+        Ok(Err(e)) => return Err(talk(e)),
+        Err(_) => return Err(talk("no hello within 10s")),
     };
     info!(successor = pid, %version, "upgrade: a new process asks to take over");
     let generation = lb.shared.snapshot.load().generation;
@@ -163,14 +170,17 @@ async fn offer(conn: &Conn, lb: &Lb) -> Result<u32, UpgradeError> {
         (Msg::Go, _) => {}
         (other, _) => return Err(talk(format!("expected go, got {other:?}"))),
     }
-    // The successor accepts on every socket now: stop here.
+    // The successor accepts on every socket now: stop here. From this point
+    // on there is no going back, whatever the link does.
     lb.listeners.stop_all();
     lb.shutdown.handed_over.cancel();
     lb.admin_fd.lock().unwrap_or_else(|p| p.into_inner()).take();
-    conn.send(&Msg::Going, &[]).await.map_err(talk)?;
+    if let Err(e) = conn.send(&Msg::Going, &[]).await {
+        warn!(successor = pid, error = %e, "upgrade: could not confirm to the new process");
+    }
     lb.shared.health.history.record("handed over", None, None, format!("to pid {pid}"));
     info!(successor = pid, "upgrade: the new process accepts; moving the open connections to it");
-    Ok(pid)
+    Ok(Some(pid))
 }
 
 /// Step 4 and 5 on the old side.
@@ -224,8 +234,6 @@ async fn drain(conn: Conn, lb: &Lb, successor: u32) {
         }
     }
     let cut = tracker.len() as u64 + lost;
-    lb.process.moved_out.store(moved, Relaxed);
-    lb.process.cut.store(cut, Relaxed);
     let _ = conn.send(&Msg::Done { moved, cut }, &[]).await;
     info!(successor, moved, cut, "upgrade: done here, exiting");
 }
@@ -266,7 +274,12 @@ where
     );
     let running = lifecycle::start_with(loaded, inherited, serve_admin).await?;
     running.lb.process.previous_draining.store(true, Relaxed);
-    conn.send(&Msg::Go, &[]).await.map_err(talk)?;
+    // Accepting already: from here a failure of the link does not stop
+    // this process (the old one, if it is still there and did not hear
+    // `go`, goes on accepting on the same sockets too, and says so).
+    if let Err(e) = conn.send(&Msg::Go, &[]).await {
+        warn!(from, error = %e, "upgrade: could not tell the old process to stop accepting");
+    }
     match recv(&conn, STEP).await {
         Ok((Msg::Going, _)) => info!(from, "upgrade: accepting; the old process has stopped accepting"),
         Ok((other, _)) => warn!(from, "upgrade: expected going, got {other:?}"),
@@ -306,6 +319,7 @@ pub async fn receive(conn: Conn, lb: Arc<Lb>) {
             }
             Ok(Some((Msg::Draining { open }, _))) => lb.process.previous_holds.store(open, Relaxed),
             Ok(Some((Msg::Done { moved, cut }, _))) => {
+                lb.process.previous_cut.store(cut, Relaxed);
                 info!(from, moved, cut, "upgrade complete: the old process has moved its connections here and exits");
                 break;
             }

@@ -144,11 +144,11 @@ served_by() { [ "$(answer)" = "$1" ]; }
 
 start_lb a one
 start_lb b two
-start_keepalived a 100
-start_keepalived b 90
+start_keepalived a 254
+start_keepalived b 250
 until_ok "host a never took the VIP" 30 holds_vip a
 until_ok "no traffic through the VIP" 30 served_by one
-echo "ha: VIP $vip on host a (priority 100), host b (90) waiting; clients served by a"
+echo "ha: VIP $vip on host a (priority 254), host b (250) waiting; clients served by a"
 
 # An upgrade of the master in place: nothing may move.
 upgrade_run=0
@@ -220,7 +220,7 @@ scenario() { # name, action on host a...
 
 restore() {
   start_lb a one
-  [ -n "${ka_pid[a]:-}" ] && kill -0 "${ka_pid[a]}" 2>/dev/null || start_keepalived a 100
+  [ -n "${ka_pid[a]:-}" ] && kill -0 "${ka_pid[a]}" 2>/dev/null || start_keepalived a 254
   until_ok "host a never took the VIP back" 60 holds_vip a
   until_ok "clients never came back to a" 30 served_by one
 }

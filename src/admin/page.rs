@@ -59,7 +59,11 @@ fn process_line(p: &crate::status::ProcessStatus) -> String {
     let (y, mo, d, hh, mm, ss) = crate::civil::civil(p.started_at as i64);
     let mut line = format!("pid {} · started {y}-{mo:02}-{d:02} {hh:02}:{mm:02}:{ss:02} UTC", p.pid);
     if let Some(from) = p.took_over_from {
-        line.push_str(&format!(" · took over from pid {from} ({} connections moved here)", p.moved_in));
+        line.push_str(&format!(" · took over from pid {from} ({} connections moved here", p.moved_in));
+        if p.previous_cut > 0 {
+            line.push_str(&format!(", <span class=bad>{} cut</span>", p.previous_cut));
+        }
+        line.push(')');
     }
     if p.previous_draining {
         line.push_str(&format!(

@@ -74,6 +74,9 @@ pub fn render(m: &Metrics, view: &View) -> String {
     m.counter(RELOADS, vec![l("result", "success")]).absolute(view.reload.successes);
     m.counter(RELOADS, vec![l("result", "failure")]).absolute(view.reload.failures);
     m.gauge(RELOAD_OK, vec![]).set(if view.reload.last_ok == Some(false) { 0.0 } else { 1.0 });
+    m.gauge(START_TIME, vec![]).set(view.process.started_at as f64);
+    m.counter(MOVED_IN, vec![]).absolute(view.process.moved_in);
+    m.gauge(PREVIOUS_HOLDS, vec![]).set(view.process.previous_holds as f64);
     stable(&m.render())
 }
 
