@@ -222,6 +222,12 @@ impl Conn {
         Ok(())
     }
 
+    /// Tells the other end that this one will send nothing more (it reads
+    /// the end of the stream), while still reading what it sends.
+    pub fn close_write(&self) {
+        let _ = rustix::net::shutdown(&self.sock, rustix::net::Shutdown::Write);
+    }
+
     /// Reads exactly `buf.len()` bytes, adding the descriptors that came
     /// with them to `fds`; false at end of stream before the first byte.
     async fn read_exact(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<bool> {

@@ -217,8 +217,9 @@ pub struct Inherited {
 pub struct Process {
     pub started_at: u64,
     pub took_over_from: Option<u32>,
-    /// The previous process is still draining into this one.
-    pub previous_draining: AtomicBool,
+    /// The previous process is still draining into this one (a watch: this
+    /// process, handing over in turn, waits for the end of it).
+    pub previous_draining: tokio::sync::watch::Sender<bool>,
     /// Connections the previous process still holds, as it last said.
     pub previous_holds: std::sync::atomic::AtomicU64,
     /// Connections moved here from it.
@@ -372,7 +373,7 @@ impl Lb {
         let p = &self.process;
         view.process.started_at = p.started_at;
         view.process.took_over_from = p.took_over_from;
-        view.process.previous_draining = p.previous_draining.load(Relaxed);
+        view.process.previous_draining = *p.previous_draining.borrow();
         view.process.previous_holds = p.previous_holds.load(Relaxed);
         view.process.moved_in = p.moved_in.load(Relaxed);
         view.process.previous_cut = p.previous_cut.load(Relaxed);

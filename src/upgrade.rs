@@ -196,10 +196,16 @@ async fn drain(conn: Conn, lb: &Lb, successor: u32) {
     // The successor says nothing more after `go`: its end closing means it
     // was itself upgraded (or died), and this drain ends at once.
     let mut gone = std::pin::pin!(conn.recv::<Msg>());
-    let mut all_ended = std::pin::pin!(tracker.wait());
+    let mut previous = lb.process.previous_draining.subscribe();
     let (mut moved, mut lost) = (0u64, 0u64);
-    let mut ended = false;
     loop {
+        // Done when no connection is left here, every one that stopped has
+        // been sent, and the process before this one (if it was still
+        // draining into this one) has sent its last.
+        let still_coming = *previous.borrow();
+        if tracker.is_empty() && rx.is_empty() && !still_coming {
+            break;
+        }
         tokio::select! {
             biased;
             p = rx.recv() => {
@@ -212,7 +218,8 @@ async fn drain(conn: Conn, lb: &Lb, successor: u32) {
                     }
                 }
             }
-            _ = &mut all_ended, if !ended => ended = true,
+            _ = tracker.wait(), if !tracker.is_empty() => {}
+            _ = previous.wait_for(|d| !*d), if still_coming => {}
             _ = report.tick() => {
                 let _ = conn.send(&Msg::Draining { open: tracker.len() as u64 }, &[]).await;
             }
@@ -227,10 +234,6 @@ async fn drain(conn: Conn, lb: &Lb, successor: u32) {
                 warn!(open = tracker.len(), grace_s = grace.as_secs_f64(), "upgrade: shutdown_timeout is over: cutting the connections that did not move");
                 break;
             }
-        }
-        // Every task has ended, and what they parked has been sent.
-        if ended && rx.is_empty() {
-            break;
         }
     }
     let cut = tracker.len() as u64 + lost;
@@ -273,7 +276,7 @@ where
         "upgrade: sockets and state received; preparing the config"
     );
     let running = lifecycle::start_with(loaded, inherited, serve_admin).await?;
-    running.lb.process.previous_draining.store(true, Relaxed);
+    running.lb.process.previous_draining.send_replace(true);
     // Accepting already: from here a failure of the link does not stop
     // this process (the old one, if it is still there and did not hear
     // `go`, goes on accepting on the same sockets too, and says so).
@@ -294,11 +297,17 @@ where
 pub async fn receive(conn: Conn, lb: Arc<Lb>) {
     let from = lb.process.took_over_from.unwrap_or(0);
     let handed_over = lb.shutdown.handed_over.clone();
+    let mut told = false;
     loop {
         let next = tokio::select! {
-            _ = handed_over.cancelled() => {
+            // Only one old process drains at a time: the one before this
+            // is told to end now (its side of the link reads the end), and
+            // what it has sent already is still taken, then moved on.
+            _ = handed_over.cancelled(), if !told => {
+                told = true;
                 info!(from, "this process is handing over in turn: the process before it ends its drain now");
-                break;
+                conn.close_write();
+                continue;
             }
             m = conn.recv::<Msg>() => m,
         };
@@ -335,7 +344,7 @@ pub async fn receive(conn: Conn, lb: Arc<Lb>) {
         }
     }
     lb.process.previous_holds.store(0, Relaxed);
-    lb.process.previous_draining.store(false, Relaxed);
+    lb.process.previous_draining.send_replace(false);
 }
 
 fn stream(fd: OwnedFd) -> std::io::Result<tokio::net::TcpStream> {

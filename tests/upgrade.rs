@@ -451,6 +451,7 @@ async fn open_connections_move_to_the_new_process_intact() {
     );
     assert_eq!(st["pools"][0]["servers"][0]["active"].as_u64(), Some(200), "{}", st["pools"][0]["servers"][0]);
     assert!(st["process"]["moved_in"].as_u64().unwrap_or(0) > 0, "{}", st["process"]);
+    assert_eq!(st["process"]["previous_cut"].as_u64(), Some(0), "nothing cut: {}", st["process"]);
     let carried = st["pools"][0]["servers"][0]["bytes_sent"].as_u64().unwrap_or(0);
     assert!(carried > 0, "byte counters carried over");
 
