@@ -18,16 +18,23 @@
 //!   and passive state, a pool's latch), and its registry.
 //! - `token`: the admin token, read with the config, compared in constant time.
 //! - `metrics`: every metric name and the Prometheus recorder.
+//! - `handover`: the request that makes every connection stop where it holds
+//!   no bytes, the wakers that bring idle ones to see it, and where a
+//!   stopped connection's sockets go (an upgrade moves them).
+//! - `control`: the control socket (Unix, mode 0600): length-framed JSON
+//!   messages carrying descriptors (`SCM_RIGHTS`).
 //! - `splice`, `copy`: the byte path, both directions, pooled buffers and
-//!   pipes, half-close.
+//!   pipes, half-close, and the stop for a move.
 //! - `tls`, `probe`, `health`: probe TLS configs, one probe, and the probe
 //!   tasks shared between pools.
 //! - `pool`: eligibility and balancing, pure (reads check cells, no I/O).
 //! - `snapshot`: the running config as one immutable snapshot, swapped
 //!   whole; server state that outlives snapshots.
+//! - `carry`: the servers' runtime state as it moves to a new process.
 //! - `resolve`: server names into addresses, at load and every
 //!   `resolve_interval`.
-//! - `proxy`: one client: pick, connect with retries, copy.
+//! - `proxy`: one client: pick, connect with retries, copy; a connection
+//!   moved from another process resumed.
 //! - `listener`: bound sockets and accept loops that never die.
 //! - `shutdown`: stop accepting, grace period.
 //! - `status`: the one status view (listeners, pools, servers) computed at
@@ -36,6 +43,8 @@
 //!   everything that can fail, then commit in one swap), and the running
 //!   handle.
 //! - `reload`: what triggers a reload (SIGHUP, a change of the file).
+//! - `upgrade`: `ucp-lb --upgrade`: the old side hands its sockets, state
+//!   and connections over the control socket; the new side takes them.
 //! - `admin`: the admin server; `/status`, the page (`admin/page.rs`) and
 //!   `/metrics` (`admin/prom.rs`) render the status view.
 //! - `nginx`: `convert-nginx` (read, convert, write).
