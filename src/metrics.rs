@@ -64,8 +64,16 @@ const HELP: &[(&str, &str, Unit)] = &[
     (POOL_FAIL_OPEN, "1 while no server of the pool is eligible and it fails open (or rejects)", Unit::Count),
     (ACCESS_LOG_LINES, "Access log lines, by result (written; dropped when the writer could not keep up)", Unit::Count),
     (START_TIME, "When this process started, Unix seconds (an upgrade in place starts a new one)", Unit::Seconds),
-    (MOVED_IN, "Open connections moved into this process from the one it took over from (ucp-lb --upgrade)", Unit::Count),
-    (PREVIOUS_HOLDS, "Connections the process this one took over from still holds while it drains (0 when none drains)", Unit::Count),
+    (
+        MOVED_IN,
+        "Open connections moved into this process from the one it took over from (ucp-lb --upgrade)",
+        Unit::Count,
+    ),
+    (
+        PREVIOUS_HOLDS,
+        "Connections the process this one took over from still holds while it drains (0 when none drains)",
+        Unit::Count,
+    ),
 ];
 
 pub struct Metrics {

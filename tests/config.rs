@@ -180,6 +180,11 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
             "[[listener]]\nbind = \"127.0.0.1:1\"\npool = \"ucp\"\nmax_connections = 0\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n".to_string(),
             "bad.toml:4:19: listener[0].max_connections: expected an integer >= 1, found 0",
         ),
+        (
+            "relative control socket",
+            format!("[admin]\ncontrol_socket = \"run/c.sock\"\n{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"),
+            "bad.toml:2:18: admin.control_socket: expected an absolute path (or \"\" for none), found \"run/c.sock\"",
+        ),
         ("empty file", String::new(), "bad.toml: the config is empty"),
     ]
 }

@@ -43,6 +43,17 @@ pub fn dump(c: &Config) -> String {
         a.status_needs_token.to_string(),
         if a.status_needs_token { "set" } else { "default" },
     );
+    // The default stays a comment: set, it would make a start that cannot
+    // create it fail, where the default only warns.
+    match &a.control_socket {
+        ucp_lb::config::ControlSocket::Default(p) => {
+            line(&mut o, "# control_socket", q(&p.display().to_string()), "default (warns if it cannot be made)")
+        }
+        ucp_lb::config::ControlSocket::Path(p) => {
+            line(&mut o, "control_socket", q(&p.display().to_string()), "set (file or UCP_LB_CONTROL_SOCKET)")
+        }
+        ucp_lb::config::ControlSocket::Off => line(&mut o, "control_socket", q(""), "set: none, no upgrade in place"),
+    }
     for l in &c.listeners {
         let _ = writeln!(o, "\n[[listener]]");
         line(&mut o, "bind", q(&l.bind.to_string()), "set");

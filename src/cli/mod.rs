@@ -245,7 +245,11 @@ pub fn summary(config: &Config, resolved: Option<&ucp_lb::snapshot::Resolved>) -
         None => "no token_file (POST endpoints off)".into(),
     };
     let reads = if a.status_needs_token { "status needs the token" } else { "status open to all who reach it" };
-    let _ = writeln!(s, "admin: {}, {token}, {reads}", a.listen);
+    let control = match a.control_socket.path() {
+        Some(p) => format!("control socket {} (for ucp-lb --upgrade)", p.display()),
+        None => "no control socket (no upgrade in place)".into(),
+    };
+    let _ = writeln!(s, "admin: {}, {token}, {reads}, {control}", a.listen);
     let _ = writeln!(s, "listeners:");
     for l in &config.listeners {
         let max = if l.max_connections == 0 { "no limit".to_owned() } else { l.max_connections.to_string() };
