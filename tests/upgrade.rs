@@ -583,24 +583,30 @@ async fn a_refused_upgrade_leaves_the_running_process_untouched() {
     assert!(!sock.exists(), "a clean stop removes its control socket");
 }
 
+/// A client that sends much through the echoing `addr` and never reads:
+/// the echo fills its socket and the LB is left holding bytes it cannot
+/// write, so the connection cannot move.
+async fn stuck_client(addr: SocketAddr) -> TcpStream {
+    let mut stuck = TcpStream::connect(addr).await.unwrap();
+    let big = vec![7u8; 32 << 20];
+    let _ = tokio::time::timeout(Duration::from_millis(500), stuck.write_all(&big)).await;
+    stuck
+}
+
 /// A second upgrade while the process before is still draining ends that
 /// one at once: never more than two processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_upgrade_during_a_drain_ends_the_oldest_at_once() {
-    // A server that never answers keeps one connection busy in a write the
-    // old process cannot finish: it cannot move, and drains for the whole
-    // shutdown_timeout (20 s here) unless ended.
+    // A client that stops reading keeps its connection busy in a write the
+    // old process cannot finish: it cannot move, and the old process drains
+    // for its whole shutdown_timeout (20 s here) unless ended.
     let stop = Arc::new(AtomicBool::new(false));
     let backend = Recorder::start(stop.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &[backend.addr], "");
     let mut first = Proc::lb(&cfg);
     let addr = first.listener_addr().await;
-    // A client that sends much and never reads: the echo fills its socket
-    // and the old process is stuck writing to it, holding bytes.
-    let mut stuck = TcpStream::connect(addr).await.unwrap();
-    let big = vec![7u8; 32 << 20];
-    let _ = tokio::time::timeout(Duration::from_millis(500), stuck.write_all(&big)).await;
+    let _stuck = stuck_client(addr).await;
     let mut second = Proc::spawn(upgrade_cmd(&cfg), false);
     second.wait_for_line("control socket up").await;
     first.wait_for_line("moving the open connections").await;
@@ -664,9 +670,7 @@ async fn a_connection_that_cannot_move_is_cut_at_the_deadline_and_counted() {
     let mut old = Proc::lb(&cfg);
     let addr = old.listener_addr().await;
     let admin = old.admin_addr().await;
-    let mut stuck = TcpStream::connect(addr).await.unwrap();
-    let big = vec![7u8; 32 << 20];
-    let _ = tokio::time::timeout(Duration::from_millis(500), stuck.write_all(&big)).await;
+    let _stuck = stuck_client(addr).await;
     let idle = TcpStream::connect(addr).await.unwrap();
     let new = upgrade(&mut old, &cfg).await;
     assert!(old.text().contains("cutting the connections that did not move"), "{}", old.text());
