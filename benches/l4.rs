@@ -13,7 +13,11 @@
 //! - added latency of a 1-byte ping-pong, p50 and p99, against direct;
 //! - RSS and kernel memory (slab + TCP buffers) per idle connection with N
 //!   idle clients held through the proxy, and proxy CPU while they idle;
-//!   the ping-pong's p50 and p99 again while they are held (slowloris).
+//!   the ping-pong's p50 and p99 again while they are held (slowloris);
+//! - instructions (user space) per new connection and per keep-alive
+//!   exchange, counted by callgrind on fixed counts (row group `instr`, once
+//!   per run: counts do not vary as times do). `perf stat -e instructions`
+//!   would give the kernel's part too; this machine's VM has no PMU for it.
 //!
 //! Every load is bounded in count and time, targets loopback only, and stops
 //! by itself; each proxy is a child process stopped by its PID. nginx and
@@ -24,7 +28,7 @@ mod common;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -77,6 +81,29 @@ fn which(name: &str) -> Option<PathBuf> {
 }
 
 fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conns: usize) -> Option<Proxy> {
+    start_proxy_under(name, backends, run, max_conns, &[])
+}
+
+/// `cmd`, pinned, under `wrap` (e.g. valgrind and its options) when given.
+fn launch(cmd: &str, wrap: &[String]) -> Command {
+    match wrap.split_first() {
+        None => pinned(cmd),
+        Some((first, rest)) => {
+            let mut c = pinned(first);
+            c.args(rest).arg(cmd);
+            c
+        }
+    }
+}
+
+/// As [`start_proxy`], the proxy run under `wrap`.
+fn start_proxy_under(
+    name: &'static str,
+    backends: &[SocketAddr],
+    run: &Path,
+    max_conns: usize,
+    wrap: &[String],
+) -> Option<Proxy> {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let dir = run.join(name);
@@ -92,12 +119,18 @@ fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conn
             std::fs::write(
                 &cfg,
                 format!(
-                    "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"{addr}\"\npool = \"b\"\n[pool.b]\nservers = [{}]\n",
+                    "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n[[listener]]\nbind = \"{addr}\"\npool = \"b\"\n[pool.b]\nservers = [{}]\n",
                     servers.join(", ")
                 ),
             )
             .unwrap();
-            Some(spawn_ucp_lb(&cfg))
+            if wrap.is_empty() {
+                Some(spawn_ucp_lb(&cfg))
+            } else {
+                let mut c = launch(env!("CARGO_BIN_EXE_ucp-lb"), wrap);
+                c.arg("--config").arg(&cfg).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null());
+                c.spawn().ok()
+            }
         }
         "nginx" => {
             let bin = which("nginx")?;
@@ -118,7 +151,7 @@ fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conn
             )
             .unwrap();
             Some(
-                pinned(bin.to_str()?)
+                launch(bin.to_str()?, wrap)
                     .arg("-c")
                     .arg(&cfg)
                     .arg("-p")
@@ -142,7 +175,7 @@ fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conn
             )
             .unwrap();
             Some(
-                pinned(bin.to_str()?)
+                launch(bin.to_str()?, wrap)
                     .arg("-f")
                     .arg(&cfg)
                     .arg("-db")
@@ -158,8 +191,9 @@ fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conn
     let p = Proxy { child, addr, _dir: dir };
     // Wait until it accepts (bounded).
     let start = Instant::now();
+    let patience = Duration::from_secs(if wrap.is_empty() { 10 } else { 120 });
     while std::net::TcpStream::connect(p.addr).is_err() {
-        if start.elapsed() > Duration::from_secs(10) {
+        if start.elapsed() > patience {
             eprintln!("{name}: did not start listening; skipped");
             return None;
         }
@@ -438,6 +472,85 @@ fn spread(v: &[f64]) -> f64 {
     if max > 0.0 { (max - min) / max * 100.0 } else { 0.0 }
 }
 
+/// Connections and keep-alive exchanges counted under callgrind: the
+/// difference between two runs that differ in one count only, over that
+/// difference, so start-up and shut-down cancel out.
+const INSTR_CONNS: (u64, u64) = (200, 1200);
+const INSTR_EXCHANGES: (u64, u64) = (500, 5000);
+/// Bytes each way of one keep-alive exchange: a small request and answer.
+const EXCHANGE_BYTES: usize = 200;
+
+/// `n` connections one after another: connect, 1 byte there and back, close.
+async fn fixed_connections(addr: SocketAddr, n: u64) {
+    let mut b = [0u8; 1];
+    for _ in 0..n {
+        if let Ok(mut s) = TcpStream::connect(addr).await {
+            let _ = s.write_all(b"x").await;
+            let _ = s.read_exact(&mut b).await;
+        }
+    }
+}
+
+/// `n` exchanges of [`EXCHANGE_BYTES`] each way on one connection.
+async fn fixed_exchanges(addr: SocketAddr, n: u64) {
+    let Ok(mut s) = TcpStream::connect(addr).await else { return };
+    let (msg, mut back) = (vec![7u8; EXCHANGE_BYTES], vec![0u8; EXCHANGE_BYTES]);
+    for _ in 0..n {
+        if s.write_all(&msg).await.is_err() || s.read_exact(&mut back).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Instructions `name` executes in user space for `conns` connections and
+/// `exchanges` exchanges, start to exit, counted by callgrind.
+async fn instructions_run(name: &'static str, echo: SocketAddr, run: &Path, conns: u64, exchanges: u64) -> Option<f64> {
+    let valgrind = which("valgrind")?;
+    let out = run.join(format!("{name}-{conns}-{exchanges}.callgrind"));
+    let wrap = vec![
+        valgrind.display().to_string(),
+        "--tool=callgrind".into(),
+        "--trace-children=no".into(),
+        format!("--callgrind-out-file={}", out.display()),
+    ];
+    let Some(mut p) = start_proxy_under(name, &[echo], run, 1000, &wrap) else {
+        eprint!(" ({name} did not start under callgrind)");
+        return None;
+    };
+    fixed_connections(p.addr, conns).await;
+    fixed_exchanges(p.addr, exchanges).await;
+    // A clean exit, so callgrind writes its counts (Drop would SIGKILL).
+    let mut child = p.child.take()?;
+    let pid = rustix::process::Pid::from_child(&child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().ok()?.is_none() {
+        if Instant::now() > deadline {
+            eprint!(" ({name} did not exit on SIGTERM under callgrind)");
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Ok(text) = std::fs::read_to_string(&out) else {
+        eprint!(" ({name}: no callgrind output at {})", out.display());
+        return None;
+    };
+    let total = text.lines().rev().find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")));
+    total?.split_whitespace().next()?.parse().ok()
+}
+
+/// (instructions per connection, per exchange) of `name`.
+async fn instructions(name: &'static str, echo: SocketAddr, run: &Path) -> Option<(f64, f64)> {
+    let (c0, c1) = INSTR_CONNS;
+    let (e0, e1) = INSTR_EXCHANGES;
+    let base = instructions_run(name, echo, run, c0, e0).await?;
+    let more_conns = instructions_run(name, echo, run, c1, e0).await?;
+    let more_exchanges = instructions_run(name, echo, run, c0, e1).await?;
+    Some(((more_conns - base) / (c1 - c0) as f64, (more_exchanges - base) / (e1 - e0) as f64))
+}
+
 /// The figures of one proxy, one list per row, one value per round.
 #[derive(Default, Clone)]
 struct Rows {
@@ -457,6 +570,8 @@ struct Rows {
     p99: Vec<f64>,
     p50_idle: Vec<f64>,
     p99_idle: Vec<f64>,
+    instr_conn: Vec<f64>,
+    instr_req: Vec<f64>,
     rss: Vec<f64>,
     rss_settled: Vec<f64>,
     kernel: Vec<f64>,
@@ -533,6 +648,16 @@ fn main() {
                     if let Some(p) = start_proxy(name, &[b.http], &run_dir, idle_n + 50) {
                         let pid = p.child.as_ref().map(Child::id);
                         wrk_row(pid, &format!("http://{}/", p.addr), 16, true, &mut r.http_rate, &mut r.http_cpu);
+                    }
+                }
+                // Instructions, once (they do not vary from run to run).
+                if round == 0 && *name != "direct" && row("instr") {
+                    match instructions(name, echo, &run_dir).await {
+                        Some((per_conn, per_req)) => {
+                            r.instr_conn.push(per_conn);
+                            r.instr_req.push(per_req);
+                        }
+                        None => eprint!(" (no instruction counts: valgrind missing or the run failed)"),
                     }
                 }
                 // Raw TCP connections, latency, idle connections.
@@ -618,6 +743,8 @@ fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
         ("1-byte ping-pong p99 µs", &|r| cell(&r.p99, 1)),
         ("  added p50 µs", &|r| added(&r.p50, direct.map(|d| &rows[d].p50))),
         ("  added p99 µs", &|r| added(&r.p99, direct.map(|d| &rows[d].p99))),
+        ("user instructions/conn (callgrind)", &|r| cell(&r.instr_conn, 0)),
+        ("user instructions/200 B exchange", &|r| cell(&r.instr_req, 0)),
     ];
     let idle_rows: [(String, &Cell<'_>); 6] = [
         (format!("ping-pong p50 µs, {idle_n} idle open"), &|r| cell(&r.p50_idle, 1)),
