@@ -477,11 +477,22 @@ impl Mask {
     fn is_empty(&self) -> bool {
         self.words().iter().all(|&w| w == 0)
     }
+    /// The indices in the set, in order. Only the set bits are visited (each
+    /// found with one trailing-zeros count): a pick in a pool of three walks
+    /// three bits, not 256 (callgrind had the old walk at about 2,200
+    /// instructions per new connection, most of a round-robin pick).
     fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.words()
-            .iter()
-            .enumerate()
-            .flat_map(|(wi, &w)| (0..64).filter(move |b| w & (1 << b) != 0).map(move |b| wi * 64 + b))
+        self.words().iter().enumerate().flat_map(|(wi, &w)| {
+            let mut rest = w;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let b = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                Some(wi * 64 + b)
+            })
+        })
     }
 }
 
@@ -660,6 +671,12 @@ mod tests {
         }
         assert_eq!(m.iter().collect::<Vec<_>>(), [0, 63, 64, 299]);
         assert!(m.get(64) && !m.get(65));
+        let mut small = Mask::new(256);
+        for i in [1, 2, 130, 255] {
+            small.set(i);
+        }
+        assert_eq!(small.iter().collect::<Vec<_>>(), [1, 2, 130, 255]);
+        assert_eq!(Mask::new(3).iter().count(), 0);
     }
 
     /// nginx's round robin with passive ejection, written from
