@@ -161,8 +161,6 @@ pub struct Outcome {
     pub to_client: u64,
     /// The side that closed (sent its FIN) first, if either did.
     pub first_closed: Option<Side>,
-    /// From the upstream connect to the end.
-    pub duration: Duration,
     pub end: End,
     /// Each side has sent its FIN, passed on to the other (what a moved
     /// connection carries).
@@ -279,15 +277,23 @@ impl Meter<'_> {
 pub fn bidirectional<'a, L: Send + 'a>(
     client: &'a TcpStream,
     server: &'a TcpStream,
-    idle: Option<Duration>,
+    idle: Option<&'a Duration>,
     totals: Totals<'a>,
-    load: L,
-    resume: Resume,
+    mut load: Option<L>,
+    resume: Option<&'a Resume>,
 ) -> impl Future<Output = Outcome> + Send + 'a {
+    // (Every argument is a field of every connection's future for its whole
+    // life: references and options of references, 8 bytes each, where a
+    // value would be 16 or more.)
     async move {
-        let mut load = (!resume.server_done).then_some(load);
-        let clock = Activity { start: Instant::now(), last: AtomicU64::new(0) };
-        let activity = idle.map(|_| &clock);
+        let resume = resume.copied().unwrap_or_default();
+        if resume.server_done {
+            load = None;
+        }
+        // Only with an idle timeout, and boxed: without one (the default) a
+        // connection keeps no clock.
+        let clock = idle.map(|_| Box::new(Activity { start: Instant::now(), last: AtomicU64::new(0) }));
+        let activity = clock.as_deref();
         let up = Direction {
             src: client,
             dst: server,
@@ -306,123 +312,135 @@ pub fn bidirectional<'a, L: Send + 'a>(
             activity,
             parked: AtomicBool::new(false),
         };
-        // Both directions, each with its source socket and whether it has
-        // passed its EOF on.
         let (up_pipe, down_pipe) = (std::pin::pin!(up.pipe()), std::pin::pin!(down.pipe()));
-        let mut pipes = [
-            (up_pipe, Side::Client, client, resume.client_done),
-            (down_pipe, Side::Server, server, resume.server_done),
-        ];
-        let mut first_closed = resume.first_closed;
-        // Once one direction has passed its EOF on, nothing reads its source
-        // any more, so a peer that then goes (a reset, a keepalive timeout)
-        // would never be noticed while the other direction stays quiet: its
-        // socket is watched for an error from then on. Boxed, and only for
-        // half-closed connections.
-        let mut gone: Option<(Side, ErrorWatch<'a>)> = match (resume.client_done, resume.server_done) {
-            (true, false) => Some((Side::Client, Box::pin(client.ready(Interest::ERROR)))),
-            (false, true) => Some((Side::Server, Box::pin(server.ready(Interest::ERROR)))),
-            _ => None,
-        };
-        // This connection's waker, for an upgrade to reach it while idle.
-        let mut registration: Option<handover::Registration> = None;
-        // Boxed, and only when there is an idle timeout: the default (none)
-        // costs a connection nothing.
-        let mut idle_expired = idle.map(|d| Box::pin(clock.expired(d)));
-        // Boxed and dropped once it fires: a connection that lasts holds no
-        // timer.
-        let mut late = Some(Box::pin(tokio::time::sleep(KEEPALIVE_AFTER)));
-        // Polled by hand rather than with select!, whose state would sit in
-        // every connection's future.
-        let end = std::future::poll_fn(|cx| {
-            if registration.is_none() {
-                registration = Some(handover::register(cx.waker()));
-            }
-            for i in 0..2 {
-                let (pipe, side, src, done) = &mut pipes[i];
-                if *done {
-                    continue;
-                }
-                match pipe.as_mut().poll(cx) {
-                    Poll::Ready(Ok(())) => {
-                        *done = true;
-                        let (side, src) = (*side, *src);
-                        first_closed.get_or_insert(side);
-                        // The server has closed its side: the connection no
-                        // longer counts against it, before the client can
-                        // see the FIN and come back.
-                        if side == Side::Server {
-                            load = None;
+        // Everything the poll below changes is made in this block and moved
+        // into its closure, which is then the one place it is kept: bound
+        // as locals of the connection's future instead, each would take
+        // room there as well as a reference in the closure.
+        let (end, first_closed, done) = {
+            // Both directions (client to server first), each with whether
+            // it has passed its EOF on.
+            let mut pipes = [(up_pipe, resume.client_done), (down_pipe, resume.server_done)];
+            let side = |i: usize| if i == 0 { Side::Client } else { Side::Server };
+            let sock = |s: Side| if s == Side::Client { client } else { server };
+            let mut first_closed = resume.first_closed;
+            // Once one direction has passed its EOF on, nothing reads its
+            // source any more, so a peer that then goes (a reset, a
+            // keepalive timeout) would never be noticed while the other
+            // direction stays quiet: its socket is watched for an error from
+            // then on. Boxed, and only for half-closed connections.
+            let mut gone: Option<(Side, ErrorWatch<'a>)> = match (resume.client_done, resume.server_done) {
+                (true, false) => Some((Side::Client, Box::pin(client.ready(Interest::ERROR)))),
+                (false, true) => Some((Side::Server, Box::pin(server.ready(Interest::ERROR)))),
+                _ => None,
+            };
+            // This connection's waker, for an upgrade to reach it while idle.
+            let mut registration: Option<handover::Registration> = None;
+            // Boxed, and only when there is an idle timeout: the default
+            // (none) costs a connection nothing.
+            let mut idle_expired = activity.zip(idle).map(|(c, d)| Box::pin(c.expired(*d)));
+            // Boxed and dropped once it fires: a connection that lasts holds
+            // no timer.
+            let mut late = Some(Box::pin(tokio::time::sleep(KEEPALIVE_AFTER)));
+            let (up, down, load) = (&up, &down, &mut load);
+            // Polled by hand rather than with select!, whose state would sit
+            // in every connection's future.
+            std::future::poll_fn(move |cx| {
+                let end: Poll<End> = 'poll: {
+                    if registration.is_none() {
+                        registration = Some(handover::register(cx.waker()));
+                    }
+                    for i in 0..2 {
+                        let (pipe, done) = &mut pipes[i];
+                        if *done {
+                            continue;
                         }
-                        if !pipes[1 - i].3 {
-                            // The first EOF: passed on as a half-close while
-                            // the other direction goes on. (After the second,
-                            // the caller closes both sockets, which sends the
-                            // FIN: nothing is left unread on either.)
-                            let dst = if side == Side::Client { server } else { client };
-                            if let Err(e) = SockRef::from(dst).shutdown(Shutdown::Write)
-                                && e.kind() != io::ErrorKind::NotConnected
-                            {
-                                let dst_side = if side == Side::Client { Side::Server } else { Side::Client };
-                                return Poll::Ready(End::Error { side: dst_side, kind: e.kind() });
+                        match pipe.as_mut().poll(cx) {
+                            Poll::Ready(Ok(())) => {
+                                *done = true;
+                                let s = side(i);
+                                first_closed.get_or_insert(s);
+                                // The server has closed its side: the
+                                // connection no longer counts against it,
+                                // before the client can see the FIN and come
+                                // back.
+                                if s == Side::Server {
+                                    *load = None;
+                                }
+                                if !pipes[1 - i].1 {
+                                    // The first EOF: passed on as a half-close
+                                    // while the other direction goes on. (After
+                                    // the second, the caller closes both
+                                    // sockets, which sends the FIN: nothing is
+                                    // left unread on either.)
+                                    let other = side(1 - i);
+                                    if let Err(e) = SockRef::from(sock(other)).shutdown(Shutdown::Write)
+                                        && e.kind() != io::ErrorKind::NotConnected
+                                    {
+                                        break 'poll Poll::Ready(End::Error { side: other, kind: e.kind() });
+                                    }
+                                    gone = Some((s, Box::pin(sock(s).ready(Interest::ERROR))));
+                                }
                             }
-                            gone = Some((side, Box::pin(src.ready(Interest::ERROR))));
+                            Poll::Ready(Err(PipeError { side, err })) => {
+                                break 'poll Poll::Ready(End::Error { side, kind: err.kind() });
+                            }
+                            Poll::Pending => {}
                         }
                     }
-                    Poll::Ready(Err(PipeError { side, err })) => {
-                        return Poll::Ready(End::Error { side, kind: err.kind() });
+                    if pipes.iter().all(|p| p.1) {
+                        break 'poll Poll::Ready(End::Closed);
                     }
-                    Poll::Pending => {}
-                }
-            }
-            if pipes.iter().all(|p| p.3) {
-                return Poll::Ready(End::Closed);
-            }
-            // Both directions stopped without bytes in hand (or finished):
-            // the sockets are the whole connection now.
-            if handover::requested()
-                && (pipes[0].3 || up.parked.load(Relaxed))
-                && (pipes[1].3 || down.parked.load(Relaxed))
-            {
-                return Poll::Ready(End::Moving);
-            }
-            if let Some((side, watch)) = gone.as_mut()
-                && let Poll::Ready(r) = watch.as_mut().poll(cx)
-            {
-                let sock = if *side == Side::Client { client } else { server };
-                let kind = match r {
-                    Err(e) => e.kind(),
-                    Ok(_) => sock.take_error().ok().flatten().map_or(io::ErrorKind::ConnectionReset, |e| e.kind()),
+                    // Both directions stopped without bytes in hand (or
+                    // finished): the sockets are the whole connection now.
+                    if handover::requested()
+                        && (pipes[0].1 || up.parked.load(Relaxed))
+                        && (pipes[1].1 || down.parked.load(Relaxed))
+                    {
+                        break 'poll Poll::Ready(End::Moving);
+                    }
+                    if let Some((s, watch)) = gone.as_mut()
+                        && let Poll::Ready(r) = watch.as_mut().poll(cx)
+                    {
+                        let kind = match r {
+                            Err(e) => e.kind(),
+                            Ok(_) => sock(*s)
+                                .take_error()
+                                .ok()
+                                .flatten()
+                                .map_or(io::ErrorKind::ConnectionReset, |e| e.kind()),
+                        };
+                        break 'poll Poll::Ready(End::Error { side: *s, kind });
+                    }
+                    if let Some(Poll::Ready(())) = idle_expired.as_mut().map(|t| t.as_mut().poll(cx)) {
+                        break 'poll Poll::Ready(End::IdleTimeout);
+                    }
+                    if let Some(Poll::Ready(())) = late.as_mut().map(|t| t.as_mut().poll(cx)) {
+                        // Idle dead peers are found by keepalive (60 s, then
+                        // 10 s x 6). The client socket inherits it from the
+                        // listener; the server socket gets it here, on
+                        // connections that last: four syscalls saved on every
+                        // short one. Its timer counts from the last segment,
+                        // so setting it late changes nothing. After this the
+                        // timer is gone and a wake polls the sockets alone.
+                        late = None;
+                        let _ = SockRef::from(server).set_tcp_keepalive(&crate::net::keepalive());
+                    }
+                    Poll::Pending
                 };
-                return Poll::Ready(End::Error { side: *side, kind });
-            }
-            if let Some(Poll::Ready(())) = idle_expired.as_mut().map(|t| t.as_mut().poll(cx)) {
-                return Poll::Ready(End::IdleTimeout);
-            }
-            if let Some(Poll::Ready(())) = late.as_mut().map(|t| t.as_mut().poll(cx)) {
-                // Idle dead peers are found by keepalive (60 s, then 10 s x
-                // 6). The client socket inherits it from the listener; the
-                // server socket gets it here, on connections that last: four
-                // syscalls saved on every short one. Its timer counts from
-                // the last segment, so setting it late changes nothing. After
-                // this the timer is gone and a wake polls the sockets alone.
-                late = None;
-                let _ = SockRef::from(server).set_tcp_keepalive(&crate::net::keepalive());
-            }
-            Poll::Pending
-        })
+                end.map(|end| (end, first_closed, [pipes[0].1, pipes[1].1]))
+            })
+        }
         .await;
-        drop(registration);
         up.meter.flush();
         down.meter.flush();
         Outcome {
             to_server: up.meter.moved.load(Relaxed),
             to_client: down.meter.moved.load(Relaxed),
             first_closed,
-            duration: clock.start.elapsed(),
             end,
-            client_done: pipes[0].3,
-            server_done: pipes[1].3,
+            client_done: done[0],
+            server_done: done[1],
         }
     }
 }

@@ -90,7 +90,7 @@ pub fn serve<G: Send + 'static>(
                 }
             }
         };
-        let out = relay(&client, &upstream, &snap, pool, idx, active, copy::Resume::default()).await;
+        let out = relay(&client, &upstream, &snap, pool, idx, Some(active), None).await;
         conclude(client, upstream, peer, &snap, pool, idx, &out, entry);
     }
 }
@@ -125,12 +125,12 @@ pub fn resume<G: Send + 'static>(
         match at {
             Some((pool, idx)) => {
                 let active = (!moved.server_done).then(|| ActiveConn::new(&snap.pools[pool].servers[idx].state));
-                let out = relay(&client, &upstream, &snap, pool, idx, active, resume).await;
+                let out = relay(&client, &upstream, &snap, pool, idx, active, Some(&resume)).await;
                 conclude(client, upstream, moved.peer, &snap, pool, idx, &out, entry);
             }
             None => {
                 let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
-                let out = copy::bidirectional(&client, &upstream, None, (&a, &b), (), resume).await;
+                let out = copy::bidirectional(&client, &upstream, None, (&a, &b), None::<()>, Some(&resume)).await;
                 if out.end == copy::End::Moving {
                     park(client, upstream, moved.peer, &moved.pool, moved.server, &out, entry);
                 } else {
@@ -149,12 +149,12 @@ fn relay<'a, L: Send + 'a>(
     snap: &'a Snapshot,
     pool: usize,
     idx: usize,
-    active: L,
-    resume: copy::Resume,
+    active: Option<L>,
+    resume: Option<&'a copy::Resume>,
 ) -> impl Future<Output = copy::Outcome> + Send + 'a {
     let (p, s) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
     let totals = (&s.state.bytes_sent, &s.state.bytes_received);
-    copy::bidirectional(client, upstream, p.settings.idle_timeout, totals, active, resume)
+    copy::bidirectional(client, upstream, p.settings.idle_timeout.as_ref(), totals, active, resume)
 }
 
 /// After the copy: a connection asked to move is parked for the process
@@ -183,7 +183,6 @@ fn conclude(
         server = %server.addr,
         bytes_to_server = out.to_server,
         bytes_to_client = out.to_client,
-        duration_ms = out.duration.as_millis() as u64,
         end = out.end.as_str(),
         "connection closed"
     );
@@ -245,7 +244,7 @@ fn park(
         client_done: out.client_done,
         server_done: out.server_done,
         server_first: out.first_closed == Some(copy::Side::Server),
-        age_ms: entry.as_ref().map_or(out.duration, |e| e.age()).as_millis() as u64,
+        age_ms: entry.as_ref().map_or(0, |e| e.age().as_millis() as u64),
         logged: entry.is_some(),
         connect_us: entry.as_ref().and_then(|e| e.connect_time()).map(|d| d.as_micros() as u64),
     };
