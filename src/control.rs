@@ -59,12 +59,20 @@ pub fn occupant(path: &Path) -> io::Result<Occupant> {
     if !meta.file_type().is_socket() {
         return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"));
     }
-    // A blocking connect to a local socket: it answers at once (accepted
-    // into the backlog, or refused when nobody listens).
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Ok(Occupant::Live),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(Occupant::Stale),
-        Err(e) => Err(e),
+    // A non-blocking connect (this runs on the runtime's threads): a local
+    // socket answers at once, accepted into the backlog, refused when
+    // nobody listens, or "try again" when its backlog is full (someone
+    // listens).
+    let s = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    match rustix::net::connect(&s, &SocketAddrUnix::new(path)?) {
+        Ok(()) | Err(rustix::io::Errno::AGAIN) => Ok(Occupant::Live),
+        Err(rustix::io::Errno::CONNREFUSED) => Ok(Occupant::Stale),
+        Err(e) => Err(e.into()),
     }
 }
 

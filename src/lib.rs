@@ -135,30 +135,34 @@ where
     let serve_admin = |sock, lb| tokio::spawn(admin::serve(sock, lb));
     let mut control = None;
     let started = async {
-        match begin {
-            Begin::Start => {
+        // The process to take over from, if any. Nobody there (a first
+        // start, a start after a reboot): an ordinary start, so `--upgrade`
+        // can stay in a unit or a container's command. (Were a process
+        // holding the ports without a control socket, the bind would fail
+        // the start.)
+        let from = match (begin, control_cfg.path()) {
+            (Begin::Start, _) => None,
+            (Begin::Upgrade, None) => {
+                return Err(StartError::Upgrade("admin.control_socket is \"\": nothing to take over from".into()));
+            }
+            (Begin::Upgrade, Some(path)) => match control::occupant(path) {
+                Ok(control::Occupant::Nothing | control::Occupant::Stale) => {
+                    info!(path = %path.display(), "--upgrade: no running ucp-lb on the control socket: starting");
+                    None
+                }
+                _ => Some(path),
+            },
+        };
+        match from {
+            None => {
                 control = upgrade::control_socket(&control_cfg, false)?;
                 Ok((lifecycle::start(loaded, serve_admin).await?, None))
             }
-            Begin::Upgrade => {
-                let Some(path) = control_cfg.path() else {
-                    return Err(StartError::Upgrade("admin.control_socket is \"\": nothing to take over from".into()));
-                };
-                // Nobody there (a first start, a start after a reboot): an
-                // ordinary start, so `--upgrade` can stay in a unit or a
-                // container's command. (Were a process holding the ports
-                // without a control socket, the bind would fail the start.)
-                if matches!(control::occupant(path), Ok(control::Occupant::Nothing | control::Occupant::Stale)) {
-                    info!(path = %path.display(), "--upgrade: no running ucp-lb on the control socket: starting");
-                    control = upgrade::control_socket(&control_cfg, false)?;
-                    return Ok((lifecycle::start(loaded, serve_admin).await?, None));
-                }
-                match upgrade::take_over(path, loaded, serve_admin).await {
-                    Ok((running, link)) => Ok((running, Some(link))),
-                    Err(upgrade::UpgradeError::Start(e)) => Err(e),
-                    Err(e) => Err(StartError::Upgrade(e.to_string())),
-                }
-            }
+            Some(path) => match upgrade::take_over(path, loaded, serve_admin).await {
+                Ok((running, link)) => Ok((running, Some(link))),
+                Err(upgrade::UpgradeError::Start(e)) => Err(e),
+                Err(e) => Err(StartError::Upgrade(e.to_string())),
+            },
         }
     };
     let (mut running, link) = tokio::select! {

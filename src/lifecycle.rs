@@ -358,6 +358,15 @@ impl Lb {
         self.reload.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Stops accepting on every listener and lets go of the copies of the
+    /// listening sockets kept for a successor (for a shutdown, so new
+    /// clients are refused; after a hand-over, so only the successor
+    /// accepts).
+    pub fn stop_accepting(&self) {
+        self.listeners.stop_all();
+        self.admin_fd.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
     /// The status view now.
     pub fn view(&self) -> View {
         let snap = self.shared.snapshot.load_full();
@@ -584,8 +593,7 @@ impl Running {
     /// (the binary returns from it right after).
     pub async fn shutdown(&self) {
         let grace = self.lb.shared.snapshot.load().config.defaults.shutdown_timeout;
-        self.lb.listeners.stop_all();
-        self.lb.admin_fd.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.lb.stop_accepting();
         self.lb.shutdown.run(grace).await;
         for task in &self.background {
             task.abort();

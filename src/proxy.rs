@@ -91,7 +91,8 @@ pub fn serve<G: Send + 'static>(
             }
         };
         let out = relay(&client, &upstream, &snap, pool, idx, Some(active), None).await;
-        conclude(client, upstream, peer, &snap, pool, idx, &out, entry);
+        let (pool, server) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
+        conclude(client, upstream, peer, &pool.name, server.addr, &out, entry);
     }
 }
 
@@ -126,16 +127,12 @@ pub fn resume<G: Send + 'static>(
             Some((pool, idx)) => {
                 let active = (!moved.server_done).then(|| ActiveConn::new(&snap.pools[pool].servers[idx].state));
                 let out = relay(&client, &upstream, &snap, pool, idx, active, Some(&resume)).await;
-                conclude(client, upstream, moved.peer, &snap, pool, idx, &out, entry);
+                conclude(client, upstream, moved.peer, &moved.pool, moved.server, &out, entry);
             }
             None => {
                 let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
                 let out = copy::bidirectional(&client, &upstream, None, (&a, &b), None::<()>, Some(&resume)).await;
-                if out.end == copy::End::Moving {
-                    park(client, upstream, moved.peer, &moved.pool, moved.server, &out, entry);
-                } else {
-                    finish(&client, &upstream, &out, entry, moved.peer);
-                }
+                conclude(client, upstream, moved.peer, &moved.pool, moved.server, &out, entry);
             }
         }
     }
@@ -160,27 +157,24 @@ fn relay<'a, L: Send + 'a>(
 /// After the copy: a connection asked to move is parked for the process
 /// that took over; any other is closed as its end calls for, with its
 /// access log line.
-#[allow(clippy::too_many_arguments)]
 fn conclude(
     client: TcpStream,
     upstream: TcpStream,
     peer: SocketAddr,
-    snap: &Snapshot,
-    pool: usize,
-    idx: usize,
+    pool: &str,
+    server: SocketAddr,
     out: &copy::Outcome,
     entry: Option<Box<access_log::Entry>>,
 ) {
-    let (pool, server) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
     if out.end == copy::End::Moving {
-        park(client, upstream, peer, &pool.name, server.addr, out, entry);
+        park(client, upstream, peer, pool, server, out, entry);
         return;
     }
     finish(&client, &upstream, out, entry, peer);
     debug!(
-        pool = %pool.name,
+        %pool,
         client = %peer,
-        server = %server.addr,
+        server = %server,
         bytes_to_server = out.to_server,
         bytes_to_client = out.to_client,
         end = out.end.as_str(),

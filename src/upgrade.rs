@@ -83,13 +83,17 @@ fn talk(e: impl std::fmt::Display) -> UpgradeError {
     UpgradeError::Talk(e.to_string())
 }
 
-async fn recv(conn: &Conn, wait: Duration) -> Result<(Msg, Vec<OwnedFd>), UpgradeError> {
+/// The next message within `wait`; `None` when the other end closed.
+async fn recv_or_end(conn: &Conn, wait: Duration) -> Result<Option<(Msg, Vec<OwnedFd>)>, UpgradeError> {
     match tokio::time::timeout(wait, conn.recv::<Msg>()).await {
-        Ok(Ok(Some(m))) => Ok(m),
-        Ok(Ok(None)) => Err(talk("closed the control connection")),
-        Ok(Err(e)) => Err(talk(e)),
+        Ok(r) => r.map_err(talk),
         Err(_) => Err(talk(format!("no answer within {}s", wait.as_secs()))),
     }
+}
+
+/// The next message within `wait`; the other end closing is an error.
+async fn recv(conn: &Conn, wait: Duration) -> Result<(Msg, Vec<OwnedFd>), UpgradeError> {
+    recv_or_end(conn, wait).await?.ok_or_else(|| talk("closed the control connection"))
 }
 
 /// Makes this process's control socket as `[admin] control_socket` says.
@@ -145,12 +149,10 @@ pub async fn serve(control: &ControlListener, lb: Arc<Lb>) {
 /// connection closed without a word (`--upgrade` and a start looking
 /// whether anyone listens here).
 async fn offer(conn: &Conn, lb: &Lb) -> Result<Option<u32>, UpgradeError> {
-    let (pid, version) = match tokio::time::timeout(STEP, conn.recv::<Msg>()).await {
-        Ok(Ok(None)) => return Ok(None),
-        Ok(Ok(Some((Msg::Hello { pid, version }, _)))) => (pid, version),
-        Ok(Ok(Some((other, _)))) => return Err(talk(format!("expected hello, got {other:?}"))),
-        Ok(Err(e)) => return Err(talk(e)),
-        Err(_) => return Err(talk("no hello within 10s")),
+    let (pid, version) = match recv_or_end(conn, STEP).await? {
+        None => return Ok(None),
+        Some((Msg::Hello { pid, version }, _)) => (pid, version),
+        Some((other, _)) => return Err(talk(format!("expected hello, got {other:?}"))),
     };
     info!(successor = pid, %version, "upgrade: a new process asks to take over");
     let generation = lb.shared.snapshot.load().generation;
@@ -172,9 +174,8 @@ async fn offer(conn: &Conn, lb: &Lb) -> Result<Option<u32>, UpgradeError> {
     }
     // The successor accepts on every socket now: stop here. From this point
     // on there is no going back, whatever the link does.
-    lb.listeners.stop_all();
+    lb.stop_accepting();
     lb.shutdown.handed_over.cancel();
-    lb.admin_fd.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Err(e) = conn.send(&Msg::Going, &[]).await {
         warn!(successor = pid, error = %e, "upgrade: could not confirm to the new process");
     }
