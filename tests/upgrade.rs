@@ -56,7 +56,12 @@ fn refusing() -> SocketAddr {
 }
 
 fn upgrade_cmd(cfg: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
+    upgrade_cmd_of(Path::new(BIN), cfg)
+}
+
+/// `ucp-lb --upgrade` on `cfg`, run from the binary at `bin`.
+fn upgrade_cmd_of(bin: &Path, cfg: &Path) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.arg("--config").arg(cfg).arg("--upgrade").env("RUST_LOG", "info");
     cmd
 }
@@ -564,7 +569,12 @@ async fn a_refused_upgrade_leaves_the_running_process_untouched() {
         )
         .unwrap();
         std::fs::set_permissions(&other_cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let mut cmd = upgrade_cmd(&other_cfg);
+        // A copy of the binary that user can run: the build's own may sit
+        // below a directory only root may enter (a private temporary clone).
+        let bin = open.path().join("ucp-lb");
+        std::fs::copy(BIN, &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cmd = upgrade_cmd_of(&bin, &other_cfg);
         std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
         let err = refused(&mut cmd);
         assert!(err.contains("control socket") || err.contains("control_socket"), "{err}");
