@@ -19,9 +19,17 @@
 //!   per run: counts do not vary as times do). `perf stat -e instructions`
 //!   would give the kernel's part too; this machine's VM has no PMU for it.
 //!
-//! Every load is bounded in count and time, targets loopback only, and stops
-//! by itself; each proxy is a child process stopped by its PID. nginx and
-//! HAProxy are skipped (and said so) when not installed.
+//! Topologies: by default client, proxy and backends share loopback. With
+//! `TOPOLOGY=netns` (benches/run.sh sets up the namespaces and runs the
+//! bench in the first) the client is in one network namespace, the proxy in
+//! a second and the backends in a third, joined by veth pairs with GSO and
+//! GRO on, so every byte crosses two (virtual) NICs as between hosts; the
+//! direct row is routed through the proxy's namespace.
+//!
+//! Every load is bounded in count and time, targets loopback or the bench's
+//! own namespaces only, and stops by itself; each proxy is a child process
+//! stopped by its PID. nginx and HAProxy are skipped (and said so) when not
+//! installed.
 
 mod common;
 
@@ -36,7 +44,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::{cpu_secs, pinned, spawn_ucp_lb};
+use common::cpu_secs;
 
 const STREAM_SECS: f64 = 3.0;
 const CONN_SECS: f64 = 3.0;
@@ -69,9 +77,87 @@ impl Drop for Proxy {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// Where the parties of a run are: see the module's doc.
+mod topology {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::path::Path;
+    use std::process::Command;
+    use std::sync::OnceLock;
+
+    /// The namespaces benches/run.sh makes for `TOPOLOGY=netns` (the bench
+    /// itself runs in `ucplb-bench-cl`), and their addresses.
+    pub const NS_PROXY: &str = "ucplb-bench-lb";
+    pub const NS_SERVERS: &str = "ucplb-bench-srv";
+    const PROXY_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
+    const SERVERS_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
+
+    /// Whether this run is on the three-namespace topology.
+    pub fn netns() -> bool {
+        static NETNS: OnceLock<bool> = OnceLock::new();
+        *NETNS.get_or_init(|| {
+            let on = std::env::var("TOPOLOGY").is_ok_and(|t| t == "netns");
+            assert!(
+                !on || Path::new("/run/netns").join(NS_PROXY).exists(),
+                "TOPOLOGY=netns needs the namespaces benches/run.sh makes: run it through benches/run.sh"
+            );
+            on
+        })
+    }
+
+    /// The address the client reaches the proxy on, and the backends' (as
+    /// the proxy sees them).
+    pub fn proxy_ip() -> IpAddr {
+        IpAddr::V4(if netns() { PROXY_IP } else { Ipv4Addr::LOCALHOST })
+    }
+    pub fn servers_ip() -> IpAddr {
+        IpAddr::V4(if netns() { SERVERS_IP } else { Ipv4Addr::LOCALHOST })
+    }
+
+    /// A listener on `ip` port 0 made in namespace `ns` (on loopback, in
+    /// this process's own): a thread joins the namespace, binds and ends; the
+    /// socket stays in the namespace it was made in.
+    pub fn bind_in(ns: &str, ip: IpAddr) -> std::net::TcpListener {
+        let addr = SocketAddr::new(ip, 0);
+        if !netns() {
+            return std::net::TcpListener::bind(addr).expect("bind on loopback, port 0");
+        }
+        let path = Path::new("/run/netns").join(ns);
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).expect("the namespace benches/run.sh made");
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&f),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .expect("setns into the bench's namespace (run as root)");
+            std::net::TcpListener::bind(addr).expect("bind in the bench's namespace, port 0")
+        })
+        .join()
+        .expect("the binding thread")
+    }
+
+    /// A port free on `ip` in `ns` now (the proxies bind their own).
+    pub fn free_port(ns: &str, ip: IpAddr) -> u16 {
+        bind_in(ns, ip).local_addr().expect("a bound listener has an address").port()
+    }
+
+    /// `program` on CPU `cpu` (when taskset is there), in namespace `ns` on
+    /// the netns topology.
+    pub fn command(ns: &str, cpu: u8, program: &str) -> Command {
+        let mut argv: Vec<String> = Vec::new();
+        if netns() {
+            argv.extend(["ip", "netns", "exec", ns].map(String::from));
+        }
+        if Path::new("/usr/bin/taskset").exists() {
+            argv.extend(["taskset".into(), "-c".into(), cpu.to_string()]);
+        }
+        argv.push(program.into());
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
+        c
+    }
 }
+
+use topology::{NS_PROXY, NS_SERVERS};
 
 fn which(name: &str) -> Option<PathBuf> {
     ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
@@ -84,12 +170,13 @@ fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conn
     start_proxy_under(name, backends, run, max_conns, &[])
 }
 
-/// `cmd`, pinned, under `wrap` (e.g. valgrind and its options) when given.
+/// `cmd` pinned to CPU 0 in the proxy's namespace, under `wrap` (e.g.
+/// valgrind and its options) when given.
 fn launch(cmd: &str, wrap: &[String]) -> Command {
     match wrap.split_first() {
-        None => pinned(cmd),
+        None => topology::command(NS_PROXY, 0, cmd),
         Some((first, rest)) => {
-            let mut c = pinned(first);
+            let mut c = topology::command(NS_PROXY, 0, first);
             c.args(rest).arg(cmd);
             c
         }
@@ -104,8 +191,7 @@ fn start_proxy_under(
     max_conns: usize,
     wrap: &[String],
 ) -> Option<Proxy> {
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = SocketAddr::new(topology::proxy_ip(), topology::free_port(NS_PROXY, topology::proxy_ip()));
     let dir = run.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let list = |f: &dyn Fn(usize, &SocketAddr) -> String| {
@@ -113,7 +199,7 @@ fn start_proxy_under(
     };
     let child = match name {
         "direct" => None,
-        "ucp-lb" => {
+        "ucp-lb" | "ucp-lb-splice" => {
             let servers: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
             let cfg = dir.join("lb.toml");
             std::fs::write(
@@ -124,13 +210,12 @@ fn start_proxy_under(
                 ),
             )
             .unwrap();
-            if wrap.is_empty() {
-                Some(spawn_ucp_lb(&cfg))
-            } else {
-                let mut c = launch(env!("CARGO_BIN_EXE_ucp-lb"), wrap);
-                c.arg("--config").arg(&cfg).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null());
-                c.spawn().ok()
+            let mut c = launch(env!("CARGO_BIN_EXE_ucp-lb"), wrap);
+            c.arg("--config").arg(&cfg).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null());
+            if name == "ucp-lb-splice" {
+                c.env("UCP_LB_SPLICE", "always");
             }
+            c.spawn().ok()
         }
         "nginx" => {
             let bin = which("nginx")?;
@@ -224,27 +309,24 @@ fn http_backend(run: &Path) -> Option<HttpBackend> {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).ok()?;
     std::fs::write(dir.join("cert.pem"), ck.cert.pem()).ok()?;
     std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).ok()?;
-    let (http, https) = (free_port(), free_port());
+    let ip = topology::servers_ip();
+    let (http, https) = (topology::free_port(NS_SERVERS, ip), topology::free_port(NS_SERVERS, ip));
     let cfg = dir.join("nginx.conf");
     std::fs::write(
         &cfg,
         format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {d}/nginx.pid;\nerror_log {d}/error.log crit;\n\
              events {{ worker_connections 10000; }}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n\
-             server {{\n  listen 127.0.0.1:{http};\n  listen 127.0.0.1:{https} ssl;\n  ssl_certificate {d}/cert.pem;\n  ssl_certificate_key {d}/key.pem;\n\
+             server {{\n  listen {ip}:{http};\n  listen {ip}:{https} ssl;\n  ssl_certificate {d}/cert.pem;\n  ssl_certificate_key {d}/key.pem;\n\
              \x20 location / {{ return 200 \"ok\\n\"; }}\n }}\n}}\n",
             d = dir.display()
         ),
     )
     .ok()?;
-    let mut cmd = std::process::Command::new("taskset");
-    cmd.args(["-c", "1"]).arg(bin).arg("-c").arg(&cfg).arg("-p").arg(&dir).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut cmd = topology::command(NS_SERVERS, 1, bin.to_str()?);
+    cmd.arg("-c").arg(&cfg).arg("-p").arg(&dir).stdout(Stdio::null()).stderr(Stdio::null());
     let child = cmd.spawn().ok()?;
-    let b = HttpBackend {
-        child,
-        http: format!("127.0.0.1:{http}").parse().ok()?,
-        https: format!("127.0.0.1:{https}").parse().ok()?,
-    };
+    let b = HttpBackend { child, http: SocketAddr::new(ip, http), https: SocketAddr::new(ip, https) };
     let start = Instant::now();
     while std::net::TcpStream::connect(b.https).is_err() || std::net::TcpStream::connect(b.http).is_err() {
         if start.elapsed() > Duration::from_secs(10) {
@@ -298,7 +380,9 @@ fn wrk_row(pid: Option<u32>, url: &str, conns: usize, close: bool, rate: &mut Ve
 
 /// A backend that discards what it reads (throughput) or echoes (connections).
 async fn backend(echo: bool) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = topology::bind_in(NS_SERVERS, topology::servers_ip());
+    l.set_nonblocking(true).unwrap();
+    let l = TcpListener::from_std(l).unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -604,9 +688,11 @@ fn main() {
     // connections, ping-pong and idle); all by default.
     let groups = std::env::var("ROWS").unwrap_or_default();
     let row = |g: &str| groups.is_empty() || groups.split(',').any(|o| o == g);
-    let names: Vec<&str> = ["direct", "ucp-lb", "nginx", "haproxy"]
+    // ucp-lb-splice (ucp-lb with every bulk burst spliced, bulk rows only)
+    // runs when ONLY names it.
+    let names: Vec<&str> = ["direct", "ucp-lb", "ucp-lb-splice", "nginx", "haproxy"]
         .into_iter()
-        .filter(|n| only.is_empty() || only.split(',').any(|o| o == *n))
+        .filter(|n| if only.is_empty() { *n != "ucp-lb-splice" } else { only.split(',').any(|o| o == *n) })
         .collect();
     let mut rows = vec![Rows::default(); names.len()];
     let backend_http = http_backend(&run_dir);
@@ -637,6 +723,10 @@ fn main() {
                     r.cpu8.extend(cpu.map(|c| c * 1000.0 / gib(bytes)));
                 }
                 drop(p);
+                if *name == "ucp-lb-splice" {
+                    eprintln!(" done");
+                    continue;
+                }
                 // HTTP through wrk.
                 if let Some(b) = backend_http.as_ref().filter(|_| row("http")) {
                     if let Some(p) = start_proxy(name, &[b.https], &run_dir, idle_n + 50) {
@@ -714,7 +804,12 @@ type Cell<'a> = dyn Fn(&Rows) -> String + 'a;
 fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
     println!(
         "\nmedian of {rounds} interleaved rounds, ± the spread (max-min)/max; each proxy pinned to CPU 0 with one worker,\n\
-         load and backends on CPU 1. CPU figures are the proxy's own (user + system, all its processes).\n"
+         load and backends on CPU 1. CPU figures are the proxy's own (user + system, all its processes).\n{}\n",
+        if topology::netns() {
+            "Topology netns: client, proxy and backends in three network namespaces joined by veth pairs (GSO, GRO on)."
+        } else {
+            "Topology loopback: client, proxy and backends on 127.0.0.1."
+        }
     );
     let cell = |v: &Vec<f64>, digits: usize| {
         if v.is_empty() { "-".to_owned() } else { format!("{:.*} ±{:.0}%", digits, median(&mut v.clone()), spread(v)) }

@@ -52,13 +52,13 @@ const POOL_MAX: usize = 32;
 /// leaves that state, never per read.
 static BULK: AtomicUsize = AtomicUsize::new(0);
 
-/// Set by tests (tests/splice.rs) that need every bulk burst to splice.
+/// Set by tests (tests/splice.rs) that need every bulk burst to splice, and
+/// by `UCP_LB_SPLICE=always` (the bench's splice-versus-buffer row).
 static SPLICE_ALWAYS: AtomicBool = AtomicBool::new(false);
 
 /// Makes every bulk burst in this process go through a pipe, alone or not:
 /// for tests of the splice path, which the count of bulk transfers would
-/// otherwise choose by timing.
-#[doc(hidden)]
+/// otherwise choose by timing, and for measuring splice against the buffer.
 pub fn splice_always(on: bool) {
     SPLICE_ALWAYS.store(on, Relaxed);
 }
