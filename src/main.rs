@@ -78,10 +78,21 @@ fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<ExitCode> {
     // The same preparation `check` runs: every error of the file, the files
     // it names and the environment, at once.
     let loaded = ucp_lb::lifecycle::load(&path)?;
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = loaded.workers {
-        rt.worker_threads(n);
-    }
+    // One worker: a current-thread runtime on this thread. The
+    // multi-thread scheduler's bookkeeping (a clock read and a `pow` for its
+    // poll-time average each time the worker parks, the hand-offs between
+    // the thread in block_on and the worker) has nothing to balance with
+    // one worker and costs every connection and every request.
+    let mut rt = match loaded.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = n {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     let rt = rt.enable_all().build()?;
     ucp_lb::copy::splice_always(loaded.splice_always);
     let begin = if upgrade { ucp_lb::Begin::Upgrade } else { ucp_lb::Begin::Start };

@@ -421,6 +421,10 @@ async fn open_connections_move_to_the_new_process_intact() {
     let backend = Recorder::start(stop.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &[backend.addr], "");
+    // One worker: the current-thread runtime moves its connections as the
+    // multi-thread one does (the other tests run that).
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("workers = 1\n{text}")).unwrap();
     let mut lb = Proc::lb(&cfg);
     let addr = lb.listener_addr().await;
     let admin = lb.admin_addr().await;
