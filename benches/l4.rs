@@ -53,9 +53,10 @@ const WRK_SECS: u64 = 3;
 const PING_PONGS: usize = 20_000;
 /// Idle connections are left alone this long before their CPU is watched
 /// for IDLE_SECS and RSS read again: ucp-lb sets each upstream socket's
-/// keepalive once a connection has lived 10 s (four setsockopt calls, about
-/// 10 µs per connection, once), which is connection set-up, not idling.
-const SETTLE_SECS: f64 = 12.0;
+/// keepalive once a connection has lived 10 to 15 s (four setsockopt calls,
+/// about 10 µs per connection, once), which is connection set-up, not
+/// idling.
+const SETTLE_SECS: f64 = 17.0;
 const IDLE_SECS: f64 = 3.0;
 
 fn env_usize(name: &str, default: usize) -> usize {

@@ -207,10 +207,6 @@ struct PipeError {
     err: io::Error,
 }
 
-/// The upstream socket gets its keepalive once the connection has lasted
-/// this long (see [`bidirectional`]).
-const KEEPALIVE_AFTER: Duration = Duration::from_secs(10);
-
 /// Byte totals are added to the server's counters whenever a direction has
 /// drained what it could read, and within a long burst every this many
 /// bytes, so a `docker push` lasting an hour shows in /metrics as it goes.
@@ -339,9 +335,10 @@ pub fn bidirectional<'a, L: Send + 'a>(
             // Boxed, and only when there is an idle timeout: the default
             // (none) costs a connection nothing.
             let mut idle_expired = activity.zip(idle).map(|(c, d)| Box::pin(c.expired(*d)));
-            // Boxed and dropped once it fires: a connection that lasts holds
-            // no timer.
-            let mut late = Some(Box::pin(tokio::time::sleep(KEEPALIVE_AFTER)));
+            // Whether the server socket's keepalive is set (done once the
+            // connection has lived past handover::LATE; the registry wakes
+            // it then, so it holds no timer for it).
+            let mut keepalive_set = false;
             let (up, down, load) = (&up, &down, &mut load);
             // Polled by hand rather than with select!, whose state would sit
             // in every connection's future.
@@ -415,15 +412,14 @@ pub fn bidirectional<'a, L: Send + 'a>(
                     if let Some(Poll::Ready(())) = idle_expired.as_mut().map(|t| t.as_mut().poll(cx)) {
                         break 'poll Poll::Ready(End::IdleTimeout);
                     }
-                    if let Some(Poll::Ready(())) = late.as_mut().map(|t| t.as_mut().poll(cx)) {
+                    if !keepalive_set && registration.as_ref().is_some_and(handover::Registration::late) {
                         // Idle dead peers are found by keepalive (60 s, then
                         // 10 s x 6). The client socket inherits it from the
                         // listener; the server socket gets it here, on
                         // connections that last: four syscalls saved on every
                         // short one. Its timer counts from the last segment,
-                        // so setting it late changes nothing. After this the
-                        // timer is gone and a wake polls the sockets alone.
-                        late = None;
+                        // so setting it late changes nothing.
+                        keepalive_set = true;
                         let _ = SockRef::from(server).set_tcp_keepalive(&crate::net::keepalive());
                     }
                     Poll::Pending

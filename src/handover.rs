@@ -14,12 +14,19 @@
 //! of 16 shards, at its first poll and at its end) and, per read, a load of
 //! one flag that nothing writes until an upgrade.
 //!
+//! The same registry gives connections that last a second wake, once: the
+//! byte path sets its server socket's keepalive only on connections that
+//! live past [`LATE`] (most end long before, and four syscalls on each
+//! would be wasted), and [`sweep`] wakes those that pass it, so that no
+//! connection holds a timer of its own for it.
+//!
 //! A leaf: no I/O here beyond waking tasks.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
 use std::task::Waker;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
@@ -42,8 +49,21 @@ const SHARDS: usize = 16;
 static WAKERS: [Mutex<Slab>; SHARDS] = [const { Mutex::new(Slab { slots: Vec::new(), free: Vec::new() }) }; SHARDS];
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// The coarse clock the late wake counts in: ticks of [`TICK`] since the
+/// first [`sweep`] of this process, advanced by the sweeps.
+static TICKS: AtomicU32 = AtomicU32::new(0);
+const TICK: Duration = Duration::from_secs(5);
+/// How long a connection lives before its late wake: between this and one
+/// tick more. (Ticks: a connection registered during tick `b` is late from
+/// tick `b + 3`, when it has lived more than 10 s and at most 15 s.)
+pub const LATE: Duration = Duration::from_secs(10);
+const LATE_TICKS: u32 = 3;
+/// A slot's registration tick once its late wake is done.
+const WOKEN: u32 = u32::MAX;
+
 struct Slab {
-    slots: Vec<Option<Waker>>,
+    /// Each connection's waker and the tick it registered in.
+    slots: Vec<Option<(Waker, u32)>>,
     free: Vec<usize>,
 }
 
@@ -51,23 +71,59 @@ struct Slab {
 pub struct Registration {
     shard: u16,
     slot: u32,
+    born: u32,
+}
+
+impl Registration {
+    /// Whether the connection has lived past [`LATE`] (one relaxed load).
+    #[inline]
+    pub fn late(&self) -> bool {
+        TICKS.load(Relaxed) >= self.born.saturating_add(LATE_TICKS)
+    }
 }
 
 /// Registers the waker of a connection's task.
 pub fn register(waker: &Waker) -> Registration {
     let shard = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    let born = TICKS.load(Relaxed);
     let mut s = WAKERS[shard].lock().unwrap_or_else(|p| p.into_inner());
+    let entry = Some((waker.clone(), born));
     let slot = match s.free.pop() {
         Some(i) => {
-            s.slots[i] = Some(waker.clone());
+            s.slots[i] = entry;
             i
         }
         None => {
-            s.slots.push(Some(waker.clone()));
+            s.slots.push(entry);
             s.slots.len() - 1
         }
     };
-    Registration { shard: shard as u16, slot: slot as u32 }
+    Registration { shard: shard as u16, slot: slot as u32, born }
+}
+
+/// Advances the coarse clock every [`TICK`] and wakes, once each, the
+/// connections that have just lived past [`LATE`]. One per running
+/// process (several in one test process agree: the clock counts from the
+/// first one's start, and a connection is woken once).
+pub async fn sweep() {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now = u32::try_from(start.elapsed().as_secs() / TICK.as_secs()).unwrap_or(WOKEN - 1);
+        let now = TICKS.fetch_max(now, Relaxed).max(now);
+        for shard in &WAKERS {
+            let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (w, born) in s.slots.iter_mut().flatten() {
+                if *born != WOKEN && now >= born.saturating_add(LATE_TICKS) {
+                    *born = WOKEN;
+                    w.wake_by_ref();
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Registration {
@@ -88,7 +144,7 @@ pub fn request(sink: mpsc::UnboundedSender<Parked>) {
     REQUESTED.store(true, Relaxed);
     for shard in &WAKERS {
         let s = shard.lock().unwrap_or_else(|p| p.into_inner());
-        for w in s.slots.iter().flatten() {
+        for (w, _) in s.slots.iter().flatten() {
             w.wake_by_ref();
         }
     }

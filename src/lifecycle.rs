@@ -350,6 +350,7 @@ where
     background.push(tokio::spawn(status::sample_loop(shared.clone())));
     background.push(tokio::spawn(resolve::refresh_loop(shared.clone())));
     background.push(tokio::spawn(crate::metrics::upkeep_loop(shared.health.metrics.clone())));
+    background.push(tokio::spawn(crate::handover::sweep()));
     Ok(Running { lb, background, admin_addr })
 }
 

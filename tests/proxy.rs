@@ -241,3 +241,49 @@ async fn an_ipv4_and_an_ipv6_wildcard_listener_bind_the_same_port() {
             .unwrap();
     assert!(alone.warnings.iter().any(|w| w.to_string().contains("serves IPv6 clients only")), "{:?}", alone.warnings);
 }
+
+/// The TCP timer /proc/net/tcp shows for the socket from `local` to
+/// `remote` (`tr`: 0 none, 1 retransmit, 2 keepalive, ...), None when
+/// there is no such socket. `local` None matches any local address.
+fn tcp_timer(local: Option<SocketAddr>, remote: SocketAddr) -> Option<u8> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()),
+        SocketAddr::V6(_) => unreachable!("the test uses IPv4"),
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let matches =
+            f.get(2) == Some(&hex(remote).as_str()) && local.is_none_or(|a| f.get(1) == Some(&hex(a).as_str()));
+        matches.then(|| f.get(5)?.split(':').next()?.parse().ok()).flatten()
+    })
+}
+
+/// Keepalive finds dead peers on idle connections: the client socket has it
+/// from its first moment (inherited from the listener), the server socket
+/// once the connection has lived 10 to 15 s (the registry's late wake, no
+/// timer per connection), not before.
+#[tokio::test]
+async fn keepalive_is_set_on_the_client_socket_at_once_and_on_the_server_socket_after_10_s() {
+    let echo = Echo::start().await;
+    let lb = start_lb(&one_pool(&[echo.addr], "")).await;
+    let listener = lb.listener_addrs()[0];
+    let mut c = TcpStream::connect(listener).await.unwrap();
+    echo_once(&mut c).await.unwrap();
+    let since = std::time::Instant::now();
+    assert_eq!(tcp_timer(Some(listener), c.local_addr().unwrap()), Some(2), "client socket: keepalive timer");
+    assert_eq!(tcp_timer(None, echo.addr), Some(0), "server socket: no keepalive on a young connection");
+    loop {
+        let timer = tcp_timer(None, echo.addr);
+        if timer == Some(2) {
+            break;
+        }
+        assert!(since.elapsed() < Duration::from_secs(30), "server socket never got keepalive: timer {timer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = since.elapsed();
+    assert!(after >= Duration::from_secs(9), "server keepalive set after {after:?}, before the connection lived 10 s");
+    eprintln!("server socket keepalive set after {after:?}");
+    // The connection still carries bytes after its late wake.
+    echo_once(&mut c).await.unwrap();
+}
