@@ -200,7 +200,7 @@ fn start_proxy_under(
     };
     let child = match name {
         "direct" => None,
-        "ucp-lb" | "ucp-lb-splice" => {
+        "ucp-lb" | "ucp-lb-shared" => {
             let servers: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
             let cfg = dir.join("lb.toml");
             std::fs::write(
@@ -213,8 +213,8 @@ fn start_proxy_under(
             .unwrap();
             let mut c = launch(env!("CARGO_BIN_EXE_ucp-lb"), wrap);
             c.arg("--config").arg(&cfg).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null());
-            if name == "ucp-lb-splice" {
-                c.env("UCP_LB_SPLICE", "always");
+            if name == "ucp-lb-shared" {
+                c.env("UCP_LB_SPLICE", "shared");
             }
             c.spawn().ok()
         }
@@ -689,11 +689,11 @@ fn main() {
     // connections, ping-pong and idle); all by default.
     let groups = std::env::var("ROWS").unwrap_or_default();
     let row = |g: &str| groups.is_empty() || groups.split(',').any(|o| o == g);
-    // ucp-lb-splice (ucp-lb with every bulk burst spliced, bulk rows only)
-    // runs when ONLY names it.
-    let names: Vec<&str> = ["direct", "ucp-lb", "ucp-lb-splice", "nginx", "haproxy"]
+    // ucp-lb-shared (ucp-lb splicing only bursts that share the proxy with
+    // another, bulk rows only) runs when ONLY names it.
+    let names: Vec<&str> = ["direct", "ucp-lb", "ucp-lb-shared", "nginx", "haproxy"]
         .into_iter()
-        .filter(|n| if only.is_empty() { *n != "ucp-lb-splice" } else { only.split(',').any(|o| o == *n) })
+        .filter(|n| if only.is_empty() { *n != "ucp-lb-shared" } else { only.split(',').any(|o| o == *n) })
         .collect();
     let mut rows = vec![Rows::default(); names.len()];
     let backend_http = http_backend(&run_dir);
@@ -724,7 +724,7 @@ fn main() {
                     r.cpu8.extend(cpu.map(|c| c * 1000.0 / gib(bytes)));
                 }
                 drop(p);
-                if *name == "ucp-lb-splice" {
+                if *name == "ucp-lb-shared" {
                     eprintln!(" done");
                     continue;
                 }

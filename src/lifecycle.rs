@@ -44,10 +44,9 @@ pub const STOP_GRACE_ENV: &str = "UCP_LB_STOP_GRACE";
 /// container's compose file or a second instance on one host sets it).
 pub const CONTROL_SOCKET_ENV: &str = "UCP_LB_CONTROL_SOCKET";
 
-/// The environment variable that makes every bulk burst splice (`always`)
-/// instead of only those that share the proxy with another (`auto`, the
-/// default): a measurement switch for benches/l4.rs, which compares the two
-/// on a path between namespaces.
+/// The environment variable that makes only bulk bursts sharing the proxy
+/// with another splice (`shared`; the default `bulk` splices every bulk
+/// burst): a measurement switch for benches/l4.rs, which compares the two.
 pub const SPLICE_ENV: &str = "UCP_LB_SPLICE";
 
 /// A config and everything read with it, valid as a whole.
@@ -59,8 +58,8 @@ pub struct Loaded {
     pub tls: TlsConfigs,
     /// Worker threads: `UCP_LB_WORKERS`, else `workers`, else one per CPU.
     pub workers: Option<usize>,
-    /// `UCP_LB_SPLICE=always`.
-    pub splice_always: bool,
+    /// `UCP_LB_SPLICE=shared`.
+    pub splice_shared_only: bool,
 }
 
 impl Loaded {
@@ -172,21 +171,21 @@ fn complete_with(mut config: Config, node_files: bool) -> Result<Loaded, ConfigE
             None
         }
     };
-    let splice_always = match std::env::var(SPLICE_ENV).as_deref() {
-        Err(_) | Ok("" | "auto") => false,
-        Ok("always") => true,
+    let splice_shared_only = match std::env::var(SPLICE_ENV).as_deref() {
+        Err(_) | Ok("" | "bulk") => false,
+        Ok("shared") => true,
         Ok(v) => {
             errors.push(ConfigError {
                 source: "environment".into(),
                 pos: None,
                 key: SPLICE_ENV.into(),
-                message: format!("expected \"auto\" or \"always\", found \"{v}\""),
+                message: format!("expected \"bulk\" or \"shared\", found \"{v}\""),
             });
             false
         }
     };
     if errors.is_empty() {
-        Ok(Loaded { config, token, tls, workers, splice_always })
+        Ok(Loaded { config, token, tls, workers, splice_shared_only })
     } else {
         Err(ConfigErrors(errors))
     }

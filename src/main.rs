@@ -101,7 +101,7 @@ fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<ExitCode> {
         }
     };
     let rt = rt.enable_all().build()?;
-    ucp_lb::copy::splice_always(loaded.splice_always);
+    ucp_lb::copy::splice_shared_only(loaded.splice_shared_only);
     let begin = if upgrade { ucp_lb::Begin::Upgrade } else { ucp_lb::Begin::Start };
     let result = rt.block_on(ucp_lb::run(loaded, ucp_lb::shutdown::on_signals, begin));
     // Drops every task, which closes the connections still open after the
