@@ -19,8 +19,9 @@
 //! - `token`: the admin token, read with the config, compared in constant time.
 //! - `metrics`: every metric name and the Prometheus recorder.
 //! - `handover`: the request that makes every connection stop where it holds
-//!   no bytes, the wakers that bring idle ones to see it, and where a
-//!   stopped connection's sockets go (an upgrade moves them).
+//!   no bytes, the wakers that bring idle ones to see it (and, once, those
+//!   that have lived past 10 s: the server socket's late keepalive), and
+//!   where a stopped connection's sockets go (an upgrade moves them).
 //! - `control`: the control socket (Unix, mode 0600): length-framed JSON
 //!   messages carrying descriptors (`SCM_RIGHTS`).
 //! - `splice`, `copy`: the byte path, both directions, pooled buffers and

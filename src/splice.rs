@@ -4,8 +4,8 @@
 //!
 //! Used only for bursts: the byte path in `copy.rs` starts every read with a
 //! user-space buffer and switches a direction to splice when a read fills
-//! the whole buffer (more is waiting) while another bulk transfer runs (a
-//! lone one is faster on the buffer). A 1-byte ping-pong never gets here:
+//! the whole buffer (more is waiting; see `copy.rs` for the measurements
+//! behind it). A 1-byte ping-pong never gets here:
 //! splice costs two syscalls per chunk where a buffer costs one read and one
 //! write, and was measured worse for small messages.
 //!
