@@ -101,7 +101,7 @@ pub fn register(waker: &Waker) -> Registration {
     Registration { shard: shard as u16, slot: slot as u32, born }
 }
 
-/// Advances the coarse clock every [`TICK`] and wakes, once each, the
+/// Advances the coarse clock every `TICK` (5 s) and wakes, once each, the
 /// connections that have just lived past [`LATE`]. One per running
 /// process (several in one test process agree: the clock counts from the
 /// first one's start, and a connection is woken once).
