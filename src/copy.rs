@@ -14,10 +14,10 @@
 //! three rounds on each topology, beside nginx and HAProxy): one stream
 //! spliced moved 1.19-1.36 x the bytes of the buffer at 0.44 x its CPU per
 //! GiB, on loopback and between network namespaces; eight streams, which
-//! spliced already, 0.92-0.95 x. (Until then only bursts that shared the proxy with
-//! another spliced: an earlier machine had measured a lone stream 10-20 %
-//! slower through pipes; `UCP_LB_SPLICE=shared` keeps that rule, for
-//! measuring.) Small messages always stay on the buffer.
+//! spliced already, 0.92-0.95 x. (Until then only bursts that shared the
+//! proxy with another spliced: an earlier machine had measured a lone
+//! stream 10-20 % slower through pipes; `UCP_LB_SPLICE=shared` keeps that
+//! rule, for measuring.) Small messages always stay on the buffer.
 //!
 //! EOF on one side is passed on as a half-close (`shutdown(SHUT_WR)`) while
 //! the other direction keeps flowing, and the half-closed side is still

@@ -57,7 +57,7 @@ const TICK: Duration = Duration::from_secs(5);
 /// tick more. (Ticks: a connection registered during tick `b` is late from
 /// tick `b + 3`, when it has lived more than 10 s and at most 15 s.)
 pub const LATE: Duration = Duration::from_secs(10);
-const LATE_TICKS: u32 = 3;
+const LATE_TICKS: u32 = (LATE.as_secs() / TICK.as_secs()) as u32 + 1;
 /// A slot's registration tick once its late wake is done.
 const WOKEN: u32 = u32::MAX;
 
@@ -78,8 +78,14 @@ impl Registration {
     /// Whether the connection has lived past [`LATE`] (one relaxed load).
     #[inline]
     pub fn late(&self) -> bool {
-        TICKS.load(Relaxed) >= self.born.saturating_add(LATE_TICKS)
+        late_at(self.born, TICKS.load(Relaxed))
     }
+}
+
+/// Whether a connection registered in tick `born` is past [`LATE`] at tick
+/// `now`.
+fn late_at(born: u32, now: u32) -> bool {
+    now >= born.saturating_add(LATE_TICKS)
 }
 
 /// Registers the waker of a connection's task.
@@ -117,7 +123,7 @@ pub async fn sweep() {
         for shard in &WAKERS {
             let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
             for (w, born) in s.slots.iter_mut().flatten() {
-                if *born != WOKEN && now >= born.saturating_add(LATE_TICKS) {
+                if *born != WOKEN && late_at(*born, now) {
                     *born = WOKEN;
                     w.wake_by_ref();
                 }
