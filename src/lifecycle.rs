@@ -96,17 +96,17 @@ fn load_with(path: &Path, node_files: bool) -> Result<Loaded, ConfigErrors> {
     }
 }
 
+/// A bad value of the environment variable `key`.
+fn env_error(key: &str, message: String) -> ConfigError {
+    ConfigError { source: "environment".into(), pos: None, key: key.into(), message }
+}
+
 /// `UCP_LB_WORKERS`, when set.
 fn workers_from_env() -> Result<Option<usize>, ConfigError> {
     let Ok(v) = std::env::var(WORKERS_ENV) else { return Ok(None) };
     match v.trim().parse::<usize>() {
         Ok(n) if (1..=1024).contains(&n) => Ok(Some(n)),
-        _ => Err(ConfigError {
-            source: "environment".into(),
-            pos: None,
-            key: WORKERS_ENV.into(),
-            message: format!("expected a whole number from 1 to 1024, found \"{v}\""),
-        }),
+        _ => Err(env_error(WORKERS_ENV, format!("expected a whole number from 1 to 1024, found \"{v}\""))),
     }
 }
 
@@ -145,23 +145,13 @@ fn complete_with(mut config: Config, node_files: bool) -> Result<Loaded, ConfigE
     if let Ok(v) = std::env::var(STOP_GRACE_ENV) {
         match config::parse_duration(&v) {
             Ok(d) => config.stop_grace = d.unwrap_or_default(),
-            Err(m) => errors.push(ConfigError {
-                source: "environment".into(),
-                pos: None,
-                key: STOP_GRACE_ENV.into(),
-                message: m,
-            }),
+            Err(m) => errors.push(env_error(STOP_GRACE_ENV, m)),
         }
     }
     if let Ok(v) = std::env::var(CONTROL_SOCKET_ENV) {
         match config::ControlSocket::parse(&v) {
             Ok(c) => config.admin.control_socket = c,
-            Err(m) => errors.push(ConfigError {
-                source: "environment".into(),
-                pos: None,
-                key: CONTROL_SOCKET_ENV.into(),
-                message: m,
-            }),
+            Err(m) => errors.push(env_error(CONTROL_SOCKET_ENV, m)),
         }
     }
     let workers = match workers_from_env() {
@@ -175,12 +165,7 @@ fn complete_with(mut config: Config, node_files: bool) -> Result<Loaded, ConfigE
         Err(_) | Ok("" | "bulk") => false,
         Ok("shared") => true,
         Ok(v) => {
-            errors.push(ConfigError {
-                source: "environment".into(),
-                pos: None,
-                key: SPLICE_ENV.into(),
-                message: format!("expected \"bulk\" or \"shared\", found \"{v}\""),
-            });
+            errors.push(env_error(SPLICE_ENV, format!("expected \"bulk\" or \"shared\", found \"{v}\"")));
             false
         }
     };
