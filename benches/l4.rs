@@ -148,13 +148,8 @@ mod topology {
         if netns() {
             argv.extend(["ip", "netns", "exec", ns].map(String::from));
         }
-        if Path::new("/usr/bin/taskset").exists() {
-            argv.extend(["taskset".into(), "-c".into(), cpu.to_string()]);
-        }
-        argv.push(program.into());
-        let mut c = Command::new(&argv[0]);
-        c.args(&argv[1..]);
-        c
+        argv.extend(crate::common::on_cpu(cpu, program));
+        crate::common::command(&argv)
     }
 }
 

@@ -9,16 +9,28 @@ pub mod standin;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-/// `cmd` run under `taskset -c 0` when taskset is there (the load stays on
-/// CPU 1), so a proxy's figures do not mix with the load generator's.
-pub fn pinned(cmd: &str) -> Command {
+/// The arguments that run `program` on CPU `cpu`: under `taskset` when it
+/// is there, else `program` alone.
+pub fn on_cpu(cpu: u8, program: &str) -> Vec<String> {
+    let mut argv = Vec::new();
     if Path::new("/usr/bin/taskset").exists() {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0", cmd]);
-        c
-    } else {
-        Command::new(cmd)
+        argv.extend(["taskset".to_owned(), "-c".to_owned(), cpu.to_string()]);
     }
+    argv.push(program.to_owned());
+    argv
+}
+
+/// The command `argv` (at least the program).
+pub fn command(argv: &[String]) -> Command {
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
+    c
+}
+
+/// `cmd` on CPU 0 (the load stays on CPU 1), so a proxy's figures do not
+/// mix with the load generator's.
+pub fn pinned(cmd: &str) -> Command {
+    command(&on_cpu(0, cmd))
 }
 
 /// CPU time (user + system) of `pid` and its descendants, in seconds.
