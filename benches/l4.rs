@@ -600,16 +600,24 @@ async fn instructions_run(name: &'static str, echo: SocketAddr, run: &Path, conn
     fixed_connections(p.addr, conns).await;
     fixed_exchanges(p.addr, exchanges).await;
     // A clean exit, so callgrind writes its counts (Drop would SIGKILL).
+    // SIGTERM again every 2 s: nginx with `master_process off` checks its
+    // terminate flag only after epoll_wait returns, and under valgrind (which
+    // turns clock_gettime into a real syscall) a signal caught just before
+    // epoll_wait leaves it asleep with the flag set; a second signal wakes it.
     let mut child = p.child.take()?;
     let pid = rustix::process::Pid::from_child(&child);
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut next_term = Instant::now();
     while child.try_wait().ok()?.is_none() {
         if Instant::now() > deadline {
             eprint!(" ({name} did not exit on SIGTERM under callgrind)");
             let _ = child.kill();
             let _ = child.wait();
             return None;
+        }
+        if Instant::now() >= next_term {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            next_term = Instant::now() + Duration::from_secs(2);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
