@@ -92,6 +92,9 @@ pub struct Manager {
     pub connections: Arc<AtomicU64>,
     /// Requests to its health endpoints.
     pub pings: Arc<AtomicU64>,
+    /// TLS connections that resumed an earlier session (no certificate
+    /// sent, no signature made).
+    pub resumed: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -114,9 +117,17 @@ impl Manager {
         let healthy = Arc::new(AtomicBool::new(true));
         let connections = Arc::new(AtomicU64::new(0));
         let pings = Arc::new(AtomicU64::new(0));
-        let stand = Stand { flavor, name: name.to_owned(), healthy: healthy.clone(), pings: pings.clone() };
-        let task = tokio::spawn(serve(listener, acceptor, Arc::new(stand), connections.clone()));
-        Ok(Manager { name: name.to_owned(), addr, healthy, connections, pings, task })
+        let resumed = Arc::new(AtomicU64::new(0));
+        let stand = Stand {
+            flavor,
+            name: name.to_owned(),
+            healthy: healthy.clone(),
+            pings: pings.clone(),
+            connections: connections.clone(),
+            resumed: resumed.clone(),
+        };
+        let task = tokio::spawn(serve(listener, acceptor, Arc::new(stand)));
+        Ok(Manager { name: name.to_owned(), addr, healthy, connections, pings, resumed, task })
     }
 
     /// Makes `/_ping` answer 200 (true) or 500 (false); TCP and TLS stay up.
@@ -140,15 +151,20 @@ struct Stand {
     name: String,
     healthy: Arc<AtomicBool>,
     pings: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
+    resumed: Arc<AtomicU64>,
 }
 
-async fn serve(listener: TcpListener, acceptor: TlsAcceptor, stand: Arc<Stand>, conns: Arc<AtomicU64>) {
+async fn serve(listener: TcpListener, acceptor: TlsAcceptor, stand: Arc<Stand>) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else { continue };
-        let (acceptor, stand, conns) = (acceptor.clone(), stand.clone(), conns.clone());
+        let (acceptor, stand) = (acceptor.clone(), stand.clone());
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else { return };
-            conns.fetch_add(1, Relaxed);
+            stand.connections.fetch_add(1, Relaxed);
+            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                stand.resumed.fetch_add(1, Relaxed);
+            }
             let svc = service_fn(move |req: Request<Incoming>| {
                 let stand = stand.clone();
                 async move { Ok::<_, Infallible>(answer(&req, &stand)) }
