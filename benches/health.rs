@@ -39,7 +39,10 @@ enum Prober {
 }
 
 fn haproxy_bin() -> Option<PathBuf> {
-    ["/usr/sbin/haproxy", "/usr/bin/haproxy", "/usr/local/sbin/haproxy"].into_iter().map(PathBuf::from).find(|p| p.exists())
+    ["/usr/sbin/haproxy", "/usr/bin/haproxy", "/usr/local/sbin/haproxy"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// The prober running checks of `kind` against `servers` every second.

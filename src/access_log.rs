@@ -35,6 +35,13 @@ pub enum End {
     ConnectFailed(usize),
     NoServer,
     MaxConnections,
+    /// Refused by the listener's `access` rules.
+    Denied,
+    /// Its address held `max_connections_per_client` already.
+    PerClientLimit,
+    /// Its address made `max_connection_rate_per_client` new connections
+    /// in the last second.
+    ClientRateLimit,
     /// Still open at the end of the shutdown grace.
     Shutdown,
 }
@@ -50,6 +57,9 @@ impl End {
             End::ConnectFailed(_) => "connect_failed",
             End::NoServer => "no_server",
             End::MaxConnections => "max_connections",
+            End::Denied => "denied",
+            End::PerClientLimit => "max_connections_per_client",
+            End::ClientRateLimit => "max_connection_rate_per_client",
             End::Shutdown => "shutdown",
         }
     }
@@ -64,6 +74,9 @@ impl End {
             End::ConnectFailed(n) => format!("connect failed on every server tried ({n})"),
             End::NoServer => "no server eligible".into(),
             End::MaxConnections => "the listener was at max_connections".into(),
+            End::Denied => "refused by the listener's access rules".into(),
+            End::PerClientLimit => "the client's address was at max_connections_per_client".into(),
+            End::ClientRateLimit => "the client's address was over max_connection_rate_per_client".into(),
             End::Shutdown => "still open at the end of the shutdown grace".into(),
         }
     }
@@ -72,7 +85,8 @@ impl End {
     pub fn status(self) -> u16 {
         match self {
             End::ConnectFailed(_) | End::NoServer => 502,
-            End::MaxConnections => 503,
+            End::MaxConnections | End::PerClientLimit | End::ClientRateLimit => 503,
+            End::Denied => 403,
             _ => 200,
         }
     }

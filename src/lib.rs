@@ -4,6 +4,9 @@
 //! Layout, from the leaves up (imports only go down; `tests/modules.rs`
 //! fails on a loop):
 //!
+//! - `admission`: who may connect to a listener (its `access` rules) and
+//!   how much one client address may hold (open connections, new ones per
+//!   second), checked at accept; its table of clients, bounded.
 //! - `config` (`raw.rs`, `validate.rs`, `values.rs`): lb.toml into a typed,
 //!   validated [`config::Config`], or every error with file, line, column
 //!   and key, and its warnings. No runtime state, no sockets.
@@ -59,6 +62,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admission;
 pub mod build_info;
 pub mod carry;
 pub mod check;

@@ -9,10 +9,10 @@
 
 use std::fs::File;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::access_log;
+use crate::admission;
 use crate::config::Config;
 use crate::net;
 use crate::proxy;
@@ -46,6 +47,14 @@ pub struct ListenerState {
     pub rejected_max_connections: AtomicU64,
     pub rejected_fd_limit: AtomicU64,
     pub rejected_no_pool: AtomicU64,
+    /// Refused by the listener's `access` rules.
+    pub rejected_access: AtomicU64,
+    /// Refused by `max_connections_per_client`.
+    pub rejected_per_client: AtomicU64,
+    /// Refused by `max_connection_rate_per_client`.
+    pub rejected_client_rate: AtomicU64,
+    /// Clients with connections open (or a rate bucket refilling).
+    pub clients: admission::Clients,
 }
 
 /// A listening socket taken over from another process, as a tokio
@@ -68,6 +77,13 @@ pub struct Carried {
     pub rejected_max_connections: u64,
     pub rejected_fd_limit: u64,
     pub rejected_no_pool: u64,
+    // Absent from a predecessor older than these counters.
+    #[serde(default)]
+    pub rejected_access: u64,
+    #[serde(default)]
+    pub rejected_per_client: u64,
+    #[serde(default)]
+    pub rejected_client_rate: u64,
 }
 
 /// A listening socket taken over, with what identifies it in a config and
@@ -110,12 +126,17 @@ fn release_spare() -> bool {
     SPARE.lock().unwrap_or_else(|p| p.into_inner()).take().is_some()
 }
 
-/// Counts a client towards its listener's active count while it lives.
-struct ListenerConn(Arc<ListenerState>);
+/// Counts a client towards its listener's active count while it lives,
+/// and towards its address's open connections where the listener limits
+/// them (the address, and the rate limit its entry refills at).
+struct ListenerConn(Arc<ListenerState>, Option<(IpAddr, u32)>);
 
 impl Drop for ListenerConn {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
+        if let Some((ip, rate)) = self.1 {
+            self.0.clients.release(ip, rate, Instant::now());
+        }
     }
 }
 
@@ -203,24 +224,50 @@ fn dispatch(
         state.rejected_no_pool.fetch_add(1, Relaxed);
         return;
     };
-    let active = state.active.fetch_add(1, Relaxed);
-    let guard = ListenerConn(state.clone());
     let entry = cfg
         .access_log
         .as_ref()
         .map(|log| Box::new(access_log::Entry::new(log.clone(), peer, state.local, snap.pools[pool].name.clone())));
-    if cfg.max_connections > 0 && active >= u64::from(cfg.max_connections) {
-        state.rejected_max_connections.fetch_add(1, Relaxed);
-        debug!(listener = %state.local, client = %peer, "max_connections reached: client closed");
-        if let Some(e) = entry {
-            e.finish(access_log::End::MaxConnections, 0, 0);
+    // Who may connect, then how much one client may hold, then the
+    // listener's own cap: each refusal closes the client at once.
+    let ip = admission::client_ip(peer.ip());
+    if !admission::permitted(&cfg.access, ip) {
+        return refuse(state, peer, entry, access_log::End::Denied);
+    }
+    let mut share = None;
+    if cfg.per_client.any() {
+        match state.clients.admit(ip, cfg.per_client, Instant::now()) {
+            Ok(()) => share = Some((ip, cfg.per_client.rate)),
+            Err(admission::Refused::Open) => return refuse(state, peer, entry, access_log::End::PerClientLimit),
+            Err(admission::Refused::Rate) => return refuse(state, peer, entry, access_log::End::ClientRateLimit),
         }
-        return;
+    }
+    let active = state.active.fetch_add(1, Relaxed);
+    let guard = ListenerConn(state.clone(), share);
+    if cfg.max_connections > 0 && active >= u64::from(cfg.max_connections) {
+        // `guard` gives back the active count and the client's share.
+        return refuse(state, peer, entry, access_log::End::MaxConnections);
     }
     // No tracing span per connection: entering it on every wake and
     // keeping its fields cost more than the few lines that would carry it,
     // which name the client themselves.
     shutdown.tracker.spawn(proxy::serve(client, peer, snap, pool, guard, entry));
+}
+
+/// Closes a client refused at accept: counted by why, logged where the
+/// listener logs.
+fn refuse(state: &ListenerState, peer: SocketAddr, entry: Option<Box<access_log::Entry>>, end: access_log::End) {
+    let counter = match end {
+        access_log::End::Denied => &state.rejected_access,
+        access_log::End::PerClientLimit => &state.rejected_per_client,
+        access_log::End::ClientRateLimit => &state.rejected_client_rate,
+        _ => &state.rejected_max_connections,
+    };
+    counter.fetch_add(1, Relaxed);
+    debug!(listener = %state.local, client = %peer, "{}: client closed", end.words());
+    if let Some(e) = entry {
+        e.finish(end, 0, 0);
+    }
 }
 
 /// A listener could not be bound.
@@ -286,6 +333,9 @@ impl Listeners {
                 rejected_max_connections: 0,
                 rejected_fd_limit: 0,
                 rejected_no_pool: 0,
+                rejected_access: 0,
+                rejected_per_client: 0,
+                rejected_client_rate: 0,
             });
             let state = Arc::new(ListenerState {
                 bind: l.bind,
@@ -296,6 +346,10 @@ impl Listeners {
                 rejected_max_connections: c.rejected_max_connections.into(),
                 rejected_fd_limit: c.rejected_fd_limit.into(),
                 rejected_no_pool: c.rejected_no_pool.into(),
+                rejected_access: c.rejected_access.into(),
+                rejected_per_client: c.rejected_per_client.into(),
+                rejected_client_rate: c.rejected_client_rate.into(),
+                clients: Default::default(),
             });
             out.push(Bound(sock, state));
         }
@@ -330,6 +384,9 @@ impl Listeners {
                         rejected_max_connections: st.rejected_max_connections.load(Relaxed),
                         rejected_fd_limit: st.rejected_fd_limit.load(Relaxed),
                         rejected_no_pool: st.rejected_no_pool.load(Relaxed),
+                        rejected_access: st.rejected_access.load(Relaxed),
+                        rejected_per_client: st.rejected_per_client.load(Relaxed),
+                        rejected_client_rate: st.rejected_client_rate.load(Relaxed),
                     },
                     fd,
                 ))
@@ -352,7 +409,15 @@ impl Listeners {
         let state = self.states().into_iter().find(|l| l.local == moved.listener);
         let guard = state.map(|st| {
             st.active.fetch_add(1, Relaxed);
-            ListenerConn(st)
+            // Counted towards its address's share, never refused: it is
+            // open already.
+            let limits = snap.listener(st.bind, st.nth).map(|c| c.per_client).unwrap_or_default();
+            let client = limits.any().then(|| {
+                let ip = admission::client_ip(moved.peer.ip());
+                st.clients.adopt(ip, limits.rate, Instant::now());
+                (ip, limits.rate)
+            });
+            ListenerConn(st, client)
         });
         let cfg = guard.as_ref().and_then(|g| snap.listener(g.0.bind, g.0.nth));
         let at = snap.pool_index(&moved.pool).and_then(|p| {

@@ -27,6 +27,7 @@ pub const CERT_EXPIRY: &str = "ucp_lb_server_cert_expiry_timestamp_seconds";
 pub const LISTENER_ACCEPTED: &str = "ucp_lb_listener_accepted_connections_total";
 pub const LISTENER_ACTIVE: &str = "ucp_lb_listener_active_connections";
 pub const LISTENER_REJECTED: &str = "ucp_lb_listener_rejected_connections_total";
+pub const LISTENER_CLIENTS: &str = "ucp_lb_listener_tracked_clients";
 pub const RELOADS: &str = "ucp_lb_config_reloads_total";
 pub const RELOAD_OK: &str = "ucp_lb_config_last_reload_successful";
 pub const BUILD_INFO: &str = "ucp_lb_build_info";
@@ -54,6 +55,11 @@ const HELP: &[(&str, &str, Unit)] = &[
     (LISTENER_ACCEPTED, "Clients accepted by the listener", Unit::Count),
     (LISTENER_ACTIVE, "Clients open on the listener", Unit::Count),
     (LISTENER_REJECTED, "Clients closed at once, by reason", Unit::Count),
+    (
+        LISTENER_CLIENTS,
+        "Client addresses the listener's per-client limits keep count of (open connections or a refilling rate)",
+        Unit::Count,
+    ),
     (RELOADS, "Config reloads, by result", Unit::Count),
     (RELOAD_OK, "1 when the last config reload succeeded (or none was tried), 0 when it failed", Unit::Count),
     (
@@ -113,8 +119,8 @@ impl Metrics {
             let k = metrics::KeyName::from(*name);
             let h = metrics::SharedString::from(*help);
             match *name {
-                SERVER_UP | SERVER_CHECK_UP | SERVER_ACTIVE | CERT_EXPIRY | LISTENER_ACTIVE | RELOAD_OK
-                | BUILD_INFO | POOL_FAIL_OPEN => recorder.describe_gauge(k, Some(*unit), h),
+                SERVER_UP | SERVER_CHECK_UP | SERVER_ACTIVE | CERT_EXPIRY | LISTENER_ACTIVE | LISTENER_CLIENTS
+                | RELOAD_OK | BUILD_INFO | POOL_FAIL_OPEN => recorder.describe_gauge(k, Some(*unit), h),
                 CHECK_DURATION => recorder.describe_histogram(k, Some(*unit), h),
                 _ => recorder.describe_counter(k, Some(*unit), h),
             }

@@ -112,6 +112,20 @@ pub struct ListenerStatus {
     pub rejected_max_connections: u64,
     pub rejected_fd_limit: u64,
     pub rejected_no_pool: u64,
+    /// Refused by its `access` rules.
+    pub rejected_access: u64,
+    /// Refused by `max_connections_per_client`.
+    pub rejected_per_client: u64,
+    /// Refused by `max_connection_rate_per_client`.
+    pub rejected_client_rate: u64,
+    /// Client addresses it keeps count of now (those with connections
+    /// open, or whose rate bucket is refilling); 0 without per-client
+    /// limits.
+    pub clients: usize,
+    /// Its `access` rules, in order, as they apply now.
+    pub access: Vec<String>,
+    pub max_connections_per_client: u32,
+    pub max_connection_rate_per_client: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -228,16 +242,27 @@ pub fn view(
             .iter()
             .map(|l| (l, false))
             .chain(draining.iter().map(|l| (l, true)))
-            .map(|(l, removed)| ListenerStatus {
-                removed,
-                bind: l.bind,
-                local: l.local,
-                pool: if removed { None } else { snap.listener(l.bind, l.nth).map(|c| c.pool.to_string()) },
-                active: l.active.load(Relaxed),
-                accepted: l.accepted.load(Relaxed),
-                rejected_max_connections: l.rejected_max_connections.load(Relaxed),
-                rejected_fd_limit: l.rejected_fd_limit.load(Relaxed),
-                rejected_no_pool: l.rejected_no_pool.load(Relaxed),
+            .map(|(l, removed)| {
+                let cfg = if removed { None } else { snap.listener(l.bind, l.nth) };
+                let per_client = cfg.map(|c| c.per_client).unwrap_or_default();
+                ListenerStatus {
+                    removed,
+                    bind: l.bind,
+                    local: l.local,
+                    pool: cfg.map(|c| c.pool.to_string()),
+                    active: l.active.load(Relaxed),
+                    accepted: l.accepted.load(Relaxed),
+                    rejected_max_connections: l.rejected_max_connections.load(Relaxed),
+                    rejected_fd_limit: l.rejected_fd_limit.load(Relaxed),
+                    rejected_no_pool: l.rejected_no_pool.load(Relaxed),
+                    rejected_access: l.rejected_access.load(Relaxed),
+                    rejected_per_client: l.rejected_per_client.load(Relaxed),
+                    rejected_client_rate: l.rejected_client_rate.load(Relaxed),
+                    clients: l.clients.len(per_client.rate, std::time::Instant::now()),
+                    access: cfg.map(|c| c.access.iter().map(ToString::to_string).collect()).unwrap_or_default(),
+                    max_connections_per_client: per_client.open,
+                    max_connection_rate_per_client: per_client.rate,
+                }
             })
             .collect(),
         pools,

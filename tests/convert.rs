@@ -389,3 +389,92 @@ fn access_logs_and_their_formats_are_carried() {
     assert!(err.contains("$ssl_preread_server_name not carried"), "{err}");
     assert!(check(&toml).status.success(), "{}", text(&check(&toml).stderr));
 }
+
+/// A client from `src` to `lb`: Some(connection) when served (its bytes
+/// echoed), None when closed at once.
+async fn serve_from(src: [u8; 4], lb: std::net::SocketAddr) -> Option<tokio::net::TcpStream> {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(std::net::SocketAddr::from((src, 0))).unwrap();
+    let mut s = within("connect", s.connect(lb)).await.unwrap();
+    within("echo or close", echo_once(&mut s)).await.ok().map(|()| s)
+}
+
+/// `allow`/`deny` at stream and server level and `limit_conn` on a zone of
+/// `$binary_remote_addr`: converted into `access` and
+/// `max_connections_per_client`, and the same clients refused by nginx
+/// and by ucp-lb on the converted file.
+#[tokio::test]
+async fn allow_deny_and_limit_conn_refuse_the_clients_nginx_refused() {
+    let Some(bin) = nginx_bin() else { return };
+    let echo = Echo::start().await;
+    let [own, inherits] = free_addrs();
+    let stream = format!(
+        "  limit_conn_zone $binary_remote_addr zone=addr:1m;\n  allow 127.0.7.0/24;\n  deny all;\n\
+         \x20 upstream b {{ server {}; }}\n\
+         \x20 server {{ listen {own}; deny 127.0.7.3; allow 127.0.7.0/29; deny all; limit_conn addr 2; proxy_pass b; }}\n\
+         \x20 server {{ listen {inherits}; proxy_pass b; }}\n",
+        echo.addr
+    );
+    let ngx = start_nginx(&bin, &stream).await;
+    let keep = tempfile::tempdir().unwrap();
+    let conf = keep.path().join("nginx.conf");
+    std::fs::copy(&ngx.conf, &conf).unwrap();
+
+    async fn run(own: std::net::SocketAddr, inherits: std::net::SocketAddr) -> Vec<(String, bool)> {
+        let mut seen = Vec::new();
+        for (lb, name) in [(own, "own"), (inherits, "inherits")] {
+            for src in [[127, 0, 7, 1], [127, 0, 7, 3], [127, 0, 7, 7], [127, 0, 7, 9], [127, 0, 8, 1]] {
+                seen.push((format!("{name} {src:?}"), serve_from(src, lb).await.is_some()));
+            }
+        }
+        // Two open from one address on `own`; the third is refused.
+        let held: Vec<_> = [0, 1, 2].iter().map(|_| [127, 0, 7, 2]).collect();
+        let mut open = Vec::new();
+        for (i, src) in held.into_iter().enumerate() {
+            let s = serve_from(src, own).await;
+            seen.push((format!("own 127.0.7.2 #{}", i + 1), s.is_some()));
+            open.extend(s);
+        }
+        seen
+    }
+    let by_nginx = run(own, inherits).await;
+    ngx.stop();
+
+    let out = convert(&conf);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "everything carried");
+    let toml = text(&out.stdout);
+    for want in [
+        r#"access = ["deny 127.0.7.3", "allow 127.0.7.0/29", "deny all"]"#,
+        "max_connections_per_client = 2",
+        r#"access = ["allow 127.0.7.0/24", "deny all"]"#,
+    ] {
+        assert!(toml.contains(want), "{want} not in:\n{toml}");
+    }
+    assert_eq!(toml.matches("max_connections_per_client =").count(), 1, "{toml}");
+    let lb = start_lb(&(toml.clone() + "\n[admin]\nlisten = \"127.0.0.1:0\"\n")).await;
+    let by_lb = run(own, inherits).await;
+    assert_eq!(by_lb, by_nginx, "\n{toml}");
+    // Not a trivial match: both let some in and refused others.
+    assert!(by_nginx.iter().any(|(_, ok)| *ok) && by_nginx.iter().any(|(_, ok)| !ok));
+    assert_eq!(by_nginx.last().map(|(_, ok)| *ok), Some(false), "nginx refused the third: {by_nginx:?}");
+    drop(lb);
+}
+
+#[test]
+fn limit_conn_on_another_key_is_said_not_carried() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(
+        &path,
+        "stream {\n  limit_conn_zone $server_addr zone=perserver:1m;\n  upstream b { server 10.0.0.1:443; }\n\
+         \x20 server { listen 443; limit_conn perserver 100; limit_conn nozone 3; proxy_pass b; }\n}\n",
+    )
+    .unwrap();
+    let out = convert(&path);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let warnings = text(&out.stderr);
+    assert!(warnings.contains("limit_conn perserver 100: counts by $server_addr: not carried over"), "{warnings}");
+    assert!(warnings.contains("limit_conn nozone 3: no limit_conn_zone named nozone"), "{warnings}");
+    assert!(!text(&out.stdout).contains("max_connections_per_client ="));
+}

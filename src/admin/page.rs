@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::history::Event;
-use crate::status::{PoolStatus, ServerStatus, View};
+use crate::status::{ListenerStatus, PoolStatus, ServerStatus, View};
 
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -231,17 +231,19 @@ pub fn render(h: &View) -> String {
         ok = h.reload.successes,
         bad = h.reload.failures,
     );
-    out.push_str("<h2>Listeners</h2><div class=box><table><tr><th>address</th><th>pool</th><th>open</th><th>accepted</th><th>closed at once</th></tr>");
+    out.push_str("<h2>Listeners</h2><div class=box><table><tr><th>address</th><th>pool</th><th>open</th><th>accepted</th><th>closed at once</th><th>who may connect</th><th>per client</th></tr>");
     for l in &h.listeners {
         let removed = if l.removed { " (removed, draining)" } else { "" };
         let _ = write!(
             out,
-            "<tr><td>{}{removed}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}{removed}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&l.local.to_string()),
             escape(l.pool.as_deref().unwrap_or("")),
             l.active,
             l.accepted,
-            l.rejected_max_connections + l.rejected_fd_limit + l.rejected_no_pool
+            escape(&refusals(l)),
+            escape(&if l.access.is_empty() { "everyone".to_owned() } else { l.access.join(", ") }),
+            escape(&per_client(l)),
         );
     }
     out.push_str("</table></div>");
@@ -301,6 +303,36 @@ pub fn render(h: &View) -> String {
     out.push_str("</table></div>");
     out.push_str("<p class=meta>Refreshes every 2 s. JSON: <a href=/status>/status</a> · Prometheus: <a href=/metrics>/metrics</a></p></body></html>");
     out
+}
+
+/// A listener's refusals: the total, and the reasons that have any.
+fn refusals(l: &ListenerStatus) -> String {
+    let reasons = [
+        ("denied", l.rejected_access),
+        ("per-client open", l.rejected_per_client),
+        ("per-client rate", l.rejected_client_rate),
+        ("max_connections", l.rejected_max_connections),
+        ("out of descriptors", l.rejected_fd_limit),
+        ("no pool", l.rejected_no_pool),
+    ];
+    let total: u64 = reasons.iter().map(|(_, n)| n).sum();
+    let some: Vec<String> = reasons.iter().filter(|(_, n)| *n > 0).map(|(why, n)| format!("{why} {n}")).collect();
+    if some.is_empty() { total.to_string() } else { format!("{total} ({})", some.join(", ")) }
+}
+
+/// A listener's per-client limits and how many clients it counts.
+fn per_client(l: &ListenerStatus) -> String {
+    let mut parts = Vec::new();
+    if l.max_connections_per_client > 0 {
+        parts.push(format!("{} open", l.max_connections_per_client));
+    }
+    if l.max_connection_rate_per_client > 0 {
+        parts.push(format!("{} new/s", l.max_connection_rate_per_client));
+    }
+    if parts.is_empty() {
+        return "no limit".to_owned();
+    }
+    format!("{}; {} clients now", parts.join(", "), l.clients)
 }
 
 #[cfg(test)]

@@ -62,6 +62,20 @@ pub fn dump(c: &Config) -> String {
             0 => line(&mut o, "# max_connections", "(no limit)".into(), "default"),
             n => line(&mut o, "max_connections", n.to_string(), "set"),
         }
+        if l.access.is_empty() {
+            line(&mut o, "# access", "[] (everyone)".into(), "default");
+        } else {
+            let rules: Vec<String> = l.access.iter().map(|r| q(&r.to_string())).collect();
+            line(&mut o, "access", format!("[{}]", rules.join(", ")), "set");
+        }
+        for (key, n) in
+            [("max_connections_per_client", l.per_client.open), ("max_connection_rate_per_client", l.per_client.rate)]
+        {
+            match n {
+                0 => line(&mut o, &format!("# {key}"), "(no limit)".into(), "default"),
+                n => line(&mut o, key, n.to_string(), "set"),
+            }
+        }
     }
     for p in &c.pools {
         let s = &p.settings;

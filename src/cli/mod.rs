@@ -254,6 +254,19 @@ pub fn summary(config: &Config, resolved: Option<&ucp_lb::snapshot::Resolved>) -
     for l in &config.listeners {
         let max = if l.max_connections == 0 { "no limit".to_owned() } else { l.max_connections.to_string() };
         let _ = writeln!(s, "  {} -> pool {} (max_connections: {max})", l.bind, l.pool);
+        if !l.access.is_empty() {
+            let rules: Vec<String> = l.access.iter().map(ToString::to_string).collect();
+            let _ = writeln!(s, "    access: {} (a client no rule matches is let in)", rules.join(", "));
+        }
+        if l.per_client.any() {
+            let limit = |n: u32, unit: &str| if n == 0 { "no limit".to_owned() } else { format!("{n}{unit}") };
+            let _ = writeln!(
+                s,
+                "    per client address: max_connections_per_client {}, max_connection_rate_per_client {}",
+                limit(l.per_client.open, ""),
+                limit(l.per_client.rate, "/s")
+            );
+        }
     }
     let _ = writeln!(s, "pools:");
     for p in &config.pools {

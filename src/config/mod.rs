@@ -276,6 +276,10 @@ pub struct ListenerConfig {
     pub max_connections: u32,
     /// Where and how its finished connections are logged; `None`: not.
     pub access_log: Option<Arc<AccessLog>>,
+    /// `access`: allow and deny rules, in order (empty: everyone).
+    pub access: Vec<crate::admission::Rule>,
+    /// `max_connections_per_client` and `max_connection_rate_per_client`.
+    pub per_client: crate::admission::Limits,
 }
 
 /// An access log: one line per finished connection.

@@ -48,7 +48,22 @@ pub struct RawListener {
     pub max_connections: Option<S<i64>>,
     pub access_log: Option<S<String>>,
     pub access_log_format: Option<S<String>>,
+    pub access: Option<S<Vec<S<String>>>>,
+    pub max_connections_per_client: Option<S<i64>>,
+    pub max_connection_rate_per_client: Option<S<i64>>,
 }
+
+/// The keys of a `[[listener]]` table.
+const LISTENER_KEYS: &[&str] = &[
+    "bind",
+    "pool",
+    "max_connections",
+    "access_log",
+    "access_log_format",
+    "access",
+    "max_connections_per_client",
+    "max_connection_rate_per_client",
+];
 
 /// The `[defaults]` keys: the table `[defaults]` itself, and any of them in
 /// a `[pool.NAME]` table, for that pool only.
@@ -155,13 +170,16 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
                 for (i, item) in items.iter().enumerate() {
                     let key = format!("listener[{i}]");
                     let Some(l) = r.as_table(item, &key, "a [[listener]] table") else { continue };
-                    r.known_keys(l, &key, &["bind", "pool", "max_connections", "access_log", "access_log_format"]);
+                    r.known_keys(l, &key, LISTENER_KEYS);
                     let listener = RawListener {
                         bind: r.string(l, &key, "bind"),
                         pool: r.string(l, &key, "pool"),
                         max_connections: r.int(l, &key, "max_connections"),
                         access_log: r.string(l, &key, "access_log"),
                         access_log_format: r.string(l, &key, "access_log_format"),
+                        access: r.strings(l, &key, "access", r#"a list like ["allow 10.0.0.0/8", "deny all"]"#),
+                        max_connections_per_client: r.int(l, &key, "max_connections_per_client"),
+                        max_connection_rate_per_client: r.int(l, &key, "max_connection_rate_per_client"),
                     };
                     raw.listener.push(Spanned::new(item.span(), listener));
                 }
@@ -253,6 +271,24 @@ impl Reader<'_> {
                 None
             }
         }
+    }
+
+    /// A list of strings; an entry of another type is reported at the
+    /// entry and left out.
+    fn strings(&mut self, t: &DeTable<'_>, path: &str, key: &str, expected: &str) -> Option<S<Vec<S<String>>>> {
+        let v = field(t, key)?;
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong_type(v, &join(path, key), expected);
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref() {
+                DeValue::String(s) => out.push(Spanned::new(item.span(), s.to_string())),
+                _ => self.wrong_type(item, &format!("{}[{i}]", join(path, key)), "a string"),
+            }
+        }
+        Some(Spanned::new(v.span(), out))
     }
 
     fn int(&mut self, t: &DeTable<'_>, path: &str, key: &str) -> Option<S<i64>> {

@@ -160,8 +160,17 @@ impl Validator<'_> {
                 lr.access_log_format.as_ref().or(raw.access_log_format.as_ref()),
                 &key,
             );
+            let access = self.access(lr.access.as_ref(), &key);
+            let mut per_client = |v: &Option<S<i64>>, name: &str| match v {
+                None => 0,
+                Some(m) => self.int(m, &format!("{key}.{name}"), 1, u32::MAX as i64, "").unwrap_or(0),
+            };
+            let per_client = crate::admission::Limits {
+                open: per_client(&lr.max_connections_per_client, "max_connections_per_client"),
+                rate: per_client(&lr.max_connection_rate_per_client, "max_connection_rate_per_client"),
+            };
             if let (Some(bind), Some(pool)) = (bind, pool) {
-                listeners.push(ListenerConfig { bind, pool, max_connections, access_log });
+                listeners.push(ListenerConfig { bind, pool, max_connections, access_log, access, per_client });
             }
         }
         if raw.pool.is_empty() {
@@ -289,6 +298,41 @@ impl Validator<'_> {
             path => LogTo::File(PathBuf::from(path)),
         };
         Some(Arc::new(AccessLog { to, format }))
+    }
+
+    /// A listener's `access` rules, with warnings for rules that can never
+    /// decide (after a rule for `all`) and for a list that lets everyone in
+    /// (only `allow` rules: a client none matches is let in, as in nginx).
+    fn access(&mut self, list: Option<&S<Vec<S<String>>>>, key: &str) -> Vec<crate::admission::Rule> {
+        let Some(list) = list else { return Vec::new() };
+        let mut rules = Vec::new();
+        let mut all_at: Option<usize> = None;
+        for (j, entry) in list.get_ref().iter().enumerate() {
+            let at = format!("{key}.access[{j}]");
+            match crate::admission::Rule::parse(entry.get_ref()) {
+                Ok(r) => {
+                    if let Some(a) = all_at {
+                        self.warn(
+                            Some(entry.span()),
+                            at,
+                            format!("never applies: access[{a}] matches every client before it"),
+                        );
+                    } else if r.net.is_none() {
+                        all_at = Some(j);
+                    }
+                    rules.push(r);
+                }
+                Err(m) => self.err(Some(entry.span()), at, m),
+            }
+        }
+        if !rules.is_empty() && rules.iter().all(|r| r.allow) {
+            self.warn(
+                Some(list.span()),
+                format!("{key}.access"),
+                "only allow rules: a client no rule matches is let in, so this admits everyone; end with \"deny all\"",
+            );
+        }
+        rules
     }
 
     fn int(&mut self, v: &S<i64>, key: &str, min: i64, max: i64, note: &str) -> Option<u32> {

@@ -15,7 +15,7 @@ mod write;
 
 use std::path::Path;
 
-use convert::{Converter, Proxy};
+use convert::{Admission, Converter, Proxy};
 use read::Reader;
 
 /// A file that cannot be read, or syntax that cannot be: `file:line: what`.
@@ -66,8 +66,12 @@ pub fn convert(path: &Path) -> Result<Converted, ConvertError> {
         // Stream-level proxy_* and access_log apply to every server {}
         // whatever their order.
         let mut stream_proxy = Proxy::default();
+        let mut stream_admission = Admission::default();
+        for d in block.iter().filter(|d| d.name == "limit_conn_zone") {
+            c.limit_conn_zone(d)?;
+        }
         for d in block {
-            if d.name == "log_format" {
+            if matches!(d.name.as_str(), "log_format" | "limit_conn_zone") {
                 continue;
             }
             if d.name == "access_log" {
@@ -76,7 +80,10 @@ pub fn convert(path: &Path) -> Result<Converted, ConvertError> {
                 c.head_notes.append(&mut notes);
                 continue;
             }
-            if !matches!(d.name.as_str(), "upstream" | "server") && !c.proxy_directive(d, &mut stream_proxy)? {
+            if !matches!(d.name.as_str(), "upstream" | "server")
+                && !c.proxy_directive(d, &mut stream_proxy)?
+                && !c.admission_directive(d, &mut stream_admission)?
+            {
                 let n = c.not_carried(d, "no ucp-lb equivalent");
                 c.head_notes.push(n);
             }
@@ -91,7 +98,7 @@ pub fn convert(path: &Path) -> Result<Converted, ConvertError> {
             if d.block.is_none() {
                 return Err(d.err("server needs a { } block here"));
             }
-            c.server_block(d, &stream_proxy)?;
+            c.server_block(d, &stream_proxy, &stream_admission)?;
         }
     }
     if c.listeners.is_empty() {

@@ -34,6 +34,16 @@ pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
         comment_lines(&mut o, "", &l.comments);
         comment_lines(&mut o, "", &l.notes);
         let _ = writeln!(o, "[[listener]]\nbind = {}\npool = {}", q(&l.bind), q(&l.pool));
+        if !l.access.is_empty() {
+            let rules: Vec<String> = l.access.iter().map(|r| q(r)).collect();
+            let _ = writeln!(o, "access = [{}]  # nginx allow/deny, first match decides", rules.join(", "));
+        }
+        if let Some(n) = l.per_client {
+            let _ = writeln!(
+                o,
+                "max_connections_per_client = {n}  # nginx limit_conn on $binary_remote_addr (nginx counts a zone across every server using it; ucp-lb per listener)"
+            );
+        }
         match &l.access_log {
             None => {}
             Some(AccessLog::Off) => o.push_str("access_log = \"off\"\n"),
