@@ -128,6 +128,20 @@ pub struct ListenerStatus {
     pub max_connection_rate_per_client: u32,
 }
 
+impl ListenerStatus {
+    /// Clients closed at once, by reason, as `/metrics` labels them.
+    pub fn refusals(&self) -> [(&'static str, u64); 6] {
+        [
+            ("denied", self.rejected_access),
+            ("max_connections_per_client", self.rejected_per_client),
+            ("max_connection_rate_per_client", self.rejected_client_rate),
+            ("max_connections", self.rejected_max_connections),
+            ("fd_limit", self.rejected_fd_limit),
+            ("no_pool", self.rejected_no_pool),
+        ]
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolStatus {
     pub name: String,

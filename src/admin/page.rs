@@ -307,14 +307,7 @@ pub fn render(h: &View) -> String {
 
 /// A listener's refusals: the total, and the reasons that have any.
 fn refusals(l: &ListenerStatus) -> String {
-    let reasons = [
-        ("denied", l.rejected_access),
-        ("per-client open", l.rejected_per_client),
-        ("per-client rate", l.rejected_client_rate),
-        ("max_connections", l.rejected_max_connections),
-        ("out of descriptors", l.rejected_fd_limit),
-        ("no pool", l.rejected_no_pool),
-    ];
+    let reasons = l.refusals();
     let total: u64 = reasons.iter().map(|(_, n)| n).sum();
     let some: Vec<String> = reasons.iter().filter(|(_, n)| *n > 0).map(|(why, n)| format!("{why} {n}")).collect();
     if some.is_empty() { total.to_string() } else { format!("{total} ({})", some.join(", ")) }

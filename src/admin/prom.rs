@@ -60,14 +60,7 @@ pub fn render(m: &Metrics, view: &View) -> String {
         m.counter(LISTENER_ACCEPTED, name()).absolute(ls.accepted);
         m.gauge(LISTENER_ACTIVE, name()).set(ls.active as f64);
         m.gauge(LISTENER_CLIENTS, name()).set(ls.clients as f64);
-        for (reason, v) in [
-            ("max_connections", ls.rejected_max_connections),
-            ("fd_limit", ls.rejected_fd_limit),
-            ("no_pool", ls.rejected_no_pool),
-            ("denied", ls.rejected_access),
-            ("max_connections_per_client", ls.rejected_per_client),
-            ("max_connection_rate_per_client", ls.rejected_client_rate),
-        ] {
+        for (reason, v) in ls.refusals() {
             let mut lb = name();
             lb.push(l("reason", reason));
             m.counter(LISTENER_REJECTED, lb).absolute(v);
