@@ -42,6 +42,11 @@ pub enum End {
     /// Its address made `max_connection_rate_per_client` new connections
     /// in the last second.
     ClientRateLimit,
+    /// A routed listener: the ClientHello did not come (in time, within
+    /// the bound, before the client left).
+    Hello(crate::sni::Failed),
+    /// A routed listener without a pool for clients no route takes.
+    NoRoute,
     /// Still open at the end of the shutdown grace.
     Shutdown,
 }
@@ -60,6 +65,8 @@ impl End {
             End::Denied => "denied",
             End::PerClientLimit => "max_connections_per_client",
             End::ClientRateLimit => "max_connection_rate_per_client",
+            End::Hello(f) => f.as_str(),
+            End::NoRoute => "no_route",
             End::Shutdown => "shutdown",
         }
     }
@@ -77,6 +84,10 @@ impl End {
             End::Denied => "refused by the listener's access rules".into(),
             End::PerClientLimit => "the client's address was at max_connections_per_client".into(),
             End::ClientRateLimit => "the client's address was over max_connection_rate_per_client".into(),
+            End::Hello(crate::sni::Failed::Timeout) => "no complete ClientHello within preread_timeout".into(),
+            End::Hello(crate::sni::Failed::TooLarge) => "the ClientHello was larger than 16 KiB".into(),
+            End::Hello(crate::sni::Failed::Closed) => "the client left before its ClientHello was complete".into(),
+            End::NoRoute => "no route for its server name, and no pool for the rest".into(),
             End::Shutdown => "still open at the end of the shutdown grace".into(),
         }
     }
@@ -87,6 +98,8 @@ impl End {
             End::ConnectFailed(_) | End::NoServer => 502,
             End::MaxConnections | End::PerClientLimit | End::ClientRateLimit => 503,
             End::Denied => 403,
+            End::Hello(_) => 400,
+            End::NoRoute => 502,
             _ => 200,
         }
     }
@@ -395,6 +408,11 @@ impl Entry {
     }
 
     /// The servers tried, in order, and how long connecting took.
+    /// The pool a routed client went to, known once its hello was read.
+    pub fn set_pool(&mut self, pool: Arc<str>) {
+        self.record.pool = pool;
+    }
+
     pub fn connected(&mut self, tried: Vec<SocketAddr>, took: Option<Duration>) {
         self.record.tried = tried;
         self.record.connect = took;

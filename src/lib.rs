@@ -7,6 +7,8 @@
 //! - `admission`: who may connect to a listener (its `access` rules) and
 //!   how much one client address may hold (open connections, new ones per
 //!   second), checked at accept; its table of clients, bounded.
+//! - `sni`: a client's ClientHello read only as far as its server name,
+//!   within a bound and a time, every byte kept; route name patterns.
 //! - `config` (`raw.rs`, `validate.rs`, `values.rs`): lb.toml into a typed,
 //!   validated [`config::Config`], or every error with file, line, column
 //!   and key, and its warnings. No runtime state, no sockets.
@@ -87,6 +89,7 @@ pub mod reload;
 pub mod resolve;
 pub mod shutdown;
 pub mod snapshot;
+pub mod sni;
 pub mod splice;
 pub mod state;
 pub mod status;

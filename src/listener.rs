@@ -25,7 +25,8 @@ use crate::config::Config;
 use crate::net;
 use crate::proxy;
 use crate::shutdown::Shutdown;
-use crate::snapshot::Shared;
+use crate::snapshot::{Shared, Snapshot};
+use crate::sni;
 
 const BACKLOG: i32 = 1024;
 const MIN_BACKOFF: Duration = Duration::from_millis(1);
@@ -55,6 +56,31 @@ pub struct ListenerState {
     pub rejected_client_rate: AtomicU64,
     /// Clients with connections open (or a rate bucket refilling).
     pub clients: admission::Clients,
+    /// Routed listeners: clients closed because no ClientHello came (by
+    /// why), clients no route took with no pool for them, clients whose
+    /// first bytes were not TLS (sent to the pool for the rest, if any).
+    pub hello_failed: [AtomicU64; 3],
+    pub rejected_no_route: AtomicU64,
+    pub not_tls: AtomicU64,
+    /// Clients sent on by each route (its pattern), and by none
+    /// (`""`: to the pool for the rest).
+    pub routed: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl ListenerState {
+    fn hello_failed(&self, f: sni::Failed) -> &AtomicU64 {
+        &self.hello_failed[match f {
+            sni::Failed::Timeout => 0,
+            sni::Failed::TooLarge => 1,
+            sni::Failed::Closed => 2,
+        }]
+    }
+
+    /// Clients closed for want of a ClientHello, by why.
+    pub fn hello_failures(&self) -> [(sni::Failed, u64); 3] {
+        [sni::Failed::Timeout, sni::Failed::TooLarge, sni::Failed::Closed]
+            .map(|f| (f, self.hello_failed(f).load(Relaxed)))
+    }
 }
 
 /// A listening socket taken over from another process, as a tokio
@@ -220,14 +246,17 @@ fn dispatch(
         state.rejected_no_pool.fetch_add(1, Relaxed);
         return;
     };
-    let Some(pool) = snap.pool_index(&cfg.pool) else {
+    // A routed listener finds its pool once the hello is read.
+    let pool = cfg.pool.as_deref().and_then(|p| snap.pool_index(p));
+    if pool.is_none() && cfg.routes.is_empty() {
         state.rejected_no_pool.fetch_add(1, Relaxed);
         return;
-    };
+    }
+    let pool_name = |i: Option<usize>| i.map_or_else(|| Arc::from("-"), |i| snap.pools[i].name.clone());
     let entry = cfg
         .access_log
         .as_ref()
-        .map(|log| Box::new(access_log::Entry::new(log.clone(), peer, state.local, snap.pools[pool].name.clone())));
+        .map(|log| Box::new(access_log::Entry::new(log.clone(), peer, state.local, pool_name(pool))));
     // Who may connect, then how much one client may hold, then the
     // listener's own cap: each refusal closes the client at once.
     let ip = admission::client_ip(peer.ip());
@@ -251,7 +280,63 @@ fn dispatch(
     // No tracing span per connection: entering it on every wake and
     // keeping its fields cost more than the few lines that would carry it,
     // which name the client themselves.
-    shutdown.tracker.spawn(proxy::serve(client, peer, snap, pool, guard, entry));
+    match pool {
+        Some(pool) if cfg.routes.is_empty() => {
+            shutdown.tracker.spawn(proxy::serve(client, peer, snap, pool, guard, entry));
+        }
+        _ => {
+            shutdown.tracker.spawn(route(client, peer, snap, state.clone(), guard, entry));
+        }
+    }
+}
+
+/// A client of a routed listener: its ClientHello read (bounded in bytes
+/// and time), its server name matched against the routes, then served by
+/// the pool chosen, the bytes read going first.
+async fn route(
+    client: TcpStream,
+    peer: SocketAddr,
+    snap: Arc<Snapshot>,
+    state: Arc<ListenerState>,
+    guard: ListenerConn,
+    mut entry: Option<Box<access_log::Entry>>,
+) {
+    let Some(cfg) = snap.listener(state.bind, state.nth) else { return };
+    let (prefix, hello) = match sni::preread(&client, sni::HELLO_LIMIT, cfg.preread_timeout).await {
+        Ok(got) => got,
+        Err(f) => {
+            state.hello_failed(f).fetch_add(1, Relaxed);
+            debug!(listener = %state.local, client = %peer, reason = f.as_str(), "no ClientHello: client closed");
+            if let Some(e) = entry {
+                e.finish(access_log::End::Hello(f), 0, 0);
+            }
+            return;
+        }
+    };
+    if hello == sni::Hello::NotTls {
+        state.not_tls.fetch_add(1, Relaxed);
+    }
+    let by_route = match &hello {
+        sni::Hello::Name(name) => sni::best(&cfg.routes, name),
+        _ => None,
+    };
+    let chosen = match by_route {
+        Some((pattern, pool)) => snap.pool_index(pool).map(|i| (pattern.to_string(), i)),
+        None => cfg.pool.as_deref().and_then(|p| snap.pool_index(p)).map(|i| (String::new(), i)),
+    };
+    let Some((route, pool)) = chosen else {
+        state.rejected_no_route.fetch_add(1, Relaxed);
+        debug!(listener = %state.local, client = %peer, hello = ?hello, "no route and no pool for the rest: client closed");
+        if let Some(e) = entry {
+            e.finish(access_log::End::NoRoute, 0, 0);
+        }
+        return;
+    };
+    *state.routed.lock().unwrap_or_else(|p| p.into_inner()).entry(route).or_default() += 1;
+    if let Some(e) = entry.as_mut() {
+        e.set_pool(snap.pools[pool].name.clone());
+    }
+    proxy::serve_prefixed(client, peer, snap.clone(), pool, guard, entry, prefix).await;
 }
 
 /// Closes a client refused at accept: counted by why, logged where the
@@ -350,6 +435,10 @@ impl Listeners {
                 rejected_per_client: c.rejected_per_client.into(),
                 rejected_client_rate: c.rejected_client_rate.into(),
                 clients: Default::default(),
+                hello_failed: Default::default(),
+                rejected_no_route: Default::default(),
+                not_tls: Default::default(),
+                routed: Default::default(),
             });
             out.push(Bound(sock, state));
         }
@@ -442,7 +531,7 @@ impl Listeners {
     pub fn launch(&self, bound: Vec<Bound>, shared: &Arc<Shared>, shutdown: &Shutdown) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         for Bound(sock, state) in bound {
-            let pool = shared.snapshot.load().listener(state.bind, state.nth).map(|l| l.pool.clone());
+            let pool = shared.snapshot.load().listener(state.bind, state.nth).and_then(|l| l.pool.clone());
             info!(bind = %state.bind, local = %state.local, pool = pool.as_deref().unwrap_or(""), "listening");
             let stop = shutdown.stop_accepting.child_token();
             let fd = std::os::fd::AsFd::as_fd(&sock).try_clone_to_owned().ok();

@@ -28,6 +28,8 @@ pub const LISTENER_ACCEPTED: &str = "ucp_lb_listener_accepted_connections_total"
 pub const LISTENER_ACTIVE: &str = "ucp_lb_listener_active_connections";
 pub const LISTENER_REJECTED: &str = "ucp_lb_listener_rejected_connections_total";
 pub const LISTENER_CLIENTS: &str = "ucp_lb_listener_tracked_clients";
+pub const ROUTE_CONNECTIONS: &str = "ucp_lb_route_connections_total";
+pub const LISTENER_NOT_TLS: &str = "ucp_lb_listener_not_tls_clients_total";
 pub const RELOADS: &str = "ucp_lb_config_reloads_total";
 pub const RELOAD_OK: &str = "ucp_lb_config_last_reload_successful";
 pub const BUILD_INFO: &str = "ucp_lb_build_info";
@@ -60,6 +62,12 @@ const HELP: &[(&str, &str, Unit)] = &[
         "Client addresses the listener's per-client limits keep count of (open connections or a refilling rate)",
         Unit::Count,
     ),
+    (
+        ROUTE_CONNECTIONS,
+        "Clients a routed listener sent on, by route (server name pattern; \"\" for the pool for the rest)",
+        Unit::Count,
+    ),
+    (LISTENER_NOT_TLS, "Clients of a routed listener whose first bytes were not a TLS handshake", Unit::Count),
     (RELOADS, "Config reloads, by result", Unit::Count),
     (RELOAD_OK, "1 when the last config reload succeeded (or none was tried), 0 when it failed", Unit::Count),
     (

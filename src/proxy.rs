@@ -60,40 +60,99 @@ pub fn serve<G: Send + 'static>(
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
         let _ = &guard; // captured, so it lives as long as the connection
-        // The connect phase in a block of its own: what it leaves behind
+        // The connect phase in a future of its own: what it leaves behind
         // (the servers tried, the connect's result) is not kept in the
         // future for the connection's life. (Moved-from or dropped locals
         // still take room in every later state; out of scope they do not.
         // This kept the task at 896 bytes rather than 1,024.)
-        let (upstream, idx, active) = {
-            let mut tried = Vec::new();
-            let started = entry.as_ref().map(|_| Instant::now());
-            let connected = connect_upstream(&snap.pools[pool], peer, &mut tried).await;
-            if let Some(e) = entry.as_mut() {
-                let servers = &snap.pools[pool].servers;
-                let mut addrs: Vec<SocketAddr> = tried.iter().map(|&i| servers[i].addr).collect();
-                addrs.extend(connected.as_ref().map(|c| servers[c.1].addr));
-                e.connected(addrs, connected.as_ref().and(started).map(|t| t.elapsed()));
-            }
-            match connected {
-                Some(c) => c,
-                None => {
-                    if let Some(e) = entry {
-                        let end = if tried.is_empty() {
-                            access_log::End::NoServer
-                        } else {
-                            access_log::End::ConnectFailed(tried.len())
-                        };
-                        e.finish(end, 0, 0);
-                    }
-                    return;
-                }
-            }
-        };
+        let Some((upstream, idx, active)) = connect_phase(&snap, pool, peer, &mut entry).await else { return };
         let out = relay(&client, &upstream, &snap, pool, idx, Some(active), None).await;
         let (pool, server) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
         conclude(client, upstream, peer, &pool.name, server.addr, &out, entry);
     }
+}
+
+/// As [`serve`], for a client whose first bytes were read already (a
+/// routed listener's ClientHello): they go to the server, unchanged, before
+/// anything else.
+#[allow(clippy::manual_async_fn)] // as `serve`
+pub fn serve_prefixed<G: Send + 'static>(
+    client: TcpStream,
+    peer: SocketAddr,
+    snap: Arc<Snapshot>,
+    pool: usize,
+    guard: G,
+    mut entry: Option<Box<access_log::Entry>>,
+    prefix: Vec<u8>,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = &guard;
+        let Some((upstream, idx, active)) = connect_phase(&snap, pool, peer, &mut entry).await else { return };
+        let server = &snap.pools[pool].servers[idx];
+        let n = prefix.len() as u64;
+        let sent = write_all(&upstream, &prefix).await;
+        drop(prefix);
+        let out = match sent {
+            Ok(()) => {
+                server.state.bytes_sent.fetch_add(n, Relaxed);
+                let mut out = relay(&client, &upstream, &snap, pool, idx, Some(active), None).await;
+                out.to_server += n;
+                out
+            }
+            // The server went before taking the hello: broken on its side.
+            Err(e) => copy::Outcome {
+                to_server: 0,
+                to_client: 0,
+                first_closed: None,
+                end: copy::End::Error { side: copy::Side::Server, kind: e.kind() },
+                client_done: false,
+                server_done: false,
+            },
+        };
+        conclude(client, upstream, peer, &snap.pools[pool].name, server.addr, &out, entry);
+    }
+}
+
+/// Writes all of `buf` to `s` (readiness-driven, as the copy does).
+async fn write_all(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        s.writable().await?;
+        match s.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Picks and connects a server of `pool` for `peer`, noting the servers
+/// tried in `entry`; on failure `entry` is finished (no server, or every
+/// connect failed) and None returned.
+async fn connect_phase(
+    snap: &Snapshot,
+    pool: usize,
+    peer: SocketAddr,
+    entry: &mut Option<Box<access_log::Entry>>,
+) -> Option<(TcpStream, usize, ActiveConn)> {
+    let mut tried = Vec::new();
+    let started = entry.as_ref().map(|_| Instant::now());
+    let connected = connect_upstream(&snap.pools[pool], peer, &mut tried).await;
+    if let Some(e) = entry.as_mut() {
+        let servers = &snap.pools[pool].servers;
+        let mut addrs: Vec<SocketAddr> = tried.iter().map(|&i| servers[i].addr).collect();
+        addrs.extend(connected.as_ref().map(|c| servers[c.1].addr));
+        e.connected(addrs, connected.as_ref().and(started).map(|t| t.elapsed()));
+    }
+    if connected.is_none()
+        && let Some(e) = entry.take()
+    {
+        let end =
+            if tried.is_empty() { access_log::End::NoServer } else { access_log::End::ConnectFailed(tried.len()) };
+        e.finish(end, 0, 0);
+    }
+    connected
 }
 
 /// Serves a connection moved here from the process this one took over

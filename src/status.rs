@@ -126,12 +126,55 @@ pub struct ListenerStatus {
     pub access: Vec<String>,
     pub max_connections_per_client: u32,
     pub max_connection_rate_per_client: u32,
+    /// Routed by TLS server name: each route (and `""`, the pool for the
+    /// rest) with the clients it sent on.
+    pub routes: Vec<RouteStatus>,
+    /// Routed listeners: clients closed without a ClientHello, by why
+    /// (`hello_timeout`, `hello_too_large`, `hello_closed`), with no route
+    /// and no pool for the rest, and clients that did not speak TLS.
+    pub rejected_hello_timeout: u64,
+    pub rejected_hello_too_large: u64,
+    pub rejected_hello_closed: u64,
+    pub rejected_no_route: u64,
+    pub not_tls: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteStatus {
+    /// The server name pattern; `""` for clients no route takes.
+    pub name: String,
+    pub pool: Option<String>,
+    pub connections: u64,
+}
+
+/// A routed listener's routes as configured now, then any it counted
+/// that a reload removed, with the clients each sent on.
+fn routes(l: &crate::listener::ListenerState, cfg: Option<&crate::config::ListenerConfig>) -> Vec<RouteStatus> {
+    let counted = l.routed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let Some(cfg) = cfg.filter(|c| !c.routes.is_empty()) else { return Vec::new() };
+    let mut out: Vec<RouteStatus> = cfg
+        .routes
+        .iter()
+        .map(|(p, pool)| (p.to_string(), Some(pool.to_string())))
+        .chain(std::iter::once((String::new(), cfg.pool.as_ref().map(|p| p.to_string()))))
+        .map(|(name, pool)| RouteStatus { connections: counted.get(&name).copied().unwrap_or(0), name, pool })
+        .collect();
+    for (name, n) in counted {
+        if !out.iter().any(|r| r.name == name) {
+            out.push(RouteStatus { name, pool: None, connections: n });
+        }
+    }
+    out
 }
 
 impl ListenerStatus {
     /// Clients closed at once, by reason, as `/metrics` labels them.
-    pub fn refusals(&self) -> [(&'static str, u64); 6] {
+    pub fn refusals(&self) -> [(&'static str, u64); 10] {
         [
+            ("hello_timeout", self.rejected_hello_timeout),
+            ("hello_too_large", self.rejected_hello_too_large),
+            ("hello_closed", self.rejected_hello_closed),
+            ("no_route", self.rejected_no_route),
             ("denied", self.rejected_access),
             ("max_connections_per_client", self.rejected_per_client),
             ("max_connection_rate_per_client", self.rejected_client_rate),
@@ -263,7 +306,7 @@ pub fn view(
                     removed,
                     bind: l.bind,
                     local: l.local,
-                    pool: cfg.map(|c| c.pool.to_string()),
+                    pool: cfg.and_then(|c| c.pool.as_ref()).map(|p| p.to_string()),
                     active: l.active.load(Relaxed),
                     accepted: l.accepted.load(Relaxed),
                     rejected_max_connections: l.rejected_max_connections.load(Relaxed),
@@ -276,6 +319,12 @@ pub fn view(
                     access: cfg.map(|c| c.access.iter().map(ToString::to_string).collect()).unwrap_or_default(),
                     max_connections_per_client: per_client.open,
                     max_connection_rate_per_client: per_client.rate,
+                    routes: routes(l, cfg),
+                    rejected_hello_timeout: l.hello_failures()[0].1,
+                    rejected_hello_too_large: l.hello_failures()[1].1,
+                    rejected_hello_closed: l.hello_failures()[2].1,
+                    rejected_no_route: l.rejected_no_route.load(Relaxed),
+                    not_tls: l.not_tls.load(Relaxed),
                 }
             })
             .collect(),

@@ -245,6 +245,17 @@ pub fn render(h: &View) -> String {
             escape(&if l.access.is_empty() { "everyone".to_owned() } else { l.access.join(", ") }),
             escape(&per_client(l)),
         );
+        for r in &l.routes {
+            let name =
+                if r.name.is_empty() { "(no route: the rest)".to_owned() } else { format!("TLS name {}", r.name) };
+            let _ = write!(
+                out,
+                "<tr class=route><td>&nbsp;&nbsp;{}</td><td>{}</td><td></td><td>{}</td><td></td><td></td><td></td></tr>",
+                escape(&name),
+                escape(r.pool.as_deref().unwrap_or("(closed)")),
+                r.connections
+            );
+        }
     }
     out.push_str("</table></div>");
     let wall = crate::history::now();

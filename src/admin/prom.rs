@@ -60,6 +60,15 @@ pub fn render(m: &Metrics, view: &View) -> String {
         m.counter(LISTENER_ACCEPTED, name()).absolute(ls.accepted);
         m.gauge(LISTENER_ACTIVE, name()).set(ls.active as f64);
         m.gauge(LISTENER_CLIENTS, name()).set(ls.clients as f64);
+        for r in &ls.routes {
+            let mut lb = name();
+            lb.push(l("route", r.name.clone()));
+            lb.push(l("pool", r.pool.clone().unwrap_or_default()));
+            m.counter(ROUTE_CONNECTIONS, lb).absolute(r.connections);
+        }
+        if !ls.routes.is_empty() {
+            m.counter(LISTENER_NOT_TLS, name()).absolute(ls.not_tls);
+        }
         for (reason, v) in ls.refusals() {
             let mut lb = name();
             lb.push(l("reason", reason));

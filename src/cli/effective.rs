@@ -57,7 +57,16 @@ pub fn dump(c: &Config) -> String {
     for l in &c.listeners {
         let _ = writeln!(o, "\n[[listener]]");
         line(&mut o, "bind", q(&l.bind.to_string()), "set");
-        line(&mut o, "pool", q(&l.pool), "set");
+        match &l.pool {
+            Some(p) => line(&mut o, "pool", q(p), "set"),
+            None => line(&mut o, "# pool", "(none: clients no route takes are closed)".into(), "default"),
+        }
+        if !l.routes.is_empty() {
+            let routes: Vec<String> =
+                l.routes.iter().map(|(n, p)| format!("{} = {}", q(&n.to_string()), q(p))).collect();
+            line(&mut o, "routes", format!("{{ {} }}", routes.join(", ")), "set");
+            line(&mut o, "preread_timeout", duration(Some(l.preread_timeout)), "set or default");
+        }
         match l.max_connections {
             0 => line(&mut o, "# max_connections", "(no limit)".into(), "default"),
             n => line(&mut o, "max_connections", n.to_string(), "set"),

@@ -253,7 +253,23 @@ pub fn summary(config: &Config, resolved: Option<&ucp_lb::snapshot::Resolved>) -
     let _ = writeln!(s, "listeners:");
     for l in &config.listeners {
         let max = if l.max_connections == 0 { "no limit".to_owned() } else { l.max_connections.to_string() };
-        let _ = writeln!(s, "  {} -> pool {} (max_connections: {max})", l.bind, l.pool);
+        let pool = match &l.pool {
+            Some(p) => format!("pool {p}"),
+            None => "no pool".to_owned(),
+        };
+        if l.routes.is_empty() {
+            let _ = writeln!(s, "  {} -> {pool} (max_connections: {max})", l.bind);
+        } else {
+            let _ = writeln!(
+                s,
+                "  {} -> routed by TLS server name, else {pool} (max_connections: {max}, preread_timeout {})",
+                l.bind,
+                ucp_lb::config::format_duration(l.preread_timeout)
+            );
+            for (name, p) in &l.routes {
+                let _ = writeln!(s, "    {name} -> pool {p}");
+            }
+        }
         if !l.access.is_empty() {
             let rules: Vec<String> = l.access.iter().map(ToString::to_string).collect();
             let _ = writeln!(s, "    access: {} (a client no rule matches is let in)", rules.join(", "));
@@ -341,7 +357,8 @@ pub fn summary(config: &Config, resolved: Option<&ucp_lb::snapshot::Resolved>) -
                 }
             }
         }
-        if !config.listeners.iter().any(|l| l.pool == p.name) {
+        if !config.listeners.iter().any(|l| l.pool.as_ref() == Some(&p.name) || l.routes.iter().any(|r| r.1 == p.name))
+        {
             let _ = writeln!(s, "    (no listener uses this pool)");
         }
         for srv in &p.servers {

@@ -54,7 +54,17 @@ impl TestCa {
 
     /// A certificate for `localhost` and 127.0.0.1, and its key.
     pub fn issue(&self, cn: &str) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), rcgen::Error> {
-        let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        self.issue_for(cn, &["localhost", "127.0.0.1"])
+    }
+
+    /// A certificate for `names` (DNS names, wildcards or IP addresses),
+    /// and its key.
+    pub fn issue_for(
+        &self,
+        cn: &str,
+        names: &[&str],
+    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), rcgen::Error> {
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name.push(rcgen::DnType::CommonName, cn);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;

@@ -268,10 +268,22 @@ impl Default for HealthConfig {
     }
 }
 
+/// How long a routed listener waits for a client's complete ClientHello by
+/// default: a TLS client sends it at once; nginx's `preread_timeout` is
+/// 30 s, which lets a silent client hold a descriptor that long.
+pub const PREREAD_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub bind: SocketAddr,
-    pub pool: Arc<str>,
+    /// Where clients go; with `routes`, those no route takes (`None`:
+    /// closed).
+    pub pool: Option<Arc<str>>,
+    /// TLS server name routes, in the file's order (empty: the listener
+    /// reads nothing before connecting).
+    pub routes: Vec<(crate::sni::Pattern, Arc<str>)>,
+    /// How long a routed listener waits for a complete ClientHello.
+    pub preread_timeout: Duration,
     /// 0: no limit.
     pub max_connections: u32,
     /// Where and how its finished connections are logged; `None`: not.

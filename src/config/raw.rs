@@ -18,6 +18,10 @@ use toml::de::{DeTable, DeValue};
 
 pub type S<T> = Spanned<T>;
 
+/// A listener's `routes`: (server name, pool name) pairs with their spans,
+/// in the file's order.
+pub type RawRoutes = S<Vec<(S<String>, S<String>)>>;
+
 #[derive(Debug, Default)]
 pub struct RawConfig {
     pub workers: Option<S<i64>>,
@@ -51,6 +55,9 @@ pub struct RawListener {
     pub access: Option<S<Vec<S<String>>>>,
     pub max_connections_per_client: Option<S<i64>>,
     pub max_connection_rate_per_client: Option<S<i64>>,
+    /// `routes = { "server.name" = "pool", ... }`, in the file's order.
+    pub routes: Option<RawRoutes>,
+    pub preread_timeout: Option<S<String>>,
 }
 
 /// The keys of a `[[listener]]` table.
@@ -63,6 +70,8 @@ const LISTENER_KEYS: &[&str] = &[
     "access",
     "max_connections_per_client",
     "max_connection_rate_per_client",
+    "routes",
+    "preread_timeout",
 ];
 
 /// The `[defaults]` keys: the table `[defaults]` itself, and any of them in
@@ -180,6 +189,8 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
                         access: r.strings(l, &key, "access", r#"a list like ["allow 10.0.0.0/8", "deny all"]"#),
                         max_connections_per_client: r.int(l, &key, "max_connections_per_client"),
                         max_connection_rate_per_client: r.int(l, &key, "max_connection_rate_per_client"),
+                        routes: r.routes(l, &key),
+                        preread_timeout: r.string(l, &key, "preread_timeout"),
                     };
                     raw.listener.push(Spanned::new(item.span(), listener));
                 }
@@ -216,6 +227,7 @@ fn join(path: &str, key: &str) -> String {
 /// Keys whose value is a duration: a bare number there gets its own advice.
 const DURATIONS: &[&str] = &[
     "connect_timeout",
+    "preread_timeout",
     "idle_timeout",
     "fail_timeout",
     "resolve_interval",
@@ -286,6 +298,24 @@ impl Reader<'_> {
             match item.get_ref() {
                 DeValue::String(s) => out.push(Spanned::new(item.span(), s.to_string())),
                 _ => self.wrong_type(item, &format!("{}[{i}]", join(path, key)), "a string"),
+            }
+        }
+        Some(Spanned::new(v.span(), out))
+    }
+
+    /// `routes`: a table of server names to pool names.
+    fn routes(&mut self, t: &DeTable<'_>, path: &str) -> Option<RawRoutes> {
+        let key = join(path, "routes");
+        let v = field(t, "routes")?;
+        let table = self.as_table(v, &key, r#"a table like { "ucp.example.com" = "ucp" }"#)?;
+        let mut out = Vec::new();
+        for (name, pool) in table.iter() {
+            match pool.get_ref() {
+                DeValue::String(p) => out.push((
+                    Spanned::new(name.span(), name.get_ref().to_string()),
+                    Spanned::new(pool.span(), p.to_string()),
+                )),
+                _ => self.wrong_type(pool, &format!("{key}.\"{}\"", name.get_ref()), "a pool name"),
             }
         }
         Some(Spanned::new(v.span(), out))

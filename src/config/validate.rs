@@ -128,29 +128,29 @@ impl Validator<'_> {
                     }
                 },
             };
+            let routes = self.routes(lr.routes.as_ref(), raw, &key);
+            // A routed listener may leave `pool` out: clients no route takes
+            // are then closed. `Some(None)`: no pool, and that is fine.
             let pool = match &lr.pool {
+                None if lr.routes.is_some() => Some(None),
                 None => {
                     self.err(Some(l.span()), format!("{key}.pool"), r#"missing key: expected pool = "NAME""#);
                     None
                 }
-                Some(p) => {
-                    if raw.pool.contains_key(p.get_ref()) {
-                        Some(Arc::<str>::from(p.get_ref().as_str()))
-                    } else {
-                        let known: Vec<&str> = raw.pool.keys().map(String::as_str).collect();
-                        self.err(
-                            Some(p.span()),
-                            format!("{key}.pool"),
-                            format!(
-                                "no pool named \"{}\" (defined: {})",
-                                p.get_ref(),
-                                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
-                            ),
-                        );
-                        None
-                    }
-                }
+                Some(p) => self.pool_ref(p, raw, format!("{key}.pool")).map(Some),
             };
+            let preread_timeout =
+                match self.duration(lr.preread_timeout.as_ref(), format!("{key}.preread_timeout"), false) {
+                    Some(Some(d)) => d,
+                    _ => PREREAD_TIMEOUT,
+                };
+            if lr.preread_timeout.is_some() && lr.routes.is_none() {
+                self.warn(
+                    lr.preread_timeout.as_ref().map(|t| t.span()),
+                    format!("{key}.preread_timeout"),
+                    "has no effect without routes (nothing is read before connecting)",
+                );
+            }
             let max_connections = match &lr.max_connections {
                 None => 0,
                 Some(m) => self.int(m, &format!("{key}.max_connections"), 1, u32::MAX as i64, "").unwrap_or(0),
@@ -170,7 +170,16 @@ impl Validator<'_> {
                 rate: per_client(&lr.max_connection_rate_per_client, "max_connection_rate_per_client"),
             };
             if let (Some(bind), Some(pool)) = (bind, pool) {
-                listeners.push(ListenerConfig { bind, pool, max_connections, access_log, access, per_client });
+                listeners.push(ListenerConfig {
+                    bind,
+                    pool,
+                    routes,
+                    preread_timeout,
+                    max_connections,
+                    access_log,
+                    access,
+                    per_client,
+                });
             }
         }
         if raw.pool.is_empty() {
@@ -298,6 +307,61 @@ impl Validator<'_> {
             path => LogTo::File(PathBuf::from(path)),
         };
         Some(Arc::new(AccessLog { to, format }))
+    }
+
+    /// A pool named where a listener sends clients: it must exist.
+    fn pool_ref(&mut self, p: &S<String>, raw: &RawConfig, key: String) -> Option<Arc<str>> {
+        if raw.pool.contains_key(p.get_ref()) {
+            return Some(Arc::<str>::from(p.get_ref().as_str()));
+        }
+        let known: Vec<&str> = raw.pool.keys().map(String::as_str).collect();
+        self.err(
+            Some(p.span()),
+            key,
+            format!(
+                "no pool named \"{}\" (defined: {})",
+                p.get_ref(),
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            ),
+        );
+        None
+    }
+
+    /// A listener's `routes`: each name a server name or `*.` wildcard
+    /// (once, case-insensitively), each pool defined.
+    fn routes(
+        &mut self,
+        list: Option<&raw::RawRoutes>,
+        raw: &RawConfig,
+        key: &str,
+    ) -> Vec<(crate::sni::Pattern, Arc<str>)> {
+        let Some(list) = list else { return Vec::new() };
+        if list.get_ref().is_empty() {
+            self.err(Some(list.span()), format!("{key}.routes"), "no routes: name at least one, or leave the key out");
+        }
+        let mut out: Vec<(crate::sni::Pattern, Arc<str>)> = Vec::new();
+        for (name, pool) in list.get_ref() {
+            let at = format!("{key}.routes.\"{}\"", name.get_ref());
+            let pattern = match crate::sni::Pattern::parse(name.get_ref()) {
+                Ok(p) => p,
+                Err(m) => {
+                    self.err(Some(name.span()), at, m);
+                    continue;
+                }
+            };
+            if out.iter().any(|(p, _)| *p == pattern) {
+                self.err(
+                    Some(name.span()),
+                    at.clone(),
+                    format!("{pattern} is routed twice (names compare without case)"),
+                );
+                continue;
+            }
+            if let Some(pool) = self.pool_ref(pool, raw, at) {
+                out.push((pattern, pool));
+            }
+        }
+        out
     }
 
     /// A listener's `access` rules, with warnings for rules that can never
