@@ -478,3 +478,62 @@ fn limit_conn_on_another_key_is_said_not_carried() {
     assert!(warnings.contains("limit_conn nozone 3: no limit_conn_zone named nozone"), "{warnings}");
     assert!(!text(&out.stdout).contains("max_connections_per_client ="));
 }
+
+/// `ssl_preread on` with `map $ssl_preread_server_name` (exact,
+/// `.domain` and `default` entries, `hostnames`), `proxy_pass $variable`,
+/// `allow`/`deny` and `limit_conn` on one 443: converted into `routes`,
+/// and every client (rustls, with a client certificate) lands where real
+/// nginx sent it, its TLS untouched.
+#[tokio::test]
+async fn server_name_routing_by_map_goes_where_nginx_sent_each_client() {
+    use common::standin::TestCa;
+    use common::tls::{ask, client_config, tls_backend};
+    let Some(bin) = nginx_bin() else { return };
+    let ca = TestCa::new("convert CA").unwrap();
+    let names = ["ucp.test", "dtr.test", "*.dtr.test", "localhost", "127.0.0.1"];
+    let ucp = tls_backend("ucp", &ca, &names, true).await;
+    let dtr = tls_backend("dtr", &ca, &names, false).await;
+    let other = tls_backend("other", &ca, &names, false).await;
+    let [vip] = free_addrs();
+    let stream = format!(
+        "  limit_conn_zone $binary_remote_addr zone=addr:1m;\n\
+         \x20 map $ssl_preread_server_name $backend {{\n    hostnames;\n    ucp.test ucp;\n    .dtr.test dtr;\n    default other;\n  }}\n\
+         \x20 upstream ucp {{ server {ucp}; }}\n  upstream dtr {{ server {dtr}; }}\n  upstream other {{ server {other}; }}\n\
+         \x20 server {{\n    listen {vip};\n    ssl_preread on;\n    preread_timeout 10s;\n    allow 127.0.0.0/8;\n    deny all;\n\
+         \x20   limit_conn addr 50;\n    proxy_pass $backend;\n  }}\n"
+    );
+    let ngx = start_nginx(&bin, &stream).await;
+    let keep = tempfile::tempdir().unwrap();
+    let conf = keep.path().join("nginx.conf");
+    std::fs::copy(&ngx.conf, &conf).unwrap();
+    let cfg = client_config(&ca);
+    let clients = [Some("ucp.test"), Some("dtr.test"), Some("x.dtr.test"), Some("UCP.test"), Some("localhost"), None];
+    let mut by_nginx = Vec::new();
+    for sni in clients {
+        by_nginx.push(within("through nginx", ask(&cfg, vip, sni)).await.unwrap_or_else(|e| format!("error: {e}")));
+    }
+    ngx.stop();
+
+    let out = convert(&conf);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let toml = text(&out.stdout);
+    for want in [
+        r#"routes = { "ucp.test" = "ucp", "dtr.test" = "dtr", "*.dtr.test" = "dtr" }"#,
+        r#"pool = "other""#,
+        r#"preread_timeout = "10s""#,
+        r#"access = ["allow 127.0.0.0/8", "deny all"]"#,
+        "max_connections_per_client = 50",
+    ] {
+        assert!(toml.contains(want), "{want} not in:\n{toml}");
+    }
+    assert_eq!(text(&out.stderr), "", "everything carried");
+    let lb = start_lb(&(toml.clone() + "\n[admin]\nlisten = \"127.0.0.1:0\"\n")).await;
+    let mut by_lb = Vec::new();
+    for sni in clients {
+        by_lb.push(within("through ucp-lb", ask(&cfg, vip, sni)).await.unwrap_or_else(|e| format!("error: {e}")));
+    }
+    assert_eq!(by_lb, by_nginx, "\n{toml}");
+    assert_eq!(by_nginx[0], "ucp sni=ucp.test client_cert=true", "nginx routed with mutual TLS intact");
+    assert!(by_nginx[1].starts_with("dtr ") && by_nginx[5].starts_with("other "), "{by_nginx:?}");
+    drop(lb);
+}

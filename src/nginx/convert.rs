@@ -108,7 +108,13 @@ pub(super) struct Listener {
     pub(super) access_log: Option<AccessLog>,
     /// The `listen` directive's file:line.
     pub(super) at: String,
-    pub(super) pool: String,
+    /// None: a routed listener whose map has no default (nginx closes
+    /// those clients too).
+    pub(super) pool: Option<String>,
+    /// `ssl_preread` with `map $ssl_preread_server_name`: (name pattern,
+    /// pool), in the map's order.
+    pub(super) routes: Vec<(String, String)>,
+    pub(super) preread_timeout: Option<String>,
     pub(super) comments: Vec<String>,
     pub(super) notes: Vec<String>,
     /// `allow`/`deny` as ucp-lb `access` rules, in order.
@@ -139,6 +145,9 @@ pub(super) struct Converter {
     pub(super) stream_log: Option<AccessLog>,
     /// `limit_conn_zone`s by name: the key they count by.
     pub(super) limit_zones: BTreeMap<String, String>,
+    /// Stream-level `map`s by the variable they set: the variable they
+    /// read, and the directive.
+    pub(super) maps: BTreeMap<String, (String, Directive)>,
 }
 
 /// A server block's `access_log`, carried.
@@ -361,6 +370,8 @@ impl Converter {
     ) -> Result<(), ConvertError> {
         let mut proxy = Proxy::default();
         let mut admission = Admission::default();
+        let mut ssl_preread = false;
+        let mut preread_timeout: Option<String> = None;
         let mut binds: Vec<(String, Vec<String>, String)> = Vec::new();
         let mut access_log: Option<AccessLog> = None;
         let mut target: Option<&Directive> = None;
@@ -391,6 +402,16 @@ impl Converter {
                     }
                 }
                 "proxy_pass" => target = Some(x),
+                "ssl_preread" => ssl_preread = x.args.first().is_some_and(|v| v == "on"),
+                "preread_timeout" => {
+                    let [v] = x.args.as_slice() else { return Err(x.err("preread_timeout takes one time")) };
+                    let t = parse_format_duration(v).map_err(|e| x.err(format!("preread_timeout {v}: {e}")))?;
+                    preread_timeout = Some(crate::config::format_duration(t));
+                }
+                "preread_buffer_size" => {
+                    let n = self.warn(x, "ucp-lb reads a ClientHello of up to 16 KiB".into());
+                    notes.push(n);
+                }
                 "access_log" => access_log = Some(self.access_log(x, &mut notes)?),
                 "proxy_next_upstream_timeout" if x.args.first().is_some_and(|v| v == "0") => {}
                 "tcp_nodelay" if x.args.first().is_some_and(|v| v == "on") => {
@@ -420,56 +441,21 @@ impl Converter {
                 "proxy_pass {to}: {var} is a template variable that was never filled in: fill it in, then convert"
             )));
         }
-        if to.contains('$') {
-            let n = self.not_carried(target, "proxy_pass with variables");
-            self.head_notes.push(n);
-            return Ok(());
-        }
         let proxy = proxy.or(stream);
         let access_log = access_log.or_else(|| self.stream_log.clone());
-        let idx = match self.pools.iter().position(|p| p.origin == *to) {
-            Some(i) => i,
-            None => {
-                if crate::config::parse_host_port(to).is_err() {
-                    return Err(target.err(format!(
-                        "proxy_pass {to}: no upstream \"{to}\" and not host:port (nginx refuses this too)"
-                    )));
-                }
-                let name = self.pool_name(&format!("direct_{to}"));
-                let server = Server::new(to, Vec::new());
-                self.pools.push(Pool {
-                    name,
-                    origin: to.clone(),
-                    at: target.at(),
-                    comments: Vec::new(),
-                    balance: "round_robin",
-                    servers: vec![server],
-                    notes: vec![format!("nginx: proxy_pass {to} straight to one server ({})", target.at())],
-                    proxy: None,
-                    used_at: String::new(),
-                });
-                self.pools.len() - 1
+        let (idx, routes) = if to.contains('$') {
+            match self.routed_by_map(to, target, ssl_preread, &mut notes)? {
+                Some(r) => r,
+                None => return Ok(()),
             }
+        } else {
+            (Some(self.pool_for(to, target)?), Vec::new())
         };
-        match &self.pools[idx].proxy {
-            None => {
-                self.pools[idx].proxy = Some(proxy);
-                self.pools[idx].used_at = d.at();
-            }
-            Some(first) if *first != proxy => {
-                let first_at = self.pools[idx].used_at.clone();
-                let n = self.warn(
-                    d,
-                    format!(
-                        "proxies to {to} with other proxy_* settings than the server at {first_at}; ucp-lb keeps them \
-                         per pool: the first are used"
-                    ),
-                );
-                notes.push(n);
-            }
-            Some(_) => {}
+        for i in idx.iter().copied().chain(routes.iter().map(|r| r.1)).collect::<Vec<_>>() {
+            self.use_proxy(i, &proxy, d, to, &mut notes);
         }
-        let pool = self.pools[idx].name.clone();
+        let pool = idx.map(|i| self.pools[i].name.clone());
+        let routes: Vec<(String, String)> = routes.into_iter().map(|(n, i)| (n, self.pools[i].name.clone())).collect();
         let access = admission.access.or_else(|| stream_admission.access.clone()).unwrap_or_default();
         let per_client = self.per_client(admission.limits.or_else(|| stream_admission.limits.clone()), &mut notes);
         for (i, (bind, mut comments, at)) in binds.into_iter().enumerate() {
@@ -485,11 +471,155 @@ impl Converter {
                 pool: pool.clone(),
                 comments,
                 notes: if i == 0 { std::mem::take(&mut notes) } else { Vec::new() },
+                routes: routes.clone(),
+                preread_timeout: preread_timeout.clone(),
                 access: access.clone(),
                 per_client,
             });
         }
         Ok(())
+    }
+
+    /// The pool `proxy_pass to` sends to: an upstream's, or a pool of its
+    /// own for a `host:port`.
+    fn pool_for(&mut self, to: &str, at: &Directive) -> Result<usize, ConvertError> {
+        if let Some(i) = self.pools.iter().position(|p| p.origin == to) {
+            return Ok(i);
+        }
+        if crate::config::parse_host_port(to).is_err() {
+            return Err(
+                at.err(format!("proxy_pass {to}: no upstream \"{to}\" and not host:port (nginx refuses this too)"))
+            );
+        }
+        let name = self.pool_name(&format!("direct_{to}"));
+        self.pools.push(Pool {
+            name,
+            origin: to.to_owned(),
+            at: at.at(),
+            comments: Vec::new(),
+            balance: "round_robin",
+            servers: vec![Server::new(to, Vec::new())],
+            notes: vec![format!("nginx: proxy_pass {to} straight to one server ({})", at.at())],
+            proxy: None,
+            used_at: String::new(),
+        });
+        Ok(self.pools.len() - 1)
+    }
+
+    /// Gives pool `idx` the proxy_* settings of the server `d` (the first
+    /// server to use a pool sets them; another that differs is said).
+    fn use_proxy(&mut self, idx: usize, proxy: &Proxy, d: &Directive, to: &str, notes: &mut Vec<String>) {
+        match &self.pools[idx].proxy {
+            None => {
+                self.pools[idx].proxy = Some(proxy.clone());
+                self.pools[idx].used_at = d.at();
+            }
+            Some(first) if first != proxy => {
+                let first_at = self.pools[idx].used_at.clone();
+                let n = self.warn(
+                    d,
+                    format!(
+                        "proxies to {to} with other proxy_* settings than the server at {first_at}; ucp-lb keeps them \
+                         per pool: the first are used"
+                    ),
+                );
+                notes.push(n);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// `proxy_pass $var` where `$var` is a stream-level `map` of
+    /// `$ssl_preread_server_name` and the server has `ssl_preread on`: the
+    /// pool for the map's `default` (None without one) and a route per
+    /// entry. None (said not carried) for any other variable.
+    #[allow(clippy::type_complexity)]
+    fn routed_by_map(
+        &mut self,
+        to: &str,
+        target: &Directive,
+        ssl_preread: bool,
+        notes: &mut Vec<String>,
+    ) -> Result<Option<(Option<usize>, Vec<(String, usize)>)>, ConvertError> {
+        let map = self.maps.get(to).filter(|(from, _)| from == "$ssl_preread_server_name").map(|(_, d)| d.clone());
+        let (Some(map), true) = (map, ssl_preread) else {
+            let why = if ssl_preread {
+                "proxy_pass with a variable that is not a map of $ssl_preread_server_name"
+            } else {
+                "proxy_pass with variables (routing by server name needs ssl_preread on)"
+            };
+            let n = self.not_carried(target, why);
+            self.head_notes.push(n);
+            return Ok(None);
+        };
+        let entries = map.block.as_deref().unwrap_or_default();
+        let hostnames = entries.iter().any(|e| e.name == "hostnames");
+        let mut default = None;
+        let mut routes: Vec<(String, usize)> = Vec::new();
+        for e in entries {
+            let value = match (e.name.as_str(), e.args.as_slice()) {
+                ("hostnames", []) => continue,
+                (_, [v]) => v.clone(),
+                _ => {
+                    let n = self.not_carried(e, "a map entry of one key and one value was expected");
+                    notes.push(n);
+                    continue;
+                }
+            };
+            if value.contains('$') {
+                let n = self.not_carried(e, "a map value with variables");
+                notes.push(n);
+                continue;
+            }
+            let idx = self.pool_for(&value, e)?;
+            let key = e.name.as_str();
+            if key == "default" {
+                default = Some(idx);
+                continue;
+            }
+            // With `hostnames`, ".example.com" is example.com and every
+            // name below it; a trailing "www.example.*" has no ucp-lb form.
+            let names: Vec<String> = match key.strip_prefix('.') {
+                Some(base) if hostnames => vec![base.to_owned(), format!("*.{base}")],
+                _ if key.starts_with('~') || (hostnames && key.ends_with(".*")) => {
+                    let n = self.not_carried(e, "regular expressions and trailing wildcards have no ucp-lb route");
+                    notes.push(n);
+                    continue;
+                }
+                _ if key.starts_with("*.") && !hostnames => {
+                    let n =
+                        self.not_carried(e, "a wildcard key in a map without `hostnames` matches only itself in nginx");
+                    notes.push(n);
+                    continue;
+                }
+                _ => vec![key.to_owned()],
+            };
+            for name in names {
+                if crate::sni::Pattern::parse(&name).is_err() {
+                    let n = self.not_carried(e, "not a server name ucp-lb can route");
+                    notes.push(n);
+                    continue;
+                }
+                if routes.iter().any(|(r, _)| r.eq_ignore_ascii_case(&name)) {
+                    let n =
+                        self.warn(e, format!("{name} again: ucp-lb compares names without case; the first is used"));
+                    notes.push(n);
+                    continue;
+                }
+                routes.push((name, idx));
+            }
+        }
+        if routes.is_empty() {
+            let n = self.not_carried(target, "the map routes no server name ucp-lb can carry");
+            self.head_notes.push(n);
+            return Ok(None);
+        }
+        notes.push(format!(
+            "nginx: ssl_preread with map {} ({}): routed by TLS server name; names compare without case here",
+            to,
+            map.at()
+        ));
+        Ok(Some((default, routes)))
     }
 
     /// `allow`, `deny` and `limit_conn` (stream or server level) into

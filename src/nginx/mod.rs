@@ -70,8 +70,12 @@ pub fn convert(path: &Path) -> Result<Converted, ConvertError> {
         for d in block.iter().filter(|d| d.name == "limit_conn_zone") {
             c.limit_conn_zone(d)?;
         }
+        for d in block.iter().filter(|d| d.name == "map" && d.block.is_some()) {
+            let [from, to] = d.args.as_slice() else { return Err(d.err("map takes a source and a variable")) };
+            c.maps.insert(to.clone(), (from.clone(), d.clone()));
+        }
         for d in block {
-            if matches!(d.name.as_str(), "log_format" | "limit_conn_zone") {
+            if matches!(d.name.as_str(), "log_format" | "limit_conn_zone") || (d.name == "map" && d.block.is_some()) {
                 continue;
             }
             if d.name == "access_log" {

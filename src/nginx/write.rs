@@ -33,7 +33,22 @@ pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
         o.push('\n');
         comment_lines(&mut o, "", &l.comments);
         comment_lines(&mut o, "", &l.notes);
-        let _ = writeln!(o, "[[listener]]\nbind = {}\npool = {}", q(&l.bind), q(&l.pool));
+        let _ = writeln!(o, "[[listener]]\nbind = {}", q(&l.bind));
+        match &l.pool {
+            Some(p) => {
+                let _ = writeln!(o, "pool = {}", q(p));
+            }
+            None => {
+                o.push_str("# no pool: the map has no default, so clients no route takes are closed (as in nginx)\n")
+            }
+        }
+        if !l.routes.is_empty() {
+            let routes: Vec<String> = l.routes.iter().map(|(n, p)| format!("{} = {}", q(n), q(p))).collect();
+            let _ = writeln!(o, "routes = {{ {} }}", routes.join(", "));
+            // nginx's preread_timeout default is 30s; ucp-lb's 5s.
+            let t = l.preread_timeout.clone().unwrap_or_else(|| "30s".to_owned());
+            let _ = writeln!(o, "preread_timeout = {}", q(&t));
+        }
         if !l.access.is_empty() {
             let rules: Vec<String> = l.access.iter().map(|r| q(r)).collect();
             let _ = writeln!(o, "access = [{}]  # nginx allow/deny, first match decides", rules.join(", "));

@@ -23,6 +23,7 @@ pub mod nginx;
 /// The stand-in UCP managers and DTR replicas the demo runs too.
 #[path = "../../src/cli/standin.rs"]
 pub mod standin;
+pub mod tls;
 
 /// The first of `candidates` that exists: an outside program a test needs.
 /// None (the test says it skipped) when missing, except under CI=true,
