@@ -10,6 +10,10 @@
 //! - new connections per second: raw TCP (connect, 1-byte echo, close; 16 at
 //!   once), HTTP and full TLS (wrk with `Connection: close`), and the proxy's
 //!   CPU per connection;
+//! - full TLS again through a listener routed by TLS server name (row group
+//!   `sni`: ucp-lb `routes`, nginx `ssl_preread` + `map`, HAProxy
+//!   `req.ssl_sni`), so the cost of reading the hello shows beside the
+//!   plain row;
 //! - added latency of a 1-byte ping-pong, p50 and p99, against direct;
 //! - RSS and kernel memory (slab + TCP buffers) per idle connection with N
 //!   idle clients held through the proxy, and proxy CPU while they idle;
@@ -163,7 +167,15 @@ fn which(name: &str) -> Option<PathBuf> {
 }
 
 fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conns: usize) -> Option<Proxy> {
-    start_proxy_under(name, backends, run, max_conns, &[])
+    start_proxy_under(name, backends, run, max_conns, &[], false)
+}
+
+/// As [`start_proxy`], the proxy routing TLS clients by server name (the
+/// name `localhost`, or a `*.bench.test` one, to the backends; the rest
+/// there too): ucp-lb `routes`, nginx `ssl_preread` with a `map`, HAProxy
+/// `req.ssl_sni` after `tcp-request inspect-delay`.
+fn start_routed_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conns: usize) -> Option<Proxy> {
+    start_proxy_under(name, backends, run, max_conns, &[], true)
 }
 
 /// `cmd` pinned to CPU 0 in the proxy's namespace, under `wrap` (e.g.
@@ -186,6 +198,7 @@ fn start_proxy_under(
     run: &Path,
     max_conns: usize,
     wrap: &[String],
+    routed: bool,
 ) -> Option<Proxy> {
     let addr = SocketAddr::new(topology::proxy_ip(), topology::free_port(NS_PROXY, topology::proxy_ip()));
     let dir = run.join(name);
@@ -201,8 +214,9 @@ fn start_proxy_under(
             std::fs::write(
                 &cfg,
                 format!(
-                    "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n[[listener]]\nbind = \"{addr}\"\npool = \"b\"\n[pool.b]\nservers = [{}]\n",
-                    servers.join(", ")
+                    "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n[[listener]]\nbind = \"{addr}\"\npool = \"b\"\n{routes}[pool.b]\nservers = [{}]\n",
+                    servers.join(", "),
+                    routes = if routed { "routes = { \"localhost\" = \"b\", \"*.bench.test\" = \"b\" }\n" } else { "" },
                 ),
             )
             .unwrap();
@@ -225,9 +239,17 @@ fn start_proxy_under(
                 &cfg,
                 format!(
                     "{load}daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 200000;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-                     events {{ worker_connections 200000; }}\nstream {{\n upstream b {{\n{ups} }}\n server {{ listen {addr}; proxy_pass b; }}\n}}\n",
+                     events {{ worker_connections 200000; }}\nstream {{\n upstream b {{\n{ups} }}\n{server}\n}}\n",
                     d = dir.display(),
                     ups = list(&|_, b| format!("  server {b};\n")),
+                    server = if routed {
+                        format!(
+                            " map $ssl_preread_server_name $up {{ hostnames; localhost b; *.bench.test b; default b; }}\n\
+                             \x20server {{ listen {addr}; ssl_preread on; proxy_pass $up; }}"
+                        )
+                    } else {
+                        format!(" server {{ listen {addr}; proxy_pass b; }}")
+                    },
                 ),
             )
             .unwrap();
@@ -250,8 +272,14 @@ fn start_proxy_under(
                 &cfg,
                 format!(
                     "global\n maxconn {max_conns}\n nbthread 1\ndefaults\n mode tcp\n timeout connect 3s\n timeout client 1h\n timeout server 1h\n\
-                     frontend f\n bind {addr}\n default_backend b\nbackend b\n{}",
+                     frontend f\n bind {addr}\n{sni} default_backend b\nbackend b\n{}",
                     list(&|i, b| format!(" server s{i} {b}\n")),
+                    sni = if routed {
+                        " tcp-request inspect-delay 5s\n tcp-request content accept if { req.ssl_hello_type 1 }\n\
+                         \x20use_backend b if { req.ssl_sni -i localhost } || { req.ssl_sni -m end .bench.test }\n"
+                    } else {
+                        ""
+                    },
                 ),
             )
             .unwrap();
@@ -593,7 +621,7 @@ async fn instructions_run(name: &'static str, echo: SocketAddr, run: &Path, conn
         "--trace-children=no".into(),
         format!("--callgrind-out-file={}", out.display()),
     ];
-    let Some(mut p) = start_proxy_under(name, &[echo], run, 1000, &wrap) else {
+    let Some(mut p) = start_proxy_under(name, &[echo], run, 1000, &wrap, false) else {
         eprint!(" ({name} did not start under callgrind)");
         return None;
     };
@@ -654,6 +682,8 @@ struct Rows {
     http_cpu: Vec<f64>,
     tls_rate: Vec<f64>,
     tls_cpu: Vec<f64>,
+    sni_rate: Vec<f64>,
+    sni_cpu: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
     p50_idle: Vec<f64>,
@@ -688,7 +718,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let run_dir = std::env::temp_dir().join(format!("ucp-lb-bench-{}", std::process::id()));
     let only = std::env::var("ONLY").unwrap_or_default();
-    // ROWS=bulk,http,tcp for a subset of the row groups (tcp: new
+    // ROWS=bulk,http,sni,tcp for a subset of the row groups (tcp: new
     // connections, ping-pong and idle); all by default.
     let groups = std::env::var("ROWS").unwrap_or_default();
     let row = |g: &str| groups.is_empty() || groups.split(',').any(|o| o == g);
@@ -743,6 +773,19 @@ fn main() {
                         let pid = p.child.as_ref().map(Child::id);
                         wrk_row(pid, &format!("http://{}/", p.addr), 16, true, &mut r.http_rate, &mut r.http_cpu);
                     }
+                }
+                // Full TLS handshakes through a listener routed by server
+                // name (wrk sends the URL's host as SNI: `localhost` on
+                // loopback; between namespaces an address, which no route
+                // names, so the pool for the rest takes it: the same read
+                // of the hello either way).
+                if let Some(b) = backend_http.as_ref().filter(|_| row("sni") && *name != "direct")
+                    && let Some(p) = start_routed_proxy(name, &[b.https], &run_dir, idle_n + 50)
+                {
+                    let pid = p.child.as_ref().map(Child::id);
+                    let host = if topology::netns() { p.addr.ip().to_string() } else { "localhost".to_owned() };
+                    let url = format!("https://{host}:{}/", p.addr.port());
+                    wrk_row(pid, &url, 16, true, &mut r.sni_rate, &mut r.sni_cpu);
                 }
                 // Instructions, once (they do not vary from run to run).
                 if round == 0 && *name != "direct" && row("instr") {
@@ -838,6 +881,8 @@ fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
         ("  proxy CPU µs/conn", &|r| cell(&r.http_cpu, 1)),
         ("new TLS conns/s (full handshake)", &|r| cell(&r.tls_rate, 0)),
         ("  proxy CPU µs/conn", &|r| cell(&r.tls_cpu, 1)),
+        ("new TLS conns/s, routed by SNI", &|r| cell(&r.sni_rate, 0)),
+        ("  proxy CPU µs/conn", &|r| cell(&r.sni_cpu, 1)),
         ("1-byte ping-pong p50 µs", &|r| cell(&r.p50, 1)),
         ("1-byte ping-pong p99 µs", &|r| cell(&r.p99, 1)),
         ("  added p50 µs", &|r| added(&r.p50, direct.map(|d| &rows[d].p50))),
