@@ -7,6 +7,7 @@
 //! backs off when even that fails. Each such episode is logged once and
 //! every closed client is counted.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -62,9 +63,17 @@ pub struct ListenerState {
     pub hello_failed: [AtomicU64; 3],
     pub rejected_no_route: AtomicU64,
     pub not_tls: AtomicU64,
-    /// Clients sent on by each route (its pattern), and by none
-    /// (`""`: to the pool for the rest).
-    pub routed: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Per route (its pattern; `""`: the pool for the rest): clients sent
+    /// on, and of those the ones its pool could not take (no server
+    /// eligible, or every connect failed).
+    pub routed: Mutex<BTreeMap<String, RouteCount>>,
+}
+
+/// What one route did: clients sent on, and refused by its pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RouteCount {
+    pub connections: u64,
+    pub refused: u64,
 }
 
 impl ListenerState {
@@ -110,6 +119,14 @@ pub struct Carried {
     pub rejected_per_client: u64,
     #[serde(default)]
     pub rejected_client_rate: u64,
+    #[serde(default)]
+    pub hello_failed: [u64; 3],
+    #[serde(default)]
+    pub rejected_no_route: u64,
+    #[serde(default)]
+    pub not_tls: u64,
+    #[serde(default)]
+    pub routed: BTreeMap<String, RouteCount>,
 }
 
 /// A listening socket taken over, with what identifies it in a config and
@@ -332,11 +349,16 @@ async fn route(
         }
         return;
     };
-    *state.routed.lock().unwrap_or_else(|p| p.into_inner()).entry(route).or_default() += 1;
+    let count = |f: fn(&mut RouteCount)| {
+        f(state.routed.lock().unwrap_or_else(|p| p.into_inner()).entry(route.clone()).or_default())
+    };
+    count(|c| c.connections += 1);
     if let Some(e) = entry.as_mut() {
         e.set_pool(snap.pools[pool].name.clone());
     }
-    proxy::serve_prefixed(client, peer, snap.clone(), pool, guard, entry, prefix).await;
+    if !proxy::serve_prefixed(client, peer, snap.clone(), pool, guard, entry, prefix).await {
+        count(|c| c.refused += 1);
+    }
 }
 
 /// Closes a client refused at accept: counted by why, logged where the
@@ -421,6 +443,10 @@ impl Listeners {
                 rejected_access: 0,
                 rejected_per_client: 0,
                 rejected_client_rate: 0,
+                hello_failed: [0; 3],
+                rejected_no_route: 0,
+                not_tls: 0,
+                routed: BTreeMap::new(),
             });
             let state = Arc::new(ListenerState {
                 bind: l.bind,
@@ -435,10 +461,10 @@ impl Listeners {
                 rejected_per_client: c.rejected_per_client.into(),
                 rejected_client_rate: c.rejected_client_rate.into(),
                 clients: Default::default(),
-                hello_failed: Default::default(),
-                rejected_no_route: Default::default(),
-                not_tls: Default::default(),
-                routed: Default::default(),
+                hello_failed: c.hello_failed.map(AtomicU64::new),
+                rejected_no_route: c.rejected_no_route.into(),
+                not_tls: c.not_tls.into(),
+                routed: Mutex::new(c.routed),
             });
             out.push(Bound(sock, state));
         }
@@ -476,6 +502,10 @@ impl Listeners {
                         rejected_access: st.rejected_access.load(Relaxed),
                         rejected_per_client: st.rejected_per_client.load(Relaxed),
                         rejected_client_rate: st.rejected_client_rate.load(Relaxed),
+                        hello_failed: st.hello_failures().map(|(_, n)| n),
+                        rejected_no_route: st.rejected_no_route.load(Relaxed),
+                        not_tls: st.not_tls.load(Relaxed),
+                        routed: st.routed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                     },
                     fd,
                 ))
@@ -569,5 +599,24 @@ impl Listeners {
 
     pub fn states(&self) -> Vec<Arc<ListenerState>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|o| o.state.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_carry_to_a_successor_and_an_older_predecessor_still_parses() {
+        // What a predecessor without the admission and routing counters sends.
+        let old = r#"{"bind":"0.0.0.0:443","nth":0,"local":"0.0.0.0:443","accepted":7,
+            "rejected_max_connections":1,"rejected_fd_limit":0,"rejected_no_pool":0}"#;
+        let c: Carried = serde_json::from_str(old).unwrap();
+        assert_eq!((c.accepted, c.rejected_access, c.not_tls, c.routed.len()), (7, 0, 0, 0));
+        let mut routed = BTreeMap::new();
+        routed.insert("ucp.test".to_owned(), RouteCount { connections: 5, refused: 1 });
+        let now = Carried { hello_failed: [1, 2, 3], rejected_no_route: 4, routed, ..c };
+        let back: Carried = serde_json::from_str(&serde_json::to_string(&now).unwrap()).unwrap();
+        assert_eq!(back, now);
     }
 }

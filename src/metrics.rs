@@ -29,6 +29,7 @@ pub const LISTENER_ACTIVE: &str = "ucp_lb_listener_active_connections";
 pub const LISTENER_REJECTED: &str = "ucp_lb_listener_rejected_connections_total";
 pub const LISTENER_CLIENTS: &str = "ucp_lb_listener_tracked_clients";
 pub const ROUTE_CONNECTIONS: &str = "ucp_lb_route_connections_total";
+pub const ROUTE_REFUSED: &str = "ucp_lb_route_refused_connections_total";
 pub const LISTENER_NOT_TLS: &str = "ucp_lb_listener_not_tls_clients_total";
 pub const RELOADS: &str = "ucp_lb_config_reloads_total";
 pub const RELOAD_OK: &str = "ucp_lb_config_last_reload_successful";
@@ -65,6 +66,11 @@ const HELP: &[(&str, &str, Unit)] = &[
     (
         ROUTE_CONNECTIONS,
         "Clients a routed listener sent on, by route (server name pattern; \"\" for the pool for the rest)",
+        Unit::Count,
+    ),
+    (
+        ROUTE_REFUSED,
+        "Clients a route sent on that its pool could not take (no server eligible, or every connect failed)",
         Unit::Count,
     ),
     (LISTENER_NOT_TLS, "Clients of a routed listener whose first bytes were not a TLS handshake", Unit::Count),

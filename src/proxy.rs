@@ -74,7 +74,7 @@ pub fn serve<G: Send + 'static>(
 
 /// As [`serve`], for a client whose first bytes were read already (a
 /// routed listener's ClientHello): they go to the server, unchanged, before
-/// anything else.
+/// anything else. False when no server of the pool could be connected.
 #[allow(clippy::manual_async_fn)] // as `serve`
 pub fn serve_prefixed<G: Send + 'static>(
     client: TcpStream,
@@ -84,10 +84,10 @@ pub fn serve_prefixed<G: Send + 'static>(
     guard: G,
     mut entry: Option<Box<access_log::Entry>>,
     prefix: Vec<u8>,
-) -> impl Future<Output = ()> + Send + 'static {
+) -> impl Future<Output = bool> + Send + 'static {
     async move {
         let _ = &guard;
-        let Some((upstream, idx, active)) = connect_phase(&snap, pool, peer, &mut entry).await else { return };
+        let Some((upstream, idx, active)) = connect_phase(&snap, pool, peer, &mut entry).await else { return false };
         let server = &snap.pools[pool].servers[idx];
         let n = prefix.len() as u64;
         let sent = write_all(&upstream, &prefix).await;
@@ -110,6 +110,7 @@ pub fn serve_prefixed<G: Send + 'static>(
             },
         };
         conclude(client, upstream, peer, &snap.pools[pool].name, server.addr, &out, entry);
+        true
     }
 }
 

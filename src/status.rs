@@ -145,6 +145,9 @@ pub struct RouteStatus {
     pub name: String,
     pub pool: Option<String>,
     pub connections: u64,
+    /// Of those, the clients its pool could not take (no server eligible,
+    /// or every connect failed).
+    pub refused: u64,
 }
 
 /// A routed listener's routes as configured now, then any it counted
@@ -157,11 +160,14 @@ fn routes(l: &crate::listener::ListenerState, cfg: Option<&crate::config::Listen
         .iter()
         .map(|(p, pool)| (p.to_string(), Some(pool.to_string())))
         .chain(std::iter::once((String::new(), cfg.pool.as_ref().map(|p| p.to_string()))))
-        .map(|(name, pool)| RouteStatus { connections: counted.get(&name).copied().unwrap_or(0), name, pool })
+        .map(|(name, pool)| {
+            let c = counted.get(&name).copied().unwrap_or_default();
+            RouteStatus { name, pool, connections: c.connections, refused: c.refused }
+        })
         .collect();
-    for (name, n) in counted {
+    for (name, c) in counted {
         if !out.iter().any(|r| r.name == name) {
-            out.push(RouteStatus { name, pool: None, connections: n });
+            out.push(RouteStatus { name, pool: None, connections: c.connections, refused: c.refused });
         }
     }
     out

@@ -43,8 +43,9 @@ async fn setup(extra: &str) -> Setup {
          [[listener]]\nbind = \"127.0.0.1:0\"\nroutes = {{ \"ucp.test\" = \"ucp\" }}\n\
          [[listener]]\nbind = \"127.0.0.1:0\"\npool = \"echo\"\nroutes = {{ \"ucp.test\" = \"ucp\" }}\n\
          [pool.ucp]\nservers = [\"{ucp}\"]\n[pool.dtr]\nservers = [\"{dtr}\"]\n[pool.other]\nservers = [\"{other}\"]\n\
-         [pool.echo]\nservers = [\"{}\"]\n",
-        echo.addr
+         [pool.echo]\nservers = [\"{}\"]\n[pool.gone]\nservers = [\"{}\"]\nretries = 0\n",
+        echo.addr,
+        refusing_addr()
     );
     let lb = start_lb(&toml).await;
     let cfg = client_config(&ca);
@@ -58,7 +59,7 @@ fn listener(lb: &ucp_lb::Running, i: usize) -> ucp_lb::status::ListenerStatus {
 
 #[tokio::test]
 async fn server_names_on_one_listener_reach_their_pools_with_tls_untouched() {
-    let s = setup("").await;
+    let s = setup(", \"gone.test\" = \"gone\"").await;
     let lb = s.lb.listener_addrs()[0];
     for (sni, want) in [
         (Some("ucp.test"), "ucp sni=ucp.test client_cert=true"),
@@ -76,6 +77,10 @@ async fn server_names_on_one_listener_reach_their_pools_with_tls_untouched() {
         (count("ucp.test"), count("dtr.test"), count("*.dtr.test"), count("")),
         (Some(1), Some(1), Some(1), Some(2))
     );
+    // A route whose pool cannot take the client counts it as refused.
+    assert!(ask(&s.cfg, lb, Some("gone.test")).await.is_err());
+    let gone = listener(&s.lb, 0).routes.into_iter().find(|r| r.name == "gone.test").unwrap();
+    assert_eq!((gone.connections, gone.refused), (1, 1), "{gone:?}");
     // The listener without a pool for the rest closes unknown names.
     let closed = s.lb.listener_addrs()[1];
     assert!(ask(&s.cfg, closed, Some("localhost")).await.is_err());

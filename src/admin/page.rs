@@ -250,10 +250,11 @@ pub fn render(h: &View) -> String {
                 if r.name.is_empty() { "(no route: the rest)".to_owned() } else { format!("TLS name {}", r.name) };
             let _ = write!(
                 out,
-                "<tr class=route><td>&nbsp;&nbsp;{}</td><td>{}</td><td></td><td>{}</td><td></td><td></td><td></td></tr>",
+                "<tr class=route><td>&nbsp;&nbsp;{}</td><td>{}</td><td></td><td>{}</td><td>{}</td><td></td><td></td></tr>",
                 escape(&name),
                 escape(r.pool.as_deref().unwrap_or("(closed)")),
-                r.connections
+                r.connections,
+                r.refused
             );
         }
     }

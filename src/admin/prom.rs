@@ -64,7 +64,8 @@ pub fn render(m: &Metrics, view: &View) -> String {
             let mut lb = name();
             lb.push(l("route", r.name.clone()));
             lb.push(l("pool", r.pool.clone().unwrap_or_default()));
-            m.counter(ROUTE_CONNECTIONS, lb).absolute(r.connections);
+            m.counter(ROUTE_CONNECTIONS, lb.clone()).absolute(r.connections);
+            m.counter(ROUTE_REFUSED, lb).absolute(r.refused);
         }
         if !ls.routes.is_empty() {
             m.counter(LISTENER_NOT_TLS, name()).absolute(ls.not_tls);
