@@ -622,7 +622,8 @@ fn try_write_all(dst: &TcpStream, data: &[u8]) -> io::Result<usize> {
     Ok(done)
 }
 
-async fn write_waiting(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+/// Writes all of `data` to `dst`, waiting for room as needed.
+pub(crate) async fn write_waiting(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         dst.writable().await?;
         match dst.try_write(data) {

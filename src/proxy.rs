@@ -90,7 +90,7 @@ pub fn serve_prefixed<G: Send + 'static>(
         let Some((upstream, idx, active)) = connect_phase(&snap, pool, peer, &mut entry).await else { return false };
         let server = &snap.pools[pool].servers[idx];
         let n = prefix.len() as u64;
-        let sent = write_all(&upstream, &prefix).await;
+        let sent = copy::write_waiting(&upstream, &prefix).await;
         drop(prefix);
         let out = match sent {
             Ok(()) => {
@@ -112,20 +112,6 @@ pub fn serve_prefixed<G: Send + 'static>(
         conclude(client, upstream, peer, &snap.pools[pool].name, server.addr, &out, entry);
         true
     }
-}
-
-/// Writes all of `buf` to `s` (readiness-driven, as the copy does).
-async fn write_all(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        s.writable().await?;
-        match s.try_write(buf) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Picks and connects a server of `pool` for `peer`, noting the servers
