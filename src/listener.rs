@@ -57,10 +57,13 @@ pub struct ListenerState {
     pub rejected_client_rate: AtomicU64,
     /// Clients with connections open (or a rate bucket refilling).
     pub clients: admission::Clients,
-    /// Routed listeners: clients closed because no ClientHello came (by
-    /// why), clients no route took with no pool for them, clients whose
-    /// first bytes were not TLS (sent to the pool for the rest, if any).
-    pub hello_failed: [AtomicU64; 3],
+    /// Routed listeners: clients closed because no complete ClientHello
+    /// came in time, within the bound, or before they left; clients no
+    /// route took with no pool for them; clients whose first bytes were
+    /// not TLS (sent to the pool for the rest, if any).
+    pub rejected_hello_timeout: AtomicU64,
+    pub rejected_hello_too_large: AtomicU64,
+    pub rejected_hello_closed: AtomicU64,
     pub rejected_no_route: AtomicU64,
     pub not_tls: AtomicU64,
     /// Per route (its pattern; `""`: the pool for the rest): clients sent
@@ -74,22 +77,6 @@ pub struct ListenerState {
 pub struct RouteCount {
     pub connections: u64,
     pub refused: u64,
-}
-
-impl ListenerState {
-    fn hello_failed(&self, f: sni::Failed) -> &AtomicU64 {
-        &self.hello_failed[match f {
-            sni::Failed::Timeout => 0,
-            sni::Failed::TooLarge => 1,
-            sni::Failed::Closed => 2,
-        }]
-    }
-
-    /// Clients closed for want of a ClientHello, by why.
-    pub fn hello_failures(&self) -> [(sni::Failed, u64); 3] {
-        [sni::Failed::Timeout, sni::Failed::TooLarge, sni::Failed::Closed]
-            .map(|f| (f, self.hello_failed(f).load(Relaxed)))
-    }
 }
 
 /// A listening socket taken over from another process, as a tokio
@@ -120,7 +107,11 @@ pub struct Carried {
     #[serde(default)]
     pub rejected_client_rate: u64,
     #[serde(default)]
-    pub hello_failed: [u64; 3],
+    pub rejected_hello_timeout: u64,
+    #[serde(default)]
+    pub rejected_hello_too_large: u64,
+    #[serde(default)]
+    pub rejected_hello_closed: u64,
     #[serde(default)]
     pub rejected_no_route: u64,
     #[serde(default)]
@@ -321,14 +312,7 @@ async fn route(
     let Some(cfg) = snap.listener(state.bind, state.nth) else { return };
     let (prefix, hello) = match sni::preread(&client, sni::HELLO_LIMIT, cfg.preread_timeout).await {
         Ok(got) => got,
-        Err(f) => {
-            state.hello_failed(f).fetch_add(1, Relaxed);
-            debug!(listener = %state.local, client = %peer, reason = f.as_str(), "no ClientHello: client closed");
-            if let Some(e) = entry {
-                e.finish(access_log::End::Hello(f), 0, 0);
-            }
-            return;
-        }
+        Err(f) => return refuse(&state, peer, entry, access_log::End::Hello(f)),
     };
     if hello == sni::Hello::NotTls {
         state.not_tls.fetch_add(1, Relaxed);
@@ -341,14 +325,7 @@ async fn route(
         Some((pattern, pool)) => snap.pool_index(pool).map(|i| (pattern.to_string(), i)),
         None => cfg.pool.as_deref().and_then(|p| snap.pool_index(p)).map(|i| (String::new(), i)),
     };
-    let Some((route, pool)) = chosen else {
-        state.rejected_no_route.fetch_add(1, Relaxed);
-        debug!(listener = %state.local, client = %peer, hello = ?hello, "no route and no pool for the rest: client closed");
-        if let Some(e) = entry {
-            e.finish(access_log::End::NoRoute, 0, 0);
-        }
-        return;
-    };
+    let Some((route, pool)) = chosen else { return refuse(&state, peer, entry, access_log::End::NoRoute) };
     let count = |f: fn(&mut RouteCount)| {
         f(state.routed.lock().unwrap_or_else(|p| p.into_inner()).entry(route.clone()).or_default())
     };
@@ -361,13 +338,18 @@ async fn route(
     }
 }
 
-/// Closes a client refused at accept: counted by why, logged where the
-/// listener logs.
+/// Closes a client refused at accept (or, on a routed listener, before a
+/// pool was chosen): counted by why, logged where the listener logs.
 fn refuse(state: &ListenerState, peer: SocketAddr, entry: Option<Box<access_log::Entry>>, end: access_log::End) {
+    use access_log::End;
     let counter = match end {
-        access_log::End::Denied => &state.rejected_access,
-        access_log::End::PerClientLimit => &state.rejected_per_client,
-        access_log::End::ClientRateLimit => &state.rejected_client_rate,
+        End::Denied => &state.rejected_access,
+        End::PerClientLimit => &state.rejected_per_client,
+        End::ClientRateLimit => &state.rejected_client_rate,
+        End::Hello(sni::Failed::Timeout) => &state.rejected_hello_timeout,
+        End::Hello(sni::Failed::TooLarge) => &state.rejected_hello_too_large,
+        End::Hello(sni::Failed::Closed) => &state.rejected_hello_closed,
+        End::NoRoute => &state.rejected_no_route,
         _ => &state.rejected_max_connections,
     };
     counter.fetch_add(1, Relaxed);
@@ -443,7 +425,9 @@ impl Listeners {
                 rejected_access: 0,
                 rejected_per_client: 0,
                 rejected_client_rate: 0,
-                hello_failed: [0; 3],
+                rejected_hello_timeout: 0,
+                rejected_hello_too_large: 0,
+                rejected_hello_closed: 0,
                 rejected_no_route: 0,
                 not_tls: 0,
                 routed: BTreeMap::new(),
@@ -461,7 +445,9 @@ impl Listeners {
                 rejected_per_client: c.rejected_per_client.into(),
                 rejected_client_rate: c.rejected_client_rate.into(),
                 clients: Default::default(),
-                hello_failed: c.hello_failed.map(AtomicU64::new),
+                rejected_hello_timeout: c.rejected_hello_timeout.into(),
+                rejected_hello_too_large: c.rejected_hello_too_large.into(),
+                rejected_hello_closed: c.rejected_hello_closed.into(),
                 rejected_no_route: c.rejected_no_route.into(),
                 not_tls: c.not_tls.into(),
                 routed: Mutex::new(c.routed),
@@ -502,7 +488,9 @@ impl Listeners {
                         rejected_access: st.rejected_access.load(Relaxed),
                         rejected_per_client: st.rejected_per_client.load(Relaxed),
                         rejected_client_rate: st.rejected_client_rate.load(Relaxed),
-                        hello_failed: st.hello_failures().map(|(_, n)| n),
+                        rejected_hello_timeout: st.rejected_hello_timeout.load(Relaxed),
+                        rejected_hello_too_large: st.rejected_hello_too_large.load(Relaxed),
+                        rejected_hello_closed: st.rejected_hello_closed.load(Relaxed),
                         rejected_no_route: st.rejected_no_route.load(Relaxed),
                         not_tls: st.not_tls.load(Relaxed),
                         routed: st.routed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
@@ -615,7 +603,14 @@ mod tests {
         assert_eq!((c.accepted, c.rejected_access, c.not_tls, c.routed.len()), (7, 0, 0, 0));
         let mut routed = BTreeMap::new();
         routed.insert("ucp.test".to_owned(), RouteCount { connections: 5, refused: 1 });
-        let now = Carried { hello_failed: [1, 2, 3], rejected_no_route: 4, routed, ..c };
+        let now = Carried {
+            rejected_hello_timeout: 1,
+            rejected_hello_too_large: 2,
+            rejected_hello_closed: 3,
+            rejected_no_route: 4,
+            routed,
+            ..c
+        };
         let back: Carried = serde_json::from_str(&serde_json::to_string(&now).unwrap()).unwrap();
         assert_eq!(back, now);
     }

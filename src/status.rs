@@ -326,9 +326,9 @@ pub fn view(
                     max_connections_per_client: per_client.open,
                     max_connection_rate_per_client: per_client.rate,
                     routes: routes(l, cfg),
-                    rejected_hello_timeout: l.hello_failures()[0].1,
-                    rejected_hello_too_large: l.hello_failures()[1].1,
-                    rejected_hello_closed: l.hello_failures()[2].1,
+                    rejected_hello_timeout: l.rejected_hello_timeout.load(Relaxed),
+                    rejected_hello_too_large: l.rejected_hello_too_large.load(Relaxed),
+                    rejected_hello_closed: l.rejected_hello_closed.load(Relaxed),
                     rejected_no_route: l.rejected_no_route.load(Relaxed),
                     not_tls: l.not_tls.load(Relaxed),
                 }
