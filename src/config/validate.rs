@@ -151,23 +151,16 @@ impl Validator<'_> {
                     "has no effect without routes (nothing is read before connecting)",
                 );
             }
-            let max_connections = match &lr.max_connections {
-                None => 0,
-                Some(m) => self.int(m, &format!("{key}.max_connections"), 1, u32::MAX as i64, "").unwrap_or(0),
-            };
+            let max_connections = self.limit(lr.max_connections.as_ref(), &key, "max_connections");
             let access_log = self.access_log(
                 lr.access_log.as_ref().or(raw.access_log.as_ref()),
                 lr.access_log_format.as_ref().or(raw.access_log_format.as_ref()),
                 &key,
             );
             let access = self.access(lr.access.as_ref(), &key);
-            let mut per_client = |v: &Option<S<i64>>, name: &str| match v {
-                None => 0,
-                Some(m) => self.int(m, &format!("{key}.{name}"), 1, u32::MAX as i64, "").unwrap_or(0),
-            };
             let per_client = crate::admission::Limits {
-                open: per_client(&lr.max_connections_per_client, "max_connections_per_client"),
-                rate: per_client(&lr.max_connection_rate_per_client, "max_connection_rate_per_client"),
+                open: self.limit(lr.max_connections_per_client.as_ref(), &key, "max_connections_per_client"),
+                rate: self.limit(lr.max_connection_rate_per_client.as_ref(), &key, "max_connection_rate_per_client"),
             };
             if let (Some(bind), Some(pool)) = (bind, pool) {
                 listeners.push(ListenerConfig {
@@ -397,6 +390,12 @@ impl Validator<'_> {
             );
         }
         rules
+    }
+
+    /// A listener's limit `name`: at least 1 when set; 0 (no limit) when
+    /// unset or wrong (the error is reported).
+    fn limit(&mut self, v: Option<&S<i64>>, listener: &str, name: &str) -> u32 {
+        v.and_then(|m| self.int(m, &format!("{listener}.{name}"), 1, u32::MAX as i64, "")).unwrap_or(0)
     }
 
     fn int(&mut self, v: &S<i64>, key: &str, min: i64, max: i64, note: &str) -> Option<u32> {
