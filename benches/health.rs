@@ -16,14 +16,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use common::standin::{Manager, TestCa, https_get};
-use common::{cpu_secs, pinned, spawn_ucp_lb};
+use common::{cpu_secs, pinned, spawn_ucp_lb, which};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -36,13 +36,6 @@ fn env_usize(name: &str, default: usize) -> usize {
 enum Prober {
     UcpLb,
     Haproxy,
-}
-
-fn haproxy_bin() -> Option<PathBuf> {
-    ["/usr/sbin/haproxy", "/usr/bin/haproxy", "/usr/local/sbin/haproxy"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
 }
 
 /// The prober running checks of `kind` against `servers` every second.
@@ -63,7 +56,7 @@ fn spawn_prober(who: Prober, kind: &str, servers: &[SocketAddr], ca_pem: &str, d
             Some(spawn_ucp_lb(&cfg))
         }
         Prober::Haproxy => {
-            let bin = haproxy_bin()?;
+            let bin = which("haproxy")?;
             let ca = dir.join("ca.pem");
             std::fs::write(&ca, ca_pem).ok()?;
             // The same check as ucp-lb's: a fresh connection each time, the
@@ -203,7 +196,7 @@ fn main() {
         let mut runs: Vec<Vec<Probing>> = cells.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
             for (i, (who, kind)) in cells.iter().enumerate() {
-                if *who == Prober::Haproxy && haproxy_bin().is_none() {
+                if *who == Prober::Haproxy && which("haproxy").is_none() {
                     continue;
                 }
                 if let Some(p) = probe_cpu(*who, n, kind, secs).await {

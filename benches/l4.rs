@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::cpu_secs;
+use common::{cpu_secs, which};
 
 const STREAM_SECS: f64 = 3.0;
 const CONN_SECS: f64 = 3.0;
@@ -158,13 +158,6 @@ mod topology {
 }
 
 use topology::{NS_PROXY, NS_SERVERS};
-
-fn which(name: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
-}
 
 fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conns: usize) -> Option<Proxy> {
     start_proxy_under(name, backends, run, max_conns, &[], false)

@@ -20,6 +20,14 @@ pub fn on_cpu(cpu: u8, program: &str) -> Vec<String> {
     argv
 }
 
+/// `name` where Debian and local installs put programs; None if missing.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+}
+
 /// The command `argv` (at least the program).
 pub fn command(argv: &[String]) -> Command {
     let mut c = Command::new(&argv[0]);
