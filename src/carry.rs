@@ -38,6 +38,10 @@ pub struct Server {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub passive_ejections: u64,
+    /// How long ago it came back from a passive ejection or an admin
+    /// override, milliseconds (its slow start goes on from there).
+    #[serde(default)]
+    pub back_ago_ms: Option<u64>,
 }
 
 fn ms(d: Option<Duration>) -> Option<u64> {
@@ -69,6 +73,7 @@ pub fn export(snap: &Snapshot) -> Vec<Server> {
                 bytes_sent: st.bytes_sent.load(Relaxed),
                 bytes_received: st.bytes_received.load(Relaxed),
                 passive_ejections: st.passive_ejections.load(Relaxed),
+                back_ago_ms: st.back_at().map(|t| now.saturating_duration_since(t).as_millis() as u64),
             });
         }
     }
@@ -102,6 +107,9 @@ pub fn import(snap: &Snapshot, carried: &[Server]) -> usize {
         st.bytes_sent.store(c.bytes_sent, Relaxed);
         st.bytes_received.store(c.bytes_received, Relaxed);
         st.passive_ejections.store(c.passive_ejections, Relaxed);
+        if let Some(ms) = c.back_ago_ms {
+            st.came_back(now.checked_sub(Duration::from_millis(ms)).unwrap_or(now));
+        }
     }
     found
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::history::{History, now};
 use tracing::{info, warn};
@@ -121,6 +122,10 @@ pub struct Carried {
     pub failures: u64,
     pub downs: u64,
     pub cert_not_after: i64,
+    /// How long ago it last went from down to up, milliseconds (slow
+    /// start goes on from there). Absent from an older process's message.
+    #[serde(default)]
+    pub back_ago_ms: Option<u64>,
 }
 
 /// One shared active check's results.
@@ -137,6 +142,10 @@ pub struct Check {
     history: Arc<History>,
     /// When the state last changed, Unix seconds (0: never).
     since: AtomicU64,
+    /// When it last went from down to up: where the slow start of the
+    /// servers it checks counts from. (Up at the first result is not a
+    /// comeback.)
+    back_at: Mutex<Option<Instant>>,
     reason: Mutex<Option<String>>,
     /// The certificate's notAfter (Unix seconds), 0 when none was seen.
     pub cert_not_after: AtomicI64,
@@ -160,6 +169,7 @@ impl Check {
             first: watch::Sender::new(CheckState::Unknown),
             history,
             since: AtomicU64::new(0),
+            back_at: Mutex::new(None),
             reason: Mutex::new(None),
             cert_not_after: AtomicI64::new(0),
             probes: AtomicU64::new(0),
@@ -188,6 +198,11 @@ impl Check {
         self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// When it last went from down to up, if it did.
+    pub fn back_at(&self) -> Option<Instant> {
+        *self.back_at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// When the state last changed, Unix seconds; `None` before the first
     /// result.
     pub fn since(&self) -> Option<u64> {
@@ -206,6 +221,7 @@ impl Check {
             failures: self.failures.load(Relaxed),
             downs: self.downs.load(Relaxed),
             cert_not_after: self.cert_not_after.load(Relaxed),
+            back_ago_ms: self.back_at().map(|t| t.elapsed().as_millis() as u64),
         }
     }
 
@@ -225,6 +241,9 @@ impl Check {
         self.failures.store(c.failures, Relaxed);
         self.downs.store(c.downs, Relaxed);
         self.cert_not_after.store(c.cert_not_after, Relaxed);
+        let now = Instant::now();
+        *self.back_at.lock().unwrap_or_else(|p| p.into_inner()) =
+            c.back_ago_ms.map(|ms| now.checked_sub(Duration::from_millis(ms)).unwrap_or(now));
         self.first.send_replace(state);
     }
 
@@ -265,6 +284,9 @@ impl Check {
                 self.downs.fetch_add(1, Relaxed);
             }
             let was = self.state();
+            if (was, new) == (CheckState::Down, CheckState::Up) {
+                *self.back_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            }
             self.state.store(new as u8, Relaxed);
             self.since.store(now() as u64, Relaxed);
             self.first.send_replace(new);

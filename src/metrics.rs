@@ -22,6 +22,8 @@ pub const SERVER_CONNECT_FAILURES: &str = "ucp_lb_server_connect_failures_total"
 pub const SERVER_RECEIVED: &str = "ucp_lb_server_received_bytes_total";
 pub const SERVER_SENT: &str = "ucp_lb_server_sent_bytes_total";
 pub const SERVER_EJECTIONS: &str = "ucp_lb_server_ejections_total";
+pub const SERVER_WEIGHT_RATIO: &str = "ucp_lb_server_weight_ratio";
+pub const SERVER_CLOSED: &str = "ucp_lb_server_closed_sessions_total";
 pub const CHECK_DURATION: &str = "ucp_lb_health_check_duration_seconds";
 pub const CERT_EXPIRY: &str = "ucp_lb_server_cert_expiry_timestamp_seconds";
 pub const LISTENER_ACCEPTED: &str = "ucp_lb_listener_accepted_connections_total";
@@ -53,6 +55,12 @@ const HELP: &[(&str, &str, Unit)] = &[
         "Times the server was taken out, by cause (passive: failed connects; active: checks)",
         Unit::Count,
     ),
+    (
+        SERVER_WEIGHT_RATIO,
+        "Share of its weight the server has now: below 1 while it warms up after coming back (slow_start)",
+        Unit::Count,
+    ),
+    (SERVER_CLOSED, "Open sessions ucp-lb closed, by reason (server_down: on_server_down = close)", Unit::Count),
     (CHECK_DURATION, "Duration of active checks, failed ones included", Unit::Seconds),
     (CERT_EXPIRY, "notAfter of the server certificate seen by the last HTTPS check, Unix seconds", Unit::Seconds),
     (LISTENER_ACCEPTED, "Clients accepted by the listener", Unit::Count),
@@ -133,8 +141,10 @@ impl Metrics {
             let k = metrics::KeyName::from(*name);
             let h = metrics::SharedString::from(*help);
             match *name {
-                SERVER_UP | SERVER_CHECK_UP | SERVER_ACTIVE | CERT_EXPIRY | LISTENER_ACTIVE | LISTENER_CLIENTS
-                | RELOAD_OK | BUILD_INFO | POOL_FAIL_OPEN => recorder.describe_gauge(k, Some(*unit), h),
+                SERVER_UP | SERVER_CHECK_UP | SERVER_ACTIVE | SERVER_WEIGHT_RATIO | CERT_EXPIRY | LISTENER_ACTIVE
+                | LISTENER_CLIENTS | RELOAD_OK | BUILD_INFO | POOL_FAIL_OPEN => {
+                    recorder.describe_gauge(k, Some(*unit), h)
+                }
                 CHECK_DURATION => recorder.describe_histogram(k, Some(*unit), h),
                 _ => recorder.describe_counter(k, Some(*unit), h),
             }

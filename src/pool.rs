@@ -11,6 +11,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -38,10 +39,22 @@ pub struct Server {
     pub backup: bool,
     pub max_conns: u32,
     pub config_state: AdminState,
+    /// How long its weight takes to grow back after it was down (zero:
+    /// at once): its own `slow_start`, else its pool's.
+    pub slow_start: Duration,
     pub state: Arc<ServerState>,
     /// The active check, shared with every pool probing the same target.
     pub check: Option<Arc<Check>>,
 }
+
+/// Internal weights are the configured ones times this, so a server
+/// warming up can have a tenth of a weight of 1. Every quantity of the
+/// round robin is scaled alike, so without slow start it picks exactly
+/// as nginx does with the configured weights.
+const SCALE: i64 = 1000;
+
+/// Where slow start begins: a tenth of the weight (per mille).
+pub const WARM_FLOOR: u32 = 100;
 
 impl Server {
     /// Up by the active check, or not checked at all.
@@ -58,8 +71,54 @@ impl Server {
         }
     }
 
-    fn under_max_conns(&self) -> bool {
-        self.max_conns == 0 || self.state.active.load(Relaxed) < self.max_conns
+    /// When it last came back from down: its check passing again after
+    /// failing, a passive ejection ending with a successful connect, or the
+    /// admin API enabling it; `None` if it never did in this process's
+    /// memory (at first start, it is not warming).
+    pub fn back_at(&self) -> Option<Instant> {
+        let own = self.state.back_at();
+        let check = self.check.as_ref().and_then(|c| c.back_at());
+        own.max(check)
+    }
+
+    /// While it warms up after coming back (slow start), the share of its
+    /// weight it has now, per mille (from [`WARM_FLOOR`] to 999); `None`
+    /// once it has all of it, or without slow start.
+    pub fn warmth(&self, now: Instant) -> Option<u32> {
+        if self.slow_start.is_zero() {
+            return None;
+        }
+        let since = now.saturating_duration_since(self.back_at()?);
+        if since >= self.slow_start {
+            return None;
+        }
+        let grown = u128::from(1000 - WARM_FLOOR) * since.as_nanos() / self.slow_start.as_nanos();
+        Some(WARM_FLOOR + grown as u32)
+    }
+
+    /// Its weight now, in [`SCALE`] units: all of it, or its warmth's share
+    /// (at least one unit).
+    fn weight_now(&self, now: Instant) -> i64 {
+        let full = i64::from(self.weight) * SCALE;
+        match self.warmth(now) {
+            None => full,
+            Some(w) => (full * i64::from(w) / 1000).max(1),
+        }
+    }
+
+    /// Its `max_conns` now (0: no limit): scaled while it warms up, at
+    /// least 1.
+    pub fn max_conns_now(&self, now: Instant) -> u32 {
+        match (self.max_conns, self.warmth(now)) {
+            (0, _) => 0,
+            (m, None) => m,
+            (m, Some(w)) => (u64::from(m) * u64::from(w)).div_ceil(1000).max(1) as u32,
+        }
+    }
+
+    fn under_max_conns(&self, now: Instant) -> bool {
+        let limit = self.max_conns_now(now);
+        limit == 0 || self.state.active.load(Relaxed) < limit
     }
 
     /// How people know it: the name given in the config, else the address
@@ -118,7 +177,7 @@ impl Pool {
         let primaries = servers.iter().filter(|s| !s.backup).count();
         let single = primaries == 1 && servers.len() == 1;
         let ring = if settings.balance == Balance::SourceHash { Ring::new(&servers) } else { Ring::default() };
-        let rr = servers.iter().map(|s| RrWeight { current: 0, effective: i64::from(s.weight) }).collect();
+        let rr = servers.iter().map(|s| RrWeight { current: 0, effective: i64::from(s.weight) * SCALE }).collect();
         Pool { name, settings, servers, state, history, single, rr: Arc::new(Mutex::new(rr)), ring }
     }
 
@@ -140,7 +199,7 @@ impl Pool {
     /// ejected, under `max_conns`.
     pub fn eligible(&self, idx: usize, now: Instant) -> bool {
         let s = &self.servers[idx];
-        s.admin_state() == AdminState::Up && s.check_up() && s.under_max_conns() && !self.ejected(idx, now)
+        s.admin_state() == AdminState::Up && s.check_up() && s.under_max_conns(now) && !self.ejected(idx, now)
     }
 
     /// Could take clients if it had room: up, passing its check, not
@@ -201,7 +260,7 @@ impl Pool {
         } else {
             let mut open = Mask::new(n);
             for (i, s) in self.servers.iter().enumerate() {
-                if s.admin_state() != AdminState::Down && s.under_max_conns() && !tried.contains(&i) {
+                if s.admin_state() != AdminState::Down && s.under_max_conns(now) && !tried.contains(&i) {
                     open.set(i);
                 }
             }
@@ -210,12 +269,17 @@ impl Pool {
             }
             (open, true)
         };
+        // Slow start: a warming server counts with part of its weight in
+        // the round robin, least_conn and random_two. The hashes keep each
+        // client on its server (moving clients off a warming server and back
+        // would break the stickiness they are chosen for): there only its
+        // max_conns grows back.
         let idx = match self.settings.balance {
-            Balance::RoundRobin => self.round_robin(&mask),
-            Balance::LeastConn => self.least_conn(&mask),
-            Balance::RandomTwo => self.random_two(&mask),
-            Balance::SourceHash => self.source_hash(&mask, client),
-            Balance::SourceHashMap => self.source_hash_map(&mask, client),
+            Balance::RoundRobin => self.round_robin(&mask, now),
+            Balance::LeastConn => self.least_conn(&mask, now),
+            Balance::RandomTwo => self.random_two(&mask, now),
+            Balance::SourceHash => self.source_hash(&mask, client, now),
+            Balance::SourceHashMap => self.source_hash_map(&mask, client, now),
         }?;
         if !self.single {
             self.servers[idx].state.passive().picked(now, self.settings.fail_timeout);
@@ -233,7 +297,7 @@ impl Pool {
         // each pick gives one back.
         if let Some(drop) = self.servers[idx].weight.checked_div(self.settings.max_fails) {
             let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
-            rr[idx].effective = (rr[idx].effective - i64::from(drop)).max(0);
+            rr[idx].effective = (rr[idx].effective - i64::from(drop) * SCALE).max(0);
         }
         let t = t.filter(|_| !self.single);
         if t.is_some() {
@@ -243,11 +307,15 @@ impl Pool {
     }
 
     /// Records a successful connect; `Some(Readmitted)` when it brought an
-    /// ejected server back.
-    pub fn connected(&self, idx: usize) -> Option<Transition> {
+    /// ejected server back (which starts its slow start).
+    pub fn connected(&self, idx: usize, now: Instant) -> Option<Transition> {
         let s = &self.servers[idx].state;
         s.connections.fetch_add(1, Relaxed);
-        s.passive().connected(self.settings.max_fails).filter(|_| !self.single)
+        let t = s.passive().connected(self.settings.max_fails).filter(|_| !self.single);
+        if t.is_some() {
+            s.came_back(now);
+        }
+        t
     }
 
     /// Sets the all-down latch; `true` when that changed it, so the caller
@@ -256,17 +324,20 @@ impl Pool {
         self.state.all_down.load(Relaxed) != on && self.state.all_down.swap(on, Relaxed) != on
     }
 
-    /// nginx's smooth weighted round robin over the servers in `mask`.
-    fn round_robin(&self, mask: &Mask) -> Option<usize> {
+    /// nginx's smooth weighted round robin over the servers in `mask`
+    /// (with each server's weight now: part of it while it warms up).
+    fn round_robin(&self, mask: &Mask, now: Instant) -> Option<usize> {
         let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for i in mask.iter() {
+            let full = self.servers[i].weight_now(now);
             let w = &mut rr[i];
+            w.effective = w.effective.min(full);
             w.current += w.effective;
             total += w.effective;
-            if w.effective < i64::from(self.servers[i].weight) {
-                w.effective += 1;
+            if w.effective < full {
+                w.effective = (w.effective + SCALE).min(full);
             }
             if best.is_none_or(|b| rr[i].current > rr[b].current) {
                 best = Some(i);
@@ -278,9 +349,11 @@ impl Pool {
     }
 
     /// Fewest active connections per unit of weight; ties go round robin.
-    fn least_conn(&self, mask: &Mask) -> Option<usize> {
-        let ratio =
-            |i: usize| (u64::from(self.servers[i].state.active.load(Relaxed)), u64::from(self.servers[i].weight));
+    fn least_conn(&self, mask: &Mask, now: Instant) -> Option<usize> {
+        let ratio = |i: usize| {
+            let s = &self.servers[i];
+            (u64::from(s.state.active.load(Relaxed)), s.weight_now(now) as u64)
+        };
         let mut best: Option<(usize, (u64, u64))> = None;
         for i in mask.iter() {
             let (c, w) = ratio(i);
@@ -300,28 +373,30 @@ impl Pool {
         }
         // As nginx: one best is taken as it is; only a tie goes through the
         // round robin (and moves its weights).
-        if many { self.round_robin(&ties) } else { Some(first) }
+        if many { self.round_robin(&ties, now) } else { Some(first) }
     }
 
     /// Two weighted random picks; the one with fewer connections per weight.
-    fn random_two(&self, mask: &Mask) -> Option<usize> {
-        let first = self.weighted_random(mask, None)?;
-        let Some(second) = self.weighted_random(mask, Some(first)) else {
+    fn random_two(&self, mask: &Mask, now: Instant) -> Option<usize> {
+        let first = self.weighted_random(mask, None, now)?;
+        let Some(second) = self.weighted_random(mask, Some(first), now) else {
             return Some(first);
         };
         let (a, b) = (&self.servers[first], &self.servers[second]);
         let (ca, cb) = (u64::from(a.state.active.load(Relaxed)), u64::from(b.state.active.load(Relaxed)));
-        if cb * u64::from(a.weight) < ca * u64::from(b.weight) { Some(second) } else { Some(first) }
+        let (wa, wb) = (a.weight_now(now) as u64, b.weight_now(now) as u64);
+        if cb * wa < ca * wb { Some(second) } else { Some(first) }
     }
 
-    fn weighted_random(&self, mask: &Mask, except: Option<usize>) -> Option<usize> {
-        let total: u64 = mask.iter().filter(|&i| Some(i) != except).map(|i| u64::from(self.servers[i].weight)).sum();
+    fn weighted_random(&self, mask: &Mask, except: Option<usize>, now: Instant) -> Option<usize> {
+        let weight = |i: usize| self.servers[i].weight_now(now) as u64;
+        let total: u64 = mask.iter().filter(|&i| Some(i) != except).map(weight).sum();
         if total == 0 {
             return None;
         }
         let mut r = fastrand::u64(0..total);
         for i in mask.iter().filter(|&i| Some(i) != except) {
-            let w = u64::from(self.servers[i].weight);
+            let w = weight(i);
             if r < w {
                 return Some(i);
             }
@@ -336,11 +411,11 @@ impl Pool {
     /// cannot take the client (not eligible, or tried), the key is hashed
     /// again with the attempt number in front, up to 20 more times, then
     /// round robin. As `ngx_stream_upstream_get_hash_peer`.
-    fn source_hash_map(&self, mask: &Mask, client: IpAddr) -> Option<usize> {
+    fn source_hash_map(&self, mask: &Mask, client: IpAddr, now: Instant) -> Option<usize> {
         let primaries: Vec<usize> = (0..self.servers.len()).filter(|&i| !self.servers[i].backup).collect();
         let total: u64 = primaries.iter().map(|&i| u64::from(self.servers[i].weight)).sum();
         if primaries.len() < 2 || total == 0 {
-            return self.round_robin(mask);
+            return self.round_robin(mask, now);
         }
         let key = client.to_canonical().to_string();
         let mut hash: u32 = 0;
@@ -365,15 +440,15 @@ impl Pool {
                 return Some(pick);
             }
         }
-        self.round_robin(mask)
+        self.round_robin(mask, now)
     }
 
     /// nginx's `hash $remote_addr consistent`: walk the ring from the client's
     /// point to the first name with an eligible address (at most 20 points,
     /// as nginx), then fall back to round robin.
-    fn source_hash(&self, mask: &Mask, client: IpAddr) -> Option<usize> {
+    fn source_hash(&self, mask: &Mask, client: IpAddr, now: Instant) -> Option<usize> {
         if self.ring.points.is_empty() {
-            return self.round_robin(mask);
+            return self.round_robin(mask, now);
         }
         let key = client.to_canonical().to_string();
         let hash = crc32fast::hash(key.as_bytes());
@@ -388,10 +463,10 @@ impl Pool {
                 }
             }
             if !same.is_empty() {
-                return self.round_robin(&same);
+                return self.round_robin(&same, now);
             }
         }
-        self.round_robin(mask)
+        self.round_robin(mask, now)
     }
 }
 
@@ -499,7 +574,6 @@ impl Mask {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn server(name: &str, weight: u32, backup: bool) -> Server {
         let addr: SocketAddr = name.parse().unwrap();
@@ -512,6 +586,7 @@ mod tests {
             backup,
             max_conns: 0,
             config_state: AdminState::Up,
+            slow_start: Duration::ZERO,
             state: Arc::default(),
             check: None,
         }
@@ -617,7 +692,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(30);
         let picks: Vec<usize> = (0..4).map(|_| p.pick(t1, client(), &[]).unwrap().idx).collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 1, "one trial: {picks:?}");
-        assert_eq!(p.connected(0), Some(Transition::Readmitted));
+        assert_eq!(p.connected(0, t1), Some(Transition::Readmitted));
     }
 
     #[test]
@@ -789,7 +864,7 @@ mod tests {
                     if fails {
                         p.connect_failed(i, now, FailReason::Refused);
                     } else {
-                        p.connected(i);
+                        p.connected(i, now);
                     }
                 }
             }

@@ -333,7 +333,7 @@ async fn connect_upstream(
         let active = ActiveConn::new(&server.state);
         match connect(server.addr, pool.settings.connect_timeout).await {
             Ok(stream) => {
-                if pool.connected(pick.idx) == Some(Transition::Readmitted) {
+                if pool.connected(pick.idx, Instant::now()) == Some(Transition::Readmitted) {
                     server.state.touch();
                     pool.history.record(
                         "readmitted",

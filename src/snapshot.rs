@@ -77,6 +77,7 @@ impl Snapshot {
                         backup: sc.backup,
                         max_conns: sc.max_conns,
                         config_state: sc.state,
+                        slow_start: sc.slow_start.unwrap_or(pc.settings.slow_start),
                         state,
                         check,
                     });
@@ -119,6 +120,10 @@ impl Snapshot {
         let mut n = 0;
         for s in &p.servers {
             if &*s.name == server || s.shown() == server || s.addr.to_string() == server || s.label() == server {
+                // Enabled after being set down or drained: it warms up again.
+                if state == AdminState::Up && s.admin_state() != AdminState::Up {
+                    s.state.came_back(tokio::time::Instant::now());
+                }
                 s.state.override_state.store(code, Relaxed);
                 s.state.touch();
                 n += 1;

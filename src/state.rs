@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::time::Instant;
+
 use crate::net::FailReason;
 use crate::passive::Passive;
 
@@ -32,6 +34,10 @@ pub struct ServerState {
     /// When a passive ejection, re-admission or override last changed it,
     /// Unix seconds (0: never).
     pub changed_at: AtomicU64,
+    /// When it last came back from a passive ejection or from being set
+    /// down or drained by the admin API: where its slow start counts from.
+    /// (Its check's comeback is the check's.)
+    back_at: Mutex<Option<Instant>>,
 }
 
 impl ServerState {
@@ -42,6 +48,15 @@ impl ServerState {
     /// Notes that its state changed now (for the page's "for 42 s").
     pub fn touch(&self) {
         self.changed_at.store(crate::history::now() as u64, Relaxed);
+    }
+
+    /// It came back now: its slow start begins.
+    pub fn came_back(&self, now: Instant) {
+        *self.back_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+    }
+
+    pub fn back_at(&self) -> Option<Instant> {
+        *self.back_at.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn passive(&self) -> MutexGuard<'_, Passive> {

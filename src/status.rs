@@ -237,11 +237,26 @@ pub struct ServerStatus {
     /// When an ejection, re-admission or override last changed it, Unix
     /// seconds.
     pub changed_at: Option<u64>,
+    /// While it warms up after coming back (slow start): how far along.
+    pub warming: Option<Warming>,
     /// Its state in words: "in", "out: status 500 for 42 s", "draining, 3
     /// open", ...
     pub phrase: String,
     /// `None` when the pool has no active check.
     pub check: Option<CheckStatus>,
+}
+
+/// A server in its slow start.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Warming {
+    /// The share of its weight it has now, per cent (10 to 99).
+    pub percent: u32,
+    /// Its weight now (configured weight times the share).
+    pub weight_now: f64,
+    /// Its `max_conns` now (0: no limit).
+    pub max_conns_now: u32,
+    /// Milliseconds until it has all of its weight.
+    pub left_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -398,6 +413,9 @@ fn phrase(s: &ServerStatus, now: u64) -> String {
     if !s.eligible {
         return format!("full: {} open (max_conns)", s.active);
     }
+    if let Some(w) = &s.warming {
+        return format!("warming, {} %", w.percent);
+    }
     if s.backup { "in (backup)".into() } else { "in".into() }
 }
 
@@ -451,7 +469,14 @@ fn pool(p: &Pool, now: Instant) -> PoolStatus {
 
 fn server(p: &Pool, i: usize, now: Instant) -> ServerStatus {
     let s = &p.servers[i];
+    let warming = s.warmth(now).map(|w| Warming {
+        percent: w / 10,
+        weight_now: f64::from(s.weight) * f64::from(w) / 1000.0,
+        max_conns_now: s.max_conns_now(now),
+        left_ms: s.back_at().map_or(0, |b| (b + s.slow_start).saturating_duration_since(now).as_millis() as u64),
+    });
     ServerStatus {
+        warming,
         state: s.admin_state().as_str(),
         weight: s.weight,
         backup: s.backup,
@@ -493,6 +518,7 @@ fn counted(name: &str, addr: SocketAddr, st: &ServerState) -> ServerStatus {
         bytes_sent: st.bytes_sent.load(Relaxed),
         passive_ejections: st.passive_ejections.load(Relaxed),
         changed_at: Some(st.changed_at.load(Relaxed)).filter(|&t| t != 0),
+        warming: None,
         phrase: String::new(),
         check: None,
     }

@@ -78,7 +78,7 @@ fn process_line(p: &crate::status::ProcessStatus) -> String {
 fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
     let class = if s.phrase.starts_with("in") {
         "ok"
-    } else if s.phrase.starts_with("draining") || s.phrase.starts_with("full") || s.phrase.starts_with("waiting") {
+    } else if ["draining", "full", "waiting", "warming"].iter().any(|p| s.phrase.starts_with(p)) {
         "warn"
     } else {
         "bad"
@@ -93,6 +93,15 @@ fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
             let why = c.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
             details.push(format!("check {}{since}{why}", c.state));
         }
+    }
+    if let Some(w) = &s.warming {
+        let conns = if w.max_conns_now > 0 { format!(", max_conns {}", w.max_conns_now) } else { String::new() };
+        details.push(format!(
+            "slow start: weight {:.2} of {}{conns}, full in {} s",
+            w.weight_now,
+            s.weight,
+            w.left_ms.div_ceil(1000)
+        ));
     }
     if s.ejected {
         details.push(format!("ejected ({} failed connects)", s.fails));

@@ -33,6 +33,10 @@ pub fn render(m: &Metrics, view: &View) -> String {
             let labels = || vec![l("pool", pname.clone()), l("server", s.label.clone())];
             m.gauge(SERVER_UP, labels()).set(f64::from(u8::from(s.eligible)));
             m.gauge(SERVER_ACTIVE, labels()).set(f64::from(s.active));
+            if !s.removed {
+                let ratio = s.warming.map_or(1.0, |w| w.weight_now / f64::from(s.weight.max(1)));
+                m.gauge(SERVER_WEIGHT_RATIO, labels()).set(ratio);
+            }
             m.counter(SERVER_CONNECTIONS, labels()).absolute(s.connections);
             m.counter(SERVER_RECEIVED, labels()).absolute(s.bytes_received);
             m.counter(SERVER_SENT, labels()).absolute(s.bytes_sent);

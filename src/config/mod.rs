@@ -92,6 +92,48 @@ impl AdminState {
     }
 }
 
+/// What happens to the open sessions of a server its check marks down or
+/// the admin API sets down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnServerDown {
+    /// They go on until either end closes them (nginx's behaviour).
+    Keep,
+    /// They are closed, spread over `close_spread`, so their clients
+    /// reconnect through a server that is up.
+    Close,
+}
+
+impl OnServerDown {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnServerDown::Keep => "keep",
+            OnServerDown::Close => "close",
+        }
+    }
+}
+
+/// TCP keepalive on one side of every connection: how long a connection
+/// stays quiet before the first probe, the time between unanswered
+/// probes, and how many go unanswered before the peer counts as gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// 60 s quiet, then a probe every 10 s, gone after 6 unanswered: a
+    /// dead peer is found about two minutes after the last segment.
+    pub const DEFAULT: Keepalive =
+        Keepalive { idle: Duration::from_secs(60), interval: Duration::from_secs(10), count: 6 };
+
+    /// The longest a dead peer of a quiet connection goes unnoticed.
+    pub fn detects_within(&self) -> Duration {
+        self.idle + self.interval * self.count
+    }
+}
+
 /// The keys of `[defaults]`, resolved for one pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -106,6 +148,15 @@ pub struct Settings {
     pub all_down: AllDown,
     pub resolve_interval: Duration,
     pub shutdown_timeout: Duration,
+    /// After a server comes back from down, how long its weight (and
+    /// `max_conns`) takes to grow from a tenth to all of it; zero: at once.
+    pub slow_start: Duration,
+    pub on_server_down: OnServerDown,
+    /// With `on_server_down = "close"`: the time over which the sessions
+    /// are closed (zero: all at once).
+    pub close_spread: Duration,
+    /// TCP keepalive of the sockets to servers; `None`: off.
+    pub server_keepalive: Option<Keepalive>,
 }
 
 impl Default for Settings {
@@ -120,6 +171,10 @@ impl Default for Settings {
             all_down: AllDown::FailOpen,
             resolve_interval: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
+            slow_start: Duration::ZERO,
+            on_server_down: OnServerDown::Keep,
+            close_spread: Duration::from_secs(5),
+            server_keepalive: Some(Keepalive::DEFAULT),
         }
     }
 }
@@ -163,6 +218,8 @@ pub struct ServerConfig {
     /// 0: no limit.
     pub max_conns: u32,
     pub state: AdminState,
+    /// The server's own `slow_start`, over its pool's.
+    pub slow_start: Option<Duration>,
     pub pos: Pos,
 }
 
@@ -292,6 +349,8 @@ pub struct ListenerConfig {
     pub access: Vec<crate::admission::Rule>,
     /// `max_connections_per_client` and `max_connection_rate_per_client`.
     pub per_client: crate::admission::Limits,
+    /// TCP keepalive of its clients' sockets; `None`: off.
+    pub client_keepalive: Option<Keepalive>,
 }
 
 /// An access log: one line per finished connection.

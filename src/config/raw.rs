@@ -33,6 +33,8 @@ pub struct RawConfig {
     pub access_log_format: Option<S<String>>,
     /// `[defaults]`'s `stop_grace` (process-wide, like shutdown_timeout).
     pub stop_grace: Option<S<String>>,
+    /// `[defaults]`'s `client_keepalive`, which every listener inherits.
+    pub client_keepalive: Option<S<RawKeepalive>>,
     pub listener: Vec<S<RawListener>>,
     pub pool: BTreeMap<String, S<RawPool>>,
 }
@@ -58,6 +60,16 @@ pub struct RawListener {
     /// `routes = { "server.name" = "pool", ... }`, in the file's order.
     pub routes: Option<RawRoutes>,
     pub preread_timeout: Option<S<String>>,
+    pub client_keepalive: Option<S<RawKeepalive>>,
+}
+
+/// `client_keepalive` / `server_keepalive`: `false` (off), `true` (the
+/// defaults), or `{ idle = "60s", interval = "10s", count = 6 }` with any
+/// of the three left to its default.
+#[derive(Debug)]
+pub enum RawKeepalive {
+    Off,
+    On { idle: Option<S<String>>, interval: Option<S<String>>, count: Option<S<i64>> },
 }
 
 /// The keys of a `[[listener]]` table.
@@ -72,6 +84,7 @@ const LISTENER_KEYS: &[&str] = &[
     "max_connection_rate_per_client",
     "routes",
     "preread_timeout",
+    "client_keepalive",
 ];
 
 /// The `[defaults]` keys: the table `[defaults]` itself, and any of them in
@@ -87,6 +100,10 @@ pub struct RawSettings {
     pub all_down: Option<S<String>>,
     pub resolve_interval: Option<S<String>>,
     pub shutdown_timeout: Option<S<String>>,
+    pub slow_start: Option<S<String>>,
+    pub on_server_down: Option<S<String>>,
+    pub close_spread: Option<S<String>>,
+    pub server_keepalive: Option<S<RawKeepalive>>,
 }
 
 const SETTINGS: &[&str] = &[
@@ -99,6 +116,10 @@ const SETTINGS: &[&str] = &[
     "all_down",
     "resolve_interval",
     "shutdown_timeout",
+    "slow_start",
+    "on_server_down",
+    "close_spread",
+    "server_keepalive",
 ];
 
 /// `[pool.NAME]`: its servers, its check, and any `[defaults]` key.
@@ -136,6 +157,7 @@ pub struct RawServer {
     pub max_conns: Option<S<i64>>,
     pub state: Option<S<String>>,
     pub name: Option<S<String>>,
+    pub slow_start: Option<S<String>>,
 }
 
 /// A problem of shape: where, which key, what was expected.
@@ -165,13 +187,17 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
         raw.admin = Some(Spanned::new(span, admin));
     }
     if let Some((_, d)) = r.table(t, "", "defaults") {
-        let known: Vec<&str> =
-            SETTINGS.iter().chain(&["access_log", "access_log_format", "stop_grace"]).copied().collect();
+        let known: Vec<&str> = SETTINGS
+            .iter()
+            .chain(&["access_log", "access_log_format", "stop_grace", "client_keepalive"])
+            .copied()
+            .collect();
         r.known_keys(d, "defaults", &known);
         raw.defaults = Some(r.settings(d, "defaults"));
         raw.access_log = r.string(d, "defaults", "access_log");
         raw.access_log_format = r.string(d, "defaults", "access_log_format");
         raw.stop_grace = r.string(d, "defaults", "stop_grace");
+        raw.client_keepalive = r.keepalive(d, "defaults", "client_keepalive");
     }
     if let Some(v) = field(t, "listener") {
         match v.get_ref() {
@@ -191,6 +217,7 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
                         max_connection_rate_per_client: r.int(l, &key, "max_connection_rate_per_client"),
                         routes: r.routes(l, &key),
                         preread_timeout: r.string(l, &key, "preread_timeout"),
+                        client_keepalive: r.keepalive(l, &key, "client_keepalive"),
                     };
                     raw.listener.push(Spanned::new(item.span(), listener));
                 }
@@ -235,6 +262,9 @@ const DURATIONS: &[&str] = &[
     "stop_grace",
     "interval",
     "timeout",
+    "slow_start",
+    "close_spread",
+    "idle",
 ];
 
 struct Reader<'t> {
@@ -381,7 +411,39 @@ impl Reader<'_> {
             all_down: self.string(t, path, "all_down"),
             resolve_interval: self.string(t, path, "resolve_interval"),
             shutdown_timeout: self.string(t, path, "shutdown_timeout"),
+            slow_start: self.string(t, path, "slow_start"),
+            on_server_down: self.string(t, path, "on_server_down"),
+            close_spread: self.string(t, path, "close_spread"),
+            server_keepalive: self.keepalive(t, path, "server_keepalive"),
         }
+    }
+
+    /// A keepalive key: `false`, `true` or a table of `idle`, `interval`
+    /// and `count`.
+    fn keepalive(&mut self, t: &DeTable<'_>, path: &str, key: &str) -> Option<S<RawKeepalive>> {
+        let v = field(t, key)?;
+        let full = join(path, key);
+        let raw = match v.get_ref() {
+            DeValue::Boolean(false) => RawKeepalive::Off,
+            DeValue::Boolean(true) => RawKeepalive::On { idle: None, interval: None, count: None },
+            DeValue::Table(kt) => {
+                self.known_keys(kt, &full, &["idle", "interval", "count"]);
+                RawKeepalive::On {
+                    idle: self.string(kt, &full, "idle"),
+                    interval: self.string(kt, &full, "interval"),
+                    count: self.int(kt, &full, "count"),
+                }
+            }
+            _ => {
+                self.wrong_type(
+                    v,
+                    &full,
+                    r#"false, true or a table like { idle = "60s", interval = "10s", count = 6 }"#,
+                );
+                return None;
+            }
+        };
+        Some(Spanned::new(v.span(), raw))
     }
 
     fn servers(&mut self, t: &DeTable<'_>, path: &str) -> Option<S<Vec<S<RawServer>>>> {
@@ -400,7 +462,11 @@ impl Reader<'_> {
                     RawServer { address: Some(Spanned::new(item.span(), s.to_string())), ..RawServer::default() }
                 }
                 DeValue::Table(st) => {
-                    self.known_keys(st, &skey, &["address", "name", "weight", "backup", "max_conns", "state"]);
+                    self.known_keys(
+                        st,
+                        &skey,
+                        &["address", "name", "weight", "backup", "max_conns", "state", "slow_start"],
+                    );
                     RawServer {
                         address: self.string(st, &skey, "address"),
                         weight: self.int(st, &skey, "weight"),
@@ -408,6 +474,7 @@ impl Reader<'_> {
                         max_conns: self.int(st, &skey, "max_conns"),
                         state: self.string(st, &skey, "state"),
                         name: self.string(st, &skey, "name"),
+                        slow_start: self.string(st, &skey, "slow_start"),
                     }
                 }
                 _ => {
@@ -509,6 +576,10 @@ impl RawSettings {
             all_down: self.all_down.as_ref(),
             resolve_interval: self.resolve_interval.as_ref(),
             shutdown_timeout: self.shutdown_timeout.as_ref(),
+            slow_start: self.slow_start.as_ref(),
+            on_server_down: self.on_server_down.as_ref(),
+            close_spread: self.close_spread.as_ref(),
+            server_keepalive: self.server_keepalive.as_ref(),
         }
     }
 }
@@ -521,7 +592,7 @@ impl RawPool {
 
 impl SettingsRef<'_> {
     /// Each key's name and whether this table sets it.
-    pub fn set(&self) -> [(&'static str, bool); 9] {
+    pub fn set(&self) -> [(&'static str, bool); 13] {
         [
             ("balance", self.balance.is_some()),
             ("connect_timeout", self.connect_timeout.is_some()),
@@ -532,6 +603,10 @@ impl SettingsRef<'_> {
             ("all_down", self.all_down.is_some()),
             ("resolve_interval", self.resolve_interval.is_some()),
             ("shutdown_timeout", self.shutdown_timeout.is_some()),
+            ("slow_start", self.slow_start.is_some()),
+            ("on_server_down", self.on_server_down.is_some()),
+            ("close_spread", self.close_spread.is_some()),
+            ("server_keepalive", self.server_keepalive.is_some()),
         ]
     }
 }
@@ -548,4 +623,8 @@ pub struct SettingsRef<'a> {
     pub all_down: Option<&'a S<String>>,
     pub resolve_interval: Option<&'a S<String>>,
     pub shutdown_timeout: Option<&'a S<String>>,
+    pub slow_start: Option<&'a S<String>>,
+    pub on_server_down: Option<&'a S<String>>,
+    pub close_spread: Option<&'a S<String>>,
+    pub server_keepalive: Option<&'a S<RawKeepalive>>,
 }

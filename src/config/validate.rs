@@ -86,6 +86,7 @@ impl Validator<'_> {
                     )
                 })
                 .collect();
+            self.failure_keys(pool_ref, &settings, &servers, health.is_some(), &key);
             pools.push(PoolConfig { name: Arc::from(name.as_str()), settings, origins, servers, health });
         }
 
@@ -162,6 +163,10 @@ impl Validator<'_> {
                 open: self.limit(lr.max_connections_per_client.as_ref(), &key, "max_connections_per_client"),
                 rate: self.limit(lr.max_connection_rate_per_client.as_ref(), &key, "max_connection_rate_per_client"),
             };
+            let client_keepalive = match lr.client_keepalive.as_ref().or(raw.client_keepalive.as_ref()) {
+                Some(v) => self.keepalive(v, &format!("{key}.client_keepalive")),
+                None => Some(Keepalive::DEFAULT),
+            };
             if let (Some(bind), Some(pool)) = (bind, pool) {
                 listeners.push(ListenerConfig {
                     bind,
@@ -172,6 +177,7 @@ impl Validator<'_> {
                     access_log,
                     access,
                     per_client,
+                    client_keepalive,
                 });
             }
         }
@@ -495,7 +501,89 @@ impl Validator<'_> {
         if let Some(Some(d)) = self.duration(r.shutdown_timeout, k("shutdown_timeout"), false) {
             s.shutdown_timeout = d;
         }
+        if let Some(d) = self.duration(r.slow_start, k("slow_start"), true) {
+            s.slow_start = d.unwrap_or_default();
+        }
+        if let Some(a) = r.on_server_down {
+            match a.get_ref().as_str() {
+                "keep" => s.on_server_down = OnServerDown::Keep,
+                "close" => s.on_server_down = OnServerDown::Close,
+                other => self.err(
+                    Some(a.span()),
+                    k("on_server_down"),
+                    format!("expected \"keep\" or \"close\", found \"{other}\""),
+                ),
+            }
+        }
+        if let Some(d) = self.duration(r.close_spread, k("close_spread"), true) {
+            s.close_spread = d.unwrap_or_default();
+        }
+        if let Some(v) = r.server_keepalive {
+            s.server_keepalive = self.keepalive(v, &k("server_keepalive"));
+        }
         s
+    }
+
+    /// Warns of `slow_start` and `on_server_down` where they can change
+    /// little.
+    fn failure_keys(
+        &mut self,
+        pool: &raw::RawPool,
+        settings: &Settings,
+        servers: &[ServerConfig],
+        checked: bool,
+        key: &str,
+    ) {
+        let hashed = matches!(settings.balance, Balance::SourceHash | Balance::SourceHashMap);
+        let warming =
+            !settings.slow_start.is_zero() || servers.iter().any(|s| s.slow_start.is_some_and(|d| !d.is_zero()));
+        if hashed && warming && servers.iter().all(|s| s.max_conns == 0) {
+            self.warn(
+                pool.settings.slow_start.as_ref().map(|v| v.span()),
+                format!("{key}.slow_start"),
+                format!(
+                    "changes nothing here: {} keeps each client on its server, so slow start only scales max_conns, and no server has one",
+                    settings.balance.as_str()
+                ),
+            );
+        }
+        if settings.on_server_down == OnServerDown::Close && !checked {
+            self.warn(
+                pool.settings.on_server_down.as_ref().map(|v| v.span()),
+                format!("{key}.on_server_down"),
+                "the pool has no active check: only servers set down by the admin API have their sessions closed",
+            );
+        }
+    }
+
+    /// A keepalive key, over the defaults: whole seconds, as the kernel
+    /// takes them (TCP_KEEPIDLE and TCP_KEEPINTVL 1 to 32767 s, TCP_KEEPCNT
+    /// 1 to 127).
+    fn keepalive(&mut self, v: &S<raw::RawKeepalive>, key: &str) -> Option<Keepalive> {
+        let raw::RawKeepalive::On { idle, interval, count } = v.get_ref() else { return None };
+        let mut out = Keepalive::DEFAULT;
+        for (name, raw, into) in [("idle", idle, &mut out.idle), ("interval", interval, &mut out.interval)] {
+            let Some(raw) = raw else { continue };
+            let Some(Some(d)) = self.duration(Some(raw), format!("{key}.{name}"), false) else { continue };
+            if d.subsec_nanos() != 0 || !(1..=32767).contains(&d.as_secs()) {
+                self.err(
+                    Some(raw.span()),
+                    format!("{key}.{name}"),
+                    format!(
+                        "expected whole seconds from 1s to 32767s (the kernel's unit and range), found \"{}\"",
+                        raw.get_ref()
+                    ),
+                );
+                continue;
+            }
+            *into = d;
+        }
+        if let Some(c) = count
+            && let Some(n) = self.int(c, &format!("{key}.count"), 1, 127, "")
+        {
+            out.count = n;
+        }
+        Some(out)
     }
 
     fn health(&mut self, h: &S<raw::RawHealth>, key: &str) -> Option<HealthConfig> {
@@ -701,6 +789,9 @@ impl Validator<'_> {
                 backup: r.backup.as_ref().is_some_and(|b| *b.get_ref()),
                 max_conns,
                 state,
+                slow_start: self
+                    .duration(r.slow_start.as_ref(), format!("{skey}.slow_start"), true)
+                    .map(Option::unwrap_or_default),
                 pos: self.lines.pos(addr_span.start),
             });
         }
