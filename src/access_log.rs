@@ -49,6 +49,8 @@ pub enum End {
     NoRoute,
     /// Still open at the end of the shutdown grace.
     Shutdown,
+    /// Closed because its server went down (`on_server_down = "close"`).
+    ServerDown,
 }
 
 impl End {
@@ -68,6 +70,7 @@ impl End {
             End::Hello(f) => f.as_str(),
             End::NoRoute => "no_route",
             End::Shutdown => "shutdown",
+            End::ServerDown => "server_down",
         }
     }
 
@@ -89,6 +92,7 @@ impl End {
             End::Hello(crate::sni::Failed::Closed) => "the client left before its ClientHello was complete".into(),
             End::NoRoute => "no route for its server name, and no pool for the rest".into(),
             End::Shutdown => "still open at the end of the shutdown grace".into(),
+            End::ServerDown => "closed by ucp-lb: its server went down (on_server_down = \"close\")".into(),
         }
     }
 
@@ -99,7 +103,7 @@ impl End {
             End::MaxConnections | End::PerClientLimit | End::ClientRateLimit => 503,
             End::Denied => 403,
             End::Hello(_) => 400,
-            End::NoRoute => 502,
+            End::NoRoute | End::ServerDown => 502,
             _ => 200,
         }
     }

@@ -42,6 +42,9 @@ pub struct Server {
     /// override, milliseconds (its slow start goes on from there).
     #[serde(default)]
     pub back_ago_ms: Option<u64>,
+    /// Sessions closed because it went down.
+    #[serde(default)]
+    pub sessions_closed: u64,
 }
 
 fn ms(d: Option<Duration>) -> Option<u64> {
@@ -74,6 +77,7 @@ pub fn export(snap: &Snapshot) -> Vec<Server> {
                 bytes_received: st.bytes_received.load(Relaxed),
                 passive_ejections: st.passive_ejections.load(Relaxed),
                 back_ago_ms: st.back_at().map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                sessions_closed: st.closing.closed.load(Relaxed),
             });
         }
     }
@@ -107,6 +111,7 @@ pub fn import(snap: &Snapshot, carried: &[Server]) -> usize {
         st.bytes_sent.store(c.bytes_sent, Relaxed);
         st.bytes_received.store(c.bytes_received, Relaxed);
         st.passive_ejections.store(c.passive_ejections, Relaxed);
+        st.closing.closed.store(c.sessions_closed, Relaxed);
         if let Some(ms) = c.back_ago_ms {
             st.came_back(now.checked_sub(Duration::from_millis(ms)).unwrap_or(now));
         }

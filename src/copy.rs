@@ -39,6 +39,7 @@ use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::closing::Closing;
 use crate::handover;
 use crate::splice::{self, Burst, BurstError};
 
@@ -144,6 +145,9 @@ pub enum End {
     /// Stopped with no bytes in hand, to move to the process that took
     /// over ([`crate::handover`]); the sockets are still open.
     Moving,
+    /// Its server went down and its pool closes such sessions
+    /// ([`crate::closing`]).
+    ServerDown,
 }
 
 impl End {
@@ -154,6 +158,7 @@ impl End {
             End::Error { side: Side::Client, .. } => "client error",
             End::Error { side: Side::Server, .. } => "server error",
             End::Moving => "moved",
+            End::ServerDown => "server down",
         }
     }
 }
@@ -272,6 +277,9 @@ impl Meter<'_> {
 /// Once [`handover::requested`], each direction stops where it holds no
 /// bytes, and the connection ends as [`End::Moving`] with both sockets
 /// open; `resume` starts one moved here from another process.
+///
+/// `closing`: its server's close orders; a standing order that covers it
+/// ends it as [`End::ServerDown`] at its slot.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn bidirectional<'a, L: Send + 'a>(
     client: &'a TcpStream,
@@ -280,6 +288,7 @@ pub fn bidirectional<'a, L: Send + 'a>(
     totals: Totals<'a>,
     mut load: Option<L>,
     resume: Option<&'a Resume>,
+    closing: Option<&'a Closing>,
 ) -> impl Future<Output = Outcome> + Send + 'a {
     // (Every argument is a field of every connection's future for its whole
     // life: references and options of references, 8 bytes each, where a
@@ -335,6 +344,7 @@ pub fn bidirectional<'a, L: Send + 'a>(
             };
             // This connection's waker, for an upgrade to reach it while idle.
             let mut registration: Option<handover::Registration> = None;
+            let mut closing = closing.map(Closing::watch);
             // Boxed, and only when there is an idle timeout: the default
             // (none) costs a connection nothing.
             let mut idle_expired = activity.zip(idle).map(|(c, d)| Box::pin(c.expired(*d)));
@@ -414,6 +424,9 @@ pub fn bidirectional<'a, L: Send + 'a>(
                     }
                     if let Some(Poll::Ready(())) = idle_expired.as_mut().map(|t| t.as_mut().poll(cx)) {
                         break 'poll Poll::Ready(End::IdleTimeout);
+                    }
+                    if let Some(Poll::Ready(())) = closing.as_mut().map(|w| w.poll(cx)) {
+                        break 'poll Poll::Ready(End::ServerDown);
                     }
                     if !keepalive_set && registration.as_ref().is_some_and(handover::Registration::late) {
                         // Idle dead peers are found by keepalive (60 s, then

@@ -143,17 +143,23 @@ impl Drop for Registration {
     }
 }
 
-/// Asks every connection to stop where it holds no bytes and to move to
-/// `sink`. Irreversible: this process is done.
-pub fn request(sink: mpsc::UnboundedSender<Parked>) {
-    *SINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
-    REQUESTED.store(true, Relaxed);
+/// Wakes every connection in its copy phase, to see a change it polls for
+/// (a close order of its server).
+pub fn wake_all() {
     for shard in &WAKERS {
         let s = shard.lock().unwrap_or_else(|p| p.into_inner());
         for (w, _) in s.slots.iter().flatten() {
             w.wake_by_ref();
         }
     }
+}
+
+/// Asks every connection to stop where it holds no bytes and to move to
+/// `sink`. Irreversible: this process is done.
+pub fn request(sink: mpsc::UnboundedSender<Parked>) {
+    *SINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    REQUESTED.store(true, Relaxed);
+    wake_all();
 }
 
 static SINK: Mutex<Option<mpsc::UnboundedSender<Parked>>> = Mutex::new(None);

@@ -19,6 +19,9 @@
 //! - `net`: connect with a timeout, TCP keepalive, why a connect failed.
 //! - `check`: what an active check last found, its rise/fall counting.
 //! - `passive`: nginx's `max_fails`/`fail_timeout`, pure, taking `now`.
+//! - `closing`: a server's orders to close its open sessions spread over
+//!   `close_spread` (`on_server_down = "close"`), and each connection's
+//!   watch of them.
 //! - `state`: runtime state that outlives a snapshot (a server's counters
 //!   and passive state, a pool's latch), and its registry.
 //! - `token`: the admin token, read with the config, compared in constant time.
@@ -44,7 +47,8 @@
 //! - `listener`: bound sockets and accept loops that never die.
 //! - `shutdown`: stop accepting, grace period.
 //! - `status`: the one status view (listeners, pools, servers) computed at
-//!   read time, and the watcher that logs a pool's all-down episodes.
+//!   read time, and the watcher that logs a pool's all-down episodes and
+//!   gives and withdraws the close orders of servers that went down.
 //! - `lifecycle`: the one pipeline of check, start and reload (load
 //!   everything that can fail, then commit in one swap), and the running
 //!   handle.
@@ -69,6 +73,7 @@ pub mod build_info;
 pub mod carry;
 pub mod check;
 mod civil;
+pub mod closing;
 pub mod config;
 pub mod control;
 pub mod copy;

@@ -177,7 +177,8 @@ pub fn resume<G: Send + 'static>(
             }
             None => {
                 let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
-                let out = copy::bidirectional(&client, &upstream, None, (&a, &b), None::<()>, Some(&resume)).await;
+                let out =
+                    copy::bidirectional(&client, &upstream, None, (&a, &b), None::<()>, Some(&resume), None).await;
                 conclude(client, upstream, moved.peer, &moved.pool, moved.server, &out, entry);
             }
         }
@@ -197,7 +198,8 @@ fn relay<'a, L: Send + 'a>(
 ) -> impl Future<Output = copy::Outcome> + Send + 'a {
     let (p, s) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
     let totals = (&s.state.bytes_sent, &s.state.bytes_received);
-    copy::bidirectional(client, upstream, p.settings.idle_timeout.as_ref(), totals, active, resume)
+    let closing = Some(&s.state.closing);
+    copy::bidirectional(client, upstream, p.settings.idle_timeout.as_ref(), totals, active, resume, closing)
 }
 
 /// After the copy: a connection asked to move is parked for the process
@@ -246,6 +248,13 @@ fn finish(
         let other = if side == copy::Side::Server { client } else { upstream };
         let _ = socket2::SockRef::from(other).set_linger(Some(std::time::Duration::ZERO));
     }
+    // Cut because its server went down: broken for both, so neither side
+    // takes what it had for a complete exchange.
+    if out.end == copy::End::ServerDown {
+        for s in [client, upstream] {
+            let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
     if let Some(e) = entry {
         let end = match out.end {
             copy::End::Closed if out.first_closed == Some(copy::Side::Server) => access_log::End::ServerClosed,
@@ -253,6 +262,7 @@ fn finish(
             copy::End::IdleTimeout => access_log::End::IdleTimeout,
             copy::End::Error { side: copy::Side::Client, .. } => access_log::End::ClientReset,
             copy::End::Error { side: copy::Side::Server, .. } => access_log::End::ServerReset,
+            copy::End::ServerDown => access_log::End::ServerDown,
             copy::End::Moving => {
                 debug!(client = %peer, "moved connection could not be handed on: closed");
                 access_log::End::Shutdown

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::time::Instant;
 
+use crate::closing::Closing;
 use crate::net::FailReason;
 use crate::passive::Passive;
 
@@ -38,6 +39,8 @@ pub struct ServerState {
     /// down or drained by the admin API: where its slow start counts from.
     /// (Its check's comeback is the check's.)
     back_at: Mutex<Option<Instant>>,
+    /// Orders to close its open sessions (`on_server_down = "close"`).
+    pub closing: Closing,
 }
 
 impl ServerState {

@@ -17,7 +17,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::AllDown;
+use crate::check::CheckState;
+use crate::config::{AdminState, AllDown, OnServerDown};
 use crate::history::{Event, Sample};
 use crate::listener::ListenerState;
 use crate::net::FailReason;
@@ -239,6 +240,11 @@ pub struct ServerStatus {
     pub changed_at: Option<u64>,
     /// While it warms up after coming back (slow start): how far along.
     pub warming: Option<Warming>,
+    /// Its open sessions are being closed (it went down, and its pool says
+    /// `on_server_down = "close"`).
+    pub closing_sessions: bool,
+    /// Sessions closed because it went down.
+    pub sessions_closed: u64,
     /// Its state in words: "in", "out: status 500 for 42 s", "draining, 3
     /// open", ...
     pub phrase: String,
@@ -519,6 +525,8 @@ fn counted(name: &str, addr: SocketAddr, st: &ServerState) -> ServerStatus {
         passive_ejections: st.passive_ejections.load(Relaxed),
         changed_at: Some(st.changed_at.load(Relaxed)).filter(|&t| t != 0),
         warming: None,
+        closing_sessions: st.closing.standing() && st.active.load(Relaxed) > 0,
+        sessions_closed: st.closing.closed.load(Relaxed),
         phrase: String::new(),
         check: None,
     }
@@ -541,6 +549,7 @@ pub async fn follow(shared: Arc<Shared>) {
         let mut next: Option<Instant> = None;
         for p in &snap.pools {
             note_all_down(p, p.all_down(now));
+            order_closes(p, now);
             next = match (next, p.next_change(now)) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -555,6 +564,43 @@ pub async fn follow(shared: Arc<Shared>) {
                 }
             }
             None => woken.await,
+        }
+    }
+}
+
+/// Gives or withdraws the close orders of `p`'s servers: the open
+/// sessions of a server its check marks down or the admin API sets down
+/// are closed, spread over `close_spread`, where the pool says
+/// `on_server_down = "close"` and has another server to take their
+/// clients (not while it fails open: they would come back to the same
+/// servers). An order stands while that stays true; withdrawn (the server
+/// back, the pool out of servers, the key set back to keep), the sessions
+/// not closed yet go on.
+fn order_closes(p: &Pool, now: Instant) {
+    let elsewhere = !p.all_down(now);
+    for s in &p.servers {
+        let down =
+            s.admin_state() == AdminState::Down || s.check.as_ref().is_some_and(|c| c.state() == CheckState::Down);
+        let wanted = p.settings.on_server_down == OnServerDown::Close && down && elsewhere;
+        let closing = &s.state.closing;
+        if wanted && !closing.standing() {
+            let open = s.state.active.load(Relaxed);
+            let spread = p.settings.close_spread;
+            closing.order(now, spread, open);
+            crate::handover::wake_all();
+            if open > 0 {
+                let detail = format!("{open} open, spread over {}", crate::config::format_duration(spread));
+                p.history.record("closing sessions", Some(&p.name), Some(&s.label()), detail);
+                info!(
+                    pool = %p.name,
+                    server = %s.label(),
+                    open,
+                    close_spread_s = spread.as_secs_f64(),
+                    "server down: closing its open sessions (on_server_down = close)"
+                );
+            }
+        } else if !wanted && closing.standing() {
+            closing.withdraw();
         }
     }
 }

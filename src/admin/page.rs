@@ -103,6 +103,12 @@ fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
             w.left_ms.div_ceil(1000)
         ));
     }
+    if s.closing_sessions {
+        details.push(format!("closing its {} open sessions (on_server_down)", s.active));
+    }
+    if s.sessions_closed > 0 {
+        details.push(format!("{} sessions closed when it went down", s.sessions_closed));
+    }
     if s.ejected {
         details.push(format!("ejected ({} failed connects)", s.fails));
     } else if s.fails > 0 {

@@ -45,6 +45,9 @@ pub fn render(m: &Metrics, view: &View) -> String {
                 lb.push(l("reason", *reason));
                 m.counter(SERVER_CONNECT_FAILURES, lb).absolute(*n);
             }
+            let mut closed = labels();
+            closed.push(l("reason", "server_down"));
+            m.counter(SERVER_CLOSED, closed).absolute(s.sessions_closed);
             let mut passive = labels();
             passive.push(l("cause", "passive"));
             m.counter(SERVER_EJECTIONS, passive).absolute(s.passive_ejections);
