@@ -40,6 +40,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::closing::Closing;
+use crate::config::Keepalive;
 use crate::handover;
 use crate::splice::{self, Burst, BurstError};
 
@@ -176,6 +177,18 @@ pub struct Outcome {
     pub server_done: bool,
 }
 
+/// What a connection's pool asks of it besides passing bytes: its idle
+/// timeout, the server socket's keepalive to set once it has lived past
+/// [`handover::LATE`] (`None`: none, or set already), and its server's
+/// close orders. References only: each is a field of every connection's
+/// future for its life.
+#[derive(Clone, Copy, Default)]
+pub struct Policy<'a> {
+    pub idle: Option<&'a Duration>,
+    pub late_keepalive: Option<&'a Keepalive>,
+    pub closing: Option<&'a Closing>,
+}
+
 /// Where a connection moved from another process resumes: its byte
 /// counts, and which sides had already closed.
 #[derive(Debug, Clone, Copy, Default)]
@@ -278,22 +291,22 @@ impl Meter<'_> {
 /// bytes, and the connection ends as [`End::Moving`] with both sockets
 /// open; `resume` starts one moved here from another process.
 ///
-/// `closing`: its server's close orders; a standing order that covers it
-/// ends it as [`End::ServerDown`] at its slot.
+/// `policy.closing`: its server's close orders; a standing order that
+/// covers it ends it as [`End::ServerDown`] at its slot.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn bidirectional<'a, L: Send + 'a>(
     client: &'a TcpStream,
     server: &'a TcpStream,
-    idle: Option<&'a Duration>,
+    policy: Policy<'a>,
     totals: Totals<'a>,
     mut load: Option<L>,
     resume: Option<&'a Resume>,
-    closing: Option<&'a Closing>,
 ) -> impl Future<Output = Outcome> + Send + 'a {
     // (Every argument is a field of every connection's future for its whole
     // life: references and options of references, 8 bytes each, where a
     // value would be 16 or more.)
     async move {
+        let Policy { idle, late_keepalive, closing } = policy;
         let resume = resume.copied().unwrap_or_default();
         if resume.server_done {
             load = None;
@@ -348,10 +361,10 @@ pub fn bidirectional<'a, L: Send + 'a>(
             // Boxed, and only when there is an idle timeout: the default
             // (none) costs a connection nothing.
             let mut idle_expired = activity.zip(idle).map(|(c, d)| Box::pin(c.expired(*d)));
-            // Whether the server socket's keepalive is set (done once the
+            // The server socket's keepalive, until it is set (once the
             // connection has lived past handover::LATE; the registry wakes
             // it then, so it holds no timer for it).
-            let mut keepalive_set = false;
+            let mut late_keepalive = late_keepalive;
             let (up, down, load) = (&up, &down, &mut load);
             // Polled by hand rather than with select!, whose state would sit
             // in every connection's future.
@@ -428,15 +441,16 @@ pub fn bidirectional<'a, L: Send + 'a>(
                     if let Some(Poll::Ready(())) = closing.as_mut().map(|w| w.poll(cx)) {
                         break 'poll Poll::Ready(End::ServerDown);
                     }
-                    if !keepalive_set && registration.as_ref().is_some_and(handover::Registration::late) {
-                        // Idle dead peers are found by keepalive (60 s, then
-                        // 10 s x 6). The client socket inherits it from the
-                        // listener; the server socket gets it here, on
-                        // connections that last: four syscalls saved on every
-                        // short one. Its timer counts from the last segment,
-                        // so setting it late changes nothing.
-                        keepalive_set = true;
-                        let _ = SockRef::from(server).set_tcp_keepalive(&crate::net::keepalive());
+                    if late_keepalive.is_some() && registration.as_ref().is_some_and(handover::Registration::late) {
+                        // Idle dead peers are found by keepalive (by default
+                        // 60 s, then 10 s x 6). The client socket inherits it
+                        // from the listener; the server socket gets it here,
+                        // on connections that last: four syscalls saved on
+                        // every short one. Its timer counts from the last
+                        // segment, so setting it late changes nothing while
+                        // `idle` is at least handover::LATEST (shorter ones
+                        // are set at connect).
+                        let _ = crate::net::set_keepalive(SockRef::from(server), late_keepalive.take());
                     }
                     Poll::Pending
                 };

@@ -57,6 +57,9 @@ const TICK: Duration = Duration::from_secs(5);
 /// tick more. (Ticks: a connection registered during tick `b` is late from
 /// tick `b + 3`, when it has lived more than 10 s and at most 15 s.)
 pub const LATE: Duration = Duration::from_secs(10);
+/// The latest a connection's late wake comes: a server keepalive `idle`
+/// shorter than this is set at connect instead.
+pub const LATEST: Duration = Duration::from_secs(LATE.as_secs() + TICK.as_secs());
 const LATE_TICKS: u32 = (LATE.as_secs() / TICK.as_secs()) as u32 + 1;
 /// A slot's registration tick once its late wake is done.
 const WOKEN: u32 = u32::MAX;

@@ -515,6 +515,8 @@ impl Lb {
         }
         self.shared.config_changed.notify_one();
         let added = bound.len();
+        // Listeners kept from before take the new options too.
+        self.listeners.set_options(&config);
         self.listeners.launch(bound, &self.shared, &self.shutdown);
         let removed = self.listeners.close_removed(&config).len();
         info!(

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::access_log;
 use crate::admission;
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig};
 use crate::net;
 use crate::proxy;
 use crate::shutdown::Shutdown;
@@ -129,7 +129,8 @@ pub struct Inherited {
 }
 
 /// Binds `addr` with the options every accepted socket inherits on Linux
-/// (TCP_NODELAY, keepalive), so they cost no syscalls per connection.
+/// (TCP_NODELAY, and keepalive, set by [`Listeners::set_options`] from the
+/// config), so they cost no syscalls per connection.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     // An IPv6 listener serves IPv6 only, as nginx's `ipv6only=on`: the
@@ -142,8 +143,14 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     sock.bind(&addr.into())?;
     sock.listen(BACKLOG)?;
     sock.set_tcp_nodelay(true)?;
-    sock.set_tcp_keepalive(&net::keepalive())?;
     TcpListener::from_std(sock.into())
+}
+
+/// A listening socket's keepalive, which the clients it accepts inherit.
+fn set_keepalive(sock: socket2::SockRef<'_>, l: &ListenerConfig, state: &ListenerState) {
+    if let Err(e) = net::set_keepalive(sock, l.client_keepalive.as_ref()) {
+        warn!(bind = %state.bind, error = %e, "cannot set client_keepalive on the listening socket");
+    }
 }
 
 /// A descriptor held in reserve to shed clients when none are left.
@@ -549,12 +556,29 @@ impl Listeners {
     pub fn launch(&self, bound: Vec<Bound>, shared: &Arc<Shared>, shutdown: &Shutdown) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         for Bound(sock, state) in bound {
-            let pool = shared.snapshot.load().listener(state.bind, state.nth).and_then(|l| l.pool.clone());
+            let snap = shared.snapshot.load();
+            let cfg = snap.listener(state.bind, state.nth);
+            let pool = cfg.and_then(|l| l.pool.clone());
+            if let Some(l) = cfg {
+                set_keepalive(socket2::SockRef::from(&sock), l, &state);
+            }
             info!(bind = %state.bind, local = %state.local, pool = pool.as_deref().unwrap_or(""), "listening");
             let stop = shutdown.stop_accepting.child_token();
             let fd = std::os::fd::AsFd::as_fd(&sock).try_clone_to_owned().ok();
             tokio::spawn(accept_loop(sock, state.clone(), shared.clone(), shutdown.clone(), stop.clone()));
             open.push(Open { state, stop, fd });
+        }
+    }
+
+    /// Sets every open listener's socket options from `config` (its
+    /// `client_keepalive`), at start and after each reload: clients
+    /// accepted from then on inherit them; those open keep theirs.
+    pub fn set_options(&self, config: &Config) {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        for o in open.iter() {
+            let Some(fd) = &o.fd else { continue };
+            let Some(l) = config.listeners.iter().filter(|l| l.bind == o.state.bind).nth(o.state.nth) else { continue };
+            set_keepalive(socket2::SockRef::from(fd), l, &o.state);
         }
     }
 

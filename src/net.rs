@@ -7,13 +7,26 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use socket2::TcpKeepalive;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Dead peers of idle connections are found after about 2 minutes
-/// (60 s idle, then 6 probes 10 s apart) rather than Linux's 2 hours.
-pub fn keepalive() -> TcpKeepalive {
-    TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(10)).with_retries(6)
+use crate::config::Keepalive;
+
+/// Sets a socket's TCP keepalive as configured (`client_keepalive`,
+/// `server_keepalive`), or switches it off. By default dead peers of idle
+/// connections are found after about 2 minutes (60 s idle, then 6 probes
+/// 10 s apart) rather than Linux's 2 hours and 11 minutes.
+///
+/// SO_KEEPALIVE goes first, then TCP_KEEPIDLE: Linux times the first probe
+/// from the last segment received when TCP_KEEPIDLE is set on a socket
+/// with keepalive on, so setting it on a connection that has been quiet
+/// for a while does not push the first probe later.
+pub fn set_keepalive(sock: SockRef<'_>, k: Option<&Keepalive>) -> io::Result<()> {
+    match k {
+        Some(k) => sock
+            .set_tcp_keepalive(&TcpKeepalive::new().with_time(k.idle).with_interval(k.interval).with_retries(k.count)),
+        None => sock.set_keepalive(false),
+    }
 }
 
 /// Why a connect failed; a small fixed set, fit for a metric label.

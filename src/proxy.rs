@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::access_log;
-use crate::config::Retries;
+use crate::config::{Keepalive, Retries};
 use crate::copy;
 use crate::handover;
 use crate::net::{FailReason, connect};
@@ -177,8 +177,8 @@ pub fn resume<G: Send + 'static>(
             }
             None => {
                 let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
-                let out =
-                    copy::bidirectional(&client, &upstream, None, (&a, &b), None::<()>, Some(&resume), None).await;
+                let policy = copy::Policy::default();
+                let out = copy::bidirectional(&client, &upstream, policy, (&a, &b), None::<()>, Some(&resume)).await;
                 conclude(client, upstream, moved.peer, &moved.pool, moved.server, &out, entry);
             }
         }
@@ -198,8 +198,18 @@ fn relay<'a, L: Send + 'a>(
 ) -> impl Future<Output = copy::Outcome> + Send + 'a {
     let (p, s) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
     let totals = (&s.state.bytes_sent, &s.state.bytes_received);
-    let closing = Some(&s.state.closing);
-    copy::bidirectional(client, upstream, p.settings.idle_timeout.as_ref(), totals, active, resume, closing)
+    let policy = copy::Policy {
+        idle: p.settings.idle_timeout.as_ref(),
+        // A moved connection's socket has its options from before.
+        late_keepalive: p.settings.server_keepalive.as_ref().filter(|k| resume.is_none() && !early(k)),
+        closing: Some(&s.state.closing),
+    };
+    copy::bidirectional(client, upstream, policy, totals, active, resume)
+}
+
+/// A server keepalive too short to wait for the late wake: set at connect.
+fn early(k: &Keepalive) -> bool {
+    k.idle < crate::handover::LATEST
 }
 
 /// After the copy: a connection asked to move is parked for the process
@@ -343,6 +353,9 @@ async fn connect_upstream(
         let active = ActiveConn::new(&server.state);
         match connect(server.addr, pool.settings.connect_timeout).await {
             Ok(stream) => {
+                if let Some(k) = pool.settings.server_keepalive.as_ref().filter(|k| early(k)) {
+                    let _ = crate::net::set_keepalive(socket2::SockRef::from(&stream), Some(k));
+                }
                 if pool.connected(pick.idx, Instant::now()) == Some(Transition::Readmitted) {
                     server.state.touch();
                     pool.history.record(

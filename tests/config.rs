@@ -319,3 +319,43 @@ fn an_unreadable_ca_file_fails_the_check_at_its_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(":8:11: pool.ucp.health.ca_file: cannot read CA file /nonexistent/ca.pem"), "{stderr}");
 }
+
+/// The keys of slow start, closing on server down and keepalive: each
+/// mistake at its line and column, all in one run.
+#[test]
+fn failure_and_keepalive_keys_report_every_mistake_at_its_place() {
+    let text = "[[listener]]\nbind = \"127.0.0.1:8443\"\npool = \"ucp\"\nclient_keepalive = \"yes\"\n\
+                [pool.ucp]\nslow_start = \"fast\"\non_server_down = \"kill\"\nclose_spread = 5\n\
+                server_keepalive = { idle = \"1500ms\", interval = \"40000s\", count = 0, probes = 3 }\n\
+                servers = [{ address = \"10.0.0.1:443\", slow_start = \"-1s\" }]\n";
+    let e = ucp_lb::config::parse(text, "bad.toml").unwrap_err();
+    let lines: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
+    let expected = [
+        "bad.toml:4:20: listener[0].client_keepalive: invalid type: string \"yes\", expected false, true or a table",
+        "bad.toml:6:14: pool.ucp.slow_start: expected a duration like",
+        "bad.toml:7:18: pool.ucp.on_server_down: expected \"keep\" or \"close\", found \"kill\"",
+        "bad.toml:8:16: pool.ucp.close_spread: expected a duration with a unit, found the number 5",
+        "bad.toml:9:29: pool.ucp.server_keepalive.idle: expected whole seconds from 1s to 32767s",
+        "bad.toml:9:50: pool.ucp.server_keepalive.interval: expected whole seconds from 1s to 32767s",
+        "bad.toml:9:68: pool.ucp.server_keepalive.count: expected an integer from 1 to 127, found 0",
+        "bad.toml:9:71: pool.ucp.server_keepalive.probes: unknown field `probes`",
+        "bad.toml:10:53: pool.ucp.servers[0].slow_start: expected a duration like",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{}", lines.join("\n"));
+    for (got, want) in lines.iter().zip(expected) {
+        assert!(got.starts_with(want), "got:      {got}\nexpected: {want}\nall:\n{}", lines.join("\n"));
+    }
+    // And the good forms pass, with check's warnings where they change little.
+    let good = "[[listener]]\nbind = \"127.0.0.1:8443\"\npool = \"ucp\"\nclient_keepalive = false\n\
+                [defaults]\nclient_keepalive = { idle = \"5m\" }\n\
+                [pool.ucp]\nbalance = \"source_hash\"\nslow_start = \"30s\"\non_server_down = \"close\"\n\
+                close_spread = \"0s\"\nserver_keepalive = true\nservers = [\"10.0.0.1:443\"]\n";
+    let c = ucp_lb::config::parse(good, "good.toml").unwrap();
+    let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(warnings.iter().any(|w| w.contains("slow_start: changes nothing here")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("on_server_down: the pool has no active check")), "{warnings:?}");
+    assert_eq!(c.listeners[0].client_keepalive, None);
+    let p = &c.pools[0].settings;
+    assert_eq!((p.slow_start.as_secs(), p.close_spread.as_secs()), (30, 0));
+    assert_eq!(p.server_keepalive, Some(ucp_lb::config::Keepalive::DEFAULT));
+}

@@ -537,3 +537,71 @@ async fn server_name_routing_by_map_goes_where_nginx_sent_each_client() {
     assert!(by_nginx[1].starts_with("dtr ") && by_nginx[5].starts_with("other "), "{by_nginx:?}");
     drop(lb);
 }
+
+/// `listen ... so_keepalive=30m::10` and `proxy_socket_keepalive on`: what
+/// real nginx sets on its sockets (read back with getsockopt from its
+/// process), and what the converted config makes ucp-lb set. The fields
+/// nginx leaves to the kernel (the interval here; every timing with `on`)
+/// take ucp-lb's defaults, which the converted file says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_settings_carry_what_nginx_sets() {
+    let Some(bin) = nginx_bin() else { return };
+    let echo = Echo::start().await;
+    let addr = free_addr();
+    let stream = format!(
+        "  upstream b {{ server {}; }}\n\
+         \x20 server {{ listen {addr} so_keepalive=30m::10; proxy_socket_keepalive on; proxy_pass b; }}\n",
+        echo.addr
+    );
+    let ngx = start_nginx(&bin, &stream).await;
+    let (client, server) = through(ngx.pid(), addr, echo.addr).await;
+    let kernel = |f: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/tcp_keepalive_{f}")).unwrap().trim().parse().unwrap()
+    };
+    let (k_idle, k_intvl, k_probes) = (kernel("time"), kernel("intvl"), kernel("probes") as u32);
+    assert_eq!(client, secs(1800, k_intvl, 10), "nginx: idle and count as written, the interval the kernel's");
+    assert_eq!(server, secs(k_idle, k_intvl, k_probes), "nginx: proxy_socket_keepalive on, the kernel's timings");
+    let keep_dir = tempfile::tempdir().unwrap();
+    let conf = keep_dir.path().join("nginx.conf");
+    std::fs::copy(&ngx.conf, &conf).unwrap();
+    ngx.stop();
+
+    let out = convert(&conf);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let toml = text(&out.stdout);
+    assert!(toml.contains(r#"client_keepalive = { idle = "30m", count = 10 }"#), "{toml}");
+    assert!(toml.contains("server_keepalive = true"), "{toml}");
+    assert!(toml.contains("so_keepalive=30m::10") && toml.contains("for interval"), "the note: {toml}");
+    let lb = start_lb(&(toml.clone() + "\n[admin]\nlisten = \"127.0.0.1:0\"\n")).await;
+    let (client, server) = through(std::process::id(), addr, echo.addr).await;
+    assert_eq!(client, secs(1800, 10, 10), "ucp-lb: nginx's idle and count, its own interval");
+    assert_eq!(server, secs(60, 10, 6), "ucp-lb: keepalive on, its own timings");
+    lb.shutdown().await;
+}
+
+/// One connection through the proxy of process `pid` listening on `addr`
+/// to `backend`: the keepalive of the proxy's client socket and of its
+/// server socket (the latter once set: ucp-lb sets it on connections that
+/// live past 10 to 15 s).
+async fn through(pid: u32, addr: std::net::SocketAddr, backend: std::net::SocketAddr) -> (Keep, Keep) {
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    echo_once(&mut c).await.unwrap();
+    let me = c.local_addr().unwrap();
+    let find = |client: bool| {
+        sockets_of(pid)
+            .into_iter()
+            .find(|(l, p, _)| if client { *l == addr && *p == me } else { *p == backend && *l != backend })
+            .map(|(_, _, fd)| keep(&fd))
+            .expect("the proxy's socket")
+    };
+    let client = find(true);
+    let start = std::time::Instant::now();
+    let mut server = find(false);
+    while server.is_none() && start.elapsed() < std::time::Duration::from_secs(20) {
+        // A condition polled with a deadline (the late setting comes with
+        // the LB's 5 s sweep).
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        server = find(false);
+    }
+    (client, server)
+}

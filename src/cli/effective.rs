@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use ucp_lb::config::{AdminState, CheckKind, Config, Origin, Retries, StatusMatch, format_duration};
+use ucp_lb::config::{AdminState, CheckKind, Config, Keepalive, Origin, Retries, StatusMatch, format_duration};
 
 /// A value and where it came from, aligned as a comment.
 fn line(out: &mut String, key: &str, value: String, from: &str) {
@@ -77,6 +77,9 @@ pub fn dump(c: &Config) -> String {
             let rules: Vec<String> = l.access.iter().map(|r| q(&r.to_string())).collect();
             line(&mut o, "access", format!("[{}]", rules.join(", ")), "set");
         }
+        let ka = l.client_keepalive.as_ref();
+        let ka_from = if l.client_keepalive == Some(Keepalive::DEFAULT) { "default or set" } else { "set" };
+        line(&mut o, "client_keepalive", Keepalive::toml(ka), ka_from);
         for (key, n) in
             [("max_connections_per_client", l.per_client.open), ("max_connection_rate_per_client", l.per_client.rate)]
         {
@@ -103,6 +106,10 @@ pub fn dump(c: &Config) -> String {
         line(&mut o, "all_down", q(s.all_down.as_str()), from("all_down"));
         line(&mut o, "resolve_interval", duration(Some(s.resolve_interval)), from("resolve_interval"));
         line(&mut o, "shutdown_timeout", duration(Some(s.shutdown_timeout)), from("shutdown_timeout"));
+        line(&mut o, "slow_start", q(&format_duration(s.slow_start)), from("slow_start"));
+        line(&mut o, "on_server_down", q(s.on_server_down.as_str()), from("on_server_down"));
+        line(&mut o, "close_spread", q(&format_duration(s.close_spread)), from("close_spread"));
+        line(&mut o, "server_keepalive", Keepalive::toml(s.server_keepalive.as_ref()), from("server_keepalive"));
         let _ = writeln!(o, "servers = [");
         for srv in &p.servers {
             let state = match srv.state {
@@ -110,9 +117,10 @@ pub fn dump(c: &Config) -> String {
                 AdminState::Drain => "drain",
                 AdminState::Down => "down",
             };
+            let slow = srv.slow_start.map(|d| format!(", slow_start = {}", q(&format_duration(d)))).unwrap_or_default();
             let _ = writeln!(
                 o,
-                "  {{ address = {}, weight = {}, backup = {}, max_conns = {}, state = {} }},",
+                "  {{ address = {}, weight = {}, backup = {}, max_conns = {}, state = {}{slow} }},",
                 q(&srv.address.to_string()),
                 srv.weight,
                 srv.backup,

@@ -274,6 +274,7 @@ pub fn summary(config: &Config, resolved: Option<&ucp_lb::snapshot::Resolved>) -
             let rules: Vec<String> = l.access.iter().map(ToString::to_string).collect();
             let _ = writeln!(s, "    access: {} (a client no rule matches is let in)", rules.join(", "));
         }
+        let _ = writeln!(s, "    client keepalive: {}", config::Keepalive::words(l.client_keepalive.as_ref()));
         if l.per_client.any() {
             let limit = |n: u32, unit: &str| if n == 0 { "no limit".to_owned() } else { format!("{n}{unit}") };
             let _ = writeln!(
@@ -303,6 +304,23 @@ pub fn summary(config: &Config, resolved: Option<&ucp_lb::snapshot::Resolved>) -
             retries,
             st.all_down.as_str(),
         );
+        let slow = match st.slow_start.is_zero() {
+            true => "none".to_owned(),
+            false => format!("{} (from 10 % of the weight)", format_duration(st.slow_start)),
+        };
+        let down = match st.on_server_down {
+            config::OnServerDown::Keep => "keep its sessions".to_owned(),
+            config::OnServerDown::Close => format!("close its sessions over {}", format_duration(st.close_spread)),
+        };
+        let _ = writeln!(
+            s,
+            "    after a failure: slow_start {slow}; a server going down: {down}; server keepalive: {}",
+            config::Keepalive::words(st.server_keepalive.as_ref())
+        );
+        for srv in p.servers.iter().filter(|srv| srv.slow_start.is_some()) {
+            let d = srv.slow_start.unwrap_or_default();
+            let _ = writeln!(s, "    {}: slow_start {}", srv.address, format_duration(d));
+        }
         match &p.health {
             None => {
                 let _ = writeln!(s, "    active check: none");

@@ -132,6 +132,35 @@ impl Keepalive {
     pub fn detects_within(&self) -> Duration {
         self.idle + self.interval * self.count
     }
+
+    /// In words: "60s quiet, then 6 probes 10s apart (dead after 2m)", or
+    /// "off".
+    pub fn words(k: Option<&Keepalive>) -> String {
+        match k {
+            None => "off".into(),
+            Some(k) => format!(
+                "{} quiet, then {} probes {} apart (dead after {})",
+                format_duration(k.idle),
+                k.count,
+                format_duration(k.interval),
+                format_duration(k.detects_within())
+            ),
+        }
+    }
+
+    /// As lb.toml writes it: `{ idle = "60s", interval = "10s", count = 6 }`
+    /// or `false`.
+    pub fn toml(k: Option<&Keepalive>) -> String {
+        match k {
+            None => "false".into(),
+            Some(k) => format!(
+                "{{ idle = \"{}\", interval = \"{}\", count = {} }}",
+                format_duration(k.idle),
+                format_duration(k.interval),
+                k.count
+            ),
+        }
+    }
 }
 
 /// The keys of `[defaults]`, resolved for one pool.

@@ -34,6 +34,8 @@ pub(super) struct Proxy {
     pub(super) idle_timeout: Option<Option<Duration>>,
     pub(super) next_upstream: Option<bool>,
     pub(super) tries: Option<u32>,
+    /// `proxy_socket_keepalive`.
+    pub(super) socket_keepalive: Option<bool>,
 }
 
 impl Proxy {
@@ -43,6 +45,7 @@ impl Proxy {
             idle_timeout: self.idle_timeout.or(parent.idle_timeout),
             next_upstream: self.next_upstream.or(parent.next_upstream),
             tries: self.tries.or(parent.tries),
+            socket_keepalive: self.socket_keepalive.or(parent.socket_keepalive),
         }
     }
 
@@ -121,6 +124,8 @@ pub(super) struct Listener {
     pub(super) access: Vec<String>,
     /// `limit_conn` on a zone keyed by the client address.
     pub(super) per_client: Option<u32>,
+    /// `listen ... so_keepalive=`, as the TOML value of `client_keepalive`.
+    pub(super) keepalive: Option<String>,
 }
 
 /// `allow`, `deny` and `limit_conn` of one level (stream or server): nginx
@@ -353,6 +358,13 @@ impl Converter {
             }
             // nginx's default, and what ucp-lb does: nothing to carry, nothing to say.
             "proxy_protocol" if one()? == "off" => {}
+            "proxy_socket_keepalive" => {
+                p.socket_keepalive = Some(match one()? {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(d.err(format!("proxy_socket_keepalive: expected on or off, found \"{v}\""))),
+                })
+            }
             "proxy_next_upstream_tries" => {
                 let v = one()?;
                 p.tries = Some(v.parse().map_err(|_| d.err(format!("expected a whole number, found \"{v}\"")))?);
@@ -372,7 +384,7 @@ impl Converter {
         let mut admission = Admission::default();
         let mut ssl_preread = false;
         let mut preread_timeout: Option<String> = None;
-        let mut binds: Vec<(String, Vec<String>, String)> = Vec::new();
+        let mut binds: Vec<(String, Option<String>, Vec<String>, String)> = Vec::new();
         let mut access_log: Option<AccessLog> = None;
         let mut target: Option<&Directive> = None;
         let mut notes = Vec::new();
@@ -383,7 +395,7 @@ impl Converter {
             }
             match x.name.as_str() {
                 "listen" => {
-                    if let Some(b) = self.listen(x, &mut notes)? {
+                    if let Some((b, keepalive)) = self.listen(x, &mut notes)? {
                         // nginx refuses a duplicate listen too ("duplicate
                         // ... address and port pair"): the input's mistake,
                         // said at its place.
@@ -391,14 +403,14 @@ impl Converter {
                             .listeners
                             .iter()
                             .map(|l| (&l.bind, l.at.clone()))
-                            .chain(binds.iter().map(|(b, _, at)| (b, at.clone())))
+                            .chain(binds.iter().map(|(b, _, _, at)| (b, at.clone())))
                             .find(|(bound, _)| **bound == b);
                         if let Some((_, at)) = first {
                             return Err(
                                 x.err(format!("listen {}: {b} is already listened on at {at}", x.args.join(" ")))
                             );
                         }
-                        binds.push((b, x.comments.clone(), x.at()));
+                        binds.push((b, keepalive, x.comments.clone(), x.at()));
                     }
                 }
                 "proxy_pass" => target = Some(x),
@@ -458,7 +470,7 @@ impl Converter {
         let routes: Vec<(String, String)> = routes.into_iter().map(|(n, i)| (n, self.pools[i].name.clone())).collect();
         let access = admission.access.or_else(|| stream_admission.access.clone()).unwrap_or_default();
         let per_client = self.per_client(admission.limits.or_else(|| stream_admission.limits.clone()), &mut notes);
-        for (i, (bind, mut comments, at)) in binds.into_iter().enumerate() {
+        for (i, (bind, keepalive, mut comments, at)) in binds.into_iter().enumerate() {
             if i == 0 {
                 let mut c = d.comments.clone();
                 c.append(&mut comments);
@@ -475,6 +487,7 @@ impl Converter {
                 preread_timeout: preread_timeout.clone(),
                 access: access.clone(),
                 per_client,
+                keepalive,
             });
         }
         Ok(())
@@ -752,9 +765,14 @@ impl Converter {
         }
     }
 
-    /// The bind address of a `listen`, or None (with a note) if it cannot
-    /// be carried.
-    pub(super) fn listen(&mut self, d: &Directive, notes: &mut Vec<String>) -> Result<Option<String>, ConvertError> {
+    /// The bind address of a `listen` and its `so_keepalive` (as the TOML
+    /// value of `client_keepalive`), or None (with a note) if it cannot be
+    /// carried.
+    pub(super) fn listen(
+        &mut self,
+        d: &Directive,
+        notes: &mut Vec<String>,
+    ) -> Result<Option<(String, Option<String>)>, ConvertError> {
         let Some(addr) = d.args.first() else {
             return Err(d.err("listen needs an address or port"));
         };
@@ -784,20 +802,66 @@ impl Converter {
             notes.push(n);
             return Ok(None);
         };
-        let extra: Vec<&String> = d.args[1..].iter().collect();
+        let mut keepalive = None;
+        let mut extra: Vec<&str> = Vec::new();
+        for a in &d.args[1..] {
+            match a.strip_prefix("so_keepalive=") {
+                Some(v) => keepalive = Some(self.so_keepalive(d, v, notes)?),
+                None => extra.push(a),
+            }
+        }
         if !extra.is_empty() {
-            let list: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
             let n = self.warn(
                 d,
                 format!(
-                    "listening on {bind}; parameters not carried over: {} (ucp-lb sets backlog 1024, SO_REUSEADDR \
-                     and TCP keepalive itself)",
-                    list.join(" ")
+                    "listening on {bind}; parameters not carried over: {} (ucp-lb sets backlog 1024 and \
+                     SO_REUSEADDR itself)",
+                    extra.join(" ")
                 ),
             );
             notes.push(n);
         }
-        Ok(Some(bind))
+        Ok(Some((bind, keepalive)))
+    }
+
+    /// `so_keepalive=on|off|[keepidle]:[keepintvl]:[keepcnt]` as the TOML
+    /// value of `client_keepalive`. What nginx leaves to the kernel (`on`,
+    /// an empty field) takes ucp-lb's default instead, said in a note.
+    fn so_keepalive(&mut self, d: &Directive, v: &str, notes: &mut Vec<String>) -> Result<String, ConvertError> {
+        let kernel = "nginx leaves it to the kernel (net.ipv4.tcp_keepalive_*: 7200 s, 75 s, 9 by default); \
+                      ucp-lb uses its own default (60 s, 10 s, 6)";
+        match v {
+            "off" => return Ok("false".into()),
+            "on" => {
+                notes.push(format!("nginx: so_keepalive=on  ({}): {kernel}", d.at()));
+                return Ok("true".into());
+            }
+            _ => {}
+        }
+        let parts: Vec<&str> = v.split(':').collect();
+        let [idle, interval, count] = parts.as_slice() else {
+            return Err(d.err(format!("so_keepalive={v}: expected on, off or idle:interval:count")));
+        };
+        let mut fields = Vec::new();
+        let mut left = Vec::new();
+        for (key, raw) in [("idle", idle), ("interval", interval)] {
+            if raw.is_empty() {
+                left.push(key);
+                continue;
+            }
+            let t = parse_format_duration(raw).map_err(|e| d.err(format!("so_keepalive={v}: {e}")))?;
+            fields.push(format!("{key} = {}", toml::Value::String(crate::config::format_duration(t))));
+        }
+        if count.is_empty() {
+            left.push("count");
+        } else {
+            let n: u32 = count.parse().map_err(|_| d.err(format!("so_keepalive={v}: expected a whole count")))?;
+            fields.push(format!("count = {n}"));
+        }
+        if !left.is_empty() {
+            notes.push(format!("nginx: so_keepalive={v}  ({}): for {}, {kernel}", d.at(), left.join(" and ")));
+        }
+        Ok(format!("{{ {} }}", fields.join(", ")))
     }
 }
 

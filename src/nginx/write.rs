@@ -53,6 +53,9 @@ pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
             let rules: Vec<String> = l.access.iter().map(|r| q(r)).collect();
             let _ = writeln!(o, "access = [{}]  # nginx allow/deny, first match decides", rules.join(", "));
         }
+        if let Some(k) = &l.keepalive {
+            let _ = writeln!(o, "client_keepalive = {k}  # nginx listen so_keepalive=");
+        }
         if let Some(n) = l.per_client {
             let _ = writeln!(
                 o,
@@ -111,6 +114,13 @@ pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
             default_note(proxy.next_upstream.is_none() && proxy.tries.is_none())
         );
         o.push_str("all_down = \"reject\"  # nginx: \"no live upstreams\" closes the client\n");
+        match proxy.socket_keepalive {
+            Some(true) => o.push_str(
+                "server_keepalive = true  # nginx proxy_socket_keepalive on (nginx: the kernel's timings, 7200 s by default; here 60 s, 10 s, 6)\n",
+            ),
+            Some(false) => o.push_str("server_keepalive = false  # nginx proxy_socket_keepalive off\n"),
+            None => {}
+        }
         if p.proxy.is_none() {
             o.push_str("# (no nginx server {} proxies to this upstream)\n");
         }

@@ -497,3 +497,39 @@ pub async fn slow_echo() -> SocketAddr {
     })
     .await
 }
+
+/// What keepalive a socket has: None when off, else (idle, interval,
+/// count), read with getsockopt.
+pub type Keep = Option<(Duration, Duration, u32)>;
+
+pub fn keep(fd: &std::os::fd::OwnedFd) -> Keep {
+    use rustix::net::sockopt;
+    if !sockopt::socket_keepalive(fd).unwrap() {
+        return None;
+    }
+    Some((sockopt::tcp_keepidle(fd).unwrap(), sockopt::tcp_keepintvl(fd).unwrap(), sockopt::tcp_keepcnt(fd).unwrap()))
+}
+
+pub fn secs(idle: u64, interval: u64, count: u32) -> Keep {
+    Some((Duration::from_secs(idle), Duration::from_secs(interval), count))
+}
+
+/// Every TCP socket of process `pid` (this one, or a child: nginx) as
+/// (local, peer, a copy of it made with pidfd_getfd), to read its options;
+/// never used for I/O.
+pub fn sockets_of(pid: u32) -> Vec<(SocketAddr, SocketAddr, std::os::fd::OwnedFd)> {
+    use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    let target = Pid::from_raw(pid as i32).expect("a pid");
+    let pidfd = pidfd_open(target, PidfdFlags::empty()).expect("pidfd_open");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let Ok(n) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(fd) = pidfd_getfd(&pidfd, n, PidfdGetfdFlags::empty()) else { continue };
+        let sock = socket2::SockRef::from(&fd);
+        let (Ok(local), Ok(peer)) = (sock.local_addr(), sock.peer_addr()) else { continue };
+        if let (Some(local), Some(peer)) = (local.as_socket(), peer.as_socket()) {
+            out.push((local, peer, fd));
+        }
+    }
+    out
+}

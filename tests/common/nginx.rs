@@ -87,6 +87,11 @@ fn log(dir: &tempfile::TempDir) -> String {
 }
 
 impl Nginx {
+    /// Its process (one: `master_process off`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops nginx and waits until it has exited (its ports are free).
     pub fn stop(mut self) {
         let _ = self.child.kill();
