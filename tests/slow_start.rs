@@ -247,6 +247,26 @@ async fn a_running_lb_shows_the_warm_up_and_a_reload_keeps_it() {
     let admin = lb.admin_addr().unwrap();
     let page = http_raw(admin, "GET", "/", None).await;
     assert!(page.contains("warming, "), "page: {page}");
+    // The servers' rows as text (for a reader of the test's output).
+    for row in page.split("<tr class=server").skip(1) {
+        let row = row.split("</tr>").next().unwrap_or("");
+        let mut text = String::new();
+        // (The split left the row's opening tag open.)
+        let mut in_tag = true;
+        for c in row.chars() {
+            match c {
+                '<' => {
+                    in_tag = true;
+                    text.push(' ');
+                }
+                '>' => in_tag = false,
+                c if !in_tag => text.push(c),
+                _ => {}
+            }
+        }
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        eprintln!("page row: {text}");
+    }
     assert!(page.contains("slow start: weight 0."), "page details: {page}");
     let metrics = http_raw(admin, "GET", "/metrics", None).await;
     let line = metrics
