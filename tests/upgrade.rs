@@ -698,3 +698,33 @@ async fn a_connection_that_cannot_move_is_cut_at_the_deadline_and_counted() {
     drop((idle, new));
     stop.store(true, Relaxed);
 }
+
+/// A server in the middle of its slow start stays there across an upgrade:
+/// enabled again over the admin API, warming over 60 s, it goes on warming
+/// in the new process from where it was, not from the start (nor at full
+/// weight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_up_goes_on_in_the_new_process() {
+    let (a, b) = (Echo::start().await, Echo::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[a.addr, b.addr], "slow_start = \"60s\"");
+    let mut lb = Proc::lb(&cfg);
+    let admin = lb.admin_addr().await;
+    let path = |what: &str| format!("/pools/p/servers/{}/{what}", b.addr.to_string().replace(':', "%3A"));
+    eventually_async("both up", || async { server_states(admin).await.iter().all(|s| s.2 == "up") }).await;
+    for what in ["down", "enable"] {
+        let answer = http_raw(admin, "POST", &path(what), Some(TOKEN)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let warming = |st: &serde_json::Value| st["pools"][0]["servers"][1]["warming"].clone();
+    let before = warming(&status(admin).await);
+    assert!(before["percent"].as_u64().is_some_and(|p| p < 20), "warming after enable: {before}");
+    let new = upgrade(&mut lb, &cfg).await;
+    let admin = new.admin_addr().await;
+    let after = warming(&status(admin).await);
+    let (b_left, a_left) = (before["left_ms"].as_u64().unwrap(), after["left_ms"].as_u64().unwrap_or(0));
+    assert!(after["percent"].as_u64() >= before["percent"].as_u64(), "{before} then {after}");
+    assert!(a_left <= b_left && a_left + 15_000 > b_left, "went on from where it was: {before} then {after}");
+    assert!(warming(&status(admin).await)["percent"].is_u64(), "still warming");
+    assert_eq!(status(admin).await["pools"][0]["servers"][0]["warming"], serde_json::Value::Null, "a never warmed");
+}
