@@ -33,7 +33,7 @@ pub struct Event {
     pub at: f64,
     /// `server down`, `server up`, `ejected`, `readmitted`, `drain`,
     /// `enable`, `down`, `reload`, `reload failed`, `pool all down`,
-    /// `pool has a server again`.
+    /// `pool has a server again`, `closing sessions`.
     pub what: &'static str,
     pub pool: Option<String>,
     /// The server (its label), or the check's target for a check shared by

@@ -587,8 +587,8 @@ fn order_closes(p: &Pool, now: Instant) {
             let open = s.state.active.load(Relaxed);
             let spread = p.settings.close_spread;
             closing.order(now, spread, open);
-            crate::handover::wake_all();
             if open > 0 {
+                crate::handover::wake_all();
                 let detail = format!("{open} open, spread over {}", crate::config::format_duration(spread));
                 p.history.record("closing sessions", Some(&p.name), Some(&s.label()), detail);
                 info!(
