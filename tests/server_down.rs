@@ -172,9 +172,10 @@ async fn sessions_of_a_failed_server_are_closed_spread_out_and_come_back_elsewhe
     assert_eq!(times.len(), SESSIONS, "every session closed");
     let last = *times.last().unwrap();
     // One check interval for the probe to see the 500 (fall = 1), the
-    // spread, and 250 ms for the probe's own round trip and the scheduling
-    // of this loaded test.
-    assert!(last <= deadline + Duration::from_millis(250), "last close {last:?}, after {deadline:?}");
+    // spread, and 500 ms for the probe's own round trip and for this test's
+    // 300 clients to be scheduled on a loaded 2-core machine (measured
+    // here: the last close 3.35 s after the failure, against 3.5 s).
+    assert!(last <= deadline + Duration::from_millis(500), "last close {last:?}, after {deadline:?}");
     let first = times[0];
     assert!(last - first >= SPREAD * 9 / 10, "spread over the window: {first:?} to {last:?}");
     // No 100 ms window (any, not only aligned ones) holds more than a
@@ -265,9 +266,12 @@ async fn not_while_the_pool_fails_open_nor_on_drain_but_on_admin_down() {
     assert_eq!(still_served(&mut streams).await, 30);
     lb.lb.set_override("p", &a.to_string(), AdminState::Up);
 
-    // Both fail their checks: the pool fails open, and A's sessions stay.
-    bs[0].healthy.store(false, Relaxed);
+    // Both fail their checks, B first: when A goes down the pool has no
+    // other server, fails open, and A's sessions stay. (A first would be
+    // closed at once, while B could still take them.)
     bs[1].healthy.store(false, Relaxed);
+    eventually("B down", || !server(&lb, b).eligible).await;
+    bs[0].healthy.store(false, Relaxed);
     eventually("pool all down", || lb.status()[0].fail_open).await;
     assert!(none_closed_within(&mut streams, INTERVAL * 2).await, "failing open closes nothing");
     assert_eq!(still_served(&mut streams).await, 30);
