@@ -738,6 +738,31 @@ mod tests {
         assert!((300..700).contains(&on_removed), "about a quarter on each server: {on_removed}");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_warming_server_has_part_of_its_max_conns_and_keeps_its_hashed_clients() {
+        let mut servers = vec![server("10.0.0.1:443", 1, false), server("10.0.0.2:443", 1, false)];
+        for s in &mut servers {
+            s.max_conns = 10;
+            s.slow_start = Duration::from_secs(10);
+        }
+        let p = pool(Balance::SourceHash, servers);
+        let clients: Vec<IpAddr> = (0..200u8).map(|i| IpAddr::from([10, 1, 0, i])).collect();
+        let now = Instant::now();
+        let before: Vec<usize> = clients.iter().map(|&c| p.pick(now, c, &[]).unwrap().idx).collect();
+        p.servers[1].state.came_back(now);
+        assert_eq!(p.servers[1].max_conns_now(now), 1, "a tenth of 10");
+        assert_eq!(p.servers[1].max_conns_now(now + Duration::from_secs(5)), 6, "55 % of 10, rounded up");
+        assert_eq!(p.servers[1].max_conns_now(now + Duration::from_secs(10)), 10, "all of it after the window");
+        assert_eq!(p.servers[0].max_conns_now(now), 10, "the other is not warming");
+        // The hash keeps every client where it was: slow start changes
+        // only how many the warming server may hold.
+        let warming: Vec<usize> = clients.iter().map(|&c| p.pick(now, c, &[]).unwrap().idx).collect();
+        assert_eq!(before, warming);
+        p.servers[1].state.active.store(1, Relaxed);
+        assert!(!p.eligible(1, now), "full at 1 of its 10 while at a tenth");
+        assert!(p.eligible(1, now + Duration::from_secs(5)), "room again as it warms");
+    }
+
     #[test]
     fn mask_iterates_what_was_set() {
         let mut m = Mask::new(300);
