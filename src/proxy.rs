@@ -254,16 +254,16 @@ fn finish(
     // that would make a truncated transfer look complete. What was read
     // before has been written to it; bytes the kernel still queues
     // toward it are dropped with the RST, which is what a reset means.
-    if let copy::End::Error { side, .. } = out.end {
-        let other = if side == copy::Side::Server { client } else { upstream };
-        let _ = socket2::SockRef::from(other).set_linger(Some(std::time::Duration::ZERO));
-    }
-    // Cut because its server went down: broken for both, so neither side
-    // takes what it had for a complete exchange.
-    if out.end == copy::End::ServerDown {
-        for s in [client, upstream] {
-            let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
-        }
+    // One cut because its server went down is broken for both, so
+    // neither side takes what it had for a complete exchange.
+    let reset: &[&TcpStream] = match out.end {
+        copy::End::Error { side: copy::Side::Server, .. } => &[client],
+        copy::End::Error { side: copy::Side::Client, .. } => &[upstream],
+        copy::End::ServerDown => &[client, upstream],
+        _ => &[],
+    };
+    for s in reset {
+        let _ = socket2::SockRef::from(*s).set_linger(Some(std::time::Duration::ZERO));
     }
     if let Some(e) = entry {
         let end = match out.end {
