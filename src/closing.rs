@@ -98,13 +98,10 @@ impl Watch<'_> {
     /// Ready when the connection is to close now. Polled on every wake
     /// of the connection (an order wakes every connection).
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.timer.is_none() {
-            if !self.closing.covers(self.since) {
-                return Poll::Pending;
-            }
-            self.timer = Some(Box::pin(tokio::time::sleep_until(self.closing.slot())));
+        if self.timer.is_none() && !self.closing.covers(self.since) {
+            return Poll::Pending;
         }
-        let Some(timer) = self.timer.as_mut() else { return Poll::Pending };
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(self.closing.slot())));
         if timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }

@@ -109,10 +109,14 @@ impl Server {
     /// Its `max_conns` now (0: no limit): scaled while it warms up, at
     /// least 1.
     pub fn max_conns_now(&self, now: Instant) -> u32 {
-        match (self.max_conns, self.warmth(now)) {
-            (0, _) => 0,
-            (m, None) => m,
-            (m, Some(w)) => (u64::from(m) * u64::from(w)).div_ceil(1000).max(1) as u32,
+        // No limit: nothing to scale (and no warmth to read, on every
+        // eligibility test of every pick).
+        if self.max_conns == 0 {
+            return 0;
+        }
+        match self.warmth(now) {
+            None => self.max_conns,
+            Some(w) => (u64::from(self.max_conns) * u64::from(w)).div_ceil(1000).max(1) as u32,
         }
     }
 

@@ -317,9 +317,8 @@ pub fn summary(config: &Config, resolved: Option<&ucp_lb::snapshot::Resolved>) -
             "    after a failure: slow_start {slow}; a server going down: {down}; server keepalive: {}",
             config::Keepalive::words(st.server_keepalive.as_ref())
         );
-        for srv in p.servers.iter().filter(|srv| srv.slow_start.is_some()) {
-            let d = srv.slow_start.unwrap_or_default();
-            let _ = writeln!(s, "    {}: slow_start {}", srv.address, format_duration(d));
+        for (address, d) in p.servers.iter().filter_map(|srv| Some((&srv.address, srv.slow_start?))) {
+            let _ = writeln!(s, "    {address}: slow_start {}", format_duration(d));
         }
         match &p.health {
             None => {
