@@ -359,3 +359,18 @@ fn failure_and_keepalive_keys_report_every_mistake_at_its_place() {
     assert_eq!((p.slow_start.as_secs(), p.close_spread.as_secs()), (30, 0));
     assert_eq!(p.server_keepalive, Some(ucp_lb::config::Keepalive::DEFAULT));
 }
+
+/// A mistake in `[defaults]`' client_keepalive is one mistake, at its own
+/// key, however many listeners inherit it.
+#[test]
+fn a_defaults_keepalive_mistake_is_reported_once_at_its_key() {
+    let text = "[[listener]]\nbind = \"127.0.0.1:1\"\npool = \"p\"\n[[listener]]\nbind = \"127.0.0.1:2\"\npool = \"p\"\n\
+                [defaults]\nclient_keepalive = { count = 0 }\n[pool.p]\nservers = [\"127.0.0.1:9\"]\n";
+    let e = ucp_lb::config::parse(text, "bad.toml").unwrap_err();
+    let lines: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        lines,
+        ["bad.toml:8:30: defaults.client_keepalive.count: expected an integer from 1 to 127, found 0"],
+        "{lines:?}"
+    );
+}

@@ -90,6 +90,12 @@ impl Validator<'_> {
             pools.push(PoolConfig { name: Arc::from(name.as_str()), settings, origins, servers, health });
         }
 
+        // `[defaults]`'s client_keepalive, checked once, under its own key,
+        // for every listener without its own.
+        let default_client_keepalive = match &raw.client_keepalive {
+            Some(v) => self.keepalive(v, "defaults.client_keepalive"),
+            None => Some(Keepalive::DEFAULT),
+        };
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         let mut bind_spans: Vec<(SocketAddr, Range<usize>)> = Vec::new();
         if raw.listener.is_empty() {
@@ -163,9 +169,9 @@ impl Validator<'_> {
                 open: self.limit(lr.max_connections_per_client.as_ref(), &key, "max_connections_per_client"),
                 rate: self.limit(lr.max_connection_rate_per_client.as_ref(), &key, "max_connection_rate_per_client"),
             };
-            let client_keepalive = match lr.client_keepalive.as_ref().or(raw.client_keepalive.as_ref()) {
+            let client_keepalive = match &lr.client_keepalive {
                 Some(v) => self.keepalive(v, &format!("{key}.client_keepalive")),
-                None => Some(Keepalive::DEFAULT),
+                None => default_client_keepalive,
             };
             if let (Some(bind), Some(pool)) = (bind, pool) {
                 listeners.push(ListenerConfig {
