@@ -6,7 +6,7 @@
 //! FIFO nobody reads, a full disk, a hung mount) stalls only that thread:
 //! lines are dropped and counted, connections go on. `SIGUSR1` makes the
 //! writer close and reopen its files (logrotate's convention, as nginx).
-//! The writer and its counters are per process.
+//! The writer and its counters are per balancer ([`Writer`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -130,74 +130,103 @@ pub struct Record {
     pub end: End,
 }
 
-static DROPPED: AtomicU64 = AtomicU64::new(0);
-static WRITTEN: AtomicU64 = AtomicU64::new(0);
-static REOPEN: AtomicBool = AtomicBool::new(false);
-
 enum Msg {
     Line(Arc<AccessLog>, Record),
     /// Wake the writer (to reopen, or to flush and answer).
     Wake(Option<std::sync::mpsc::Sender<()>>),
 }
 
-fn writer() -> &'static SyncSender<Msg> {
-    static TX: OnceLock<SyncSender<Msg>> = OnceLock::new();
-    TX.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-        // A thread of its own: writing may block (a FIFO, a full disk);
-        // nothing else waits for it.
-        let _ = std::thread::Builder::new().name("ucp-lb-access-log".into()).spawn(move || write_loop(rx));
-        tx
-    })
-}
+/// One balancer's access-log writer: the queue to its thread (started with
+/// the first line) and its counters. Cloned into each logged connection's
+/// [`Entry`]; the thread ends once the balancer and its connections are
+/// gone (its queue's senders dropped).
+#[derive(Clone, Default)]
+pub struct Writer(Arc<Inner>);
 
-/// Queues `record` for `log`; never blocks. A line that finds the queue
-/// full is dropped and counted.
-pub fn log(log: &Arc<AccessLog>, record: Record) {
-    match writer().try_send(Msg::Line(log.clone(), record)) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-            DROPPED.fetch_add(1, Relaxed);
-        }
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("access_log::Writer")
     }
 }
 
-/// Lines dropped because the writer could not keep up, since the start.
-pub fn dropped() -> u64 {
-    DROPPED.load(Relaxed)
+#[derive(Default)]
+struct Inner {
+    tx: OnceLock<SyncSender<Msg>>,
+    counts: Arc<Counts>,
 }
 
-/// Lines written since the start.
-pub fn written() -> u64 {
-    WRITTEN.load(Relaxed)
+/// What the writer has done, read by the status view.
+#[derive(Default)]
+struct Counts {
+    dropped: AtomicU64,
+    written: AtomicU64,
+    reopen: AtomicBool,
 }
 
-/// Closes and reopens every log file at the next line (SIGUSR1): after
-/// logrotate moved a file, new lines go to a new one at its path.
-pub fn reopen() {
-    REOPEN.store(true, Relaxed);
-    let _ = writer().try_send(Msg::Wake(None));
-}
+impl Writer {
+    fn queue(&self) -> &SyncSender<Msg> {
+        self.0.tx.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+            let counts = self.0.counts.clone();
+            // A thread of its own: writing may block (a FIFO, a full disk);
+            // nothing else waits for it.
+            let _ = std::thread::Builder::new().name("ucp-lb-access-log".into()).spawn(move || write_loop(rx, &counts));
+            tx
+        })
+    }
 
-/// Waits up to `limit` for the lines queued so far to be written (at exit).
-pub fn flush(limit: Duration) {
-    let (done, wait) = std::sync::mpsc::channel();
-    if writer().try_send(Msg::Wake(Some(done))).is_ok() {
-        let _ = wait.recv_timeout(limit);
+    /// Queues `record` for `log`; never blocks. A line that finds the
+    /// queue full is dropped and counted.
+    pub fn log(&self, log: &Arc<AccessLog>, record: Record) {
+        match self.queue().try_send(Msg::Line(log.clone(), record)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.0.counts.dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Lines dropped because the writer could not keep up or write them.
+    pub fn dropped(&self) -> u64 {
+        self.0.counts.dropped.load(Relaxed)
+    }
+
+    /// Lines written.
+    pub fn written(&self) -> u64 {
+        self.0.counts.written.load(Relaxed)
+    }
+
+    /// Closes and reopens every log file at the next line (SIGUSR1): after
+    /// logrotate moved a file, new lines go to a new one at its path.
+    pub fn reopen(&self) {
+        self.0.counts.reopen.store(true, Relaxed);
+        if let Some(tx) = self.0.tx.get() {
+            let _ = tx.try_send(Msg::Wake(None));
+        }
+    }
+
+    /// Waits up to `limit` for the lines queued so far to be written (at
+    /// exit).
+    pub fn flush(&self, limit: Duration) {
+        let Some(tx) = self.0.tx.get() else { return };
+        let (done, wait) = std::sync::mpsc::channel();
+        if tx.try_send(Msg::Wake(Some(done))).is_ok() {
+            let _ = wait.recv_timeout(limit);
+        }
     }
 }
 
 type Files = HashMap<std::path::PathBuf, std::io::BufWriter<std::fs::File>>;
 
-fn write_loop(rx: Receiver<Msg>) {
+fn write_loop(rx: Receiver<Msg>, counts: &Counts) {
     let mut files = Files::new();
     let mut line = String::new();
     while let Ok(msg) = rx.recv() {
-        handle(msg, &mut files, &mut line);
+        handle(msg, &mut files, &mut line, counts);
         // Everything else waiting, then one flush: lines reach the files
         // as soon as the queue is empty.
         while let Ok(next) = rx.try_recv() {
-            handle(next, &mut files, &mut line);
+            handle(next, &mut files, &mut line, counts);
         }
         for f in files.values_mut() {
             let _ = f.flush();
@@ -205,8 +234,8 @@ fn write_loop(rx: Receiver<Msg>) {
     }
 }
 
-fn handle(msg: Msg, files: &mut Files, line: &mut String) {
-    if REOPEN.swap(false, Relaxed) {
+fn handle(msg: Msg, files: &mut Files, line: &mut String, counts: &Counts) {
+    if counts.reopen.swap(false, Relaxed) {
         for (_, mut f) in files.drain() {
             let _ = f.flush();
         }
@@ -230,7 +259,7 @@ fn handle(msg: Msg, files: &mut Files, line: &mut String) {
                     files.get_mut(path).is_some_and(|f| f.write_all(line.as_bytes()).is_ok())
                 }
             };
-            let counter = if ok { &WRITTEN } else { &DROPPED };
+            let counter = if ok { &counts.written } else { &counts.dropped };
             counter.fetch_add(1, Relaxed);
         }
         Msg::Wake(done) => {
@@ -384,6 +413,7 @@ mod tests {
 /// process ending after the shutdown grace), written then as `shutdown`.
 #[derive(Debug)]
 pub struct Entry {
+    writer: Writer,
     log: Arc<AccessLog>,
     record: Record,
     started: tokio::time::Instant,
@@ -391,8 +421,15 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(log: Arc<AccessLog>, client: SocketAddr, listener: SocketAddr, pool: Arc<str>) -> Entry {
+    pub fn new(
+        writer: &Writer,
+        log: Arc<AccessLog>,
+        client: SocketAddr,
+        listener: SocketAddr,
+        pool: Arc<str>,
+    ) -> Entry {
         Entry {
+            writer: writer.clone(),
             log,
             record: Record {
                 at: SystemTime::now(),
@@ -462,7 +499,7 @@ impl Entry {
         self.written = true;
         self.record.at = SystemTime::now();
         self.record.duration = self.started.elapsed();
-        log(&self.log, self.record.clone());
+        self.writer.log(&self.log, self.record.clone());
     }
 }
 
@@ -474,11 +511,11 @@ impl Drop for Entry {
 }
 
 /// Reopens the log files on every SIGUSR1 until shutdown.
-pub async fn on_sigusr1() {
+pub async fn on_sigusr1(writer: Writer) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut usr1) = signal(SignalKind::user_defined1()) else { return };
     while usr1.recv().await.is_some() {
         tracing::info!("SIGUSR1: reopening the access log files");
-        reopen();
+        writer.reopen();
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::changes::Changes;
 use crate::history::{History, now};
 use tracing::{info, warn};
 
@@ -140,6 +141,7 @@ pub struct Check {
     first: watch::Sender<CheckState>,
     /// Told of every change of state.
     history: Arc<History>,
+    changes: Arc<Changes>,
     /// When the state last changed, Unix seconds (0: never).
     since: AtomicU64,
     /// When it last went from down to up: where the slow start of the
@@ -159,7 +161,7 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn new(label: String, rise: u32, fall: u32, history: Arc<History>) -> Check {
+    pub fn new(label: String, rise: u32, fall: u32, history: Arc<History>, changes: Arc<Changes>) -> Check {
         Check {
             label,
             rise,
@@ -168,6 +170,7 @@ impl Check {
             state: AtomicU8::new(CheckState::Unknown as u8),
             first: watch::Sender::new(CheckState::Unknown),
             history,
+            changes,
             since: AtomicU64::new(0),
             back_at: Mutex::new(None),
             reason: Mutex::new(None),
@@ -292,8 +295,9 @@ impl Check {
             self.first.send_replace(new);
             // A first result that is up is how every server starts: no event
             // for it, but one for everything else.
+            self.changes.notify();
             match (was, new, &failure) {
-                (CheckState::Unknown, CheckState::Up, _) => self.history.wake(),
+                (CheckState::Unknown, CheckState::Up, _) => {}
                 (_, CheckState::Down, Some(reason)) => {
                     self.history.record("server down", None, Some(&self.label), reason.clone())
                 }
@@ -347,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_backend_cannot_forge_a_log_line_or_flood_the_status() {
-        let c = Check::new("http://x/_ping".into(), 1, 1, Arc::default());
+        let c = Check::new("http://x/_ping".into(), 1, 1, Arc::default(), Arc::default());
         let forged =
             "body: Healthy is false (Error: x\n2026-01-01T00:00:00Z  INFO ucp_lb: admin token replaced\u{1b}[2J)";
         c.record(Some(forged.into()), None, Duration::ZERO);
@@ -361,7 +365,7 @@ mod tests {
     #[test]
     fn a_change_of_state_is_recorded_and_a_repeat_is_not() {
         let history = Arc::new(History::default());
-        let c = Check::new("tcp://x".into(), 1, 1, history.clone());
+        let c = Check::new("tcp://x".into(), 1, 1, history.clone(), Default::default());
         c.record(Some("connect refused".into()), None, Duration::ZERO);
         assert_eq!(c.state(), CheckState::Down);
         assert!(c.since().is_some());

@@ -30,7 +30,7 @@ use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -39,9 +39,9 @@ use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::closing::Closing;
+use crate::closing::{self, Closing};
 use crate::config::Keepalive;
-use crate::handover;
+use crate::conns::{Conns, Registration};
 use crate::splice::{self, Burst, BurstError};
 
 // 32 KiB: on loopback (MTU 64 KiB) a 64 KiB write leaves a 53-byte tail
@@ -52,44 +52,32 @@ const BUF_SIZE: usize = 32 * 1024;
 /// Free buffers kept per worker thread; more are freed.
 const POOL_MAX: usize = 32;
 
-/// Directions of all connections now in a bulk transfer (their last wake
-/// read at least a full buffer). Changed only when a direction enters or
-/// leaves that state, never per read.
-static BULK: AtomicUsize = AtomicUsize::new(0);
-
-/// Set by `UCP_LB_SPLICE=shared`: splice only bursts that share the
-/// proxy with another bulk transfer (the rule before 2026-11-30), so the
-/// bench can compare it with the default.
-static SPLICE_SHARED_ONLY: AtomicBool = AtomicBool::new(false);
-
-/// Makes only bulk bursts that run beside another splice (`true`), or
-/// every bulk burst (`false`, the default).
-pub fn splice_shared_only(on: bool) {
-    SPLICE_SHARED_ONLY.store(on, Relaxed);
+/// One direction's place in its balancer's count of bulk transfers
+/// ([`Conns::bulk`]); leaves it when dropped.
+struct BulkMark<'a> {
+    on: bool,
+    conns: &'a Conns,
 }
 
-/// One direction's place in `BULK`; leaves it when dropped.
-struct BulkMark(bool);
-
-impl BulkMark {
+impl BulkMark<'_> {
     fn set(&mut self, on: bool) {
-        if on != self.0 {
-            self.0 = on;
+        if on != self.on {
+            self.on = on;
             if on {
-                BULK.fetch_add(1, Relaxed);
+                self.conns.bulk.fetch_add(1, Relaxed);
             } else {
-                BULK.fetch_sub(1, Relaxed);
+                self.conns.bulk.fetch_sub(1, Relaxed);
             }
         }
     }
 
     /// Whether this direction's next burst goes through a pipe.
     fn splice(&self) -> bool {
-        self.0 && (!SPLICE_SHARED_ONLY.load(Relaxed) || BULK.load(Relaxed) > 1)
+        self.on && (!self.conns.splice_shared_only || self.conns.bulk.load(Relaxed) > 1)
     }
 }
 
-impl Drop for BulkMark {
+impl Drop for BulkMark<'_> {
     fn drop(&mut self) {
         self.set(false);
     }
@@ -144,7 +132,7 @@ pub enum End {
         kind: io::ErrorKind,
     },
     /// Stopped with no bytes in hand, to move to the process that took
-    /// over ([`crate::handover`]); the sockets are still open.
+    /// ([`Conns::stop_into`]); the sockets are still open.
     Moving,
     /// Its server went down and its pool closes such sessions
     /// ([`crate::closing`]).
@@ -177,13 +165,15 @@ pub struct Outcome {
     pub server_done: bool,
 }
 
-/// What a connection's pool asks of it besides passing bytes: its idle
-/// timeout, the server socket's keepalive to set once it has lived past
-/// [`handover::LATE`] (`None`: none, or set already), and its server's
+/// What a connection's balancer and pool ask of it besides passing bytes:
+/// the balancer's shared connection state (stop requests, counters), its
+/// idle timeout, the server socket's keepalive to set once it has lived
+/// past [`crate::conns::LATE`] (`None`: none, or set already), and its server's
 /// close orders. References only: each is a field of every connection's
 /// future for its life.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct Policy<'a> {
+    pub conns: &'a Conns,
     pub idle: Option<&'a Duration>,
     pub late_keepalive: Option<&'a Keepalive>,
     pub closing: Option<&'a Closing>,
@@ -287,7 +277,7 @@ impl Meter<'_> {
 /// `least_conn` stops counting a server's finished connection while the
 /// client still holds its half open.
 ///
-/// Once [`handover::requested`], each direction stops where it holds no
+/// Once [`Conns::stopping`], each direction stops where it holds no
 /// bytes, and the connection ends as [`End::Moving`] with both sockets
 /// open; `resume` starts one moved here from another process.
 ///
@@ -306,7 +296,7 @@ pub fn bidirectional<'a, L: Send + 'a>(
     // life: references and options of references, 8 bytes each, where a
     // value would be 16 or more.)
     async move {
-        let Policy { idle, late_keepalive, closing } = policy;
+        let Policy { conns, idle, late_keepalive, closing } = policy;
         let resume = resume.copied().unwrap_or_default();
         if resume.server_done {
             load = None;
@@ -315,146 +305,43 @@ pub fn bidirectional<'a, L: Send + 'a>(
         // connection keeps no clock.
         let clock = idle.map(|_| Box::new(Activity { start: Instant::now(), last: AtomicU64::new(0) }));
         let activity = clock.as_deref();
-        let up = Direction {
-            src: client,
-            dst: server,
-            src_side: Side::Client,
-            dst_side: Side::Server,
-            meter: Meter::new(totals.0, resume.to_server),
-            activity,
-            parked: AtomicBool::new(false),
-        };
-        let down = Direction {
-            src: server,
-            dst: client,
-            src_side: Side::Server,
-            dst_side: Side::Client,
-            meter: Meter::new(totals.1, resume.to_client),
-            activity,
-            parked: AtomicBool::new(false),
-        };
+        let up = Direction::new(client, server, Side::Client, Meter::new(totals.0, resume.to_server), activity, conns);
+        let down =
+            Direction::new(server, client, Side::Server, Meter::new(totals.1, resume.to_client), activity, conns);
         let (up_pipe, down_pipe) = (std::pin::pin!(up.pipe()), std::pin::pin!(down.pipe()));
-        // Everything the poll below changes is made in this block and moved
-        // into its closure, which is then the one place it is kept: bound
-        // as locals of the connection's future instead, each would take
-        // room there as well as a reference in the closure.
+        // Everything the poll below changes is made here and moved into its
+        // closure, which is then the one place it is kept: bound as locals
+        // of the connection's future instead, each would take room there
+        // as well as a reference in the closure.
         let (end, first_closed, done) = {
-            // Both directions (client to server first), each with whether
-            // it has passed its EOF on.
-            let mut pipes = [(up_pipe, resume.client_done), (down_pipe, resume.server_done)];
-            let side = |i: usize| if i == 0 { Side::Client } else { Side::Server };
-            let sock = |s: Side| if s == Side::Client { client } else { server };
-            let mut first_closed = resume.first_closed;
-            // Once one direction has passed its EOF on, nothing reads its
-            // source any more, so a peer that then goes (a reset, a
-            // keepalive timeout) would never be noticed while the other
-            // direction stays quiet: its socket is watched for an error from
-            // then on. Boxed, and only for half-closed connections.
-            let mut gone: Option<(Side, ErrorWatch<'a>)> = match (resume.client_done, resume.server_done) {
-                (true, false) => Some((Side::Client, Box::pin(client.ready(Interest::ERROR)))),
-                (false, true) => Some((Side::Server, Box::pin(server.ready(Interest::ERROR)))),
-                _ => None,
+            let mut both = Both {
+                client,
+                server,
+                conns,
+                // Client to server first, each with whether it has passed
+                // its EOF on.
+                pipes: [(up_pipe, resume.client_done), (down_pipe, resume.server_done)],
+                parked: [&up.parked, &down.parked],
+                first_closed: resume.first_closed,
+                // A connection moved here half-closed watches its finished
+                // side from the start.
+                gone: match (resume.client_done, resume.server_done) {
+                    (true, false) => Some((Side::Client, Box::pin(client.ready(Interest::ERROR)))),
+                    (false, true) => Some((Side::Server, Box::pin(server.ready(Interest::ERROR)))),
+                    _ => None,
+                },
+                registration: None,
+                closing: closing.map(Closing::watch),
+                // Boxed, and only when there is an idle timeout: the default
+                // (none) costs a connection nothing.
+                idle_expired: activity.zip(idle).map(|(c, d)| Box::pin(c.expired(*d))),
+                late_keepalive,
+                load: &mut load,
             };
-            // This connection's waker, for an upgrade to reach it while idle.
-            let mut registration: Option<handover::Registration> = None;
-            let mut closing = closing.map(Closing::watch);
-            // Boxed, and only when there is an idle timeout: the default
-            // (none) costs a connection nothing.
-            let mut idle_expired = activity.zip(idle).map(|(c, d)| Box::pin(c.expired(*d)));
-            // The server socket's keepalive, until it is set (once the
-            // connection has lived past handover::LATE; the registry wakes
-            // it then, so it holds no timer for it).
-            let mut late_keepalive = late_keepalive;
-            let (up, down, load) = (&up, &down, &mut load);
             // Polled by hand rather than with select!, whose state would sit
             // in every connection's future.
             std::future::poll_fn(move |cx| {
-                let end: Poll<End> = 'poll: {
-                    if registration.is_none() {
-                        registration = Some(handover::register(cx.waker()));
-                    }
-                    for i in 0..2 {
-                        let (pipe, done) = &mut pipes[i];
-                        if *done {
-                            continue;
-                        }
-                        match pipe.as_mut().poll(cx) {
-                            Poll::Ready(Ok(())) => {
-                                *done = true;
-                                let s = side(i);
-                                first_closed.get_or_insert(s);
-                                // The server has closed its side: the
-                                // connection no longer counts against it,
-                                // before the client can see the FIN and come
-                                // back.
-                                if s == Side::Server {
-                                    *load = None;
-                                }
-                                if !pipes[1 - i].1 {
-                                    // The first EOF: passed on as a half-close
-                                    // while the other direction goes on. (After
-                                    // the second, the caller closes both
-                                    // sockets, which sends the FIN: nothing is
-                                    // left unread on either.)
-                                    let other = side(1 - i);
-                                    if let Err(e) = SockRef::from(sock(other)).shutdown(Shutdown::Write)
-                                        && e.kind() != io::ErrorKind::NotConnected
-                                    {
-                                        break 'poll Poll::Ready(End::Error { side: other, kind: e.kind() });
-                                    }
-                                    gone = Some((s, Box::pin(sock(s).ready(Interest::ERROR))));
-                                }
-                            }
-                            Poll::Ready(Err(PipeError { side, err })) => {
-                                break 'poll Poll::Ready(End::Error { side, kind: err.kind() });
-                            }
-                            Poll::Pending => {}
-                        }
-                    }
-                    if pipes.iter().all(|p| p.1) {
-                        break 'poll Poll::Ready(End::Closed);
-                    }
-                    // Both directions stopped without bytes in hand (or
-                    // finished): the sockets are the whole connection now.
-                    if handover::requested()
-                        && (pipes[0].1 || up.parked.load(Relaxed))
-                        && (pipes[1].1 || down.parked.load(Relaxed))
-                    {
-                        break 'poll Poll::Ready(End::Moving);
-                    }
-                    if let Some((s, watch)) = gone.as_mut()
-                        && let Poll::Ready(r) = watch.as_mut().poll(cx)
-                    {
-                        let kind = match r {
-                            Err(e) => e.kind(),
-                            Ok(_) => sock(*s)
-                                .take_error()
-                                .ok()
-                                .flatten()
-                                .map_or(io::ErrorKind::ConnectionReset, |e| e.kind()),
-                        };
-                        break 'poll Poll::Ready(End::Error { side: *s, kind });
-                    }
-                    if let Some(Poll::Ready(())) = idle_expired.as_mut().map(|t| t.as_mut().poll(cx)) {
-                        break 'poll Poll::Ready(End::IdleTimeout);
-                    }
-                    if let Some(Poll::Ready(())) = closing.as_mut().map(|w| w.poll(cx)) {
-                        break 'poll Poll::Ready(End::ServerDown);
-                    }
-                    if late_keepalive.is_some() && registration.as_ref().is_some_and(handover::Registration::late) {
-                        // Idle dead peers are found by keepalive (by default
-                        // 60 s, then 10 s x 6). The client socket inherits it
-                        // from the listener; the server socket gets it here,
-                        // on connections that last: four syscalls saved on
-                        // every short one. Its timer counts from the last
-                        // segment, so setting it late changes nothing while
-                        // `idle` is at least handover::LATEST (shorter ones
-                        // are set at connect).
-                        let _ = crate::net::set_keepalive(SockRef::from(server), late_keepalive.take());
-                    }
-                    Poll::Pending
-                };
-                end.map(|end| (end, first_closed, [pipes[0].1, pipes[1].1]))
+                both.poll(cx).map(|end| (end, both.first_closed, [both.pipes[0].1, both.pipes[1].1]))
             })
         }
         .await;
@@ -471,6 +358,144 @@ pub fn bidirectional<'a, L: Send + 'a>(
     }
 }
 
+/// Both directions of a connection as [`bidirectional`] polls them, with
+/// what watches them besides (a finished side's errors, the idle timer,
+/// close orders, the late keepalive).
+struct Both<'a, 'p, P, I, L> {
+    client: &'a TcpStream,
+    server: &'a TcpStream,
+    conns: &'a Conns,
+    pipes: [(Pin<&'p mut P>, bool); 2],
+    /// Each direction waits with nothing in hand.
+    parked: [&'p AtomicBool; 2],
+    first_closed: Option<Side>,
+    /// Once one direction has passed its EOF on, nothing reads its source
+    /// any more, so a peer that then goes (a reset, a keepalive timeout)
+    /// would never be noticed while the other direction stays quiet: its
+    /// socket is watched for an error from then on. Boxed, and only for
+    /// half-closed connections.
+    gone: Option<(Side, ErrorWatch<'a>)>,
+    /// This connection's waker, for a stop request or close order to reach
+    /// it while idle, and for its late wake.
+    registration: Option<Registration<'a>>,
+    closing: Option<closing::Watch<'a>>,
+    idle_expired: Option<Pin<Box<I>>>,
+    /// The server socket's keepalive, until it is set (once the connection
+    /// has lived past [`crate::conns::LATE`]; the registry wakes it then, so it
+    /// holds no timer for it).
+    late_keepalive: Option<&'a Keepalive>,
+    load: &'p mut Option<L>,
+}
+
+impl<'a, P, I, L> Both<'a, '_, P, I, L>
+where
+    P: Future<Output = Result<(), PipeError>>,
+    I: Future<Output = ()>,
+{
+    fn sock(&self, s: Side) -> &'a TcpStream {
+        if s == Side::Client { self.client } else { self.server }
+    }
+
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<End> {
+        if self.registration.is_none() {
+            self.registration = Some(self.conns.register(cx.waker()));
+        }
+        if let Some(end) = self.poll_pipes(cx) {
+            return Poll::Ready(end);
+        }
+        if self.pipes.iter().all(|p| p.1) {
+            return Poll::Ready(End::Closed);
+        }
+        // Both directions stopped without bytes in hand (or finished): the
+        // sockets are the whole connection now.
+        if self.conns.stopping() && (0..2).all(|i| self.pipes[i].1 || self.parked[i].load(Relaxed)) {
+            return Poll::Ready(End::Moving);
+        }
+        if let Some(end) = self.poll_watches(cx) {
+            return Poll::Ready(end);
+        }
+        if self.late_keepalive.is_some() && self.registration.as_ref().is_some_and(Registration::late) {
+            // Idle dead peers are found by keepalive (by default 60 s, then
+            // 10 s x 6). The client socket inherits it from the listener;
+            // the server socket gets it here, on connections that last:
+            // four syscalls saved on every short one. Its timer counts from
+            // the last segment, so setting it late changes nothing while
+            // `idle` is at least conns::LATEST (shorter ones are set at
+            // connect).
+            let _ = crate::net::set_keepalive(SockRef::from(self.server), self.late_keepalive.take());
+        }
+        Poll::Pending
+    }
+
+    /// Polls both directions; an end if one broke the connection.
+    fn poll_pipes(&mut self, cx: &mut std::task::Context<'_>) -> Option<End> {
+        for i in 0..2 {
+            let (pipe, done) = &mut self.pipes[i];
+            if *done {
+                continue;
+            }
+            match pipe.as_mut().poll(cx) {
+                Poll::Ready(Ok(())) => {
+                    *done = true;
+                    let s = if i == 0 { Side::Client } else { Side::Server };
+                    if let Some(end) = self.eof(s, self.pipes[1 - i].1) {
+                        return Some(end);
+                    }
+                }
+                Poll::Ready(Err(PipeError { side, err })) => return Some(End::Error { side, kind: err.kind() }),
+                Poll::Pending => {}
+            }
+        }
+        None
+    }
+
+    /// Side `s` has sent its FIN; `other_done`: the other one had already.
+    fn eof(&mut self, s: Side, other_done: bool) -> Option<End> {
+        self.first_closed.get_or_insert(s);
+        // The server has closed its side: the connection no longer counts
+        // against it, before the client can see the FIN and come back.
+        if s == Side::Server {
+            *self.load = None;
+        }
+        if other_done {
+            // The second EOF: the caller closes both sockets, which sends
+            // the FIN; nothing is left unread on either.
+            return None;
+        }
+        // The first EOF: passed on as a half-close while the other
+        // direction goes on.
+        let other = if s == Side::Client { Side::Server } else { Side::Client };
+        if let Err(e) = SockRef::from(self.sock(other)).shutdown(Shutdown::Write)
+            && e.kind() != io::ErrorKind::NotConnected
+        {
+            return Some(End::Error { side: other, kind: e.kind() });
+        }
+        self.gone = Some((s, Box::pin(self.sock(s).ready(Interest::ERROR))));
+        None
+    }
+
+    /// A finished side gone, the idle timeout, a close order.
+    fn poll_watches(&mut self, cx: &mut std::task::Context<'_>) -> Option<End> {
+        if let Some((s, watch)) = self.gone.as_mut()
+            && let Poll::Ready(r) = watch.as_mut().poll(cx)
+        {
+            let s = *s;
+            let kind = match r {
+                Err(e) => e.kind(),
+                Ok(_) => self.sock(s).take_error().ok().flatten().map_or(io::ErrorKind::ConnectionReset, |e| e.kind()),
+            };
+            return Some(End::Error { side: s, kind });
+        }
+        if let Some(Poll::Ready(())) = self.idle_expired.as_mut().map(|t| t.as_mut().poll(cx)) {
+            return Some(End::IdleTimeout);
+        }
+        if let Some(Poll::Ready(())) = self.closing.as_mut().map(|w| w.poll(cx)) {
+            return Some(End::ServerDown);
+        }
+        None
+    }
+}
+
 /// One direction of a connection: what [`Direction::pipe`] needs, kept in
 /// one place so its future holds a single reference.
 struct Direction<'a> {
@@ -483,9 +508,22 @@ struct Direction<'a> {
     /// Waiting for its source with nothing in hand: where a connection
     /// may stop and move.
     parked: AtomicBool,
+    conns: &'a Conns,
 }
 
-impl Direction<'_> {
+impl<'a> Direction<'a> {
+    fn new(
+        src: &'a TcpStream,
+        dst: &'a TcpStream,
+        src_side: Side,
+        meter: Meter<'a>,
+        activity: Option<&'a Activity>,
+        conns: &'a Conns,
+    ) -> Direction<'a> {
+        let dst_side = if src_side == Side::Client { Side::Server } else { Side::Client };
+        Direction { src, dst, src_side, dst_side, meter, activity, parked: AtomicBool::new(false), conns }
+    }
+
     fn read_err(&self, err: io::Error) -> PipeError {
         PipeError { side: self.src_side, err }
     }
@@ -515,13 +553,13 @@ impl Direction<'_> {
             // In a bulk transfer: the last wake moved at least a buffer's
             // worth. When it splices, the next wake starts in the pipe
             // instead of copying its first 32 KiB through user space.
-            let mut bulk = BulkMark(false);
+            let mut bulk = BulkMark { on: false, conns: self.conns };
             loop {
                 // Everything read so far is written: the server's totals get
                 // it before the wait, which may be long.
                 self.meter.flush();
                 self.parked.store(true, Relaxed);
-                if handover::requested() {
+                if self.conns.stopping() {
                     // Stopped for good: the next bytes stay in the kernel
                     // for the process that takes the socket over.
                     std::future::pending::<()>().await;
@@ -530,12 +568,12 @@ impl Direction<'_> {
                 // slot; `readable()` would put a 152-byte waiter in this
                 // future, which an idle connection carries for its whole life.
                 std::future::poll_fn(|cx| src.poll_read_ready(cx)).await.map_err(|e| self.read_err(e))?;
-                if handover::requested() {
+                if self.conns.stopping() {
                     continue;
                 }
                 self.parked.store(false, Relaxed);
                 if bulk.splice() {
-                    match Box::pin(splice::burst(src, dst, |n| self.count(n))).await {
+                    match Box::pin(splice::burst(src, dst, self.conns, |n| self.count(n))).await {
                         Ok(Burst::Drained(n)) => {
                             bulk.set(n >= BUF_SIZE);
                             continue;
@@ -567,7 +605,7 @@ impl Direction<'_> {
                                 Err(e) => return Err(self.write_err(e)),
                             }
                             self.count(n);
-                            if handover::requested() {
+                            if self.conns.stopping() {
                                 // Everything read is written: stop here.
                                 break;
                             }
@@ -588,7 +626,7 @@ impl Direction<'_> {
                             drop(buf);
                             // Boxed: its state exists only during a burst, and
                             // an idle connection's future stays small.
-                            match Box::pin(splice::burst(src, dst, |n| self.count(n))).await {
+                            match Box::pin(splice::burst(src, dst, self.conns, |n| self.count(n))).await {
                                 Ok(Burst::Drained(n)) => {
                                     bulk.set(n >= BUF_SIZE);
                                     break;

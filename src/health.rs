@@ -19,10 +19,10 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
+use crate::changes::Changes;
 use crate::check::Check;
 use crate::config::{CheckKind, Config, ConfigError, HealthConfig, HostPort};
 use crate::history::History;
-use crate::metrics::Metrics;
 use crate::probe::{self, ProbeTarget};
 use crate::tls;
 
@@ -91,25 +91,24 @@ pub fn tls_configs(config: &Config) -> Result<TlsConfigs, Vec<ConfigError>> {
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 
-/// The probes of the running process, by target, and their TLS configs.
+/// The probes of one load balancer, by target.
 #[derive(Default)]
 pub struct Health {
     checks: Mutex<HashMap<String, Weak<Check>>>,
-    pub metrics: Arc<Metrics>,
-    /// Told of every change of a check (and, through the pools, of every
-    /// other change of state).
-    pub history: Arc<History>,
 }
 
 impl Health {
     /// The check of server `name` at `addr` under `h`: the existing one for
-    /// the same target and settings, or a new one with its probe task.
+    /// the same target and settings, or a new one with its probe task. A
+    /// new check records its changes in `history` and signals them on
+    /// `changes` (the balancer's).
     pub fn check_for(
         &self,
         h: &HealthConfig,
-        name: &HostPort,
-        addr: SocketAddr,
+        (name, addr): (&HostPort, SocketAddr),
         tls: &TlsConfigs,
+        history: &Arc<History>,
+        changes: &Arc<Changes>,
     ) -> Option<Arc<Check>> {
         let addr = SocketAddr::new(addr.ip(), h.port.unwrap_or(addr.port()));
         let target = target(h, name, addr, tls)?;
@@ -134,7 +133,8 @@ impl Health {
             return Some(c);
         }
         checks.retain(|_, w| w.strong_count() > 0);
-        let check = Arc::new(Check::new(target.label.clone(), target.rise, target.fall, self.history.clone()));
+        let check =
+            Arc::new(Check::new(target.label.clone(), target.rise, target.fall, history.clone(), changes.clone()));
         checks.insert(key.clone(), Arc::downgrade(&check));
         let offset = jitter(&key, target.interval);
         tokio::spawn(probe_loop(target, Arc::downgrade(&check), offset));
@@ -231,7 +231,9 @@ mod tests {
         let h = Health::default();
         let cfg = HealthConfig { kind: CheckKind::Tcp, interval: Duration::from_secs(2), ..HealthConfig::default() };
         let name = HostPort { host: "127.0.0.1".into(), port: 1 };
-        let check = h.check_for(&cfg, &name, "127.0.0.1:1".parse().unwrap(), &TlsConfigs::new()).unwrap();
+        let feed = (Arc::default(), Arc::default());
+        let check =
+            h.check_for(&cfg, (&name, "127.0.0.1:1".parse().unwrap()), &TlsConfigs::new(), &feed.0, &feed.1).unwrap();
         check.first_result().await;
         assert_eq!(check.probes.load(Relaxed), 1, "the first probe runs at once");
         tokio::time::sleep(Duration::from_secs(2) + Duration::from_millis(200)).await;

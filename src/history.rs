@@ -3,16 +3,15 @@
 //! overrides, reloads, pools losing and regaining their servers) and, per
 //! pool, open and new connections over the last 15 minutes.
 //!
-//! Every change goes through [`History::record`], which also wakes whoever
-//! follows pool state (`status::follow`). A leaf: the callers (checks,
-//! connections, the admin API, reloads, the watcher) say what changed.
+//! Every event goes through [`History::record`]. A leaf: the callers
+//! (checks, connections, the admin API, reloads, the watcher) say what
+//! happened, and wake the watcher themselves where state changed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::Notify;
 
 /// State changes kept.
 pub const EVENTS: usize = 100;
@@ -55,17 +54,16 @@ pub struct Sample {
     pub total: u64,
 }
 
-/// The change feed and memory of one load balancer.
+/// The memory of one load balancer: its events and traffic samples. (The
+/// change signal is [`crate::changes::Changes`].)
 #[derive(Debug, Default)]
 pub struct History {
-    wake: Notify,
     events: Mutex<VecDeque<Event>>,
     samples: Mutex<BTreeMap<String, VecDeque<Sample>>>,
 }
 
 impl History {
-    /// Keeps `event` (the oldest beyond [`EVENTS`] go) and wakes the
-    /// watcher.
+    /// Keeps `event` (the oldest beyond [`EVENTS`] go).
     pub fn record(&self, what: &'static str, pool: Option<&str>, server: Option<&str>, detail: impl Into<String>) {
         let e = Event {
             at: now(),
@@ -79,20 +77,6 @@ impl History {
             events.pop_front();
         }
         events.push_back(e);
-        drop(events);
-        self.wake();
-    }
-
-    /// Wakes the watcher without recording anything (a new snapshot).
-    pub fn wake(&self) {
-        // notify_one keeps a permit when nobody waits: nothing is missed.
-        self.wake.notify_one();
-    }
-
-    /// Resolves at the next change (or at once if one came since the last
-    /// wait).
-    pub async fn changed(&self) {
-        self.wake.notified().await;
     }
 
     /// The kept events, newest first.

@@ -70,15 +70,14 @@ pub mod access_log;
 pub mod admin;
 pub mod admission;
 pub mod build_info;
-pub mod carry;
+pub mod changes;
 pub mod check;
 mod civil;
 pub mod closing;
 pub mod config;
-pub mod control;
+pub mod conns;
 pub mod copy;
 pub mod files;
-pub mod handover;
 pub mod health;
 pub mod history;
 pub mod lifecycle;
@@ -101,6 +100,7 @@ pub mod status;
 pub mod tls;
 pub mod token;
 pub mod upgrade;
+pub mod watch;
 
 use std::future::Future;
 
@@ -120,14 +120,13 @@ pub async fn start_loaded(loaded: lifecycle::Loaded) -> Result<Running, StartErr
     lifecycle::start(loaded, |sock, lb| tokio::spawn(admin::serve(sock, lb))).await
 }
 
-/// How [`run`] begins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Begin {
-    /// Binds everything itself.
-    Start,
-    /// Takes the listeners, state and connections over from the process
-    /// on the control socket (`ucp-lb --upgrade`).
-    Upgrade,
+pub use crate::upgrade::Begin;
+
+/// What a finished [`run`] leaves to its caller: the balancer's access-log
+/// writer, to flush the lines of the connections that end when the runtime
+/// is dropped.
+pub struct Ended {
+    pub access_log: access_log::Writer,
 }
 
 /// Runs until `signal` resolves, then shuts down gracefully; a second
@@ -135,7 +134,7 @@ pub enum Begin {
 /// whenever the config file's content changes. Ends by itself, once its
 /// connections have moved, when a new process takes over through the
 /// control socket.
-pub async fn run<F, S>(loaded: lifecycle::Loaded, mut signal: S, begin: Begin) -> Result<(), StartError>
+pub async fn run<F, S>(loaded: lifecycle::Loaded, mut signal: S, begin: Begin) -> Result<Option<Ended>, StartError>
 where
     S: FnMut() -> F,
     F: Future<Output = ()>,
@@ -144,72 +143,26 @@ where
     // handlers are installed when it is first polled, here): a SIGTERM
     // during the start stops the process cleanly instead of killing it.
     let mut first = std::pin::pin!(signal());
-    let control_cfg = loaded.config.admin.control_socket.clone();
     let serve_admin = |sock, lb| tokio::spawn(admin::serve(sock, lb));
-    let mut control = None;
-    let started = async {
-        // The process to take over from, if any. Nobody there (a first
-        // start, a start after a reboot): an ordinary start, so `--upgrade`
-        // can stay in a unit or a container's command. (Were a process
-        // holding the ports without a control socket, the bind would fail
-        // the start.)
-        let from = match (begin, control_cfg.path()) {
-            (Begin::Start, _) => None,
-            (Begin::Upgrade, None) => {
-                return Err(StartError::Upgrade("admin.control_socket is \"\": nothing to take over from".into()));
-            }
-            (Begin::Upgrade, Some(path)) => match control::occupant(path) {
-                Ok(control::Occupant::Nothing | control::Occupant::Stale) => {
-                    info!(path = %path.display(), "--upgrade: no running ucp-lb on the control socket: starting");
-                    None
-                }
-                _ => Some(path),
-            },
-        };
-        match from {
-            None => {
-                control = upgrade::control_socket(&control_cfg, false)?;
-                Ok((lifecycle::start(loaded, serve_admin).await?, None))
-            }
-            Some(path) => match upgrade::take_over(path, loaded, serve_admin).await {
-                Ok((running, link)) => Ok((running, Some(link))),
-                Err(upgrade::UpgradeError::Start(e)) => Err(e),
-                Err(e) => Err(StartError::Upgrade(e.to_string())),
-            },
-        }
-    };
-    let (mut running, link) = tokio::select! {
+    let (mut running, control) = tokio::select! {
         biased;
         _ = &mut first => {
             info!("stopped before the start was complete");
-            return Ok(());
+            return Ok(None);
         }
-        r = started => r?,
+        r = upgrade::begin(loaded, begin, serve_admin) => r?,
     };
-    if let Some(link) = link {
-        // This process's own control socket, in place of the old one's.
-        control = upgrade::control_socket(&control_cfg, true).unwrap_or_else(|e| {
-            tracing::error!("{e}: this process cannot be upgraded in place");
-            None
-        });
-        running.adopt(tokio::spawn(upgrade::receive(link, running.lb.clone())));
-    }
-    running.adopt(tokio::spawn(access_log::on_sigusr1()));
+    let ended = Ended { access_log: running.lb.shared.own.conns.access_log.clone() };
+    running.adopt(tokio::spawn(access_log::on_sigusr1(ended.access_log.clone())));
     if let Some(path) = running.lb.shared.snapshot.load().config.path.clone() {
         running.adopt(tokio::spawn(reload::on_sighup(running.lb.clone())));
         running.adopt(tokio::spawn(reload::watch_file(running.lb.clone(), path)));
     }
-    let handed_over = async {
-        match &control {
-            Some(c) => upgrade::serve(c, running.lb.clone()).await,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         _ = first => {}
-        _ = handed_over => {
+        _ = control.handed_over(running.lb.clone()) => {
             running.stop_background();
-            return Ok(());
+            return Ok(Some(ended));
         }
     }
     // The stop grace first (/healthz already 503, listeners still accept);
@@ -222,8 +175,6 @@ where
         _ = running.shutdown() => info!("stopped"),
         _ = signal() => tracing::warn!("second signal: stopping now, cutting open connections"),
     }
-    if let Some(c) = &control {
-        c.remove();
-    }
-    Ok(())
+    control.remove();
+    Ok(Some(ended))
 }

@@ -25,14 +25,14 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, AdminState, Config, ConfigError, ConfigErrors};
 use crate::files::READ_TIMEOUT;
-use crate::health::{self, Health, TlsConfigs};
+use crate::health::{self, TlsConfigs};
 use crate::listener::{BindError, ListenerState, Listeners};
 use crate::resolve;
 use crate::shutdown::Shutdown;
-use crate::snapshot::{Resolved, Shared, Snapshot};
-use crate::state::States;
+use crate::snapshot::{Owners, Resolved, Shared, Snapshot};
 use crate::status::{self, Phase, PoolStatus, ReloadStatus, View};
 use crate::token::{self, Token};
+use crate::watch;
 
 /// The environment variable that overrides `workers`.
 pub const WORKERS_ENV: &str = "UCP_LB_WORKERS";
@@ -209,12 +209,15 @@ pub enum ReloadError {
 
 /// What a process taking over (`ucp-lb --upgrade`) got from the one
 /// before it: listening sockets, the admin socket, the servers' state.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Inherited {
     pub listeners: Vec<crate::listener::Inherited>,
     /// The admin socket, with the `[admin] listen` it was bound for.
     pub admin: Option<(SocketAddr, std::os::fd::OwnedFd)>,
-    pub servers: Vec<crate::carry::Server>,
+    /// Puts the servers' state taken over into the first snapshot, before
+    /// it takes any client.
+    #[allow(clippy::type_complexity)]
+    pub restore: Option<Box<dyn FnOnce(&Snapshot) + Send>>,
     /// The old process's config generation.
     pub generation: u64,
     pub from_pid: u32,
@@ -289,7 +292,7 @@ where
 {
     log_warnings(&loaded);
     let resolved = resolve(&loaded).await?;
-    let Loaded { config, token, tls, .. } = loaded;
+    let Loaded { config, token, tls, splice_shared_only, .. } = loaded;
     let listeners = Listeners::default();
     // Bind every listener before accepting on any, so a bad bind changes nothing.
     let bound = listeners.bind_new_from(&config, &mut inherited.listeners)?;
@@ -301,16 +304,13 @@ where
     .map_err(|error| StartError::AdminBind { file: config.source.clone(), addr: admin_listen, error })?;
     let admin_addr = admin_sock.local_addr().ok();
     let admin_fd = std::os::fd::AsFd::as_fd(&admin_sock).try_clone_to_owned().ok();
-    let health = Arc::new(Health::default());
-    let states = States::default();
+    let own = Owners::new(splice_shared_only);
     let generation = inherited.generation + 1;
-    let snapshot =
-        Snapshot::build(generation, Arc::new(config), Arc::new(resolved), Arc::new(tls), None, &health, &states);
-    if !inherited.servers.is_empty() {
-        let found = crate::carry::import(&snapshot, &inherited.servers);
-        info!(servers = found, of = inherited.servers.len(), "state of the servers taken over");
+    let snapshot = Snapshot::build(generation, Arc::new(config), Arc::new(resolved), Arc::new(tls), None, &own);
+    if let Some(restore) = inherited.restore.take() {
+        restore(&snapshot);
     }
-    let shared = Arc::new(Shared::new(snapshot, health, states));
+    let shared = Arc::new(Shared::new(snapshot, own));
     let lb = Arc::new(Lb {
         shared: shared.clone(),
         listeners,
@@ -330,11 +330,14 @@ where
     first_results(&shared.snapshot.load()).await;
     lb.listeners.launch(bound, &shared, &lb.shutdown);
     lb.ready.store(true, Relaxed);
-    background.push(tokio::spawn(status::follow(shared.clone())));
-    background.push(tokio::spawn(status::sample_loop(shared.clone())));
-    background.push(tokio::spawn(resolve::refresh_loop(shared.clone())));
-    background.push(tokio::spawn(crate::metrics::upkeep_loop(shared.health.metrics.clone())));
-    background.push(tokio::spawn(crate::handover::sweep()));
+    background.push(tokio::spawn(watch::follow(shared.clone())));
+    background.push(tokio::spawn(watch::sample_loop(shared.clone())));
+    let writer = shared.clone();
+    let apply = move |updates| apply_resolved(writer.clone(), updates);
+    background.push(tokio::spawn(resolve::refresh_loop(shared.clone(), apply)));
+    background.push(tokio::spawn(crate::metrics::upkeep_loop(shared.own.metrics.clone())));
+    let conns = shared.own.conns.clone();
+    background.push(tokio::spawn(async move { conns.sweep().await }));
     Ok(Running { lb, background, admin_addr })
 }
 
@@ -382,8 +385,7 @@ impl Lb {
         let snap = self.shared.snapshot.load_full();
         let mut view = status::view(
             &snap,
-            &self.shared.health.history,
-            &self.shared.states,
+            &self.shared.own,
             &self.listeners.states(),
             &self.listeners.draining(),
             self.reload_status(),
@@ -410,7 +412,8 @@ impl Lb {
                 AdminState::Down => "down",
             };
             let shown = crate::check::printable(server);
-            self.shared.health.history.record(what, Some(pool), Some(&shown), "set over the admin API");
+            self.shared.own.history.record(what, Some(pool), Some(&shown), "set over the admin API");
+            self.shared.own.changes.notify();
         }
         n
     }
@@ -436,7 +439,7 @@ impl Lb {
         };
         let mut st = self.reload.lock().unwrap_or_else(|p| p.into_inner());
         st.last_attempt = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
-        let history = &self.shared.health.history;
+        let history = &self.shared.own.history;
         match &result {
             Ok(g) => {
                 history.record("reload", None, None, format!("generation {g}"));
@@ -496,8 +499,7 @@ impl Lb {
             Arc::new(resolved),
             Arc::new(tls),
             Some(&cur),
-            &self.shared.health,
-            &self.shared.states,
+            &self.shared.own,
         );
         // New servers are probed now; none gets a client before its first
         // result (or one check timeout).
@@ -506,7 +508,7 @@ impl Lb {
         // Commit: nothing below can fail.
         let generation = next.generation;
         let (servers_before, servers_after) = (server_count(&cur), server_count(&next));
-        self.shared.store(next);
+        store(&self.shared, next);
         if self.token.replace(token) {
             match self.token.get() {
                 Some(_) => info!("admin token replaced from token_file: POST endpoints take only the new one"),
@@ -531,11 +533,42 @@ impl Lb {
     }
 }
 
+/// Puts `next` in force and wakes the watcher. This module is the
+/// snapshot's one writer: a start, a reload, a re-resolution.
+fn store(shared: &Shared, next: Snapshot) {
+    shared.snapshot.store(Arc::new(next));
+    shared.own.changes.notify();
+}
+
+/// Applies new addresses for some names (the re-resolution loop's
+/// answers), keeping everything else.
+async fn apply_resolved(shared: Arc<Shared>, updates: resolve::Updates) {
+    let _w = shared.writer.lock().await;
+    let cur = shared.snapshot.load_full();
+    let mut resolved = (*cur.resolved).clone();
+    resolved.extend(updates);
+    let next = Snapshot::build(
+        cur.generation + 1,
+        cur.config.clone(),
+        Arc::new(resolved),
+        cur.tls.clone(),
+        Some(&cur),
+        &shared.own,
+    );
+    store(&shared, next);
+}
+
 fn server_count(s: &Snapshot) -> usize {
     s.pools.iter().map(|p| p.servers.len()).sum()
 }
 
 impl Running {
+    /// The balancer's connections: their registry, stop request and the
+    /// byte path's counters.
+    pub fn conns(&self) -> &Arc<crate::conns::Conns> {
+        &self.lb.shared.own.conns
+    }
+
     /// The addresses actually bound, in the order they were opened.
     pub fn listener_addrs(&self) -> Vec<SocketAddr> {
         self.lb.listeners.states().iter().map(|l| l.local).collect()
@@ -557,7 +590,7 @@ impl Running {
 
     /// How many distinct probes are running.
     pub fn probe_count(&self) -> usize {
-        self.lb.shared.health.probe_count()
+        self.lb.shared.own.health.probe_count()
     }
 
     /// Keeps `task` running as long as this load balancer, and stops it

@@ -268,10 +268,9 @@ fn dispatch(
         return;
     }
     let pool_name = |i: Option<usize>| i.map_or_else(|| Arc::from("-"), |i| snap.pools[i].name.clone());
-    let entry = cfg
-        .access_log
-        .as_ref()
-        .map(|log| Box::new(access_log::Entry::new(log.clone(), peer, state.local, pool_name(pool))));
+    let entry = cfg.access_log.as_ref().map(|log| {
+        Box::new(access_log::Entry::new(&snap.conns.access_log, log.clone(), peer, state.local, pool_name(pool)))
+    });
     // Who may connect, then how much one client may hold, then the
     // listener's own cap: each refusal closes the client at once.
     let ip = admission::client_ip(peer.ip());
@@ -515,7 +514,7 @@ impl Listeners {
         &self,
         client: TcpStream,
         upstream: TcpStream,
-        moved: crate::handover::Moved,
+        moved: crate::conns::Moved,
         shared: &Arc<Shared>,
         shutdown: &Shutdown,
     ) {
@@ -540,12 +539,18 @@ impl Listeners {
         });
         let entry = match (cfg.and_then(|c| c.access_log.as_ref()), moved.logged) {
             (Some(log), true) => Some(Box::new(
-                access_log::Entry::new(log.clone(), moved.peer, moved.listener, Arc::from(moved.pool.as_str()))
-                    .resumed(
-                        moved.server,
-                        moved.connect_us.map(Duration::from_micros),
-                        Duration::from_millis(moved.age_ms),
-                    ),
+                access_log::Entry::new(
+                    &snap.conns.access_log,
+                    log.clone(),
+                    moved.peer,
+                    moved.listener,
+                    Arc::from(moved.pool.as_str()),
+                )
+                .resumed(
+                    moved.server,
+                    moved.connect_us.map(Duration::from_micros),
+                    Duration::from_millis(moved.age_ms),
+                ),
             )),
             _ => None,
         };

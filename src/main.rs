@@ -101,7 +101,6 @@ fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<ExitCode> {
         }
     };
     let rt = rt.enable_all().build()?;
-    ucp_lb::copy::splice_shared_only(loaded.splice_shared_only);
     let begin = if upgrade { ucp_lb::Begin::Upgrade } else { ucp_lb::Begin::Start };
     let result = rt.block_on(ucp_lb::run(loaded, ucp_lb::shutdown::on_signals, begin));
     // Drops every task, which closes the connections still open after the
@@ -109,7 +108,8 @@ fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<ExitCode> {
     // the exit up.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     // The lines of the connections just closed (ended as `shutdown`).
-    ucp_lb::access_log::flush(std::time::Duration::from_millis(500));
-    result?;
+    if let Some(ended) = result? {
+        ended.access_log.flush(std::time::Duration::from_millis(500));
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::state::{PoolState, ServerState};
 
+use crate::changes::Changes;
 use crate::check::Check;
 use crate::config::{AdminState, AllDown, Balance, Settings};
 use crate::history::History;
@@ -160,6 +161,8 @@ pub struct Pool {
     /// of `connect_failed` and `connected` on a transition), so the pool's
     /// all-down state is followed without traffic and the page has it.
     pub history: Arc<History>,
+    /// Wakes the balancer's watcher (a passive ejection or re-admission).
+    pub changes: Arc<Changes>,
     /// One primary server and no backup: nginx never ejects it passively,
     /// since there is nowhere else to go.
     single: bool,
@@ -176,13 +179,13 @@ impl Pool {
         settings: Settings,
         servers: Vec<Server>,
         state: Arc<PoolState>,
-        history: Arc<History>,
+        (history, changes): (Arc<History>, Arc<Changes>),
     ) -> Pool {
         let primaries = servers.iter().filter(|s| !s.backup).count();
         let single = primaries == 1 && servers.len() == 1;
         let ring = if settings.balance == Balance::SourceHash { Ring::new(&servers) } else { Ring::default() };
         let rr = servers.iter().map(|s| RrWeight { current: 0, effective: i64::from(s.weight) * SCALE }).collect();
-        Pool { name, settings, servers, state, history, single, rr: Arc::new(Mutex::new(rr)), ring }
+        Pool { name, settings, servers, state, history, changes, single, rr: Arc::new(Mutex::new(rr)), ring }
     }
 
     /// Goes on from where `old` (the same pool in the snapshot before) is in
@@ -598,7 +601,7 @@ mod tests {
 
     fn pool(balance: Balance, servers: Vec<Server>) -> Pool {
         let settings = Settings { balance, ..Settings::default() };
-        Pool::new("p".into(), settings, servers, Arc::default(), Arc::default())
+        Pool::new("p".into(), settings, servers, Arc::default(), Default::default())
     }
 
     fn client() -> IpAddr {
@@ -871,7 +874,7 @@ mod tests {
                 all_down: AllDown::Reject,
                 ..Settings::default()
             };
-            let p = Pool::new("p".into(), settings, servers, Arc::default(), Arc::default());
+            let p = Pool::new("p".into(), settings, servers, Arc::default(), Default::default());
             let mut model = NginxModel {
                 peers: weights
                     .iter()

@@ -18,8 +18,8 @@ use tracing::{debug, info, warn};
 
 use crate::access_log;
 use crate::config::{Keepalive, Retries};
+use crate::conns::{self, Conns};
 use crate::copy;
-use crate::handover;
 use crate::net::{FailReason, connect};
 use crate::passive::Transition;
 use crate::pool::Pool;
@@ -68,7 +68,7 @@ pub fn serve<G: Send + 'static>(
         let Some((upstream, idx, active)) = connect_phase(&snap, pool, peer, &mut entry).await else { return };
         let out = relay(&client, &upstream, &snap, pool, idx, Some(active), None).await;
         let (pool, server) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
-        conclude(client, upstream, peer, &pool.name, server.addr, &out, entry);
+        conclude(&snap.conns, (client, upstream), peer, &pool.name, server.addr, &out, entry);
     }
 }
 
@@ -109,7 +109,7 @@ pub fn serve_prefixed<G: Send + 'static>(
                 server_done: false,
             },
         };
-        conclude(client, upstream, peer, &snap.pools[pool].name, server.addr, &out, entry);
+        conclude(&snap.conns, (client, upstream), peer, &snap.pools[pool].name, server.addr, &out, entry);
         true
     }
 }
@@ -150,7 +150,7 @@ async fn connect_phase(
 pub fn resume<G: Send + 'static>(
     client: TcpStream,
     upstream: TcpStream,
-    moved: handover::Moved,
+    moved: conns::Moved,
     snap: Arc<Snapshot>,
     at: Option<(usize, usize)>,
     guard: G,
@@ -173,13 +173,13 @@ pub fn resume<G: Send + 'static>(
             Some((pool, idx)) => {
                 let active = (!moved.server_done).then(|| ActiveConn::new(&snap.pools[pool].servers[idx].state));
                 let out = relay(&client, &upstream, &snap, pool, idx, active, Some(&resume)).await;
-                conclude(client, upstream, moved.peer, &moved.pool, moved.server, &out, entry);
+                conclude(&snap.conns, (client, upstream), moved.peer, &moved.pool, moved.server, &out, entry);
             }
             None => {
                 let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
-                let policy = copy::Policy::default();
+                let policy = copy::Policy { conns: &snap.conns, idle: None, late_keepalive: None, closing: None };
                 let out = copy::bidirectional(&client, &upstream, policy, (&a, &b), None::<()>, Some(&resume)).await;
-                conclude(client, upstream, moved.peer, &moved.pool, moved.server, &out, entry);
+                conclude(&snap.conns, (client, upstream), moved.peer, &moved.pool, moved.server, &out, entry);
             }
         }
     }
@@ -199,6 +199,7 @@ fn relay<'a, L: Send + 'a>(
     let (p, s) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
     let totals = (&s.state.bytes_sent, &s.state.bytes_received);
     let policy = copy::Policy {
+        conns: &snap.conns,
         idle: p.settings.idle_timeout.as_ref(),
         // A moved connection's socket has its options from before.
         late_keepalive: p.settings.server_keepalive.as_ref().filter(|k| resume.is_none() && !early(k)),
@@ -209,15 +210,15 @@ fn relay<'a, L: Send + 'a>(
 
 /// A server keepalive too short to wait for the late wake: set at connect.
 fn early(k: &Keepalive) -> bool {
-    k.idle < crate::handover::LATEST
+    k.idle < conns::LATEST
 }
 
 /// After the copy: a connection asked to move is parked for the process
 /// that took over; any other is closed as its end calls for, with its
 /// access log line.
 fn conclude(
-    client: TcpStream,
-    upstream: TcpStream,
+    conns: &Conns,
+    (client, upstream): (TcpStream, TcpStream),
     peer: SocketAddr,
     pool: &str,
     server: SocketAddr,
@@ -225,7 +226,7 @@ fn conclude(
     entry: Option<Box<access_log::Entry>>,
 ) {
     if out.end == copy::End::Moving {
-        park(client, upstream, peer, pool, server, out, entry);
+        park(conns, (client, upstream), peer, pool, server, out, entry);
         return;
     }
     finish(&client, &upstream, out, entry, peer);
@@ -285,8 +286,8 @@ fn finish(
 /// Puts a stopped connection where the control socket sends it on; if
 /// nothing takes it, it is closed (counted as cut by the drain).
 fn park(
-    client: TcpStream,
-    server: TcpStream,
+    conns: &Conns,
+    (client, server): (TcpStream, TcpStream),
     peer: SocketAddr,
     pool: &str,
     server_addr: SocketAddr,
@@ -294,7 +295,7 @@ fn park(
     entry: Option<Box<access_log::Entry>>,
 ) {
     let listener = client.local_addr().unwrap_or(peer);
-    let moved = handover::Moved {
+    let moved = conns::Moved {
         peer,
         listener,
         pool: pool.to_owned(),
@@ -308,7 +309,7 @@ fn park(
         logged: entry.is_some(),
         connect_us: entry.as_ref().and_then(|e| e.connect_time()).map(|d| d.as_micros() as u64),
     };
-    match handover::park(handover::Parked { client, server, moved }) {
+    match conns.park(conns::Parked { client, server, moved }) {
         Ok(()) => {
             if let Some(e) = entry {
                 e.moved();

@@ -76,9 +76,17 @@ fn names(config: &Config) -> Vec<(HostPort, Duration)> {
     out
 }
 
+/// New addresses for some names.
+pub type Updates = Vec<(HostPort, Vec<SocketAddr>)>;
+
 /// Re-resolves the names of the running config for ever; cancel by dropping.
-/// Follows reloads: each round reads the current snapshot.
-pub async fn refresh_loop(shared: Arc<Shared>) {
+/// Follows reloads: each round reads the current snapshot. New answers go
+/// to `apply` (the snapshot's one writer, `lifecycle.rs`).
+pub async fn refresh_loop<F, A>(shared: Arc<Shared>, apply: A)
+where
+    A: Fn(Updates) -> F,
+    F: Future<Output = ()>,
+{
     let mut due: HashMap<HostPort, Instant> = HashMap::new();
     loop {
         let snap = shared.snapshot.load_full();
@@ -86,7 +94,7 @@ pub async fn refresh_loop(shared: Arc<Shared>) {
         let wanted = names(&snap.config);
         due.retain(|hp, _| wanted.iter().any(|(w, _)| w == hp));
         let mut next = now + Duration::from_secs(3600);
-        let mut updates: Vec<(HostPort, Vec<SocketAddr>)> = Vec::new();
+        let mut updates: Updates = Vec::new();
         for (hp, every) in &wanted {
             let at = *due.entry(hp.clone()).or_insert(now + *every);
             if at > now {
@@ -109,7 +117,7 @@ pub async fn refresh_loop(shared: Arc<Shared>) {
             }
         }
         if !updates.is_empty() {
-            shared.update_resolved(updates).await;
+            apply(updates).await;
         }
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}

@@ -14,8 +14,12 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use arc_swap::ArcSwap;
 
+use crate::changes::Changes;
 use crate::config::{AdminState, Config, HostPort, ListenerConfig};
+use crate::conns::Conns;
 use crate::health::{Health, TlsConfigs};
+use crate::history::History;
+use crate::metrics::Metrics;
 use crate::pool::{Pool, Server};
 use crate::state::{PoolState, States};
 
@@ -30,20 +34,51 @@ pub struct Snapshot {
     /// change of DNS answers.
     pub tls: Arc<TlsConfigs>,
     pub pools: Vec<Arc<Pool>>,
+    /// The balancer's connections (the same in every snapshot it builds):
+    /// each connection reaches them through the snapshot it holds.
+    pub conns: Arc<Conns>,
+}
+
+/// What one load balancer owns for its whole life, beside its snapshots:
+/// made at its start, handed to every snapshot it builds. Nothing here is
+/// shared with another balancer in the same process.
+#[derive(Default)]
+pub struct Owners {
+    /// Its probes, shared between its pools.
+    pub health: Health,
+    /// Every server state, for snapshots to come and for the status of
+    /// servers removed with connections open.
+    pub states: States,
+    /// Its events and traffic samples.
+    pub history: Arc<History>,
+    /// Its metric handles and their upkeep.
+    pub metrics: Arc<Metrics>,
+    /// The signal that wakes its watcher.
+    pub changes: Arc<Changes>,
+    /// Its open connections, their stop request and the byte path's
+    /// counters.
+    pub conns: Arc<Conns>,
+}
+
+impl Owners {
+    /// A balancer's owners; `splice_shared_only` as [`Conns::new`].
+    pub fn new(splice_shared_only: bool) -> Owners {
+        Owners { conns: Arc::new(Conns::new(splice_shared_only)), ..Owners::default() }
+    }
 }
 
 impl Snapshot {
-    /// Builds the snapshot of `config`; `health` gives each checked server
-    /// its (possibly shared, possibly existing) check.
+    /// Builds the snapshot of `config`; `own.health` gives each checked
+    /// server its (possibly shared, possibly existing) check.
     pub fn build(
         generation: u64,
         config: Arc<Config>,
         resolved: Arc<Resolved>,
         tls: Arc<TlsConfigs>,
         prev: Option<&Snapshot>,
-        health: &Health,
-        states: &States,
+        own: &Owners,
     ) -> Snapshot {
+        let (health, states) = (&own.health, &own.states);
         let mut pools = Vec::with_capacity(config.pools.len());
         for pc in &config.pools {
             let old = prev.and_then(|p| p.pool(&pc.name));
@@ -58,12 +93,13 @@ impl Snapshot {
                     (None, n) => Some(Arc::from(format!("{name} #{}", n + 1))),
                 };
                 for &addr in resolved.get(&sc.address).map(Vec::as_slice).unwrap_or_default() {
-                    let check = pc.health.as_ref().and_then(|h| health.check_for(h, &sc.address, addr, &tls));
+                    let check = pc
+                        .health
+                        .as_ref()
+                        .and_then(|h| health.check_for(h, (&sc.address, addr), &tls, &own.history, &own.changes));
                     if let Some(c) = &check {
                         let label = crate::pool::server_label(alias.as_deref().unwrap_or(&name), addr);
-                        c.observe_for(format!("{}|{label}", pc.name), || {
-                            health.metrics.check_duration(&pc.name, &label)
-                        });
+                        c.observe_for(format!("{}|{label}", pc.name), || own.metrics.check_duration(&pc.name, &label));
                     }
                     // The state that exists (kept by this pool, or by open
                     // connections to a server removed and now back), or new.
@@ -84,13 +120,14 @@ impl Snapshot {
                 }
             }
             let state = old.map(|p| p.state.clone()).unwrap_or_else(|| Arc::new(PoolState::default()));
-            let mut pool = Pool::new(pc.name.clone(), pc.settings.clone(), servers, state, health.history.clone());
+            let feed = (own.history.clone(), own.changes.clone());
+            let mut pool = Pool::new(pc.name.clone(), pc.settings.clone(), servers, state, feed);
             if let Some(o) = old {
                 pool.keep_position(o);
             }
             pools.push(Arc::new(pool));
         }
-        Snapshot { generation, config, resolved, tls, pools }
+        Snapshot { generation, config, resolved, tls, pools, conns: own.conns.clone() }
     }
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
@@ -133,16 +170,14 @@ impl Snapshot {
     }
 }
 
-/// What every task shares: the current snapshot, and the lock that keeps
-/// its writers (reload, re-resolution) one at a time.
+/// What every task of one balancer shares: the current snapshot, what the
+/// balancer owns besides, and the lock that keeps the snapshot's writer
+/// (`lifecycle.rs`: a reload, a re-resolution) one at a time.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
-    pub health: Arc<Health>,
-    /// Every server state, for snapshots to come and for the status of
-    /// servers removed with connections open.
-    pub states: States,
-    /// Held by whoever builds the next snapshot (reload, re-resolution), so
-    /// neither overwrites the other's work.
+    pub own: Owners,
+    /// Held by whoever builds the next snapshot, so that no two builds
+    /// overwrite each other's work.
     pub writer: tokio::sync::Mutex<()>,
     /// Wakes the re-resolution loop after a reload, so names it added get
     /// their own schedule at once.
@@ -150,40 +185,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, health: Arc<Health>, states: States) -> Shared {
+    pub fn new(snapshot: Snapshot, own: Owners) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
-            health,
-            states,
+            own,
             writer: tokio::sync::Mutex::new(()),
             config_changed: tokio::sync::Notify::new(),
         }
-    }
-
-    /// Applies new addresses for some names, keeping everything else.
-    pub async fn update_resolved(&self, updates: Vec<(HostPort, Vec<SocketAddr>)>) {
-        let _w = self.writer.lock().await;
-        let cur = self.snapshot.load_full();
-        let mut resolved: HashMap<HostPort, Vec<SocketAddr>> = (*cur.resolved).clone();
-        for (hp, addrs) in updates {
-            resolved.insert(hp, addrs);
-        }
-        let next = Snapshot::build(
-            cur.generation + 1,
-            cur.config.clone(),
-            Arc::new(resolved),
-            cur.tls.clone(),
-            Some(&cur),
-            &self.health,
-            &self.states,
-        );
-        self.store(next);
-    }
-
-    /// Puts `next` in force and wakes whoever follows pool state.
-    pub fn store(&self, next: Snapshot) {
-        self.snapshot.store(Arc::new(next));
-        self.health.history.wake();
     }
 }
 
@@ -203,12 +211,11 @@ mod tests {
             parse("[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"mgr:443\"]\n", "t")
                 .unwrap(),
         );
-        let h = Health::default();
+        let own = Owners::default();
         let tls = Arc::new(TlsConfigs::new());
-        let st = States::default();
-        let one = Snapshot::build(1, cfg.clone(), resolved(443, &["10.0.0.1:443"]), tls.clone(), None, &h, &st);
+        let one = Snapshot::build(1, cfg.clone(), resolved(443, &["10.0.0.1:443"]), tls.clone(), None, &own);
         one.pools[0].servers[0].state.connections.store(7, Relaxed);
-        let two = Snapshot::build(2, cfg, resolved(443, &["10.0.0.1:443", "10.0.0.2:443"]), tls, Some(&one), &h, &st);
+        let two = Snapshot::build(2, cfg, resolved(443, &["10.0.0.1:443", "10.0.0.2:443"]), tls, Some(&one), &own);
         let servers = &two.pools[0].servers;
         assert_eq!(servers.len(), 2, "every address is a server");
         assert!(Arc::ptr_eq(&servers[0].state, &one.pools[0].servers[0].state));

@@ -24,6 +24,8 @@ use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::conns::Conns;
+
 /// Bytes one splice moves at most, and the capacity asked for each new
 /// pipe (F_SETPIPE_SZ; the default is 64 KiB). Eight streams through one
 /// core (ROWS=bulk, ucp-lb vs nginx): 64 KiB pipes 16.0 Gbit/s, 256 KiB
@@ -36,37 +38,22 @@ const PIPE_CAP: usize = 256 * 1024;
 /// Empty pipes kept per worker thread; more are closed.
 const POOL_MAX: usize = 16;
 
-/// Bursts that got a pipe, and pipes closed because they still held bytes,
-/// since the process started.
-static BURSTS: AtomicU64 = AtomicU64::new(0);
-static DISCARDED: AtomicU64 = AtomicU64::new(0);
-
-/// How many bursts have gone through a pipe in this process (tests use it
-/// to know that a transfer took the splice path).
-pub fn bursts() -> u64 {
-    BURSTS.load(Relaxed)
-}
-
-/// How many pipes were closed instead of pooled because a transfer ended
-/// with bytes in them.
-pub fn discarded() -> u64 {
-    DISCARDED.load(Relaxed)
-}
-
 thread_local! {
     static FREE: RefCell<Vec<(OwnedFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A pooled pipe and how many bytes it holds now.
-struct Pipe {
+struct Pipe<'a> {
     fds: Option<(OwnedFd, OwnedFd)>,
     held: usize,
+    /// Counts the pipe if it is closed holding bytes.
+    discarded: &'a AtomicU64,
 }
 
-impl Pipe {
+impl Pipe<'_> {
     /// A pipe from the pool, or a new one; None when none can be made (out
     /// of descriptors, say): the caller keeps using its buffer.
-    fn take() -> Option<Pipe> {
+    fn take(discarded: &AtomicU64) -> Option<Pipe<'_>> {
         let pooled = FREE.try_with(|f| f.borrow_mut().pop()).ok().flatten();
         let fds = match pooled {
             Some(p) => p,
@@ -77,11 +64,11 @@ impl Pipe {
                 p
             }
         };
-        Some(Pipe { fds: Some(fds), held: 0 })
+        Some(Pipe { fds: Some(fds), held: 0, discarded })
     }
 }
 
-impl Drop for Pipe {
+impl Drop for Pipe<'_> {
     fn drop(&mut self) {
         if let Some(fds) = self.fds.take() {
             if self.held == 0 {
@@ -93,7 +80,7 @@ impl Drop for Pipe {
                 });
             } else {
                 // Not empty (an error or a cancel mid-transfer): closed here.
-                DISCARDED.fetch_add(1, Relaxed);
+                self.discarded.fetch_add(1, Relaxed);
             }
         }
     }
@@ -117,14 +104,19 @@ pub enum BurstError {
 
 /// Moves what `src` has to read into `dst` through a pipe, until `src` would
 /// block or ends. `moved` is called with each chunk's size once it is in
-/// `dst`.
-pub async fn burst(src: &TcpStream, dst: &TcpStream, mut moved: impl FnMut(usize)) -> Result<Burst, BurstError> {
-    let Some(mut pipe) = Pipe::take() else { return Ok(Burst::NoPipe) };
-    BURSTS.fetch_add(1, Relaxed);
+/// `dst`. `conns`: the balancer's stop request and splice counters.
+pub async fn burst(
+    src: &TcpStream,
+    dst: &TcpStream,
+    conns: &Conns,
+    mut moved: impl FnMut(usize),
+) -> Result<Burst, BurstError> {
+    let Some(mut pipe) = Pipe::take(&conns.splice_discarded) else { return Ok(Burst::NoPipe) };
+    conns.splice_bursts.fetch_add(1, Relaxed);
     let mut total = 0;
     loop {
         // The pipe is empty here: a connection asked to move stops now.
-        if crate::handover::requested() {
+        if conns.stopping() {
             return Ok(Burst::Drained(total));
         }
         let Some((r, w)) = pipe.fds.as_ref() else { return Ok(Burst::NoPipe) };
@@ -164,7 +156,8 @@ mod tests {
 
     #[test]
     fn a_pipe_with_bytes_in_it_is_never_pooled() {
-        let p = Pipe::take().unwrap();
+        let discarded = AtomicU64::new(0);
+        let p = Pipe::take(&discarded).unwrap();
         let (_, w) = p.fds.as_ref().unwrap();
         rustix::io::write(w, b"secret").unwrap();
         let mut p = p;
@@ -177,7 +170,8 @@ mod tests {
             assert!(matches!(rustix::io::read(&q.0, &mut buf), Err(rustix::io::Errno::AGAIN)), "pooled pipe not empty");
             seen.push(q);
         }
-        let p = Pipe::take().unwrap();
+        assert_eq!(discarded.load(Relaxed), 1, "the pipe holding bytes was not counted");
+        let p = Pipe::take(&discarded).unwrap();
         let mut buf = [0u8; 16];
         assert!(matches!(rustix::io::read(&p.fds.as_ref().unwrap().0, &mut buf), Err(rustix::io::Errno::AGAIN)));
     }

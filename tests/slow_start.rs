@@ -43,12 +43,18 @@ fn pool(balance: Balance, slow_start: Duration) -> Pool {
                 config_state: AdminState::Up,
                 slow_start,
                 state: Arc::default(),
-                check: Some(Arc::new(Check::new(format!("https://{addr}/_ping"), 1, 1, history.clone()))),
+                check: Some(Arc::new(Check::new(
+                    format!("https://{addr}/_ping"),
+                    1,
+                    1,
+                    history.clone(),
+                    Arc::default(),
+                ))),
             }
         })
         .collect();
     let settings = Settings { balance, slow_start, ..Settings::default() };
-    Pool::new("ucp".into(), settings, servers, Arc::default(), history)
+    Pool::new("ucp".into(), settings, servers, Arc::default(), (history, Arc::default()))
 }
 
 fn probe(p: &Pool, idx: usize, ok: bool) {

@@ -6,6 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::*;
@@ -15,19 +16,17 @@ use tokio::sync::Notify;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_64_mib_each_way_arrives_unchanged_through_pipes() {
-    let bursts = ucp_lb::splice::bursts();
     let echo = Echo::start().await;
-    each_way_through_lb(echo.addr, 3, 64 << 20, "64 MiB each way").await;
-    assert!(ucp_lb::splice::bursts() > bursts, "nothing went through a pipe");
+    let lb = each_way_through_lb(echo.addr, 3, 64 << 20, "64 MiB each way").await;
+    assert!(lb.conns().splice_bursts.load(Relaxed) > 0, "nothing went through a pipe");
 }
 
 /// Splices out of a pipe into a slow reader come out partial again and
 /// again; 8 MiB each way must arrive unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_splices_to_a_slow_reader_lose_nothing() {
-    let bursts = ucp_lb::splice::bursts();
-    each_way_through_lb(slow_echo().await, 7, 8 << 20, "8 MiB through a slow reader").await;
-    assert!(ucp_lb::splice::bursts() > bursts, "nothing went through a pipe");
+    let lb = each_way_through_lb(slow_echo().await, 7, 8 << 20, "8 MiB through a slow reader").await;
+    assert!(lb.conns().splice_bursts.load(Relaxed) > 0, "nothing went through a pipe");
 }
 
 /// Two listeners on one LB (so one thread's pools): `reset` goes to a
@@ -73,7 +72,6 @@ async fn pooled_pipes_never_carry_bytes_from_one_connection_to_the_next() {
     let echo = Echo::start().await;
     let lb = lb_with_resetting_and_echo_pools(resetter, echo.addr).await;
     let (reset_addr, clean_addr) = (lb.listener_addrs()[0], lb.listener_addrs()[1]);
-    let discarded = ucp_lb::splice::discarded();
     for round in 0..5u64 {
         // Poison: 0xEE towards the resetter until the writes stall (64 MiB
         // is more than all the buffers between can hold), so the LB is
@@ -107,5 +105,8 @@ async fn pooled_pipes_never_carry_bytes_from_one_connection_to_the_next() {
             assert!(back == data, "round {round}: content differs");
         }
     }
-    assert!(ucp_lb::splice::discarded() > discarded, "no pipe was left holding poisoned bytes: the test did not test");
+    assert!(
+        lb.conns().splice_discarded.load(Relaxed) > 0,
+        "no pipe was left holding poisoned bytes: the test did not test"
+    );
 }

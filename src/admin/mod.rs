@@ -260,7 +260,7 @@ impl Admin {
                 r
             }
             (&Method::GET, ["metrics"]) => {
-                let mut r = text(StatusCode::OK, prom::render(&self.lb.shared.health.metrics, &self.lb.view()));
+                let mut r = text(StatusCode::OK, prom::render(&self.lb.shared.own.metrics, &self.lb.view()));
                 r.headers_mut().insert(
                     CONTENT_TYPE,
                     hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

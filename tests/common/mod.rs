@@ -466,12 +466,14 @@ pub async fn send_and_receive(s: TcpStream, seed: u64, len: usize) -> ([u8; 32],
 
 /// `len` bytes (seeded) each way through an LB in front of the echo
 /// server `server`: all of them come back, unchanged (SHA-256 of each side).
-pub async fn each_way_through_lb(server: SocketAddr, seed: u64, len: usize, what: &str) {
+/// Returns the LB, for its counters.
+pub async fn each_way_through_lb(server: SocketAddr, seed: u64, len: usize, what: &str) -> ucp_lb::Running {
     let lb = start_lb(&one_pool(&[server], "")).await;
     let s = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
     let (sent, got, n) = within(what, send_and_receive(s, seed, len)).await;
     assert_eq!(n, len, "{what}: length");
     assert_eq!(got, sent, "{what}: content");
+    lb
 }
 
 /// An echo server behind a 64 KiB receive buffer that takes 1000 bytes at

@@ -1,6 +1,14 @@
 //! Upgrading the binary without losing a client: the running process hands
 //! its listening sockets, its state and then its open connections to a new
-//! one over the control socket (`control.rs`).
+//! one over the control socket.
+//!
+//! Everything of the upgrade is in this folder: how a process begins
+//! ([`begin`]: start, or take over from the process on the control
+//! socket), the conversation (this file), the control socket and its
+//! framing (`socket.rs`), and the servers' state that moves (`carry.rs`).
+//! The byte path knows nothing of it: it stops where it holds no bytes
+//! when its balancer's connections are asked to
+//! ([`crate::conns::Conns::stop_into`]), and hands over its two sockets.
 //!
 //! The conversation, new process (N) and old one (O):
 //!
@@ -15,7 +23,7 @@
 //!    without `go`, goes on untouched.
 //! 4. O stops accepting (the sockets stay open in N, so a client in the
 //!    backlog is accepted by N), says `going`, and asks every connection
-//!    to stop where it holds no bytes (`handover.rs`). Each one that does
+//!    to stop where it holds no bytes ([`crate::conns`]). Each one that does
 //!    goes to N as `conn` with its two sockets; N carries on copying it.
 //!    O reports what it still holds (`draining`) every quarter second.
 //! 5. When O holds nothing, or its `shutdown_timeout` is over (what is
@@ -36,12 +44,15 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::carry;
 use crate::config::ControlSocket;
-use crate::control::{Conn, ConnectError, ControlListener};
-use crate::handover::{self, Moved};
+use crate::conns::Moved;
 use crate::lifecycle::{self, Inherited, Lb, Loaded, Running, StartError};
 use crate::listener;
+
+pub mod carry;
+mod socket;
+
+use socket::{Conn, ConnectError, ControlListener};
 
 /// How long each side waits for the other's next message while the state
 /// is handed over (the new process's own preparation is not bounded by
@@ -96,11 +107,85 @@ async fn recv(conn: &Conn, wait: Duration) -> Result<(Msg, Vec<OwnedFd>), Upgrad
     recv_or_end(conn, wait).await?.ok_or_else(|| talk("closed the control connection"))
 }
 
+/// How a process begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// Binds everything itself.
+    Start,
+    /// Takes the listeners, state and connections over from the process
+    /// on the control socket (`ucp-lb --upgrade`).
+    Upgrade,
+}
+
+/// This process's control socket, once it has begun: where a successor
+/// takes over from it.
+pub struct Control(Option<ControlListener>);
+
+impl Control {
+    /// Answers upgrades until one has taken over and this process holds
+    /// nothing more ([`serve`]); never, without a control socket.
+    pub async fn handed_over(&self, lb: Arc<Lb>) {
+        match &self.0 {
+            Some(c) => serve(c, lb).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Removes the socket file (at the end of an ordinary stop).
+    pub fn remove(&self) {
+        if let Some(c) = &self.0 {
+            c.remove();
+        }
+    }
+}
+
+/// Begins this process: an ordinary start, or with [`Begin::Upgrade`] and
+/// a live process on the control socket, a take-over from it (its
+/// connections then keep coming in the background). Nobody there (a first
+/// start, a start after a reboot): an ordinary start, so `--upgrade` can
+/// stay in a unit or a container's command. (Were a process holding the
+/// ports without a control socket, the bind would fail the start.)
+pub async fn begin<A>(loaded: Loaded, begin: Begin, serve_admin: A) -> Result<(Running, Control), StartError>
+where
+    A: FnOnce(tokio::net::TcpListener, Arc<Lb>) -> JoinHandle<()>,
+{
+    let cfg = loaded.config.admin.control_socket.clone();
+    let from = match (begin, cfg.path()) {
+        (Begin::Start, _) => None,
+        (Begin::Upgrade, None) => {
+            return Err(StartError::Upgrade("admin.control_socket is \"\": nothing to take over from".into()));
+        }
+        (Begin::Upgrade, Some(path)) => match socket::occupant(path) {
+            Ok(socket::Occupant::Nothing | socket::Occupant::Stale) => {
+                info!(path = %path.display(), "--upgrade: no running ucp-lb on the control socket: starting");
+                None
+            }
+            _ => Some(path),
+        },
+    };
+    let Some(path) = from else {
+        let control = control_socket(&cfg, false)?;
+        return Ok((lifecycle::start(loaded, serve_admin).await?, Control(control)));
+    };
+    let (mut running, link) = match take_over(path, loaded, serve_admin).await {
+        Ok(r) => r,
+        Err(UpgradeError::Start(e)) => return Err(e),
+        Err(e) => return Err(StartError::Upgrade(e.to_string())),
+    };
+    // This process's own control socket, in place of the old one's.
+    let control = control_socket(&cfg, true).unwrap_or_else(|e| {
+        error!("{e}: this process cannot be upgraded in place");
+        None
+    });
+    running.adopt(tokio::spawn(receive(link, running.lb.clone())));
+    Ok((running, Control(control)))
+}
+
 /// Makes this process's control socket as `[admin] control_socket` says.
 /// `replace`: a process taking over puts its own in place of the old one's.
 /// A default path that cannot be made is a warning (the process runs, but
 /// cannot be upgraded in place); a configured one is an error.
-pub fn control_socket(cfg: &ControlSocket, replace: bool) -> Result<Option<ControlListener>, StartError> {
+fn control_socket(cfg: &ControlSocket, replace: bool) -> Result<Option<ControlListener>, StartError> {
     let Some(path) = cfg.path() else { return Ok(None) };
     match ControlListener::bind(path, replace) {
         Ok(l) => {
@@ -123,7 +208,7 @@ pub fn control_socket(cfg: &ControlSocket, replace: bool) -> Result<Option<Contr
 /// moves the open connections to it and returns once none is left (or its
 /// `shutdown_timeout` is over). An upgrade that fails leaves this process
 /// as it was.
-pub async fn serve(control: &ControlListener, lb: Arc<Lb>) {
+async fn serve(control: &ControlListener, lb: Arc<Lb>) {
     loop {
         let conn = match control.accept().await {
             Ok(c) => c,
@@ -179,7 +264,7 @@ async fn offer(conn: &Conn, lb: &Lb) -> Result<Option<u32>, UpgradeError> {
     if let Err(e) = conn.send(&Msg::Going, &[]).await {
         warn!(successor = pid, error = %e, "upgrade: could not confirm to the new process");
     }
-    lb.shared.health.history.record("handed over", None, None, format!("to pid {pid}"));
+    lb.shared.own.history.record("handed over", None, None, format!("to pid {pid}"));
     info!(successor = pid, "upgrade: the new process accepts; moving the open connections to it");
     Ok(Some(pid))
 }
@@ -187,7 +272,7 @@ async fn offer(conn: &Conn, lb: &Lb) -> Result<Option<u32>, UpgradeError> {
 /// Step 4 and 5 on the old side.
 async fn drain(conn: Conn, lb: &Lb, successor: u32) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    handover::request(tx);
+    lb.shared.own.conns.stop_into(tx);
     let tracker = &lb.shutdown.tracker;
     tracker.close();
     let grace = lb.shared.snapshot.load().config.defaults.shutdown_timeout;
@@ -246,7 +331,7 @@ async fn drain(conn: Conn, lb: &Lb, successor: u32) {
 /// process at `path`, starts on `loaded` with them, and tells the old one
 /// to go. Returns the running load balancer and the link on which the
 /// old process sends its connections.
-pub async fn take_over<A>(path: &Path, loaded: Loaded, serve_admin: A) -> Result<(Running, Conn), UpgradeError>
+async fn take_over<A>(path: &Path, loaded: Loaded, serve_admin: A) -> Result<(Running, Conn), UpgradeError>
 where
     A: FnOnce(tokio::net::TcpListener, Arc<Lb>) -> JoinHandle<()>,
 {
@@ -254,6 +339,7 @@ where
     let hello = Msg::Hello { pid: std::process::id(), version: crate::build_info::BUILD.version.to_owned() };
     conn.send(&hello, &[]).await.map_err(talk)?;
     let mut inherited = Inherited::default();
+    let mut servers = Vec::new();
     loop {
         match recv(&conn, STEP).await? {
             (Msg::Welcome { pid, generation }, _) => {
@@ -264,7 +350,7 @@ where
                 inherited.listeners.push(listener::Inherited { carried, fd: fds.remove(0) })
             }
             (Msg::Admin { listen }, mut fds) if fds.len() == 1 => inherited.admin = Some((listen, fds.remove(0))),
-            (Msg::Server(s), _) => inherited.servers.push(s),
+            (Msg::Server(s), _) => servers.push(s),
             (Msg::StateEnd, _) => break,
             (other, fds) => return Err(talk(format!("unexpected {other:?} with {} descriptors", fds.len()))),
         }
@@ -273,9 +359,13 @@ where
     info!(
         from,
         listeners = inherited.listeners.len(),
-        servers = inherited.servers.len(),
+        servers = servers.len(),
         "upgrade: sockets and state received; preparing the config"
     );
+    inherited.restore = Some(Box::new(move |snap| {
+        let found = carry::import(snap, &servers);
+        info!(servers = found, of = servers.len(), "state of the servers taken over");
+    }));
     let running = lifecycle::start_with(loaded, inherited, serve_admin).await?;
     running.lb.process.previous_draining.send_replace(true);
     // Accepting already: from here a failure of the link does not stop
@@ -295,7 +385,7 @@ where
 /// The new side, step 4 and 5: serves each connection the old process
 /// moves here, until it is done, or until this process hands over in turn
 /// (then the old one is told to end at once by the link closing).
-pub async fn receive(conn: Conn, lb: Arc<Lb>) {
+async fn receive(conn: Conn, lb: Arc<Lb>) {
     let from = lb.process.took_over_from.unwrap_or(0);
     let handed_over = lb.shutdown.handed_over.clone();
     let mut told = false;
