@@ -77,6 +77,7 @@ pub mod closing;
 pub mod config;
 pub mod conns;
 pub mod copy;
+pub mod fail;
 pub mod files;
 pub mod health;
 pub mod history;

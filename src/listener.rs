@@ -208,7 +208,7 @@ pub async fn accept_loop(
                 }
                 dispatch(client, peer, &state, &shared, &shutdown);
             }
-            Err(e) if net::is_fd_exhaustion(&e) => {
+            Err(e) if crate::fail::is_fd_exhaustion(&e) => {
                 if !starved {
                     starved = true;
                     warn!(listener = %state.local, error = %e, "out of file descriptors: closing new clients until some are free");

@@ -1,6 +1,6 @@
 //! What every socket of ours shares: the TCP keepalive settings, the
-//! upstream connect with its timeout, and why a connect failed, as a small
-//! fixed set fit for a metric label. A leaf: it knows no pool, snapshot or
+//! upstream connect with its timeout (its failure named by
+//! [`FailReason`], `fail.rs`). A leaf: it knows no pool, snapshot or
 //! connection.
 
 use std::io;
@@ -11,6 +11,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::Keepalive;
+use crate::fail::FailReason;
 
 /// Sets a socket's TCP keepalive as configured (`client_keepalive`,
 /// `server_keepalive`), or switches it off. By default dead peers of idle
@@ -27,49 +28,6 @@ pub fn set_keepalive(sock: SockRef<'_>, k: Option<&Keepalive>) -> io::Result<()>
             .set_tcp_keepalive(&TcpKeepalive::new().with_time(k.idle).with_interval(k.interval).with_retries(k.count)),
         None => sock.set_keepalive(false),
     }
-}
-
-/// Why a connect failed; a small fixed set, fit for a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailReason {
-    Refused = 0,
-    Timeout = 1,
-    Reset = 2,
-    Unreachable = 3,
-    /// Out of file descriptors, ports or memory here: not the server's fault.
-    Local = 4,
-    Other = 5,
-}
-
-impl FailReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailReason::Refused => "refused",
-            FailReason::Timeout => "timeout",
-            FailReason::Reset => "reset",
-            FailReason::Unreachable => "unreachable",
-            FailReason::Local => "local",
-            FailReason::Other => "other",
-        }
-    }
-
-    pub fn of(e: &io::Error) -> FailReason {
-        use io::ErrorKind as K;
-        match e.kind() {
-            K::ConnectionRefused => FailReason::Refused,
-            K::ConnectionReset | K::ConnectionAborted => FailReason::Reset,
-            K::HostUnreachable | K::NetworkUnreachable | K::NetworkDown => FailReason::Unreachable,
-            K::TimedOut => FailReason::Timeout,
-            K::AddrNotAvailable | K::OutOfMemory => FailReason::Local,
-            _ if is_fd_exhaustion(e) || e.raw_os_error() == Some(105) => FailReason::Local, // ENOBUFS
-            _ => FailReason::Other,
-        }
-    }
-}
-
-/// EMFILE or ENFILE: this process or the system is out of descriptors.
-pub fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(23 | 24))
 }
 
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, FailReason> {

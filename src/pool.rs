@@ -20,8 +20,8 @@ use crate::state::{PoolState, ServerState};
 use crate::changes::Changes;
 use crate::check::Check;
 use crate::config::{AdminState, AllDown, Balance, Settings};
+use crate::fail::FailReason;
 use crate::history::History;
-use crate::net::FailReason;
 use crate::passive::Transition;
 
 #[derive(Debug)]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
 
 use crate::closing::Closing;
-use crate::net::FailReason;
+use crate::fail::FailReason;
 use crate::passive::Passive;
 
 /// Runtime state of one server address in one pool, kept across reloads.

@@ -16,9 +16,9 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config::AllDown;
+use crate::fail::FailReason;
 use crate::history::{Event, Sample};
 use crate::listener::ListenerState;
-use crate::net::FailReason;
 use crate::pool::Pool;
 use crate::snapshot::{Owners, Snapshot};
 use crate::state::{ServerState, States};
