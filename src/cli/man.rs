@@ -1,4 +1,4 @@
-//! `ucp-lb man`: the manual page ucp-lb(1) in roff, rendered by clap_mangen
+//! `ucp-lb --man`: the manual page ucp-lb(1) in roff, rendered by clap_mangen
 //! from the same clap definition that parses the command line, so the page
 //! names every option `--help` does. docs/man/ucp-lb.1 is its output,
 //! committed (tests/docs.rs fails when the two differ); lb.toml(5) is
