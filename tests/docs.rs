@@ -158,8 +158,9 @@ fn every_key_check_prints_is_in_the_lb_toml_man_page() {
     for config in example_configs() {
         for path in key_paths(&print(&config)) {
             let key = path.rsplit('.').next().unwrap_or(&path).to_owned();
-            // Keys are set in bold, as `.B key` or `\fBkey\fR`.
-            if !page.contains(&format!(".B {key}")) && !page.contains(&format!("\\fB{key}\\fR")) {
+            // Keys are set in bold: a line `.B key` (`.BR key ,` in a sentence).
+            let bold = |l: &str| l == format!(".B {key}") || l.starts_with(&format!(".BR {key} "));
+            if !page.lines().any(bold) {
                 missing.insert(key);
             }
         }
