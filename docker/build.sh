@@ -25,6 +25,10 @@ mkdir -p "$root/usr/local/bin" "$root/etc/ucp-lb" "$root/tmp" "$root/run"
 chmod 1777 "$root/tmp"
 cp "$bin" "$root/usr/local/bin/ucp-lb"
 chmod 0755 "$root/usr/local/bin/ucp-lb"
+# The manual pages, where man looks for them (the image has no man; read
+# them on the host: docker run --rm ucp-lb --man | man -l -).
+install -Dm644 docs/man/ucp-lb.1 "$root/usr/share/man/man1/ucp-lb.1"
+install -Dm644 docs/man/lb.toml.5 "$root/usr/share/man/man5/lb.toml.5"
 # Bind 443 and 80 as uid 65532 without root: the one capability, on the file.
 setcap cap_net_bind_service=+ep "$root/usr/local/bin/ucp-lb"
 # Names for uid/gid 65532 (logs, `docker top`); no login, no home.

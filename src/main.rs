@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 mod cli;
 
 /// mimalloc instead of glibc's malloc: exact size classes for the
@@ -44,6 +44,9 @@ struct Cli {
     /// Print the version and build facts in full, with the enabled features, and exit.
     #[arg(short = 'V')]
     version_long: bool,
+    /// Print the manual page ucp-lb(1) in roff (docs/man/ucp-lb.1), and exit.
+    #[arg(long, hide = true)]
+    man: bool,
     /// Log lines as text or as one JSON object each; filter with RUST_LOG.
     #[arg(long, global = true, value_enum, default_value_t)]
     log_format: LogFormat,
@@ -66,6 +69,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if cli.version || cli.version_long {
         print!("{}", cli::version(cli.version_long));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if cli.man {
+        print!("{}", cli::man::page(Cli::command())?);
         return Ok(ExitCode::SUCCESS);
     }
     cli::logging::init(cli.log_format)?;

@@ -196,7 +196,7 @@ docker rm ucp-lb-test >/dev/null
 # control socket's directory, takes the listening sockets and the open
 # connection over; the first exits 0 by itself. A client loop connects
 # every 50 ms meanwhile: no connect fails, and the held connection goes on.
-# As README says: restart only on failure (a container that exits 0 after
+# As docs/operations.md says: restart only on failure (a container that exits 0 after
 # handing over stays stopped), a named volume for the socket's directory.
 lb_run() { # $1: name, then arguments for ucp-lb
   local name=$1; shift

@@ -1,6 +1,6 @@
 //! Faults and hostile peers: what a client sees when a server or another
 //! client misbehaves. Each test prints what it measured (`cargo test --test
-//! faults -- --nocapture`); README's "Failure behaviour" quotes them.
+//! faults -- --nocapture`); docs/behaviour.md's "Failure behaviour" quotes them.
 
 mod common;
 

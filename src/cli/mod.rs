@@ -8,6 +8,7 @@ pub mod demo;
 mod effective;
 pub mod healthcheck;
 pub mod logging;
+pub mod man;
 pub mod standin;
 
 use std::net::SocketAddr;
