@@ -208,6 +208,20 @@ fn traffic_svg(pool: &PoolStatus, events: &[Event], now: f64) -> String {
 pub fn render(h: &View) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let mut out = String::with_capacity(16384);
+    header(&mut out, h);
+    listeners(&mut out, &h.listeners);
+    let wall = crate::history::now();
+    for p in &h.pools {
+        pool(&mut out, p, &h.events, wall, now);
+    }
+    events(&mut out, &h.events);
+    out.push_str("<p class=meta>Refreshes every 2 s. JSON: <a href=/status>/status</a> · Prometheus: <a href=/metrics>/metrics</a></p></body></html>");
+    out
+}
+
+/// The document's head, then the balancer's state: serving or not, the
+/// version and config, the last reload, the process.
+fn header(out: &mut String, h: &View) {
     let _ = write!(
         out,
         "<!doctype html><html lang=en><head><meta charset=utf-8>\
@@ -246,8 +260,12 @@ pub fn render(h: &View) -> String {
         ok = h.reload.successes,
         bad = h.reload.failures,
     );
+}
+
+/// The listeners' table, each followed by its routes.
+fn listeners(out: &mut String, listeners: &[ListenerStatus]) {
     out.push_str("<h2>Listeners</h2><div class=box><table><tr><th>address</th><th>pool</th><th>open</th><th>accepted</th><th>closed at once</th><th>who may connect</th><th>per client</th></tr>");
-    for l in &h.listeners {
+    for l in listeners {
         let removed = if l.removed { " (removed, draining)" } else { "" };
         let _ = write!(
             out,
@@ -274,44 +292,50 @@ pub fn render(h: &View) -> String {
         }
     }
     out.push_str("</table></div>");
-    let wall = crate::history::now();
-    for p in &h.pools {
-        let badge = if p.fail_open {
-            " <span class='badge bad all-down'>no server eligible: failing open</span>"
-        } else if p.rejecting {
-            " <span class='badge bad all-down'>no server eligible: closing new clients</span>"
-        } else {
-            ""
-        };
-        let configured = p.servers.iter().filter(|s| !s.removed).count();
-        let count_class = if p.eligible == configured {
-            "ok"
-        } else if p.eligible == 0 {
-            "bad"
-        } else {
-            "warn"
-        };
-        let removed = if p.removed { " (removed by a reload)" } else { "" };
-        let _ = write!(
-            out,
-            "<h2>Pool {name}{removed}{badge} <span class='badge {count_class} eligible-count'>{e} of {n} eligible</span></h2>\
-             <div class=box>{svg}<table><tr><th>server</th><th>state</th><th>details</th>\
-             <th>open</th><th>connections</th><th>sent / received</th><th>cert</th></tr>",
-            name = escape(&p.name),
-            e = p.eligible,
-            n = configured,
-            svg = traffic_svg(p, &h.events, wall),
-        );
-        for s in &p.servers {
-            server_row(&mut out, &p.name, s, now);
-        }
-        out.push_str("</table></div>");
+}
+
+/// One pool: its heading (how many servers are eligible), its traffic
+/// chart and its servers' table.
+fn pool(out: &mut String, p: &PoolStatus, events: &[Event], wall: f64, now: i64) {
+    let badge = if p.fail_open {
+        " <span class='badge bad all-down'>no server eligible: failing open</span>"
+    } else if p.rejecting {
+        " <span class='badge bad all-down'>no server eligible: closing new clients</span>"
+    } else {
+        ""
+    };
+    let configured = p.servers.iter().filter(|s| !s.removed).count();
+    let count_class = if p.eligible == configured {
+        "ok"
+    } else if p.eligible == 0 {
+        "bad"
+    } else {
+        "warn"
+    };
+    let removed = if p.removed { " (removed by a reload)" } else { "" };
+    let _ = write!(
+        out,
+        "<h2>Pool {name}{removed}{badge} <span class='badge {count_class} eligible-count'>{e} of {n} eligible</span></h2>\
+         <div class=box>{svg}<table><tr><th>server</th><th>state</th><th>details</th>\
+         <th>open</th><th>connections</th><th>sent / received</th><th>cert</th></tr>",
+        name = escape(&p.name),
+        e = p.eligible,
+        n = configured,
+        svg = traffic_svg(p, events, wall),
+    );
+    for s in &p.servers {
+        server_row(out, &p.name, s, now);
     }
+    out.push_str("</table></div>");
+}
+
+/// The table of what happened (the event history).
+fn events(out: &mut String, events: &[Event]) {
     out.push_str("<h2>What happened</h2><div class=box><table id=events><tr><th>time (UTC)</th><th>what</th><th>pool</th><th>server</th><th>why</th></tr>");
-    if h.events.is_empty() {
+    if events.is_empty() {
         out.push_str("<tr><td colspan=5 class=meta>nothing since the start</td></tr>");
     }
-    for e in &h.events {
+    for e in events {
         let class = match e.what {
             "server up" | "readmitted" | "enable" | "reload" | "pool has a server again" => "ok",
             "drain" => "warn",
@@ -328,8 +352,6 @@ pub fn render(h: &View) -> String {
         );
     }
     out.push_str("</table></div>");
-    out.push_str("<p class=meta>Refreshes every 2 s. JSON: <a href=/status>/status</a> · Prometheus: <a href=/metrics>/metrics</a></p></body></html>");
-    out
 }
 
 /// A listener's refusals: the total, and the reasons that have any.

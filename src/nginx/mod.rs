@@ -9,8 +9,13 @@
 //! directive inside it that cannot be carried over becomes a comment in the
 //! output and a warning.
 
+mod admission;
 mod convert;
+mod logs;
 mod read;
+mod routes;
+mod server;
+mod upstream;
 mod write;
 
 use std::path::Path;

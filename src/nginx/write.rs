@@ -9,6 +9,8 @@ use crate::config::format_duration;
 
 use super::convert::*;
 
+/// The lb.toml for what `c` converted from `path`; `outside` names the
+/// directives outside `stream {}`, ignored.
 pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# Converted by `ucp-lb convert-nginx` from {}.", path.display());
@@ -30,132 +32,141 @@ pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
         comment_lines(&mut o, "", &c.head_notes);
     }
     for l in &c.listeners {
-        o.push('\n');
-        comment_lines(&mut o, "", &l.comments);
-        comment_lines(&mut o, "", &l.notes);
-        let _ = writeln!(o, "[[listener]]\nbind = {}", q(&l.bind));
-        match &l.pool {
-            Some(p) => {
-                let _ = writeln!(o, "pool = {}", q(p));
-            }
-            None => {
-                o.push_str("# no pool: the map has no default, so clients no route takes are closed (as in nginx)\n")
-            }
-        }
-        if !l.routes.is_empty() {
-            let routes: Vec<String> = l.routes.iter().map(|(n, p)| format!("{} = {}", q(n), q(p))).collect();
-            let _ = writeln!(o, "routes = {{ {} }}", routes.join(", "));
-            // nginx's preread_timeout default is 30s; ucp-lb's 5s.
-            let t = l.preread_timeout.clone().unwrap_or_else(|| "30s".to_owned());
-            let _ = writeln!(o, "preread_timeout = {}", q(&t));
-        }
-        if !l.access.is_empty() {
-            let rules: Vec<String> = l.access.iter().map(|r| q(r)).collect();
-            let _ = writeln!(o, "access = [{}]  # nginx allow/deny, first match decides", rules.join(", "));
-        }
-        if let Some(k) = &l.keepalive {
-            let _ = writeln!(o, "client_keepalive = {k}  # nginx listen so_keepalive=");
-        }
-        if let Some(n) = l.per_client {
-            let _ = writeln!(
-                o,
-                "max_connections_per_client = {n}  # nginx limit_conn on $binary_remote_addr (nginx counts a zone across every server using it; ucp-lb per listener)"
-            );
-        }
-        match &l.access_log {
-            None => {}
-            Some(AccessLog::Off) => o.push_str("access_log = \"off\"\n"),
-            Some(AccessLog::To { path, template }) => {
-                let _ = writeln!(o, "access_log = {}", q(path));
-                // nginx's stream access_log always names a format; without
-                // one it logs nothing useful, and ucp-lb's text is close.
-                if let Some(t) = template {
-                    let _ = writeln!(o, "access_log_format = {}", q(t));
-                }
-            }
-        }
+        listener(&mut o, l);
     }
     for p in &c.pools {
-        o.push('\n');
-        comment_lines(&mut o, "", &p.comments);
-        let _ = writeln!(o, "# nginx upstream {} ({})", p.origin, p.at);
-        comment_lines(&mut o, "", &p.notes);
-        let _ = writeln!(o, "[pool.{}]", p.name);
-        let proxy = p.proxy.clone().unwrap_or_default();
-        let _ = writeln!(o, "balance = {}", q(p.balance));
-        let ct = proxy.connect_timeout.unwrap_or(NGINX_CONNECT_TIMEOUT);
-        let _ = writeln!(o, "connect_timeout = {}{}", q(&nonzero(ct)), default_note(proxy.connect_timeout.is_none()));
-        match proxy.idle_timeout.unwrap_or(Some(NGINX_PROXY_TIMEOUT)) {
-            Some(t) => {
-                let _ = writeln!(
-                    o,
-                    "idle_timeout = {}{}",
-                    q(&format_duration(t)),
-                    default_note(proxy.idle_timeout.is_none())
-                );
-                o.push_str(
-                    "# ^ nginx's proxy_timeout. A known trap: connections quiet this long are\n\
-                     #   cut, which breaks `docker events`, `kubectl --watch` and slow pushes.\n\
-                     #   Docker asks for more than 10m, or \"none\".\n",
-                );
-            }
-            None => {
-                let _ = writeln!(o, "idle_timeout = \"none\"");
-            }
-        }
-        let (mf, ft) =
-            p.servers.first().map_or((NGINX_MAX_FAILS, NGINX_FAIL_TIMEOUT), |s| (s.max_fails, s.fail_timeout));
-        let _ = writeln!(o, "max_fails = {mf}");
-        let _ = writeln!(o, "fail_timeout = {}", q(&nonzero(ft)));
-        let _ = writeln!(
-            o,
-            "retries = {}{}",
-            proxy.retries(),
-            default_note(proxy.next_upstream.is_none() && proxy.tries.is_none())
-        );
-        o.push_str("all_down = \"reject\"  # nginx: \"no live upstreams\" closes the client\n");
-        match proxy.socket_keepalive {
-            Some(true) => o.push_str(
-                "server_keepalive = true  # nginx proxy_socket_keepalive on (nginx: the kernel's timings, 7200 s by default; here 60 s, 10 s, 6)\n",
-            ),
-            Some(false) => o.push_str("server_keepalive = false  # nginx proxy_socket_keepalive off\n"),
-            None => {}
-        }
-        if p.proxy.is_none() {
-            o.push_str("# (no nginx server {} proxies to this upstream)\n");
-        }
-        o.push_str("servers = [\n");
-        for s in &p.servers {
-            comment_lines(&mut o, "  ", &s.comments);
-            if !s.dropped.is_empty() {
-                let _ = writeln!(o, "  # nginx parameters not carried over: {}", s.dropped.join(" "));
-            }
-            let mut extra = Vec::new();
-            if s.weight != 1 {
-                extra.push(format!("weight = {}", s.weight));
-            }
-            if s.backup {
-                extra.push("backup = true".into());
-            }
-            if s.max_conns > 0 {
-                extra.push(format!("max_conns = {}", s.max_conns));
-            }
-            if s.down {
-                extra.push("state = \"down\"".into());
-            }
-            if extra.is_empty() {
-                let _ = writeln!(o, "  {},", q(&s.address));
-            } else {
-                let _ = writeln!(o, "  {{ address = {}, {} }},", q(&s.address), extra.join(", "));
-            }
-        }
-        o.push_str("]\n");
-        // nginx never probed; suggest how, such that uncommenting it can
-        // never take every server out.
-        let _ = writeln!(o, "# [pool.{}.health]", p.name);
-        o.push_str(&health_advice(p, &c.pools));
+        pool(&mut o, p, &c.pools);
     }
     o
+}
+
+/// A `[[listener]]` table, with its comments and notes first.
+fn listener(o: &mut String, l: &Listener) {
+    o.push('\n');
+    comment_lines(o, "", &l.comments);
+    comment_lines(o, "", &l.notes);
+    let _ = writeln!(o, "[[listener]]\nbind = {}", q(&l.bind));
+    match &l.pool {
+        Some(p) => {
+            let _ = writeln!(o, "pool = {}", q(p));
+        }
+        None => o.push_str("# no pool: the map has no default, so clients no route takes are closed (as in nginx)\n"),
+    }
+    if !l.routes.is_empty() {
+        let routes: Vec<String> = l.routes.iter().map(|(n, p)| format!("{} = {}", q(n), q(p))).collect();
+        let _ = writeln!(o, "routes = {{ {} }}", routes.join(", "));
+        // nginx's preread_timeout default is 30s; ucp-lb's 5s.
+        let t = l.preread_timeout.clone().unwrap_or_else(|| "30s".to_owned());
+        let _ = writeln!(o, "preread_timeout = {}", q(&t));
+    }
+    if !l.access.is_empty() {
+        let rules: Vec<String> = l.access.iter().map(|r| q(r)).collect();
+        let _ = writeln!(o, "access = [{}]  # nginx allow/deny, first match decides", rules.join(", "));
+    }
+    if let Some(k) = &l.keepalive {
+        let _ = writeln!(o, "client_keepalive = {k}  # nginx listen so_keepalive=");
+    }
+    if let Some(n) = l.per_client {
+        let _ = writeln!(
+            o,
+            "max_connections_per_client = {n}  # nginx limit_conn on $binary_remote_addr (nginx counts a zone across every server using it; ucp-lb per listener)"
+        );
+    }
+    match &l.access_log {
+        None => {}
+        Some(AccessLog::Off) => o.push_str("access_log = \"off\"\n"),
+        Some(AccessLog::To { path, template }) => {
+            let _ = writeln!(o, "access_log = {}", q(path));
+            // nginx's stream access_log always names a format; without
+            // one it logs nothing useful, and ucp-lb's text is close.
+            if let Some(t) = template {
+                let _ = writeln!(o, "access_log_format = {}", q(t));
+            }
+        }
+    }
+}
+
+/// A `[pool.NAME]` table, with nginx's defaults written out, and its
+/// health table commented out.
+fn pool(o: &mut String, p: &Pool, all: &[Pool]) {
+    o.push('\n');
+    comment_lines(o, "", &p.comments);
+    let _ = writeln!(o, "# nginx upstream {} ({})", p.origin, p.at);
+    comment_lines(o, "", &p.notes);
+    let _ = writeln!(o, "[pool.{}]", p.name);
+    let proxy = p.proxy.clone().unwrap_or_default();
+    let _ = writeln!(o, "balance = {}", q(p.balance));
+    let ct = proxy.connect_timeout.unwrap_or(NGINX_CONNECT_TIMEOUT);
+    let _ = writeln!(o, "connect_timeout = {}{}", q(&nonzero(ct)), default_note(proxy.connect_timeout.is_none()));
+    match proxy.idle_timeout.unwrap_or(Some(NGINX_PROXY_TIMEOUT)) {
+        Some(t) => {
+            let _ =
+                writeln!(o, "idle_timeout = {}{}", q(&format_duration(t)), default_note(proxy.idle_timeout.is_none()));
+            o.push_str(
+                "# ^ nginx's proxy_timeout. A known trap: connections quiet this long are\n\
+                 #   cut, which breaks `docker events`, `kubectl --watch` and slow pushes.\n\
+                 #   Docker asks for more than 10m, or \"none\".\n",
+            );
+        }
+        None => {
+            let _ = writeln!(o, "idle_timeout = \"none\"");
+        }
+    }
+    let (mf, ft) = p.servers.first().map_or((NGINX_MAX_FAILS, NGINX_FAIL_TIMEOUT), |s| (s.max_fails, s.fail_timeout));
+    let _ = writeln!(o, "max_fails = {mf}");
+    let _ = writeln!(o, "fail_timeout = {}", q(&nonzero(ft)));
+    let _ = writeln!(
+        o,
+        "retries = {}{}",
+        proxy.retries(),
+        default_note(proxy.next_upstream.is_none() && proxy.tries.is_none())
+    );
+    o.push_str("all_down = \"reject\"  # nginx: \"no live upstreams\" closes the client\n");
+    match proxy.socket_keepalive {
+        Some(true) => o.push_str(
+            "server_keepalive = true  # nginx proxy_socket_keepalive on (nginx: the kernel's timings, 7200 s by default; here 60 s, 10 s, 6)\n",
+        ),
+        Some(false) => o.push_str("server_keepalive = false  # nginx proxy_socket_keepalive off\n"),
+        None => {}
+    }
+    if p.proxy.is_none() {
+        o.push_str("# (no nginx server {} proxies to this upstream)\n");
+    }
+    servers(o, p);
+    // nginx never probed; suggest how, such that uncommenting it can
+    // never take every server out.
+    let _ = writeln!(o, "# [pool.{}.health]", p.name);
+    o.push_str(&health_advice(p, all));
+}
+
+/// The `servers` list of pool `p`.
+fn servers(o: &mut String, p: &Pool) {
+    o.push_str("servers = [\n");
+    for s in &p.servers {
+        comment_lines(o, "  ", &s.comments);
+        if !s.dropped.is_empty() {
+            let _ = writeln!(o, "  # nginx parameters not carried over: {}", s.dropped.join(" "));
+        }
+        let mut extra = Vec::new();
+        if s.weight != 1 {
+            extra.push(format!("weight = {}", s.weight));
+        }
+        if s.backup {
+            extra.push("backup = true".into());
+        }
+        if s.max_conns > 0 {
+            extra.push(format!("max_conns = {}", s.max_conns));
+        }
+        if s.down {
+            extra.push("state = \"down\"".into());
+        }
+        if extra.is_empty() {
+            let _ = writeln!(o, "  {},", q(&s.address));
+        } else {
+            let _ = writeln!(o, "  {{ address = {}, {} }},", q(&s.address), extra.join(", "));
+        }
+    }
+    o.push_str("]\n");
 }
 
 pub(super) fn nonzero(d: Duration) -> String {

@@ -7,6 +7,18 @@
 //! snapshots that keep the same server; the balancer's own state (hash
 //! ring; round-robin weights, shared while the servers stay the same)
 //! belongs to the pool.
+//!
+//! This file keeps the servers, their eligibility and `pick`'s whole-pool
+//! rules (backups, fail open, the retry's tried servers); each balancing
+//! method has a file of its own: `round_robin.rs` (smooth weighted, also
+//! the others' fallback), `least_conn.rs`, `random_two.rs` and `hash.rs`
+//! (map-based and consistent); `mask.rs` is the set of candidates.
+
+mod hash;
+mod least_conn;
+mod mask;
+mod random_two;
+mod round_robin;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
@@ -23,6 +35,10 @@ use crate::config::{AdminState, AllDown, Balance, Settings};
 use crate::fail::FailReason;
 use crate::history::History;
 use crate::passive::Transition;
+
+use hash::Ring;
+use mask::Mask;
+use round_robin::RrWeight;
 
 #[derive(Debug)]
 pub struct Server {
@@ -330,259 +346,13 @@ impl Pool {
     pub fn set_all_down(&self, on: bool) -> bool {
         self.state.all_down.load(Relaxed) != on && self.state.all_down.swap(on, Relaxed) != on
     }
-
-    /// nginx's smooth weighted round robin over the servers in `mask`
-    /// (with each server's weight now: part of it while it warms up).
-    fn round_robin(&self, mask: &Mask, now: Instant) -> Option<usize> {
-        let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
-        let mut total = 0i64;
-        let mut best: Option<usize> = None;
-        for i in mask.iter() {
-            let full = self.servers[i].weight_now(now);
-            let w = &mut rr[i];
-            w.effective = w.effective.min(full);
-            w.current += w.effective;
-            total += w.effective;
-            if w.effective < full {
-                w.effective = (w.effective + SCALE).min(full);
-            }
-            if best.is_none_or(|b| rr[i].current > rr[b].current) {
-                best = Some(i);
-            }
-        }
-        let b = best?;
-        rr[b].current -= total;
-        Some(b)
-    }
-
-    /// Fewest active connections per unit of weight; ties go round robin.
-    fn least_conn(&self, mask: &Mask, now: Instant) -> Option<usize> {
-        let ratio = |i: usize| {
-            let s = &self.servers[i];
-            (u64::from(s.state.active.load(Relaxed)), s.weight_now(now) as u64)
-        };
-        let mut best: Option<(usize, (u64, u64))> = None;
-        for i in mask.iter() {
-            let (c, w) = ratio(i);
-            if best.is_none_or(|(_, (bc, bw))| c * bw < bc * w) {
-                best = Some((i, (c, w)));
-            }
-        }
-        let (first, (bc, bw)) = best?;
-        let mut ties = Mask::new(self.servers.len());
-        let mut many = false;
-        for i in mask.iter() {
-            let (c, w) = ratio(i);
-            if c * bw == bc * w {
-                ties.set(i);
-                many |= i != first;
-            }
-        }
-        // As nginx: one best is taken as it is; only a tie goes through the
-        // round robin (and moves its weights).
-        if many { self.round_robin(&ties, now) } else { Some(first) }
-    }
-
-    /// Two weighted random picks; the one with fewer connections per weight.
-    fn random_two(&self, mask: &Mask, now: Instant) -> Option<usize> {
-        let first = self.weighted_random(mask, None, now)?;
-        let Some(second) = self.weighted_random(mask, Some(first), now) else {
-            return Some(first);
-        };
-        let (a, b) = (&self.servers[first], &self.servers[second]);
-        let (ca, cb) = (u64::from(a.state.active.load(Relaxed)), u64::from(b.state.active.load(Relaxed)));
-        let (wa, wb) = (a.weight_now(now) as u64, b.weight_now(now) as u64);
-        if cb * wa < ca * wb { Some(second) } else { Some(first) }
-    }
-
-    fn weighted_random(&self, mask: &Mask, except: Option<usize>, now: Instant) -> Option<usize> {
-        let weight = |i: usize| self.servers[i].weight_now(now) as u64;
-        let total: u64 = mask.iter().filter(|&i| Some(i) != except).map(weight).sum();
-        if total == 0 {
-            return None;
-        }
-        let mut r = fastrand::u64(0..total);
-        for i in mask.iter().filter(|&i| Some(i) != except) {
-            let w = weight(i);
-            if r < w {
-                return Some(i);
-            }
-            r -= w;
-        }
-        None
-    }
-
-    /// nginx's `hash $remote_addr` without `consistent` (HAProxy calls it
-    /// map-based): the CRC32 of the client address, folded as Cache::Memcached
-    /// does, modulo the total weight of the primary servers picks one; if it
-    /// cannot take the client (not eligible, or tried), the key is hashed
-    /// again with the attempt number in front, up to 20 more times, then
-    /// round robin. As `ngx_stream_upstream_get_hash_peer`.
-    fn source_hash_map(&self, mask: &Mask, client: IpAddr, now: Instant) -> Option<usize> {
-        let primaries: Vec<usize> = (0..self.servers.len()).filter(|&i| !self.servers[i].backup).collect();
-        let total: u64 = primaries.iter().map(|&i| u64::from(self.servers[i].weight)).sum();
-        if primaries.len() < 2 || total == 0 {
-            return self.round_robin(mask, now);
-        }
-        let key = client.to_canonical().to_string();
-        let mut hash: u32 = 0;
-        for rehash in 0..=20u32 {
-            let mut h = crc32fast::Hasher::new();
-            if rehash > 0 {
-                h.update(rehash.to_string().as_bytes());
-            }
-            h.update(key.as_bytes());
-            hash = hash.wrapping_add((h.finalize() >> 16) & 0x7fff);
-            let mut w = u64::from(hash) % total;
-            let mut pick = primaries[primaries.len() - 1];
-            for &i in &primaries {
-                let weight = u64::from(self.servers[i].weight);
-                if w < weight {
-                    pick = i;
-                    break;
-                }
-                w -= weight;
-            }
-            if mask.get(pick) {
-                return Some(pick);
-            }
-        }
-        self.round_robin(mask, now)
-    }
-
-    /// nginx's `hash $remote_addr consistent`: walk the ring from the client's
-    /// point to the first name with an eligible address (at most 20 points,
-    /// as nginx), then fall back to round robin.
-    fn source_hash(&self, mask: &Mask, client: IpAddr, now: Instant) -> Option<usize> {
-        if self.ring.points.is_empty() {
-            return self.round_robin(mask, now);
-        }
-        let key = client.to_canonical().to_string();
-        let hash = crc32fast::hash(key.as_bytes());
-        let start = self.ring.points.partition_point(|&(h, _)| h < hash);
-        let n = self.ring.points.len();
-        for t in 0..20.min(n) {
-            let (_, name) = self.ring.points[(start + t) % n];
-            let mut same = Mask::new(self.servers.len());
-            for &i in &self.ring.names[name as usize] {
-                if mask.get(i) {
-                    same.set(i);
-                }
-            }
-            if !same.is_empty() {
-                return self.round_robin(&same, now);
-            }
-        }
-        self.round_robin(mask, now)
-    }
-}
-
-/// One server's smooth weighted round robin state, as nginx keeps it.
-#[derive(Debug, Clone, Copy)]
-struct RrWeight {
-    current: i64,
-    /// The weight used now: lowered after failures, back up one per pick.
-    effective: i64,
-}
-
-/// nginx's consistent-hash ring: 160 points per unit of weight for each
-/// server name, point hashes chained through CRC32 of `host \0 port`.
-#[derive(Debug, Default)]
-struct Ring {
-    /// (point hash, index into `names`), sorted, duplicates dropped.
-    points: Vec<(u32, u32)>,
-    /// Server indices behind each name (a name may resolve to several).
-    names: Vec<Vec<usize>>,
-}
-
-impl Ring {
-    fn new(servers: &[Server]) -> Ring {
-        let mut names: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
-        for (i, s) in servers.iter().enumerate() {
-            if s.backup {
-                continue;
-            }
-            match names.iter_mut().find(|(n, _)| *n == s.name) {
-                Some((_, v)) => v.push(i),
-                None => names.push((s.name.clone(), vec![i])),
-            }
-        }
-        let mut points = Vec::new();
-        for (ni, (name, idx)) in names.iter().enumerate() {
-            let (host, port) = name.rsplit_once(':').unwrap_or((name, ""));
-            let mut base = crc32fast::Hasher::new();
-            base.update(host.as_bytes());
-            base.update(&[0]);
-            base.update(port.as_bytes());
-            let weight = servers[idx[0]].weight;
-            let mut prev: u32 = 0;
-            for _ in 0..weight * 160 {
-                let mut h = base.clone();
-                h.update(&prev.to_le_bytes());
-                let hash = h.finalize();
-                points.push((hash, ni as u32));
-                prev = hash;
-            }
-        }
-        points.sort_unstable();
-        points.dedup_by_key(|p| p.0);
-        Ring { points, names: names.into_iter().map(|(_, v)| v).collect() }
-    }
-}
-
-/// A small set of server indices; no allocation for pools of up to 256.
-enum Mask {
-    Small([u64; 4]),
-    Big(Vec<u64>),
-}
-
-impl Mask {
-    fn new(n: usize) -> Mask {
-        if n <= 256 { Mask::Small([0; 4]) } else { Mask::Big(vec![0; n.div_ceil(64)]) }
-    }
-    fn words(&self) -> &[u64] {
-        match self {
-            Mask::Small(w) => w,
-            Mask::Big(v) => v,
-        }
-    }
-    fn set(&mut self, i: usize) {
-        let w = match self {
-            Mask::Small(w) => &mut w[..],
-            Mask::Big(v) => &mut v[..],
-        };
-        w[i / 64] |= 1 << (i % 64);
-    }
-    fn get(&self, i: usize) -> bool {
-        self.words().get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
-    }
-    fn is_empty(&self) -> bool {
-        self.words().iter().all(|&w| w == 0)
-    }
-    /// The indices in the set, in order. Only the set bits are visited (each
-    /// found with one trailing-zeros count): a pick in a pool of three walks
-    /// three bits, not 256 (callgrind had the old walk at about 2,200
-    /// instructions per new connection, most of a round-robin pick).
-    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.words().iter().enumerate().flat_map(|(wi, &w)| {
-            let mut rest = w;
-            std::iter::from_fn(move || {
-                if rest == 0 {
-                    return None;
-                }
-                let b = rest.trailing_zeros() as usize;
-                rest &= rest - 1;
-                Some(wi * 64 + b)
-            })
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn server(name: &str, weight: u32, backup: bool) -> Server {
+    pub(super) fn server(name: &str, weight: u32, backup: bool) -> Server {
         let addr: SocketAddr = name.parse().unwrap();
         Server {
             name: name.into(),
@@ -599,44 +369,13 @@ mod tests {
         }
     }
 
-    fn pool(balance: Balance, servers: Vec<Server>) -> Pool {
+    pub(super) fn pool(balance: Balance, servers: Vec<Server>) -> Pool {
         let settings = Settings { balance, ..Settings::default() };
         Pool::new("p".into(), settings, servers, Arc::default(), Default::default())
     }
 
-    fn client() -> IpAddr {
+    pub(super) fn client() -> IpAddr {
         "192.0.2.7".parse().unwrap()
-    }
-
-    #[test]
-    fn smooth_round_robin_matches_nginx_sequence() {
-        // nginx's documented example: weights 5, 1, 1 give a a b a c a a.
-        let p = pool(
-            Balance::RoundRobin,
-            vec![server("10.0.0.1:1", 5, false), server("10.0.0.2:1", 1, false), server("10.0.0.3:1", 1, false)],
-        );
-        let now = Instant::now();
-        let seq: Vec<usize> = (0..7).map(|_| p.pick(now, client(), &[]).unwrap().idx).collect();
-        assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0]);
-    }
-
-    #[test]
-    fn the_rotation_goes_on_in_a_pool_rebuilt_with_the_same_servers() {
-        let servers = || (1..=3).map(|i| server(&format!("10.0.0.{i}:1"), 1, false)).collect::<Vec<_>>();
-        let now = Instant::now();
-        let mut p = pool(Balance::RoundRobin, servers());
-        let mut seen = Vec::new();
-        for _ in 0..30 {
-            let mut next = pool(Balance::RoundRobin, servers());
-            next.keep_position(&p);
-            p = next;
-            seen.push(p.pick(now, client(), &[]).unwrap().idx);
-        }
-        let counts: Vec<usize> = (0..3).map(|i| seen.iter().filter(|&&s| s == i).count()).collect();
-        assert_eq!(counts, [10, 10, 10], "{seen:?}");
-        let mut other = pool(Balance::RoundRobin, servers().into_iter().take(2).collect());
-        other.keep_position(&p);
-        assert_eq!(other.pick(now, client(), &[]).unwrap().idx, 0, "other servers: a fresh rotation");
     }
 
     #[test]
@@ -702,49 +441,6 @@ mod tests {
         assert_eq!(p.connected(0, t1), Some(Transition::Readmitted));
     }
 
-    #[test]
-    fn least_conn_prefers_fewest_per_weight() {
-        let p = pool(Balance::LeastConn, vec![server("10.0.0.1:1", 1, false), server("10.0.0.2:1", 2, false)]);
-        p.servers[0].state.active.store(2, Relaxed);
-        p.servers[1].state.active.store(3, Relaxed);
-        // 2/1 > 3/2: the weighted server has fewer per weight.
-        assert_eq!(p.pick(Instant::now(), client(), &[]).unwrap().idx, 1);
-        p.servers[1].state.active.store(5, Relaxed);
-        assert_eq!(p.pick(Instant::now(), client(), &[]).unwrap().idx, 0);
-    }
-
-    #[test]
-    fn random_two_avoids_the_busy_server() {
-        let p = pool(Balance::RandomTwo, vec![server("10.0.0.1:1", 1, false), server("10.0.0.2:1", 1, false)]);
-        p.servers[0].state.active.store(10, Relaxed);
-        for _ in 0..50 {
-            assert_eq!(p.pick(Instant::now(), client(), &[]).unwrap().idx, 1);
-        }
-    }
-
-    #[test]
-    fn source_hash_is_sticky_and_moves_few_clients_when_a_server_leaves() {
-        let names = ["10.0.0.1:443", "10.0.0.2:443", "10.0.0.3:443", "10.0.0.4:443"];
-        let full = pool(Balance::SourceHash, names.iter().map(|n| server(n, 1, false)).collect());
-        let three = pool(Balance::SourceHash, names[..3].iter().map(|n| server(n, 1, false)).collect());
-        let now = Instant::now();
-        let mut moved = 0;
-        let mut on_removed = 0;
-        for i in 0..2000u32 {
-            let ip = IpAddr::from([10, 1, (i >> 8) as u8, i as u8]);
-            let a = full.pick(now, ip, &[]).unwrap().idx;
-            assert_eq!(full.pick(now, ip, &[]).unwrap().idx, a, "sticky");
-            let b = three.pick(now, ip, &[]).unwrap().idx;
-            if a == 3 {
-                on_removed += 1;
-            } else if a != b {
-                moved += 1;
-            }
-        }
-        assert_eq!(moved, 0, "clients of the servers that stay keep them");
-        assert!((300..700).contains(&on_removed), "about a quarter on each server: {on_removed}");
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_warming_server_has_part_of_its_max_conns_and_keeps_its_hashed_clients() {
         let mut servers = vec![server("10.0.0.1:443", 1, false), server("10.0.0.2:443", 1, false)];
@@ -768,138 +464,5 @@ mod tests {
         p.servers[1].state.active.store(1, Relaxed);
         assert!(!p.eligible(1, now), "full at 1 of its 10 while at a tenth");
         assert!(p.eligible(1, now + Duration::from_secs(5)), "room again as it warms");
-    }
-
-    #[test]
-    fn mask_iterates_what_was_set() {
-        let mut m = Mask::new(300);
-        for i in [0, 63, 64, 299] {
-            m.set(i);
-        }
-        assert_eq!(m.iter().collect::<Vec<_>>(), [0, 63, 64, 299]);
-        assert!(m.get(64) && !m.get(65));
-        let mut small = Mask::new(256);
-        for i in [1, 2, 130, 255] {
-            small.set(i);
-        }
-        assert_eq!(small.iter().collect::<Vec<_>>(), [1, 2, 130, 255]);
-        assert_eq!(Mask::new(3).iter().count(), 0);
-    }
-
-    /// nginx's round robin with passive ejection, written from
-    /// `ngx_stream_upstream_round_robin.c` (get_peer and free_peer), as the
-    /// reference for the property below. Its time is continuous (ms): where
-    /// nginx compares whole seconds with `<=` / `>`, this compares with `<`
-    /// / `>=`, which is what ucp-lb means by "for fail_timeout".
-    #[derive(Debug, Clone)]
-    struct NginxPeer {
-        weight: i64,
-        effective: i64,
-        current: i64,
-        fails: u32,
-        accessed: Option<u64>,
-        checked: Option<u64>,
-    }
-
-    struct NginxModel {
-        peers: Vec<NginxPeer>,
-        max_fails: u32,
-        fail_timeout: u64,
-    }
-
-    impl NginxModel {
-        fn get_peer(&mut self, now: u64) -> Option<usize> {
-            let (mut best, mut total) = (None::<usize>, 0i64);
-            for i in 0..self.peers.len() {
-                let p = &self.peers[i];
-                if self.max_fails > 0
-                    && p.fails >= self.max_fails
-                    && p.checked.is_some_and(|c| now - c < self.fail_timeout)
-                {
-                    continue;
-                }
-                let p = &mut self.peers[i];
-                p.current += p.effective;
-                total += p.effective;
-                if p.effective < p.weight {
-                    p.effective += 1;
-                }
-                if best.is_none_or(|b| self.peers[i].current > self.peers[b].current) {
-                    best = Some(i);
-                }
-            }
-            let b = best?;
-            let p = &mut self.peers[b];
-            p.current -= total;
-            if p.checked.is_none_or(|c| now - c >= self.fail_timeout) {
-                p.checked = Some(now);
-            }
-            Some(b)
-        }
-
-        fn free_peer(&mut self, i: usize, now: u64, failed: bool) {
-            let p = &mut self.peers[i];
-            if failed {
-                p.fails += 1;
-                p.accessed = Some(now);
-                p.checked = Some(now);
-                if self.max_fails > 0 {
-                    p.effective = (p.effective - p.weight / i64::from(self.max_fails)).max(0);
-                }
-            } else if p.accessed.is_none_or(|a| p.checked.is_some_and(|c| a < c)) {
-                p.fails = 0;
-            }
-        }
-    }
-
-    proptest::proptest! {
-        /// For any weights, max_fails, fail_timeout and any run of picks
-        /// with failed or successful connects at any times, ucp-lb picks
-        /// the same server as nginx's round robin, skips the same ejected
-        /// servers, and has none to give exactly when nginx has none
-        /// (all_down = "reject", nginx's behaviour).
-        #[test]
-        fn round_robin_and_passive_ejection_follow_nginx(
-            weights in proptest::collection::vec(1u32..6, 2..6),
-            max_fails in 0u32..4,
-            fail_timeout_ms in 1u64..3000,
-            steps in proptest::collection::vec((0u64..1500, proptest::bool::weighted(0.3)), 1..200),
-        ) {
-            let servers: Vec<Server> =
-                weights.iter().enumerate().map(|(i, &w)| server(&format!("10.0.0.{}:1", i + 1), w, false)).collect();
-            let settings = Settings {
-                balance: Balance::RoundRobin,
-                max_fails,
-                fail_timeout: Duration::from_millis(fail_timeout_ms),
-                all_down: AllDown::Reject,
-                ..Settings::default()
-            };
-            let p = Pool::new("p".into(), settings, servers, Arc::default(), Default::default());
-            let mut model = NginxModel {
-                peers: weights
-                    .iter()
-                    .map(|&w| NginxPeer { weight: i64::from(w), effective: i64::from(w), current: 0, fails: 0, accessed: None, checked: None })
-                    .collect(),
-                max_fails,
-                fail_timeout: fail_timeout_ms,
-            };
-            let start = Instant::now();
-            let mut now_ms = 0u64;
-            for (advance, fails) in steps {
-                now_ms += advance;
-                let now = start + Duration::from_millis(now_ms);
-                let want = model.get_peer(now_ms);
-                let got = p.pick(now, client(), &[]).map(|pick| pick.idx);
-                proptest::prop_assert_eq!(got, want, "at {} ms", now_ms);
-                if let Some(i) = want {
-                    model.free_peer(i, now_ms, fails);
-                    if fails {
-                        p.connect_failed(i, now, FailReason::Refused);
-                    } else {
-                        p.connected(i, now);
-                    }
-                }
-            }
-        }
     }
 }

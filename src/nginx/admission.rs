@@ -1,0 +1,86 @@
+//! `allow`, `deny`, `limit_conn` and `limit_conn_zone`: who may connect,
+//! and how many connections a client may hold.
+
+use super::ConvertError;
+use super::convert::{Admission, Converter};
+use super::read::Directive;
+
+impl Converter {
+    /// `allow`, `deny` and `limit_conn` (stream or server level) into
+    /// `adm`; false when `d` is none of them.
+    pub(super) fn admission_directive(&mut self, d: &Directive, adm: &mut Admission) -> Result<bool, ConvertError> {
+        match d.name.as_str() {
+            "allow" | "deny" => {
+                let [what] = d.args.as_slice() else {
+                    return Err(d.err(format!("{} takes one address, prefix or `all`", d.name)));
+                };
+                if what.starts_with("unix:") {
+                    let n = self.not_carried(d, "ucp-lb listens on TCP only");
+                    self.head_notes.push(n);
+                    return Ok(true);
+                }
+                let rule = format!("{} {what}", d.name);
+                // nginx refuses an address it cannot read too.
+                crate::admission::Rule::parse(&rule).map_err(|e| d.err(e))?;
+                adm.access.get_or_insert_with(Vec::new).push(rule);
+            }
+            "limit_conn" => {
+                let [zone, n] = d.args.as_slice() else {
+                    return Err(d.err("limit_conn takes a zone and a number"));
+                };
+                let n = n.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    d.err(format!("limit_conn {zone} {n}: the number must be a whole number above 0"))
+                })?;
+                adm.limits.get_or_insert_with(Vec::new).push((zone.clone(), n, d.at()));
+            }
+            // How refusals are logged, or counting without refusing: ucp-lb
+            // always refuses and logs at debug, counting every refusal.
+            "limit_conn_log_level" | "limit_conn_dry_run" => {
+                let n = self.not_carried(d, "ucp-lb refuses over the limit and counts each refusal per listener");
+                self.head_notes.push(n);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// `limit_conn_zone KEY zone=NAME:SIZE` at the stream level.
+    pub(super) fn limit_conn_zone(&mut self, d: &Directive) -> Result<(), ConvertError> {
+        let (Some(key), Some(zone)) = (d.args.first(), d.args.iter().find_map(|a| a.strip_prefix("zone="))) else {
+            return Err(d.err("limit_conn_zone takes a key and zone=NAME:SIZE"));
+        };
+        let name = zone.split(':').next().unwrap_or(zone);
+        self.limit_zones.insert(name.to_owned(), key.clone());
+        Ok(())
+    }
+
+    /// The `limit_conn`s that apply to a server as one per-client limit:
+    /// those on zones keyed by the client's address (the smallest wins, as
+    /// each is enforced); the others are said not carried.
+    pub(super) fn per_client(
+        &mut self,
+        limits: Option<Vec<(String, u32, String)>>,
+        notes: &mut Vec<String>,
+    ) -> Option<u32> {
+        let mut out: Option<u32> = None;
+        for (zone, n, at) in limits.unwrap_or_default() {
+            match self.limit_zones.get(&zone).map(String::as_str) {
+                Some("$binary_remote_addr" | "$remote_addr") => out = Some(out.map_or(n, |o| o.min(n))),
+                Some(key) => {
+                    let what = format!(
+                        "{at}: limit_conn {zone} {n}: counts by {key}: not carried over (ucp-lb limits per client address only)"
+                    );
+                    self.warnings.push(what.clone());
+                    notes.push(format!("nginx: {what}"));
+                }
+                None => {
+                    let what =
+                        format!("{at}: limit_conn {zone} {n}: no limit_conn_zone named {zone}; not carried over");
+                    self.warnings.push(what.clone());
+                    notes.push(format!("nginx: {what}"));
+                }
+            }
+        }
+        out
+    }
+}
