@@ -114,6 +114,12 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     }
     clients(&connector, lb, 6, "Six more clients:").await;
 
+    try_it(&running, &managers, lb).await
+}
+
+/// The end of the scene: what to try, then the keys that break and mend
+/// the managers, until a signal.
+async fn try_it(running: &ucp_lb::Running, managers: &[Manager], lb: SocketAddr) -> anyhow::Result<()> {
     let mut out = String::new();
     writeln!(out, "\nTry it:")?;
     writeln!(out, "  curl -sk https://{lb}/          # a new client each time")?;
@@ -138,7 +144,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
             let want = if m.is_healthy() { "up" } else { "down" };
             println!("{}: /_ping now answers {}", m.name, if m.is_healthy() { 200 } else { 500 });
             let t0 = Instant::now();
-            if wait_check(&running, m.addr, want).await {
+            if wait_check(running, m.addr, want).await {
                 println!("{}: {want} for ucp-lb after {:.1}s", m.name, t0.elapsed().as_secs_f64());
             }
         }
