@@ -83,6 +83,10 @@ impl Drop for BulkMark<'_> {
     }
 }
 
+// Empty buffers kept by each worker thread: per thread (not per balancer)
+// because the threads are the runtime's, shared by whatever runs on them; a
+// pooled buffer holds no byte of any connection (a buffer only ever carries
+// `buf[..n]` of the read that just filled it), so no state passes through.
 thread_local! {
     static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }

@@ -154,6 +154,9 @@ fn set_keepalive(sock: socket2::SockRef<'_>, l: &ListenerConfig, state: &Listene
 }
 
 /// A descriptor held in reserve to shed clients when none are left.
+/// Process-wide by nature: the descriptor table it stands in for is the
+/// process's, shared by every balancer in it, and one spare frees one slot
+/// of it whichever balancer needs it.
 static SPARE: Mutex<Option<File>> = Mutex::new(None);
 
 fn reserve_spare() {

@@ -107,6 +107,9 @@ const HELP: &[(&str, &str, Unit)] = &[
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// One rendering at a time keeps the absolute values of one scrape
+    /// coherent.
+    pub render_one: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -150,7 +153,7 @@ impl Metrics {
             }
         }
         let handle = recorder.handle();
-        Metrics { recorder, handle }
+        Metrics { recorder, handle, render_one: std::sync::Mutex::new(()) }
     }
 
     pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {

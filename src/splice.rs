@@ -38,6 +38,9 @@ const PIPE_CAP: usize = 256 * 1024;
 /// Empty pipes kept per worker thread; more are closed.
 const POOL_MAX: usize = 16;
 
+// Empty pipes kept by each worker thread: per thread, as copy.rs's
+// buffers, and only ever empty ones (see `Pipe`'s drop): no state of a
+// connection or of a balancer passes through.
 thread_local! {
     static FREE: RefCell<Vec<(OwnedFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
 }

@@ -6,17 +6,12 @@
 //! is put in a stable order here (families by name, counter and gauge
 //! series by their labels; histogram buckets keep their own order).
 
-use std::sync::Mutex;
-
 use crate::metrics::*;
 use crate::status::View;
 
-/// One rendering at a time keeps the absolute values of one scrape coherent.
-static RENDER: Mutex<()> = Mutex::new(());
-
 /// The Prometheus text exposition of `view`.
 pub fn render(m: &Metrics, view: &View) -> String {
-    let _one = RENDER.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = m.render_one.lock().unwrap_or_else(|p| p.into_inner());
     let b = &view.build;
     let build = vec![
         l("version", b.version),
