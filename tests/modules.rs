@@ -23,10 +23,21 @@ fn code(text: &str) -> String {
 
 /// The first path segment of every `crate::` path in `code`.
 fn crate_paths(code: &str) -> BTreeSet<String> {
+    paths_after(code, "crate::")
+}
+
+/// The first segment after `prefix` (such as `crate::wire::`) of every path
+/// in `code` that starts with it.
+fn paths_after(code: &str, prefix: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut rest = code;
-    while let Some(i) = rest.find("crate::") {
-        rest = &rest[i + "crate::".len()..];
+    while let Some(i) = rest.find(prefix) {
+        // `prefix` must start a path, not end another one (`xcrate::`).
+        let starts = rest[..i].chars().next_back().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        rest = &rest[i + prefix.len()..];
+        if !starts {
+            continue;
+        }
         if let Some(group) = rest.strip_prefix('{') {
             // `crate::{a, b::{C, D}, e}`: the first segment of each item.
             let (mut depth, mut item_start, mut end) = (0usize, true, group.len());
@@ -159,10 +170,82 @@ fn library_modules_import_each_other_in_no_loop() {
     assert!(found.is_empty(), "modules importing each other in a loop: {found:?}\nedges: {}", edges.join(" "));
 }
 
+/// The graph of the children of the folder `src/<path>` (files and
+/// subfolders, `mod.rs` left out: it is the folder's face, declaring and
+/// using its children, which use it back), from `crate::<path>::` paths
+/// and, in the folder's own files, `super::` paths.
+fn folder_graph(src: &Path, path: &[String]) -> Graph {
+    let dir = path.iter().fold(src.to_path_buf(), |d, p| d.join(p));
+    let prefix = format!("crate::{}::", path.join("::"));
+    let mut texts: BTreeMap<String, String> = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+        if name == "mod" || !(p.is_dir() || p.extension().is_some_and(|e| e == "rs")) {
+            continue;
+        }
+        let mut files = Vec::new();
+        if p.is_dir() {
+            rust_files(&p, &mut files);
+        } else {
+            files.push(p.clone());
+        }
+        let text = texts.entry(name).or_default();
+        for f in files {
+            let c = code(&std::fs::read_to_string(&f).unwrap());
+            text.push_str(&c);
+            if f.parent() == Some(dir.as_path()) {
+                // `super::x` from a file of this folder names a sibling.
+                text.push_str(&c.replace("super::", &prefix));
+            }
+        }
+    }
+    let names: BTreeSet<String> = texts.keys().cloned().collect();
+    texts
+        .iter()
+        .map(|(m, t)| {
+            (m.clone(), paths_after(t, &prefix).into_iter().filter(|d| d != m && names.contains(d)).collect())
+        })
+        .collect()
+}
+
+/// Every folder of the library under `src` (not the binary's `cli`), as
+/// module paths.
+fn folders(src: &Path, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    let dir = path.iter().fold(src.to_path_buf(), |d, p| d.join(p));
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if p.is_dir() && !(path.is_empty() && name == "cli") {
+            path.push(name);
+            out.push(path.clone());
+            folders(src, path, out);
+            path.pop();
+        }
+    }
+}
+
+#[test]
+fn modules_within_each_folder_import_each_other_in_no_loop() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    folders(&src, &mut Vec::new(), &mut all);
+    assert!(all.len() >= 3, "the folders were found: {all:?}");
+    let mut found = Vec::new();
+    for f in &all {
+        for c in cycles(&folder_graph(&src, f)) {
+            found.push(format!("src/{}: {c:?}", f.join("/")));
+        }
+    }
+    assert!(found.is_empty(), "modules of one folder importing each other in a loop:\n{}", found.join("\n"));
+}
+
 #[test]
 fn the_reader_finds_every_kind_of_crate_path_and_the_cycle_finder_finds_loops() {
     let paths = crate_paths("use crate::a::B;\nuse crate::{c, d::{E, F}, g::H};\nlet x = crate::i::f();");
     assert_eq!(paths.into_iter().collect::<Vec<_>>(), ["a", "c", "d", "g", "i"]);
+    let inner = paths_after("use crate::w::x::Y;\nuse crate::w::{z, q::R};\nuse crate::v::w::n;", "crate::w::");
+    assert_eq!(inner.into_iter().collect::<Vec<_>>(), ["q", "x", "z"]);
     assert!(code("use crate::a; // crate::b\n#[cfg(test)]\nmod tests { use crate::c; }").contains("crate::a"));
     assert!(!code("use crate::a; // crate::b\n#[cfg(test)]\nmod tests { use crate::c; }").contains("crate::b"));
     let mut g = Graph::new();
