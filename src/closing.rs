@@ -158,6 +158,67 @@ mod tests {
         assert_eq!(c.closed.load(Relaxed), 5);
     }
 
+    /// When each of `watches`, polled in turn, is to close, from `start`
+    /// (its slot), after one poll each.
+    fn slots(watches: &mut [Watch], start: Instant) -> Vec<Duration> {
+        let waker = futures_noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        watches
+            .iter_mut()
+            .map(|w| match w.poll(&mut cx) {
+                Poll::Ready(()) => Duration::ZERO,
+                Poll::Pending => w.timer.as_ref().expect("covered: a timer").deadline().duration_since(start),
+            })
+            .collect()
+    }
+
+    /// What tests/server_down.rs sees through sockets (300 sessions, a 3 s
+    /// spread), proved here on the clock itself: one close every 10 ms,
+    /// the first at the order, the last before the spread ends, and the
+    /// clock's passing closes them one by one.
+    #[tokio::test(start_paused = true)]
+    async fn three_hundred_sessions_over_3_s_close_one_every_10_ms() {
+        let c = Closing::default();
+        let mut watches: Vec<Watch> = (0..300).map(|_| c.watch()).collect();
+        let start = Instant::now();
+        c.order(start, Duration::from_secs(3), 300);
+        let got = slots(&mut watches, start);
+        let want: Vec<Duration> = (0..300).map(|k| Duration::from_millis(10 * k)).collect();
+        assert_eq!(got, want);
+        assert_eq!(c.closed.load(Relaxed), 1, "the first slot is the order's start");
+        let waker = futures_noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // A connection whose watch is ready closes: it is polled no more.
+        let mut open: Vec<Watch> = watches.into_iter().filter(|w| w.timer.is_some()).collect();
+        for k in 1..300u64 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            let before = open.len();
+            open.retain_mut(|w| w.poll(&mut cx).is_pending());
+            assert_eq!(before - open.len(), 1, "one close at {} ms", 10 * k);
+        }
+        assert_eq!(c.closed.load(Relaxed), 300);
+        assert!(start.elapsed() < Duration::from_secs(3), "all closed within the spread");
+    }
+
+    /// Connections beyond the count the order was given (opened while it
+    /// was being given) take the last slot, never one past the spread; an
+    /// order for no sessions still closes what it covers, at once.
+    #[tokio::test(start_paused = true)]
+    async fn connections_beyond_the_count_share_the_last_slot() {
+        let c = Closing::default();
+        let mut watches: Vec<Watch> = (0..4).map(|_| c.watch()).collect();
+        let start = Instant::now();
+        c.order(start, Duration::from_secs(2), 2);
+        assert_eq!(slots(&mut watches, start), [0, 1000, 1000, 1000].map(Duration::from_millis));
+
+        let c = Closing::default();
+        let mut watches: Vec<Watch> = (0..2).map(|_| c.watch()).collect();
+        let start = Instant::now();
+        c.order(start, Duration::from_secs(2), 0);
+        assert_eq!(slots(&mut watches, start), [Duration::ZERO; 2]);
+        assert_eq!(c.closed.load(Relaxed), 2);
+    }
+
     fn futures_noop_waker() -> std::task::Waker {
         std::task::Waker::noop().clone()
     }

@@ -595,13 +595,7 @@ async fn through(pid: u32, addr: std::net::SocketAddr, backend: std::net::Socket
             .expect("the proxy's socket")
     };
     let client = find(true);
-    let start = std::time::Instant::now();
-    let mut server = find(false);
-    while server.is_none() && start.elapsed() < std::time::Duration::from_secs(20) {
-        // A condition polled with a deadline (the late setting comes with
-        // the LB's 5 s sweep).
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        server = find(false);
-    }
+    // None (which the caller's assert then shows) if it never comes.
+    let server = poll_for(LATE_WAKE_DEADLINE, || std::future::ready(find(false))).await;
     (client, server)
 }

@@ -86,11 +86,11 @@ async fn name_answers_are_followed_and_a_failed_lookup_keeps_the_last_ones() {
 
     // The name moves: new clients follow it.
     std::fs::write(&hosts, "127.0.0.3 mgr-a\n").unwrap();
-    let start = std::time::Instant::now();
-    while b.count() == 0 {
-        assert!(start.elapsed() < DEADLINE, "new address never used");
+    eventually_async("new address used", || async {
         round_trip(addr).await.unwrap();
-    }
+        b.count() > 0
+    })
+    .await;
     let a_then = a.count();
     for _ in 0..5 {
         round_trip(addr).await.unwrap();
@@ -99,11 +99,11 @@ async fn name_answers_are_followed_and_a_failed_lookup_keeps_the_last_ones() {
 
     // Two addresses: both are servers.
     std::fs::write(&hosts, "127.0.0.2 mgr-a\n127.0.0.3 mgr-a\n").unwrap();
-    let start = std::time::Instant::now();
-    while a.count() == a_then {
-        assert!(start.elapsed() < DEADLINE, "second address never used");
+    eventually_async("second address used", || async {
         round_trip(addr).await.unwrap();
-    }
+        a.count() > a_then
+    })
+    .await;
 
     // The name disappears: the lookup fails, the last addresses stay.
     std::fs::write(&hosts, "127.0.0.9 someone-else\n").unwrap();
@@ -151,6 +151,7 @@ async fn answers_changing_under_load_lose_no_client_and_cut_no_stream() {
             while !stop.load(Relaxed) {
                 echo_once(&mut s).await?;
                 echoes += 1;
+                // Not synchronisation: the stream's pace.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Ok::<u64, std::io::Error>(echoes)

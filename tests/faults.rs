@@ -33,43 +33,106 @@ async fn write_until_blocked(s: &mut TcpStream) -> usize {
     sent
 }
 
+/// What the LB itself holds of one direction at most: one pipe of 256 KiB
+/// (src/splice.rs, `PIPE_CAP`), or its 32 KiB buffer, which is written out
+/// before a splice starts.
+const LB_HOLDS: usize = 256 << 10;
+/// A socket queue may take one more segment (64 KiB on loopback) once it
+/// reaches its limit before it refuses more.
+const SEGMENT: usize = 64 << 10;
+/// What the test asks for its own two ends (the kernel doubles it).
+const TEST_BUFFER: u32 = 128 << 10;
+
+/// Each socket's buffer limit as the kernel reports it (getsockopt): twice
+/// what was asked, bookkeeping included, so the bytes it queues stay below
+/// it; the LB's own sockets grow theirs by autotuning, and are read after
+/// the writes stopped, when they are at their largest.
+fn send_buffer(fd: &impl std::os::fd::AsFd) -> usize {
+    SockRef::from(fd).send_buffer_size().unwrap()
+}
+
+fn recv_buffer(fd: &impl std::os::fd::AsFd) -> usize {
+    SockRef::from(fd).recv_buffer_size().unwrap()
+}
+
+/// The most the four sockets of a path (writer, the LB's two, reader) and
+/// the LB between them can hold while the reader reads nothing: written
+/// bytes beyond it would be buffered somewhere they should not be.
+fn path_bound(buffers: [usize; 4]) -> usize {
+    buffers.iter().sum::<usize>() + 4 * SEGMENT + LB_HOLDS
+}
+
+/// A listener on loopback whose accepted sockets get `TEST_BUFFER` as
+/// their receive and send buffers (inherited from it).
+fn small_listener() -> TcpListener {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.set_recv_buffer_size(TEST_BUFFER).unwrap();
+    s.set_send_buffer_size(TEST_BUFFER).unwrap();
+    s.bind(loopback()).unwrap();
+    s.listen(16).unwrap()
+}
+
+/// A client of `addr` with `TEST_BUFFER` as its receive and send buffers.
+async fn small_client(addr: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.set_recv_buffer_size(TEST_BUFFER).unwrap();
+    s.set_send_buffer_size(TEST_BUFFER).unwrap();
+    s.connect(addr).await.unwrap()
+}
+
 #[tokio::test]
 async fn a_server_that_never_reads_pushes_back_on_the_client() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = small_listener();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
+    let (held_tx, held) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
         let (s, _) = listener.accept().await.unwrap();
-        // Holds the connection, never reads.
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        drop(s);
+        // Held open, never read, until the test ends.
+        let _ = held_tx.send(s);
     });
     let lb = start_lb(&one_pool(&[addr], "")).await;
-    let mut c = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
+    let lb_addr = lb.listener_addrs()[0];
+    let mut c = small_client(lb_addr).await;
     let sent = within("writes stop", write_until_blocked(&mut c)).await;
-    eprintln!("server never reads: the client wrote {} KiB, then its writes blocked", sent >> 10);
-    server.abort();
+    let server_side = within("the server's socket", held).await.unwrap();
+    let (lb_client, lb_server) = lb_sockets(&c, lb_addr, addr);
+    let buffers = [send_buffer(&c), recv_buffer(&lb_client), send_buffer(&lb_server), recv_buffer(&server_side)];
+    let bound = path_bound(buffers);
+    eprintln!(
+        "server never reads: the client wrote {} KiB, then its writes blocked (buffers {buffers:?}, bound {} KiB)",
+        sent >> 10,
+        bound >> 10
+    );
+    assert!(sent <= bound, "{sent} bytes went in, more than the path holds ({bound}): the LB buffers without bound");
 }
 
 #[tokio::test]
 async fn a_client_that_never_reads_pushes_back_on_the_server() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = small_listener();
     let addr = listener.local_addr().unwrap();
-    let written = Arc::new(AtomicU64::new(0));
-    let blocked = Arc::new(AtomicBool::new(false));
-    let (w, b) = (written.clone(), blocked.clone());
-    let server = tokio::spawn(async move {
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         let n = write_until_blocked(&mut s).await;
-        w.store(n as u64, Relaxed);
-        b.store(true, Relaxed);
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        // The socket goes with the count, held open until the test ends.
+        let _ = done_tx.send((n, s));
     });
     let lb = start_lb(&one_pool(&[addr], "")).await;
-    let c = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
-    eventually("the server's writes stop", || blocked.load(Relaxed)).await;
-    eprintln!("client never reads: the server wrote {} KiB, then its writes blocked", written.load(Relaxed) >> 10);
-    drop(c);
-    server.abort();
+    let lb_addr = lb.listener_addrs()[0];
+    let c = small_client(lb_addr).await;
+    let (written, server_side) = within("the server's writes stop", done).await.unwrap();
+    let (lb_client, lb_server) = lb_sockets(&c, lb_addr, addr);
+    let buffers = [send_buffer(&server_side), recv_buffer(&lb_server), send_buffer(&lb_client), recv_buffer(&c)];
+    let bound = path_bound(buffers);
+    eprintln!(
+        "client never reads: the server wrote {} KiB, then its writes blocked (buffers {buffers:?}, bound {} KiB)",
+        written >> 10,
+        bound >> 10
+    );
+    assert!(
+        written <= bound,
+        "{written} bytes went in, more than the path holds ({bound}): the LB buffers without bound"
+    );
 }
 
 /// 500 clients that reset at once and 500 that send garbage and leave:
@@ -305,6 +368,7 @@ async fn a_flapping_server_does_not_flap_the_listener_or_leak_state() {
                     Ok(()) => served.fetch_add(1, Relaxed),
                     Err(_) => failed.fetch_add(1, Relaxed),
                 };
+                // Not synchronisation: paces the client load.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }));
@@ -313,19 +377,14 @@ async fn a_flapping_server_does_not_flap_the_listener_or_leak_state() {
     // closes it (what the server's process ending does).
     let (downs, mut served_by_flapper) = (12u64, 0usize);
     for _ in 0..downs {
-        let l = within("rebind", async {
-            loop {
-                match TcpListener::bind(flap_addr).await {
-                    Ok(l) => break l,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            }
-        })
-        .await;
+        let l = eventually_some_async("rebind", || async { TcpListener::bind(flap_addr).await.ok() }).await;
         let echo = Echo::on(l);
+        // Not synchronisation: the flaps' rhythm (150 ms up, 150 ms down)
+        // is the fault this test injects.
         tokio::time::sleep(Duration::from_millis(150)).await;
         served_by_flapper += echo.count();
         drop(echo);
+        // Not synchronisation: the "down" half of the flap.
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     stop.store(true, Relaxed);
@@ -433,7 +492,7 @@ async fn a_client_gone_after_its_half_close_is_released() {
     let mut c = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
     c.write_all(b"hello").await.unwrap();
     c.shutdown().await.unwrap();
-    let (got, mut upstream) = within("the server sees the half-close", held).await.unwrap();
+    let (got, upstream) = within("the server sees the half-close", held).await.unwrap();
     assert_eq!(got, b"hello");
     assert_eq!(lb.listeners()[0].active.load(Relaxed), 1);
     // The client goes: a reset after its FIN.
@@ -444,15 +503,8 @@ async fn a_client_gone_after_its_half_close_is_released() {
     })
     .await;
     // The server's side was closed abortively: a write soon fails.
-    let failed = within("a write to the released connection fails", async {
-        for _ in 0..100 {
-            if upstream.write_all(b"x").await.is_err() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
+    eventually("a write to the released connection fails (the LB no longer holds the server's side)", || {
+        upstream.try_write(b"x").is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock)
     })
     .await;
-    assert!(failed, "the LB still holds the server's side");
 }

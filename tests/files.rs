@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -59,14 +59,15 @@ struct Traffic {
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
-    worst_healthz: Arc<AtomicU64>,
+    /// /healthz answers (each a 200 within the test deadline).
+    healthz: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Clients through `addr` and /healthz polled on `admin`, until stopped.
 fn traffic(addr: SocketAddr, admin: SocketAddr) -> Traffic {
     let stop = Arc::new(AtomicBool::new(false));
-    let (served, failed, worst) =
+    let (served, failed, healthz) =
         (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut tasks = Vec::new();
     {
@@ -77,23 +78,25 @@ fn traffic(addr: SocketAddr, admin: SocketAddr) -> Traffic {
                     Ok(Ok(())) => served.fetch_add(1, Relaxed),
                     _ => failed.fetch_add(1, Relaxed),
                 };
+                // Not synchronisation: paces the client load.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }));
     }
     {
-        let (stop, worst) = (stop.clone(), worst.clone());
+        let (stop, healthz) = (stop.clone(), healthz.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Relaxed) {
-                let t = Instant::now();
-                let answer = http_raw(admin, "GET", "/healthz", None).await;
+                // A blocked process never answers: the deadline catches it.
+                let answer = within("/healthz answers", http_raw(admin, "GET", "/healthz", None)).await;
                 assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-                worst.fetch_max(t.elapsed().as_millis() as u64, Relaxed);
+                healthz.fetch_add(1, Relaxed);
+                // Not synchronisation: paces the /healthz polling.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }));
     }
-    Traffic { stop, served, failed, worst_healthz: worst, tasks }
+    Traffic { stop, served, failed, healthz, tasks }
 }
 
 impl Traffic {
@@ -102,7 +105,7 @@ impl Traffic {
         for t in self.tasks {
             within("traffic stops", t).await.unwrap();
         }
-        (self.served.load(Relaxed), self.failed.load(Relaxed), self.worst_healthz.load(Relaxed))
+        (self.served.load(Relaxed), self.failed.load(Relaxed), self.healthz.load(Relaxed))
     }
 }
 
@@ -130,16 +133,14 @@ async fn a_fifo_a_device_or_a_huge_file_in_place_of_lb_toml_is_refused_while_tra
     swap_in(&path, |p| std::fs::write(p, format!("{good}{}", "# padding padding padding\n".repeat(80_000))).unwrap());
     refused(admin, "is larger than 1024 KiB").await;
 
-    let (served, failed, worst) = load.end().await;
+    let (served, failed, healthz) = load.end().await;
     let (rss1, fds1) = (rss_kib(pid), fds(pid));
     eprintln!(
-        "FIFO, /dev/zero and 2 MiB in place of lb.toml: {served} clients served, {failed} failed; slowest /healthz {worst} ms; \
+        "FIFO, /dev/zero and 2 MiB in place of lb.toml: {served} clients served, {failed} failed; /healthz answered {healthz} times; \
          RSS {rss0} -> {rss1} KiB, descriptors {fds0} -> {fds1}"
     );
     assert_eq!(failed, 0, "no client missed");
-    assert!(served > 0);
-    // Generous: a loaded machine answers slowly, a blocked one never.
-    assert!(worst < 1_000, "/healthz was late by {worst} ms");
+    assert!(served > 0 && healthz > 0, "clients and /healthz were served meanwhile");
     round_trip(addr).await.unwrap();
     lb.signal("TERM");
     assert_eq!(lb.exit_code().await, Some(0), "SIGTERM still stops it");
@@ -160,9 +161,9 @@ async fn a_fifo_or_dev_zero_as_token_file_is_refused_and_changes_nothing() {
     refused(admin, "is a FIFO (named pipe), not a regular file").await;
     std::fs::write(&path, with_admin(&one_pool(&[echo.addr], ""), Some(Path::new("/dev/zero")))).unwrap();
     refused(admin, "/dev/zero is a character device").await;
-    let (_, failed, worst) = load.end().await;
+    let (served, failed, healthz) = load.end().await;
     assert_eq!(failed, 0);
-    assert!(worst < 1_000, "/healthz was late by {worst} ms");
+    assert!(served > 0 && healthz > 0, "clients and /healthz were served meanwhile");
     // Still no token: POSTs stay off.
     assert!(http_raw(admin, "POST", "/reload", Some("x")).await.starts_with("HTTP/1.1 403"));
     lb.signal("TERM");

@@ -227,15 +227,17 @@ async fn replying(reply: &'static [u8]) -> SocketAddr {
 #[tokio::test]
 async fn probe_outcomes_and_reasons() {
     let refused = refusing_addr();
+    // These two hold their connection open and quiet for good: a probe
+    // that did not give up at its timeout would hang past the deadline.
     let silent = scripted(|mut s: TcpStream| async move {
         read_request(&mut s).await;
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        std::future::pending::<()>().await;
     })
     .await;
     let slow_body = scripted(|mut s: TcpStream| async move {
         read_request(&mut s).await;
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nOK").await;
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        std::future::pending::<()>().await;
     })
     .await;
     let huge = scripted(|mut s: TcpStream| async move {
@@ -283,8 +285,9 @@ async fn probe_outcomes_and_reasons() {
     ];
     let mut wrong = Vec::new();
     for (name, t, want) in &cases {
-        let start = std::time::Instant::now();
-        let out = ucp_lb::probe::probe(t).await;
+        // Ended by its own timeout whatever the server does: the deadline
+        // only catches a probe that hangs.
+        let out = within(name, ucp_lb::probe::probe(t)).await;
         let ok = match (want, &out.failure) {
             (None, None) => true,
             (Some(w), Some(got)) => got.starts_with(w),
@@ -293,8 +296,6 @@ async fn probe_outcomes_and_reasons() {
         if !ok {
             wrong.push(format!("{name}: expected {want:?}, got {:?}", out.failure));
         }
-        // Bounded by the timeout whatever the server does.
-        assert!(start.elapsed() < Duration::from_secs(3), "{name} took {:?}", start.elapsed());
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     let req = host_seen.lock().unwrap().clone();

@@ -2,7 +2,8 @@
 //! clients (inherited from the listening socket), `server_keepalive` on the
 //! sockets to servers, read back from ucp-lb's own sockets with getsockopt;
 //! and a server whose host goes away without a word (its interface down,
-//! in a network namespace) found dead within idle + interval x count.
+//! in a network namespace) found dead once its `count` keepalive probes
+//! have gone unanswered.
 //!
 //! The LB runs in this test process, so its sockets are reached with
 //! pidfd_getfd on this process: a copy of each descriptor, read with
@@ -10,28 +11,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-
-/// The LB's two sockets of the connection from `client` (a socket of the
-/// test) through `listener` to the server at `backend`.
-fn lb_sockets(client: &TcpStream, listener: SocketAddr, backend: SocketAddr) -> (OwnedFd, OwnedFd) {
-    let me = client.local_addr().unwrap();
-    let mut all = sockets_of(std::process::id());
-    let client_side = all.iter().position(|(l, p, _)| *l == listener && *p == me).expect("the LB's client socket");
-    let client_side = all.swap_remove(client_side).2;
-    // The LB's socket to the server: the one whose peer is the backend
-    // that this test did not open itself (the backend's accepted sockets
-    // have it as their local address).
-    let server_side = all.iter().position(|(_, p, _)| *p == backend).expect("the LB's server socket");
-    (client_side, all.swap_remove(server_side).2)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_as_configured_on_both_sockets_and_a_reload_changes_new_clients() {
@@ -88,12 +72,10 @@ async fn the_defaults_are_60s_then_6_probes_10s_apart_on_both_sides() {
     // The server socket gets it once the connection has lived 10 to 15 s
     // (short ones never need it); until then it has none.
     assert_eq!(keep(&server_side), None, "not yet: set late");
-    let deadline = Instant::now() + Duration::from_secs(25);
-    while keep(&server_side).is_none() {
-        assert!(Instant::now() < deadline, "server keepalive set within 15 s");
-        // A condition polled with a deadline; the LB's sweep runs every 5 s.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // When exactly it comes is the registry's logic, tested there with a
+    // paused clock; here, that it comes, with the defaults.
+    eventually_within("server keepalive set by the late wake", LATE_WAKE_DEADLINE, || keep(&server_side).is_some())
+        .await;
     assert_eq!(keep(&server_side), secs(60, 10, 6));
     drop(c);
     lb.shutdown().await;
@@ -162,7 +144,7 @@ impl Drop for Netns {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_whose_host_vanishes_is_found_dead_within_idle_plus_interval_times_count() {
+async fn a_server_whose_host_vanishes_is_found_dead_once_its_keepalive_probes_go_unanswered() {
     let Some(ns) = (rustix::process::geteuid().is_root()).then(Netns::new).flatten() else {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "network namespaces must work under CI=true (root)");
         eprintln!("skipped: needs root and ip netns");
@@ -179,20 +161,35 @@ async fn a_server_whose_host_vanishes_is_found_dead_within_idle_plus_interval_ti
     echo_once(&mut c).await.unwrap();
     let (_, server_side) = lb_sockets(&c, addr, backend.addr);
     assert_eq!(keep(&server_side), secs(idle, interval, count));
+    let lb_end = socket2::SockRef::from(&server_side).local_addr().unwrap().as_socket().unwrap();
     drop(server_side);
 
     // The last segment from the server was the echo; now its host is gone.
-    let last = Instant::now();
+    // After `idle` of silence the kernel sends `count` probes `interval`
+    // apart; when the last goes unanswered it reports the server dead and
+    // the LB resets the client. The options read above are the LB's part;
+    // what is seen here is the order: every probe out, and only then the
+    // end. (How long the kernel takes is not asserted: the deadline only
+    // catches an end that never comes.)
     ns.cut();
     let bound = Duration::from_secs(idle + interval * u64::from(count));
-    let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(bound + Duration::from_secs(3), c.read(&mut buf)).await;
-    let took = last.elapsed();
-    eprintln!("dead server found after {took:?} (idle + interval x count = {bound:?})");
-    assert!(read.is_ok(), "the client was not told within {bound:?} + 3 s");
-    assert!(matches!(read.unwrap(), Ok(0) | Err(_)), "the client's connection ends");
-    assert!(took >= bound - Duration::from_millis(500), "not before the probes ran out: {took:?}");
-    assert!(took <= bound + Duration::from_secs(1), "within idle + interval x count: {took:?}");
+    let (mut probes, mut buf) = (0, [0u8; 16]);
+    let ended = poll_for(bound + DEADLINE, || {
+        if let Some(e) = tcp_entry(Some(lb_end), backend.addr) {
+            probes = probes.max(e.probes);
+        }
+        std::future::ready(match c.try_read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            other => Some(other),
+        })
+    })
+    .await
+    .unwrap_or_else(|| panic!("the client was not told within {:?}", bound + DEADLINE));
+    assert!(
+        ended.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the server found dead, the client's connection is reset: {ended:?}"
+    );
+    assert_eq!(probes, count, "every keepalive probe went out unanswered before the end");
     let s = server(&lb, backend.addr);
     assert_eq!(s.active, 0, "the connection is gone from the server's count");
     lb.shutdown().await;

@@ -44,13 +44,8 @@ fn run(args: &[&str], config: &Path, env: &[(&str, &str)]) -> (Option<i32>, Stri
     }
     // A start that is wrongly accepted would run for ever: bound it.
     let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > common::DEADLINE {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    if common::poll_blocking(common::DEADLINE, || child.try_wait().unwrap()).is_none() {
+        let _ = child.kill();
     }
     let out = child.wait_with_output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())

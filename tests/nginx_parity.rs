@@ -213,6 +213,8 @@ async fn least_conn_counts_and_breaks_ties_as_nginx_does() {
                 let mut b = [0u8; 16];
                 let Ok(n) = s.read(&mut b).await else { return };
                 if holds && b[..n].contains(&b'w') {
+                    // Not synchronisation: holds the client on purpose,
+                    // as nginx's test server does.
                     tokio::time::sleep(std::time::Duration::from_secs(30)).await;
                 }
                 let _ = s.write_all(&[me]).await;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use tokio::net::TcpStream;
@@ -22,8 +22,9 @@ async fn refusing_server_is_ejected_after_max_fails_and_tried_again_after_fail_t
     assert_eq!(a.count() + b.count(), 300);
     assert!(a.count().abs_diff(b.count()) <= 2, "split evenly: {} / {}", a.count(), b.count());
 
-    // Still inside fail_timeout: no further attempts on it.
-    tokio::time::sleep(Duration::from_secs(29)).await;
+    // Still inside fail_timeout: no further attempts on it. (Paused clock:
+    // moved, not waited.)
+    tokio::time::advance(Duration::from_secs(29)).await;
     for _ in 0..10 {
         round_trip(addr).await.unwrap();
     }
@@ -31,7 +32,7 @@ async fn refusing_server_is_ejected_after_max_fails_and_tried_again_after_fail_t
 
     // Past fail_timeout: one client tries it (and is retried elsewhere), then
     // it is out for another fail_timeout.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
     for _ in 0..10 {
         round_trip(addr).await.unwrap();
     }
@@ -53,12 +54,11 @@ async fn recovered_server_is_readmitted_on_its_trial_connect() {
     assert!(server(&lb, b_addr).ejected);
     let b = dormant.wake();
     // After fail_timeout the next trial connects, and b is back in rotation.
-    let start = Instant::now();
-    while b.count() == 0 {
-        assert!(start.elapsed() < DEADLINE, "b never tried again");
+    eventually_async("b tried again", || async {
         round_trip(addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        b.count() > 0
+    })
+    .await;
     let st = server(&lb, b_addr);
     assert!(!st.ejected && st.fails == 0, "{st:?}");
 }
@@ -67,22 +67,19 @@ async fn recovered_server_is_readmitted_on_its_trial_connect() {
 async fn blackholed_server_delays_a_client_by_at_most_connect_timeout() {
     let (a, b) = (Echo::start().await, Echo::start().await);
     let hole = Blackhole::new();
-    let connect_timeout = Duration::from_millis(500);
     let lb = start_lb(&one_pool(&[a.addr, hole.addr, b.addr], "connect_timeout = \"500ms\"\nmax_fails = 2")).await;
     let addr = lb.listener_addrs()[0];
-    let mut slowest = Duration::ZERO;
+    // Each client is served, through another server when its pick was
+    // the blackholed one: the deadline only catches a client left waiting
+    // for the kernel's own connect timeout (minutes).
     for i in 0..30 {
-        let t = Instant::now();
         within("client through the LB", round_trip(addr)).await.unwrap_or_else(|e| panic!("client {i}: {e}"));
-        slowest = slowest.max(t.elapsed());
     }
     let h = server(&lb, hole.addr);
     assert_eq!(h.connect_failures, 2, "two timeouts, then ejected");
+    assert_eq!(h.connect_failures_by_reason.get("timeout"), Some(&2), "given up at connect_timeout: {h:?}");
     assert!(h.ejected);
     assert_eq!(a.count() + b.count(), 30);
-    // Loose bound: the point is "about connect_timeout", not "for ever".
-    assert!(slowest < connect_timeout + Duration::from_secs(3), "slowest client took {slowest:?}");
-    assert!(slowest >= connect_timeout, "some client did wait for the blackholed server");
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::standin::TestCa;
 use common::tls::{ask, client_config, tls_backend};
@@ -190,10 +190,11 @@ async fn stalled_oversized_and_non_tls_clients_have_defined_outcomes() {
     let (_, hello) = client_hello(&s.cfg, "ucp.test");
     let mut stalled = TcpStream::connect(routed).await.unwrap();
     stalled.write_all(&hello[..hello.len() / 2]).await.unwrap();
-    let t0 = Instant::now();
     assert!(within("the stalled client is closed", closed(&mut stalled)).await);
-    let waited = t0.elapsed();
-    assert!(waited >= Duration::from_millis(400), "closed after {waited:?}, before preread_timeout");
+    // Closed for the stall, nothing else. (That the stall is measured
+    // against preread_timeout is proved on a paused clock below.)
+    let st = listener(&s.lb, 0);
+    assert_eq!((st.rejected_hello_timeout, st.rejected_hello_too_large, st.not_tls), (1, 0, 0), "{st:?}");
     // Oversized: a handshake record that is still not a complete hello
     // after 20 KiB.
     let mut big = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x50, 0x00];
@@ -213,6 +214,23 @@ async fn stalled_oversized_and_non_tls_clients_have_defined_outcomes() {
     assert!(within("non-TLS without a pool is closed", closed(&mut refused)).await);
     let (l1, l2) = (listener(&s.lb, 1), listener(&s.lb, 2));
     assert_eq!((l1.not_tls, l1.rejected_no_route, l2.not_tls), (1, 1, 1));
+}
+
+/// On a paused clock, which moves only to the next timer: a hello that
+/// stops halfway fails at `preread_timeout` exactly, not before.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_hello_fails_at_preread_timeout_not_before() {
+    let l = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let mut c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (server_side, _) = l.accept().await.unwrap();
+    let (_, hello) = client_hello(&client_config(&TestCa::new("routes CA").unwrap()), "ucp.test");
+    // The half is in the kernel before the clock starts.
+    c.write_all(&hello[..hello.len() / 2]).await.unwrap();
+    let preread_timeout = Duration::from_millis(500);
+    let t0 = tokio::time::Instant::now();
+    let got = ucp_lb::sni::preread(&server_side, ucp_lb::sni::HELLO_LIMIT, preread_timeout).await;
+    assert!(matches!(got, Err(ucp_lb::sni::Failed::Timeout)), "a stalled hello times out");
+    assert_eq!(t0.elapsed(), preread_timeout, "at preread_timeout on the paused clock");
 }
 
 #[tokio::test]

@@ -241,6 +241,7 @@ async fn a_connect_flood_from_one_address_never_starves_the_health_check() {
         if !answer.starts_with("HTTP/1.1 200") {
             failed.push((i, answer.lines().next().unwrap_or("(closed)").to_owned()));
         }
+        // Not synchronisation: paces the /healthz requests over the flood.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.store(true, Relaxed);

@@ -39,15 +39,70 @@ pub fn external_tool(candidates: &[&str], what: &str) -> Option<std::path::PathB
 
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// The deadline for a connection's late wake (its server socket's
+/// keepalive): it comes 10 to 15 s into the connection, which the
+/// registry's own tests prove with a paused clock; twice the latest only
+/// catches a wake that never comes.
+pub const LATE_WAKE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits until `f` gives a value, looking again every 10 ms, for at most
+/// `deadline`; None when it never did. Every wait of the tests on a
+/// condition goes through here (or [`poll_blocking`] outside a runtime).
+pub async fn poll_for<T, F, Fut>(deadline: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if start.elapsed() >= deadline {
+            return None;
+        }
+        // Not synchronisation: the interval between two looks at the
+        // condition, which alone decides when the wait ends.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// As [`poll_for`], for a caller that is not in a runtime (a plain
+/// `#[test]` waiting on a child process, say).
+pub fn poll_blocking<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() >= deadline {
+            return None;
+        }
+        // Not synchronisation: the interval between two looks, as in
+        // [`poll_for`].
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits until `cond` holds, checking every 10 ms; panics after 10 s. The
 /// deadline only catches a broken build: a passing test returns as soon as
 /// the condition holds.
-pub async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+pub async fn eventually<F: FnMut() -> bool>(what: &str, cond: F) {
+    eventually_within(what, DEADLINE, cond).await
+}
+
+/// As [`eventually`] with a deadline of its own, for what the LB does only
+/// after a longer time by design (a connection's late wake, 10 to 15 s).
+pub async fn eventually_within<F: FnMut() -> bool>(what: &str, deadline: Duration, mut cond: F) {
+    if poll_for(deadline, || std::future::ready(cond().then_some(()))).await.is_none() {
+        panic!("timed out after {deadline:?} waiting for: {what}");
     }
+}
+
+/// As [`eventually`], for a condition that gives a value once it holds:
+/// returns that value.
+pub async fn eventually_some<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    poll_for(DEADLINE, || std::future::ready(f())).await.unwrap_or_else(|| panic!("timed out waiting for: {what}"))
 }
 
 /// As [`eventually`], for a condition that has to await (an HTTP request,
@@ -57,11 +112,24 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let start = std::time::Instant::now();
-    while !cond().await {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let looked = poll_for(DEADLINE, || {
+        let holds = cond();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
+    if looked.is_none() {
+        panic!("timed out waiting for: {what}");
     }
+}
+
+/// As [`eventually_async`], for a condition that gives a value once it
+/// holds: returns that value.
+pub async fn eventually_some_async<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll_for(DEADLINE, f).await.unwrap_or_else(|| panic!("timed out waiting for: {what}"))
 }
 
 /// Runs `f` with the test deadline.
@@ -360,18 +428,10 @@ impl Proc {
     }
 
     pub async fn wait_for_line(&self, needle: &str) -> String {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(line) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "timed out waiting for a line with {needle:?}; the process said:\n{}",
-                self.text()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let find = || std::future::ready(self.lines.lock().unwrap().iter().find(|l| l.contains(needle)).cloned());
+        poll_for(DEADLINE, find).await.unwrap_or_else(|| {
+            panic!("timed out waiting for a line with {needle:?}; the process said:\n{}", self.text())
+        })
     }
 
     /// The address the admin endpoints bound, from their "admin endpoints
@@ -398,14 +458,8 @@ impl Proc {
     }
 
     pub async fn exit_code(&mut self) -> Option<i32> {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            assert!(start.elapsed() < DEADLINE, "process did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let exited = poll_for(DEADLINE, || std::future::ready(self.child.try_wait().unwrap())).await;
+        exited.unwrap_or_else(|| panic!("process did not exit")).code()
     }
 }
 
@@ -534,4 +588,54 @@ pub fn sockets_of(pid: u32) -> Vec<(SocketAddr, SocketAddr, std::os::fd::OwnedFd
         }
     }
     out
+}
+
+/// The LB's two sockets of the connection from `client` (a socket of the
+/// test) through `listener` to the server at `backend`, when the LB runs in
+/// this test process.
+pub fn lb_sockets(
+    client: &TcpStream,
+    listener: SocketAddr,
+    backend: SocketAddr,
+) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    let me = client.local_addr().unwrap();
+    let mut all = sockets_of(std::process::id());
+    let client_side = all.iter().position(|(l, p, _)| *l == listener && *p == me).expect("the LB's client socket");
+    let client_side = all.swap_remove(client_side).2;
+    // The LB's socket to the server: the one whose peer is the backend
+    // that this test did not open itself (the backend's accepted sockets
+    // have it as their local address).
+    let server_side = all.iter().position(|(_, p, _)| *p == backend).expect("the LB's server socket");
+    (client_side, all.swap_remove(server_side).2)
+}
+
+/// What /proc/net/tcp shows of one IPv4 socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpEntry {
+    /// The TCP timer running (`tr`: 0 none, 1 retransmit, 2 keepalive, ...).
+    pub timer: u8,
+    /// Keepalive probes sent and not answered yet (`icsk_probes_out`).
+    pub probes: u32,
+}
+
+/// /proc/net/tcp's entry for the socket from `local` to `remote`, None when
+/// there is no such socket. `local` None matches any local address.
+pub fn tcp_entry(local: Option<SocketAddr>, remote: SocketAddr) -> Option<TcpEntry> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()),
+        SocketAddr::V6(_) => unreachable!("the tests use IPv4 here"),
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|l| {
+        // sl local rem st tx:rx tr:when retrnsmt uid timeout(probes) inode ...
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let matches =
+            f.get(2) == Some(&hex(remote).as_str()) && local.is_none_or(|a| f.get(1) == Some(&hex(a).as_str()));
+        if !matches {
+            return None;
+        }
+        let timer = f.get(5)?.split(':').next()?.parse().ok()?;
+        let probes = f.get(8)?.parse().ok()?;
+        Some(TcpEntry { timer, probes })
+    })
 }

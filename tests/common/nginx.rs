@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use tokio::net::TcpSocket;
 
-use super::{DEADLINE, Echo, echo_once};
+use super::{DEADLINE, Echo, echo_once, poll_for};
 
 /// The nginx binary; None (test skipped) when it is missing, except under
 /// CI=true, where .ci/run installs it and a missing one is a failure.
@@ -74,10 +74,8 @@ pub async fn start_nginx(bin: &Path, stream: &str) -> Nginx {
     // Wait for the pid file, written after the listening sockets are open:
     // a probe connection would itself be proxied and skew the counts.
     let pid = dir.path().join("nginx.pid");
-    let start = std::time::Instant::now();
-    while !pid.exists() {
-        assert!(start.elapsed() < DEADLINE, "nginx did not start: {}", log(&dir));
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    if poll_for(DEADLINE, || std::future::ready(pid.exists().then_some(()))).await.is_none() {
+        panic!("nginx did not start: {}", log(&dir));
     }
     Nginx { child, conf: path, dir }
 }
