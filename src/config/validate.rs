@@ -165,7 +165,7 @@ impl Validator<'_> {
                 &key,
             );
             let access = self.access(lr.access.as_ref(), &key);
-            let per_client = crate::admission::Limits {
+            let per_client = Limits {
                 open: self.limit(lr.max_connections_per_client.as_ref(), &key, "max_connections_per_client"),
                 rate: self.limit(lr.max_connection_rate_per_client.as_ref(), &key, "max_connection_rate_per_client"),
             };
@@ -334,20 +334,15 @@ impl Validator<'_> {
 
     /// A listener's `routes`: each name a server name or `*.` wildcard
     /// (once, case-insensitively), each pool defined.
-    fn routes(
-        &mut self,
-        list: Option<&raw::RawRoutes>,
-        raw: &RawConfig,
-        key: &str,
-    ) -> Vec<(crate::sni::Pattern, Arc<str>)> {
+    fn routes(&mut self, list: Option<&raw::RawRoutes>, raw: &RawConfig, key: &str) -> Vec<(Pattern, Arc<str>)> {
         let Some(list) = list else { return Vec::new() };
         if list.get_ref().is_empty() {
             self.err(Some(list.span()), format!("{key}.routes"), "no routes: name at least one, or leave the key out");
         }
-        let mut out: Vec<(crate::sni::Pattern, Arc<str>)> = Vec::new();
+        let mut out: Vec<(Pattern, Arc<str>)> = Vec::new();
         for (name, pool) in list.get_ref() {
             let at = format!("{key}.routes.\"{}\"", name.get_ref());
-            let pattern = match crate::sni::Pattern::parse(name.get_ref()) {
+            let pattern = match Pattern::parse(name.get_ref()) {
                 Ok(p) => p,
                 Err(m) => {
                     self.err(Some(name.span()), at, m);
@@ -372,13 +367,13 @@ impl Validator<'_> {
     /// A listener's `access` rules, with warnings for rules that can never
     /// decide (after a rule for `all`) and for a list that lets everyone in
     /// (only `allow` rules: a client none matches is let in, as in nginx).
-    fn access(&mut self, list: Option<&S<Vec<S<String>>>>, key: &str) -> Vec<crate::admission::Rule> {
+    fn access(&mut self, list: Option<&S<Vec<S<String>>>>, key: &str) -> Vec<Rule> {
         let Some(list) = list else { return Vec::new() };
         let mut rules = Vec::new();
         let mut all_at: Option<usize> = None;
         for (j, entry) in list.get_ref().iter().enumerate() {
             let at = format!("{key}.access[{j}]");
-            match crate::admission::Rule::parse(entry.get_ref()) {
+            match Rule::parse(entry.get_ref()) {
                 Ok(r) => {
                     if let Some(a) = all_at {
                         self.warn(
