@@ -312,8 +312,9 @@ struct Docs {
     paths: BTreeSet<String>,
     /// For each table a heading names, the code spans of its sections.
     sections: BTreeMap<String, BTreeSet<String>>,
-    /// Names set in a code span (`{ idle = "60s" }`).
-    assigned: BTreeSet<String>,
+    /// For each line, its code spans and the names they set
+    /// (`{ idle = "60s" }` sets `idle`).
+    lines: Vec<BTreeSet<String>>,
 }
 
 /// A code span of the docs as a declared path: `[pool.<name>.health]` is
@@ -382,8 +383,10 @@ fn read_docs(text: &str) -> Docs {
                 open.push((level, named));
             }
         }
+        let mut this_line = BTreeSet::new();
         for span in spans {
             let path = doc_path(span);
+            this_line.insert(path.clone());
             for (_, named) in &open {
                 for t in named {
                     docs.sections.entry(t.clone()).or_default().insert(path.clone());
@@ -394,10 +397,11 @@ fn read_docs(text: &str) -> Docs {
                 if let Some(name) =
                     part.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).rfind(|w| !w.is_empty())
                 {
-                    docs.assigned.insert(name.to_owned());
+                    this_line.insert(name.to_owned());
                 }
             }
         }
+        docs.lines.push(this_line);
     }
     docs
 }
@@ -413,11 +417,13 @@ fn documented(docs: &Docs, k: &Key) -> bool {
             return true;
         }
     }
-    // A key within a key's value (a keepalive's `idle`): named with it.
-    match keys::find(k.table()) {
-        Some(parent) => documented(docs, parent) && (docs.paths.contains(k.name()) || docs.assigned.contains(k.name())),
-        None => false,
-    }
+    // A key within a key's value (a keepalive's `idle`, a server entry's
+    // `weight`): named on a line with the key that holds it.
+    let parent = keys::find(k.table()).or_else(|| keys::find(k.table().strip_suffix("[]")?));
+    parent.is_some_and(|parent| {
+        documented(docs, parent)
+            && docs.lines.iter().any(|l| l.contains(k.name()) && (l.contains(parent.path) || l.contains(parent.name())))
+    })
 }
 
 /// Every declared key is in the reference, docs/configuration.md.
@@ -444,7 +450,7 @@ fn the_docs_convention_is_read_as_written() {
         "# lb.toml\n\n`defaults.connect_timeout` and `pool.<name>.health.rise`, `listener[].bind`.\n\n\
          ## `[pool.NAME.health]`\n\n| `fall` | 2 |\n\n## [admin]\n\n- `listen`: where\n\n\
          ## Keepalive\n\n`defaults.server_keepalive`: `{ idle = \"60s\", interval = \"10s\" }`\n\n\
-         ```toml\nworkers = 2\n```\n",
+         ```toml\nworkers = 2\n```\n\n## Servers\n\n`pool.<name>.servers`: `{ address = \"h:1\", weight = 2 }`\n",
     );
     let is = |path: &str| documented(&docs, keys::find(path).unwrap());
     assert!(is("defaults.connect_timeout") && is("pool.*.health.rise") && is("listener[].bind"));
@@ -452,6 +458,7 @@ fn the_docs_convention_is_read_as_written() {
     assert!(is("defaults.server_keepalive.idle") && is("defaults.server_keepalive.interval"));
     assert!(!is("pool.*.health.kind") && !is("defaults.server_keepalive.count") && !is("workers"));
     assert!(!is("listener[].pool") && !is("admin.token_file"));
+    assert!(is("pool.*.servers[].weight") && !is("pool.*.servers[].backup"));
     assert_eq!(doc_path("[[listener]]"), "listener[]");
     assert_eq!(doc_path("pool.ucp.servers[0].weight"), "pool.*.servers[].weight");
     assert_eq!(doc_path("connect_timeout = \"3s\""), "connect_timeout");
