@@ -15,6 +15,8 @@
 //! `[defaults]` key marked `per_pool` may be set in a `[pool.NAME]` table
 //! too, for that pool only: it is declared once, under `defaults`.
 
+use Type as T;
+
 /// The type of a key's value, as lb.toml writes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Type {
@@ -89,8 +91,6 @@ const fn pool_key(path: &'static str, ty: Type, default: &'static str, doc: &'st
 }
 
 const KEEPALIVE: &str = r#"{ idle = "60s", interval = "10s", count = 6 }"#;
-
-use Type as T;
 
 /// Every key, in the order each table lists them (the order of the
 /// "expected one of" in an unknown-key error).
@@ -374,14 +374,22 @@ pub fn names(table: &str) -> Vec<&'static str> {
     out
 }
 
-/// The declaration of `path` (as [`normalise`] writes it); a pool's own
-/// `[defaults]` key (`pool.*.balance`) is the `[defaults]` one.
+/// The declaration of `path` (as [`normalise`] writes it). A pool's own
+/// `[defaults]` key (`pool.*.balance`) is the `[defaults]` one, and so are
+/// the keys within any keepalive key (`listener[].client_keepalive.idle`).
 pub fn find(path: &str) -> Option<&'static Key> {
-    KEYS.iter().find(|k| k.path == path).or_else(|| {
-        let rest = path.strip_prefix("pool.*.")?;
-        let k = KEYS.iter().find(|k| k.path.strip_prefix("defaults.") == Some(rest))?;
-        k.per_pool.then_some(k)
-    })
+    if let Some(k) = KEYS.iter().find(|k| k.path == path) {
+        return Some(k);
+    }
+    if let Some(rest) = path.strip_prefix("pool.*.")
+        && let Some(k) = KEYS.iter().find(|k| k.per_pool && k.path.strip_prefix("defaults.") == Some(rest))
+    {
+        return Some(k);
+    }
+    let (holder, name) = path.rsplit_once('.')?;
+    let holder = find(holder).filter(|h| h.ty == Type::Keepalive)?;
+    let own = format!("defaults.{}.{name}", holder.name());
+    KEYS.iter().find(|k| k.path == own)
 }
 
 /// Whether a key named `name` takes a duration (a bare number there gets
@@ -436,6 +444,11 @@ mod tests {
         assert_eq!(normalise("pool.ucp.servers[0].weight"), "pool.*.servers[].weight");
         assert_eq!(find(&normalise("pool.ucp.balance")).map(|k| k.path), Some("defaults.balance"));
         assert_eq!(find("pool.*.stop_grace"), None);
+        let idle = find("listener[].client_keepalive.idle").map(|k| k.path);
+        assert_eq!(idle, Some("defaults.client_keepalive.idle"));
+        let count = find("pool.*.server_keepalive.count").map(|k| k.path);
+        assert_eq!(count, Some("defaults.server_keepalive.count"));
+        assert_eq!(find("listener[].bind.idle"), None);
         assert_eq!(find(&normalise("pool.ucp.health.rise")).map(|k| k.default), Some("2"));
         assert!(is_duration("idle") && is_duration("timeout") && !is_duration("count"));
     }
