@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-pub use crate::config::{Pattern, normalise};
+pub use crate::config::Pattern;
+pub use crate::config::rules::normalise;
 
 /// Most bytes read before a ClientHello must be complete (a hello with a
 /// post-quantum key share is about 1.8 KiB; 16 KiB is nginx's and

@@ -7,7 +7,7 @@
 //! reader reads every declared key (a value of the wrong type is reported
 //! at that key), that each default written here is what the validator
 //! applies, that every key `check --print` writes is declared, and that
-//! docs/configuration.md documents every key.
+//! docs/configuration.md documents every key and no other.
 //!
 //! A path names tables by their place in the file: `admin.listen`,
 //! `defaults.connect_timeout`, `listener[].bind` (`[]`: every entry of an

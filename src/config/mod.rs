@@ -12,7 +12,7 @@ pub mod rules;
 mod validate;
 mod values;
 
-pub use rules::{Limits, Pattern, Rule, normalise};
+pub use rules::{Limits, Pattern, Rule};
 pub use values::{LineIndex, format_duration, parse_duration, parse_host_port};
 
 use std::fmt;
