@@ -4,7 +4,8 @@
 //!
 //! - [`permitted`]: the listener's `access` rules (nginx's `allow` and
 //!   `deny`), in order, the first that matches deciding; a client no rule
-//!   matches is let in, as nginx does.
+//!   matches is let in, as nginx does. The rules and the limits are
+//!   values of the config (`config/rules.rs`), which parses them.
 //! - [`Clients`]: per client address, its open connections (nginx's
 //!   `limit_conn` over `$binary_remote_addr`) and a token bucket of new
 //!   connections per second. The table holds only clients that have a
@@ -23,68 +24,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use ipnet::IpNet;
-
-/// One `access` rule: `allow` or `deny` an address, a prefix, or `all`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rule {
-    pub allow: bool,
-    /// `None`: every address (`all`).
-    pub net: Option<IpNet>,
-}
-
-impl Rule {
-    /// Parses "allow 10.0.0.0/8", "deny 2001:db8::1", "deny all".
-    pub fn parse(s: &str) -> Result<Rule, String> {
-        let mut words = s.split_whitespace();
-        let (verb, what, rest) = (words.next(), words.next(), words.next());
-        let allow = match verb {
-            Some("allow") => true,
-            Some("deny") => false,
-            _ => {
-                return Err(format!(
-                    "expected \"allow ADDRESS[/PREFIX]\" or \"deny ...\" (or \"... all\"), found \"{s}\""
-                ));
-            }
-        };
-        let (Some(what), None) = (what, rest) else {
-            return Err(format!("expected one address, prefix or `all` after `{}`, found \"{s}\"", verb.unwrap_or("")));
-        };
-        if what == "all" {
-            return Ok(Rule { allow, net: None });
-        }
-        let net = match what.parse::<IpNet>() {
-            Ok(n) => n,
-            Err(_) => match what.parse::<IpAddr>() {
-                Ok(a) => IpNet::from(a),
-                Err(_) => {
-                    return Err(format!(
-                        "\"{what}\" is not an address, a prefix like 10.0.0.0/8 or 2001:db8::/32, or `all`"
-                    ));
-                }
-            },
-        };
-        // 10.1.2.3/8 is read as 10.0.0.0/8 (nginx warns "low address bits
-        // are meaningless" and does the same).
-        Ok(Rule { allow, net: Some(net.trunc()) })
-    }
-
-    fn matches(&self, ip: IpAddr) -> bool {
-        self.net.is_none_or(|n| n.contains(&ip))
-    }
-}
-
-impl std::fmt::Display for Rule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let verb = if self.allow { "allow" } else { "deny" };
-        match &self.net {
-            None => write!(f, "{verb} all"),
-            // A single address is written without its /32 or /128.
-            Some(n) if n.prefix_len() == n.max_prefix_len() => write!(f, "{verb} {}", n.addr()),
-            Some(n) => write!(f, "{verb} {n}"),
-        }
-    }
-}
+pub use crate::config::{Limits, Rule};
 
 /// The address a client is known by: an IPv4 client seen on an IPv6
 /// socket (`::ffff:10.0.0.1`) is its IPv4 address, for rules and limits.
@@ -100,22 +40,6 @@ pub fn client_ip(ip: IpAddr) -> IpAddr {
 pub fn permitted(rules: &[Rule], ip: IpAddr) -> bool {
     let ip = client_ip(ip);
     rules.iter().find(|r| r.matches(ip)).is_none_or(|r| r.allow)
-}
-
-/// Per-client limits of one listener; 0: no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limits {
-    /// Open connections one client address may hold.
-    pub open: u32,
-    /// New connections one client address may make per second (a bucket
-    /// of that many, refilled at that rate).
-    pub rate: u32,
-}
-
-impl Limits {
-    pub fn any(&self) -> bool {
-        self.open > 0 || self.rate > 0
-    }
 }
 
 /// Why a client was refused by [`Clients::admit`].
@@ -267,22 +191,6 @@ mod tests {
         assert!(!permitted(&r, "::ffff:127.0.0.3".parse().unwrap()));
         assert!(permitted(&rules(&["deny 10.0.0.0/8"]), "127.0.0.1".parse().unwrap()));
         assert!(permitted(&[], "127.0.0.1".parse().unwrap()));
-    }
-
-    #[test]
-    fn rules_parse_and_print_as_written() {
-        for (input, shown) in [
-            ("allow 10.0.0.0/8", "allow 10.0.0.0/8"),
-            ("deny   all", "deny all"),
-            ("deny 10.1.2.3/8", "deny 10.0.0.0/8"),
-            ("allow ::1", "allow ::1"),
-            ("allow 2001:db8::/32", "allow 2001:db8::/32"),
-        ] {
-            assert_eq!(Rule::parse(input).unwrap().to_string(), shown);
-        }
-        for bad in ["permit 10.0.0.0/8", "allow", "allow 10.0.0.0/33", "deny 10.0.0.0/8 extra", "allow host.example"] {
-            assert!(Rule::parse(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -5,11 +5,15 @@
 //!
 //! The hello is parsed by rustls's `Acceptor` (it reassembles a hello split
 //! over several TCP segments and several TLS records); nothing is answered
-//! to the client and no TLS state is kept.
+//! to the client and no TLS state is kept. A route's [`Pattern`] is a
+//! value of the config (`config/rules.rs`), which parses it.
 
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+
+pub use crate::config::Pattern;
+pub use crate::config::rules::normalise;
 
 /// Most bytes read before a ClientHello must be complete (a hello with a
 /// post-quantum key share is about 1.8 KiB; 16 KiB is nginx's and
@@ -112,66 +116,6 @@ pub async fn preread(client: &TcpStream, limit: usize, timeout: Duration) -> Res
     }
 }
 
-/// A server name as routes compare it: lower case, no trailing dot.
-pub fn normalise(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
-}
-
-/// A route's pattern: an exact name, or `*.suffix` matching any name that
-/// ends in `.suffix` (any number of labels before it, as nginx's
-/// `*.example.com`; not `example.com` itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pattern {
-    Exact(String),
-    Wildcard(String),
-}
-
-impl Pattern {
-    /// Parses a route's name; an error says what is wrong.
-    pub fn parse(s: &str) -> Result<Pattern, String> {
-        let n = normalise(s);
-        let (wild, host) = match n.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, n.as_str()),
-        };
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        };
-        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
-            return Err(format!(
-                "\"{s}\" is not a server name: expected a DNS name like \"ucp.example.com\" or a wildcard like \"*.example.com\""
-            ));
-        }
-        Ok(if wild { Pattern::Wildcard(host.to_owned()) } else { Pattern::Exact(host.to_owned()) })
-    }
-
-    /// How well `name` (normalised) matches: None when it does not; else
-    /// higher is more specific (exact beats any wildcard, a longer suffix
-    /// beats a shorter one), as nginx picks.
-    pub fn score(&self, name: &str) -> Option<usize> {
-        match self {
-            Pattern::Exact(e) => (e == name).then_some(usize::MAX),
-            Pattern::Wildcard(suffix) => {
-                let head = name.strip_suffix(suffix.as_str())?;
-                (head.len() > 1 && head.ends_with('.')).then_some(suffix.len())
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for Pattern {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Pattern::Exact(e) => f.write_str(e),
-            Pattern::Wildcard(s) => write!(f, "*.{s}"),
-        }
-    }
-}
-
 /// Which of `patterns` routes `name`: the most specific match.
 pub fn best<'a, T>(routes: &'a [(Pattern, T)], name: &str) -> Option<&'a (Pattern, T)> {
     routes.iter().filter_map(|r| Some((r.0.score(name)?, r))).max_by_key(|(s, _)| *s).map(|(_, r)| r)
@@ -196,15 +140,5 @@ mod tests {
         assert_eq!(pick("example.com"), None);
         assert_eq!(pick("badexample.com"), None);
         assert_eq!(pick("other.test"), None);
-    }
-
-    #[test]
-    fn route_names_are_checked() {
-        for ok in ["ucp.test", "*.example.com", "dtr-1.example.com", "localhost"] {
-            assert!(Pattern::parse(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "*.", "a..b", "ucp test", "*", "a.*.com", "-a.com", "10.0.0.1:443"] {
-            assert!(Pattern::parse(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -1,10 +1,14 @@
 //! `ucp-lb check --print`: the config in force, every key with its value
 //! (defaults filled in) and where it came from, as lb.toml that `check`
-//! accepts again.
+//! accepts again. Each key it writes is declared in
+//! `ucp_lb::config::keys`, as tests/keys.rs checks.
 
 use std::fmt::Write;
 
-use ucp_lb::config::{AdminState, CheckKind, Config, Keepalive, Origin, Retries, StatusMatch, format_duration};
+use ucp_lb::config::{
+    AdminConfig, AdminState, CheckKind, Config, ControlSocket, HealthConfig, Keepalive, ListenerConfig, Origin,
+    PoolConfig, Retries, StatusMatch, format_duration,
+};
 
 /// A value and where it came from, aligned as a comment.
 fn line(out: &mut String, key: &str, value: String, from: &str) {
@@ -29,16 +33,26 @@ pub fn dump(c: &Config) -> String {
         Some(n) => line(&mut o, "workers", n.to_string(), "set"),
         None => line(&mut o, "# workers", "(one per CPU)".into(), "default"),
     }
-    let a = &c.admin;
+    admin(&mut o, &c.admin);
+    for l in &c.listeners {
+        listener(&mut o, l);
+    }
+    for p in &c.pools {
+        pool(&mut o, p);
+    }
+    o
+}
+
+fn admin(o: &mut String, a: &AdminConfig) {
     let _ = writeln!(o, "\n[admin]");
-    let is_default_listen = a.listen == ucp_lb::config::AdminConfig::default().listen;
-    line(&mut o, "listen", q(&a.listen.to_string()), if is_default_listen { "default" } else { "set" });
+    let is_default_listen = a.listen == AdminConfig::default().listen;
+    line(o, "listen", q(&a.listen.to_string()), if is_default_listen { "default" } else { "set" });
     match &a.token_file {
-        Some(p) => line(&mut o, "token_file", q(&p.display().to_string()), "set: POST endpoints on"),
-        None => line(&mut o, "# token_file", "(none)".into(), "default: POST endpoints off"),
+        Some(p) => line(o, "token_file", q(&p.display().to_string()), "set: POST endpoints on"),
+        None => line(o, "# token_file", "(none)".into(), "default: POST endpoints off"),
     }
     line(
-        &mut o,
+        o,
         "status_needs_token",
         a.status_needs_token.to_string(),
         if a.status_needs_token { "set" } else { "default" },
@@ -46,144 +60,150 @@ pub fn dump(c: &Config) -> String {
     // The default stays a comment: set, it would make a start that cannot
     // create it fail, where the default only warns.
     match &a.control_socket {
-        ucp_lb::config::ControlSocket::Default(p) => {
-            line(&mut o, "# control_socket", q(&p.display().to_string()), "default (warns if it cannot be made)")
+        ControlSocket::Default(p) => {
+            line(o, "# control_socket", q(&p.display().to_string()), "default (warns if it cannot be made)")
         }
-        ucp_lb::config::ControlSocket::Path(p) => {
-            line(&mut o, "control_socket", q(&p.display().to_string()), "set (file or UCP_LB_CONTROL_SOCKET)")
+        ControlSocket::Path(p) => {
+            line(o, "control_socket", q(&p.display().to_string()), "set (file or UCP_LB_CONTROL_SOCKET)")
         }
-        ucp_lb::config::ControlSocket::Off => line(&mut o, "control_socket", q(""), "set: none, no upgrade in place"),
+        ControlSocket::Off => line(o, "control_socket", q(""), "set: none, no upgrade in place"),
     }
-    for l in &c.listeners {
-        let _ = writeln!(o, "\n[[listener]]");
-        line(&mut o, "bind", q(&l.bind.to_string()), "set");
-        match &l.pool {
-            Some(p) => line(&mut o, "pool", q(p), "set"),
-            None => line(&mut o, "# pool", "(none: clients no route takes are closed)".into(), "default"),
-        }
-        if !l.routes.is_empty() {
-            let routes: Vec<String> =
-                l.routes.iter().map(|(n, p)| format!("{} = {}", q(&n.to_string()), q(p))).collect();
-            line(&mut o, "routes", format!("{{ {} }}", routes.join(", ")), "set");
-            line(&mut o, "preread_timeout", duration(Some(l.preread_timeout)), "set or default");
-        }
-        match l.max_connections {
-            0 => line(&mut o, "# max_connections", "(no limit)".into(), "default"),
-            n => line(&mut o, "max_connections", n.to_string(), "set"),
-        }
-        if l.access.is_empty() {
-            line(&mut o, "# access", "[] (everyone)".into(), "default");
-        } else {
-            let rules: Vec<String> = l.access.iter().map(|r| q(&r.to_string())).collect();
-            line(&mut o, "access", format!("[{}]", rules.join(", ")), "set");
-        }
-        let ka = l.client_keepalive.as_ref();
-        let ka_from = if l.client_keepalive == Some(Keepalive::DEFAULT) { "default or set" } else { "set" };
-        line(&mut o, "client_keepalive", Keepalive::toml(ka), ka_from);
-        for (key, n) in
-            [("max_connections_per_client", l.per_client.open), ("max_connection_rate_per_client", l.per_client.rate)]
-        {
-            match n {
-                0 => line(&mut o, &format!("# {key}"), "(no limit)".into(), "default"),
-                n => line(&mut o, key, n.to_string(), "set"),
-            }
+}
+
+fn listener(o: &mut String, l: &ListenerConfig) {
+    let _ = writeln!(o, "\n[[listener]]");
+    line(o, "bind", q(&l.bind.to_string()), "set");
+    match &l.pool {
+        Some(p) => line(o, "pool", q(p), "set"),
+        None => line(o, "# pool", "(none: clients no route takes are closed)".into(), "default"),
+    }
+    if !l.routes.is_empty() {
+        let routes: Vec<String> = l.routes.iter().map(|(n, p)| format!("{} = {}", q(&n.to_string()), q(p))).collect();
+        line(o, "routes", format!("{{ {} }}", routes.join(", ")), "set");
+        line(o, "preread_timeout", duration(Some(l.preread_timeout)), "set or default");
+    }
+    match l.max_connections {
+        0 => line(o, "# max_connections", "(no limit)".into(), "default"),
+        n => line(o, "max_connections", n.to_string(), "set"),
+    }
+    if l.access.is_empty() {
+        line(o, "# access", "[] (everyone)".into(), "default");
+    } else {
+        let rules: Vec<String> = l.access.iter().map(|r| q(&r.to_string())).collect();
+        line(o, "access", format!("[{}]", rules.join(", ")), "set");
+    }
+    let ka = l.client_keepalive.as_ref();
+    let ka_from = if l.client_keepalive == Some(Keepalive::DEFAULT) { "default or set" } else { "set" };
+    line(o, "client_keepalive", Keepalive::toml(ka), ka_from);
+    for (key, n) in
+        [("max_connections_per_client", l.per_client.open), ("max_connection_rate_per_client", l.per_client.rate)]
+    {
+        match n {
+            0 => line(o, &format!("# {key}"), "(no limit)".into(), "default"),
+            n => line(o, key, n.to_string(), "set"),
         }
     }
-    for p in &c.pools {
-        let s = &p.settings;
-        let from = |k: &str| p.origins.get(k).copied().unwrap_or(Origin::Default).as_str();
-        let _ = writeln!(o, "\n[pool.{}]", p.name);
-        line(&mut o, "balance", q(s.balance.as_str()), from("balance"));
-        line(&mut o, "connect_timeout", duration(Some(s.connect_timeout)), from("connect_timeout"));
-        line(&mut o, "idle_timeout", duration(s.idle_timeout), from("idle_timeout"));
-        line(&mut o, "max_fails", s.max_fails.to_string(), from("max_fails"));
-        line(&mut o, "fail_timeout", duration(Some(s.fail_timeout)), from("fail_timeout"));
-        let retries = match s.retries {
-            Retries::Count(n) => n.to_string(),
-            Retries::All => q("all"),
+}
+
+/// A pool's `[defaults]` keys, its servers and its check.
+fn pool(o: &mut String, p: &PoolConfig) {
+    let s = &p.settings;
+    let from = |k: &str| p.origins.get(k).copied().unwrap_or(Origin::Default).as_str();
+    let _ = writeln!(o, "\n[pool.{}]", p.name);
+    line(o, "balance", q(s.balance.as_str()), from("balance"));
+    line(o, "connect_timeout", duration(Some(s.connect_timeout)), from("connect_timeout"));
+    line(o, "idle_timeout", duration(s.idle_timeout), from("idle_timeout"));
+    line(o, "max_fails", s.max_fails.to_string(), from("max_fails"));
+    line(o, "fail_timeout", duration(Some(s.fail_timeout)), from("fail_timeout"));
+    let retries = match s.retries {
+        Retries::Count(n) => n.to_string(),
+        Retries::All => q("all"),
+    };
+    line(o, "retries", retries, from("retries"));
+    line(o, "all_down", q(s.all_down.as_str()), from("all_down"));
+    line(o, "resolve_interval", duration(Some(s.resolve_interval)), from("resolve_interval"));
+    line(o, "shutdown_timeout", duration(Some(s.shutdown_timeout)), from("shutdown_timeout"));
+    line(o, "slow_start", q(&format_duration(s.slow_start)), from("slow_start"));
+    line(o, "on_server_down", q(s.on_server_down.as_str()), from("on_server_down"));
+    line(o, "close_spread", q(&format_duration(s.close_spread)), from("close_spread"));
+    line(o, "server_keepalive", Keepalive::toml(s.server_keepalive.as_ref()), from("server_keepalive"));
+    let _ = writeln!(o, "servers = [");
+    for srv in &p.servers {
+        let state = match srv.state {
+            AdminState::Up => "up",
+            AdminState::Drain => "drain",
+            AdminState::Down => "down",
         };
-        line(&mut o, "retries", retries, from("retries"));
-        line(&mut o, "all_down", q(s.all_down.as_str()), from("all_down"));
-        line(&mut o, "resolve_interval", duration(Some(s.resolve_interval)), from("resolve_interval"));
-        line(&mut o, "shutdown_timeout", duration(Some(s.shutdown_timeout)), from("shutdown_timeout"));
-        line(&mut o, "slow_start", q(&format_duration(s.slow_start)), from("slow_start"));
-        line(&mut o, "on_server_down", q(s.on_server_down.as_str()), from("on_server_down"));
-        line(&mut o, "close_spread", q(&format_duration(s.close_spread)), from("close_spread"));
-        line(&mut o, "server_keepalive", Keepalive::toml(s.server_keepalive.as_ref()), from("server_keepalive"));
-        let _ = writeln!(o, "servers = [");
-        for srv in &p.servers {
-            let state = match srv.state {
-                AdminState::Up => "up",
-                AdminState::Drain => "drain",
-                AdminState::Down => "down",
-            };
-            let slow = srv.slow_start.map(|d| format!(", slow_start = {}", q(&format_duration(d)))).unwrap_or_default();
-            let _ = writeln!(
-                o,
-                "  {{ address = {}, weight = {}, backup = {}, max_conns = {}, state = {}{slow} }},",
-                q(&srv.address.to_string()),
-                srv.weight,
-                srv.backup,
-                srv.max_conns,
-                q(state)
-            );
-        }
-        let _ = writeln!(o, "]");
-        let Some(h) = &p.health else {
+        let slow = srv.slow_start.map(|d| format!(", slow_start = {}", q(&format_duration(d)))).unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  {{ address = {}, weight = {}, backup = {}, max_conns = {}, state = {}{slow} }},",
+            q(&srv.address.to_string()),
+            srv.weight,
+            srv.backup,
+            srv.max_conns,
+            q(state)
+        );
+    }
+    let _ = writeln!(o, "]");
+    match &p.health {
+        Some(h) => health(o, &p.name, h),
+        None => {
             let _ = writeln!(o, "# no active check (no [pool.{}.health], or kind = \"none\")", p.name);
-            continue;
-        };
-        let _ = writeln!(o, "\n[pool.{}.health]", p.name);
-        let kind = match h.kind {
-            CheckKind::Https => "https",
-            CheckKind::Http => "http",
-            CheckKind::Tcp => "tcp",
-        };
-        // Each health key: the value, and "set" or "default" against a
-        // check with nothing set.
-        let d = ucp_lb::config::HealthConfig::default();
-        let src = |is_default: bool| if is_default { "default" } else { "set" };
-        line(&mut o, "kind", q(kind), src(h.kind == d.kind));
-        line(&mut o, "path", q(&h.path), src(h.path == d.path));
-        line(&mut o, "interval", duration(Some(h.interval)), src(h.interval == d.interval));
-        line(&mut o, "timeout", duration(Some(h.timeout)), src(h.timeout == d.timeout));
-        line(&mut o, "rise", h.rise.to_string(), src(h.rise == d.rise));
-        line(&mut o, "fall", h.fall.to_string(), src(h.fall == d.fall));
-        let statuses: Vec<String> = h
-            .expect_status
-            .iter()
-            .map(|m| match m {
-                StatusMatch::Code(c) => c.to_string(),
-                StatusMatch::Class(c) => q(&format!("{c}xx")),
-            })
-            .collect();
-        line(&mut o, "expect_status", format!("[{}]", statuses.join(", ")), src(h.expect_status == d.expect_status));
-        match &h.expect_body {
-            Some(b) => line(&mut o, "expect_body", q(b), "set"),
-            None => line(&mut o, "# expect_body", "(none)".into(), "default"),
-        }
-        if h.expect_json.is_empty() {
-            line(&mut o, "# expect_json", "(none)".into(), "default");
-        } else {
-            let fields: Vec<String> = h.expect_json.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-            line(&mut o, "expect_json", format!("{{ {} }}", fields.join(", ")), "set");
-        }
-        for (key, v, fallback) in
-            [("sni", &h.sni, "the server's host name"), ("host", &h.host, "sni, else the server's host name")]
-        {
-            match v {
-                Some(v) => line(&mut o, key, q(v), "set"),
-                None => line(&mut o, &format!("# {key}"), format!("({fallback})"), "default"),
-            }
-        }
-        match &h.ca_file {
-            Some(f) => line(&mut o, "ca_file", q(&f.display().to_string()), "set: certificate verified"),
-            None => line(&mut o, "# ca_file", "(none)".into(), "default: certificate not verified"),
-        }
-        match h.port {
-            Some(port) => line(&mut o, "port", port.to_string(), "set"),
-            None => line(&mut o, "# port", "(the server's)".into(), "default"),
         }
     }
-    o
+}
+
+/// Each health key: the value, and "set" or "default" against a check
+/// with nothing set.
+fn health(o: &mut String, pool: &str, h: &HealthConfig) {
+    let _ = writeln!(o, "\n[pool.{pool}.health]");
+    let kind = match h.kind {
+        CheckKind::Https => "https",
+        CheckKind::Http => "http",
+        CheckKind::Tcp => "tcp",
+    };
+    let d = HealthConfig::default();
+    let src = |is_default: bool| if is_default { "default" } else { "set" };
+    line(o, "kind", q(kind), src(h.kind == d.kind));
+    line(o, "path", q(&h.path), src(h.path == d.path));
+    line(o, "interval", duration(Some(h.interval)), src(h.interval == d.interval));
+    line(o, "timeout", duration(Some(h.timeout)), src(h.timeout == d.timeout));
+    line(o, "rise", h.rise.to_string(), src(h.rise == d.rise));
+    line(o, "fall", h.fall.to_string(), src(h.fall == d.fall));
+    let statuses: Vec<String> = h
+        .expect_status
+        .iter()
+        .map(|m| match m {
+            StatusMatch::Code(c) => c.to_string(),
+            StatusMatch::Class(c) => q(&format!("{c}xx")),
+        })
+        .collect();
+    line(o, "expect_status", format!("[{}]", statuses.join(", ")), src(h.expect_status == d.expect_status));
+    match &h.expect_body {
+        Some(b) => line(o, "expect_body", q(b), "set"),
+        None => line(o, "# expect_body", "(none)".into(), "default"),
+    }
+    if h.expect_json.is_empty() {
+        line(o, "# expect_json", "(none)".into(), "default");
+    } else {
+        let fields: Vec<String> = h.expect_json.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+        line(o, "expect_json", format!("{{ {} }}", fields.join(", ")), "set");
+    }
+    for (key, v, fallback) in
+        [("sni", &h.sni, "the server's host name"), ("host", &h.host, "sni, else the server's host name")]
+    {
+        match v {
+            Some(v) => line(o, key, q(v), "set"),
+            None => line(o, &format!("# {key}"), format!("({fallback})"), "default"),
+        }
+    }
+    match &h.ca_file {
+        Some(f) => line(o, "ca_file", q(&f.display().to_string()), "set: certificate verified"),
+        None => line(o, "# ca_file", "(none)".into(), "default: certificate not verified"),
+    }
+    match h.port {
+        Some(port) => line(o, "port", port.to_string(), "set"),
+        None => line(o, "# port", "(the server's)".into(), "default"),
+    }
 }

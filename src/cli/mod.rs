@@ -253,149 +253,170 @@ pub fn summary(config: &Config, resolved: Option<&ucp_lb::snapshot::Resolved>) -
     let _ = writeln!(s, "admin: {}, {token}, {reads}, {control}", a.listen);
     let _ = writeln!(s, "listeners:");
     for l in &config.listeners {
-        let max = if l.max_connections == 0 { "no limit".to_owned() } else { l.max_connections.to_string() };
-        let pool = match &l.pool {
-            Some(p) => format!("pool {p}"),
-            None => "no pool".to_owned(),
-        };
-        if l.routes.is_empty() {
-            let _ = writeln!(s, "  {} -> {pool} (max_connections: {max})", l.bind);
-        } else {
-            let _ = writeln!(
-                s,
-                "  {} -> routed by TLS server name, else {pool} (max_connections: {max}, preread_timeout {})",
-                l.bind,
-                ucp_lb::config::format_duration(l.preread_timeout)
-            );
-            for (name, p) in &l.routes {
-                let _ = writeln!(s, "    {name} -> pool {p}");
-            }
-        }
-        if !l.access.is_empty() {
-            let rules: Vec<String> = l.access.iter().map(ToString::to_string).collect();
-            let _ = writeln!(s, "    access: {} (a client no rule matches is let in)", rules.join(", "));
-        }
-        let _ = writeln!(s, "    client keepalive: {}", config::Keepalive::words(l.client_keepalive.as_ref()));
-        if l.per_client.any() {
-            let limit = |n: u32, unit: &str| if n == 0 { "no limit".to_owned() } else { format!("{n}{unit}") };
-            let _ = writeln!(
-                s,
-                "    per client address: max_connections_per_client {}, max_connection_rate_per_client {}",
-                limit(l.per_client.open, ""),
-                limit(l.per_client.rate, "/s")
-            );
-        }
+        summary_listener(&mut s, l);
     }
     let _ = writeln!(s, "pools:");
     for p in &config.pools {
-        let st = &p.settings;
-        let retries = match st.retries {
-            Retries::Count(n) => n.to_string(),
-            Retries::All => "all".into(),
-        };
-        let _ = writeln!(
-            s,
-            "  {}: balance {}, connect_timeout {}, idle_timeout {}, max_fails {}, fail_timeout {}, retries {}, all_down {}",
-            p.name,
-            st.balance.as_str(),
-            format_duration(st.connect_timeout),
-            st.idle_timeout.map_or("none".into(), format_duration),
-            st.max_fails,
-            format_duration(st.fail_timeout),
-            retries,
-            st.all_down.as_str(),
-        );
-        let slow = match st.slow_start.is_zero() {
-            true => "none".to_owned(),
-            false => format!("{} (from 10 % of the weight)", format_duration(st.slow_start)),
-        };
-        let down = match st.on_server_down {
-            config::OnServerDown::Keep => "keep its sessions".to_owned(),
-            config::OnServerDown::Close => format!("close its sessions over {}", format_duration(st.close_spread)),
-        };
-        let _ = writeln!(
-            s,
-            "    after a failure: slow_start {slow}; a server going down: {down}; server keepalive: {}",
-            config::Keepalive::words(st.server_keepalive.as_ref())
-        );
-        for (address, d) in p.servers.iter().filter_map(|srv| Some((&srv.address, srv.slow_start?))) {
-            let _ = writeln!(s, "    {address}: slow_start {}", format_duration(d));
-        }
-        match &p.health {
-            None => {
-                let _ = writeln!(s, "    active check: none");
-            }
-            Some(h) => {
-                let target = match h.kind {
-                    config::CheckKind::Tcp => "tcp connect".to_owned(),
-                    k => format!("{} GET {}", if k == config::CheckKind::Https { "https" } else { "http" }, h.path),
-                };
-                let port = h.port.map(|p| format!(" on port {p}")).unwrap_or_default();
-                let mut expect: Vec<String> = h
-                    .expect_status
-                    .iter()
-                    .map(|m| match m {
-                        config::StatusMatch::Code(c) => c.to_string(),
-                        config::StatusMatch::Class(c) => format!("{c}xx"),
-                    })
-                    .collect();
-                expect = vec![format!("status {}", expect.join("/"))];
-                if let Some(b) = &h.expect_body {
-                    expect.push(format!("body containing {b:?}"));
-                }
-                for (k, v) in &h.expect_json {
-                    expect.push(format!("JSON {k} = {v}"));
-                }
-                let mut tls = Vec::new();
-                if let Some(sni) = &h.sni {
-                    tls.push(format!("sni {sni}"));
-                }
-                if let Some(host) = &h.host {
-                    tls.push(format!("Host {host}"));
-                }
-                if h.kind == config::CheckKind::Https {
-                    tls.push(match &h.ca_file {
-                        Some(f) => format!("certificate verified against {}", f.display()),
-                        None => "certificate not verified".into(),
-                    });
-                }
-                let _ = writeln!(
-                    s,
-                    "    active check: {target}{port} every {}, timeout {}, rise {}, fall {}",
-                    format_duration(h.interval),
-                    format_duration(h.timeout),
-                    h.rise,
-                    h.fall,
-                );
-                if h.kind != config::CheckKind::Tcp {
-                    let _ = writeln!(s, "      expects {}", expect.join(", "));
-                }
-                if !tls.is_empty() {
-                    let _ = writeln!(s, "      {}", tls.join(", "));
-                }
-            }
+        summary_pool(&mut s, p);
+        if let Some(h) = &p.health {
+            summary_check(&mut s, h);
+        } else {
+            let _ = writeln!(s, "    active check: none");
         }
         if !config.listeners.iter().any(|l| l.pool.as_ref() == Some(&p.name) || l.routes.iter().any(|r| r.1 == p.name))
         {
             let _ = writeln!(s, "    (no listener uses this pool)");
         }
-        for srv in &p.servers {
-            let addrs = match resolved.and_then(|r| r.get(&srv.address)) {
-                Some(a) => a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
-                None => "not resolved (--offline)".into(),
-            };
-            let mut flags = format!("weight {}", srv.weight);
-            if srv.backup {
-                flags.push_str(", backup");
-            }
-            if srv.max_conns > 0 {
-                let _ = write!(flags, ", max_conns {}", srv.max_conns);
-            }
-            if srv.state != config::AdminState::Up {
-                let _ = write!(flags, ", {}", srv.state.as_str());
-            }
-            let _ = writeln!(s, "    {} -> {addrs} ({flags})", srv.address);
-        }
+        summary_servers(&mut s, p, resolved);
     }
     s
+}
+
+/// A listener: where its clients go, who may connect, its limits.
+fn summary_listener(s: &mut String, l: &config::ListenerConfig) {
+    use std::fmt::Write;
+    let max = if l.max_connections == 0 { "no limit".to_owned() } else { l.max_connections.to_string() };
+    let pool = match &l.pool {
+        Some(p) => format!("pool {p}"),
+        None => "no pool".to_owned(),
+    };
+    if l.routes.is_empty() {
+        let _ = writeln!(s, "  {} -> {pool} (max_connections: {max})", l.bind);
+    } else {
+        let _ = writeln!(
+            s,
+            "  {} -> routed by TLS server name, else {pool} (max_connections: {max}, preread_timeout {})",
+            l.bind,
+            ucp_lb::config::format_duration(l.preread_timeout)
+        );
+        for (name, p) in &l.routes {
+            let _ = writeln!(s, "    {name} -> pool {p}");
+        }
+    }
+    if !l.access.is_empty() {
+        let rules: Vec<String> = l.access.iter().map(ToString::to_string).collect();
+        let _ = writeln!(s, "    access: {} (a client no rule matches is let in)", rules.join(", "));
+    }
+    let _ = writeln!(s, "    client keepalive: {}", config::Keepalive::words(l.client_keepalive.as_ref()));
+    if l.per_client.any() {
+        let limit = |n: u32, unit: &str| if n == 0 { "no limit".to_owned() } else { format!("{n}{unit}") };
+        let _ = writeln!(
+            s,
+            "    per client address: max_connections_per_client {}, max_connection_rate_per_client {}",
+            limit(l.per_client.open, ""),
+            limit(l.per_client.rate, "/s")
+        );
+    }
+}
+
+/// A pool's settings, and the servers with a slow_start of their own.
+fn summary_pool(s: &mut String, p: &config::PoolConfig) {
+    use std::fmt::Write;
+    let st = &p.settings;
+    let retries = match st.retries {
+        Retries::Count(n) => n.to_string(),
+        Retries::All => "all".into(),
+    };
+    let _ = writeln!(
+        s,
+        "  {}: balance {}, connect_timeout {}, idle_timeout {}, max_fails {}, fail_timeout {}, retries {}, all_down {}",
+        p.name,
+        st.balance.as_str(),
+        format_duration(st.connect_timeout),
+        st.idle_timeout.map_or("none".into(), format_duration),
+        st.max_fails,
+        format_duration(st.fail_timeout),
+        retries,
+        st.all_down.as_str(),
+    );
+    let slow = match st.slow_start.is_zero() {
+        true => "none".to_owned(),
+        false => format!("{} (from 10 % of the weight)", format_duration(st.slow_start)),
+    };
+    let down = match st.on_server_down {
+        config::OnServerDown::Keep => "keep its sessions".to_owned(),
+        config::OnServerDown::Close => format!("close its sessions over {}", format_duration(st.close_spread)),
+    };
+    let _ = writeln!(
+        s,
+        "    after a failure: slow_start {slow}; a server going down: {down}; server keepalive: {}",
+        config::Keepalive::words(st.server_keepalive.as_ref())
+    );
+    for (address, d) in p.servers.iter().filter_map(|srv| Some((&srv.address, srv.slow_start?))) {
+        let _ = writeln!(s, "    {address}: slow_start {}", format_duration(d));
+    }
+}
+
+/// A pool's active check: what it asks, how often, what passes.
+fn summary_check(s: &mut String, h: &config::HealthConfig) {
+    use std::fmt::Write;
+    let target = match h.kind {
+        config::CheckKind::Tcp => "tcp connect".to_owned(),
+        k => format!("{} GET {}", if k == config::CheckKind::Https { "https" } else { "http" }, h.path),
+    };
+    let port = h.port.map(|p| format!(" on port {p}")).unwrap_or_default();
+    let mut expect: Vec<String> = h
+        .expect_status
+        .iter()
+        .map(|m| match m {
+            config::StatusMatch::Code(c) => c.to_string(),
+            config::StatusMatch::Class(c) => format!("{c}xx"),
+        })
+        .collect();
+    expect = vec![format!("status {}", expect.join("/"))];
+    if let Some(b) = &h.expect_body {
+        expect.push(format!("body containing {b:?}"));
+    }
+    for (k, v) in &h.expect_json {
+        expect.push(format!("JSON {k} = {v}"));
+    }
+    let mut tls = Vec::new();
+    if let Some(sni) = &h.sni {
+        tls.push(format!("sni {sni}"));
+    }
+    if let Some(host) = &h.host {
+        tls.push(format!("Host {host}"));
+    }
+    if h.kind == config::CheckKind::Https {
+        tls.push(match &h.ca_file {
+            Some(f) => format!("certificate verified against {}", f.display()),
+            None => "certificate not verified".into(),
+        });
+    }
+    let _ = writeln!(
+        s,
+        "    active check: {target}{port} every {}, timeout {}, rise {}, fall {}",
+        format_duration(h.interval),
+        format_duration(h.timeout),
+        h.rise,
+        h.fall,
+    );
+    if h.kind != config::CheckKind::Tcp {
+        let _ = writeln!(s, "      expects {}", expect.join(", "));
+    }
+    if !tls.is_empty() {
+        let _ = writeln!(s, "      {}", tls.join(", "));
+    }
+}
+
+/// A pool's servers: the addresses each resolved to, and its flags.
+fn summary_servers(s: &mut String, p: &config::PoolConfig, resolved: Option<&ucp_lb::snapshot::Resolved>) {
+    use std::fmt::Write;
+    for srv in &p.servers {
+        let addrs = match resolved.and_then(|r| r.get(&srv.address)) {
+            Some(a) => a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+            None => "not resolved (--offline)".into(),
+        };
+        let mut flags = format!("weight {}", srv.weight);
+        if srv.backup {
+            flags.push_str(", backup");
+        }
+        if srv.max_conns > 0 {
+            let _ = write!(flags, ", max_conns {}", srv.max_conns);
+        }
+        if srv.state != config::AdminState::Up {
+            let _ = write!(flags, ", {}", srv.state.as_str());
+        }
+        let _ = writeln!(s, "    {} -> {addrs} ({flags})", srv.address);
+    }
 }

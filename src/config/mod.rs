@@ -3,12 +3,16 @@
 //! `parse` turns lb.toml text into a [`Config`] or into every problem found,
 //! each naming file, line, column and key. `check` and reloads use the same
 //! function, so they cannot disagree. This module knows nothing of sockets or
-//! runtime state: host names are resolved by `resolve.rs`.
+//! runtime state: host names are resolved by `resolve.rs`. Every key is
+//! declared once, in `keys.rs`.
 
+pub mod keys;
 pub mod raw;
+pub mod rules;
 mod validate;
 mod values;
 
+pub use rules::{Limits, Pattern, Rule};
 pub use values::{LineIndex, format_duration, parse_duration, parse_host_port};
 
 use std::fmt;
@@ -367,7 +371,7 @@ pub struct ListenerConfig {
     pub pool: Option<Arc<str>>,
     /// TLS server name routes, in the file's order (empty: the listener
     /// reads nothing before connecting).
-    pub routes: Vec<(crate::sni::Pattern, Arc<str>)>,
+    pub routes: Vec<(Pattern, Arc<str>)>,
     /// How long a routed listener waits for a complete ClientHello.
     pub preread_timeout: Duration,
     /// 0: no limit.
@@ -375,9 +379,9 @@ pub struct ListenerConfig {
     /// Where and how its finished connections are logged; `None`: not.
     pub access_log: Option<Arc<AccessLog>>,
     /// `access`: allow and deny rules, in order (empty: everyone).
-    pub access: Vec<crate::admission::Rule>,
+    pub access: Vec<Rule>,
     /// `max_connections_per_client` and `max_connection_rate_per_client`.
-    pub per_client: crate::admission::Limits,
+    pub per_client: Limits,
     /// TCP keepalive of its clients' sockets; `None`: off.
     pub client_keepalive: Option<Keepalive>,
 }

@@ -9,12 +9,15 @@
 //! on. No defaults are applied (every key is an `Option`), so validation in
 //! `config/validate.rs` can tell "unset" from "set to the default"; values
 //! keep their spans, so a later check can still point at line and column.
+//! Which keys each table takes comes from their declaration (`keys.rs`).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
+
+use super::keys;
 
 pub type S<T> = Spanned<T>;
 
@@ -72,21 +75,6 @@ pub enum RawKeepalive {
     On { idle: Option<S<String>>, interval: Option<S<String>>, count: Option<S<i64>> },
 }
 
-/// The keys of a `[[listener]]` table.
-const LISTENER_KEYS: &[&str] = &[
-    "bind",
-    "pool",
-    "max_connections",
-    "access_log",
-    "access_log_format",
-    "access",
-    "max_connections_per_client",
-    "max_connection_rate_per_client",
-    "routes",
-    "preread_timeout",
-    "client_keepalive",
-];
-
 /// The `[defaults]` keys: the table `[defaults]` itself, and any of them in
 /// a `[pool.NAME]` table, for that pool only.
 #[derive(Debug, Default)]
@@ -105,22 +93,6 @@ pub struct RawSettings {
     pub close_spread: Option<S<String>>,
     pub server_keepalive: Option<S<RawKeepalive>>,
 }
-
-const SETTINGS: &[&str] = &[
-    "balance",
-    "connect_timeout",
-    "idle_timeout",
-    "max_fails",
-    "fail_timeout",
-    "retries",
-    "all_down",
-    "resolve_interval",
-    "shutdown_timeout",
-    "slow_start",
-    "on_server_down",
-    "close_spread",
-    "server_keepalive",
-];
 
 /// `[pool.NAME]`: its servers, its check, and any `[defaults]` key.
 #[derive(Debug, Default)]
@@ -174,10 +146,10 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
     let root = DeTable::parse(text)?;
     let mut r = Reader { text, errors: Vec::new() };
     let t = root.get_ref();
-    r.known_keys(t, "", &["workers", "admin", "defaults", "listener", "pool"]);
+    r.known_keys(t, "", &keys::names(""));
     let mut raw = RawConfig { workers: r.int(t, "", "workers"), ..RawConfig::default() };
     if let Some((span, a)) = r.table(t, "", "admin") {
-        r.known_keys(a, "admin", &["listen", "token_file", "status_needs_token", "control_socket"]);
+        r.known_keys(a, "admin", &keys::names("admin"));
         let admin = RawAdmin {
             listen: r.string(a, "admin", "listen"),
             token_file: r.string(a, "admin", "token_file"),
@@ -187,12 +159,7 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
         raw.admin = Some(Spanned::new(span, admin));
     }
     if let Some((_, d)) = r.table(t, "", "defaults") {
-        let known: Vec<&str> = SETTINGS
-            .iter()
-            .chain(&["access_log", "access_log_format", "stop_grace", "client_keepalive"])
-            .copied()
-            .collect();
-        r.known_keys(d, "defaults", &known);
+        r.known_keys(d, "defaults", &keys::names("defaults"));
         raw.defaults = Some(r.settings(d, "defaults"));
         raw.access_log = r.string(d, "defaults", "access_log");
         raw.access_log_format = r.string(d, "defaults", "access_log_format");
@@ -205,7 +172,7 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
                 for (i, item) in items.iter().enumerate() {
                     let key = format!("listener[{i}]");
                     let Some(l) = r.as_table(item, &key, "a [[listener]] table") else { continue };
-                    r.known_keys(l, &key, LISTENER_KEYS);
+                    r.known_keys(l, &key, &keys::names("listener[]"));
                     let listener = RawListener {
                         bind: r.string(l, &key, "bind"),
                         pool: r.string(l, &key, "pool"),
@@ -229,8 +196,7 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
         for (name, p) in pools.iter() {
             let key = format!("pool.{}", name.get_ref());
             let Some(pt) = r.as_table(p, &key, "a [pool.NAME] table") else { continue };
-            let known: Vec<&str> = ["servers", "health"].iter().chain(SETTINGS).copied().collect();
-            r.known_keys(pt, &key, &known);
+            r.known_keys(pt, &key, &keys::names("pool.*"));
             let pool =
                 RawPool { servers: r.servers(pt, &key), health: r.health(pt, &key), settings: r.settings(pt, &key) };
             raw.pool.insert(name.get_ref().to_string(), Spanned::new(p.span(), pool));
@@ -250,22 +216,6 @@ fn field<'a, 'i>(t: &'a DeTable<'i>, key: &str) -> Option<&'a Value<'i>> {
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
-
-/// Keys whose value is a duration: a bare number there gets its own advice.
-const DURATIONS: &[&str] = &[
-    "connect_timeout",
-    "preread_timeout",
-    "idle_timeout",
-    "fail_timeout",
-    "resolve_interval",
-    "shutdown_timeout",
-    "stop_grace",
-    "interval",
-    "timeout",
-    "slow_start",
-    "close_spread",
-    "idle",
-];
 
 struct Reader<'t> {
     text: &'t str,
@@ -308,7 +258,7 @@ impl Reader<'_> {
         match v.get_ref() {
             DeValue::String(s) => Some(Spanned::new(v.span(), s.to_string())),
             _ => {
-                let expected = if DURATIONS.contains(&key) { "a duration like \"5s\"" } else { "a string" };
+                let expected = if keys::is_duration(key) { "a duration like \"5s\"" } else { "a string" };
                 self.wrong_type(v, &join(path, key), expected);
                 None
             }
@@ -427,7 +377,8 @@ impl Reader<'_> {
             DeValue::Boolean(false) => RawKeepalive::Off,
             DeValue::Boolean(true) => RawKeepalive::On { idle: None, interval: None, count: None },
             DeValue::Table(kt) => {
-                self.known_keys(kt, &full, &["idle", "interval", "count"]);
+                // Every keepalive key takes the keys of `[defaults]`'s.
+                self.known_keys(kt, &full, &keys::names(&format!("defaults.{key}")));
                 RawKeepalive::On {
                     idle: self.string(kt, &full, "idle"),
                     interval: self.string(kt, &full, "interval"),
@@ -462,11 +413,7 @@ impl Reader<'_> {
                     RawServer { address: Some(Spanned::new(item.span(), s.to_string())), ..RawServer::default() }
                 }
                 DeValue::Table(st) => {
-                    self.known_keys(
-                        st,
-                        &skey,
-                        &["address", "name", "weight", "backup", "max_conns", "state", "slow_start"],
-                    );
+                    self.known_keys(st, &skey, &keys::names("pool.*.servers[]"));
                     RawServer {
                         address: self.string(st, &skey, "address"),
                         weight: self.int(st, &skey, "weight"),
@@ -491,22 +438,7 @@ impl Reader<'_> {
         let key = join(path, "health");
         let v = field(t, "health")?;
         let h = self.as_table(v, &key, "a table")?;
-        let known = [
-            "kind",
-            "path",
-            "interval",
-            "timeout",
-            "rise",
-            "fall",
-            "expect_status",
-            "expect_body",
-            "expect_json",
-            "sni",
-            "host",
-            "ca_file",
-            "port",
-        ];
-        self.known_keys(h, &key, &known);
+        self.known_keys(h, &key, &keys::names("pool.*.health"));
         let expect_status = field(h, "expect_status").and_then(|s| match s.get_ref() {
             DeValue::Array(items) => Some(Spanned::new(
                 s.span(),

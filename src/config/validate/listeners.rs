@@ -1,0 +1,268 @@
+//! `[[listener]]` tables: where each listens, where its clients go, who
+//! may connect, and its access log.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::*;
+
+/// Each listener's bind address and where it is written.
+pub(super) type Binds = Vec<(SocketAddr, Range<usize>)>;
+
+impl Validator<'_> {
+    /// Every listener (those with a bind address and a pool), and where
+    /// each binds.
+    pub(super) fn listeners(&mut self, raw: &RawConfig) -> (Vec<ListenerConfig>, Binds) {
+        // `[defaults]`'s client_keepalive, checked once, under its own key,
+        // for every listener without its own.
+        let default_client_keepalive = match &raw.client_keepalive {
+            Some(v) => self.keepalive(v, "defaults.client_keepalive"),
+            None => Some(Keepalive::DEFAULT),
+        };
+        let mut listeners: Vec<ListenerConfig> = Vec::new();
+        let mut binds: Binds = Vec::new();
+        if raw.listener.is_empty() {
+            self.err(None, "listener", "at least one [[listener]] is needed");
+        }
+        for (i, l) in raw.listener.iter().enumerate() {
+            if let Some(c) = self.listener(i, l, raw, default_client_keepalive, &mut binds) {
+                listeners.push(c);
+            }
+        }
+        (listeners, binds)
+    }
+
+    fn listener(
+        &mut self,
+        i: usize,
+        l: &S<raw::RawListener>,
+        raw: &RawConfig,
+        default_client_keepalive: Option<Keepalive>,
+        binds: &mut Binds,
+    ) -> Option<ListenerConfig> {
+        let key = format!("listener[{i}]");
+        let lr = l.get_ref();
+        let bind = self.bind(l, &key, binds);
+        let routes = self.routes(lr.routes.as_ref(), raw, &key);
+        // A routed listener may leave `pool` out: clients no route takes
+        // are then closed. `Some(None)`: no pool, and that is fine.
+        let pool = match &lr.pool {
+            None if lr.routes.is_some() => Some(None),
+            None => {
+                self.err(Some(l.span()), format!("{key}.pool"), r#"missing key: expected pool = "NAME""#);
+                None
+            }
+            Some(p) => self.pool_ref(p, raw, format!("{key}.pool")).map(Some),
+        };
+        let preread_timeout = match self.duration(lr.preread_timeout.as_ref(), format!("{key}.preread_timeout"), false)
+        {
+            Some(Some(d)) => d,
+            _ => PREREAD_TIMEOUT,
+        };
+        if lr.preread_timeout.is_some() && lr.routes.is_none() {
+            self.warn(
+                lr.preread_timeout.as_ref().map(|t| t.span()),
+                format!("{key}.preread_timeout"),
+                "has no effect without routes (nothing is read before connecting)",
+            );
+        }
+        let max_connections = self.limit(lr.max_connections.as_ref(), &key, "max_connections");
+        let access_log = self.access_log(
+            lr.access_log.as_ref().or(raw.access_log.as_ref()),
+            lr.access_log_format.as_ref().or(raw.access_log_format.as_ref()),
+            &key,
+        );
+        let access = self.access(lr.access.as_ref(), &key);
+        let per_client = Limits {
+            open: self.limit(lr.max_connections_per_client.as_ref(), &key, "max_connections_per_client"),
+            rate: self.limit(lr.max_connection_rate_per_client.as_ref(), &key, "max_connection_rate_per_client"),
+        };
+        let client_keepalive = match &lr.client_keepalive {
+            Some(v) => self.keepalive(v, &format!("{key}.client_keepalive")),
+            None => default_client_keepalive,
+        };
+        Some(ListenerConfig {
+            bind: bind?,
+            pool: pool?,
+            routes,
+            preread_timeout,
+            max_connections,
+            access_log,
+            access,
+            per_client,
+            client_keepalive,
+        })
+    }
+
+    /// A listener's `bind`: an address and port no other listener has.
+    fn bind(&mut self, l: &S<raw::RawListener>, key: &str, binds: &mut Binds) -> Option<SocketAddr> {
+        let Some(b) = &l.get_ref().bind else {
+            self.err(Some(l.span()), format!("{key}.bind"), r#"missing key: expected bind = "address:port""#);
+            return None;
+        };
+        let Ok(a) = b.get_ref().parse::<SocketAddr>() else {
+            self.err(
+                Some(b.span()),
+                format!("{key}.bind"),
+                format!(r#"expected an IP address and port like "0.0.0.0:443" or "[::]:443", found "{}""#, b.get_ref()),
+            );
+            return None;
+        };
+        if let Some((_, first)) = binds.iter().find(|(x, _)| *x == a && a.port() != 0) {
+            let p = self.lines.pos(first.start);
+            self.err(
+                Some(b.span()),
+                format!("{key}.bind"),
+                format!("{a} is already bound by the listener at line {}", p.line),
+            );
+        }
+        binds.push((a, b.span()));
+        Some(a)
+    }
+
+    /// An IPv6 wildcard listener takes IPv6 only (IPV6_V6ONLY, as nginx):
+    /// alone on its port, IPv4 clients are not served there.
+    pub(super) fn v6_only(&mut self, binds: &Binds) {
+        for (i, (bind, span)) in binds.iter().enumerate() {
+            let v4_too = binds.iter().any(|(o, _)| o.is_ipv4() && o.port() == bind.port());
+            if bind.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) && bind.port() != 0 && !v4_too {
+                self.warn(
+                    Some(span.clone()),
+                    format!("listener[{i}].bind"),
+                    format!(
+                        "{} serves IPv6 clients only (IPV6_V6ONLY, as nginx); add a listener on 0.0.0.0:{} for IPv4",
+                        bind,
+                        bind.port()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A listener's access log from its keys (or `[defaults]`'s): where,
+    /// and in which format; `None` when off or not set.
+    fn access_log(&mut self, to: Option<&S<String>>, format: Option<&S<String>>, key: &str) -> Option<Arc<AccessLog>> {
+        let format = match format {
+            None => LogFormat::Text,
+            Some(f) => match f.get_ref().as_str() {
+                "json" => LogFormat::Json,
+                "text" => LogFormat::Text,
+                t => {
+                    let unknown: Vec<&str> =
+                        template_variables(t).into_iter().filter(|v| !LOG_VARIABLES.contains(v)).collect();
+                    if !t.contains('$') || !unknown.is_empty() {
+                        let known = LOG_VARIABLES.iter().map(|v| format!("${v}")).collect::<Vec<_>>().join(" ");
+                        self.err(
+                            Some(f.span()),
+                            format!("{key}.access_log_format"),
+                            format!(
+                                "expected \"json\", \"text\" or a template of variables; unknown: {}; known: {known}",
+                                if unknown.is_empty() { "(no variable)".to_owned() } else { unknown.join(", ") }
+                            ),
+                        );
+                    }
+                    LogFormat::Template(t.to_owned())
+                }
+            },
+        };
+        let to = match to?.get_ref().as_str() {
+            "off" | "" => return None,
+            "stdout" => LogTo::Stdout,
+            "stderr" => LogTo::Stderr,
+            path => LogTo::File(PathBuf::from(path)),
+        };
+        Some(Arc::new(AccessLog { to, format }))
+    }
+
+    /// A pool named where a listener sends clients: it must exist.
+    fn pool_ref(&mut self, p: &S<String>, raw: &RawConfig, key: String) -> Option<Arc<str>> {
+        if raw.pool.contains_key(p.get_ref()) {
+            return Some(Arc::<str>::from(p.get_ref().as_str()));
+        }
+        let known: Vec<&str> = raw.pool.keys().map(String::as_str).collect();
+        self.err(
+            Some(p.span()),
+            key,
+            format!(
+                "no pool named \"{}\" (defined: {})",
+                p.get_ref(),
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            ),
+        );
+        None
+    }
+
+    /// A listener's `routes`: each name a server name or `*.` wildcard
+    /// (once, case-insensitively), each pool defined.
+    fn routes(&mut self, list: Option<&raw::RawRoutes>, raw: &RawConfig, key: &str) -> Vec<(Pattern, Arc<str>)> {
+        let Some(list) = list else { return Vec::new() };
+        if list.get_ref().is_empty() {
+            self.err(Some(list.span()), format!("{key}.routes"), "no routes: name at least one, or leave the key out");
+        }
+        let mut out: Vec<(Pattern, Arc<str>)> = Vec::new();
+        for (name, pool) in list.get_ref() {
+            let at = format!("{key}.routes.\"{}\"", name.get_ref());
+            let pattern = match Pattern::parse(name.get_ref()) {
+                Ok(p) => p,
+                Err(m) => {
+                    self.err(Some(name.span()), at, m);
+                    continue;
+                }
+            };
+            if out.iter().any(|(p, _)| *p == pattern) {
+                self.err(
+                    Some(name.span()),
+                    at.clone(),
+                    format!("{pattern} is routed twice (names compare without case)"),
+                );
+                continue;
+            }
+            if let Some(pool) = self.pool_ref(pool, raw, at) {
+                out.push((pattern, pool));
+            }
+        }
+        out
+    }
+
+    /// A listener's `access` rules, with warnings for rules that can never
+    /// decide (after a rule for `all`) and for a list that lets everyone in
+    /// (only `allow` rules: a client none matches is let in, as in nginx).
+    fn access(&mut self, list: Option<&S<Vec<S<String>>>>, key: &str) -> Vec<Rule> {
+        let Some(list) = list else { return Vec::new() };
+        let mut rules = Vec::new();
+        let mut all_at: Option<usize> = None;
+        for (j, entry) in list.get_ref().iter().enumerate() {
+            let at = format!("{key}.access[{j}]");
+            match Rule::parse(entry.get_ref()) {
+                Ok(r) => {
+                    if let Some(a) = all_at {
+                        self.warn(
+                            Some(entry.span()),
+                            at,
+                            format!("never applies: access[{a}] matches every client before it"),
+                        );
+                    } else if r.net.is_none() {
+                        all_at = Some(j);
+                    }
+                    rules.push(r);
+                }
+                Err(m) => self.err(Some(entry.span()), at, m),
+            }
+        }
+        if !rules.is_empty() && rules.iter().all(|r| r.allow) {
+            self.warn(
+                Some(list.span()),
+                format!("{key}.access"),
+                "only allow rules: a client no rule matches is let in, so this admits everyone; end with \"deny all\"",
+            );
+        }
+        rules
+    }
+
+    /// A listener's limit `name`: at least 1 when set; 0 (no limit) when
+    /// unset or wrong (the error is reported).
+    fn limit(&mut self, v: Option<&S<i64>>, listener: &str, name: &str) -> u32 {
+        v.and_then(|m| self.int(m, &format!("{listener}.{name}"), 1, u32::MAX as i64, "")).unwrap_or(0)
+    }
+}

@@ -1,0 +1,266 @@
+//! `[pool.NAME]` tables: the `[defaults]` keys over `[defaults]`, where
+//! each came from, the servers, and warnings of keys that change little.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::config::raw::{RawServer, SettingsRef};
+
+impl Validator<'_> {
+    /// Every pool, in name order.
+    pub(super) fn pools(&mut self, raw: &RawConfig, defaults: &Settings) -> Vec<PoolConfig> {
+        raw.pool.iter().map(|(name, pool)| self.pool(name, pool, raw, defaults)).collect()
+    }
+
+    fn pool(&mut self, name: &str, pool: &S<raw::RawPool>, raw: &RawConfig, defaults: &Settings) -> PoolConfig {
+        let key = format!("pool.{name}");
+        if !valid_name(name) {
+            self.err(Some(pool.span()), key.clone(), "a pool name may hold only letters, digits, '_' and '-'");
+        }
+        let pool_ref = pool.get_ref();
+        let settings = self.settings(pool_ref.settings(), defaults, &key);
+        let servers = self.servers(pool, &key);
+        let health = match &pool_ref.health {
+            Some(h) => self.health(h, &format!("{key}.health")),
+            None => None,
+        };
+        let origins = origins(raw, pool_ref);
+        self.failure_keys(pool_ref, &settings, &servers, health.is_some(), &key);
+        PoolConfig { name: Arc::from(name), settings, origins, servers, health }
+    }
+
+    pub(super) fn settings(&mut self, r: SettingsRef<'_>, base: &Settings, table: &str) -> Settings {
+        let mut s = base.clone();
+        let k = |name: &str| format!("{table}.{name}");
+        if let Some(b) = r.balance {
+            match b.get_ref().as_str() {
+                "round_robin" => s.balance = Balance::RoundRobin,
+                "least_conn" => s.balance = Balance::LeastConn,
+                "random_two" => s.balance = Balance::RandomTwo,
+                "source_hash" => s.balance = Balance::SourceHash,
+                "source_hash_map" => s.balance = Balance::SourceHashMap,
+                other => self.err(
+                    Some(b.span()),
+                    k("balance"),
+                    format!(
+                        "expected one of \"round_robin\", \"least_conn\", \"random_two\", \"source_hash\", \"source_hash_map\", found \"{other}\""
+                    ),
+                ),
+            }
+        }
+        if let Some(Some(d)) = self.duration(r.connect_timeout, k("connect_timeout"), false) {
+            s.connect_timeout = d;
+        }
+        if let Some(d) = self.duration(r.idle_timeout, k("idle_timeout"), true) {
+            s.idle_timeout = d;
+        }
+        if let Some(m) = r.max_fails
+            && let Some(n) = self.int(m, &k("max_fails"), 0, 1_000_000, " (0 switches passive ejection off)")
+        {
+            s.max_fails = n;
+        }
+        if let Some(Some(d)) = self.duration(r.fail_timeout, k("fail_timeout"), false) {
+            s.fail_timeout = d;
+        }
+        if let Some(v) = r.retries {
+            match v.get_ref() {
+                toml::Value::Integer(n) if (0..=1000).contains(n) => s.retries = Retries::Count(*n as u32),
+                toml::Value::String(a) if a == "all" => s.retries = Retries::All,
+                other => self.err(
+                    Some(v.span()),
+                    k("retries"),
+                    format!("expected an integer from 0 to 1000 or \"all\", found {other}"),
+                ),
+            }
+        }
+        if let Some(a) = r.all_down {
+            match a.get_ref().as_str() {
+                "fail_open" => s.all_down = AllDown::FailOpen,
+                "reject" => s.all_down = AllDown::Reject,
+                other => self.err(
+                    Some(a.span()),
+                    k("all_down"),
+                    format!("expected \"fail_open\" or \"reject\", found \"{other}\""),
+                ),
+            }
+        }
+        if let Some(Some(d)) = self.duration(r.resolve_interval, k("resolve_interval"), false) {
+            s.resolve_interval = d;
+        }
+        if let Some(Some(d)) = self.duration(r.shutdown_timeout, k("shutdown_timeout"), false) {
+            s.shutdown_timeout = d;
+        }
+        if let Some(d) = self.duration(r.slow_start, k("slow_start"), true) {
+            s.slow_start = d.unwrap_or_default();
+        }
+        if let Some(a) = r.on_server_down {
+            match a.get_ref().as_str() {
+                "keep" => s.on_server_down = OnServerDown::Keep,
+                "close" => s.on_server_down = OnServerDown::Close,
+                other => self.err(
+                    Some(a.span()),
+                    k("on_server_down"),
+                    format!("expected \"keep\" or \"close\", found \"{other}\""),
+                ),
+            }
+        }
+        if let Some(d) = self.duration(r.close_spread, k("close_spread"), true) {
+            s.close_spread = d.unwrap_or_default();
+        }
+        if let Some(v) = r.server_keepalive {
+            s.server_keepalive = self.keepalive(v, &k("server_keepalive"));
+        }
+        s
+    }
+
+    /// Warns of `slow_start` and `on_server_down` where they can change
+    /// little.
+    fn failure_keys(
+        &mut self,
+        pool: &raw::RawPool,
+        settings: &Settings,
+        servers: &[ServerConfig],
+        checked: bool,
+        key: &str,
+    ) {
+        let hashed = matches!(settings.balance, Balance::SourceHash | Balance::SourceHashMap);
+        let warming =
+            !settings.slow_start.is_zero() || servers.iter().any(|s| s.slow_start.is_some_and(|d| !d.is_zero()));
+        if hashed && warming && servers.iter().all(|s| s.max_conns == 0) {
+            self.warn(
+                pool.settings.slow_start.as_ref().map(|v| v.span()),
+                format!("{key}.slow_start"),
+                format!(
+                    "changes nothing here: {} keeps each client on its server, so slow start only scales max_conns, and no server has one",
+                    settings.balance.as_str()
+                ),
+            );
+        }
+        if settings.on_server_down == OnServerDown::Close && !checked {
+            self.warn(
+                pool.settings.on_server_down.as_ref().map(|v| v.span()),
+                format!("{key}.on_server_down"),
+                "the pool has no active check: only servers set down by the admin API have their sessions closed",
+            );
+        }
+    }
+
+    fn servers(&mut self, pool: &S<raw::RawPool>, key: &str) -> Vec<ServerConfig> {
+        let Some(list) = &pool.get_ref().servers else {
+            self.err(
+                Some(pool.span()),
+                format!("{key}.servers"),
+                "missing key: a pool needs servers = [\"host:port\", ...]",
+            );
+            return Vec::new();
+        };
+        if list.get_ref().is_empty() {
+            self.err(Some(list.span()), format!("{key}.servers"), "a pool needs at least one server");
+        }
+        let mut out: Vec<ServerConfig> = Vec::new();
+        for (i, entry) in list.get_ref().iter().enumerate() {
+            let skey = format!("{key}.servers[{i}]");
+            let r: &RawServer = entry.get_ref();
+            let Some(addr) = &r.address else {
+                self.err(
+                    Some(entry.span()),
+                    format!("{skey}.address"),
+                    r#"missing key: expected address = "host:port""#,
+                );
+                continue;
+            };
+            // A bare string entry has no span of its own: point at the entry.
+            let addr_span = if addr.span().is_empty() { entry.span() } else { addr.span() };
+            let address = match parse_host_port(addr.get_ref()) {
+                Ok(a) => a,
+                Err(m) => {
+                    self.err(Some(addr_span), skey, m);
+                    continue;
+                }
+            };
+            let weight = match &r.weight {
+                Some(w) => self.int(w, &format!("{skey}.weight"), 1, 1000, "").unwrap_or(1),
+                None => 1,
+            };
+            let max_conns = match &r.max_conns {
+                Some(m) => self.int(m, &format!("{skey}.max_conns"), 0, u32::MAX as i64, " (0: no limit)").unwrap_or(0),
+                None => 0,
+            };
+            let state = match &r.state {
+                None => AdminState::Up,
+                Some(st) => match st.get_ref().as_str() {
+                    "up" => AdminState::Up,
+                    "drain" => AdminState::Drain,
+                    "down" => AdminState::Down,
+                    other => {
+                        self.err(
+                            Some(st.span()),
+                            format!("{skey}.state"),
+                            format!("expected \"up\", \"drain\" or \"down\", found \"{other}\""),
+                        );
+                        AdminState::Up
+                    }
+                },
+            };
+            // The same address twice is two peers, as in nginx (two names
+            // resolving to one address, say): each its own state, the later
+            // ones shown with "#2", "#3".
+            let nth = out.iter().filter(|s| s.address == address).count() as u32;
+            let name = r.name.as_ref().and_then(|n| {
+                let s = n.get_ref();
+                if s.is_empty() || s.chars().count() > 64 || s.chars().any(char::is_control) {
+                    self.err(
+                        Some(n.span()),
+                        format!("{skey}.name"),
+                        format!("expected a name of 1 to 64 printable characters, found {s:?}"),
+                    );
+                    None
+                } else {
+                    Some(s.clone())
+                }
+            });
+            out.push(ServerConfig {
+                address,
+                nth,
+                name,
+                weight,
+                backup: r.backup.as_ref().is_some_and(|b| *b.get_ref()),
+                max_conns,
+                state,
+                slow_start: self
+                    .duration(r.slow_start.as_ref(), format!("{skey}.slow_start"), true)
+                    .map(Option::unwrap_or_default),
+                pos: self.lines.pos(addr_span.start),
+            });
+        }
+        out
+    }
+}
+
+/// Where each `[defaults]` key of a pool came from: the pool's table,
+/// `[defaults]`, or ucp-lb's default.
+fn origins(raw: &RawConfig, pool: &raw::RawPool) -> std::collections::BTreeMap<&'static str, Origin> {
+    let from_defaults = raw.defaults.as_ref().map(|d| d.settings().set());
+    pool.settings()
+        .set()
+        .iter()
+        .enumerate()
+        .map(|(i, &(key, in_pool))| {
+            let in_defaults = from_defaults.is_some_and(|d| d[i].1);
+            (
+                key,
+                if in_pool {
+                    Origin::Pool
+                } else if in_defaults {
+                    Origin::Defaults
+                } else {
+                    Origin::Default
+                },
+            )
+        })
+        .collect()
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
