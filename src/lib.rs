@@ -1,63 +1,40 @@
 //! ucp-lb: a layer-4 load balancer for Docker Enterprise UCP managers and DTR
 //! replicas, the job of the reference architectures' nginx `stream {}` block.
 //!
-//! Layout, from the leaves up (imports only go down; `tests/modules.rs`
-//! fails on a loop):
+//! The folders, from the bottom up (imports only go down, between folders
+//! and between the modules of one folder; `tests/modules.rs` fails on a
+//! loop):
 //!
-//! - `admission`: who may connect to a listener (its `access` rules) and
-//!   how much one client address may hold (open connections, new ones per
-//!   second), checked at accept; its table of clients, bounded.
-//! - `sni`: a client's ClientHello read only as far as its server name,
-//!   within a bound and a time, every byte kept; route name patterns.
-//! - `config` (`raw.rs`, `validate.rs`, `values.rs`): lb.toml into a typed,
-//!   validated [`config::Config`], or every error with file, line, column
-//!   and key, and its warnings. No runtime state, no sockets.
-//! - `access_log`: one line per finished connection, written by a thread
-//!   of its own from a bounded queue.
-//! - `files`: reading lb.toml and the files it names: regular files only,
-//!   capped, trusted (owner and modes checked on the open descriptor).
-//! - `net`: connect with a timeout, TCP keepalive, why a connect failed.
-//! - `check`: what an active check last found, its rise/fall counting.
-//! - `passive`: nginx's `max_fails`/`fail_timeout`, pure, taking `now`.
-//! - `closing`: a server's orders to close its open sessions spread over
-//!   `close_spread` (`on_server_down = "close"`), and each connection's
-//!   watch of them.
-//! - `state`: runtime state that outlives a snapshot (a server's counters
-//!   and passive state, a pool's latch), and its registry.
-//! - `token`: the admin token, read with the config, compared in constant time.
-//! - `metrics`: every metric name and the Prometheus recorder.
-//! - `handover`: the request that makes every connection stop where it holds
-//!   no bytes, the wakers that bring idle ones to see it (and, once, those
-//!   that have lived past 10 s: the server socket's late keepalive), and
-//!   where a stopped connection's sockets go (an upgrade moves them).
-//! - `control`: the control socket (Unix, mode 0600): length-framed JSON
-//!   messages carrying descriptors (`SCM_RIGHTS`).
-//! - `splice`, `copy`: the byte path, both directions, pooled buffers and
-//!   pipes, half-close, and the stop for a move.
-//! - `tls`, `probe`, `health`: probe TLS configs, one probe, and the probe
-//!   tasks shared between pools.
-//! - `pool`: eligibility and balancing, pure (reads check cells, no I/O).
-//! - `snapshot`: the running config as one immutable snapshot, swapped
-//!   whole; server state that outlives snapshots.
-//! - `carry`: the servers' runtime state as it moves to a new process.
-//! - `resolve`: server names into addresses, at load and every
-//!   `resolve_interval`.
-//! - `proxy`: one client: pick, connect with retries, copy; a connection
-//!   moved from another process resumed.
-//! - `listener`: bound sockets and accept loops that never die.
-//! - `shutdown`: stop accepting, grace period.
-//! - `status`: the one status view (listeners, pools, servers) computed at
-//!   read time, and the watcher that logs a pool's all-down episodes and
-//!   gives and withdraws the close orders of servers that went down.
-//! - `lifecycle`: the one pipeline of check, start and reload (load
-//!   everything that can fail, then commit in one swap), and the running
-//!   handle.
-//! - `reload`: what triggers a reload (SIGHUP, a change of the file).
-//! - `upgrade`: `ucp-lb --upgrade`: the old side hands its sockets, state
-//!   and connections over the control socket; the new side takes them.
-//! - `admin`: the admin server; `/status`, the page (`admin/page.rs`) and
-//!   `/metrics` (`admin/prom.rs`) render the status view.
-//! - `nginx`: `convert-nginx` (read, convert, write).
+//! - leaves: `build_info`, `civil` (dates), `files` (reading lb.toml and
+//!   the files it names, bounded and trusted), `fail` (why a connect
+//!   failed), `metrics` (every metric name, one recorder per balancer).
+//! - `events/`: a balancer's memory (`history`: events and traffic
+//!   samples) and its change signal (`changes`).
+//! - `config/`: lb.toml into a typed, validated [`config::Config`], or
+//!   every error with file, line, column and key; every key declared once
+//!   (`keys.rs`). No runtime state, no sockets.
+//! - `health/`: active checks: one probe (`probe`, `tls`), what a check
+//!   found and its rise/fall (`check`), the probe tasks shared between
+//!   pools (`mod.rs`), and nginx's passive `max_fails` (`passive`, pure).
+//! - `wire/`: what happens on a client's two sockets, knowing no pool or
+//!   snapshot: the byte path (`copy`, `splice`), the connections a
+//!   balancer holds and their stop request (`conns`), close orders
+//!   (`closing`), who may connect (`admission`), the ClientHello's server
+//!   name (`sni`), sockets (`net`) and the access log (`access_log`).
+//! - `state/`: what outlives a snapshot (a server's counters and passive
+//!   state, `mod.rs`), selection (`pool/`, pure) and the running config as
+//!   one immutable snapshot with what the balancer owns (`snapshot`).
+//! - `traffic/`: bound sockets and accept loops that never die
+//!   (`listener`), one client's life (`proxy`: pick, connect, relay), the
+//!   stop tokens (`shutdown`).
+//! - `view/`: the one status view, computed at read time; `/status`, the
+//!   page (`page`) and `/metrics` (`prom`) render it.
+//! - `control/`: the one pipeline of check, start and reload and the
+//!   snapshot's one writer (`lifecycle`), what triggers a reload
+//!   (`reload`), re-resolution (`resolve`), the watcher that reacts to
+//!   state changes (`watch`), the admin token (`token`), and the binary
+//!   upgrade (`upgrade/`: control socket, what is carried, the take-over).
+//! - `admin/`: the admin server. `nginx/`: `convert-nginx`.
 //!
 //! [`start`] binds everything and returns a [`Running`] that reports the
 //! addresses it bound, so tests run the binary's own code on port 0. The
@@ -66,49 +43,30 @@
 
 #![forbid(unsafe_code)]
 
-pub mod access_log;
 pub mod admin;
-pub mod admission;
 pub mod build_info;
-pub mod changes;
-pub mod check;
 mod civil;
-pub mod closing;
 pub mod config;
-pub mod conns;
-pub mod copy;
+pub mod control;
+pub mod events;
 pub mod fail;
 pub mod files;
 pub mod health;
-pub mod history;
-pub mod lifecycle;
-pub mod listener;
 pub mod metrics;
-pub mod net;
 pub mod nginx;
-pub mod passive;
-pub mod pool;
-pub mod probe;
-pub mod proxy;
-pub mod reload;
-pub mod resolve;
-pub mod shutdown;
-pub mod snapshot;
-pub mod sni;
-pub mod splice;
 pub mod state;
-pub mod status;
-pub mod tls;
-pub mod token;
-pub mod upgrade;
-pub mod watch;
+pub mod traffic;
+pub mod view;
+pub mod wire;
 
 use std::future::Future;
 
 use tracing::info;
 
 use crate::config::Config;
-pub use crate::lifecycle::{Running, StartError};
+pub use crate::control::lifecycle::{Running, StartError};
+use crate::control::{lifecycle, reload, upgrade};
+use crate::wire::access_log;
 
 /// Starts a load balancer on `config`: reads what it names, resolves,
 /// binds, probes and starts accepting; see [`lifecycle::start`].
@@ -121,7 +79,7 @@ pub async fn start_loaded(loaded: lifecycle::Loaded) -> Result<Running, StartErr
     lifecycle::start(loaded, |sock, lb| tokio::spawn(admin::serve(sock, lb))).await
 }
 
-pub use crate::upgrade::Begin;
+pub use crate::control::upgrade::Begin;
 
 /// What a finished [`run`] leaves to its caller: the balancer's access-log
 /// writer, to flush the lines of the connections that end when the runtime

@@ -91,7 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<ExitCode> {
     // The same preparation `check` runs: every error of the file, the files
     // it names and the environment, at once.
-    let loaded = ucp_lb::lifecycle::load(&path)?;
+    let loaded = ucp_lb::control::lifecycle::load(&path)?;
     // One worker: a current-thread runtime on this thread. The
     // multi-thread scheduler's bookkeeping (a clock read and a `pow` for its
     // poll-time average each time the worker parks, the hand-offs between
@@ -109,7 +109,7 @@ fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<ExitCode> {
     };
     let rt = rt.enable_all().build()?;
     let begin = if upgrade { ucp_lb::Begin::Upgrade } else { ucp_lb::Begin::Start };
-    let result = rt.block_on(ucp_lb::run(loaded, ucp_lb::shutdown::on_signals, begin));
+    let result = rt.block_on(ucp_lb::run(loaded, ucp_lb::traffic::shutdown::on_signals, begin));
     // Drops every task, which closes the connections still open after the
     // grace period; a DNS lookup stuck in the blocking pool does not hold
     // the exit up.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
-use ucp_lb::status::ListenerStatus;
+use ucp_lb::view::ListenerStatus;
 
 /// A connection to `lb` from `src` (port chosen by the kernel).
 async fn connect_from(src: std::net::IpAddr, lb: SocketAddr) -> TcpStream {

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use ucp_lb::config::{CheckKind, StatusMatch};
-use ucp_lb::probe::ProbeTarget;
+use ucp_lb::health::probe::ProbeTarget;
 
 const FAST: &str = "interval = \"100ms\"\ntimeout = \"1s\"\nrise = 2\nfall = 2";
 
@@ -287,7 +287,7 @@ async fn probe_outcomes_and_reasons() {
     for (name, t, want) in &cases {
         // Ended by its own timeout whatever the server does: the deadline
         // only catches a probe that hangs.
-        let out = within(name, ucp_lb::probe::probe(t)).await;
+        let out = within(name, ucp_lb::health::probe::probe(t)).await;
         let ok = match (want, &out.failure) {
             (None, None) => true,
             (Some(w), Some(got)) => got.starts_with(w),

@@ -31,7 +31,7 @@ async fn bulk_64_mib_each_way_arrives_unchanged() {
     assert_eq!((st.bytes_sent, st.bytes_received), (BULK as u64, BULK as u64));
 }
 
-async fn server_status(lb: &ucp_lb::Running, addr: SocketAddr) -> ucp_lb::status::ServerStatus {
+async fn server_status(lb: &ucp_lb::Running, addr: SocketAddr) -> ucp_lb::view::ServerStatus {
     eventually("connection finished", || server(lb, addr).active == 0).await;
     server(lb, addr)
 }

@@ -52,7 +52,7 @@ async fn setup(extra: &str) -> Setup {
     Setup { lb, ca, cfg, echo }
 }
 
-fn listener(lb: &ucp_lb::Running, i: usize) -> ucp_lb::status::ListenerStatus {
+fn listener(lb: &ucp_lb::Running, i: usize) -> ucp_lb::view::ListenerStatus {
     let addr = lb.listener_addrs()[i];
     lb.lb.view().listeners.into_iter().find(|l| l.local == addr).unwrap()
 }
@@ -228,8 +228,8 @@ async fn a_stalled_hello_fails_at_preread_timeout_not_before() {
     c.write_all(&hello[..hello.len() / 2]).await.unwrap();
     let preread_timeout = Duration::from_millis(500);
     let t0 = tokio::time::Instant::now();
-    let got = ucp_lb::sni::preread(&server_side, ucp_lb::sni::HELLO_LIMIT, preread_timeout).await;
-    assert!(matches!(got, Err(ucp_lb::sni::Failed::Timeout)), "a stalled hello times out");
+    let got = ucp_lb::wire::sni::preread(&server_side, ucp_lb::wire::sni::HELLO_LIMIT, preread_timeout).await;
+    assert!(matches!(got, Err(ucp_lb::wire::sni::Failed::Timeout)), "a stalled hello times out");
     assert_eq!(t0.elapsed(), preread_timeout, "at preread_timeout on the paused clock");
 }
 

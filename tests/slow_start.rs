@@ -21,14 +21,14 @@ use std::time::Duration;
 use common::standin::{Manager, TestCa};
 use common::{eventually, http_raw, loopback, server, start_lb_file};
 use tokio::time::Instant;
-use ucp_lb::check::Check;
 use ucp_lb::config::{AdminState, Balance, Settings};
-use ucp_lb::pool::{Pool, Server};
+use ucp_lb::health::check::Check;
+use ucp_lb::state::pool::{Pool, Server};
 
 const ARRIVAL: Duration = Duration::from_millis(10);
 
 fn pool(balance: Balance, slow_start: Duration) -> Pool {
-    let history = Arc::new(ucp_lb::history::History::default());
+    let history = Arc::new(ucp_lb::events::history::History::default());
     let servers = (1..=3)
         .map(|i| {
             let addr: SocketAddr = format!("10.0.0.{i}:443").parse().unwrap();

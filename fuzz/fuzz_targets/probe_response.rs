@@ -11,7 +11,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ucp_lb::config::{CheckKind, StatusMatch};
-use ucp_lb::probe::ProbeTarget;
+use ucp_lb::health::probe::ProbeTarget;
 
 struct World {
     rt: tokio::runtime::Runtime,
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
             // Hold the socket until the probe is done with it.
             let _ = s.read(&mut req).await;
         };
-        let (_, outcome) = tokio::join!(server, ucp_lb::probe::probe(&target));
+        let (_, outcome) = tokio::join!(server, ucp_lb::health::probe::probe(&target));
         outcome
     });
     if outcome.failure.is_none() {

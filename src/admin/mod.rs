@@ -32,10 +32,8 @@ use tokio::sync::Notify;
 use tracing::info;
 
 use crate::config::AdminState;
-use crate::lifecycle::Lb;
-
-mod page;
-mod prom;
+use crate::control::lifecycle::Lb;
+use crate::view::{page, prom};
 
 const MAX_CONNECTIONS: usize = 64;
 /// Connections one address may hold before sending a request head.
@@ -289,7 +287,7 @@ impl Admin {
                 };
                 // Decoded text from a request: escaped before it reaches a log line.
                 let server = percent_decode(server);
-                let shown = crate::check::printable(&server);
+                let shown = crate::health::check::printable(&server);
                 match self.lb.set_override(pool, &server, state) {
                     None => text(StatusCode::NOT_FOUND, format!("no pool {pool}\n")),
                     Some(0) => text(StatusCode::NOT_FOUND, format!("no server {server} in pool {pool}\n")),

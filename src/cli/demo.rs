@@ -152,7 +152,7 @@ async fn try_it(running: &ucp_lb::Running, managers: &[Manager], lb: SocketAddr)
         std::future::pending::<()>().await;
     };
     tokio::select! {
-        _ = ucp_lb::shutdown::on_signals() => {}
+        _ = ucp_lb::traffic::shutdown::on_signals() => {}
         _ = keys => {}
     }
     running.shutdown().await;
@@ -172,7 +172,7 @@ async fn clients(connector: &TlsConnector, lb: SocketAddr, n: usize, title: &str
     println!("{line}");
 }
 
-fn check_of(running: &Running, addr: SocketAddr) -> Option<ucp_lb::status::CheckStatus> {
+fn check_of(running: &Running, addr: SocketAddr) -> Option<ucp_lb::view::CheckStatus> {
     running.status().into_iter().flat_map(|p| p.servers).find(|s| s.addr == addr).and_then(|s| s.check)
 }
 

@@ -205,7 +205,8 @@ fn convert_nginx(file: &Path) -> ExitCode {
 /// The start's own preparation, up to where it would bind: the same
 /// errors and the same warnings as a start.
 async fn check(path: &Path, offline: bool, print: bool, format: logging::LogFormat) -> ExitCode {
-    let loaded = if offline { ucp_lb::lifecycle::load_offline(path) } else { ucp_lb::lifecycle::load(path) };
+    let loaded =
+        if offline { ucp_lb::control::lifecycle::load_offline(path) } else { ucp_lb::control::lifecycle::load(path) };
     let loaded = match loaded {
         Ok(l) => l,
         Err(e) => {
@@ -219,7 +220,7 @@ async fn check(path: &Path, offline: bool, print: bool, format: logging::LogForm
     let resolved = if offline {
         None
     } else {
-        match ucp_lb::lifecycle::resolve(&loaded).await {
+        match ucp_lb::control::lifecycle::resolve(&loaded).await {
             Ok(r) => Some(r),
             Err(e) => {
                 logging::report(format, &e.to_string());
@@ -236,7 +237,7 @@ async fn check(path: &Path, offline: bool, print: bool, format: logging::LogForm
 }
 
 /// What `check` prints of a valid config.
-pub fn summary(config: &Config, resolved: Option<&ucp_lb::snapshot::Resolved>) -> String {
+pub fn summary(config: &Config, resolved: Option<&ucp_lb::state::snapshot::Resolved>) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(s, "{}: ok", config.source);
@@ -400,7 +401,7 @@ fn summary_check(s: &mut String, h: &config::HealthConfig) {
 }
 
 /// A pool's servers: the addresses each resolved to, and its flags.
-fn summary_servers(s: &mut String, p: &config::PoolConfig, resolved: Option<&ucp_lb::snapshot::Resolved>) {
+fn summary_servers(s: &mut String, p: &config::PoolConfig, resolved: Option<&ucp_lb::state::snapshot::Resolved>) {
     use std::fmt::Write;
     for srv in &p.servers {
         let addrs = match resolved.and_then(|r| r.get(&srv.address)) {

@@ -21,7 +21,7 @@ impl Converter {
                 }
                 let rule = format!("{} {what}", d.name);
                 // nginx refuses an address it cannot read too.
-                crate::admission::Rule::parse(&rule).map_err(|e| d.err(e))?;
+                crate::wire::admission::Rule::parse(&rule).map_err(|e| d.err(e))?;
                 adm.access.get_or_insert_with(Vec::new).push(rule);
             }
             "limit_conn" => {

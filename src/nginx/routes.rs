@@ -72,7 +72,7 @@ impl Converter {
                 _ => vec![key.to_owned()],
             };
             for name in names {
-                if crate::sni::Pattern::parse(&name).is_err() {
+                if crate::wire::sni::Pattern::parse(&name).is_err() {
                     let n = self.not_carried(e, "not a server name ucp-lb can route");
                     notes.push(n);
                     continue;

@@ -17,7 +17,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use ucp_lb::status::ServerStatus;
+use ucp_lb::view::ServerStatus;
 
 pub mod nginx;
 /// The stand-in UCP managers and DTR replicas the demo runs too.

@@ -1,0 +1,394 @@
+//! The HTML status page at `GET /`: everything `/status` says, for a person.
+//!
+//! Rendered on the server from the same data as `/status`, with no script
+//! and no external asset (the admin port may be reached through a tunnel with
+//! nothing else), refreshing itself every 2 s, and laid out so a phone can
+//! read it (tables scroll sideways inside their own box).
+
+use std::fmt::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::events::history::Event;
+use crate::view::{ListenerStatus, PoolStatus, ServerStatus, View};
+
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:0;padding:12px;background:#f6f7f9;color:#1b1f24}\
+h1{font-size:20px;margin:0 0 4px}h2{font-size:17px;margin:18px 0 6px}.meta{color:#555;font-size:13px}\
+.box{overflow-x:auto;background:#fff;border:1px solid #d8dde3;border-radius:6px}\
+table{border-collapse:collapse;width:100%;min-width:640px}th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #eceff2;white-space:nowrap}\
+th{font-size:12px;text-transform:uppercase;color:#555;background:#fafbfc}.reason{white-space:normal;font-weight:400;color:#b3261e;font-size:13px}\
+.ok{color:#0a7a2f;font-weight:600}.bad{color:#b3261e;font-weight:600}.warn{color:#8a5a00;font-weight:600}\
+.badge{display:inline-block;padding:1px 7px;border-radius:10px;font-size:12px;font-weight:600}\
+.badge.bad{background:#fde7e6}.badge.ok{background:#e3f5e9}.badge.warn{background:#fff3d6}\
+.details{white-space:normal;font-size:13px;color:#444}svg.traffic{display:block;max-width:100%;height:auto}";
+
+/// `HH:MM:SS` (UTC) of Unix seconds: when something happened today.
+fn clock(unix: f64) -> String {
+    let s = unix.max(0.0) as u64 % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+}
+
+/// The process: its pid and start, whom it took over from, and while that
+/// one drains, what it still holds.
+fn process_line(p: &crate::view::ProcessStatus) -> String {
+    let (y, mo, d, hh, mm, ss) = crate::civil::civil(p.started_at as i64);
+    let mut line = format!("pid {} · started {y}-{mo:02}-{d:02} {hh:02}:{mm:02}:{ss:02} UTC", p.pid);
+    if let Some(from) = p.took_over_from {
+        line.push_str(&format!(" · took over from pid {from} ({} connections moved here", p.moved_in));
+        if p.previous_cut > 0 {
+            line.push_str(&format!(", <span class=bad>{} cut</span>", p.previous_cut));
+        }
+        line.push(')');
+    }
+    if p.previous_draining {
+        line.push_str(&format!(
+            " · <span class=warn>pid {} still drains {} connections</span>",
+            p.took_over_from.unwrap_or(0),
+            p.previous_holds
+        ));
+    }
+    line
+}
+
+fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
+    let class = if s.phrase.starts_with("in") {
+        "ok"
+    } else if ["draining", "full", "waiting", "warming"].iter().any(|p| s.phrase.starts_with(p)) {
+        "warn"
+    } else {
+        "bad"
+    };
+    // The details beside the phrase: the check, passive ejection, the
+    // admin state, and when the state last changed.
+    let mut details = Vec::new();
+    match &s.check {
+        None => details.push("no active check".to_owned()),
+        Some(c) => {
+            let since = c.since.map(|t| format!(" since {} UTC", clock(t as f64))).unwrap_or_default();
+            let why = c.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+            details.push(format!("check {}{since}{why}", c.state));
+        }
+    }
+    if let Some(w) = &s.warming {
+        let conns = if w.max_conns_now > 0 { format!(", max_conns {}", w.max_conns_now) } else { String::new() };
+        details.push(format!(
+            "slow start: weight {:.2} of {}{conns}, full in {} s",
+            w.weight_now,
+            s.weight,
+            w.left_ms.div_ceil(1000)
+        ));
+    }
+    if s.closing_sessions {
+        details.push(format!("closing its {} open sessions (on_server_down)", s.active));
+    }
+    if s.sessions_closed > 0 {
+        details.push(format!("{} sessions closed when it went down", s.sessions_closed));
+    }
+    if s.ejected {
+        details.push(format!("ejected ({} failed connects)", s.fails));
+    } else if s.fails > 0 {
+        details.push(format!("{} failed connects", s.fails));
+    }
+    if s.state != "up" {
+        let since = s.changed_at.map(|t| format!(" since {} UTC", clock(t as f64))).unwrap_or_default();
+        details.push(format!("set {}{since}", s.state));
+    }
+    let cert = s
+        .check
+        .as_ref()
+        .and_then(|c| c.cert_not_after)
+        .map(|t| {
+            let days = (t - now) / 86400;
+            let class = if days < 14 { "bad" } else { "" };
+            format!("<span class='{class}'>{days} d</span>")
+        })
+        .unwrap_or_else(|| "–".to_owned());
+    let role = if s.backup { " (backup)" } else { "" };
+    let addr = s.addr.to_string();
+    // The address under the name, unless the name is the address.
+    let addr_line =
+        if s.name == addr { String::new() } else { format!("<br><span class=meta>{}</span>", escape(&addr)) };
+    let _ = write!(
+        out,
+        "<tr class=server data-pool=\"{pool}\" data-addr=\"{addr}\" data-eligible=\"{eligible}\"><td>{name}{role}{addr_line}</td>\
+         <td class='state {class}'>{phrase}</td><td class=details>{details}</td>\
+         <td>{active}</td><td>{conns}</td><td>{sent} / {recv}</td><td class=cert>{cert}</td></tr>",
+        pool = escape(pool),
+        addr = escape(&addr),
+        eligible = s.eligible,
+        name = escape(&s.name),
+        phrase = escape(&s.phrase),
+        details = escape(&details.join(" · ")),
+        active = s.active,
+        conns = s.connections,
+        sent = bytes(s.bytes_sent),
+        recv = bytes(s.bytes_received),
+    );
+}
+
+/// Open connections (blue) and new connections per second (green) of one
+/// pool over the last 15 minutes, with its state changes marked (red), as
+/// inline SVG: no script, nothing loaded.
+fn traffic_svg(pool: &PoolStatus, events: &[Event], now: f64) -> String {
+    const W: f64 = 600.0;
+    const H: f64 = 90.0;
+    let window = (crate::events::history::SAMPLES as u64 * crate::events::history::SAMPLE_EVERY.as_secs()) as f64;
+    let x = |t: f64| ((t - (now - window)) / window * W).clamp(0.0, W);
+    let s = &pool.traffic;
+    let rates: Vec<(f64, f64)> = s
+        .windows(2)
+        .map(|w| (w[1].at, (w[1].total.saturating_sub(w[0].total)) as f64 / (w[1].at - w[0].at).max(1.0)))
+        .collect();
+    let open_max = s.iter().map(|p| p.open).max().unwrap_or(0).max(1) as f64;
+    let rate_max = rates.iter().map(|r| r.1).fold(0.0, f64::max).max(1.0);
+    let line = |pts: Vec<(f64, f64)>, max: f64| {
+        pts.iter()
+            .map(|(t, v)| format!("{:.1},{:.1}", x(*t), H - 4.0 - v / max * (H - 14.0)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut o = format!(
+        "<svg class=traffic data-pool=\"{}\" width='{W}' height='{H}' viewBox='0 0 {W} {H}' role=img \
+         aria-label='open and new connections of pool {}, last 15 minutes'>\
+         <rect width='{W}' height='{H}' fill='#fff' stroke='#d8dde3'/>",
+        escape(&pool.name),
+        escape(&pool.name)
+    );
+    let of_pool = |e: &&Event| e.pool.as_deref().is_none_or(|p| p.split(", ").any(|p| p == pool.name));
+    for e in events.iter().filter(|e| e.at >= now - window).filter(of_pool) {
+        let ex = x(e.at);
+        let _ = write!(
+            o,
+            "<line class=event x1='{ex:.1}' x2='{ex:.1}' y1='0' y2='{H}' stroke='#b3261e' stroke-dasharray='3,2'><title>{} {}</title></line>",
+            clock(e.at),
+            escape(e.what)
+        );
+    }
+    let open: Vec<(f64, f64)> = s.iter().map(|p| (p.at, p.open as f64)).collect();
+    let _ = write!(
+        o,
+        "<polyline class=open fill='none' stroke='#1f5fbf' stroke-width='1.5' points='{}'/>\
+         <polyline class=rate fill='none' stroke='#0a7a2f' stroke-width='1.5' points='{}'/>\
+         <text x='4' y='11' font-size='10' fill='#1f5fbf'>open (max {open_max:.0})</text>\
+         <text x='110' y='11' font-size='10' fill='#0a7a2f'>new/s (max {rate_max:.1})</text>\
+         <text x='{}' y='11' font-size='10' fill='#555' text-anchor='end'>15 min to now</text></svg>",
+        line(open, open_max),
+        line(rates, rate_max),
+        W - 4.0
+    );
+    o
+}
+
+/// The page of `view`.
+pub fn render(h: &View) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let mut out = String::with_capacity(16384);
+    header(&mut out, h);
+    listeners(&mut out, &h.listeners);
+    let wall = crate::events::history::now();
+    for p in &h.pools {
+        pool(&mut out, p, &h.events, wall, now);
+    }
+    events(&mut out, &h.events);
+    out.push_str("<p class=meta>Refreshes every 2 s. JSON: <a href=/status>/status</a> · Prometheus: <a href=/metrics>/metrics</a></p></body></html>");
+    out
+}
+
+/// The document's head, then the balancer's state: serving or not, the
+/// version and config, the last reload, the process.
+fn header(out: &mut String, h: &View) {
+    let _ = write!(
+        out,
+        "<!doctype html><html lang=en><head><meta charset=utf-8>\
+         <meta name=viewport content='width=device-width,initial-scale=1'>\
+         <meta http-equiv=refresh content=2><title>ucp-lb status</title><style>{STYLE}</style></head><body>"
+    );
+    let (health, health_class) = if h.shutting_down {
+        ("shutting down", "bad")
+    } else if h.stopping {
+        ("stopping: still accepting", "warn")
+    } else if h.ready && h.pools.iter().any(|p| p.all_down) {
+        ("serving, a pool has no server", "bad")
+    } else if h.ready {
+        ("serving", "ok")
+    } else {
+        ("starting", "warn")
+    };
+    let reload = match (h.reload.last_ok, &h.reload.last_error) {
+        (None, _) => "no reload yet".to_owned(),
+        (Some(true), _) => "<span class=ok>last reload ok</span>".to_owned(),
+        (Some(false), e) => {
+            format!("<span class=bad>last reload failed:</span> {}", escape(e.as_deref().unwrap_or("")))
+        }
+    };
+    let _ = write!(
+        out,
+        "<h1>ucp-lb <span class='badge {health_class}' id=health>{health}</span></h1>\
+         <div class=meta>version {ver} (commit {commit}) · config {src} · generation {gen} · reloads {ok} ok, {bad} failed</div>\
+         <div class=meta id=reload>{reload}</div>\
+         <div class=meta id=process>{process}</div>",
+        process = process_line(&h.process),
+        ver = escape(h.version),
+        commit = escape(h.build.commit),
+        src = escape(&h.config_source),
+        gen = h.generation,
+        ok = h.reload.successes,
+        bad = h.reload.failures,
+    );
+}
+
+/// The listeners' table, each followed by its routes.
+fn listeners(out: &mut String, listeners: &[ListenerStatus]) {
+    out.push_str("<h2>Listeners</h2><div class=box><table><tr><th>address</th><th>pool</th><th>open</th><th>accepted</th><th>closed at once</th><th>who may connect</th><th>per client</th></tr>");
+    for l in listeners {
+        let removed = if l.removed { " (removed, draining)" } else { "" };
+        let _ = write!(
+            out,
+            "<tr><td>{}{removed}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&l.local.to_string()),
+            escape(l.pool.as_deref().unwrap_or("")),
+            l.active,
+            l.accepted,
+            escape(&refusals(l)),
+            escape(&if l.access.is_empty() { "everyone".to_owned() } else { l.access.join(", ") }),
+            escape(&per_client(l)),
+        );
+        for r in &l.routes {
+            let name =
+                if r.name.is_empty() { "(no route: the rest)".to_owned() } else { format!("TLS name {}", r.name) };
+            let _ = write!(
+                out,
+                "<tr class=route><td>&nbsp;&nbsp;{}</td><td>{}</td><td></td><td>{}</td><td>{}</td><td></td><td></td></tr>",
+                escape(&name),
+                escape(r.pool.as_deref().unwrap_or("(closed)")),
+                r.connections,
+                r.refused
+            );
+        }
+    }
+    out.push_str("</table></div>");
+}
+
+/// One pool: its heading (how many servers are eligible), its traffic
+/// chart and its servers' table.
+fn pool(out: &mut String, p: &PoolStatus, events: &[Event], wall: f64, now: i64) {
+    let badge = if p.fail_open {
+        " <span class='badge bad all-down'>no server eligible: failing open</span>"
+    } else if p.rejecting {
+        " <span class='badge bad all-down'>no server eligible: closing new clients</span>"
+    } else {
+        ""
+    };
+    let configured = p.servers.iter().filter(|s| !s.removed).count();
+    let count_class = if p.eligible == configured {
+        "ok"
+    } else if p.eligible == 0 {
+        "bad"
+    } else {
+        "warn"
+    };
+    let removed = if p.removed { " (removed by a reload)" } else { "" };
+    let _ = write!(
+        out,
+        "<h2>Pool {name}{removed}{badge} <span class='badge {count_class} eligible-count'>{e} of {n} eligible</span></h2>\
+         <div class=box>{svg}<table><tr><th>server</th><th>state</th><th>details</th>\
+         <th>open</th><th>connections</th><th>sent / received</th><th>cert</th></tr>",
+        name = escape(&p.name),
+        e = p.eligible,
+        n = configured,
+        svg = traffic_svg(p, events, wall),
+    );
+    for s in &p.servers {
+        server_row(out, &p.name, s, now);
+    }
+    out.push_str("</table></div>");
+}
+
+/// The table of what happened (the event history).
+fn events(out: &mut String, events: &[Event]) {
+    out.push_str("<h2>What happened</h2><div class=box><table id=events><tr><th>time (UTC)</th><th>what</th><th>pool</th><th>server</th><th>why</th></tr>");
+    if events.is_empty() {
+        out.push_str("<tr><td colspan=5 class=meta>nothing since the start</td></tr>");
+    }
+    for e in events {
+        let class = match e.what {
+            "server up" | "readmitted" | "enable" | "reload" | "pool has a server again" => "ok",
+            "drain" => "warn",
+            _ => "bad",
+        };
+        let _ = write!(
+            out,
+            "<tr class=event><td>{}</td><td class={class}>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            clock(e.at),
+            escape(e.what),
+            escape(e.pool.as_deref().unwrap_or("")),
+            escape(e.server.as_deref().unwrap_or("")),
+            escape(&e.detail)
+        );
+    }
+    out.push_str("</table></div>");
+}
+
+/// A listener's refusals: the total, and the reasons that have any.
+fn refusals(l: &ListenerStatus) -> String {
+    let reasons = l.refusals();
+    let total: u64 = reasons.iter().map(|(_, n)| n).sum();
+    let some: Vec<String> = reasons.iter().filter(|(_, n)| *n > 0).map(|(why, n)| format!("{why} {n}")).collect();
+    if some.is_empty() { total.to_string() } else { format!("{total} ({})", some.join(", ")) }
+}
+
+/// A listener's per-client limits and how many clients it counts.
+fn per_client(l: &ListenerStatus) -> String {
+    let mut parts = Vec::new();
+    if l.max_connections_per_client > 0 {
+        parts.push(format!("{} open", l.max_connections_per_client));
+    }
+    if l.max_connection_rate_per_client > 0 {
+        parts.push(format!("{} new/s", l.max_connection_rate_per_client));
+    }
+    if parts.is_empty() {
+        return "no limit".to_owned();
+    }
+    format!("{}; {} clients now", parts.join(", "), l.clients)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(escape("<b>\"x\" & 'y'</b>"), "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;");
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(64 << 20), "64.0 MiB");
+    }
+}

@@ -1,0 +1,523 @@
+//! The access log: one line per finished connection, with why it ended.
+//!
+//! Off the byte path: a connection hands its [`Record`] to a bounded
+//! channel (never blocking; a full channel counts the line as dropped) and
+//! one writer thread formats and writes it. A destination that blocks (a
+//! FIFO nobody reads, a full disk, a hung mount) stalls only that thread:
+//! lines are dropped and counted, connections go on. `SIGUSR1` makes the
+//! writer close and reopen its files (logrotate's convention, as nginx).
+//! The writer and its counters are per balancer ([`Writer`]).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::civil::civil;
+use crate::config::{AccessLog, LogFormat, LogTo, TemplatePart, template_parts};
+
+/// Lines waiting for the writer at most; more are dropped and counted.
+const QUEUE: usize = 4096;
+
+/// Why a connection ended: a short code and words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    ClientClosed,
+    ServerClosed,
+    IdleTimeout,
+    ClientReset,
+    ServerReset,
+    /// Every server tried refused or timed out (how many were tried).
+    ConnectFailed(usize),
+    NoServer,
+    MaxConnections,
+    /// Refused by the listener's `access` rules.
+    Denied,
+    /// Its address held `max_connections_per_client` already.
+    PerClientLimit,
+    /// Its address made `max_connection_rate_per_client` new connections
+    /// in the last second.
+    ClientRateLimit,
+    /// A routed listener: the ClientHello did not come (in time, within
+    /// the bound, before the client left).
+    Hello(crate::wire::sni::Failed),
+    /// A routed listener without a pool for clients no route takes.
+    NoRoute,
+    /// Still open at the end of the shutdown grace.
+    Shutdown,
+    /// Closed because its server went down (`on_server_down = "close"`).
+    ServerDown,
+}
+
+impl End {
+    pub fn code(self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::ServerClosed => "server_closed",
+            End::IdleTimeout => "idle_timeout",
+            End::ClientReset => "client_reset",
+            End::ServerReset => "server_reset",
+            End::ConnectFailed(_) => "connect_failed",
+            End::NoServer => "no_server",
+            End::MaxConnections => "max_connections",
+            End::Denied => "denied",
+            End::PerClientLimit => "max_connections_per_client",
+            End::ClientRateLimit => "max_connection_rate_per_client",
+            End::Hello(f) => f.as_str(),
+            End::NoRoute => "no_route",
+            End::Shutdown => "shutdown",
+            End::ServerDown => "server_down",
+        }
+    }
+
+    pub fn words(self) -> String {
+        match self {
+            End::ClientClosed => "the client closed first".into(),
+            End::ServerClosed => "the server closed first".into(),
+            End::IdleTimeout => "quiet for idle_timeout".into(),
+            End::ClientReset => "the client reset or went away".into(),
+            End::ServerReset => "the server reset or went away".into(),
+            End::ConnectFailed(n) => format!("connect failed on every server tried ({n})"),
+            End::NoServer => "no server eligible".into(),
+            End::MaxConnections => "the listener was at max_connections".into(),
+            End::Denied => "refused by the listener's access rules".into(),
+            End::PerClientLimit => "the client's address was at max_connections_per_client".into(),
+            End::ClientRateLimit => "the client's address was over max_connection_rate_per_client".into(),
+            End::Hello(crate::wire::sni::Failed::Timeout) => "no complete ClientHello within preread_timeout".into(),
+            End::Hello(crate::wire::sni::Failed::TooLarge) => "the ClientHello was larger than 16 KiB".into(),
+            End::Hello(crate::wire::sni::Failed::Closed) => {
+                "the client left before its ClientHello was complete".into()
+            }
+            End::NoRoute => "no route for its server name, and no pool for the rest".into(),
+            End::Shutdown => "still open at the end of the shutdown grace".into(),
+            End::ServerDown => "closed by ucp-lb: its server went down (on_server_down = \"close\")".into(),
+        }
+    }
+
+    /// nginx's stream `$status` for the same ending.
+    pub fn status(self) -> u16 {
+        match self {
+            End::ConnectFailed(_) | End::NoServer => 502,
+            End::MaxConnections | End::PerClientLimit | End::ClientRateLimit => 503,
+            End::Denied => 403,
+            End::Hello(_) => 400,
+            End::NoRoute | End::ServerDown => 502,
+            _ => 200,
+        }
+    }
+}
+
+/// One finished connection.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// When it ended.
+    pub at: SystemTime,
+    pub client: SocketAddr,
+    /// The listener's address (nginx's `$server_addr:$server_port`).
+    pub listener: SocketAddr,
+    pub pool: Arc<str>,
+    /// Every server tried, in order (nginx's `$upstream_addr`).
+    pub tried: Vec<SocketAddr>,
+    /// Bytes to the client and from it.
+    pub to_client: u64,
+    pub from_client: u64,
+    /// From the first connect attempt to the server connection up.
+    pub connect: Option<Duration>,
+    /// From accept to the end.
+    pub duration: Duration,
+    pub end: End,
+}
+
+enum Msg {
+    Line(Arc<AccessLog>, Record),
+    /// Wake the writer (to reopen, or to flush and answer).
+    Wake(Option<std::sync::mpsc::Sender<()>>),
+}
+
+/// One balancer's access-log writer: the queue to its thread (started with
+/// the first line) and its counters. Cloned into each logged connection's
+/// [`Entry`]; the thread ends once the balancer and its connections are
+/// gone (its queue's senders dropped).
+#[derive(Clone, Default)]
+pub struct Writer(Arc<Inner>);
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("access_log::Writer")
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    tx: OnceLock<SyncSender<Msg>>,
+    counts: Arc<Counts>,
+}
+
+/// What the writer has done, read by the status view.
+#[derive(Default)]
+struct Counts {
+    dropped: AtomicU64,
+    written: AtomicU64,
+    reopen: AtomicBool,
+}
+
+impl Writer {
+    fn queue(&self) -> &SyncSender<Msg> {
+        self.0.tx.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+            let counts = self.0.counts.clone();
+            // A thread of its own: writing may block (a FIFO, a full disk);
+            // nothing else waits for it.
+            let _ = std::thread::Builder::new().name("ucp-lb-access-log".into()).spawn(move || write_loop(rx, &counts));
+            tx
+        })
+    }
+
+    /// Queues `record` for `log`; never blocks. A line that finds the
+    /// queue full is dropped and counted.
+    pub fn log(&self, log: &Arc<AccessLog>, record: Record) {
+        match self.queue().try_send(Msg::Line(log.clone(), record)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.0.counts.dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Lines dropped because the writer could not keep up or write them.
+    pub fn dropped(&self) -> u64 {
+        self.0.counts.dropped.load(Relaxed)
+    }
+
+    /// Lines written.
+    pub fn written(&self) -> u64 {
+        self.0.counts.written.load(Relaxed)
+    }
+
+    /// Closes and reopens every log file at the next line (SIGUSR1): after
+    /// logrotate moved a file, new lines go to a new one at its path.
+    pub fn reopen(&self) {
+        self.0.counts.reopen.store(true, Relaxed);
+        if let Some(tx) = self.0.tx.get() {
+            let _ = tx.try_send(Msg::Wake(None));
+        }
+    }
+
+    /// Waits up to `limit` for the lines queued so far to be written (at
+    /// exit).
+    pub fn flush(&self, limit: Duration) {
+        let Some(tx) = self.0.tx.get() else { return };
+        let (done, wait) = std::sync::mpsc::channel();
+        if tx.try_send(Msg::Wake(Some(done))).is_ok() {
+            let _ = wait.recv_timeout(limit);
+        }
+    }
+}
+
+type Files = HashMap<std::path::PathBuf, std::io::BufWriter<std::fs::File>>;
+
+fn write_loop(rx: Receiver<Msg>, counts: &Counts) {
+    let mut files = Files::new();
+    let mut line = String::new();
+    while let Ok(msg) = rx.recv() {
+        handle(msg, &mut files, &mut line, counts);
+        // Everything else waiting, then one flush: lines reach the files
+        // as soon as the queue is empty.
+        while let Ok(next) = rx.try_recv() {
+            handle(next, &mut files, &mut line, counts);
+        }
+        for f in files.values_mut() {
+            let _ = f.flush();
+        }
+    }
+}
+
+fn handle(msg: Msg, files: &mut Files, line: &mut String, counts: &Counts) {
+    if counts.reopen.swap(false, Relaxed) {
+        for (_, mut f) in files.drain() {
+            let _ = f.flush();
+        }
+    }
+    match msg {
+        Msg::Line(log, record) => {
+            line.clear();
+            format(line, &log.format, &record);
+            line.push('\n');
+            let ok = match &log.to {
+                LogTo::Stdout => std::io::stdout().lock().write_all(line.as_bytes()).is_ok(),
+                LogTo::Stderr => std::io::stderr().lock().write_all(line.as_bytes()).is_ok(),
+                LogTo::File(path) => {
+                    if !files.contains_key(path) {
+                        // May block (a FIFO without a reader): only this
+                        // thread waits; the queue absorbs or drops.
+                        if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                            files.insert(path.clone(), std::io::BufWriter::new(f));
+                        }
+                    }
+                    files.get_mut(path).is_some_and(|f| f.write_all(line.as_bytes()).is_ok())
+                }
+            };
+            let counter = if ok { &counts.written } else { &counts.dropped };
+            counter.fetch_add(1, Relaxed);
+        }
+        Msg::Wake(done) => {
+            for f in files.values_mut() {
+                let _ = f.flush();
+            }
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+fn secs(at: SystemTime) -> f64 {
+    at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// nginx's `$time_local` (in UTC): `30/Nov/2026:01:55:28 +0000`.
+fn time_local(at: SystemTime) -> String {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let (y, m, d, hh, mm, ss) = civil(secs(at) as i64);
+    format!("{d:02}/{}/{y}:{hh:02}:{mm:02}:{ss:02} +0000", MONTHS[(m - 1) as usize])
+}
+
+/// nginx's `$time_iso8601` (in UTC): `2026-11-30T01:55:28+00:00`.
+fn time_iso8601(at: SystemTime) -> String {
+    let (y, m, d, hh, mm, ss) = civil(secs(at) as i64);
+    format!("{y}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}+00:00")
+}
+
+/// One variable's value, as nginx prints it where nginx has it.
+fn variable(name: &str, r: &Record) -> String {
+    let tried = || r.tried.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+    match name {
+        "remote_addr" => r.client.ip().to_string(),
+        "remote_port" => r.client.port().to_string(),
+        "server_addr" => r.listener.ip().to_string(),
+        "server_port" => r.listener.port().to_string(),
+        "upstream_addr" => tried(),
+        "bytes_sent" | "upstream_bytes_received" => r.to_client.to_string(),
+        "bytes_received" | "upstream_bytes_sent" => r.from_client.to_string(),
+        "upstream_connect_time" => r.connect.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64())),
+        "session_time" => format!("{:.3}", r.duration.as_secs_f64()),
+        "status" => r.end.status().to_string(),
+        "protocol" => "TCP".into(),
+        "time_local" => time_local(r.at),
+        "time_iso8601" => time_iso8601(r.at),
+        "msec" => format!("{:.3}", secs(r.at)),
+        "pool" => r.pool.to_string(),
+        "end" => r.end.code().into(),
+        "end_words" => r.end.words(),
+        _ => String::new(),
+    }
+}
+
+/// Appends `r` formatted as `format` to `out` (one line, no newline).
+pub fn format(out: &mut String, format: &LogFormat, r: &Record) {
+    match format {
+        LogFormat::Json => {
+            let v = serde_json::json!({
+                "time": time_iso8601(r.at),
+                "client": r.client.to_string(),
+                "listener": r.listener.to_string(),
+                "pool": &*r.pool,
+                "server": r.tried.last().map(|a| a.to_string()),
+                "tried": r.tried.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "bytes_to_client": r.to_client,
+                "bytes_from_client": r.from_client,
+                "connect_ms": r.connect.map(|d| d.as_secs_f64() * 1e3),
+                "duration_ms": r.duration.as_secs_f64() * 1e3,
+                "status": r.end.status(),
+                "end": r.end.code(),
+                "end_words": r.end.words(),
+            });
+            let _ = write!(out, "{v}");
+        }
+        LogFormat::Text => {
+            let server = r.tried.last().map_or("-".to_owned(), |a| a.to_string());
+            let _ = write!(
+                out,
+                "{} {} {} {} {server} {} {} sent={} received={} connect_ms={} duration_ms={:.0} {}",
+                time_iso8601(r.at),
+                r.client,
+                r.listener,
+                r.pool,
+                r.end.status(),
+                r.end.code(),
+                r.to_client,
+                r.from_client,
+                r.connect.map_or("-".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e3)),
+                r.duration.as_secs_f64() * 1e3,
+                r.end.words(),
+            );
+        }
+        LogFormat::Template(t) => {
+            for part in template_parts(t) {
+                match part {
+                    TemplatePart::Text(s) => out.push_str(s),
+                    TemplatePart::Var(name) => out.push_str(&variable(name, r)),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            at: UNIX_EPOCH + Duration::from_secs(1_796_003_728),
+            client: "127.0.0.5:40000".parse().unwrap(),
+            listener: "127.0.0.1:443".parse().unwrap(),
+            pool: "ucp".into(),
+            tried: vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()],
+            to_client: 10,
+            from_client: 4,
+            connect: Some(Duration::from_millis(2)),
+            duration: Duration::from_millis(1234),
+            end: End::ServerClosed,
+        }
+    }
+
+    #[test]
+    fn a_template_prints_the_fields_as_nginx_names_them() {
+        let mut out = String::new();
+        let t = "$remote_addr:$remote_port [$time_local] $protocol $status $bytes_sent $bytes_received $session_time \"$upstream_addr\" ${end}!";
+        format(&mut out, &LogFormat::Template(t.into()), &record());
+        assert_eq!(
+            out,
+            "127.0.0.5:40000 [30/Nov/2026:01:55:28 +0000] TCP 200 10 4 1.234 \"127.0.0.1:1, 127.0.0.1:2\" server_closed!"
+        );
+    }
+
+    #[test]
+    fn json_lines_parse() {
+        let mut out = String::new();
+        format(&mut out, &LogFormat::Json, &record());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["end"].as_str(), v["server"].as_str(), v["status"].as_u64()),
+            (Some("server_closed"), Some("127.0.0.1:2"), Some(200))
+        );
+        assert_eq!(v["time"], "2026-11-30T01:55:28+00:00");
+    }
+}
+
+/// A connection's line in the making: filled in as the connection goes,
+/// written when it ends, or, if the connection is dropped unfinished (the
+/// process ending after the shutdown grace), written then as `shutdown`.
+#[derive(Debug)]
+pub struct Entry {
+    writer: Writer,
+    log: Arc<AccessLog>,
+    record: Record,
+    started: tokio::time::Instant,
+    written: bool,
+}
+
+impl Entry {
+    pub fn new(
+        writer: &Writer,
+        log: Arc<AccessLog>,
+        client: SocketAddr,
+        listener: SocketAddr,
+        pool: Arc<str>,
+    ) -> Entry {
+        Entry {
+            writer: writer.clone(),
+            log,
+            record: Record {
+                at: SystemTime::now(),
+                client,
+                listener,
+                pool,
+                tried: Vec::new(),
+                to_client: 0,
+                from_client: 0,
+                connect: None,
+                duration: Duration::ZERO,
+                end: End::Shutdown,
+            },
+            started: tokio::time::Instant::now(),
+            written: false,
+        }
+    }
+
+    /// The servers tried, in order, and how long connecting took.
+    /// The pool a routed client went to, known once its hello was read.
+    pub fn set_pool(&mut self, pool: Arc<str>) {
+        self.record.pool = pool;
+    }
+
+    pub fn connected(&mut self, tried: Vec<SocketAddr>, took: Option<Duration>) {
+        self.record.tried = tried;
+        self.record.connect = took;
+    }
+
+    /// Writes the line: the connection ended with `end` after these bytes.
+    pub fn finish(mut self, end: End, to_client: u64, from_client: u64) {
+        self.record.end = end;
+        self.record.to_client = to_client;
+        self.record.from_client = from_client;
+        self.write();
+    }
+
+    /// How long since the connection was accepted.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// How long its upstream connect took.
+    pub fn connect_time(&self) -> Option<Duration> {
+        self.record.connect
+    }
+
+    /// The connection moved to another process, which writes its line:
+    /// none here.
+    pub fn moved(mut self) {
+        self.written = true;
+    }
+
+    /// The entry of a connection moved here from another process: open
+    /// for `age`, to `server`, its connect having taken `connect`.
+    pub fn resumed(mut self, server: SocketAddr, connect: Option<Duration>, age: Duration) -> Entry {
+        self.record.tried = vec![server];
+        self.record.connect = connect;
+        self.started = tokio::time::Instant::now().checked_sub(age).unwrap_or(self.started);
+        self
+    }
+
+    fn write(&mut self) {
+        if self.written {
+            return;
+        }
+        self.written = true;
+        self.record.at = SystemTime::now();
+        self.record.duration = self.started.elapsed();
+        self.writer.log(&self.log, self.record.clone());
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // Unfinished: cut when the process ended after the grace period.
+        self.write();
+    }
+}
+
+/// Reopens the log files on every SIGUSR1 until shutdown.
+pub async fn on_sigusr1(writer: Writer) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else { return };
+    while usr1.recv().await.is_some() {
+        tracing::info!("SIGUSR1: reopening the access log files");
+        writer.reopen();
+    }
+}
