@@ -112,8 +112,9 @@ impl Conns {
         self.stopping.load(Relaxed)
     }
 
-    /// Registers the waker of a connection's task.
-    pub fn register(&self, waker: &Waker) -> Registration<'_> {
+    /// Registers the waker of a connection's task; the connection gives
+    /// the registration back with [`Conns::unregister`] when it ends.
+    pub fn register(&self, waker: &Waker) -> Registration {
         let shard = self.next.fetch_add(1, Relaxed) % SHARDS;
         let born = self.ticks.load(Relaxed);
         let mut s = self.wakers[shard].lock().unwrap_or_else(|p| p.into_inner());
@@ -128,7 +129,24 @@ impl Conns {
                 s.slots.len() - 1
             }
         };
-        Registration { conns: self, shard: shard as u16, slot: slot as u32, born }
+        Registration { shard: shard as u16, slot: slot as u32, born }
+    }
+
+    /// Takes a connection's waker out of the registry.
+    pub fn unregister(&self, r: Registration) {
+        let mut s = self.wakers[r.shard as usize].lock().unwrap_or_else(|p| p.into_inner());
+        let i = r.slot as usize;
+        if let Some(w) = s.slots.get_mut(i) {
+            *w = None;
+            s.free.push(i);
+        }
+    }
+
+    /// Whether the connection of `r` has lived past [`LATE`] (one relaxed
+    /// load).
+    #[inline]
+    pub fn late(&self, r: &Registration) -> bool {
+        late_at(r.born, self.ticks.load(Relaxed))
     }
 
     /// How many connections are registered (in their copy phase).
@@ -205,31 +223,14 @@ fn late_at(born: u32, now: u32) -> bool {
     now >= born.saturating_add(LATE_TICKS)
 }
 
-/// A connection's place in the registry; leaves it when dropped.
-pub struct Registration<'a> {
-    conns: &'a Conns,
+/// A connection's place in the registry, until [`Conns::unregister`]. No
+/// reference to the registry: every connection keeps one of these for its
+/// life, and its owner has the registry at hand.
+#[derive(Debug)]
+pub struct Registration {
     shard: u16,
     slot: u32,
     born: u32,
-}
-
-impl Registration<'_> {
-    /// Whether the connection has lived past [`LATE`] (one relaxed load).
-    #[inline]
-    pub fn late(&self) -> bool {
-        late_at(self.born, self.conns.ticks.load(Relaxed))
-    }
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        let mut s = self.conns.wakers[self.shard as usize].lock().unwrap_or_else(|p| p.into_inner());
-        let i = self.slot as usize;
-        if let Some(w) = s.slots.get_mut(i) {
-            *w = None;
-            s.free.push(i);
-        }
-    }
 }
 
 /// A connection stopped with no bytes in hand: its sockets and what it is.
@@ -299,16 +300,16 @@ mod tests {
             conns.tick(Instant::now());
             if count.0.load(Relaxed) > 0 && woken_at.is_none() {
                 woken_at = Some(born.elapsed());
-                assert!(reg.late(), "woken, so late");
+                assert!(conns.late(&reg), "woken, so late");
             }
             if woken_at.is_none() {
-                assert!(!reg.late(), "late before its wake, at {:?}", born.elapsed());
+                assert!(!conns.late(&reg), "late before its wake, at {:?}", born.elapsed());
             }
         }
         let at = woken_at.expect("never woken");
         assert!(at > LATE && at <= LATEST, "woken after {at:?}, not between {LATE:?} and {LATEST:?}");
         assert_eq!(count.0.load(Relaxed), 1, "woken more than once");
-        drop(reg);
+        conns.unregister(reg);
         assert_eq!(conns.open(), 0);
     }
 

@@ -52,37 +52,6 @@ const BUF_SIZE: usize = 32 * 1024;
 /// Free buffers kept per worker thread; more are freed.
 const POOL_MAX: usize = 32;
 
-/// One direction's place in its balancer's count of bulk transfers
-/// ([`Conns::bulk`]); leaves it when dropped.
-struct BulkMark<'a> {
-    on: bool,
-    conns: &'a Conns,
-}
-
-impl BulkMark<'_> {
-    fn set(&mut self, on: bool) {
-        if on != self.on {
-            self.on = on;
-            if on {
-                self.conns.bulk.fetch_add(1, Relaxed);
-            } else {
-                self.conns.bulk.fetch_sub(1, Relaxed);
-            }
-        }
-    }
-
-    /// Whether this direction's next burst goes through a pipe.
-    fn splice(&self) -> bool {
-        self.on && (!self.conns.splice_shared_only || self.conns.bulk.load(Relaxed) > 1)
-    }
-}
-
-impl Drop for BulkMark<'_> {
-    fn drop(&mut self) {
-        self.set(false);
-    }
-}
-
 // Empty buffers kept by each worker thread: per thread (not per balancer)
 // because the threads are the runtime's, shared by whatever runs on them; a
 // pooled buffer holds no byte of any connection (a buffer only ever carries
@@ -321,11 +290,10 @@ pub fn bidirectional<'a, L: Send + 'a>(
             let mut both = Both {
                 client,
                 server,
-                conns,
+                dirs: [&up, &down],
                 // Client to server first, each with whether it has passed
                 // its EOF on.
                 pipes: [(up_pipe, resume.client_done), (down_pipe, resume.server_done)],
-                parked: [&up.parked, &down.parked],
                 first_closed: resume.first_closed,
                 // A connection moved here half-closed watches its finished
                 // side from the start.
@@ -368,10 +336,9 @@ pub fn bidirectional<'a, L: Send + 'a>(
 struct Both<'a, 'p, P, I, L> {
     client: &'a TcpStream,
     server: &'a TcpStream,
-    conns: &'a Conns,
+    /// Both directions (their stop points, the balancer's connections).
+    dirs: [&'p Direction<'a>; 2],
     pipes: [(Pin<&'p mut P>, bool); 2],
-    /// Each direction waits with nothing in hand.
-    parked: [&'p AtomicBool; 2],
     first_closed: Option<Side>,
     /// Once one direction has passed its EOF on, nothing reads its source
     /// any more, so a peer that then goes (a reset, a keepalive timeout)
@@ -381,7 +348,9 @@ struct Both<'a, 'p, P, I, L> {
     gone: Option<(Side, ErrorWatch<'a>)>,
     /// This connection's waker, for a stop request or close order to reach
     /// it while idle, and for its late wake.
-    registration: Option<Registration<'a>>,
+    /// (Left by `Drop`, which has the registry: a registration holding
+    /// its own reference would cost every connection a pointer.)
+    registration: Option<Registration>,
     closing: Option<closing::Watch<'a>>,
     idle_expired: Option<Pin<Box<I>>>,
     /// The server socket's keepalive, until it is set (once the connection
@@ -389,6 +358,14 @@ struct Both<'a, 'p, P, I, L> {
     /// holds no timer for it).
     late_keepalive: Option<&'a Keepalive>,
     load: &'p mut Option<L>,
+}
+
+impl<P, I, L> Drop for Both<'_, '_, P, I, L> {
+    fn drop(&mut self) {
+        if let Some(r) = self.registration.take() {
+            self.dirs[0].conns.unregister(r);
+        }
+    }
 }
 
 impl<'a, P, I, L> Both<'a, '_, P, I, L>
@@ -401,8 +378,9 @@ where
     }
 
     fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<End> {
+        let conns = self.dirs[0].conns;
         if self.registration.is_none() {
-            self.registration = Some(self.conns.register(cx.waker()));
+            self.registration = Some(conns.register(cx.waker()));
         }
         if let Some(end) = self.poll_pipes(cx) {
             return Poll::Ready(end);
@@ -412,13 +390,13 @@ where
         }
         // Both directions stopped without bytes in hand (or finished): the
         // sockets are the whole connection now.
-        if self.conns.stopping() && (0..2).all(|i| self.pipes[i].1 || self.parked[i].load(Relaxed)) {
+        if conns.stopping() && (0..2).all(|i| self.pipes[i].1 || self.dirs[i].parked.load(Relaxed)) {
             return Poll::Ready(End::Moving);
         }
         if let Some(end) = self.poll_watches(cx) {
             return Poll::Ready(end);
         }
-        if self.late_keepalive.is_some() && self.registration.as_ref().is_some_and(Registration::late) {
+        if self.late_keepalive.is_some() && self.registration.as_ref().is_some_and(|r| conns.late(r)) {
             // Idle dead peers are found by keepalive (by default 60 s, then
             // 10 s x 6). The client socket inherits it from the listener;
             // the server socket gets it here, on connections that last:
@@ -512,7 +490,18 @@ struct Direction<'a> {
     /// Waiting for its source with nothing in hand: where a connection
     /// may stop and move.
     parked: AtomicBool,
+    /// In a bulk transfer (its last wake read at least a full buffer), and
+    /// so counted in [`Conns::bulk`] until it leaves that state or ends.
+    /// Here rather than in the pipe's future: a field of the direction
+    /// costs an idle connection one byte, a guard in the future a pointer.
+    bulk: AtomicBool,
     conns: &'a Conns,
+}
+
+impl Drop for Direction<'_> {
+    fn drop(&mut self) {
+        self.set_bulk(false);
+    }
 }
 
 impl<'a> Direction<'a> {
@@ -525,7 +514,32 @@ impl<'a> Direction<'a> {
         conns: &'a Conns,
     ) -> Direction<'a> {
         let dst_side = if src_side == Side::Client { Side::Server } else { Side::Client };
-        Direction { src, dst, src_side, dst_side, meter, activity, parked: AtomicBool::new(false), conns }
+        Direction {
+            src,
+            dst,
+            src_side,
+            dst_side,
+            meter,
+            activity,
+            parked: AtomicBool::new(false),
+            bulk: AtomicBool::new(false),
+            conns,
+        }
+    }
+
+    fn set_bulk(&self, on: bool) {
+        if self.bulk.swap(on, Relaxed) != on {
+            if on {
+                self.conns.bulk.fetch_add(1, Relaxed);
+            } else {
+                self.conns.bulk.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// Whether this direction's next burst goes through a pipe.
+    fn splice(&self) -> bool {
+        self.bulk.load(Relaxed) && (!self.conns.splice_shared_only || self.conns.bulk.load(Relaxed) > 1)
     }
 
     fn read_err(&self, err: io::Error) -> PipeError {
@@ -557,7 +571,6 @@ impl<'a> Direction<'a> {
             // In a bulk transfer: the last wake moved at least a buffer's
             // worth. When it splices, the next wake starts in the pipe
             // instead of copying its first 32 KiB through user space.
-            let mut bulk = BulkMark { on: false, conns: self.conns };
             loop {
                 // Everything read so far is written: the server's totals get
                 // it before the wait, which may be long.
@@ -576,14 +589,14 @@ impl<'a> Direction<'a> {
                     continue;
                 }
                 self.parked.store(false, Relaxed);
-                if bulk.splice() {
+                if self.splice() {
                     match Box::pin(splice::burst(src, dst, self.conns, |n| self.count(n))).await {
                         Ok(Burst::Drained(n)) => {
-                            bulk.set(n >= BUF_SIZE);
+                            self.set_bulk(n >= BUF_SIZE);
                             continue;
                         }
                         Ok(Burst::Eof(_)) => return self.eof(),
-                        Ok(Burst::NoPipe) => bulk.set(false),
+                        Ok(Burst::NoPipe) => self.set_bulk(false),
                         Err(BurstError::Read(e)) => return Err(self.read_err(e)),
                         Err(BurstError::Write(e)) => return Err(self.write_err(e)),
                     }
@@ -616,15 +629,15 @@ impl<'a> Direction<'a> {
                             if n < BUF_SIZE {
                                 if was_first {
                                     // A wake that brought less than a buffer.
-                                    bulk.set(false);
+                                    self.set_bulk(false);
                                 }
                                 continue;
                             }
                             // A full buffer: a bulk transfer. Beside another,
                             // the rest of this burst goes through a pipe, never
                             // through user space.
-                            bulk.set(true);
-                            if !bulk.splice() {
+                            self.set_bulk(true);
+                            if !self.splice() {
                                 continue;
                             }
                             drop(buf);
@@ -632,7 +645,7 @@ impl<'a> Direction<'a> {
                             // an idle connection's future stays small.
                             match Box::pin(splice::burst(src, dst, self.conns, |n| self.count(n))).await {
                                 Ok(Burst::Drained(n)) => {
-                                    bulk.set(n >= BUF_SIZE);
+                                    self.set_bulk(n >= BUF_SIZE);
                                     break;
                                 }
                                 Ok(Burst::Eof(_)) => return self.eof(),
