@@ -93,14 +93,24 @@ pub struct Ended {
 /// whenever the config file's content changes. Ends by itself, once its
 /// connections have moved, when a new process takes over through the
 /// control socket.
-pub async fn run<F, S>(loaded: lifecycle::Loaded, mut signal: S, begin: Begin) -> Result<Option<Ended>, StartError>
+///
+/// `signals` (SIGHUP, SIGUSR1) are made by the caller before anything that
+/// can take time; `None` installs them here, first thing.
+pub async fn run<F, S>(
+    loaded: lifecycle::Loaded,
+    mut signal: S,
+    begin: Begin,
+    signals: Option<reload::Signals>,
+) -> Result<Option<Ended>, StartError>
 where
     S: FnMut() -> F,
     F: Future<Output = ()>,
 {
-    // The first signal is listened for before anything else happens (its
-    // handlers are installed when it is first polled, here): a SIGTERM
-    // during the start stops the process cleanly instead of killing it.
+    let signals = signals.unwrap_or_else(reload::Signals::install);
+    // The first stop signal is listened for before anything else happens
+    // (its handlers are installed when it is first polled, here): a
+    // SIGTERM during the start stops the process cleanly instead of
+    // killing it.
     let mut first = std::pin::pin!(signal());
     let serve_admin = |sock, lb| tokio::spawn(admin::serve(sock, lb));
     let (mut running, control) = tokio::select! {
@@ -112,9 +122,8 @@ where
         r = upgrade::begin(loaded, begin, serve_admin) => r?,
     };
     let ended = Ended { access_log: running.lb.shared.own.conns.access_log.clone() };
-    running.adopt(tokio::spawn(access_log::on_sigusr1(ended.access_log.clone())));
+    running.adopt(tokio::spawn(signals.follow(running.lb.clone())));
     if let Some(path) = running.lb.shared.snapshot.load().config.path.clone() {
-        running.adopt(tokio::spawn(reload::on_sighup(running.lb.clone())));
         running.adopt(tokio::spawn(reload::watch_file(running.lb.clone(), path)));
     }
     tokio::select! {

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use clap::{CommandFactory, Parser};
 mod cli;
@@ -87,11 +89,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     cli::run(command, cli.config.as_deref(), cli.log_format)
 }
 
+/// The signals caught before the runtime exists (while the config is read
+/// and the runtime built): none of them may kill the process then.
+struct Early {
+    stop: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+    usr1: Arc<AtomicBool>,
+}
+
+impl Early {
+    fn catch() -> anyhow::Result<Early> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+        let early = Early { stop: Arc::default(), hup: Arc::default(), usr1: Arc::default() };
+        for (sig, flag) in [(SIGTERM, &early.stop), (SIGINT, &early.stop), (SIGHUP, &early.hup), (SIGUSR1, &early.usr1)]
+        {
+            signal_hook::flag::register(sig, flag.clone())?;
+        }
+        Ok(early)
+    }
+}
+
 /// Runs the load balancer on the config at `path`.
 fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<ExitCode> {
+    // Before anything that can take time: a signal while the config is read
+    // is kept, not fatal (the tokio handlers made in the runtime take over
+    // from these flags, which stay and only set a boolean).
+    let early = Early::catch()?;
+    tracing::info!(path = %path.display(), "reading the config");
     // The same preparation `check` runs: every error of the file, the files
     // it names and the environment, at once.
     let loaded = ucp_lb::control::lifecycle::load(&path)?;
+    if early.stop.load(Relaxed) {
+        tracing::info!("stopped before the start (SIGTERM or SIGINT while the config was read)");
+        return Ok(ExitCode::SUCCESS);
+    }
     // One worker: a current-thread runtime on this thread. The
     // multi-thread scheduler's bookkeeping (a clock read and a `pow` for its
     // poll-time average each time the worker parks, the hand-offs between
@@ -109,7 +140,19 @@ fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<ExitCode> {
     };
     let rt = rt.enable_all().build()?;
     let begin = if upgrade { ucp_lb::Begin::Upgrade } else { ucp_lb::Begin::Start };
-    let result = rt.block_on(ucp_lb::run(loaded, ucp_lb::traffic::shutdown::on_signals, begin));
+    let result = rt.block_on(async {
+        // The runtime's handlers first; then what came before them.
+        let mut signals = ucp_lb::control::reload::Signals::install();
+        signals.reload_first = early.hup.swap(false, Relaxed);
+        if early.usr1.swap(false, Relaxed) {
+            tracing::info!("SIGUSR1 before the start: nothing to reopen yet");
+        }
+        if early.stop.load(Relaxed) {
+            tracing::info!("stopped before the start (SIGTERM or SIGINT)");
+            return Ok(None);
+        }
+        ucp_lb::run(loaded, ucp_lb::traffic::shutdown::on_signals, begin, Some(signals)).await
+    });
     // Drops every task, which closes the connections still open after the
     // grace period; a DNS lookup stuck in the blocking pool does not hold
     // the exit up.

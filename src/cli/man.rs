@@ -34,7 +34,10 @@ const EXTRA: &[(&str, &[(&str, &str)])] = &[
     (
         "SIGNALS",
         &[
-            ("SIGHUP", "Reload the config (as does a change of the file, and POST /reload)."),
+            (
+                "SIGHUP",
+                "Reload the config (as does a change of the file, and POST /reload). One that arrives during the start or a take-over is kept and applied once the balancer runs.",
+            ),
             (
                 "SIGTERM, SIGINT",
                 "Stop: /healthz answers 503 for stop_grace while the listeners still accept, then they \

@@ -12,18 +12,52 @@ use tracing::{info, warn};
 
 use crate::control::lifecycle::Lb;
 
-/// Reloads on every SIGHUP until shutdown.
-pub async fn on_sighup(lb: Arc<Lb>) {
-    #[cfg(unix)]
-    {
+/// The process signals a balancer follows besides its stop signal:
+/// SIGHUP reloads, SIGUSR1 reopens the access log. Made before anything
+/// that can take time (the start, its first probes, a take-over): from
+/// then on such a signal is never fatal, and one that arrives before the
+/// balancer runs is kept and acted on once it does.
+pub struct Signals {
+    hup: Option<tokio::signal::unix::Signal>,
+    usr1: Option<tokio::signal::unix::Signal>,
+    /// A SIGHUP came before these streams existed (while the config was
+    /// read): reload once the balancer runs.
+    pub reload_first: bool,
+}
+
+impl Signals {
+    /// Installs the handlers now (within a tokio runtime).
+    pub fn install() -> Signals {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            warn!("cannot listen for SIGHUP: reload by file change only");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            info!("SIGHUP: reloading the config");
+        let hup = signal(SignalKind::hangup())
+            .inspect_err(|e| warn!(error = %e, "cannot listen for SIGHUP: reload by file change or POST /reload only"))
+            .ok();
+        let usr1 = signal(SignalKind::user_defined1())
+            .inspect_err(|e| warn!(error = %e, "cannot listen for SIGUSR1: the access log is not reopened by it"))
+            .ok();
+        Signals { hup, usr1, reload_first: false }
+    }
+
+    /// Follows the signals for `lb` until shutdown (cancel by dropping):
+    /// reloads on SIGHUP, reopens the access log on SIGUSR1.
+    pub async fn follow(self, lb: Arc<Lb>) {
+        let Signals { mut hup, mut usr1, reload_first } = self;
+        if reload_first {
+            info!("SIGHUP during the start: reloading the config now");
             let _ = lb.reload().await;
+        }
+        loop {
+            tokio::select! {
+                Some(()) = async { hup.as_mut()?.recv().await } => {
+                    info!("SIGHUP: reloading the config");
+                    let _ = lb.reload().await;
+                }
+                Some(()) = async { usr1.as_mut()?.recv().await } => {
+                    info!("SIGUSR1: reopening the access log files");
+                    lb.shared.own.conns.access_log.reopen();
+                }
+                else => return,
+            }
         }
     }
 }

@@ -1,0 +1,122 @@
+//! A signal is never fatal: SIGHUP and SIGUSR1 at each point of a start
+//! and of a take-over (while the config is read, while the first probes
+//! run, while the state is handed over) leave the process alive, and a
+//! SIGHUP that came during the start is applied once the balancer runs.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use tokio::net::TcpStream;
+
+/// A server that accepts and never answers: an HTTP probe of it waits its
+/// whole timeout, so the first probes of a start last that long.
+async fn silent() -> SocketAddr {
+    scripted(|s: TcpStream| async move {
+        let _held = s;
+        std::future::pending::<()>().await
+    })
+    .await
+}
+
+/// A config whose first probes last `timeout` (a silent server), with a
+/// control socket in `dir` and `fail_timeout` as given (to see a reload).
+fn config(dir: &Path, server: SocketAddr, fail_timeout: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"{}\"\n\
+         [defaults]\nfail_timeout = \"{fail_timeout}\"\nshutdown_timeout = \"1s\"\n\
+         [[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [pool.p]\nservers = [\"{server}\"]\n\
+         [pool.p.health]\nkind = \"http\"\npath = \"/_ping\"\ntimeout = \"3s\"\ninterval = \"30s\"\n",
+        dir.join("ctl.sock").display()
+    )
+}
+
+/// The running config's generation, from /status.
+async fn generation(admin: SocketAddr) -> Option<u64> {
+    let answer = http_raw(admin, "GET", "/status", None).await;
+    let body = answer.split("\r\n\r\n").nth(1)?;
+    serde_json::from_str::<serde_json::Value>(body).ok()?["generation"].as_u64()
+}
+
+fn alive(p: &mut Proc) -> bool {
+    p.child.try_wait().unwrap().is_none()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hup_and_usr1_while_the_first_probes_run_are_kept_and_applied_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    let server = silent().await;
+    std::fs::write(&path, config(dir.path(), server, "30s")).unwrap();
+    let mut p = Proc::lb(&path);
+    // The control socket is made just before the start, whose first probes
+    // then wait 3 s on the silent server.
+    p.wait_for_line("control socket up").await;
+    std::fs::write(&path, config(dir.path(), server, "31s")).unwrap();
+    p.signal("HUP");
+    p.signal("USR1");
+    assert!(alive(&mut p), "killed by a signal during the start:\n{}", p.text());
+    let admin = p.admin_addr().await;
+    p.wait_for_line("reloading the config").await;
+    eventually_some_async("the reload taken after the start", || async { generation(admin).await.filter(|&g| g >= 2) })
+        .await;
+    assert!(alive(&mut p), "{}", p.text());
+    p.signal("TERM");
+    assert_eq!(p.exit_code().await, Some(0), "{}", p.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hup_usr1_and_term_while_the_config_is_read_are_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    let echo = Echo::start().await;
+    std::fs::write(&path, one_pool(&[echo.addr], "")).unwrap();
+    // HUP and USR1 as soon as the process says it reads its config: it
+    // lives, and serves.
+    let mut p = Proc::lb(&path);
+    p.wait_for_line("reading the config").await;
+    for _ in 0..3 {
+        p.signal("HUP");
+        p.signal("USR1");
+    }
+    let lb = p.listener_addr().await;
+    within("a client served", round_trip(lb)).await.unwrap();
+    assert!(alive(&mut p), "{}", p.text());
+    p.signal("TERM");
+    assert_eq!(p.exit_code().await, Some(0), "{}", p.text());
+    // TERM at the same point: a clean stop, exit 0, not death by signal.
+    let mut p = Proc::lb(&path);
+    p.wait_for_line("reading the config").await;
+    p.signal("TERM");
+    assert_eq!(p.exit_code().await, Some(0), "{}", p.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hup_and_usr1_during_a_take_over_leave_the_new_process_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    let server = silent().await;
+    std::fs::write(&path, config(dir.path(), server, "30s")).unwrap();
+    let mut old = Proc::lb(&path);
+    let admin = old.admin_addr().await;
+    old.wait_for_line("control socket up").await;
+    eventually_some_async("the old process serves", || async { generation(admin).await }).await;
+    // The new process prepares its config (first probes: 3 s) after the
+    // hand-over of the sockets and state: the signals land then.
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path).arg("--upgrade").env("RUST_LOG", "info");
+    let mut new = Proc::spawn(cmd, false);
+    new.wait_for_line("sockets and state received").await;
+    new.signal("HUP");
+    new.signal("USR1");
+    assert_eq!(old.exit_code().await, Some(0), "the old process:\n{}", old.text());
+    new.wait_for_line("SIGHUP: reloading the config").await;
+    assert!(alive(&mut new), "{}", new.text());
+    eventually_some_async("the new process answers on the admin port", || async { generation(admin).await }).await;
+    new.signal("TERM");
+    assert_eq!(new.exit_code().await, Some(0), "{}", new.text());
+}
