@@ -374,3 +374,19 @@ fn a_defaults_keepalive_mistake_is_reported_once_at_its_key() {
         "{lines:?}"
     );
 }
+
+/// A pool's `shutdown_timeout` is accepted (every `[defaults]` key may be
+/// set in a pool) but the grace period is the process's: `check` says so
+/// at its line, and `[defaults]`'s value is the one in force.
+#[test]
+fn a_pools_shutdown_timeout_is_warned_of_as_changing_nothing() {
+    let text = "[defaults]\nshutdown_timeout = \"7s\"\n[[listener]]\nbind = \"127.0.0.1:8443\"\npool = \"p\"\n\
+                [pool.p]\nservers = [\"10.0.0.1:443\"]\nshutdown_timeout = \"5m\"\n";
+    let c = ucp_lb::config::parse(text, "t.toml").unwrap();
+    let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("t.toml:8:20: pool.p.shutdown_timeout: changes nothing here")),
+        "{warnings:?}"
+    );
+    assert_eq!(c.defaults.shutdown_timeout.as_secs(), 7);
+}

@@ -6,8 +6,8 @@
 use std::fmt::Write;
 
 use ucp_lb::config::{
-    AdminConfig, AdminState, CheckKind, Config, ControlSocket, HealthConfig, Keepalive, ListenerConfig, Origin,
-    PoolConfig, Retries, StatusMatch, format_duration,
+    AdminConfig, AdminState, CheckKind, Config, ControlSocket, HealthConfig, Keepalive, ListenerConfig, LogFormat,
+    LogTo, Origin, PoolConfig, Retries, StatusMatch, format_duration,
 };
 
 /// A value and where it came from, aligned as a comment.
@@ -34,6 +34,11 @@ pub fn dump(c: &Config) -> String {
         None => line(&mut o, "# workers", "(one per CPU)".into(), "default"),
     }
     admin(&mut o, &c.admin);
+    // Only what applies to the process as a whole: the other `[defaults]`
+    // keys are written in each listener and pool, where they apply.
+    let _ = writeln!(o, "\n[defaults]");
+    let grace_from = if c.stop_grace.is_zero() { "default" } else { "set" };
+    line(&mut o, "stop_grace", duration(Some(c.stop_grace)), grace_from);
     for l in &c.listeners {
         listener(&mut o, l);
     }
@@ -92,6 +97,23 @@ fn listener(o: &mut String, l: &ListenerConfig) {
         let rules: Vec<String> = l.access.iter().map(|r| q(&r.to_string())).collect();
         line(o, "access", format!("[{}]", rules.join(", ")), "set");
     }
+    match &l.access_log {
+        None => line(o, "access_log", q("off"), "default or set"),
+        Some(log) => {
+            let to = match &log.to {
+                LogTo::Stdout => "stdout".to_owned(),
+                LogTo::Stderr => "stderr".to_owned(),
+                LogTo::File(p) => p.display().to_string(),
+            };
+            line(o, "access_log", q(&to), "set (here or in [defaults])");
+            let format = match &log.format {
+                LogFormat::Text => q("text"),
+                LogFormat::Json => q("json"),
+                LogFormat::Template(t) => q(t),
+            };
+            line(o, "access_log_format", format, "set or default");
+        }
+    }
     let ka = l.client_keepalive.as_ref();
     let ka_from = if l.client_keepalive == Some(Keepalive::DEFAULT) { "default or set" } else { "set" };
     line(o, "client_keepalive", Keepalive::toml(ka), ka_from);
@@ -135,9 +157,10 @@ fn pool(o: &mut String, p: &PoolConfig) {
             AdminState::Down => "down",
         };
         let slow = srv.slow_start.map(|d| format!(", slow_start = {}", q(&format_duration(d)))).unwrap_or_default();
+        let name = srv.name.as_deref().map(|n| format!(", name = {}", q(n))).unwrap_or_default();
         let _ = writeln!(
             o,
-            "  {{ address = {}, weight = {}, backup = {}, max_conns = {}, state = {}{slow} }},",
+            "  {{ address = {}{name}, weight = {}, backup = {}, max_conns = {}, state = {}{slow} }},",
             q(&srv.address.to_string()),
             srv.weight,
             srv.backup,

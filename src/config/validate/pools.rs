@@ -113,8 +113,8 @@ impl Validator<'_> {
         s
     }
 
-    /// Warns of `slow_start` and `on_server_down` where they can change
-    /// little.
+    /// Warns of `slow_start`, `on_server_down` and `shutdown_timeout` where
+    /// they change little or nothing.
     fn failure_keys(
         &mut self,
         pool: &raw::RawPool,
@@ -134,6 +134,13 @@ impl Validator<'_> {
                     "changes nothing here: {} keeps each client on its server, so slow start only scales max_conns, and no server has one",
                     settings.balance.as_str()
                 ),
+            );
+        }
+        if let Some(v) = &pool.settings.shutdown_timeout {
+            self.warn(
+                Some(v.span()),
+                format!("{key}.shutdown_timeout"),
+                "changes nothing here: the grace period after SIGTERM is the process's, set in [defaults]",
             );
         }
         if settings.on_server_down == OnServerDown::Close && !checked {
