@@ -44,6 +44,8 @@ struct Figures {
     failures: Vec<String>,
     /// Flood connections made (connected and sent their half head).
     made: u64,
+    /// Listen queue overflows on the host meanwhile (any listener's).
+    overflows: Option<u64>,
     /// Rounds completed by the address that did fewest: the flood was still
     /// running through the last check when this is below [`ROUNDS`].
     fewest_rounds: usize,
@@ -54,14 +56,15 @@ impl std::fmt::Display for Figures {
         write!(
             f,
             "{} addresses x {}: checks passed {} of {}, longest check {} ms, flood connections made {}, \
-             rounds per address >= {}",
+             rounds per address >= {}, listen queue overflows (host) {}",
             self.sources,
             self.per_source,
             self.passed,
             self.checks,
             self.longest.as_millis(),
             self.made,
-            self.fewest_rounds
+            self.fewest_rounds,
+            self.overflows.map_or("?".into(), |n| n.to_string())
         )
     }
 }
@@ -107,9 +110,55 @@ fn flood_from(
     rounds
 }
 
+/// Listen queue overflows of the whole host so far (`ListenOverflows` in
+/// /proc/net/netstat): each is a SYN or handshake the kernel dropped
+/// because a listener's accept queue was full. None where unreadable.
+fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names.split_whitespace().position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
+/// A health check that connects and sends its request `late` after (as an
+/// asyncio client does a loop turn later), with a 3 s deadline: whether
+/// it got 200, how long it took, what it got.
+fn late_check(admin: SocketAddr, late: Duration) -> (bool, Duration, String) {
+    use std::io::Read;
+    let start = Instant::now();
+    let deadline = Duration::from_secs(3);
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&admin, deadline)?;
+        // Not synchronisation: this client is late by design.
+        std::thread::sleep(late);
+        s.set_read_timeout(Some(deadline.saturating_sub(start.elapsed()).max(Duration::from_millis(1))))?;
+        s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes())?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)?;
+        Ok(String::from_utf8_lossy(&got).into_owned())
+    })();
+    let took = start.elapsed();
+    match answer {
+        Ok(a) if a.starts_with("HTTP/1.1 200") => (true, took, a),
+        Ok(a) if a.is_empty() => (false, took, "closed without an answer".into()),
+        Ok(a) => (false, took, a.lines().next().unwrap_or("").to_owned()),
+        Err(e) => (false, took, e.to_string()),
+    }
+}
+
+/// One health check: `ucp-lb healthcheck`, or [`late_check`] when
+/// `UCP_LB_FLOOD_LATE_MS` says so (by hand only).
+fn check_once(admin: SocketAddr) -> (bool, Duration, String) {
+    if let Some(ms) = std::env::var("UCP_LB_FLOOD_LATE_MS").ok().and_then(|v| v.parse().ok()) {
+        return late_check(admin, Duration::from_millis(ms));
+    }
+    cli_check(admin)
+}
+
 /// `ucp-lb healthcheck --url http://ADMIN/healthz`, once: whether it said
 /// healthy, how long it took, and what it printed when not.
-fn check_once(admin: SocketAddr) -> (bool, Duration, String) {
+fn cli_check(admin: SocketAddr) -> (bool, Duration, String) {
     let start = Instant::now();
     let out = Command::new(BIN)
         .args(["healthcheck", "--url", &format!("http://{admin}/healthz")])
@@ -133,6 +182,7 @@ fn flood_and_check(
     assert!(sources <= 240, "127.0.0.10 to 127.0.0.249");
     let stop = Arc::new(AtomicBool::new(false));
     let made = Arc::new(AtomicU64::new(0));
+    let overflows_before = listen_overflows();
     let threads: Vec<_> = (0..sources)
         .map(|i| {
             let (stop, made) = (stop.clone(), made.clone());
@@ -155,7 +205,8 @@ fn flood_and_check(
     stop.store(true, Relaxed);
     let fewest_rounds = threads.into_iter().map(|t| t.join().unwrap()).min().unwrap_or(0);
     assert!(started.is_some(), "the flood never got going");
-    Figures { sources, per_source, passed, checks, longest, failures, made: made.load(Relaxed), fewest_rounds }
+    let overflows = listen_overflows().zip(overflows_before).map(|(a, b)| a - b);
+    Figures { sources, per_source, passed, checks, longest, failures, made: made.load(Relaxed), overflows, fewest_rounds }
 }
 
 /// The flood of issue 35 at 16 and then 32 addresses: every check healthy.
