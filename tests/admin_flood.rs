@@ -206,7 +206,17 @@ fn flood_and_check(
     let fewest_rounds = threads.into_iter().map(|t| t.join().unwrap()).min().unwrap_or(0);
     assert!(started.is_some(), "the flood never got going");
     let overflows = listen_overflows().zip(overflows_before).map(|(a, b)| a - b);
-    Figures { sources, per_source, passed, checks, longest, failures, made: made.load(Relaxed), overflows, fewest_rounds }
+    Figures {
+        sources,
+        per_source,
+        passed,
+        checks,
+        longest,
+        failures,
+        made: made.load(Relaxed),
+        overflows,
+        fewest_rounds,
+    }
 }
 
 /// The flood of issue 35 at 16 and then 32 addresses: every check healthy.

@@ -45,12 +45,58 @@ pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
         if left.is_zero() {
             return Err(format!("timeout after {timeout:?}"));
         }
-        match TcpStream::connect_timeout(&addr, left) {
+        match connect(addr, deadline) {
             Ok(s) => return exchange(s, authority, path, deadline, timeout),
             Err(e) => last = format!("connect {addr}: {e}"),
         }
     }
     Err(last)
+}
+
+/// How often a new connection attempt starts while the earlier ones wait.
+const ATTEMPT_EVERY: Duration = Duration::from_millis(200);
+/// The most attempts to one address (3 s of them at the default timeout).
+const MAX_ATTEMPTS: usize = 16;
+
+/// Connects to `addr` by `deadline`. When a listen queue is full (an admin
+/// port under a connection flood) the kernel drops a SYN, and sends it
+/// again only 1 s later, then 2 s: two drops in a row use up a 3 s check.
+/// So while no attempt has connected, a new one starts every 200 ms beside
+/// those still waiting, each with its own chance at a free place; the
+/// first to connect is used and the others are closed as they end. A
+/// refusal ends it at once: nothing listens there.
+fn connect(addr: SocketAddr, deadline: Instant) -> std::io::Result<TcpStream> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mut started, mut ended) = (0, 0);
+    let mut last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out");
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(last);
+        }
+        if started < MAX_ATTEMPTS {
+            let tx = tx.clone();
+            // A thread per attempt: it ends by the deadline at the latest,
+            // and the process exits after the check anyway.
+            std::thread::spawn(move || {
+                let _ = tx.send(TcpStream::connect_timeout(&addr, left));
+            });
+            started += 1;
+        }
+        let wait = if started < MAX_ATTEMPTS { ATTEMPT_EVERY.min(left) } else { left };
+        match rx.recv_timeout(wait) {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(e),
+            Ok(Err(e)) => {
+                ended += 1;
+                last = e;
+                if ended == MAX_ATTEMPTS {
+                    return Err(last);
+                }
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 fn exchange(
