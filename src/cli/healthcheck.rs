@@ -192,6 +192,17 @@ mod tests {
     }
 
     #[test]
+    fn connects_at_once_and_a_refusal_ends_the_attempts() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        assert!(connect(addr, deadline).is_ok());
+        drop(listener);
+        let err = connect(addr, deadline).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    }
+
+    #[test]
     fn rejects_other_schemes() {
         assert!(get("https://127.0.0.1:9900/healthz", Duration::from_secs(1)).is_err());
     }
