@@ -10,6 +10,10 @@
 //! send half a head on each, close them all) and stops by itself, earlier
 //! once the checks are done. The figures are printed (`--nocapture`).
 //!
+//! `a_checker_yet_to_speak_outlives_a_crowd_of_half_heads` shows the
+//! failure of the issue step by step, in-process (it fails on the code
+//! before issue 35: the checker was closed first).
+//!
 //! Larger floods, measured by hand (2x and 4x of the 32-address one, and
 //! the same with half-sent `/healthz` heads):
 //! `UCP_LB_FLOOD=64x40,128x40 cargo test --test admin_flood -- --ignored --nocapture`.
@@ -261,4 +265,47 @@ async fn measure_larger_floods() {
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// Finding 3 step by step, in-process: a checker has connected and not sent
+/// its request yet when 100 half-sent heads arrive from 32 other addresses,
+/// and 36 of them are closed to make room (64 places for requests other
+/// than /healthz). Its request then gets 200. Before issue 35 the checker,
+/// the oldest connection without a whole head, was the first closed. (The
+/// checker must speak within 2 s of connecting; the 100 connects take a
+/// few milliseconds.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checker_yet_to_speak_outlives_a_crowd_of_half_heads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = Echo::start().await;
+    let lb = start_lb(&one_pool(&[echo.addr], "")).await;
+    let admin = lb.admin_addr().unwrap();
+    let mut checker = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let closed = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for i in 0..100u8 {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + i % 32)), 0).into()).unwrap();
+        s.connect(&admin.into()).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let mut s = tokio::net::TcpStream::from_std(s.into()).unwrap();
+        s.write_all(HALF_HEAD).await.unwrap();
+        let closed = closed.clone();
+        readers.push(tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            // Closed by the server: the end of the stream, or a reset.
+            if !matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                closed.fetch_add(1, Relaxed);
+            }
+        }));
+    }
+    eventually("36 half heads closed to make room", || closed.load(Relaxed) >= 36).await;
+    checker.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = within("the checker's answer", checker.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "the checker got {answer:?}");
+    for r in readers {
+        r.abort();
+    }
 }
