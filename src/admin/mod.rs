@@ -57,13 +57,12 @@ pub async fn serve(listener: TcpListener, lb: Arc<Lb>) {
             continue;
         };
         let ticket = open.arrive(peer.ip());
-        tokio::spawn(connection(tcp, ticket, open.clone(), admin.clone()));
+        tokio::spawn(connection(tcp, ticket, Instant::now(), open.clone(), admin.clone()));
     }
 }
 
 /// One admin connection, from its first bytes to its answer.
-async fn connection(tcp: TcpStream, mut ticket: Ticket, open: Arc<Open>, admin: Arc<Admin>) {
-    let accepted = Instant::now();
+async fn connection(tcp: TcpStream, mut ticket: Ticket, accepted: Instant, open: Arc<Open>, admin: Arc<Admin>) {
     let Some((first, kind)) = admit::first_bytes(&tcp, &ticket, accepted).await else { return };
     // Every place of its kind is taken by a request being answered: this
     // one waits for nothing and is closed at once.
