@@ -50,6 +50,47 @@ async fn healthz_is_200_while_serving_and_503_while_shutting_down() {
     within("shutdown", stopping).await.unwrap();
 }
 
+/// HEAD (what load balancers and monitors use) answers like GET, without
+/// the body: the status, the content type and the length GET would have.
+/// On every GET route, with the same token rules.
+#[tokio::test]
+async fn head_answers_like_get_without_a_body() {
+    let a = Echo::start().await;
+    let lb = start_lb(&format!("[defaults]\nshutdown_timeout = \"1m\"\n{}", one_pool(&[a.addr], ""))).await;
+    let admin = lb.admin_addr().unwrap();
+    let head = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    for (path, kind) in
+        [("/healthz", "text/plain"), ("/status", "application/json"), ("/", "text/html"), ("/metrics", "text/plain")]
+    {
+        let got = http_raw(admin, "GET", path, None).await;
+        let answer = http_raw(admin, "HEAD", path, None).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "HEAD {path}: {answer}");
+        assert!(answer.ends_with("\r\n\r\n"), "HEAD {path}: no body: {answer:?}");
+        assert!(head(&answer, "content-type").is_some_and(|t| t.starts_with(kind)), "HEAD {path}: {answer}");
+        if path == "/healthz" {
+            assert_eq!(head(&answer, "content-length"), head(&got, "content-length"), "{answer}\n{got}");
+        }
+    }
+    // A connection left open keeps the draining balancer (and its admin
+    // port) up for the 503.
+    let mut open = TcpStream::connect(lb.listener_addrs()[0]).await.unwrap();
+    echo_once(&mut open).await.unwrap();
+    let lb = std::sync::Arc::new(lb);
+    let stopping = {
+        let lb = lb.clone();
+        tokio::spawn(async move { lb.shutdown().await })
+    };
+    eventually("shutting down", || lb.is_shutting_down()).await;
+    let answer = http_raw(admin, "HEAD", "/healthz", None).await;
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.ends_with("\r\n\r\n"), "{answer}");
+    drop(open);
+    within("shutdown", stopping).await.unwrap();
+}
+
 #[tokio::test]
 async fn metrics_and_status_follow_traffic_checks_and_reloads() {
     let ca = TestCa::new("test CA").unwrap();
@@ -211,9 +252,9 @@ async fn a_wrong_method_gets_405_with_allow_and_an_unknown_pool_is_named() {
     for (method, path, allow) in [
         ("GET", "/pools/p/servers/x/drain", "POST"),
         ("GET", "/reload", "POST"),
-        ("POST", "/status", "GET"),
-        ("DELETE", "/metrics", "GET"),
-        ("PUT", "/healthz", "GET"),
+        ("POST", "/status", "GET, HEAD"),
+        ("DELETE", "/metrics", "GET, HEAD"),
+        ("PUT", "/healthz", "GET, HEAD"),
     ] {
         let answer = http_raw(admin, method, path, None).await;
         assert!(answer.starts_with("HTTP/1.1 405"), "{method} {path}: {answer}");

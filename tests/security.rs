@@ -276,8 +276,8 @@ async fn the_loopback_admin_port_answers_only_its_own_names() {
     assert!(get(format!("localhost:{}", admin.port())).await.starts_with("HTTP/1.1 200"));
 }
 
-/// `status_needs_token = true`: /status, the page and /metrics need the
-/// token like the POST endpoints; /healthz never does (keepalived and the
+/// `status_needs_token = true`: /status, the page and /metrics (GET or
+/// HEAD) need the token like the POST endpoints; /healthz never does (keepalived and the
 /// container's health check ask it without one).
 #[tokio::test]
 async fn status_needs_token_guards_the_read_endpoints_but_not_healthz() {
@@ -292,13 +292,16 @@ async fn status_needs_token_guards_the_read_endpoints_but_not_healthz() {
     );
     let lb = start_lb(&toml).await;
     let admin = lb.admin_addr().unwrap();
-    for path in ["/status", "/", "/metrics"] {
-        assert!(http_raw(admin, "GET", path, None).await.starts_with("HTTP/1.1 401"), "{path} without the token");
-        assert!(http_raw(admin, "GET", path, Some("wrong")).await.starts_with("HTTP/1.1 401"), "{path} wrong token");
-        let ok = http_raw(admin, "GET", path, Some("read-token-0123456789")).await;
-        assert!(ok.starts_with("HTTP/1.1 200"), "{path} with the token: {ok}");
+    // HEAD (GET without the body) follows the same rules.
+    for (method, path) in ["/status", "/", "/metrics"].into_iter().flat_map(|p| [("GET", p), ("HEAD", p)]) {
+        let what = format!("{method} {path}");
+        assert!(http_raw(admin, method, path, None).await.starts_with("HTTP/1.1 401"), "{what} without the token");
+        assert!(http_raw(admin, method, path, Some("wrong")).await.starts_with("HTTP/1.1 401"), "{what} wrong token");
+        let ok = http_raw(admin, method, path, Some("read-token-0123456789")).await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{what} with the token: {ok}");
     }
     assert!(http_raw(admin, "GET", "/healthz", None).await.starts_with("HTTP/1.1 200"));
+    assert!(http_raw(admin, "HEAD", "/healthz", None).await.starts_with("HTTP/1.1 200"));
     // The scheme's case does not matter (RFC 9110).
     let mut s = TcpStream::connect(admin).await.unwrap();
     let req = format!(

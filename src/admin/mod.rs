@@ -2,22 +2,23 @@
 //! that reload and override servers.
 //!
 //! It never shares a port with traffic. Slow or greedy clients cannot
-//! starve it: each connection must send its headers within 5 s and finish
-//! within 30 s, requests are small (headers up to 16 KiB, no body is read),
-//! and at most 64 connections are open at once. To make room, only a
-//! connection that has not sent a whole request head is closed (the
-//! oldest, as nginx drains its oldest idle connections), and one address
-//! holds at most 16 such: a client holding connections open (slowloris) or
-//! flooding connects cannot keep /healthz from the keepalived or Docker
-//! health check. POST endpoints need `Authorization: Bearer <token>` (the contents
-//! of `token_file`), compared in constant time; without a token file they
-//! answer 403.
+//! starve it: a connection is sorted by its first bytes into arriving,
+//! health-check and other connections, each kind with places of its own,
+//! and only connections that have not sent a whole request head are closed
+//! to make room, the oldest of the address holding most first
+//! ([`admit`] says how, and what bounds it). /healthz answers under a
+//! flood from any number of addresses (issue 35). Requests are small
+//! (headers up to 16 KiB, no body is read). POST endpoints need
+//! `Authorization: Bearer <token>` (the contents of `token_file`),
+//! compared in constant time; without a token file they answer 403. HEAD
+//! is answered on every GET route, as GET without the body.
 
-use std::collections::VecDeque;
+mod admit;
+
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -27,19 +28,14 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tracing::info;
 
 use crate::config::AdminState;
 use crate::control::lifecycle::Lb;
 use crate::view::{page, prom};
-
-const MAX_CONNECTIONS: usize = 64;
-/// Connections one address may hold before sending a request head.
-const PER_SOURCE: usize = 16;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+use admit::{Kind, Open, Replayed, Ticket};
 
 /// Serves the admin endpoints of `lb` on `listener` until dropped.
 pub async fn serve(listener: TcpListener, lb: Arc<Lb>) {
@@ -60,94 +56,38 @@ pub async fn serve(listener: TcpListener, lb: Arc<Lb>) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        // Every place is taken by a request being answered: this one waits
-        // for nothing and is closed at once.
-        let Some((slot, evict, served)) = open.admit(peer.ip()) else { continue };
+        let ticket = open.arrive(peer.ip());
+        tokio::spawn(connection(tcp, ticket, Instant::now(), open.clone(), admin.clone()));
+    }
+}
+
+/// One admin connection, from its first bytes to its answer.
+async fn connection(tcp: TcpStream, mut ticket: Ticket, accepted: Instant, open: Arc<Open>, admin: Arc<Admin>) {
+    let Some((first, kind)) = admit::first_bytes(&tcp, &ticket, accepted).await else { return };
+    // Every place of its kind is taken by a request being answered: this
+    // one waits for nothing and is closed at once.
+    if !open.sort(&mut ticket, kind, admit::head_complete(&first)) {
+        return;
+    }
+    let (header_timeout, deadline) = match kind {
+        Kind::Health => (admit::HEALTH_HEADER_TIMEOUT, Instant::now() + admit::HEALTH_TIMEOUT),
+        _ => (admit::HEADER_TIMEOUT.saturating_sub(accepted.elapsed()), accepted + admit::CONNECTION_TIMEOUT),
+    };
+    let head_in = ticket.head_in.clone();
+    let svc = service_fn(move |req| {
+        head_in.store(true, Relaxed);
         let admin = admin.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let svc = service_fn(move |req| {
-                served.store(true, Relaxed);
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.route(req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(16 * 1024)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(tcp), svc);
-            tokio::select! {
-                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
-                _ = evict.notified() => {}
-            }
-        });
-    }
-}
-
-/// One open admin connection.
-struct Conn {
-    id: u64,
-    /// Tells its task to close it.
-    evict: Arc<Notify>,
-    peer: IpAddr,
-    /// Its request head has been read: it is being answered, never evicted.
-    served: Arc<AtomicBool>,
-}
-
-/// The open admin connections, oldest first.
-#[derive(Default)]
-struct Open {
-    conns: Mutex<VecDeque<Conn>>,
-    next: AtomicU64,
-}
-
-/// Takes a connection out of [`Open`] when it ends.
-struct Slot {
-    open: Arc<Open>,
-    id: u64,
-}
-
-impl Open {
-    /// Registers a new connection from `peer`. Only connections that have
-    /// not sent a whole request head yet are ever closed to make room (one
-    /// being answered is left to finish): a source already holding
-    /// `PER_SOURCE` of them loses its oldest; when all `MAX_CONNECTIONS` are
-    /// taken the oldest overall goes. When every one is being answered the
-    /// newcomer is refused (`None`). So a flood from one address, however
-    /// fast, takes at most `PER_SOURCE` places, and the keepalived or Docker
-    /// health check from another always gets one.
-    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<(Slot, Arc<Notify>, Arc<AtomicBool>)> {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        let waiting = |c: &Conn| !c.served.load(Relaxed);
-        let from_peer = conns.iter().filter(|c| c.peer == peer && waiting(c)).count();
-        let victim = if from_peer >= PER_SOURCE {
-            conns.iter().position(|c| c.peer == peer && waiting(c))
-        } else if conns.len() >= MAX_CONNECTIONS {
-            match conns.iter().position(waiting) {
-                Some(i) => Some(i),
-                None => return None,
-            }
-        } else {
-            None
-        };
-        if let Some(old) = victim.and_then(|i| conns.remove(i)) {
-            // notify_one keeps the permit if the task is not waiting yet.
-            old.evict.notify_one();
-        }
-        let id = self.next.fetch_add(1, Relaxed);
-        let (evict, served) = (Arc::new(Notify::new()), Arc::new(AtomicBool::new(false)));
-        conns.push_back(Conn { id, evict: evict.clone(), peer, served: served.clone() });
-        Some((Slot { open: self.clone(), id }, evict, served))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut conns = self.open.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = conns.iter().position(|c| c.id == self.id) {
-            conns.remove(i);
-        }
+        async move { Ok::<_, Infallible>(admin.route(req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout.max(Duration::from_millis(1)))
+        .max_buf_size(16 * 1024)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(Replayed { first, tcp }), svc);
+    tokio::select! {
+        _ = tokio::time::timeout_at(deadline, conn) => {}
+        _ = ticket.evict.notified() => {}
     }
 }
 
@@ -231,13 +171,15 @@ impl Admin {
         }
         let path = req.uri().path().to_owned();
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        if req.method() == Method::GET
+        // HEAD is GET without the body (hyper leaves the body out).
+        let method = if req.method() == Method::HEAD { Method::GET } else { req.method().clone() };
+        if method == Method::GET
             && matches!(parts.as_slice(), ["status"] | [""] | ["metrics"])
             && let Some(d) = self.deny_read(&req)
         {
             return d;
         }
-        match (req.method(), parts.as_slice()) {
+        match (&method, parts.as_slice()) {
             (&Method::GET, ["healthz"]) => {
                 let phase = self.lb.phase();
                 if phase.shutting_down {
@@ -316,7 +258,7 @@ impl Admin {
 /// with `Allow`); `None` when there is no such route (404).
 fn allowed(parts: &[&str]) -> Option<&'static str> {
     match parts {
-        ["healthz" | "status" | "metrics" | ""] => Some("GET"),
+        ["healthz" | "status" | "metrics" | ""] => Some("GET, HEAD"),
         ["reload"] | ["pools", _, "servers", _, "drain" | "enable" | "down"] => Some("POST"),
         _ => None,
     }

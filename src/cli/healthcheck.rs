@@ -41,16 +41,85 @@ pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
         with_port.to_socket_addrs().map_err(|e| format!("cannot resolve {authority}: {e}"))?.collect();
     let mut last = format!("{authority} resolves to no address");
     for addr in addrs {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if deadline.saturating_duration_since(Instant::now()).is_zero() {
             return Err(format!("timeout after {timeout:?}"));
         }
-        match TcpStream::connect_timeout(&addr, left) {
-            Ok(s) => return exchange(s, authority, path, deadline, timeout),
-            Err(e) => last = format!("connect {addr}: {e}"),
+        match ask(addr, authority, path, deadline, timeout) {
+            Ok(answer) => return Ok(answer),
+            // Nothing got through to this address: the next one, if any.
+            Err(Failed { connecting: true, why }) => last = why,
+            Err(Failed { why, .. }) => return Err(why),
         }
     }
     Err(last)
+}
+
+/// How often a new attempt starts while the earlier ones wait.
+const ATTEMPT_EVERY: Duration = Duration::from_millis(200);
+/// The most attempts at one address (3 s of them at the default timeout).
+const MAX_ATTEMPTS: usize = 16;
+
+/// Why an attempt got no answer.
+struct Failed {
+    /// It did not connect.
+    connecting: bool,
+    why: String,
+}
+
+/// Asks `addr` by `deadline`. When a listen queue is full (an admin port
+/// under a connection flood) the kernel drops a SYN, or the handshake's
+/// last ACK, and only tries again 1 s later, then 2 s: two drops in a row
+/// use up a 3 s check. So while no answer has come, a new attempt starts
+/// every 200 ms beside those still waiting, each with its own chance at a
+/// free place; the first answer (whatever its status) is the check's, and
+/// the other attempts are closed as they end. A refused connect ends it at
+/// once: nothing listens there.
+fn ask(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(u16, String), Failed> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mut started, mut ended) = (0, 0);
+    let mut last = Failed { connecting: true, why: format!("connect {addr}: timeout after {timeout:?}") };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(last);
+        }
+        if started < MAX_ATTEMPTS {
+            let (tx, host, path) = (tx.clone(), host.to_owned(), path.to_owned());
+            // A thread per attempt: it ends by the deadline at the latest,
+            // and the process exits after the check anyway.
+            std::thread::spawn(move || {
+                let answer = match TcpStream::connect_timeout(&addr, left) {
+                    Ok(s) => exchange(s, &host, &path, deadline, timeout)
+                        .map_err(|why| (false, Failed { connecting: false, why })),
+                    Err(e) => Err((
+                        e.kind() == std::io::ErrorKind::ConnectionRefused,
+                        Failed { connecting: true, why: format!("connect {addr}: {e}") },
+                    )),
+                };
+                let _ = tx.send(answer);
+            });
+            started += 1;
+        }
+        let wait = if started < MAX_ATTEMPTS { ATTEMPT_EVERY.min(left) } else { left };
+        match rx.recv_timeout(wait) {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err((true, refused))) => return Err(refused),
+            Ok(Err((false, failed))) => {
+                ended += 1;
+                last = failed;
+                if ended == MAX_ATTEMPTS {
+                    return Err(last);
+                }
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 fn exchange(
@@ -143,6 +212,17 @@ mod tests {
         assert_eq!(local_addr("0.0.0.0:9900".parse().unwrap()), "127.0.0.1:9900".parse().unwrap());
         assert_eq!(local_addr("[::]:9900".parse().unwrap()), "[::1]:9900".parse().unwrap());
         assert_eq!(local_addr("10.0.0.5:9900".parse().unwrap()), "10.0.0.5:9900".parse().unwrap());
+    }
+
+    #[test]
+    fn a_refusal_ends_the_attempts_at_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let started = Instant::now();
+        let err = get(&format!("http://{addr}/healthz"), Duration::from_secs(10)).unwrap_err();
+        assert!(err.contains("refused"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "not waited out: {err}");
     }
 
     #[test]
