@@ -211,6 +211,7 @@ const NOT_PRINTED: &[&str] = &[
     "defaults.stop_grace",
     // Written in each listener, where it applies.
     "defaults.client_keepalive",
+    "defaults.max_pending_hellos",
     "listener[].access_log",
     "listener[].access_log_format",
     "pool.*.servers[].name",

@@ -165,8 +165,8 @@ impl Records {
             if self.head[0] != CLIENT_HELLO {
                 return Some(Ok(Hello::NotTls));
             }
-            let need = 4 + usize::from(u16::from_be_bytes([self.head[2], self.head[3]]))
-                + (usize::from(self.head[1]) << 16);
+            let need =
+                4 + usize::from(u16::from_be_bytes([self.head[2], self.head[3]])) + (usize::from(self.head[1]) << 16);
             // Even in one record it would not fit.
             if 5 + need > limit {
                 return Some(Err(Failed::TooLarge));
@@ -404,7 +404,11 @@ mod tests {
         assert_eq!(arriving(&split, 1), Some(Ok(Hello::Name("dtr.test".into()))));
         // No extensions at all, or no host name: no name; not a host name
         // (an IP address written as a name is fine): no name.
-        for (name, want) in [(None, Hello::NoName), (Some(&b"a b"[..]), Hello::NoName), (Some(b"10.0.0.1"), Hello::Name("10.0.0.1".into()))] {
+        for (name, want) in [
+            (None, Hello::NoName),
+            (Some(&b"a b"[..]), Hello::NoName),
+            (Some(b"10.0.0.1"), Hello::Name("10.0.0.1".into())),
+        ] {
             assert_eq!(arriving(&records(&tls12_hello(name, &[], &[]), 100), 3), Some(Ok(want)));
         }
     }
@@ -439,7 +443,10 @@ mod tests {
         assert_eq!(arriving(&w, 1), Some(Ok(Hello::NotTls)));
         // A record that cannot fit: at its header. A hello whose length
         // says it cannot fit: at the end of the record giving that length.
-        assert_eq!(Records::default().examine(&[HANDSHAKE, 3, 1, 0x40, 0x00], HELLO_LIMIT), Some(Err(Failed::TooLarge)));
+        assert_eq!(
+            Records::default().examine(&[HANDSHAKE, 3, 1, 0x40, 0x00], HELLO_LIMIT),
+            Some(Err(Failed::TooLarge))
+        );
         let big = [HANDSHAKE, 3, 1, 0, 4, CLIENT_HELLO, 0x00, 0x50, 0x00];
         assert_eq!(Records::default().examine(&big, HELLO_LIMIT), Some(Err(Failed::TooLarge)));
         assert_eq!(Records::default().examine(&big[..8], HELLO_LIMIT), None);
