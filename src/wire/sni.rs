@@ -192,16 +192,21 @@ fn decide(records: &[u8], need: usize) -> Hello {
         }
     }
     if fed && let Ok(Some(accepted)) = acceptor.accept() {
-        return match accepted.client_hello().server_name() {
-            Some(name) => Hello::Name(normalise(name)),
-            None => Hello::NoName,
-        };
+        return named(accepted.client_hello().server_name());
     }
     drop(acceptor);
     match server_name(message(records, need).get(4..).unwrap_or_default()) {
-        Ok(Some(name)) => Hello::Name(normalise(name)),
-        Ok(None) => Hello::NoName,
+        Ok(name) => named(name),
         Err(Malformed) => Hello::NotTls,
+    }
+}
+
+/// A hello naming `name`, compared as routes compare it; a name of dots
+/// only is none.
+fn named(name: Option<&str>) -> Hello {
+    match name.map(normalise) {
+        Some(n) if !n.is_empty() => Hello::Name(n),
+        _ => Hello::NoName,
     }
 }
 
@@ -407,6 +412,7 @@ mod tests {
         for (name, want) in [
             (None, Hello::NoName),
             (Some(&b"a b"[..]), Hello::NoName),
+            (Some(b".."), Hello::NoName),
             (Some(b"10.0.0.1"), Hello::Name("10.0.0.1".into())),
         ] {
             assert_eq!(arriving(&records(&tls12_hello(name, &[], &[]), 100), 3), Some(Ok(want)));
