@@ -689,6 +689,7 @@ mod tests {
             rejected_hello_too_large: 2,
             rejected_hello_closed: 3,
             rejected_no_route: 4,
+            rejected_pending_hellos: 6,
             routed,
             ..c
         };

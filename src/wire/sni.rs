@@ -143,8 +143,7 @@ impl Records {
     /// and more) say: None while a hello could still complete within
     /// `limit`.
     pub fn examine(&mut self, bytes: &[u8], limit: usize) -> Option<Result<Hello, Failed>> {
-        loop {
-            let Some(h) = bytes.get(self.next..) else { break };
+        while let Some(h) = bytes.get(self.next..) {
             if h.first().is_some_and(|&t| t != HANDSHAKE) || h.get(1).is_some_and(|&v| v != 3) {
                 return Some(Ok(Hello::NotTls));
             }
