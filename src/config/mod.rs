@@ -365,9 +365,9 @@ pub const PREREAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many clients a routed listener lets wait for their ClientHello by
 /// default. Each holds the bytes it sent (at most 16 KiB), so this bounds
-/// their memory at about 18 MiB per listener; at 1,024 it is more than a
-/// second's worth of clients at a thousand new TLS clients a second, each
-/// sending its hello within a round trip.
+/// their memory at about 24 MiB per listener. A real client waits about a
+/// round trip, so even a thousand new TLS clients a second keep a few
+/// dozen waiting: 1,024 leaves room for slow links and bursts.
 pub const MAX_PENDING_HELLOS: u32 = 1024;
 
 #[derive(Debug, Clone, PartialEq)]
