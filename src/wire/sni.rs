@@ -217,7 +217,7 @@ fn named(name: Option<&str>) -> Hello {
 /// together.
 fn message(records: &[u8], need: usize) -> Cow<'_, [u8]> {
     let mut at = 0;
-    let mut out = Vec::with_capacity(need);
+    let mut out = Vec::new();
     while let Some(h) = records.get(at..at + 5) {
         let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
         let body = records.get(at + 5..at + 5 + len).unwrap_or_default();
