@@ -210,6 +210,7 @@ const NOT_PRINTED: &[&str] = &[
     "defaults.access_log",
     "defaults.access_log_format",
     "defaults.client_keepalive",
+    "defaults.max_pending_hellos",
 ];
 
 /// The declared paths of the keys `check --print` wrote in `out`.

@@ -86,6 +86,7 @@ fn listener(o: &mut String, l: &ListenerConfig) {
         let routes: Vec<String> = l.routes.iter().map(|(n, p)| format!("{} = {}", q(&n.to_string()), q(p))).collect();
         line(o, "routes", format!("{{ {} }}", routes.join(", ")), "set");
         line(o, "preread_timeout", duration(Some(l.preread_timeout)), "set or default");
+        line(o, "max_pending_hellos", l.max_pending_hellos.to_string(), "set or default");
     }
     match l.max_connections {
         0 => line(o, "# max_connections", "(no limit)".into(), "default"),

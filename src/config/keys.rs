@@ -245,6 +245,12 @@ pub const KEYS: &[Key] = &[
         "6",
         "unanswered probes before the client counts as gone, 1 to 127",
     ),
+    key(
+        "defaults.max_pending_hellos",
+        T::Integer,
+        "1024",
+        "routed listeners: clients waiting for their ClientHello at most, per listener; more are closed at once and counted",
+    ),
     // [[listener]]
     key(
         "listener[].bind",
@@ -300,6 +306,12 @@ pub const KEYS: &[Key] = &[
         T::Duration,
         r#""5s""#,
         "with routes: how long a client has to send a complete ClientHello",
+    ),
+    key(
+        "listener[].max_pending_hellos",
+        T::Integer,
+        "(defaults.max_pending_hellos)",
+        "with routes: this listener's own max_pending_hellos",
     ),
     key(
         "listener[].client_keepalive",

@@ -363,6 +363,13 @@ impl Default for HealthConfig {
 /// 30 s, which lets a silent client hold a descriptor that long.
 pub const PREREAD_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How many clients a routed listener lets wait for their ClientHello by
+/// default. Each holds the bytes it sent (at most 16 KiB), so this bounds
+/// their memory at about 24 MiB per listener. A real client waits about a
+/// round trip, so even a thousand new TLS clients a second keep a few
+/// dozen waiting: 1,024 leaves room for slow links and bursts.
+pub const MAX_PENDING_HELLOS: u32 = 1024;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub bind: SocketAddr,
@@ -374,6 +381,9 @@ pub struct ListenerConfig {
     pub routes: Vec<(Pattern, Arc<str>)>,
     /// How long a routed listener waits for a complete ClientHello.
     pub preread_timeout: Duration,
+    /// How many of its clients a routed listener lets wait for their
+    /// ClientHello at once (at least 1).
+    pub max_pending_hellos: u32,
     /// 0: no limit.
     pub max_connections: u32,
     /// Where and how its finished connections are logged; `None`: not.

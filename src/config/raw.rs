@@ -38,6 +38,9 @@ pub struct RawConfig {
     pub stop_grace: Option<S<String>>,
     /// `[defaults]`'s `client_keepalive`, which every listener inherits.
     pub client_keepalive: Option<S<RawKeepalive>>,
+    /// `[defaults]`'s `max_pending_hellos`, which every routed listener
+    /// inherits.
+    pub max_pending_hellos: Option<S<i64>>,
     pub listener: Vec<S<RawListener>>,
     pub pool: BTreeMap<String, S<RawPool>>,
 }
@@ -63,6 +66,7 @@ pub struct RawListener {
     /// `routes = { "server.name" = "pool", ... }`, in the file's order.
     pub routes: Option<RawRoutes>,
     pub preread_timeout: Option<S<String>>,
+    pub max_pending_hellos: Option<S<i64>>,
     pub client_keepalive: Option<S<RawKeepalive>>,
 }
 
@@ -165,6 +169,7 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
         raw.access_log_format = r.string(d, "defaults", "access_log_format");
         raw.stop_grace = r.string(d, "defaults", "stop_grace");
         raw.client_keepalive = r.keepalive(d, "defaults", "client_keepalive");
+        raw.max_pending_hellos = r.int(d, "defaults", "max_pending_hellos");
     }
     if let Some(v) = field(t, "listener") {
         match v.get_ref() {
@@ -184,6 +189,7 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
                         max_connection_rate_per_client: r.int(l, &key, "max_connection_rate_per_client"),
                         routes: r.routes(l, &key),
                         preread_timeout: r.string(l, &key, "preread_timeout"),
+                        max_pending_hellos: r.int(l, &key, "max_pending_hellos"),
                         client_keepalive: r.keepalive(l, &key, "client_keepalive"),
                     };
                     raw.listener.push(Spanned::new(item.span(), listener));

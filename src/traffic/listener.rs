@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,12 @@ pub struct ListenerState {
     pub rejected_hello_closed: AtomicU64,
     pub rejected_no_route: AtomicU64,
     pub not_tls: AtomicU64,
+    /// Routed listeners: clients waiting for their ClientHello now, those
+    /// closed at once because `max_pending_hellos` were waiting already,
+    /// and whether it is refusing now (so it says so once per episode).
+    pub pending_hellos: AtomicU64,
+    pub rejected_pending_hellos: AtomicU64,
+    crowded: AtomicBool,
     /// Per route (its pattern; `""`: the pool for the rest): clients sent
     /// on, and of those the ones its pool could not take (no server
     /// eligible, or every connect failed).
@@ -116,6 +122,8 @@ pub struct Carried {
     pub rejected_no_route: u64,
     #[serde(default)]
     pub not_tls: u64,
+    #[serde(default)]
+    pub rejected_pending_hellos: u64,
     #[serde(default)]
     pub routed: BTreeMap<String, RouteCount>,
 }
@@ -302,8 +310,41 @@ fn dispatch(
             shutdown.tracker.spawn(proxy::serve(client, peer, snap, pool, guard, entry));
         }
         _ => {
-            shutdown.tracker.spawn(route(client, peer, snap, state.clone(), guard, entry));
+            let Some(waiting) = Waiting::admit(state, cfg.max_pending_hellos) else {
+                return refuse(state, peer, entry, access_log::End::Hello(sni::Failed::Crowded));
+            };
+            shutdown.tracker.spawn(route(client, peer, snap, state.clone(), (guard, waiting), entry));
         }
+    }
+}
+
+/// Counts a client of a routed listener as waiting for its ClientHello
+/// until it is read (or the client is closed), within the listener's
+/// `max_pending_hellos`: each holds the bytes it sent so far (at most
+/// [`sni::HELLO_LIMIT`]), so the cap bounds their memory.
+struct Waiting(Arc<ListenerState>);
+
+impl Waiting {
+    /// None when `cap` clients wait already: the listener says so once
+    /// per episode, and again once it admits one.
+    fn admit(state: &Arc<ListenerState>, cap: u32) -> Option<Waiting> {
+        let waiting = Waiting(state.clone());
+        if state.pending_hellos.fetch_add(1, Relaxed) >= u64::from(cap) {
+            if !state.crowded.swap(true, Relaxed) {
+                warn!(listener = %state.local, max_pending_hellos = cap, "max_pending_hellos clients are waiting for their ClientHello: closing new clients until fewer wait");
+            }
+            return None;
+        }
+        if state.crowded.load(Relaxed) && state.crowded.swap(false, Relaxed) {
+            info!(listener = %state.local, "fewer than max_pending_hellos clients waiting for their ClientHello: accepting again");
+        }
+        Some(waiting)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.pending_hellos.fetch_sub(1, Relaxed);
     }
 }
 
@@ -315,11 +356,13 @@ async fn route(
     peer: SocketAddr,
     snap: Arc<Snapshot>,
     state: Arc<ListenerState>,
-    guard: ListenerConn,
+    (guard, waiting): (ListenerConn, Waiting),
     mut entry: Option<Box<access_log::Entry>>,
 ) {
     let Some(cfg) = snap.listener(state.bind, state.nth) else { return };
-    let (prefix, hello) = match sni::preread(&client, sni::HELLO_LIMIT, cfg.preread_timeout).await {
+    let read = sni::preread(&client, sni::HELLO_LIMIT, cfg.preread_timeout).await;
+    drop(waiting);
+    let (prefix, hello) = match read {
         Ok(got) => got,
         Err(f) => return refuse(&state, peer, entry, access_log::End::Hello(f)),
     };
@@ -358,6 +401,7 @@ fn refuse(state: &ListenerState, peer: SocketAddr, entry: Option<Box<access_log:
         End::Hello(sni::Failed::Timeout) => &state.rejected_hello_timeout,
         End::Hello(sni::Failed::TooLarge) => &state.rejected_hello_too_large,
         End::Hello(sni::Failed::Closed) => &state.rejected_hello_closed,
+        End::Hello(sni::Failed::Crowded) => &state.rejected_pending_hellos,
         End::NoRoute => &state.rejected_no_route,
         _ => &state.rejected_max_connections,
     };
@@ -439,6 +483,7 @@ impl Listeners {
                 rejected_hello_closed: 0,
                 rejected_no_route: 0,
                 not_tls: 0,
+                rejected_pending_hellos: 0,
                 routed: BTreeMap::new(),
             });
             let state = Arc::new(ListenerState {
@@ -459,6 +504,9 @@ impl Listeners {
                 rejected_hello_closed: c.rejected_hello_closed.into(),
                 rejected_no_route: c.rejected_no_route.into(),
                 not_tls: c.not_tls.into(),
+                pending_hellos: Default::default(),
+                rejected_pending_hellos: c.rejected_pending_hellos.into(),
+                crowded: Default::default(),
                 routed: Mutex::new(c.routed),
             });
             out.push(Bound(sock, state));
@@ -502,6 +550,7 @@ impl Listeners {
                         rejected_hello_closed: st.rejected_hello_closed.load(Relaxed),
                         rejected_no_route: st.rejected_no_route.load(Relaxed),
                         not_tls: st.not_tls.load(Relaxed),
+                        rejected_pending_hellos: st.rejected_pending_hellos.load(Relaxed),
                         routed: st.routed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                     },
                     fd,
@@ -640,6 +689,7 @@ mod tests {
             rejected_hello_too_large: 2,
             rejected_hello_closed: 3,
             rejected_no_route: 4,
+            rejected_pending_hellos: 6,
             routed,
             ..c
         };

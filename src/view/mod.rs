@@ -138,6 +138,11 @@ pub struct ListenerStatus {
     pub rejected_hello_closed: u64,
     pub rejected_no_route: u64,
     pub not_tls: u64,
+    /// Routed listeners: clients waiting for their ClientHello now, at
+    /// most `max_pending_hellos`; those closed at once beyond it.
+    pub pending_hellos: u64,
+    pub max_pending_hellos: u32,
+    pub rejected_pending_hellos: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,8 +184,9 @@ fn routes(
 
 impl ListenerStatus {
     /// Clients closed at once, by reason, as `/metrics` labels them.
-    pub fn refusals(&self) -> [(&'static str, u64); 10] {
+    pub fn refusals(&self) -> [(&'static str, u64); 11] {
         [
+            ("max_pending_hellos", self.rejected_pending_hellos),
             ("hello_timeout", self.rejected_hello_timeout),
             ("hello_too_large", self.rejected_hello_too_large),
             ("hello_closed", self.rejected_hello_closed),
@@ -354,6 +360,9 @@ pub fn view(
                     rejected_hello_closed: l.rejected_hello_closed.load(Relaxed),
                     rejected_no_route: l.rejected_no_route.load(Relaxed),
                     not_tls: l.not_tls.load(Relaxed),
+                    pending_hellos: l.pending_hellos.load(Relaxed),
+                    max_pending_hellos: cfg.filter(|c| !c.routes.is_empty()).map_or(0, |c| c.max_pending_hellos),
+                    rejected_pending_hellos: l.rejected_pending_hellos.load(Relaxed),
                 }
             })
             .collect(),

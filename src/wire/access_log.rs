@@ -92,6 +92,9 @@ impl End {
             End::Hello(crate::wire::sni::Failed::Closed) => {
                 "the client left before its ClientHello was complete".into()
             }
+            End::Hello(crate::wire::sni::Failed::Crowded) => {
+                "the listener had max_pending_hellos clients waiting for their ClientHello".into()
+            }
             End::NoRoute => "no route for its server name, and no pool for the rest".into(),
             End::Shutdown => "still open at the end of the shutdown grace".into(),
             End::ServerDown => "closed by ucp-lb: its server went down (on_server_down = \"close\")".into(),
@@ -104,6 +107,7 @@ impl End {
             End::ConnectFailed(_) | End::NoServer => 502,
             End::MaxConnections | End::PerClientLimit | End::ClientRateLimit => 503,
             End::Denied => 403,
+            End::Hello(crate::wire::sni::Failed::Crowded) => 503,
             End::Hello(_) => 400,
             End::NoRoute | End::ServerDown => 502,
             _ => 200,

@@ -20,13 +20,17 @@ impl Validator<'_> {
             Some(v) => self.keepalive(v, "defaults.client_keepalive"),
             None => Some(Keepalive::DEFAULT),
         };
+        let default_pending = raw.max_pending_hellos.as_ref();
+        let default_pending = default_pending
+            .and_then(|v| self.int(v, "defaults.max_pending_hellos", 1, u32::MAX as i64, ""))
+            .unwrap_or(MAX_PENDING_HELLOS);
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         let mut binds: Binds = Vec::new();
         if raw.listener.is_empty() {
             self.err(None, "listener", "at least one [[listener]] is needed");
         }
         for (i, l) in raw.listener.iter().enumerate() {
-            if let Some(c) = self.listener(i, l, raw, default_client_keepalive, &mut binds) {
+            if let Some(c) = self.listener(i, l, raw, (default_client_keepalive, default_pending), &mut binds) {
                 listeners.push(c);
             }
         }
@@ -38,7 +42,7 @@ impl Validator<'_> {
         i: usize,
         l: &S<raw::RawListener>,
         raw: &RawConfig,
-        default_client_keepalive: Option<Keepalive>,
+        (default_client_keepalive, default_pending): (Option<Keepalive>, u32),
         binds: &mut Binds,
     ) -> Option<ListenerConfig> {
         let key = format!("listener[{i}]");
@@ -67,6 +71,19 @@ impl Validator<'_> {
                 "has no effect without routes (nothing is read before connecting)",
             );
         }
+        let max_pending_hellos = match &lr.max_pending_hellos {
+            Some(v) => {
+                if lr.routes.is_none() {
+                    self.warn(
+                        Some(v.span()),
+                        format!("{key}.max_pending_hellos"),
+                        "has no effect without routes (nothing is read before connecting)",
+                    );
+                }
+                self.int(v, &format!("{key}.max_pending_hellos"), 1, u32::MAX as i64, "").unwrap_or(default_pending)
+            }
+            None => default_pending,
+        };
         let max_connections = self.limit(lr.max_connections.as_ref(), &key, "max_connections");
         let access_log = self.access_log(
             lr.access_log.as_ref().or(raw.access_log.as_ref()),
@@ -87,6 +104,7 @@ impl Validator<'_> {
             pool: pool?,
             routes,
             preread_timeout,
+            max_pending_hellos,
             max_connections,
             access_log,
             access,
