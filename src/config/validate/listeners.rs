@@ -30,6 +30,7 @@ impl Validator<'_> {
                 listeners.push(c);
             }
         }
+        self.mixed_formats(&listeners);
         (listeners, binds)
     }
 
@@ -71,7 +72,12 @@ impl Validator<'_> {
         let access_log = self.access_log(
             lr.access_log.as_ref().or(raw.access_log.as_ref()),
             lr.access_log_format.as_ref().or(raw.access_log_format.as_ref()),
-            &key,
+            if lr.access_log.is_some() { format!("{key}.access_log") } else { "defaults.access_log".into() },
+            if lr.access_log_format.is_some() {
+                format!("{key}.access_log_format")
+            } else {
+                "defaults.access_log_format".into()
+            },
         );
         let access = self.access(lr.access.as_ref(), &key);
         let per_client = Limits {
@@ -93,6 +99,31 @@ impl Validator<'_> {
             per_client,
             client_keepalive,
         })
+    }
+
+    /// Two listeners writing one file in two formats: its lines mix, and
+    /// no one parser reads it. Said once per file.
+    fn mixed_formats(&mut self, listeners: &[ListenerConfig]) {
+        let logs: Vec<&AccessLog> = listeners.iter().filter_map(|l| l.access_log.as_deref()).collect();
+        for (i, a) in logs.iter().enumerate() {
+            let LogTo::File(path) = &a.to else { continue };
+            if logs[..i].iter().any(|o| o.to == a.to) {
+                continue;
+            }
+            if let Some(b) = logs[i + 1..].iter().find(|b| b.to == a.to && b.format != a.format) {
+                self.warnings.push(ConfigError {
+                    source: self.source.to_owned(),
+                    pos: Some(b.pos),
+                    key: b.key.clone(),
+                    message: format!(
+                        "{} is also written by {} (line {}) in another access_log_format: the lines of both mix in one file",
+                        path.display(),
+                        a.key,
+                        a.pos.line
+                    ),
+                });
+            }
+        }
     }
 
     /// A listener's `bind`: an address and port no other listener has.
@@ -142,7 +173,13 @@ impl Validator<'_> {
 
     /// A listener's access log from its keys (or `[defaults]`'s): where,
     /// and in which format; `None` when off or not set.
-    fn access_log(&mut self, to: Option<&S<String>>, format: Option<&S<String>>, key: &str) -> Option<Arc<AccessLog>> {
+    fn access_log(
+        &mut self,
+        to: Option<&S<String>>,
+        format: Option<&S<String>>,
+        to_key: String,
+        format_key: String,
+    ) -> Option<Arc<AccessLog>> {
         let format = match format {
             None => LogFormat::Text,
             Some(f) => match f.get_ref().as_str() {
@@ -151,11 +188,13 @@ impl Validator<'_> {
                 t => {
                     let unknown: Vec<&str> =
                         template_variables(t).into_iter().filter(|v| !LOG_VARIABLES.contains(v)).collect();
-                    if !t.contains('$') || !unknown.is_empty() {
+                    // `[defaults]`' format is said once, under its own key.
+                    let said = self.errors.iter().any(|e| e.key == format_key);
+                    if (!t.contains('$') || !unknown.is_empty()) && !said {
                         let known = LOG_VARIABLES.iter().map(|v| format!("${v}")).collect::<Vec<_>>().join(" ");
                         self.err(
                             Some(f.span()),
-                            format!("{key}.access_log_format"),
+                            format_key.clone(),
                             format!(
                                 "expected \"json\", \"text\" or a template of variables; unknown: {}; known: {known}",
                                 if unknown.is_empty() { "(no variable)".to_owned() } else { unknown.join(", ") }
@@ -166,13 +205,15 @@ impl Validator<'_> {
                 }
             },
         };
-        let to = match to?.get_ref().as_str() {
+        let to = to?;
+        let pos = self.lines.pos(to.span().start);
+        let to = match to.get_ref().as_str() {
             "off" | "" => return None,
             "stdout" => LogTo::Stdout,
             "stderr" => LogTo::Stderr,
             path => LogTo::File(PathBuf::from(path)),
         };
-        Some(Arc::new(AccessLog { to, format }))
+        Some(Arc::new(AccessLog { to, format, key: to_key, pos }))
     }
 
     /// A pool named where a listener sends clients: it must exist.
