@@ -214,6 +214,7 @@ pub fn open_append(path: &Path) -> Result<std::fs::File, Unwritable> {
     // (opening some devices does something).
     if let Ok(meta) = std::fs::metadata(path) {
         not_regular(path, &meta)?;
+        pseudo_path(path)?;
     }
     let file = OpenOptions::new()
         .append(true)
@@ -236,6 +237,7 @@ pub fn check_append(path: &Path) -> Result<(), Unwritable> {
     match std::fs::metadata(path) {
         Ok(meta) => {
             not_regular(path, &meta)?;
+            pseudo_path(path)?;
             let file = OpenOptions::new()
                 .append(true)
                 .custom_flags(append_flags())
@@ -280,8 +282,23 @@ fn not_regular(path: &Path, meta: &Metadata) -> Result<(), Unwritable> {
     })
 }
 
+/// A file of /proc, /sys and the like (by its path, before it is opened).
+fn pseudo_path(path: &Path) -> Result<(), Unwritable> {
+    match rustix::fs::statfs(path) {
+        Ok(fs) => pseudo_kind(path, &fs),
+        Err(_) => Ok(()),
+    }
+}
+
+/// The same, on the open file.
 fn pseudo(path: &Path, file: &std::fs::File) -> Result<(), Unwritable> {
-    let Ok(fs) = rustix::fs::fstatfs(file) else { return Ok(()) };
+    match rustix::fs::fstatfs(file) {
+        Ok(fs) => pseudo_kind(path, &fs),
+        Err(_) => Ok(()),
+    }
+}
+
+fn pseudo_kind(path: &Path, fs: &rustix::fs::StatFs) -> Result<(), Unwritable> {
     // `f_type`'s width differs between architectures.
     #[allow(clippy::unnecessary_cast)]
     let kind = fs.f_type as i64;
