@@ -380,6 +380,29 @@ mod tests {
     }
 
     #[test]
+    fn a_log_is_made_0640_and_only_a_regular_file_is_opened_to_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        assert_eq!(check_append(&log), Ok(()), "a missing file in a writable directory");
+        assert!(!log.exists(), "check makes nothing");
+        drop(open_append(&log).unwrap());
+        let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode & !0o640, 0, "at most 0640 (less the umask): {mode:o}");
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o644)).unwrap();
+        for (path, reason) in [
+            (fifo.as_path(), Reason::NotRegularFile),
+            (Path::new("/dev/null"), Reason::NotRegularFile),
+            (dir.path(), Reason::NotRegularFile),
+            (Path::new("/proc/version"), Reason::NotRegularFile),
+            (&dir.path().join("no/such.log"), Reason::MissingDirectory),
+        ] {
+            assert_eq!(open_append(path).map(drop).map_err(|e| e.reason), Err(reason), "{}", path.display());
+            assert_eq!(check_append(path).map_err(|e| e.reason), Err(reason), "{}", path.display());
+        }
+    }
+
+    #[test]
     fn size_is_capped() {
         let dir = tempfile::tempdir().unwrap();
         let big = file(dir.path(), "big", &"#".repeat((2 << 20) as usize), 0o644);

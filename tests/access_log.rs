@@ -413,7 +413,7 @@ async fn a_reload_that_changes_the_path_writes_to_the_new_one() {
 /// lines past its queue are dropped and counted as `queue_full`, and B's
 /// lines reach B's file all the while. (A's lines wait in its queue,
 /// 4,096, and in the batch its writer holds, up to 1,024: 6,000 more
-/// clients overflow them.)
+/// clients overflow them.) SIGUSR1 then gives A's log a new thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_log_stops_neither_traffic_nor_another_listeners_log() {
     let echo = Echo::start().await;
@@ -456,20 +456,18 @@ async fn a_stalled_log_stops_neither_traffic_nor_another_listeners_log() {
     let addrs: Vec<SocketAddr> =
         st["listeners"].as_array().unwrap().iter().map(|l| l["local"].as_str().unwrap().parse().unwrap()).collect();
     let (a, b) = (addrs[0], addrs[1]);
-    // Enough lines to fill the pipe (64 KiB at about 150 bytes a line).
+    // Enough lines to fill the pipe (600 at about 170 bytes a line > 64 KiB).
     let started = Instant::now();
+    let mut tasks = Vec::new();
     for _ in 0..4 {
-        let mut tasks = Vec::new();
-        for _ in 0..4 {
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..150 {
-                    within("a round trip on A", round_trip(a)).await.unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..150 {
+                within("a round trip on A", round_trip(a)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
     }
     let stalled = eventually_some_async("stdout stalled in /status", || async {
         Some(destination(&status(admin).await, "stdout")).filter(|d| d["state"] == "stalled")
@@ -496,10 +494,16 @@ async fn a_stalled_log_stops_neither_traffic_nor_another_listeners_log() {
     eventually_async("A's lines past its queue dropped", || async { metric(admin, full).await.unwrap_or(0.0) >= 1.0 })
         .await;
     eprintln!(
-        "stalled stdout: {} of A's lines dropped (queue_full); B wrote {} lines meanwhile",
+        "stalled stdout: of A's 6,600 lines, {} dropped (queue_full); B wrote {} lines meanwhile; stdout: {}",
         metric(admin, full).await.unwrap_or(0.0),
-        lines(&b_log).len()
+        lines(&b_log).len(),
+        destination(&status(admin).await, "stdout")
     );
     lb.wait_for_line("its writer is behind or blocked").await;
     assert_eq!(metric(admin, "ucp_lb_access_log_writable{log=\"stdout\"} ").await, Some(0.0));
+    // SIGUSR1 gives the blocked destination a new thread (the blocked one
+    // ends when its write returns).
+    lb.signal("USR1");
+    lb.wait_for_line("a new thread takes over").await;
+    within("a round trip after SIGUSR1", round_trip(a)).await.unwrap();
 }
