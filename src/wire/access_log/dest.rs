@@ -35,8 +35,8 @@ pub(super) const STALL: Duration = Duration::from_secs(1);
 /// What a destination's thread is asked to do.
 pub(super) enum Msg {
     Line(Arc<AccessLog>, Record),
-    /// Close and open the file again (SIGUSR1, a reload), now.
-    Reopen,
+    /// Look at [`State::reopen`] now.
+    Wake,
     /// Answer (by dropping the sender) once every line queued before is
     /// written.
     Flush(#[allow(dead_code)] Sender<()>),
@@ -74,6 +74,9 @@ pub struct State {
     /// The current thread's number: a replaced thread (blocked, given up)
     /// that comes back only counts, and leaves the state to the new one.
     pub thread: AtomicU64,
+    /// Close and open the file again (SIGUSR1, a reload) at the next
+    /// batch.
+    pub reopen: AtomicBool,
     /// Lines are being dropped for a full queue (one log line per episode).
     pub dropping: AtomicBool,
     /// `queue_full` when this dropping episode began.
@@ -98,6 +101,7 @@ impl State {
             failure: Mutex::new(None),
             busy_since: AtomicU64::new(0),
             thread: AtomicU64::new(0),
+            reopen: AtomicBool::new(false),
             dropping: AtomicBool::new(false),
             dropping_from: AtomicU64::new(0),
             base,
@@ -185,12 +189,15 @@ impl Worker {
                         self.buf.extend_from_slice(self.line.as_bytes());
                         self.ends.push(self.buf.len());
                     }
-                    Msg::Reopen => reopen = true,
+                    Msg::Wake => {}
                     Msg::Flush(done) => flushes.push(done),
                 }
                 if self.ends.len() >= 1024 {
                     break;
                 }
+            }
+            if self.state.reopen.swap(false, Relaxed) {
+                reopen = true;
             }
             if reopen {
                 self.file = None;

@@ -38,11 +38,9 @@ const SPARE_THREADS: usize = 4;
 
 enum Msg {
     Line(Arc<AccessLog>, Record),
-    /// The running config's destinations (start, reload): the others are
-    /// closed, these (re)opened.
-    Configure(Vec<LogTo>),
-    /// Reopen every file (SIGUSR1).
-    Reopen,
+    /// Look at `Shared::configure` and `Shared::reopen` (set before: a
+    /// wake lost to a full queue is made up by the next line).
+    Wake,
     /// Answer (by dropping the sender) once every line queued before is
     /// written.
     Flush(std::sync::mpsc::Sender<()>),
@@ -76,6 +74,11 @@ struct Shared {
     unattributed: std::sync::atomic::AtomicU64,
     /// Threads given up on, still blocked.
     spare: Arc<AtomicUsize>,
+    /// The running config's destinations, when they changed (start,
+    /// reload): the others are closed, these (re)opened.
+    configure: Mutex<Option<Vec<LogTo>>>,
+    /// Reopen every file (SIGUSR1).
+    reopen: std::sync::atomic::AtomicBool,
     /// What the destinations' "busy since" counts from.
     base: Instant,
 }
@@ -86,6 +89,8 @@ impl Default for Shared {
             dests: Mutex::default(),
             unattributed: Default::default(),
             spare: Arc::default(),
+            configure: Mutex::default(),
+            reopen: Default::default(),
             base: Instant::now(),
         }
     }
@@ -147,12 +152,14 @@ impl Writer {
         if to.is_empty() && self.0.tx.get().is_none() {
             return;
         }
-        self.send(Msg::Configure(to));
+        *self.0.shared.configure.lock().unwrap_or_else(|p| p.into_inner()) = Some(to);
+        self.wake();
     }
 
-    fn send(&self, msg: Msg) {
-        // Only a dispatcher thread that could not start fails this.
-        let _ = self.queue().try_send(msg);
+    fn wake(&self) {
+        // A full queue: the dispatcher looks at what is pending at its
+        // next message anyway.
+        let _ = self.queue().try_send(Msg::Wake);
     }
 
     /// Lines dropped or lost (queue full, or the file could not be
@@ -197,7 +204,8 @@ impl Writer {
     /// be written is tried again.
     pub fn reopen(&self) {
         if self.0.tx.get().is_some() {
-            self.send(Msg::Reopen);
+            self.0.shared.reopen.store(true, Relaxed);
+            self.wake();
         }
     }
 
@@ -235,6 +243,24 @@ fn dispatch(rx: Receiver<Msg>, shared: &Arc<Shared>) {
     // None until the first Configure: every destination counts as named.
     let mut named: Option<Vec<LogTo>> = None;
     while let Ok(msg) = rx.recv() {
+        let configure = shared.configure.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(to) = configure {
+            // Files no longer named are closed: their threads end once
+            // their queues are written.
+            dests.retain(|k, h| {
+                let keep = to.contains(k);
+                h.state.configured.store(keep, Relaxed);
+                keep
+            });
+            for t in &to {
+                handle(&mut dests, t, Some(&to), shared).state.configured.store(true, Relaxed);
+            }
+            named = Some(to);
+            shared.reopen.store(true, Relaxed);
+        }
+        if shared.reopen.swap(false, Relaxed) {
+            reopen_all(&mut dests, shared);
+        }
         match msg {
             Msg::Line(log, record) => {
                 let to = log.to.clone();
@@ -248,21 +274,7 @@ fn dispatch(rx: Receiver<Msg>, shared: &Arc<Shared>) {
                     }
                 }
             }
-            Msg::Configure(to) => {
-                // Files no longer named are closed: their threads end once
-                // their queues are written.
-                dests.retain(|k, h| {
-                    let keep = to.contains(k);
-                    h.state.configured.store(keep, Relaxed);
-                    keep
-                });
-                for t in &to {
-                    handle(&mut dests, t, Some(&to), shared).state.configured.store(true, Relaxed);
-                }
-                named = Some(to);
-                reopen_all(&mut dests, shared);
-            }
-            Msg::Reopen => reopen_all(&mut dests, shared),
+            Msg::Wake => {}
             Msg::Flush(done) => {
                 for h in dests.values() {
                     let _ = h.tx.try_send(dest::Msg::Flush(done.clone()));
@@ -331,9 +343,9 @@ fn reopen_all(dests: &mut HashMap<LogTo, Handle>, shared: &Arc<Shared>) {
             h.given_up.store(true, Relaxed);
             *h = spawn(h.state.clone(), shared);
         }
-        if h.tx.try_send(dest::Msg::Reopen).is_err() {
-            // A full queue: its thread reopens when it next opens (the
-            // lines waiting go to the file it has).
-        }
+        // Flagged first: with its queue full, the thread finds the flag
+        // at its next batch.
+        h.state.reopen.store(true, Relaxed);
+        let _ = h.tx.try_send(dest::Msg::Wake);
     }
 }
