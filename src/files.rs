@@ -311,7 +311,14 @@ fn pseudo_kind(path: &Path, fs: &rustix::fs::StatFs) -> Result<(), Unwritable> {
     }
 }
 
-/// The reason and words for an error opening `path` to write.
+/// `path` (or, when it does not exist, its directory) is on a read-only
+/// mount.
+fn read_only(path: &Path, dir: &Path) -> bool {
+    let on = |p: &Path| rustix::fs::statvfs(p).ok().map(|v| v.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY));
+    on(path).or_else(|| on(dir)).unwrap_or(false)
+}
+
+/// The reason and words for an error opening or writing `path`.
 pub fn open_error(path: &Path, e: &std::io::Error) -> Unwritable {
     let shown = path.display();
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -332,6 +339,16 @@ pub fn open_error(path: &Path, e: &std::io::Error) -> Unwritable {
         }
         Some(rustix::io::Errno::NXIO) => {
             (Reason::NotRegularFile, format!("{shown} is a FIFO or a device, not a regular file: refused"))
+        }
+        // A read-only mount is what matters most, whoever may write: the
+        // kernel says "permission denied" first when both hold.
+        Some(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM | rustix::io::Errno::ROFS) if read_only(path, dir) => {
+            (
+                Reason::ReadOnly,
+                format!(
+                    "{shown}: read-only file system (in a container, mount a writable volume there or log to \"stdout\")"
+                ),
+            )
         }
         Some(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => (
             Reason::PermissionDenied,

@@ -326,6 +326,8 @@ async fn a_fifo_in_place_of_the_log_is_refused_and_a_file_after_it_gets_the_line
     .await;
     assert_eq!(failing["reason"], "not_regular_file", "{failing}");
     assert!(failing["last_error"].as_str().unwrap_or("").contains("is a FIFO (named pipe)"), "{failing}");
+    let page = http_raw(admin, "GET", "/", None).await;
+    assert!(page.contains("<h2 id=access-log>") && page.contains("is a FIFO (named pipe)"), "the page shows it");
     for _ in 0..20 {
         within("a round trip while the log is refused", round_trip(addr)).await.unwrap();
     }

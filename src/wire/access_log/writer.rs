@@ -263,14 +263,13 @@ fn dispatch(rx: Receiver<Msg>, shared: &Arc<Shared>) {
         }
         match msg {
             Msg::Line(log, record) => {
-                let to = log.to.clone();
-                let h = handle(&mut dests, &to, named.as_ref(), shared);
+                let h = handle(&mut dests, &log.to, named.as_ref(), shared);
                 if let Err(e) = h.tx.try_send(dest::Msg::Line(log, record)) {
                     h.state.drop_queue_full();
-                    if matches!(e, TrySendError::Disconnected(_)) {
+                    if let TrySendError::Disconnected(dest::Msg::Line(log, _)) = e {
                         // Its thread is gone (it could not start): the next
                         // line makes a new one.
-                        dests.remove(&to);
+                        dests.remove(&log.to);
                     }
                 }
             }
@@ -291,21 +290,25 @@ fn handle<'a>(
     named: Option<&Vec<LogTo>>,
     shared: &Arc<Shared>,
 ) -> &'a mut Handle {
-    dests.entry(to.clone()).or_insert_with(|| {
-        let state = {
-            let mut all = shared.dests.lock().unwrap_or_else(|p| p.into_inner());
-            match all.iter().find(|d| d.to == *to) {
-                Some(d) => d.clone(),
-                None => {
-                    let d = Arc::new(State::new(to.clone(), shared.base));
-                    all.push(d.clone());
-                    d
-                }
+    dests.entry(to.clone()).or_insert_with(|| new_handle(to, named, shared))
+}
+
+/// A destination's handle and thread, with its state (kept from an
+/// earlier thread of the same destination, if there was one).
+fn new_handle(to: &LogTo, named: Option<&Vec<LogTo>>, shared: &Arc<Shared>) -> Handle {
+    let state = {
+        let mut all = shared.dests.lock().unwrap_or_else(|p| p.into_inner());
+        match all.iter().find(|d| d.to == *to) {
+            Some(d) => d.clone(),
+            None => {
+                let d = Arc::new(State::new(to.clone(), shared.base));
+                all.push(d.clone());
+                d
             }
-        };
-        state.configured.store(named.is_none_or(|n| n.contains(to)), Relaxed);
-        spawn(state, shared)
-    })
+        }
+    };
+    state.configured.store(named.is_none_or(|n| n.contains(to)), Relaxed);
+    spawn(state, shared)
 }
 
 /// A new thread for the destination of `state`, with its queue.
