@@ -509,3 +509,23 @@ async fn a_stalled_log_stops_neither_traffic_nor_another_listeners_log() {
     lb.wait_for_line("a new thread takes over").await;
     within("a round trip after SIGUSR1", round_trip(a)).await.unwrap();
 }
+
+/// `[defaults]`' bad access_log_format is one error under its own key, not
+/// one per listener; two listeners writing one file in two formats get a
+/// warning.
+#[test]
+fn defaults_are_reported_once_and_mixed_formats_are_warned() {
+    let listener = "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n";
+    let pool = "[pool.p]\nservers = [\"127.0.0.1:9\"]\n";
+    let bad = format!("[defaults]\naccess_log = \"a.log\"\naccess_log_format = \"$nope\"\n{listener}{listener}{pool}");
+    let errors = ucp_lb::config::parse(&bad, "lb.toml").unwrap_err().to_string();
+    assert_eq!(errors.matches("access_log_format").count(), 1, "{errors}");
+    assert!(errors.starts_with("lb.toml:3:21: defaults.access_log_format: "), "{errors}");
+    let mixed = format!("[defaults]\naccess_log = \"a.log\"\n{listener}{listener}access_log_format = \"json\"\n{pool}");
+    let config = ucp_lb::config::parse(&mixed, "lb.toml").unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("listener[1] writes a.log in another access_log_format than listener[0]")),
+        "{warnings:?}"
+    );
+}

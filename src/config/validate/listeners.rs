@@ -104,22 +104,21 @@ impl Validator<'_> {
     /// Two listeners writing one file in two formats: its lines mix, and
     /// no one parser reads it. Said once per file.
     fn mixed_formats(&mut self, listeners: &[ListenerConfig]) {
-        let logs: Vec<&AccessLog> = listeners.iter().filter_map(|l| l.access_log.as_deref()).collect();
-        for (i, a) in logs.iter().enumerate() {
+        let logs: Vec<(usize, &AccessLog)> =
+            listeners.iter().enumerate().filter_map(|(i, l)| Some((i, l.access_log.as_deref()?))).collect();
+        for (n, (i, a)) in logs.iter().enumerate() {
             let LogTo::File(path) = &a.to else { continue };
-            if logs[..i].iter().any(|o| o.to == a.to) {
+            if logs[..n].iter().any(|(_, o)| o.to == a.to) {
                 continue;
             }
-            if let Some(b) = logs[i + 1..].iter().find(|b| b.to == a.to && b.format != a.format) {
+            if let Some((j, b)) = logs[n + 1..].iter().find(|(_, b)| b.to == a.to && b.format != a.format) {
                 self.warnings.push(ConfigError {
                     source: self.source.to_owned(),
                     pos: Some(b.pos),
                     key: b.key.clone(),
                     message: format!(
-                        "{} is also written by {} (line {}) in another access_log_format: the lines of both mix in one file",
+                        "listener[{j}] writes {} in another access_log_format than listener[{i}]: the lines of both mix in one file",
                         path.display(),
-                        a.key,
-                        a.pos.line
                     ),
                 });
             }
