@@ -21,7 +21,7 @@ bin=target/$target/dist/ucp-lb
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 root=$ctx/rootfs
-mkdir -p "$root/usr/local/bin" "$root/etc/ucp-lb" "$root/tmp" "$root/run"
+mkdir -p "$root/usr/local/bin" "$root/etc/ucp-lb" "$root/tmp" "$root/run" "$root/var/log"
 chmod 1777 "$root/tmp"
 cp "$bin" "$root/usr/local/bin/ucp-lb"
 chmod 0755 "$root/usr/local/bin/ucp-lb"
@@ -45,12 +45,15 @@ rootfs_tag=ucp-lb-rootfs:$version
 # Everything root's, but the control socket's directory (/run/ucp-lb, mode
 # 0700), which belongs to uid 65532: a named volume mounted there starts
 # as a copy of it, so the process can make its socket in it, and two
-# containers sharing the volume can hand over (ucp-lb --upgrade).
+# containers sharing the volume can hand over (ucp-lb --upgrade). The same
+# for the access log's directory (/var/log/ucp-lb, mode 0750): /etc/ucp-lb
+# is mounted read-only, and a volume here is where a log file can be written.
 tar --xattrs --xattrs-include='security.capability' --numeric-owner --owner=0 --group=0 -C "$root" \
   -cf "$ctx/rootfs.tar" .
-mkdir -p "$ctx/run/run/ucp-lb"
+mkdir -p "$ctx/run/run/ucp-lb" "$ctx/run/var/log/ucp-lb"
 chmod 0700 "$ctx/run/run/ucp-lb"
-tar --numeric-owner --owner=65532 --group=65532 -C "$ctx/run" -rf "$ctx/rootfs.tar" ./run/ucp-lb
+chmod 0750 "$ctx/run/var/log/ucp-lb"
+tar --numeric-owner --owner=65532 --group=65532 -C "$ctx/run" -rf "$ctx/rootfs.tar" ./run/ucp-lb ./var/log/ucp-lb
 docker import --message "ucp-lb $version root file system" "$ctx/rootfs.tar" "$rootfs_tag" >/dev/null
 
 # The classic builder: FROM a local image needs nothing BuildKit adds, and

@@ -38,6 +38,7 @@ pub const RELOAD_OK: &str = "ucp_lb_config_last_reload_successful";
 pub const BUILD_INFO: &str = "ucp_lb_build_info";
 pub const POOL_FAIL_OPEN: &str = "ucp_lb_pool_fail_open";
 pub const ACCESS_LOG_LINES: &str = "ucp_lb_access_log_lines_total";
+pub const ACCESS_LOG_WRITABLE: &str = "ucp_lb_access_log_writable";
 pub const START_TIME: &str = "ucp_lb_start_time_seconds";
 pub const MOVED_IN: &str = "ucp_lb_upgrade_connections_moved_in_total";
 pub const PREVIOUS_HOLDS: &str = "ucp_lb_upgrade_previous_process_connections";
@@ -90,7 +91,19 @@ const HELP: &[(&str, &str, Unit)] = &[
         Unit::Count,
     ),
     (POOL_FAIL_OPEN, "1 while no server of the pool is eligible and it fails open (or rejects)", Unit::Count),
-    (ACCESS_LOG_LINES, "Access log lines, by result (written; dropped when the writer could not keep up)", Unit::Count),
+    (
+        ACCESS_LOG_LINES,
+        "Access log lines, by log and result: written, or dropped with a reason: queue_full (its writer behind or blocked), \
+         or the file could not be opened or written (missing_directory, not_regular_file, permission_denied, read_only, \
+         no_space, io_error)",
+        Unit::Count,
+    ),
+    (
+        ACCESS_LOG_WRITABLE,
+        "1 when the access log named by the running config is being written, 0 when it cannot be opened or written or \
+         its writer has been blocked in one write for over a second",
+        Unit::Count,
+    ),
     (START_TIME, "When this process started, Unix seconds (an upgrade in place starts a new one)", Unit::Seconds),
     (
         MOVED_IN,

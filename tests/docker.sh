@@ -2,8 +2,9 @@
 # The container image, for real: builds it with docker/build.sh (nothing
 # pulled), runs it with --network host against loopback backends, and checks
 # traffic, HEALTHCHECK, SIGHUP reload of a changed mounted config, draining
-# on docker stop, the non-root user and a port below 1024; prints the image
-# size. Starts its own dockerd on a private socket and data root, and stops
+# on docker stop, the non-root user and a port below 1024, an access log
+# refused in the read-only config directory and written in compose's logs
+# volume; prints the image size. Starts its own dockerd on a private socket and data root, and stops
 # it by PID at the end. Run by .ci/run; by hand: `bash tests/docker.sh`.
 #
 # Skips (exit 0) when dockerd is missing, except under CI=true.
@@ -106,7 +107,7 @@ lb_port=$(free_port 700 1000)
 
 conf=$work/etc
 mkdir -p "$conf"
-write_config() { # $1: backend port
+write_config() { # $1: backend port, $2: more keys of the listener
   cat >"$conf/lb.toml.new" <<EOF
 [admin]
 listen = "127.0.0.1:$admin_port"
@@ -117,6 +118,7 @@ shutdown_timeout = "5s"
 [[listener]]
 bind = "127.0.0.1:$lb_port"
 pool = "p"
+${2:-}
 
 [pool.p]
 # A name: resolved inside the container from its /etc/hosts.
@@ -242,9 +244,24 @@ if command -v docker-compose >/dev/null; then
   compose=(docker-compose -f docker/compose.yml -p ucplbtest --profile lb)
   export UCP_LB_IMAGE=ucp-lb:test UCP_LB_CONFIG_DIR=$conf
   "${compose[@]}" config -q || fail "compose.yml does not validate"
+  # The config directory is read-only: an access log beside lb.toml is
+  # refused at start, naming the reason; one in the logs volume is written.
+  write_config "$port_two" 'access_log = "access.log"'
+  if docker run --rm -v "$conf:/etc/ucp-lb:ro" ucp-lb:test check --config /etc/ucp-lb/lb.toml >"$work/check.out" 2>&1; then
+    fail "check passed an access log in the read-only config directory"
+  fi
+  grep -q "listener\[0\].access_log: cannot write the access log: /etc/ucp-lb/access.log: read-only file system" "$work/check.out" \
+    || fail "check's message for a read-only access log: $(cat "$work/check.out")"
+  echo "docker test: an access log in the read-only config directory is refused: $(grep -o 'read-only file system[^)]*)' "$work/check.out")"
+  write_config "$port_two" 'access_log = "/var/log/ucp-lb/access.log"'
   "${compose[@]}" up -d >"$work/compose.log" 2>&1 || fail "docker-compose up: $(tail -3 "$work/compose.log")"
   until_ok "no traffic through the compose service" ask
   echo "docker test: docker/compose.yml (profile lb) serves on port $lb_port: backend $(ask)"
+  logs=$(docker volume inspect --format '{{.Mountpoint}}' ucp-lb-logs)/access.log
+  logged() { [ "$(wc -l <"$logs")" -ge 3 ]; }
+  ask >/dev/null && ask >/dev/null && ask >/dev/null
+  until_ok "no access log lines in the ucp-lb-logs volume" logged
+  echo "docker test: the access log is written in the volume ucp-lb-logs ($(wc -l <"$logs") lines, mode $(stat -c %a "$logs"), uid $(stat -c %u "$logs"))"
   "${compose[@]}" down -t 30 >"$work/compose.log" 2>&1 || fail "docker-compose down: $(tail -5 "$work/compose.log")"
 elif [ "${CI:-}" = true ]; then
   fail "docker-compose is missing under CI=true (.ci/run installs it)"

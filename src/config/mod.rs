@@ -397,10 +397,15 @@ pub struct ListenerConfig {
 }
 
 /// An access log: one line per finished connection.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessLog {
     pub to: LogTo,
     pub format: LogFormat,
+    /// The key that set `to` (`listener[N].access_log`, or
+    /// `defaults.access_log` when inherited) and where, for a message
+    /// about a file that cannot be written.
+    pub key: String,
+    pub pos: Pos,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

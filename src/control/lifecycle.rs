@@ -141,6 +141,7 @@ fn complete_with(mut config: Config, node_files: bool) -> Result<Loaded, ConfigE
             errors.extend(e);
             TlsConfigs::new()
         });
+        errors.extend(crate::wire::access_log::check_files(&config));
     }
     if let Ok(v) = std::env::var(STOP_GRACE_ENV) {
         match config::parse_duration(&v) {
@@ -311,6 +312,9 @@ where
         restore(&snapshot);
     }
     let shared = Arc::new(Shared::new(snapshot, own));
+    // The access logs are opened now: one that cannot be written shows
+    // before the first client.
+    shared.own.conns.access_log.configure(&shared.snapshot.load().config);
     let lb = Arc::new(Lb {
         shared: shared.clone(),
         listeners,
@@ -509,6 +513,8 @@ impl Lb {
         let generation = next.generation;
         let (servers_before, servers_after) = (server_count(&cur), server_count(&next));
         store(&self.shared, next);
+        // Files the new config no longer names are closed, the rest reopened.
+        self.shared.own.conns.access_log.configure(&config);
         if self.token.replace(token) {
             match self.token.get() {
                 Some(_) => info!("admin token replaced from token_file: POST endpoints take only the new one"),

@@ -68,8 +68,8 @@ pub struct View {
     pub pools: Vec<PoolStatus>,
     /// The last state changes of the whole balancer, newest first.
     pub events: Vec<Event>,
-    /// Access log lines written and dropped (the writer could not keep
-    /// up), in this process.
+    /// Access log lines written and not written, in this process, and
+    /// each destination's state.
     pub access_log: AccessLogStatus,
     /// This process: its start, whom it took over from, the upgrade's
     /// connection moves.
@@ -95,10 +95,81 @@ pub struct ProcessStatus {
     pub previous_cut: u64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AccessLogStatus {
     pub written: u64,
+    /// Not written, whatever the reason (the sum of each destination's
+    /// `dropped_queue_full` and `lost`).
     pub dropped: u64,
+    /// Each file (or stdout, stderr) lines were sent to, in the order of
+    /// first use.
+    pub destinations: Vec<AccessLogDestination>,
+}
+
+/// One access-log destination: is it being written, and if not, why.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessLogDestination {
+    /// The file's path as opened, or "stdout", "stderr".
+    pub log: String,
+    /// "ok"; "failing" (cannot be opened or written: `reason`,
+    /// `last_error`); "stalled" (blocked in one write for over a second:
+    /// `blocked_s`); "closed" (no longer named by the config: only lines
+    /// of connections accepted before the reload that dropped it come here).
+    pub state: &'static str,
+    /// Named by the running config.
+    pub configured: bool,
+    pub written: u64,
+    /// Dropped because its queue was full (its writer behind or blocked).
+    pub dropped_queue_full: u64,
+    /// Lost because it could not be opened or written, by reason
+    /// (`missing_directory`, `not_regular_file`, `permission_denied`,
+    /// `read_only`, `no_space`, `io_error`).
+    pub lost: std::collections::BTreeMap<&'static str, u64>,
+    /// Why it is failing now.
+    pub reason: Option<&'static str>,
+    pub last_error: Option<String>,
+    /// Unix seconds: since when it fails.
+    pub failing_since: Option<u64>,
+    /// How long its writer has been in one write or open, when it is.
+    pub blocked_s: Option<f64>,
+}
+
+impl AccessLogStatus {
+    fn of(w: &crate::wire::access_log::Writer) -> AccessLogStatus {
+        let destinations = w
+            .destinations()
+            .into_iter()
+            .map(|d| {
+                let state = if d.failure.is_some() {
+                    "failing"
+                } else if d.stalled {
+                    "stalled"
+                } else if !d.configured {
+                    "closed"
+                } else {
+                    "ok"
+                };
+                AccessLogDestination {
+                    log: d.name,
+                    state,
+                    configured: d.configured,
+                    written: d.written,
+                    dropped_queue_full: d.queue_full,
+                    lost: d.failed.iter().map(|(r, n)| (r.as_str(), *n)).collect(),
+                    reason: d.failure.as_ref().map(|f| f.reason.as_str()),
+                    last_error: d.failure.as_ref().map(|f| f.message.clone()),
+                    failing_since: d.failure.as_ref().map(|f| f.since),
+                    blocked_s: d.blocked_for.map(|b| (b.as_secs_f64() * 10.0).round() / 10.0),
+                }
+            })
+            .collect();
+        AccessLogStatus { written: w.written(), dropped: w.dropped(), destinations }
+    }
+
+    /// Destinations the config names that are not being written now.
+    pub fn failing(&self) -> impl Iterator<Item = &AccessLogDestination> {
+        self.destinations.iter().filter(|d| d.configured && d.state != "ok")
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -368,10 +439,7 @@ pub fn view(
             .collect(),
         pools,
         events: named(own.history.events(), snap),
-        access_log: AccessLogStatus {
-            written: own.conns.access_log.written(),
-            dropped: own.conns.access_log.dropped(),
-        },
+        access_log: AccessLogStatus::of(&own.conns.access_log),
         process: ProcessStatus { pid: std::process::id(), ..Default::default() },
     }
 }

@@ -210,6 +210,7 @@ pub fn render(h: &View) -> String {
     let mut out = String::with_capacity(16384);
     header(&mut out, h);
     listeners(&mut out, &h.listeners);
+    access_log(&mut out, &h.access_log);
     let wall = crate::events::history::now();
     for p in &h.pools {
         pool(&mut out, p, &h.events, wall, now);
@@ -290,6 +291,38 @@ fn listeners(out: &mut String, listeners: &[ListenerStatus]) {
                 r.refused
             );
         }
+    }
+    out.push_str("</table></div>");
+}
+
+/// The access log's destinations, when there are any: each one's state,
+/// lines written and lost, and why it fails.
+fn access_log(out: &mut String, a: &crate::view::AccessLogStatus) {
+    if a.destinations.is_empty() {
+        return;
+    }
+    out.push_str("<h2 id=access-log>Access log</h2><div class=box><table><tr><th>log</th><th>state</th><th>written</th><th>dropped</th><th>why</th></tr>");
+    for d in &a.destinations {
+        let class = match d.state {
+            "ok" => "ok",
+            "closed" => "warn",
+            _ => "bad",
+        };
+        let lost: u64 = d.dropped_queue_full + d.lost.values().sum::<u64>();
+        let why = match (&d.last_error, d.blocked_s) {
+            (Some(e), _) => e.clone(),
+            (None, Some(s)) if d.state == "stalled" => format!("blocked in one write for {s:.0} s"),
+            _ if d.dropped_queue_full > 0 => format!("{} dropped: its writer fell behind", d.dropped_queue_full),
+            _ => String::new(),
+        };
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td><span class={class}>{}</span></td><td>{}</td><td>{lost}</td><td class=reason>{}</td></tr>",
+            escape(&d.log),
+            d.state,
+            d.written,
+            escape(&why)
+        );
     }
     out.push_str("</table></div>");
 }

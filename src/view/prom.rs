@@ -78,8 +78,7 @@ pub fn render(m: &Metrics, view: &View) -> String {
             m.counter(LISTENER_REJECTED, lb).absolute(v);
         }
     }
-    m.counter(ACCESS_LOG_LINES, vec![l("result", "written")]).absolute(view.access_log.written);
-    m.counter(ACCESS_LOG_LINES, vec![l("result", "dropped")]).absolute(view.access_log.dropped);
+    access_log(m, &view.access_log);
     m.counter(RELOADS, vec![l("result", "success")]).absolute(view.reload.successes);
     m.counter(RELOADS, vec![l("result", "failure")]).absolute(view.reload.failures);
     m.gauge(RELOAD_OK, vec![]).set(if view.reload.last_ok == Some(false) { 0.0 } else { 1.0 });
@@ -87,6 +86,23 @@ pub fn render(m: &Metrics, view: &View) -> String {
     m.counter(MOVED_IN, vec![]).absolute(view.process.moved_in);
     m.gauge(PREVIOUS_HOLDS, vec![]).set(view.process.previous_holds as f64);
     stable(&m.render())
+}
+
+/// Each access-log destination's lines, by result and reason, and
+/// whether the ones the config names are being written.
+fn access_log(m: &Metrics, a: &crate::view::AccessLogStatus) {
+    for d in &a.destinations {
+        let log = || l("log", d.log.clone());
+        m.counter(ACCESS_LOG_LINES, vec![log(), l("result", "written")]).absolute(d.written);
+        let dropped = |reason: &'static str| vec![log(), l("result", "dropped"), l("reason", reason)];
+        m.counter(ACCESS_LOG_LINES, dropped("queue_full")).absolute(d.dropped_queue_full);
+        for (reason, n) in &d.lost {
+            m.counter(ACCESS_LOG_LINES, dropped(reason)).absolute(*n);
+        }
+        if d.configured {
+            m.gauge(ACCESS_LOG_WRITABLE, vec![log()]).set(f64::from(u8::from(d.state == "ok")));
+        }
+    }
 }
 
 /// The exposition `text` with its families sorted by name and the series

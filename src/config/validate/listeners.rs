@@ -34,6 +34,7 @@ impl Validator<'_> {
                 listeners.push(c);
             }
         }
+        self.mixed_formats(&listeners);
         (listeners, binds)
     }
 
@@ -88,7 +89,12 @@ impl Validator<'_> {
         let access_log = self.access_log(
             lr.access_log.as_ref().or(raw.access_log.as_ref()),
             lr.access_log_format.as_ref().or(raw.access_log_format.as_ref()),
-            &key,
+            if lr.access_log.is_some() { format!("{key}.access_log") } else { "defaults.access_log".into() },
+            if lr.access_log_format.is_some() {
+                format!("{key}.access_log_format")
+            } else {
+                "defaults.access_log_format".into()
+            },
         );
         let access = self.access(lr.access.as_ref(), &key);
         let per_client = Limits {
@@ -111,6 +117,30 @@ impl Validator<'_> {
             per_client,
             client_keepalive,
         })
+    }
+
+    /// Two listeners writing one file in two formats: its lines mix, and
+    /// no one parser reads it. Said once per file.
+    fn mixed_formats(&mut self, listeners: &[ListenerConfig]) {
+        let logs: Vec<(usize, &AccessLog)> =
+            listeners.iter().enumerate().filter_map(|(i, l)| Some((i, l.access_log.as_deref()?))).collect();
+        for (n, (i, a)) in logs.iter().enumerate() {
+            let LogTo::File(path) = &a.to else { continue };
+            if logs[..n].iter().any(|(_, o)| o.to == a.to) {
+                continue;
+            }
+            if let Some((j, b)) = logs[n + 1..].iter().find(|(_, b)| b.to == a.to && b.format != a.format) {
+                self.warnings.push(ConfigError {
+                    source: self.source.to_owned(),
+                    pos: Some(b.pos),
+                    key: b.key.clone(),
+                    message: format!(
+                        "listener[{j}] writes {} in another access_log_format than listener[{i}]: the lines of both mix in one file",
+                        path.display(),
+                    ),
+                });
+            }
+        }
     }
 
     /// A listener's `bind`: an address and port no other listener has.
@@ -160,7 +190,13 @@ impl Validator<'_> {
 
     /// A listener's access log from its keys (or `[defaults]`'s): where,
     /// and in which format; `None` when off or not set.
-    fn access_log(&mut self, to: Option<&S<String>>, format: Option<&S<String>>, key: &str) -> Option<Arc<AccessLog>> {
+    fn access_log(
+        &mut self,
+        to: Option<&S<String>>,
+        format: Option<&S<String>>,
+        to_key: String,
+        format_key: String,
+    ) -> Option<Arc<AccessLog>> {
         let format = match format {
             None => LogFormat::Text,
             Some(f) => match f.get_ref().as_str() {
@@ -169,11 +205,13 @@ impl Validator<'_> {
                 t => {
                     let unknown: Vec<&str> =
                         template_variables(t).into_iter().filter(|v| !LOG_VARIABLES.contains(v)).collect();
-                    if !t.contains('$') || !unknown.is_empty() {
+                    // `[defaults]`' format is said once, under its own key.
+                    let said = self.errors.iter().any(|e| e.key == format_key);
+                    if (!t.contains('$') || !unknown.is_empty()) && !said {
                         let known = LOG_VARIABLES.iter().map(|v| format!("${v}")).collect::<Vec<_>>().join(" ");
                         self.err(
                             Some(f.span()),
-                            format!("{key}.access_log_format"),
+                            format_key.clone(),
                             format!(
                                 "expected \"json\", \"text\" or a template of variables; unknown: {}; known: {known}",
                                 if unknown.is_empty() { "(no variable)".to_owned() } else { unknown.join(", ") }
@@ -184,13 +222,15 @@ impl Validator<'_> {
                 }
             },
         };
-        let to = match to?.get_ref().as_str() {
+        let to = to?;
+        let pos = self.lines.pos(to.span().start);
+        let to = match to.get_ref().as_str() {
             "off" | "" => return None,
             "stdout" => LogTo::Stdout,
             "stderr" => LogTo::Stderr,
             path => LogTo::File(PathBuf::from(path)),
         };
-        Some(Arc::new(AccessLog { to, format }))
+        Some(Arc::new(AccessLog { to, format, key: to_key, pos }))
     }
 
     /// A pool named where a listener sends clients: it must exist.

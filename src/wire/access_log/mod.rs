@@ -1,27 +1,32 @@
 //! The access log: one line per finished connection, with why it ended.
 //!
 //! Off the byte path: a connection hands its [`Record`] to a bounded
-//! channel (never blocking; a full channel counts the line as dropped) and
-//! one writer thread formats and writes it. A destination that blocks (a
-//! FIFO nobody reads, a full disk, a hung mount) stalls only that thread:
-//! lines are dropped and counted, connections go on. `SIGUSR1` makes the
-//! writer close and reopen its files (logrotate's convention, as nginx).
-//! The writer and its counters are per balancer ([`Writer`]).
+//! channel (never blocking; a full channel counts the line as dropped).
+//! The writer (`writer.rs`) sends each line on to the thread of its
+//! destination (`dest.rs`: one per file, stdout or stderr), which formats
+//! and writes it: a destination that blocks (a full pipe, a hung mount)
+//! stalls only its own thread, whose lines are dropped and counted, while
+//! the other destinations and every connection go on. Files are opened
+//! like lb.toml (`files.rs`: without blocking, regular files only); one
+//! that cannot be opened or written is said once in the log, shown in
+//! `/status` and counted by reason, and tried again on SIGUSR1, at a
+//! reload and at most once a second as lines come. `SIGUSR1` reopens every
+//! file (logrotate's convention, as nginx); a reload closes the files it no
+//! longer names and reopens the rest. The writer and its counters are per
+//! balancer ([`Writer`]).
 
-use std::collections::HashMap;
+mod dest;
+mod writer;
+
 use std::fmt::Write as _;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::civil::civil;
-use crate::config::{AccessLog, LogFormat, LogTo, TemplatePart, template_parts};
+use crate::config::{AccessLog, LogFormat, TemplatePart, template_parts};
 
-/// Lines waiting for the writer at most; more are dropped and counted.
-const QUEUE: usize = 4096;
+pub use writer::{Destination, State, Writer};
 
 /// Why a connection ended: a short code and words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,149 +139,6 @@ pub struct Record {
     /// From accept to the end.
     pub duration: Duration,
     pub end: End,
-}
-
-enum Msg {
-    Line(Arc<AccessLog>, Record),
-    /// Wake the writer (to reopen, or to flush and answer).
-    Wake(Option<std::sync::mpsc::Sender<()>>),
-}
-
-/// One balancer's access-log writer: the queue to its thread (started with
-/// the first line) and its counters. Cloned into each logged connection's
-/// [`Entry`]; the thread ends once the balancer and its connections are
-/// gone (its queue's senders dropped).
-#[derive(Clone, Default)]
-pub struct Writer(Arc<Inner>);
-
-impl std::fmt::Debug for Writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("access_log::Writer")
-    }
-}
-
-#[derive(Default)]
-struct Inner {
-    tx: OnceLock<SyncSender<Msg>>,
-    counts: Arc<Counts>,
-}
-
-/// What the writer has done, read by the status view.
-#[derive(Default)]
-struct Counts {
-    dropped: AtomicU64,
-    written: AtomicU64,
-    reopen: AtomicBool,
-}
-
-impl Writer {
-    fn queue(&self) -> &SyncSender<Msg> {
-        self.0.tx.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-            let counts = self.0.counts.clone();
-            // A thread of its own: writing may block (a FIFO, a full disk);
-            // nothing else waits for it.
-            let _ = std::thread::Builder::new().name("ucp-lb-access-log".into()).spawn(move || write_loop(rx, &counts));
-            tx
-        })
-    }
-
-    /// Queues `record` for `log`; never blocks. A line that finds the
-    /// queue full is dropped and counted.
-    pub fn log(&self, log: &Arc<AccessLog>, record: Record) {
-        match self.queue().try_send(Msg::Line(log.clone(), record)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.0.counts.dropped.fetch_add(1, Relaxed);
-            }
-        }
-    }
-
-    /// Lines dropped because the writer could not keep up or write them.
-    pub fn dropped(&self) -> u64 {
-        self.0.counts.dropped.load(Relaxed)
-    }
-
-    /// Lines written.
-    pub fn written(&self) -> u64 {
-        self.0.counts.written.load(Relaxed)
-    }
-
-    /// Closes and reopens every log file at the next line (SIGUSR1): after
-    /// logrotate moved a file, new lines go to a new one at its path.
-    pub fn reopen(&self) {
-        self.0.counts.reopen.store(true, Relaxed);
-        if let Some(tx) = self.0.tx.get() {
-            let _ = tx.try_send(Msg::Wake(None));
-        }
-    }
-
-    /// Waits up to `limit` for the lines queued so far to be written (at
-    /// exit).
-    pub fn flush(&self, limit: Duration) {
-        let Some(tx) = self.0.tx.get() else { return };
-        let (done, wait) = std::sync::mpsc::channel();
-        if tx.try_send(Msg::Wake(Some(done))).is_ok() {
-            let _ = wait.recv_timeout(limit);
-        }
-    }
-}
-
-type Files = HashMap<std::path::PathBuf, std::io::BufWriter<std::fs::File>>;
-
-fn write_loop(rx: Receiver<Msg>, counts: &Counts) {
-    let mut files = Files::new();
-    let mut line = String::new();
-    while let Ok(msg) = rx.recv() {
-        handle(msg, &mut files, &mut line, counts);
-        // Everything else waiting, then one flush: lines reach the files
-        // as soon as the queue is empty.
-        while let Ok(next) = rx.try_recv() {
-            handle(next, &mut files, &mut line, counts);
-        }
-        for f in files.values_mut() {
-            let _ = f.flush();
-        }
-    }
-}
-
-fn handle(msg: Msg, files: &mut Files, line: &mut String, counts: &Counts) {
-    if counts.reopen.swap(false, Relaxed) {
-        for (_, mut f) in files.drain() {
-            let _ = f.flush();
-        }
-    }
-    match msg {
-        Msg::Line(log, record) => {
-            line.clear();
-            format(line, &log.format, &record);
-            line.push('\n');
-            let ok = match &log.to {
-                LogTo::Stdout => std::io::stdout().lock().write_all(line.as_bytes()).is_ok(),
-                LogTo::Stderr => std::io::stderr().lock().write_all(line.as_bytes()).is_ok(),
-                LogTo::File(path) => {
-                    if !files.contains_key(path) {
-                        // May block (a FIFO without a reader): only this
-                        // thread waits; the queue absorbs or drops.
-                        if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-                            files.insert(path.clone(), std::io::BufWriter::new(f));
-                        }
-                    }
-                    files.get_mut(path).is_some_and(|f| f.write_all(line.as_bytes()).is_ok())
-                }
-            };
-            let counter = if ok { &counts.written } else { &counts.dropped };
-            counter.fetch_add(1, Relaxed);
-        }
-        Msg::Wake(done) => {
-            for f in files.values_mut() {
-                let _ = f.flush();
-            }
-            if let Some(done) = done {
-                let _ = done.send(());
-            }
-        }
-    }
 }
 
 fn secs(at: SystemTime) -> f64 {
@@ -514,6 +376,32 @@ impl Drop for Entry {
         // Unfinished: cut when the process ended after the grace period.
         self.write();
     }
+}
+
+/// Every access-log file `config` names that cannot be written, as errors
+/// of the key that names it (`check` and start refuse them, a reload
+/// leaves the running config in force): a missing directory, a directory,
+/// a FIFO, device or socket, a file of /proc, no permission, a read-only
+/// file system. Nothing is made or written.
+pub fn check_files(config: &crate::config::Config) -> Vec<crate::config::ConfigError> {
+    let mut out: Vec<crate::config::ConfigError> = Vec::new();
+    let mut seen: Vec<&std::path::Path> = Vec::new();
+    for log in config.listeners.iter().filter_map(|l| l.access_log.as_deref()) {
+        let crate::config::LogTo::File(path) = &log.to else { continue };
+        if seen.contains(&path.as_path()) {
+            continue;
+        }
+        seen.push(path);
+        if let Err(e) = crate::files::check_append(path) {
+            out.push(crate::config::ConfigError {
+                source: config.source.clone(),
+                pos: Some(log.pos),
+                key: log.key.clone(),
+                message: format!("cannot write the access log: {}", e.message),
+            });
+        }
+    }
+    out
 }
 
 /// Reopens the log files on every SIGUSR1 until shutdown.
