@@ -72,6 +72,15 @@ fn process_line(p: &crate::view::ProcessStatus) -> String {
             p.previous_holds
         ));
     }
+    if let Some(to) = p.handing_over_to {
+        line.push_str(&format!(" · <span class=warn>handing over to pid {to}</span>"));
+    }
+    if p.upgrades_resumed > 0 {
+        line.push_str(&format!(
+            " · <span class=bad>{} upgrade(s) broke off after go: resumed here ({} connections lost)</span>",
+            p.upgrades_resumed, p.lost_in_resumed
+        ));
+    }
     line
 }
 

@@ -1,0 +1,299 @@
+//! The old side of the conversation (see `mod.rs`): answering an upgrade,
+//! moving the open connections to the new process, and going back should
+//! the hand-over break off before the new process has confirmed it whole.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::socket::Conn;
+use super::{Control, Msg, PROTOCOL, REPORT_EVERY, STALL, STEP, UpgradeError, WINDOW, carry, recv_or_end, send, talk};
+use crate::control::lifecycle::Lb;
+use crate::wire::conns::Parked;
+
+/// Who took over: its pid and the conversation it speaks.
+#[derive(Clone, Copy)]
+struct Successor {
+    pid: u32,
+    protocol: u32,
+}
+
+/// How a drain ended.
+enum Drained {
+    /// The new process confirmed the whole hand-over (or, of an older
+    /// release, the drain ended as it used to).
+    Whole { moved: u64, cut: u64 },
+    /// It broke off before that: this process goes back.
+    BrokeOff { reason: String, sent: u64, acked: u64, rx: mpsc::UnboundedReceiver<Parked> },
+}
+
+/// Answers upgrades on `control` until one takes over, then moves the open
+/// connections to it and returns once the new process has confirmed the
+/// whole hand-over (or this process's `shutdown_timeout` is over). An
+/// upgrade that fails before `go` leaves this process as it was; one that
+/// breaks off after it, this process takes back.
+pub(super) async fn serve(control: &Control, lb: Arc<Lb>) {
+    loop {
+        let Some(listener) = control.current() else { return std::future::pending().await };
+        let conn = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "control socket: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        drop(listener);
+        let successor = match offer(&conn, &lb).await {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(error = %e, "upgrade abandoned: this process goes on as it was");
+                continue;
+            }
+        };
+        match drain(Arc::new(conn), &lb, successor).await {
+            (Drained::Whole { moved, cut }, _) => {
+                lb.stop_accepting();
+                lb.shutdown.handed_over.cancel();
+                lb.shared.own.history.record("handed over", None, None, format!("to pid {}", successor.pid));
+                info!(successor = successor.pid, moved, cut, "upgrade: done here, exiting");
+                return;
+            }
+            (Drained::BrokeOff { reason, sent, acked, rx }, conn) => {
+                go_back(&lb, &conn, successor, &reason, (sent, acked), rx).await;
+                drop(conn);
+                control.replace();
+            }
+        }
+    }
+}
+
+/// Steps 2 to 4 on the old side: returns the successor once it has said
+/// `go` and this process has stopped accepting; `None` for a connection
+/// closed without a word (`--upgrade` and a start looking whether anyone
+/// listens here).
+async fn offer(conn: &Conn, lb: &Lb) -> Result<Option<Successor>, UpgradeError> {
+    let (pid, version, protocol) = match recv_or_end(conn, STEP).await? {
+        None => return Ok(None),
+        Some((Msg::Hello { pid, version, protocol }, _)) => (pid, version, protocol),
+        Some((other, _)) => return Err(talk(format!("expected hello, got {other:?}"))),
+    };
+    let peer_pid = conn.peer_pid();
+    info!(successor = pid, ?peer_pid, %version, protocol, "upgrade: a new process asks to take over");
+    let generation = lb.shared.snapshot.load().generation;
+    send(conn, &Msg::Welcome { pid: std::process::id(), generation, protocol: PROTOCOL }, &[]).await?;
+    for (carried, fd) in lb.listeners.handover() {
+        send(conn, &Msg::Listener(carried), &[fd.as_fd()]).await?;
+    }
+    let admin = lb.admin_fd.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|f| f.try_clone().ok());
+    if let Some(fd) = admin {
+        send(conn, &Msg::Admin { listen: lb.admin_listen }, &[fd.as_fd()]).await?;
+    }
+    for s in carry::export(&lb.shared.snapshot.load()) {
+        send(conn, &Msg::Server(s), &[]).await?;
+    }
+    if protocol >= 1 {
+        let history = &lb.shared.own.history;
+        for e in history.export_events() {
+            send(conn, &Msg::Event(e), &[]).await?;
+        }
+        for (pool, samples) in history.export_samples() {
+            send(conn, &Msg::Samples { pool, samples }, &[]).await?;
+        }
+        send(conn, &Msg::Reloads(lb.reload_status()), &[]).await?;
+    }
+    send(conn, &Msg::StateEnd, &[]).await?;
+    // Each beat of the new process's preparation within a step: a peer
+    // that says hello and then nothing holds this slot one step at most.
+    // (One of an older release says nothing until `go`: the same step.)
+    loop {
+        match recv_or_end(conn, STEP).await? {
+            Some((Msg::Preparing, _)) => {}
+            Some((Msg::Go, _)) => break,
+            Some((other, _)) => return Err(talk(format!("expected go, got {other:?}"))),
+            None => return Err(talk("the new process closed the control connection before go")),
+        }
+    }
+    // The successor accepts on every socket now: stop accepting here, but
+    // keep the sockets until it confirms the whole hand-over.
+    lb.pause_accepting();
+    lb.process.handing_over_to.store(pid, Relaxed);
+    if let Err(e) = send(conn, &Msg::Going, &[]).await {
+        warn!(successor = pid, error = %e, "upgrade: could not confirm to the new process");
+    }
+    info!(successor = pid, "upgrade: the new process accepts; moving the open connections to it");
+    Ok(Some(Successor { pid, protocol }))
+}
+
+/// Reads what the new process says into a channel (the end of the link
+/// closes it), so the drain can wait on it beside everything else.
+fn reader(conn: Arc<Conn>) -> (mpsc::Receiver<Msg>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        while let Ok(Some((m, _))) = conn.recv::<Msg>().await {
+            if tx.send(m).await.is_err() {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// Where a drain stands.
+struct Drain {
+    sent: u64,
+    acked: u64,
+    /// Stopped connections that could not be sent.
+    lost: u64,
+    heard: Instant,
+    done_sent: bool,
+}
+
+/// Steps 4 and 5 on the old side; gives the link back with how it ended.
+async fn drain(conn: Arc<Conn>, lb: &Lb, successor: Successor) -> (Drained, Arc<Conn>) {
+    let acks = successor.protocol >= 1;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    lb.shared.own.conns.stop_into(tx);
+    let tracker = &lb.shutdown.tracker;
+    tracker.close();
+    let grace = lb.shared.snapshot.load().config.defaults.shutdown_timeout;
+    // The last STALL of it is left for the new process's confirmation.
+    let deadline = tokio::time::sleep(if grace > STALL * 2 { grace - STALL } else { grace });
+    let mut deadline = std::pin::pin!(deadline);
+    let mut report = tokio::time::interval(REPORT_EVERY);
+    let (mut heard_rx, reading) = reader(conn.clone());
+    let mut previous = lb.process.previous_draining.subscribe();
+    let mut d = Drain { sent: 0, acked: 0, lost: 0, heard: Instant::now(), done_sent: false };
+    let broke = |reason: String, d: &Drain| Err((reason, d.sent, d.acked));
+    let end: Result<(), (String, u64, u64)> = loop {
+        let still_coming = *previous.borrow();
+        let acked_all = !acks || d.acked >= d.sent;
+        if !d.done_sent && tracker.is_empty() && rx.is_empty() && !still_coming && acked_all {
+            if let Err(e) = finish(&conn, &mut d, tracker.len() as u64, acks).await {
+                break broke(e, &d);
+            }
+            if !acks {
+                break Ok(());
+            }
+        }
+        let room = !acks || d.sent - d.acked < WINDOW;
+        let stall_at = d.heard + STALL;
+        tokio::select! {
+            biased;
+            m = heard_rx.recv() => match m {
+                None if d.done_sent && !acks => break Ok(()),
+                None => break broke("the new process closed the link (it exited or was killed)".into(), &d),
+                Some(Msg::Took { n }) => { d.acked = n; d.heard = Instant::now(); }
+                Some(Msg::Alive) => d.heard = Instant::now(),
+                Some(Msg::Confirmed) if d.done_sent => break Ok(()),
+                Some(other) => warn!(successor = successor.pid, "upgrade: unexpected {other:?}"),
+            },
+            p = rx.recv(), if !d.done_sent && room => {
+                let Some(p) = p else { continue };
+                let fds = [p.client.as_fd(), p.server.as_fd()];
+                match send(&conn, &Msg::Conn(p.moved.clone()), &fds).await {
+                    Ok(()) => d.sent += 1,
+                    Err(e) => {
+                        d.lost += 1;
+                        warn!(error = %e, "upgrade: a connection could not be handed over: closed");
+                        break broke(format!("sending a connection failed: {e}"), &d);
+                    }
+                }
+            }
+            _ = tracker.wait(), if !tracker.is_empty() => {}
+            _ = previous.wait_for(|d| !*d), if still_coming => {}
+            _ = report.tick() => {
+                if let Err(e) = send(&conn, &Msg::Draining { open: tracker.len() as u64 }, &[]).await {
+                    break broke(e.to_string(), &d);
+                }
+            }
+            _ = tokio::time::sleep_until(stall_at), if acks => {
+                break broke(format!("no word from the new process for {}s (stopped or hung)", STALL.as_secs()), &d);
+            }
+            _ = &mut deadline, if !d.done_sent => {
+                warn!(open = tracker.len(), grace_s = grace.as_secs_f64(), "upgrade: shutdown_timeout is over: cutting the connections that did not move");
+                if let Err(e) = finish(&conn, &mut d, tracker.len() as u64, acks).await {
+                    break broke(e, &d);
+                }
+                if !acks {
+                    break Ok(());
+                }
+            }
+        }
+    };
+    reading.abort();
+    let outcome = match end {
+        Ok(()) => Drained::Whole { moved: d.sent, cut: tracker.len() as u64 + d.lost },
+        Err((reason, sent, acked)) => Drained::BrokeOff { reason, sent, acked, rx },
+    };
+    (outcome, conn)
+}
+
+/// Says `done` (what moved, what is cut); from here only the new process's
+/// `confirmed` (or its silence) is awaited.
+async fn finish(conn: &Conn, d: &mut Drain, open: u64, acks: bool) -> Result<(), String> {
+    d.done_sent = true;
+    let cut = open + d.lost;
+    let r = send(conn, &Msg::Done { moved: d.sent, cut }, &[]).await;
+    if !acks {
+        // An older release's successor: nothing more is awaited.
+        return Ok(());
+    }
+    r.map_err(|e| e.to_string())
+}
+
+/// The hand-over broke off after `go`: accept again, take the connections
+/// back, tell the new process (should it read again) and say so.
+async fn go_back(
+    lb: &Arc<Lb>,
+    conn: &Conn,
+    successor: Successor,
+    reason: &str,
+    (sent, acked): (u64, u64),
+    mut rx: mpsc::UnboundedReceiver<Parked>,
+) {
+    let conns = &lb.shared.own.conns;
+    let listeners = lb.resume_accepting();
+    conns.withdraw();
+    lb.shutdown.tracker.reopen();
+    // Connections that had stopped whole and were not sent: served here
+    // again, now and as any more arrive (one that stopped in the race with
+    // the withdrawal); until the next hand-over replaces the sink.
+    let parked = rx.len();
+    let home = lb.clone();
+    tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            home.listeners.adopt(p.client, p.server, p.moved, &home.shared, &home.shutdown);
+        }
+    });
+    let kept = lb.shutdown.tracker.len() + parked;
+    let p = &lb.process;
+    p.handing_over_to.store(0, Relaxed);
+    p.upgrades_resumed.fetch_add(1, Relaxed);
+    p.last_resumed_at.store(crate::events::history::now() as u64, Relaxed);
+    p.lost_in_resumed.fetch_add(sent, Relaxed);
+    let detail = format!(
+        "pid {}: {reason}; accepting here again, {kept} connections kept, {sent} had moved to it ({} in flight)",
+        successor.pid,
+        sent.saturating_sub(acked)
+    );
+    lb.shared.own.history.record("upgrade resumed", None, None, detail);
+    error!(
+        successor = successor.pid,
+        reason,
+        listeners,
+        kept,
+        moved_to_it = sent,
+        in_flight = sent.saturating_sub(acked),
+        "upgrade broke off after go: resumed here, accepting again and keeping every connection still held \
+         (those that had moved to the new process are lost if it died)"
+    );
+    let abandon = Msg::Abandon { reason: reason.to_owned() };
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.send(&abandon, &[])).await;
+}
