@@ -95,7 +95,7 @@ const BEAT_DRAIN: Duration = Duration::from_millis(250);
 const STALL: Duration = Duration::from_secs(2);
 /// Connections sent to N and not yet acknowledged, at most: lost with N
 /// should it die, beside those it had acknowledged.
-pub const WINDOW: u64 = 16;
+pub const WINDOW: u64 = 8;
 /// How often a draining process says what it still holds.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 /// This release's conversation (0: a release before acknowledgements).

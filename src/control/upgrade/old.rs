@@ -153,9 +153,33 @@ struct Drain {
     lost: u64,
     heard: Instant,
     done_sent: bool,
+    /// The end of `shutdown_timeout`: nothing of the drain waits past it.
+    hard: Instant,
+}
+
+impl Drain {
+    /// Sends `msg` within [`STALL`] and before the hard deadline.
+    async fn send(&self, conn: &Conn, msg: &Msg, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<(), String> {
+        let until = (Instant::now() + STALL).min(self.hard);
+        match tokio::time::timeout_at(until, conn.send(msg, fds)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("the new process does not read (stopped or hung)".into()),
+        }
+    }
+
+    /// Says `done` (what moved, what is cut); from here only the new
+    /// process's `confirmed` (or its silence) is awaited.
+    async fn finish(&mut self, conn: &Conn, open: u64) -> Result<(), String> {
+        self.done_sent = true;
+        let cut = open + self.lost;
+        self.send(conn, &Msg::Done { moved: self.sent, cut }, &[]).await
+    }
 }
 
 /// Steps 4 and 5 on the old side; gives the link back with how it ended.
+/// Nothing in it waits past `shutdown_timeout`: the connections are moved
+/// until a quarter of it (at most [`STALL`]) is left, and the
+/// confirmation awaited until its end.
 async fn drain(conn: Arc<Conn>, lb: &Lb, successor: Successor) -> (Drained, Arc<Conn>) {
     let acks = successor.protocol >= 1;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -163,31 +187,47 @@ async fn drain(conn: Arc<Conn>, lb: &Lb, successor: Successor) -> (Drained, Arc<
     let tracker = &lb.shutdown.tracker;
     tracker.close();
     let grace = lb.shared.snapshot.load().config.defaults.shutdown_timeout;
-    // The last STALL of it is left for the new process's confirmation.
-    let deadline = tokio::time::sleep(if grace > STALL * 2 { grace - STALL } else { grace });
-    let mut deadline = std::pin::pin!(deadline);
+    let now = Instant::now();
+    let hard = now + grace;
+    // The last of it (a quarter, at most STALL) is for the confirmation.
+    let soft = if acks { hard - STALL.min(grace / 4) } else { hard };
     let mut report = tokio::time::interval(REPORT_EVERY);
     let (mut heard_rx, reading) = reader(conn.clone());
     let mut previous = lb.process.previous_draining.subscribe();
-    let mut d = Drain { sent: 0, acked: 0, lost: 0, heard: Instant::now(), done_sent: false };
+    let mut d = Drain { sent: 0, acked: 0, lost: 0, heard: now, done_sent: false, hard };
     let broke = |reason: String, d: &Drain| Err((reason, d.sent, d.acked));
     let end: Result<(), (String, u64, u64)> = loop {
         let still_coming = *previous.borrow();
         let acked_all = !acks || d.acked >= d.sent;
-        if !d.done_sent && tracker.is_empty() && rx.is_empty() && !still_coming && acked_all {
-            if let Err(e) = finish(&conn, &mut d, tracker.len() as u64, acks).await {
-                break broke(e, &d);
+        let nothing_left = tracker.is_empty() && rx.is_empty() && !still_coming && acked_all;
+        if !d.done_sent && (nothing_left || Instant::now() >= soft) {
+            if !nothing_left {
+                warn!(
+                    open = tracker.len(),
+                    grace_s = grace.as_secs_f64(),
+                    "upgrade: shutdown_timeout is over: cutting the connections that did not move"
+                );
             }
+            let r = d.finish(&conn, tracker.len() as u64).await;
             if !acks {
+                // An older release's successor: nothing more is awaited.
                 break Ok(());
+            }
+            if let Err(e) = r {
+                break broke(e, &d);
             }
         }
         let room = !acks || d.sent - d.acked < WINDOW;
-        let stall_at = d.heard + STALL;
+        let quiet_until = (d.heard + STALL).min(hard);
         tokio::select! {
             biased;
             m = heard_rx.recv() => match m {
-                None if d.done_sent && !acks => break Ok(()),
+                // An older release closes the link when it hands over in
+                // turn: the drain ends, as it always did.
+                None if !acks => {
+                    warn!(open = tracker.len(), "upgrade: the process that took over has itself been upgraded (or has gone): ending this drain now");
+                    break Ok(());
+                }
                 None => break broke("the new process closed the link (it exited or was killed)".into(), &d),
                 Some(Msg::Took { n }) => { d.acked = n; d.heard = Instant::now(); }
                 Some(Msg::Alive) => d.heard = Instant::now(),
@@ -197,7 +237,7 @@ async fn drain(conn: Arc<Conn>, lb: &Lb, successor: Successor) -> (Drained, Arc<
             p = rx.recv(), if !d.done_sent && room => {
                 let Some(p) = p else { continue };
                 let fds = [p.client.as_fd(), p.server.as_fd()];
-                match send(&conn, &Msg::Conn(p.moved.clone()), &fds).await {
+                match d.send(&conn, &Msg::Conn(p.moved.clone()), &fds).await {
                     Ok(()) => d.sent += 1,
                     Err(e) => {
                         d.lost += 1;
@@ -208,23 +248,20 @@ async fn drain(conn: Arc<Conn>, lb: &Lb, successor: Successor) -> (Drained, Arc<
             }
             _ = tracker.wait(), if !tracker.is_empty() => {}
             _ = previous.wait_for(|d| !*d), if still_coming => {}
-            _ = report.tick() => {
-                if let Err(e) = send(&conn, &Msg::Draining { open: tracker.len() as u64 }, &[]).await {
-                    break broke(e.to_string(), &d);
-                }
-            }
-            _ = tokio::time::sleep_until(stall_at), if acks => {
-                break broke(format!("no word from the new process for {}s (stopped or hung)", STALL.as_secs()), &d);
-            }
-            _ = &mut deadline, if !d.done_sent => {
-                warn!(open = tracker.len(), grace_s = grace.as_secs_f64(), "upgrade: shutdown_timeout is over: cutting the connections that did not move");
-                if let Err(e) = finish(&conn, &mut d, tracker.len() as u64, acks).await {
+            _ = report.tick(), if !d.done_sent => {
+                if let Err(e) = d.send(&conn, &Msg::Draining { open: tracker.len() as u64 }, &[]).await {
                     break broke(e, &d);
                 }
-                if !acks {
-                    break Ok(());
-                }
             }
+            _ = tokio::time::sleep_until(quiet_until), if acks => {
+                let reason = if Instant::now() >= hard {
+                    "shutdown_timeout is over and the new process has not confirmed the hand-over".to_owned()
+                } else {
+                    format!("no word from the new process for {}s (stopped or hung)", STALL.as_secs())
+                };
+                break broke(reason, &d);
+            }
+            _ = tokio::time::sleep_until(soft), if !d.done_sent => {}
         }
     };
     reading.abort();
@@ -233,19 +270,6 @@ async fn drain(conn: Arc<Conn>, lb: &Lb, successor: Successor) -> (Drained, Arc<
         Err((reason, sent, acked)) => Drained::BrokeOff { reason, sent, acked, rx },
     };
     (outcome, conn)
-}
-
-/// Says `done` (what moved, what is cut); from here only the new process's
-/// `confirmed` (or its silence) is awaited.
-async fn finish(conn: &Conn, d: &mut Drain, open: u64, acks: bool) -> Result<(), String> {
-    d.done_sent = true;
-    let cut = open + d.lost;
-    let r = send(conn, &Msg::Done { moved: d.sent, cut }, &[]).await;
-    if !acks {
-        // An older release's successor: nothing more is awaited.
-        return Ok(());
-    }
-    r.map_err(|e| e.to_string())
 }
 
 /// The hand-over broke off after `go`: accept again, take the connections
