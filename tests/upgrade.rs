@@ -989,3 +989,34 @@ async fn history_reloads_and_a_close_spread_go_on_after_an_upgrade() {
     assert_eq!(closed, before, "every session of b closed, before and after the upgrade");
     drop((sessions, new));
 }
+
+/// A peer of this user that says `hello` on the control socket and then
+/// nothing holds the old process's upgrade slot for one step (10 s) at
+/// most: a real upgrade started right behind it still takes over, and the
+/// old process says why it dropped the quiet one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_peer_on_the_control_socket_cannot_hold_off_a_real_upgrade() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[echo.addr], "");
+    let mut old = Proc::lb(&cfg);
+    let addr = old.listener_addr().await;
+    old.wait_for_line("control socket up").await;
+    let mut quiet = tokio::net::UnixStream::connect(control(dir.path())).await.unwrap();
+    let hello = br#"{"msg":"hello","pid":1,"version":"quiet","protocol":1}"#;
+    quiet.write_all(&(hello.len() as u32).to_be_bytes()).await.unwrap();
+    quiet.write_all(hello).await.unwrap();
+    old.wait_for_line("a new process asks to take over successor=1 ").await;
+    let started = Instant::now();
+    let mut new = Proc::spawn(upgrade_cmd(&cfg), false);
+    // Generous: one step for the quiet peer, then the real upgrade.
+    let code = poll_for(Duration::from_secs(30), || std::future::ready(old.child.try_wait().unwrap())).await;
+    let said = || format!("the old process said:\n{}\nthe new one said:\n{}", old.text(), new.text());
+    assert_eq!(code.and_then(|c| c.code()), Some(0), "{}", said());
+    eprintln!("a real upgrade behind a quiet peer completed {} ms after it started", started.elapsed().as_millis());
+    assert!(old.text().contains("upgrade abandoned"), "{}", said());
+    round_trip(addr).await.unwrap();
+    new.signal("TERM");
+    let _ = new.exit_code().await;
+    drop(quiet);
+}

@@ -29,7 +29,7 @@ enum Drained {
     /// release, the drain ended as it used to).
     Whole { moved: u64, cut: u64 },
     /// It broke off before that: this process goes back.
-    BrokeOff { reason: String, sent: u64, acked: u64, rx: mpsc::UnboundedReceiver<Parked> },
+    BrokeOff { reason: String, sent: u64, acked: u64, rx: mpsc::UnboundedReceiver<Parked>, unsent: Option<Box<Parked>> },
 }
 
 /// Answers upgrades on `control` until one takes over, then moves the open
@@ -65,8 +65,8 @@ pub(super) async fn serve(control: &Control, lb: Arc<Lb>) {
                 info!(successor = successor.pid, moved, cut, "upgrade: done here, exiting");
                 return;
             }
-            (Drained::BrokeOff { reason, sent, acked, rx }, conn) => {
-                go_back(&lb, &conn, successor, &reason, (sent, acked), rx).await;
+            (Drained::BrokeOff { reason, sent, acked, rx, unsent }, conn) => {
+                go_back(&lb, &conn, successor, &reason, (sent, acked), rx, unsent).await;
                 drop(conn);
                 control.replace();
             }
@@ -155,6 +155,10 @@ struct Drain {
     done_sent: bool,
     /// The end of `shutdown_timeout`: nothing of the drain waits past it.
     hard: Instant,
+    /// A connection whose sending failed: the new process never had it
+    /// whole (it takes one only with its whole message), so it is still
+    /// this process's, intact.
+    unsent: Option<Parked>,
 }
 
 impl Drain {
@@ -194,7 +198,7 @@ async fn drain(conn: Arc<Conn>, lb: &Lb, successor: Successor) -> (Drained, Arc<
     let mut report = tokio::time::interval(REPORT_EVERY);
     let (mut heard_rx, reading) = reader(conn.clone());
     let mut previous = lb.process.previous_draining.subscribe();
-    let mut d = Drain { sent: 0, acked: 0, lost: 0, heard: now, done_sent: false, hard };
+    let mut d = Drain { sent: 0, acked: 0, lost: 0, heard: now, done_sent: false, hard, unsent: None };
     let broke = |reason: String, d: &Drain| Err((reason, d.sent, d.acked));
     let end: Result<(), (String, u64, u64)> = loop {
         let still_coming = *previous.borrow();
@@ -236,12 +240,18 @@ async fn drain(conn: Arc<Conn>, lb: &Lb, successor: Successor) -> (Drained, Arc<
             },
             p = rx.recv(), if !d.done_sent && room => {
                 let Some(p) = p else { continue };
-                let fds = [p.client.as_fd(), p.server.as_fd()];
-                match d.send(&conn, &Msg::Conn(p.moved.clone()), &fds).await {
+                let sent = {
+                    let fds = [p.client.as_fd(), p.server.as_fd()];
+                    d.send(&conn, &Msg::Conn(p.moved.clone()), &fds).await
+                };
+                match sent {
                     Ok(()) => d.sent += 1,
-                    Err(e) => {
+                    Err(e) if !acks => {
                         d.lost += 1;
                         warn!(error = %e, "upgrade: a connection could not be handed over: closed");
+                    }
+                    Err(e) => {
+                        d.unsent = Some(p);
                         break broke(format!("sending a connection failed: {e}"), &d);
                     }
                 }
@@ -267,7 +277,9 @@ async fn drain(conn: Arc<Conn>, lb: &Lb, successor: Successor) -> (Drained, Arc<
     reading.abort();
     let outcome = match end {
         Ok(()) => Drained::Whole { moved: d.sent, cut: tracker.len() as u64 + d.lost },
-        Err((reason, sent, acked)) => Drained::BrokeOff { reason, sent, acked, rx },
+        Err((reason, sent, acked)) => {
+            Drained::BrokeOff { reason, sent, acked, rx, unsent: d.unsent.take().map(Box::new) }
+        }
     };
     (outcome, conn)
 }
@@ -281,6 +293,7 @@ async fn go_back(
     reason: &str,
     (sent, acked): (u64, u64),
     mut rx: mpsc::UnboundedReceiver<Parked>,
+    unsent: Option<Box<Parked>>,
 ) {
     let conns = &lb.shared.own.conns;
     let listeners = lb.resume_accepting();
@@ -289,7 +302,10 @@ async fn go_back(
     // Connections that had stopped whole and were not sent: served here
     // again, now and as any more arrive (one that stopped in the race with
     // the withdrawal); until the next hand-over replaces the sink.
-    let parked = rx.len();
+    let parked = rx.len() + usize::from(unsent.is_some());
+    if let Some(p) = unsent.map(|p| *p) {
+        lb.listeners.adopt(p.client, p.server, p.moved, &lb.shared, &lb.shutdown);
+    }
     let home = lb.clone();
     tokio::spawn(async move {
         while let Some(p) = rx.recv().await {
