@@ -1,7 +1,9 @@
 //! What happened, for an operator who opens the page after an incident:
 //! the last 100 state changes of the whole balancer (checks, ejections,
 //! overrides, reloads, pools losing and regaining their servers) and, per
-//! pool, open and new connections over the last 15 minutes.
+//! pool, open and new connections over the last 15 minutes. Both move to
+//! the process that takes over in an upgrade ([`History::export_events`],
+//! [`History::import_events`] and the same for samples).
 //!
 //! Every event goes through [`History::record`]. A leaf: the callers
 //! (checks, connections, the admin API, reloads, the watcher) say what
@@ -30,9 +32,10 @@ pub fn now() -> f64 {
 pub struct Event {
     /// Unix seconds.
     pub at: f64,
-    /// `server down`, `server up`, `ejected`, `readmitted`, `drain`,
-    /// `enable`, `down`, `reload`, `reload failed`, `pool all down`,
-    /// `pool has a server again`, `closing sessions`.
+    /// One of [`KINDS`]: `server down`, `server up`, `ejected`,
+    /// `readmitted`, `drain`, `enable`, `down`, `reload`, `reload failed`,
+    /// `pool all down`, `pool has a server again`, `closing sessions`,
+    /// `handed over`, `took over`, `upgrade resumed`.
     pub what: &'static str,
     pub pool: Option<String>,
     /// The server (its label), or the check's target for a check shared by

@@ -346,7 +346,13 @@ fn events(out: &mut String, events: &[Event]) {
     }
     for e in events {
         let class = match e.what {
-            "server up" | "readmitted" | "enable" | "reload" | "pool has a server again" => "ok",
+            "server up"
+            | "readmitted"
+            | "enable"
+            | "reload"
+            | "pool has a server again"
+            | "took over"
+            | "handed over" => "ok",
             "drain" => "warn",
             _ => "bad",
         };
