@@ -181,8 +181,32 @@ pub(super) async fn receive(conn: Arc<Conn>, lb: Arc<Lb>, protocol: u32) {
         })
     });
     let mut took = 0u64;
+    let (mut heard, reading) = reader(conn.clone());
+    let mut silent = false;
     loop {
-        match conn.recv::<Msg>().await {
+        // The old process reports every quarter second: silent for a step,
+        // it is stopped or hung, and this process no longer waits for it
+        // (to hand over in turn, say), while still taking what it sends.
+        let next = match tokio::time::timeout(STEP, heard.recv()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => Ok(None),
+            Err(_) => {
+                if !silent {
+                    warn!(
+                        from,
+                        "upgrade: the old process has said nothing for {}s: no longer waiting for it",
+                        STEP.as_secs()
+                    );
+                    silent = true;
+                    lb.process.previous_draining.send_replace(false);
+                }
+                continue;
+            }
+        };
+        if std::mem::take(&mut silent) {
+            lb.process.previous_draining.send_replace(true);
+        }
+        match next {
             Ok(Some((Msg::Conn(moved), fds))) => {
                 took += 1;
                 adopt(&lb, moved, fds, from);
@@ -220,9 +244,29 @@ pub(super) async fn receive(conn: Arc<Conn>, lb: Arc<Lb>, protocol: u32) {
     if let Some(a) = alive {
         a.abort();
     }
+    reading.abort();
     inherit(&lb, false);
     lb.process.previous_holds.store(0, Relaxed);
     lb.process.previous_draining.send_replace(false);
+}
+
+/// What the old process says, read by a task of its own into a channel
+/// (which waits can then bound without cutting a message in two); the last
+/// item is the end of the link or its error.
+type Heard = std::io::Result<Option<(Msg, Vec<OwnedFd>)>>;
+
+fn reader(conn: Arc<Conn>) -> (tokio::sync::mpsc::Receiver<Heard>, JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        loop {
+            let m = conn.recv::<Msg>().await;
+            let last = !matches!(m, Ok(Some(_)));
+            if tx.send(m).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    (rx, task)
 }
 
 /// Serves one connection moved here.
