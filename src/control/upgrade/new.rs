@@ -180,8 +180,7 @@ pub(super) async fn receive(conn: Arc<Conn>, lb: Arc<Lb>, protocol: u32) {
             }
         })
     });
-    let mut took = 0u64;
-    let (mut heard, reading) = reader(conn.clone());
+    let (mut heard, reading) = reader(conn.clone(), acks);
     let mut silent = false;
     loop {
         // The old process reports every quarter second: silent for a step,
@@ -207,13 +206,7 @@ pub(super) async fn receive(conn: Arc<Conn>, lb: Arc<Lb>, protocol: u32) {
             lb.process.previous_draining.send_replace(true);
         }
         match next {
-            Ok(Some((Msg::Conn(moved), fds))) => {
-                took += 1;
-                adopt(&lb, moved, fds, from);
-                if acks && let Err(e) = send(&conn, &Msg::Took { n: took }, &[]).await {
-                    warn!(from, error = %e, "upgrade: could not acknowledge a moved connection");
-                }
-            }
+            Ok(Some((Msg::Conn(moved), fds))) => adopt(&lb, moved, fds, from),
             Ok(Some((Msg::Draining { open }, _))) => lb.process.previous_holds.store(open, Relaxed),
             Ok(Some((Msg::Done { moved, cut }, _))) => {
                 lb.process.previous_cut.store(cut, Relaxed);
@@ -255,11 +248,21 @@ pub(super) async fn receive(conn: Arc<Conn>, lb: Arc<Lb>, protocol: u32) {
 /// item is the end of the link or its error.
 type Heard = std::io::Result<Option<(Msg, Vec<OwnedFd>)>>;
 
-fn reader(conn: Arc<Conn>) -> (tokio::sync::mpsc::Receiver<Heard>, JoinHandle<()>) {
+/// With `acks`, each moved connection is acknowledged as soon as it is
+/// read: its sockets are this process's from then on (the old process has
+/// let go of them), and one hop less keeps the old one's window moving.
+fn reader(conn: Arc<Conn>, acks: bool) -> (tokio::sync::mpsc::Receiver<Heard>, JoinHandle<()>) {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let task = tokio::spawn(async move {
+        let mut took = 0u64;
         loop {
             let m = conn.recv::<Msg>().await;
+            if acks && matches!(m, Ok(Some((Msg::Conn(_), _)))) {
+                took += 1;
+                if let Err(e) = send(&conn, &Msg::Took { n: took }, &[]).await {
+                    warn!(error = %e, "upgrade: could not acknowledge a moved connection");
+                }
+            }
             let last = !matches!(m, Ok(Some(_)));
             if tx.send(m).await.is_err() || last {
                 return;
