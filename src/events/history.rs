@@ -76,6 +76,8 @@ pub const KINDS: &[&str] = &[
     "took over",
     "upgrade resumed",
 ];
+/// The most of each text of an event that is carried.
+pub const CARRIED_TEXT: usize = 4096;
 /// What a carried event of a kind this process does not know is shown as.
 pub const OTHER: &str = "event";
 
@@ -135,17 +137,25 @@ impl History {
         self.samples.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| keep.contains(&k.as_str()));
     }
 
-    /// The kept events, oldest first, to carry to a successor.
+    /// The kept events, oldest first, to carry to a successor (each text
+    /// cut to [`CARRIED_TEXT`] bytes, so every event fits a message).
     pub fn export_events(&self) -> Vec<Carried> {
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let cut = |s: &str| {
+            let mut end = s.len().min(CARRIED_TEXT);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_owned()
+        };
         events
             .iter()
             .map(|e| Carried {
                 at: e.at,
                 what: e.what.to_owned(),
-                pool: e.pool.clone(),
-                server: e.server.clone(),
-                detail: e.detail.clone(),
+                pool: e.pool.as_deref().map(cut),
+                server: e.server.as_deref().map(cut),
+                detail: cut(&e.detail),
             })
             .collect()
     }
@@ -228,7 +238,7 @@ mod tests {
         for i in 0..120 {
             old.record("reload", None, None, format!("{i}"));
         }
-        old.record("closing sessions", Some("p"), Some("s"), "x");
+        old.record("closing sessions", Some("p"), Some("s"), "é".repeat(CARRIED_TEXT));
         for i in 0..SAMPLES as u64 {
             old.sample("p", i, i);
         }
@@ -243,6 +253,7 @@ mod tests {
         let e = new.events();
         assert_eq!(e.len(), EVENTS);
         assert_eq!((e[0].what, e[1].what, e[2].detail.as_str()), ("took over", "closing sessions", "119"));
+        assert_eq!(e[1].detail.len(), CARRIED_TEXT, "cut at a character boundary");
         let s = new.samples("p");
         assert_eq!((s.len(), s[0].open, s[SAMPLES - 1].open), (SAMPLES, 1, 1000));
         let mut odd = old.export_events();
