@@ -1099,3 +1099,30 @@ async fn parked_connections_are_served_again_when_the_stop_is_withdrawn() {
     // New connections are not asked to stop any more.
     round_trip(addr).await.unwrap();
 }
+
+/// The new process stopped while it prepares (before `go`): the old one
+/// hears no beat for a step, drops it and goes on as it was; the stopped
+/// one, continued, reads that and stands down instead of serving beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_stopped_before_go_is_dropped_and_stands_down() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[echo.addr], "");
+    let old = Proc::lb(&cfg);
+    let addr = old.listener_addr().await;
+    let mut new = Proc::spawn(upgrade_cmd(&cfg), false);
+    signal_when(&new, "preparing the config", &new, rustix::process::Signal::STOP).await;
+    let dropped = poll_for(Duration::from_secs(20), || {
+        std::future::ready(old.text().contains("upgrade abandoned").then_some(()))
+    })
+    .await;
+    assert!(dropped.is_some(), "the old process dropped the silent one; it said:\n{}", old.text());
+    round_trip(addr).await.unwrap();
+    new.signal("CONT");
+    new.wait_for_line("stands down").await;
+    let code = poll_for(Duration::from_secs(30), || std::future::ready(new.child.try_wait().unwrap())).await;
+    assert!(code.is_some(), "the continued process exits by itself: {}", new.text());
+    round_trip(addr).await.unwrap();
+    assert!(!old.text().contains("handed over"), "{}", old.text());
+    assert!(old.text().contains("no answer within 10s"), "{}", old.text());
+}

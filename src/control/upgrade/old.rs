@@ -54,6 +54,10 @@ pub(super) async fn serve(control: &Control, lb: Arc<Lb>) {
             Ok(None) => continue,
             Err(e) => {
                 warn!(error = %e, "upgrade abandoned: this process goes on as it was");
+                // Should the new process still be there (slow, stopped), it
+                // reads this before `going` and stands down.
+                let abandon = Msg::Abandon { reason: e.to_string() };
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.send(&abandon, &[])).await;
                 continue;
             }
         };
