@@ -42,6 +42,7 @@ pub const ACCESS_LOG_WRITABLE: &str = "ucp_lb_access_log_writable";
 pub const START_TIME: &str = "ucp_lb_start_time_seconds";
 pub const MOVED_IN: &str = "ucp_lb_upgrade_connections_moved_in_total";
 pub const PREVIOUS_HOLDS: &str = "ucp_lb_upgrade_previous_process_connections";
+pub const UPGRADES_RESUMED: &str = "ucp_lb_upgrade_resumed_total";
 
 const HELP: &[(&str, &str, Unit)] = &[
     (SERVER_UP, "1 when the server is eligible for new clients, 0 when not", Unit::Count),
@@ -113,6 +114,11 @@ const HELP: &[(&str, &str, Unit)] = &[
     (
         PREVIOUS_HOLDS,
         "Connections the process this one took over from still holds while it drains (0 when none drains)",
+        Unit::Count,
+    ),
+    (
+        UPGRADES_RESUMED,
+        "Upgrades that broke off after the new process said go (it died or stalled): this process took its listeners and connections back",
         Unit::Count,
     ),
 ];

@@ -610,29 +610,36 @@ async fn stuck_client(addr: SocketAddr) -> TcpStream {
     stuck
 }
 
-/// A second upgrade while the process before is still draining ends that
-/// one at once: never more than two processes.
+/// A second upgrade while the process before is still draining cuts
+/// nothing: the oldest goes on draining through the middle one into the
+/// newest, and ends by its own shutdown_timeout (3 s here), cutting only
+/// what cannot move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_upgrade_during_a_drain_ends_the_oldest_at_once() {
+async fn a_second_upgrade_during_a_drain_cuts_nothing_that_can_move() {
     // A client that stops reading keeps its connection busy in a write the
     // old process cannot finish: it cannot move, and the old process drains
-    // for its whole shutdown_timeout (20 s here) unless ended.
+    // for its whole shutdown_timeout.
     let stop = Arc::new(AtomicBool::new(false));
     let backend = Recorder::start(stop.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &[backend.addr], "");
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("\"20s\"", "\"3s\"")).unwrap();
     let mut first = Proc::lb(&cfg);
     let addr = first.listener_addr().await;
     let _stuck = stuck_client(addr).await;
+    let mut idle = TcpStream::connect(addr).await.unwrap();
     let mut second = Proc::spawn(upgrade_cmd(&cfg), false);
     second.wait_for_line("control socket up").await;
     first.wait_for_line("moving the open connections").await;
     assert!(first.child.try_wait().unwrap().is_none(), "the first still drains its stuck connection");
-    let mut third = upgrade(&mut second, &cfg).await;
-    // The first ended when the second handed over.
+    let mut third = Proc::spawn(upgrade_cmd(&cfg), false);
+    third.wait_for_line("control socket up").await;
+    assert_eq!(second.exit_code().await, Some(0), "{}", second.text());
     let code = first.exit_code().await;
     assert_eq!(code, Some(0), "{}", first.text());
-    assert!(first.text().contains("ending this drain now"), "{}", first.text());
+    assert!(first.text().contains("cutting the connections that did not move"), "{}", first.text());
+    assert!(!first.text().contains("ending this drain now"), "{}", first.text());
+    echo_once(&mut idle).await.unwrap();
     round_trip(addr).await.unwrap();
     third.signal("TERM");
     let _ = third.exit_code().await;
@@ -730,4 +737,392 @@ async fn a_warm_up_goes_on_in_the_new_process() {
     assert!(a_left <= b_left && a_left + 15_000 > b_left, "went on from where it was: {before} then {after}");
     assert!(warming(&status(admin).await)["percent"].is_u64(), "still warming");
     assert_eq!(status(admin).await["pools"][0]["servers"][0]["warming"], serde_json::Value::Null, "a never warmed");
+}
+
+/// Sends `sig` to `to` as soon as `watched` logs a line with `needle`
+/// (looking every millisecond, on a thread of its own, so the signal
+/// lands while the hand-over is under way); when it was sent.
+async fn signal_when(watched: &Proc, needle: &str, to: &Proc, sig: rustix::process::Signal) -> Instant {
+    let (lines, needle) = (watched.lines.clone(), needle.to_owned());
+    let pid = rustix::process::Pid::from_raw(to.child.id() as i32).unwrap();
+    let sent = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if lines.lock().unwrap().iter().any(|l| l.contains(&needle)) {
+                rustix::process::kill_process(pid, sig).unwrap();
+                return Some(Instant::now());
+            }
+            // Not synchronisation: the interval between two looks.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        None
+    });
+    sent.await.unwrap().unwrap_or_else(|| panic!("never saw {:?}; it said:\n{}", "the line", watched.text()))
+}
+
+/// The new process SIGKILLed right after `go`, with 100 streams and a
+/// steady flow of new clients: the old process takes everything back at
+/// once: its listener answers new clients again, every stream it still
+/// held goes on uncut (only those that had moved to the dead process are
+/// lost, and it counts them), it says so in its log, /status and
+/// /metrics, and it can be upgraded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_process_killed_after_go_leaves_the_old_one_serving_everything_it_held() {
+    let _turn = HEAVY.lock().await;
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[echo.addr], "");
+    let mut old = Proc::lb(&cfg);
+    let addr = old.listener_addr().await;
+    let admin = old.admin_addr().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let streams: Vec<_> = (0..100).map(|i| tokio::spawn(stream(addr, i, stop.clone()))).collect();
+    // Every stream is in the old process before the new one starts (one
+    // it accepted would be its own, and die with it).
+    eventually_async("100 streams open", || async {
+        status(admin).await["listeners"][0]["active"].as_u64() == Some(100)
+    })
+    .await;
+    let loops: Vec<_> = (0..8).map(|_| short_loop(addr, tally.clone(), stop.clone())).collect();
+    eventually("the client loop runs", || tally.ok.load(Relaxed) > 50).await;
+    let mut new = Proc::spawn(upgrade_cmd(&cfg), false);
+    let killed = signal_when(&old, "moving the open connections", &new, rustix::process::Signal::KILL).await;
+    let _ = new.child.wait();
+    let answered = poll_for(DEADLINE, || async {
+        tokio::time::timeout(Duration::from_millis(200), round_trip(addr)).await.ok().and_then(Result::ok)
+    })
+    .await;
+    let again = killed.elapsed();
+    assert!(answered.is_some(), "the listener answers again; the old process said:\n{}", old.text());
+    old.wait_for_line("resumed here").await;
+    // The streams go on a while in the old process before they end.
+    let ok = tally.ok.load(Relaxed);
+    eventually("clients keep being served", || tally.ok.load(Relaxed) > ok + 200).await;
+    stop.store(true, Relaxed);
+    for l in loops {
+        l.await.unwrap();
+    }
+    let (mut uncut, mut cut) = (0u64, 0u64);
+    for s in streams {
+        match s.await.unwrap() {
+            Ok((n, h, rn, rh)) if (n, &h) == (rn, &rh) => uncut += 1,
+            _ => cut += 1,
+        }
+    }
+    let p = status(admin).await["process"].clone();
+    let lost = p["lost_in_resumed"].as_u64().unwrap_or(u64::MAX);
+    eprintln!(
+        "new clients answered again {} ms after the SIGKILL; streams: {uncut} uncut, {cut} cut, {lost} had moved \
+         to the killed process; short clients: {} ok, {} failed",
+        again.as_millis(),
+        tally.ok.load(Relaxed),
+        tally.failed.load(Relaxed)
+    );
+    assert_eq!(p["upgrades_resumed"].as_u64(), Some(1), "{p}");
+    assert_eq!(p["handing_over_to"], serde_json::Value::Null, "{p}");
+    assert!(cut <= lost, "only streams that had moved are lost: {cut} cut, {lost} moved; it said:\n{}", old.text());
+    let metrics = http_raw(admin, "GET", "/metrics", None).await;
+    assert!(metrics.contains("ucp_lb_upgrade_resumed_total 1"), "{metrics}");
+    // It can be upgraded again, and that one completes.
+    old.wait_for_line("control socket back in place").await;
+    let mut next = Proc::spawn(upgrade_cmd(&cfg), false);
+    next.wait_for_line("control socket up").await;
+    let code = poll_for(DEADLINE, || std::future::ready(old.child.try_wait().unwrap())).await;
+    let said = || format!("the old process said:\n{}\nthe next said:\n{}", old.text(), next.text());
+    assert_eq!(code.and_then(|c| c.code()), Some(0), "{}", said());
+    round_trip(addr).await.unwrap();
+    next.signal("TERM");
+    let _ = next.exit_code().await;
+}
+
+/// The new process SIGSTOPped right after `go`: the old one hears nothing
+/// from it and goes back well within its shutdown_timeout (5 s here),
+/// accepting again; the stopped one, continued, reads that the old one
+/// went back, stops accepting and exits by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_stopped_after_go_lets_the_old_one_go_back_within_shutdown_timeout() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[echo.addr], "");
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("\"20s\"", "\"5s\"")).unwrap();
+    let old = Proc::lb(&cfg);
+    let addr = old.listener_addr().await;
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let mut new = Proc::spawn(upgrade_cmd(&cfg), false);
+    let stopped = signal_when(&old, "moving the open connections", &new, rustix::process::Signal::STOP).await;
+    // The deadline is the shutdown_timeout, with room for a loaded box.
+    let back =
+        poll_for(Duration::from_secs(8), || std::future::ready(old.text().contains("resumed here").then_some(())))
+            .await;
+    let took = stopped.elapsed();
+    assert!(back.is_some(), "the old process went back; it said:\n{}", old.text());
+    eprintln!("the old process went back {} ms after the SIGSTOP", took.as_millis());
+    within("a new client through the old process", round_trip(addr)).await.unwrap();
+    new.signal("CONT");
+    new.wait_for_line("stands down").await;
+    let code = poll_for(Duration::from_secs(15), || std::future::ready(new.child.try_wait().unwrap())).await;
+    assert!(code.is_some(), "the continued process exits by itself: {}", new.text());
+    round_trip(addr).await.unwrap();
+    drop(idle);
+}
+
+/// Two upgrades 0.5 s apart while 50 clients of a routed listener have
+/// sent half their ClientHello: none is cut; each, finishing its hello
+/// after both, reaches its pool through the newest process with its bytes
+/// intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_upgrades_half_a_second_apart_cut_no_pending_hello() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[echo.addr], "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("pool = \"p\"\n", "preread_timeout = \"30s\"\nroutes = { \"ucp.test\" = \"p\" }\n");
+    std::fs::write(&cfg, text).unwrap();
+    let mut first = Proc::lb(&cfg);
+    let addr = first.listener_addr().await;
+    let admin = first.admin_addr().await;
+    let tls = common::tls::client_config(&common::standin::TestCa::new("upgrade CA").unwrap());
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let conn = rustls::ClientConnection::new(tls.clone(), "ucp.test".try_into().unwrap()).unwrap();
+        let mut hello = Vec::new();
+        let mut conn = conn;
+        while conn.wants_write() {
+            conn.write_tls(&mut hello).unwrap();
+        }
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&hello[..hello.len() / 2]).await.unwrap();
+        clients.push((s, hello));
+    }
+    eventually_async("50 hellos pending", || async {
+        status(admin).await["listeners"][0]["active"].as_u64() == Some(50)
+    })
+    .await;
+    let second = Proc::spawn(upgrade_cmd(&cfg), false);
+    second.wait_for_line("control socket up").await;
+    // Not synchronisation: the interval between the two upgrades is the
+    // fault being injected.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut third = Proc::spawn(upgrade_cmd(&cfg), false);
+    third.wait_for_line("control socket up").await;
+    let mut broken = Vec::new();
+    for (i, (mut s, hello)) in clients.into_iter().enumerate() {
+        let rest = &hello[hello.len() / 2..];
+        let sent = [rest, b"after both upgrades"].concat();
+        let r = async {
+            s.write_all(&sent).await?;
+            let mut back = vec![0u8; hello.len() + b"after both upgrades".len()];
+            s.read_exact(&mut back).await?;
+            Ok::<_, std::io::Error>(back == [&hello[..], b"after both upgrades"].concat())
+        };
+        match within("an echo through the routed listener", r).await {
+            Ok(true) => {}
+            Ok(false) => broken.push(format!("client {i}: bytes differ")),
+            Err(e) => broken.push(format!("client {i}: {e}")),
+        }
+    }
+    assert!(broken.is_empty(), "{broken:?}\nthe first said:\n{}", first.text());
+    let code = poll_for(Duration::from_secs(25), || std::future::ready(first.child.try_wait().unwrap())).await;
+    assert_eq!(code.and_then(|c| c.code()), Some(0), "{}", first.text());
+    assert!(first.text().contains("cut=0"), "{}", first.text());
+    let p = status(admin).await["process"].clone();
+    eprintln!("two upgrades 0.5 s apart, 50 pending hellos: 0 cut; the newest: {p}");
+    third.signal("TERM");
+    let _ = third.exit_code().await;
+}
+
+/// What the old process was doing goes on in the new one: its event
+/// history, traffic samples and reload counters are there after the
+/// upgrade, and a close spread in progress (`on_server_down = "close"`)
+/// goes on closing the sessions that moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_reloads_and_a_close_spread_go_on_after_an_upgrade() {
+    let (a, b) = (Echo::start().await, Echo::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[a.addr, b.addr], "on_server_down = \"close\"\nclose_spread = \"4s\"");
+    let mut old = Proc::lb(&cfg);
+    let addr = old.listener_addr().await;
+    let admin = old.admin_addr().await;
+    eventually_async("both up", || async { server_states(admin).await.iter().all(|s| s.2 == "up") }).await;
+    old.signal("HUP");
+    eventually_async("one reload", || async { status(admin).await["reload"]["successes"].as_u64() == Some(1) }).await;
+    let mut sessions = Vec::new();
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        echo_once(&mut s).await.unwrap();
+        sessions.push(s);
+    }
+    let on_b = |st: &serde_json::Value| st["pools"][0]["servers"][1]["active"].as_u64().unwrap_or(0);
+    let before = on_b(&status(admin).await);
+    assert!(before >= 10, "sessions on b: {before}");
+    let path = format!("/pools/p/servers/{}/down", b.addr.to_string().replace(':', "%3A"));
+    let answer = http_raw(admin, "POST", &path, Some(TOKEN)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    eventually_async("the spread has begun", || async {
+        status(admin).await["pools"][0]["servers"][1]["sessions_closed"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    let new = upgrade(&mut old, &cfg).await;
+    let st = status(admin).await;
+    let events: Vec<String> =
+        st["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap_or("").to_owned()).collect();
+    assert!(events.iter().any(|e| e == "closing sessions"), "{events:?}");
+    assert!(events.iter().any(|e| e == "reload"), "{events:?}");
+    assert!(events.iter().any(|e| e == "took over"), "{events:?}");
+    assert_eq!(st["reload"]["successes"].as_u64(), Some(1), "{}", st["reload"]);
+    assert!(!st["pools"][0]["traffic"].as_array().unwrap().is_empty(), "samples carried");
+    let left = on_b(&st);
+    eventually_async("the moved sessions of b are closed by the spread", || async { on_b(&status(admin).await) == 0 })
+        .await;
+    let closed = status(admin).await["pools"][0]["servers"][1]["sessions_closed"].as_u64().unwrap_or(0);
+    eprintln!("b: {before} sessions, {left} left at the upgrade, {closed} closed in all");
+    assert_eq!(closed, before, "every session of b closed, before and after the upgrade");
+    drop((sessions, new));
+}
+
+/// A peer of this user that says `hello` on the control socket and then
+/// nothing holds the old process's upgrade slot for one step (10 s) at
+/// most: a real upgrade started right behind it still takes over, and the
+/// old process says why it dropped the quiet one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_peer_on_the_control_socket_cannot_hold_off_a_real_upgrade() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[echo.addr], "");
+    let mut old = Proc::lb(&cfg);
+    let addr = old.listener_addr().await;
+    old.wait_for_line("control socket up").await;
+    let mut quiet = tokio::net::UnixStream::connect(control(dir.path())).await.unwrap();
+    let hello = br#"{"msg":"hello","pid":1,"version":"quiet","protocol":1}"#;
+    quiet.write_all(&(hello.len() as u32).to_be_bytes()).await.unwrap();
+    quiet.write_all(hello).await.unwrap();
+    old.wait_for_line("a new process asks to take over successor=1 ").await;
+    let started = Instant::now();
+    let mut new = Proc::spawn(upgrade_cmd(&cfg), false);
+    // Generous: one step for the quiet peer, then the real upgrade.
+    let code = poll_for(Duration::from_secs(30), || std::future::ready(old.child.try_wait().unwrap())).await;
+    let said = || format!("the old process said:\n{}\nthe new one said:\n{}", old.text(), new.text());
+    assert_eq!(code.and_then(|c| c.code()), Some(0), "{}", said());
+    eprintln!("a real upgrade behind a quiet peer completed {} ms after it started", started.elapsed().as_millis());
+    assert!(old.text().contains("upgrade abandoned"), "{}", said());
+    round_trip(addr).await.unwrap();
+    new.signal("TERM");
+    let _ = new.exit_code().await;
+    drop(quiet);
+}
+
+/// The new process checks who listens on the control socket, on the
+/// connection it made (`SO_PEERCRED`): a socket file that passes the
+/// owner and mode checks (this user's, 0600) but is served by a process of
+/// another user is refused, and nothing is taken from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_socket_served_by_another_user_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI runs as root");
+        eprintln!("skipped: running a process of another user needs root");
+        return;
+    }
+    let echo = Echo::start().await;
+    let open = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The socket's directory is theirs to write in; the config's is not.
+    let run = open.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    rustix::fs::chown(&run, Some(rustix::process::Uid::from_raw(65534)), None).unwrap();
+    let sock = run.join("control.sock");
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"{}\"\n\
+         [[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"{}\"]\n",
+        sock.display(),
+        echo.addr
+    );
+    let cfg = open.path().join("lb.toml");
+    std::fs::write(&cfg, text).unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // A copy of the binary that user can run (the build's may sit below a
+    // directory only root may enter).
+    let bin = open.path().join("ucp-lb");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--config").arg(&cfg).env("RUST_LOG", "info");
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    let other = Proc::spawn(cmd, false);
+    let addr = other.listener_addr().await;
+    other.wait_for_line("control socket up").await;
+    // The file now passes the new process's checks: root's, mode 0600.
+    rustix::fs::chown(&sock, Some(rustix::process::Uid::from_raw(0)), None).unwrap();
+    let out = upgrade_cmd(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("runs as uid 65534"), "{err}");
+    assert!(!other.text().contains("asks to take over"), "nothing was asked of it: {}", other.text());
+    round_trip(addr).await.unwrap();
+}
+
+/// The stop request is withdrawable: connections stopped whole and parked
+/// are served again by the balancer that stopped them, their bytes
+/// intact (what a process going back does with those it had not sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_are_served_again_when_the_stop_is_withdrawn() {
+    let echo = Echo::start().await;
+    let lb = start_lb(&one_pool(&[echo.addr], "")).await;
+    let addr = lb.listener_addrs()[0];
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        echo_once(&mut c).await.unwrap();
+        clients.push(c);
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    lb.conns().stop_into(tx);
+    let mut parked = Vec::new();
+    for _ in 0..10 {
+        parked.push(within("a parked connection", rx.recv()).await.unwrap());
+    }
+    let listener = lb.listeners()[0].clone();
+    eventually("all ten stopped whole and let go", || listener.active.load(Relaxed) == 0).await;
+    lb.conns().withdraw();
+    for p in parked {
+        lb.lb.listeners.adopt(p.client, p.server, p.moved, &lb.lb.shared, &lb.lb.shutdown);
+    }
+    for c in &mut clients {
+        within("an echo after the withdrawal", echo_once(c)).await.unwrap();
+    }
+    assert_eq!(lb.listeners()[0].active.load(Relaxed), 10);
+    // New connections are not asked to stop any more.
+    round_trip(addr).await.unwrap();
+}
+
+/// The new process stopped while it prepares (before `go`): the old one
+/// hears no beat for a step, drops it and goes on as it was; the stopped
+/// one, continued, reads that and stands down instead of serving beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_stopped_before_go_is_dropped_and_stands_down() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[echo.addr], "");
+    let old = Proc::lb(&cfg);
+    let addr = old.listener_addr().await;
+    let mut new = Proc::spawn(upgrade_cmd(&cfg), false);
+    signal_when(&new, "preparing the config", &new, rustix::process::Signal::STOP).await;
+    let dropped = poll_for(Duration::from_secs(20), || {
+        std::future::ready(old.text().contains("upgrade abandoned").then_some(()))
+    })
+    .await;
+    assert!(dropped.is_some(), "the old process dropped the silent one; it said:\n{}", old.text());
+    round_trip(addr).await.unwrap();
+    new.signal("CONT");
+    new.wait_for_line("stands down").await;
+    let code = poll_for(Duration::from_secs(30), || std::future::ready(new.child.try_wait().unwrap())).await;
+    assert!(code.is_some(), "the continued process exits by itself: {}", new.text());
+    round_trip(addr).await.unwrap();
+    assert!(!old.text().contains("handed over"), "{}", old.text());
+    assert!(old.text().contains("no answer within 10s"), "{}", old.text());
 }

@@ -240,6 +240,21 @@ pub struct Process {
     /// Connections it could not move (cut at its deadline), as it said
     /// when done.
     pub previous_cut: std::sync::atomic::AtomicU64,
+    /// The pid of the process this one is handing over to (0: none), until
+    /// that one confirms the whole hand-over or it breaks off.
+    pub handing_over_to: std::sync::atomic::AtomicU32,
+    /// Hand-overs that broke off after `go`, this process going back.
+    pub upgrades_resumed: std::sync::atomic::AtomicU64,
+    /// Unix seconds of the last of them (0: never).
+    pub last_resumed_at: std::sync::atomic::AtomicU64,
+    /// Connections lost at those (moved to, or in flight to, the process
+    /// that broke off).
+    pub lost_in_resumed: std::sync::atomic::AtomicU64,
+    /// Cancelled when the process this one took over from went back to
+    /// serving (the hand-over broke off on this side: this process was
+    /// stopped or too slow): this one stops accepting, finishes what it
+    /// holds and exits.
+    pub stand_down: tokio_util::sync::CancellationToken,
 }
 
 /// One running load balancer: its runtime state, its listeners, its
@@ -375,6 +390,26 @@ impl Lb {
         self.reload.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Stops accepting for a successor that accepts on the same sockets
+    /// now, keeping them (and the admin socket, which still answers here)
+    /// until the successor confirms the whole hand-over.
+    pub fn pause_accepting(&self) {
+        self.listeners.pause();
+    }
+
+    /// Accepts again on the sockets kept: the hand-over broke off.
+    pub fn resume_accepting(&self) -> usize {
+        self.listeners.resume(&self.shared, &self.shutdown)
+    }
+
+    /// Takes the reload counters of the process this one took over from
+    /// (its own generation stays).
+    pub fn carry_reloads(&self, from: ReloadStatus) {
+        let mut st = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = st.generation;
+        *st = ReloadStatus { generation, ..from };
+    }
+
     /// Stops accepting on every listener and lets go of the copies of the
     /// listening sockets kept for a successor (for a shutdown, so new
     /// clients are refused; after a hand-over, so only the successor
@@ -402,6 +437,10 @@ impl Lb {
         view.process.previous_holds = p.previous_holds.load(Relaxed);
         view.process.moved_in = p.moved_in.load(Relaxed);
         view.process.previous_cut = p.previous_cut.load(Relaxed);
+        view.process.handing_over_to = Some(p.handing_over_to.load(Relaxed)).filter(|&pid| pid != 0);
+        view.process.upgrades_resumed = p.upgrades_resumed.load(Relaxed);
+        view.process.last_resumed_at = Some(p.last_resumed_at.load(Relaxed)).filter(|&t| t != 0);
+        view.process.lost_in_resumed = p.lost_in_resumed.load(Relaxed);
         view
     }
 

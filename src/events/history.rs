@@ -1,7 +1,9 @@
 //! What happened, for an operator who opens the page after an incident:
 //! the last 100 state changes of the whole balancer (checks, ejections,
 //! overrides, reloads, pools losing and regaining their servers) and, per
-//! pool, open and new connections over the last 15 minutes.
+//! pool, open and new connections over the last 15 minutes. Both move to
+//! the process that takes over in an upgrade ([`History::export_events`],
+//! [`History::import_events`] and the same for samples).
 //!
 //! Every event goes through [`History::record`]. A leaf: the callers
 //! (checks, connections, the admin API, reloads, the watcher) say what
@@ -11,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// State changes kept.
 pub const EVENTS: usize = 100;
@@ -30,9 +32,10 @@ pub fn now() -> f64 {
 pub struct Event {
     /// Unix seconds.
     pub at: f64,
-    /// `server down`, `server up`, `ejected`, `readmitted`, `drain`,
-    /// `enable`, `down`, `reload`, `reload failed`, `pool all down`,
-    /// `pool has a server again`, `closing sessions`.
+    /// One of [`KINDS`]: `server down`, `server up`, `ejected`,
+    /// `readmitted`, `drain`, `enable`, `down`, `reload`, `reload failed`,
+    /// `pool all down`, `pool has a server again`, `closing sessions`,
+    /// `handed over`, `took over`, `upgrade resumed`.
     pub what: &'static str,
     pub pool: Option<String>,
     /// The server (its label), or the check's target for a check shared by
@@ -43,7 +46,7 @@ pub struct Event {
 }
 
 /// One sample of a pool's traffic.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Sample {
     /// Unix seconds.
     pub at: f64,
@@ -52,6 +55,40 @@ pub struct Sample {
     /// Connections made since the process started (per-second rates come
     /// from two samples).
     pub total: u64,
+}
+
+/// Every kind of event ([`Event::what`]): a carried event of another kind
+/// (a newer process's) is kept as [`OTHER`].
+pub const KINDS: &[&str] = &[
+    "server down",
+    "server up",
+    "ejected",
+    "readmitted",
+    "drain",
+    "enable",
+    "down",
+    "reload",
+    "reload failed",
+    "pool all down",
+    "pool has a server again",
+    "closing sessions",
+    "handed over",
+    "took over",
+    "upgrade resumed",
+];
+/// The most of each text of an event that is carried.
+pub const CARRIED_TEXT: usize = 4096;
+/// What a carried event of a kind this process does not know is shown as.
+pub const OTHER: &str = "event";
+
+/// An event as it travels to the process taking over (`ucp-lb --upgrade`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Carried {
+    pub at: f64,
+    pub what: String,
+    pub pool: Option<String>,
+    pub server: Option<String>,
+    pub detail: String,
 }
 
 /// The memory of one load balancer: its events and traffic samples. (The
@@ -100,6 +137,63 @@ impl History {
         self.samples.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| keep.contains(&k.as_str()));
     }
 
+    /// The kept events, oldest first, to carry to a successor (each text
+    /// cut to [`CARRIED_TEXT`] bytes, so every event fits a message).
+    pub fn export_events(&self) -> Vec<Carried> {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let cut = |s: &str| {
+            let mut end = s.len().min(CARRIED_TEXT);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_owned()
+        };
+        events
+            .iter()
+            .map(|e| Carried {
+                at: e.at,
+                what: e.what.to_owned(),
+                pool: e.pool.as_deref().map(cut),
+                server: e.server.as_deref().map(cut),
+                detail: cut(&e.detail),
+            })
+            .collect()
+    }
+
+    /// Every pool's samples, oldest first, to carry to a successor.
+    pub fn export_samples(&self) -> Vec<(String, Vec<Sample>)> {
+        let all = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter().map(|(k, r)| (k.clone(), r.iter().copied().collect())).collect()
+    }
+
+    /// Puts events carried from the process before this one ahead of this
+    /// one's own (oldest first, as exported), within [`EVENTS`].
+    pub fn import_events(&self, carried: Vec<Carried>) {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let mine: Vec<Event> = events.drain(..).collect();
+        for c in carried {
+            let what = KINDS.iter().copied().find(|k| *k == c.what).unwrap_or(OTHER);
+            events.push_back(Event { at: c.at, what, pool: c.pool, server: c.server, detail: c.detail });
+        }
+        events.extend(mine);
+        while events.len() > EVENTS {
+            events.pop_front();
+        }
+    }
+
+    /// Puts `pool`'s samples carried from the process before this one ahead
+    /// of this one's own, within [`SAMPLES`].
+    pub fn import_samples(&self, pool: &str, carried: Vec<Sample>) {
+        let mut all = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let ring = all.entry(pool.to_owned()).or_default();
+        let mine: Vec<Sample> = ring.drain(..).collect();
+        ring.extend(carried);
+        ring.extend(mine);
+        while ring.len() > SAMPLES {
+            ring.pop_front();
+        }
+    }
+
     /// `pool`'s samples, oldest first.
     pub fn samples(&self, pool: &str) -> Vec<Sample> {
         self.samples
@@ -136,5 +230,36 @@ mod tests {
         assert_eq!((s.len(), s[0].open, s[SAMPLES - 1].open), (SAMPLES, 110, 199));
         h.forget_others(&[]);
         assert!(h.samples("p").is_empty());
+    }
+
+    #[test]
+    fn events_and_samples_carry_ahead_of_the_successors_own() {
+        let old = History::default();
+        for i in 0..120 {
+            old.record("reload", None, None, format!("{i}"));
+        }
+        old.record("closing sessions", Some("p"), Some("s"), "é".repeat(CARRIED_TEXT));
+        for i in 0..SAMPLES as u64 {
+            old.sample("p", i, i);
+        }
+        let new = History::default();
+        new.record("took over", None, None, "mine");
+        new.sample("p", 1000, 1000);
+        let wire = serde_json::to_string(&old.export_events()).unwrap();
+        new.import_events(serde_json::from_str(&wire).unwrap());
+        for (pool, s) in old.export_samples() {
+            new.import_samples(&pool, s);
+        }
+        let e = new.events();
+        assert_eq!(e.len(), EVENTS);
+        assert_eq!((e[0].what, e[1].what, e[2].detail.as_str()), ("took over", "closing sessions", "119"));
+        assert_eq!(e[1].detail.len(), CARRIED_TEXT, "cut at a character boundary");
+        let s = new.samples("p");
+        assert_eq!((s.len(), s[0].open, s[SAMPLES - 1].open), (SAMPLES, 1, 1000));
+        let mut odd = old.export_events();
+        odd[0].what = "something newer".into();
+        let fresh = History::default();
+        fresh.import_events(odd);
+        assert_eq!(fresh.events().last().map(|e| e.what), Some(OTHER));
     }
 }

@@ -525,6 +525,34 @@ impl Listeners {
         }
     }
 
+    /// Stops every accept loop but keeps the sockets: a successor accepts
+    /// on them now, and should the hand-over break off,
+    /// [`Listeners::resume`] accepts here again at once (clients that came
+    /// meanwhile wait in the shared backlog).
+    pub fn pause(&self) {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        for o in open.iter() {
+            o.stop.cancel();
+        }
+    }
+
+    /// Accepts again on every socket [`Listeners::pause`] kept; returns
+    /// how many.
+    pub fn resume(&self, shared: &Arc<Shared>, shutdown: &Shutdown) -> usize {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for o in open.iter_mut().filter(|o| o.stop.is_cancelled()) {
+            let Some(sock) = o.fd.as_ref().and_then(|fd| fd.try_clone().ok()).and_then(|fd| from_fd(fd).ok()) else {
+                warn!(bind = %o.state.bind, "cannot accept on the kept socket again");
+                continue;
+            };
+            o.stop = shutdown.stop_accepting.child_token();
+            tokio::spawn(accept_loop(sock, o.state.clone(), shared.clone(), shutdown.clone(), o.stop.clone()));
+            n += 1;
+        }
+        n
+    }
+
     /// Every open listener's socket and what identifies it, for the
     /// process taking over.
     pub fn handover(&self) -> Vec<(Carried, std::os::fd::OwnedFd)> {

@@ -26,8 +26,9 @@ use crate::state::snapshot::{Owners, Snapshot};
 use crate::state::{ServerState, States};
 use crate::traffic::listener::ListenerState;
 
-/// The outcome of the last reload and the running totals.
-#[derive(Debug, Clone, Default, Serialize)]
+/// The outcome of the last reload and the running totals (carried to the
+/// process that takes over, so an upgrade does not reset them).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ReloadStatus {
     /// Generation of the running snapshot.
     pub generation: u64,
@@ -93,6 +94,19 @@ pub struct ProcessStatus {
     /// Connections it could not move and cut at its `shutdown_timeout`
     /// (a client that stopped reading mid-transfer, say).
     pub previous_cut: u64,
+    /// While this process hands over to a new one: that one's pid (until
+    /// the new one has confirmed the whole hand-over, this one keeps its
+    /// sockets and can go back).
+    pub handing_over_to: Option<u32>,
+    /// Hand-overs that broke off after the new process said `go` (it died,
+    /// stalled or crashed), after which this process took its listeners
+    /// and its connections back.
+    pub upgrades_resumed: u64,
+    /// Unix seconds of the last of them.
+    pub last_resumed_at: Option<u64>,
+    /// Connections that had moved to a process that then died (or were in
+    /// flight to it), at those hand-overs: lost.
+    pub lost_in_resumed: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

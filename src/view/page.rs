@@ -72,6 +72,15 @@ fn process_line(p: &crate::view::ProcessStatus) -> String {
             p.previous_holds
         ));
     }
+    if let Some(to) = p.handing_over_to {
+        line.push_str(&format!(" · <span class=warn>handing over to pid {to}</span>"));
+    }
+    if p.upgrades_resumed > 0 {
+        line.push_str(&format!(
+            " · <span class=bad>{} upgrade(s) broke off after go: resumed here ({} connections lost)</span>",
+            p.upgrades_resumed, p.lost_in_resumed
+        ));
+    }
     line
 }
 
@@ -370,7 +379,13 @@ fn events(out: &mut String, events: &[Event]) {
     }
     for e in events {
         let class = match e.what {
-            "server up" | "readmitted" | "enable" | "reload" | "pool has a server again" => "ok",
+            "server up"
+            | "readmitted"
+            | "enable"
+            | "reload"
+            | "pool has a server again"
+            | "took over"
+            | "handed over" => "ok",
             "drain" => "warn",
             _ => "bad",
         };

@@ -85,6 +85,7 @@ pub fn render(m: &Metrics, view: &View) -> String {
     m.gauge(START_TIME, vec![]).set(view.process.started_at as f64);
     m.counter(MOVED_IN, vec![]).absolute(view.process.moved_in);
     m.gauge(PREVIOUS_HOLDS, vec![]).set(view.process.previous_holds as f64);
+    m.counter(UPGRADES_RESUMED, vec![]).absolute(view.process.upgrades_resumed);
     stable(&m.render())
 }
 

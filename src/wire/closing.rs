@@ -13,6 +13,11 @@
 //! same second.
 //!
 //! A leaf: no I/O; the byte path (`copy.rs`) polls a [`Watch`].
+//!
+//! An upgrade carries a standing order to the new process
+//! ([`Closing::carried`], [`Closing::restore`]): its spread goes on from
+//! where it was, and the connections that move in while the old process
+//! hands them over ([`Closing::inherit`]) count as opened before it.
 
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -20,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, Sleep};
 
 /// One server's close orders (one at a time), in its [`crate::state::ServerState`].
@@ -35,6 +41,21 @@ pub struct Closing {
     next: AtomicU32,
     /// Sessions closed by orders, in this process and those before it.
     pub closed: AtomicU64,
+    /// Connections moving in from the process before this one are being
+    /// adopted: each is covered by the order standing when it arrives.
+    inheriting: AtomicBool,
+}
+
+/// A standing order as it moves to the process taking over.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CarriedOrder {
+    /// How long ago it was given, milliseconds.
+    pub started_ago_ms: u64,
+    pub spread_ms: u64,
+    /// Its slots.
+    pub sessions: u32,
+    /// The first slot left to the sessions still open.
+    pub next: u32,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -68,9 +89,44 @@ impl Closing {
         self.standing.store(false, Relaxed);
     }
 
+    /// The standing order, if any, to carry to a successor; `open`: the
+    /// sessions still open (they take its last slots).
+    pub fn carried(&self, now: Instant, open: u32) -> Option<CarriedOrder> {
+        if !self.standing() {
+            return None;
+        }
+        let plan = *self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        let start = plan.start?;
+        Some(CarriedOrder {
+            started_ago_ms: now.saturating_duration_since(start).as_millis() as u64,
+            spread_ms: plan.spread.as_millis() as u64,
+            sessions: plan.sessions,
+            next: plan.sessions.saturating_sub(open),
+        })
+    }
+
+    /// Gives again, from where it was, an order carried from the process
+    /// before this one.
+    pub fn restore(&self, now: Instant, c: CarriedOrder) {
+        let start = now.checked_sub(Duration::from_millis(c.started_ago_ms)).unwrap_or(now);
+        *self.plan.lock().unwrap_or_else(|p| p.into_inner()) =
+            Plan { start: Some(start), spread: Duration::from_millis(c.spread_ms), sessions: c.sessions.max(1) };
+        self.next.store(c.next, Relaxed);
+        self.generation.fetch_add(1, Relaxed);
+        self.standing.store(true, Relaxed);
+    }
+
+    /// While `on`, a new connection counts as opened before the last order
+    /// (connections moving in from the process before this one).
+    pub fn inherit(&self, on: bool) {
+        self.inheriting.store(on, Relaxed);
+    }
+
     /// A new connection's place: the orders after this cover it.
     pub fn watch(&self) -> Watch<'_> {
-        Watch { closing: self, since: self.generation.load(Relaxed), timer: None }
+        let g = self.generation.load(Relaxed);
+        let since = if self.inheriting.load(Relaxed) { g.saturating_sub(1) } else { g };
+        Watch { closing: self, since, timer: None }
     }
 
     fn covers(&self, since: u32) -> bool {
@@ -217,6 +273,32 @@ mod tests {
         c.order(start, Duration::from_secs(2), 0);
         assert_eq!(slots(&mut watches, start), [Duration::ZERO; 2]);
         assert_eq!(c.closed.load(Relaxed), 2);
+    }
+
+    /// An order carried to a successor goes on there from where it was,
+    /// and covers the connections that move in, not those opened after.
+    #[tokio::test(start_paused = true)]
+    async fn a_carried_order_goes_on_and_covers_the_connections_moving_in() {
+        let old = Closing::default();
+        let start = Instant::now();
+        old.order(start, Duration::from_secs(10), 100);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        let c = old.carried(Instant::now(), 40).expect("standing");
+        assert_eq!((c.started_ago_ms, c.spread_ms, c.sessions, c.next), (1500, 10_000, 100, 60));
+        let new = Closing::default();
+        let at = Instant::now();
+        new.restore(at, c);
+        new.inherit(true);
+        let mut moved = vec![new.watch(), new.watch()];
+        new.inherit(false);
+        let mut later = new.watch();
+        let waker = futures_noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(later.poll(&mut cx).is_pending() && later.timer.is_none(), "opened after: not covered");
+        let got = slots(&mut moved, at);
+        // Slots 60 and 61 of 100 over 10 s, from 1.5 s before the restore.
+        assert_eq!(got, [4500, 4600].map(Duration::from_millis));
+        assert!(Closing::default().carried(Instant::now(), 0).is_none(), "no order: nothing carried");
     }
 
     fn futures_noop_waker() -> std::task::Waker {

@@ -193,10 +193,21 @@ impl Conns {
     }
 
     /// Asks every connection to stop where it holds no bytes and to go to
-    /// `sink`. Irreversible: this balancer is done.
+    /// `sink`. Withdrawn by [`Conns::withdraw`] (a hand-over that broke
+    /// off); a later request replaces `sink`.
     pub fn stop_into(&self, sink: mpsc::UnboundedSender<Parked>) {
         *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
         self.stopping.store(true, Relaxed);
+        self.wake_all();
+    }
+
+    /// Withdraws the request to stop: every connection still copying goes
+    /// on where it stopped (its bytes waited in the kernel). One that had
+    /// already stopped whole, or stops in the race with this, still goes
+    /// to the sink, which is kept: whoever holds its receiving end takes
+    /// those back ([`Parked`] has all a connection is).
+    pub fn withdraw(&self) {
+        self.stopping.store(false, Relaxed);
         self.wake_all();
     }
 
@@ -319,5 +330,7 @@ mod tests {
         let (tx, _rx) = mpsc::unbounded_channel();
         a.stop_into(tx);
         assert!(a.stopping() && !b.stopping());
+        a.withdraw();
+        assert!(!a.stopping(), "withdrawn");
     }
 }

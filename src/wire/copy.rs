@@ -577,9 +577,10 @@ impl<'a> Direction<'a> {
                 self.meter.flush();
                 self.parked.store(true, Relaxed);
                 if self.conns.stopping() {
-                    // Stopped for good: the next bytes stay in the kernel
-                    // for the process that takes the socket over.
-                    std::future::pending::<()>().await;
+                    // Stopped: the next bytes stay in the kernel for the
+                    // process that takes the socket over, unless the
+                    // request is withdrawn (the registry wakes this task).
+                    std::future::poll_fn(|_| if self.conns.stopping() { Poll::Pending } else { Poll::Ready(()) }).await;
                 }
                 // poll_read_ready keeps the waker in the socket's own reader
                 // slot; `readable()` would put a 152-byte waiter in this

@@ -5,7 +5,9 @@
 //! applies it to the snapshot it built from its own config, matching
 //! servers by (pool, configured address, resolved address, repeat), so a
 //! server the new config no longer lists is simply not found, and one it
-//! adds starts fresh.
+//! adds starts fresh. A close order in progress moves too (its spread goes
+//! on); the event history, traffic samples and reload counters travel as
+//! messages of their own (`mod.rs`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -45,6 +47,10 @@ pub struct Server {
     /// Sessions closed because it went down.
     #[serde(default)]
     pub sessions_closed: u64,
+    /// Its close order in progress (`on_server_down = "close"`), if one
+    /// stands: the spread goes on in the new process.
+    #[serde(default)]
+    pub closing: Option<crate::wire::closing::CarriedOrder>,
 }
 
 fn ms(d: Option<Duration>) -> Option<u64> {
@@ -78,6 +84,7 @@ pub fn export(snap: &Snapshot) -> Vec<Server> {
                 passive_ejections: st.passive_ejections.load(Relaxed),
                 back_ago_ms: st.back_at().map(|t| now.saturating_duration_since(t).as_millis() as u64),
                 sessions_closed: st.closing.closed.load(Relaxed),
+                closing: st.closing.carried(now, st.active.load(Relaxed)),
             });
         }
     }
@@ -112,6 +119,9 @@ pub fn import(snap: &Snapshot, carried: &[Server]) -> usize {
         st.bytes_received.store(c.bytes_received, Relaxed);
         st.passive_ejections.store(c.passive_ejections, Relaxed);
         st.closing.closed.store(c.sessions_closed, Relaxed);
+        if let Some(order) = c.closing {
+            st.closing.restore(now, order);
+        }
         if let Some(ms) = c.back_ago_ms {
             st.came_back(now.checked_sub(Duration::from_millis(ms)).unwrap_or(now));
         }

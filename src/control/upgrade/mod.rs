@@ -10,73 +10,143 @@
 //! when its balancer's connections are asked to
 //! ([`crate::wire::conns::Conns::stop_into`]), and hands over its two sockets.
 //!
-//! The conversation, new process (N) and old one (O):
+//! The conversation, new process (N) and old one (O). Every wait of it is
+//! bounded: each message within [`STEP`] (N's preparation included: it
+//! says `preparing` every [`BEAT`]), and O's drain by its
+//! `shutdown_timeout`.
 //!
-//! 1. N checks the socket file (owner, mode) and connects; says `hello`.
+//! 1. N checks the socket file (owner, mode), connects, checks who listens
+//!    there (`SO_PEERCRED`), and says `hello`.
 //! 2. O answers with `welcome` (its pid, its config generation), each
 //!    listening socket (`listener`, the descriptor attached), the admin
-//!    socket (`admin`), every server's state (`server`), then `state_end`.
-//! 3. N prepares its own config exactly as a start does (load was done
-//!    before; resolve, bind what is new, build, restore the state), starts
-//!    accepting on every socket, and only then says `go`. Anything wrong
-//!    before that: N exits 1 and closes the connection; O, seeing it close
-//!    without `go`, goes on untouched.
-//! 4. O stops accepting (the sockets stay open in N, so a client in the
-//!    backlog is accepted by N), says `going`, and asks every connection
-//!    to stop where it holds no bytes ([`crate::wire::conns`]). Each one that does
-//!    goes to N as `conn` with its two sockets; N carries on copying it.
-//!    O reports what it still holds (`draining`) every quarter second.
-//! 5. When O holds nothing, or its `shutdown_timeout` is over (what is
-//!    left is cut and counted), it says `done` and exits 0.
+//!    socket (`admin`), every server's state (`server`, a close order in
+//!    progress with it), its event history (`event`), traffic samples
+//!    (`samples`) and reload counters (`reloads`), then `state_end`.
+//! 3. N prepares its own config exactly as a start does (resolve, bind
+//!    what is new, build, restore the state), saying `preparing` every
+//!    [`BEAT`], starts accepting on every socket, and only then says `go`.
+//!    Anything wrong before that: N exits 1 and closes the connection; O,
+//!    seeing it close (or hearing nothing for a [`STEP`]), goes on untouched.
+//! 4. O stops accepting but keeps its sockets (a client in the backlog is
+//!    accepted by N), says `going`, and asks every connection to stop
+//!    where it holds no bytes ([`crate::wire::conns`]). Each one that does
+//!    goes to N as `conn` with its two sockets, at most [`WINDOW`] of them
+//!    not yet acknowledged; N carries each on and says `took` (how many in
+//!    all), and `alive` every [`BEAT_DRAIN`]. O reports what it still holds
+//!    (`draining`) every quarter second.
+//! 5. When O holds nothing and N has acknowledged everything, or its
+//!    `shutdown_timeout` is over (what is left is cut and counted), O says
+//!    `done`; N answers `confirmed`: the whole hand-over is confirmed, O
+//!    closes its sockets and exits 0.
 //!
-//! Only one old process drains at a time: when N is itself upgraded while
-//! O still drains into it, N closes its link to O, and O ends at once.
+//! Going back: until `confirmed`, should the link close (N killed or
+//! crashed) or N fall silent for [`STALL`] (stopped, hung), O takes
+//! everything back at once: it accepts on its sockets again, withdraws the
+//! stop request (connections not yet sent go on copying here, those
+//! parked meanwhile are served here again), says `abandon` to N and puts
+//! its own control socket back in place. What had moved to N stays there:
+//! lost if N died; if N was only stopped, it reads `abandon` when it runs
+//! again, stops accepting, finishes those connections and exits. The
+//! connections lost when N dies are the ones it had acknowledged plus at
+//! most [`WINDOW`] in flight. N, seeing the link close without `abandon`
+//! (O gone), carries on alone.
+//!
+//! Chained upgrades: when N is itself upgraded while O still drains into
+//! it, nothing is cut: N goes on taking O's connections and passes them
+//! on to its own successor (they stop at once there), and ends only once
+//! O is done. Each process in such a chain ends within its own
+//! `shutdown_timeout`.
+//!
+//! A peer of an older release (no `protocol` in its `hello` or `welcome`)
+//! is spoken to as before: no beats, no acknowledgements, no history.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::config::ControlSocket;
-use crate::control::lifecycle::{self, Inherited, Lb, Loaded, Running, StartError};
+use crate::control::lifecycle::{self, Lb, Loaded, Running, StartError};
+use crate::events::history;
 use crate::traffic::listener;
+use crate::view::ReloadStatus;
 use crate::wire::conns::Moved;
 
 pub mod carry;
+mod new;
+mod old;
 mod socket;
 
 use socket::{Conn, ConnectError, ControlListener};
 
-/// How long each side waits for the other's next message while the state
-/// is handed over (the new process's own preparation is not bounded by
-/// this: O waits [`PREPARE_MAX`] for its `go`).
+/// How long each side waits for the other's next message, and for one of
+/// its own to go out.
 const STEP: Duration = Duration::from_secs(10);
-/// How long O waits for N to prepare (resolve, bind, first probes).
-const PREPARE_MAX: Duration = Duration::from_secs(120);
+/// How often N says `preparing` while it prepares.
+const BEAT: Duration = Duration::from_secs(1);
+/// How often N says `alive` while O drains into it.
+const BEAT_DRAIN: Duration = Duration::from_millis(250);
+/// How long O waits without a word from N, once N has said `go`, before it
+/// goes back (N stopped or hung).
+const STALL: Duration = Duration::from_secs(2);
+/// Connections sent to N and not yet acknowledged, at most: lost with N
+/// should it die, beside those it had acknowledged.
+pub const WINDOW: u64 = 8;
 /// How often a draining process says what it still holds.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
+/// This release's conversation (0: a release before acknowledgements).
+const PROTOCOL: u32 = 1;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 enum Msg {
-    Hello { pid: u32, version: String },
-    Welcome { pid: u32, generation: u64 },
+    Hello {
+        pid: u32,
+        version: String,
+        #[serde(default)]
+        protocol: u32,
+    },
+    Welcome {
+        pid: u32,
+        generation: u64,
+        #[serde(default)]
+        protocol: u32,
+    },
     Listener(listener::Carried),
-    Admin { listen: SocketAddr },
+    Admin {
+        listen: SocketAddr,
+    },
     Server(carry::Server),
+    Event(history::Carried),
+    Samples {
+        pool: String,
+        samples: Vec<history::Sample>,
+    },
+    Reloads(ReloadStatus),
     StateEnd,
+    Preparing,
     Go,
     Going,
     Conn(Moved),
-    Draining { open: u64 },
-    Done { moved: u64, cut: u64 },
+    Took {
+        n: u64,
+    },
+    Alive,
+    Draining {
+        open: u64,
+    },
+    Done {
+        moved: u64,
+        cut: u64,
+    },
+    Confirmed,
+    Abandon {
+        reason: String,
+    },
 }
 
 /// Why an upgrade did not happen.
@@ -107,6 +177,15 @@ async fn recv(conn: &Conn, wait: Duration) -> Result<(Msg, Vec<OwnedFd>), Upgrad
     recv_or_end(conn, wait).await?.ok_or_else(|| talk("closed the control connection"))
 }
 
+/// Sends `msg` within [`STEP`] (a peer that stops reading cannot hold
+/// this side).
+async fn send(conn: &Conn, msg: &Msg, fds: &[BorrowedFd<'_>]) -> Result<(), UpgradeError> {
+    match tokio::time::timeout(STEP, conn.send(msg, fds)).await {
+        Ok(r) => r.map_err(talk),
+        Err(_) => Err(talk(format!("could not send within {}s (the other end does not read)", STEP.as_secs()))),
+    }
+}
+
 /// How a process begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Begin {
@@ -118,22 +197,49 @@ pub enum Begin {
 }
 
 /// This process's control socket, once it has begun: where a successor
-/// takes over from it.
-pub struct Control(Option<ControlListener>);
+/// takes over from it. (Replaced when this process goes back after a
+/// hand-over that broke off: the successor had put its own in place.)
+pub struct Control {
+    listener: Mutex<Option<Arc<ControlListener>>>,
+    cfg: ControlSocket,
+}
 
 impl Control {
+    fn new(listener: Option<ControlListener>, cfg: ControlSocket) -> Control {
+        Control { listener: Mutex::new(listener.map(Arc::new)), cfg }
+    }
+
+    fn current(&self) -> Option<Arc<ControlListener>> {
+        self.listener.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts this process's control socket back in place (after going back).
+    fn replace(&self) {
+        let Some(path) = self.cfg.path() else { return };
+        match ControlListener::bind(path, true) {
+            Ok(l) => {
+                info!(path = %path.display(), "control socket back in place: this process can be upgraded again");
+                *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(l));
+            }
+            Err(e) => error!(path = %path.display(), error = %e, "cannot put the control socket back in place"),
+        }
+    }
+
     /// Answers upgrades until one has taken over and this process holds
-    /// nothing more (the old side of the conversation); never, without a control socket.
+    /// nothing more (the old side of the conversation); never, without a
+    /// control socket. Also returns, once it has finished what it holds,
+    /// when this process stands down (the process it took over from went
+    /// back to serving).
     pub async fn handed_over(&self, lb: Arc<Lb>) {
-        match &self.0 {
-            Some(c) => serve(c, lb).await,
-            None => std::future::pending().await,
+        tokio::select! {
+            _ = old::serve(self, lb.clone()) => {}
+            _ = new::stand_down(&lb) => {}
         }
     }
 
     /// Removes the socket file (at the end of an ordinary stop).
     pub fn remove(&self) {
-        if let Some(c) = &self.0 {
+        if let Some(c) = self.current() {
             c.remove();
         }
     }
@@ -165,20 +271,28 @@ where
     };
     let Some(path) = from else {
         let control = control_socket(&cfg, false)?;
-        return Ok((lifecycle::start(loaded, serve_admin).await?, Control(control)));
+        return Ok((lifecycle::start(loaded, serve_admin).await?, Control::new(control, cfg)));
     };
-    let (mut running, link) = match take_over(path, loaded, serve_admin).await {
+    let taken = match new::take_over(path, loaded, serve_admin).await {
         Ok(r) => r,
         Err(UpgradeError::Start(e)) => return Err(e),
         Err(e) => return Err(StartError::Upgrade(e.to_string())),
     };
+    let new::Taken { mut running, link, protocol, abandoned } = taken;
+    if abandoned {
+        // The old process went back before this one was told to go on:
+        // this one stands down (its control socket stays the old one's).
+        running.lb.process.previous_draining.send_replace(false);
+        running.lb.process.stand_down.cancel();
+        return Ok((running, Control::new(None, cfg)));
+    }
     // This process's own control socket, in place of the old one's.
     let control = control_socket(&cfg, true).unwrap_or_else(|e| {
         error!("{e}: this process cannot be upgraded in place");
         None
     });
-    running.adopt(tokio::spawn(receive(link, running.lb.clone())));
-    Ok((running, Control(control)))
+    running.adopt(tokio::spawn(new::receive(link, running.lb.clone(), protocol)));
+    Ok((running, Control::new(control, cfg)))
 }
 
 /// Makes this process's control socket as `[admin] control_socket` says.
@@ -202,244 +316,4 @@ fn control_socket(cfg: &ControlSocket, replace: bool) -> Result<Option<ControlLi
         }
         Err(error) => Err(StartError::Control { path: path.display().to_string(), error }),
     }
-}
-
-/// The old side: answers upgrades on `control` until one takes over, then
-/// moves the open connections to it and returns once none is left (or its
-/// `shutdown_timeout` is over). An upgrade that fails leaves this process
-/// as it was.
-async fn serve(control: &ControlListener, lb: Arc<Lb>) {
-    loop {
-        let conn = match control.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "control socket: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        match offer(&conn, &lb).await {
-            Ok(Some(successor)) => {
-                drain(conn, &lb, successor).await;
-                return;
-            }
-            Ok(None) => {}
-            Err(e) => warn!(error = %e, "upgrade abandoned: this process goes on as it was"),
-        }
-    }
-}
-
-/// Steps 2 to 4 on the old side: returns the successor's pid once it has
-/// said `go` and this process has stopped accepting; `None` for a
-/// connection closed without a word (`--upgrade` and a start looking
-/// whether anyone listens here).
-async fn offer(conn: &Conn, lb: &Lb) -> Result<Option<u32>, UpgradeError> {
-    let (pid, version) = match recv_or_end(conn, STEP).await? {
-        None => return Ok(None),
-        Some((Msg::Hello { pid, version }, _)) => (pid, version),
-        Some((other, _)) => return Err(talk(format!("expected hello, got {other:?}"))),
-    };
-    info!(successor = pid, %version, "upgrade: a new process asks to take over");
-    let generation = lb.shared.snapshot.load().generation;
-    conn.send(&Msg::Welcome { pid: std::process::id(), generation }, &[]).await.map_err(talk)?;
-    for (carried, fd) in lb.listeners.handover() {
-        conn.send(&Msg::Listener(carried), &[fd.as_fd()]).await.map_err(talk)?;
-    }
-    let admin = lb.admin_fd.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|f| f.try_clone().ok());
-    if let Some(fd) = admin {
-        conn.send(&Msg::Admin { listen: lb.admin_listen }, &[fd.as_fd()]).await.map_err(talk)?;
-    }
-    for s in carry::export(&lb.shared.snapshot.load()) {
-        conn.send(&Msg::Server(s), &[]).await.map_err(talk)?;
-    }
-    conn.send(&Msg::StateEnd, &[]).await.map_err(talk)?;
-    match recv(conn, PREPARE_MAX).await? {
-        (Msg::Go, _) => {}
-        (other, _) => return Err(talk(format!("expected go, got {other:?}"))),
-    }
-    // The successor accepts on every socket now: stop here. From this point
-    // on there is no going back, whatever the link does.
-    lb.stop_accepting();
-    lb.shutdown.handed_over.cancel();
-    if let Err(e) = conn.send(&Msg::Going, &[]).await {
-        warn!(successor = pid, error = %e, "upgrade: could not confirm to the new process");
-    }
-    lb.shared.own.history.record("handed over", None, None, format!("to pid {pid}"));
-    info!(successor = pid, "upgrade: the new process accepts; moving the open connections to it");
-    Ok(Some(pid))
-}
-
-/// Step 4 and 5 on the old side.
-async fn drain(conn: Conn, lb: &Lb, successor: u32) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    lb.shared.own.conns.stop_into(tx);
-    let tracker = &lb.shutdown.tracker;
-    tracker.close();
-    let grace = lb.shared.snapshot.load().config.defaults.shutdown_timeout;
-    let deadline = tokio::time::sleep(grace);
-    let mut deadline = std::pin::pin!(deadline);
-    let mut report = tokio::time::interval(REPORT_EVERY);
-    // The successor says nothing more after `go`: its end closing means it
-    // was itself upgraded (or died), and this drain ends at once.
-    let mut gone = std::pin::pin!(conn.recv::<Msg>());
-    let mut previous = lb.process.previous_draining.subscribe();
-    let (mut moved, mut lost) = (0u64, 0u64);
-    loop {
-        // Done when no connection is left here, every one that stopped has
-        // been sent, and the process before this one (if it was still
-        // draining into this one) has sent its last.
-        let still_coming = *previous.borrow();
-        if tracker.is_empty() && rx.is_empty() && !still_coming {
-            break;
-        }
-        tokio::select! {
-            biased;
-            p = rx.recv() => {
-                let Some(p) = p else { break };
-                match conn.send(&Msg::Conn(p.moved), &[p.client.as_fd(), p.server.as_fd()]).await {
-                    Ok(()) => moved += 1,
-                    Err(e) => {
-                        lost += 1;
-                        warn!(error = %e, "upgrade: a connection could not be handed over: closed");
-                    }
-                }
-            }
-            _ = tracker.wait(), if !tracker.is_empty() => {}
-            _ = previous.wait_for(|d| !*d), if still_coming => {}
-            _ = report.tick() => {
-                let _ = conn.send(&Msg::Draining { open: tracker.len() as u64 }, &[]).await;
-            }
-            _ = &mut gone => {
-                warn!(
-                    open = tracker.len(),
-                    "upgrade: the process that took over has itself been upgraded (or has gone): ending this drain now"
-                );
-                break;
-            }
-            _ = &mut deadline => {
-                warn!(open = tracker.len(), grace_s = grace.as_secs_f64(), "upgrade: shutdown_timeout is over: cutting the connections that did not move");
-                break;
-            }
-        }
-    }
-    let cut = tracker.len() as u64 + lost;
-    let _ = conn.send(&Msg::Done { moved, cut }, &[]).await;
-    info!(successor, moved, cut, "upgrade: done here, exiting");
-}
-
-/// The new side, steps 1 to 3: takes the sockets and state over from the
-/// process at `path`, starts on `loaded` with them, and tells the old one
-/// to go. Returns the running load balancer and the link on which the
-/// old process sends its connections.
-async fn take_over<A>(path: &Path, loaded: Loaded, serve_admin: A) -> Result<(Running, Conn), UpgradeError>
-where
-    A: FnOnce(tokio::net::TcpListener, Arc<Lb>) -> JoinHandle<()>,
-{
-    let conn = Conn::connect(path).await?;
-    let hello = Msg::Hello { pid: std::process::id(), version: crate::build_info::BUILD.version.to_owned() };
-    conn.send(&hello, &[]).await.map_err(talk)?;
-    let mut inherited = Inherited::default();
-    let mut servers = Vec::new();
-    loop {
-        match recv(&conn, STEP).await? {
-            (Msg::Welcome { pid, generation }, _) => {
-                inherited.from_pid = pid;
-                inherited.generation = generation;
-            }
-            (Msg::Listener(carried), mut fds) if fds.len() == 1 => {
-                inherited.listeners.push(listener::Inherited { carried, fd: fds.remove(0) })
-            }
-            (Msg::Admin { listen }, mut fds) if fds.len() == 1 => inherited.admin = Some((listen, fds.remove(0))),
-            (Msg::Server(s), _) => servers.push(s),
-            (Msg::StateEnd, _) => break,
-            (other, fds) => return Err(talk(format!("unexpected {other:?} with {} descriptors", fds.len()))),
-        }
-    }
-    let from = inherited.from_pid;
-    info!(
-        from,
-        listeners = inherited.listeners.len(),
-        servers = servers.len(),
-        "upgrade: sockets and state received; preparing the config"
-    );
-    inherited.restore = Some(Box::new(move |snap| {
-        let found = carry::import(snap, &servers);
-        info!(servers = found, of = servers.len(), "state of the servers taken over");
-    }));
-    let running = lifecycle::start_with(loaded, inherited, serve_admin).await?;
-    running.lb.process.previous_draining.send_replace(true);
-    // Accepting already: from here a failure of the link does not stop
-    // this process (the old one, if it is still there and did not hear
-    // `go`, goes on accepting on the same sockets too, and says so).
-    if let Err(e) = conn.send(&Msg::Go, &[]).await {
-        warn!(from, error = %e, "upgrade: could not tell the old process to stop accepting");
-    }
-    match recv(&conn, STEP).await {
-        Ok((Msg::Going, _)) => info!(from, "upgrade: accepting; the old process has stopped accepting"),
-        Ok((other, _)) => warn!(from, "upgrade: expected going, got {other:?}"),
-        Err(e) => warn!(from, error = %e, "upgrade: the old process did not confirm that it stopped accepting"),
-    }
-    Ok((running, conn))
-}
-
-/// The new side, step 4 and 5: serves each connection the old process
-/// moves here, until it is done, or until this process hands over in turn
-/// (then the old one is told to end at once by the link closing).
-async fn receive(conn: Conn, lb: Arc<Lb>) {
-    let from = lb.process.took_over_from.unwrap_or(0);
-    let handed_over = lb.shutdown.handed_over.clone();
-    let mut told = false;
-    loop {
-        let next = tokio::select! {
-            // Only one old process drains at a time: the one before this
-            // is told to end now (its side of the link reads the end), and
-            // what it has sent already is still taken, then moved on.
-            _ = handed_over.cancelled(), if !told => {
-                told = true;
-                info!(from, "this process is handing over in turn: the process before it ends its drain now");
-                conn.close_write();
-                continue;
-            }
-            m = conn.recv::<Msg>() => m,
-        };
-        match next {
-            Ok(Some((Msg::Conn(moved), fds))) => {
-                let Ok([client, server]) = <[OwnedFd; 2]>::try_from(fds) else {
-                    warn!(from, "upgrade: a moved connection came without its two sockets");
-                    continue;
-                };
-                let streams = (stream(client), stream(server));
-                match streams {
-                    (Ok(c), Ok(s)) => {
-                        lb.process.moved_in.fetch_add(1, Relaxed);
-                        lb.listeners.adopt(c, s, moved, &lb.shared, &lb.shutdown);
-                    }
-                    _ => warn!(from, "upgrade: a moved connection's sockets could not be used: closed"),
-                }
-            }
-            Ok(Some((Msg::Draining { open }, _))) => lb.process.previous_holds.store(open, Relaxed),
-            Ok(Some((Msg::Done { moved, cut }, _))) => {
-                lb.process.previous_cut.store(cut, Relaxed);
-                info!(from, moved, cut, "upgrade complete: the old process has moved its connections here and exits");
-                break;
-            }
-            Ok(Some((other, _))) => warn!(from, "upgrade: unexpected {other:?}"),
-            Ok(None) => {
-                info!(from, "upgrade: the old process has gone");
-                break;
-            }
-            Err(e) => {
-                error!(from, error = %e, "upgrade: the link to the old process failed");
-                break;
-            }
-        }
-    }
-    lb.process.previous_holds.store(0, Relaxed);
-    lb.process.previous_draining.send_replace(false);
-}
-
-fn stream(fd: OwnedFd) -> std::io::Result<tokio::net::TcpStream> {
-    let s = std::net::TcpStream::from(fd);
-    s.set_nonblocking(true)?;
-    tokio::net::TcpStream::from_std(s)
 }

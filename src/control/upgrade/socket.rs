@@ -15,7 +15,13 @@
 //! name, its mode set, then renamed into place before anyone can connect),
 //! so only its owner (and root) can connect; the serving side checks the
 //! peer's user again (`SO_PEERCRED`); the connecting side refuses a socket
-//! file that another user owns or that group or others may write.
+//! file that another user owns or that group or others may write, and then
+//! checks the credentials of the process at the other end of the
+//! connection it made (`SO_PEERCRED` again: this user or root), so a file
+//! swapped between the check and the connect gains nothing.
+//!
+//! One message is sent at a time on a connection (a lock around `send`),
+//! so two tasks of one side may both send.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -132,7 +138,7 @@ impl ControlListener {
             let (sock, _) = self.sock.accept().await?;
             let me = rustix::process::geteuid().as_raw();
             match sock.peer_cred() {
-                Ok(c) if c.uid() == me || c.uid() == 0 => return Ok(Conn { sock }),
+                Ok(c) if c.uid() == me || c.uid() == 0 => return Ok(Conn::new(sock)),
                 Ok(c) => tracing::warn!(
                     uid = c.uid(),
                     pid = c.pid().unwrap_or(0),
@@ -162,6 +168,8 @@ pub enum ConnectError {
     Owner { path: String, owner: u32, me: u32 },
     #[error("{path}: mode {mode:04o} lets group or others write to it: refusing it (it must be 0600)")]
     Mode { path: String, mode: u32 },
+    #[error("{path}: the process listening there runs as uid {uid}, not as this user (uid {me}): refusing it")]
+    Peer { path: String, uid: u32, me: u32 },
     #[error("{path}: {error}")]
     Io { path: String, error: io::Error },
 }
@@ -169,9 +177,21 @@ pub enum ConnectError {
 /// One end of a control connection.
 pub struct Conn {
     sock: UnixStream,
+    /// One message at a time.
+    sending: tokio::sync::Mutex<()>,
 }
 
 impl Conn {
+    fn new(sock: UnixStream) -> Conn {
+        Conn { sock, sending: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The pid of the process at the other end, as the kernel says
+    /// (`SO_PEERCRED`; none when it is in another pid namespace).
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.sock.peer_cred().ok().and_then(|c| c.pid()).and_then(|p| u32::try_from(p).ok()).filter(|&p| p != 0)
+    }
+
     /// Connects to the control socket at `path`, after checking that this
     /// user owns it and that no one else may write to it.
     pub async fn connect(path: &Path) -> Result<Conn, ConnectError> {
@@ -193,7 +213,11 @@ impl Conn {
             return Err(ConnectError::Mode { path: shown, mode: meta.mode() & 0o7777 });
         }
         let sock = UnixStream::connect(path).await.map_err(io)?;
-        Ok(Conn { sock })
+        let cred = sock.peer_cred().map_err(io)?;
+        if cred.uid() != me && cred.uid() != 0 {
+            return Err(ConnectError::Peer { path: shown, uid: cred.uid(), me });
+        }
+        Ok(Conn::new(sock))
     }
 
     /// Sends `msg` with `fds` (at most [`MAX_FDS`]) as one message.
@@ -205,6 +229,7 @@ impl Conn {
         let mut frame = Vec::with_capacity(4 + body.len());
         frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
         frame.extend_from_slice(&body);
+        let _one = self.sending.lock().await;
         let mut sent = 0;
         while sent < frame.len() {
             // The descriptors go with the first bytes only.
@@ -228,12 +253,6 @@ impl Conn {
                 .await?;
         }
         Ok(())
-    }
-
-    /// Tells the other end that this one will send nothing more (it reads
-    /// the end of the stream), while still reading what it sends.
-    pub fn close_write(&self) {
-        let _ = rustix::net::shutdown(&self.sock, rustix::net::Shutdown::Write);
     }
 
     /// Reads exactly `buf.len()` bytes, adding the descriptors that came
