@@ -61,6 +61,8 @@ pub mod wire;
 
 use std::future::Future;
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use tracing::info;
 
 use crate::config::Config;
@@ -126,9 +128,25 @@ where
     if let Some(path) = running.lb.shared.snapshot.load().config.path.clone() {
         running.adopt(tokio::spawn(reload::watch_file(running.lb.clone(), path)));
     }
-    tokio::select! {
-        _ = first => {}
-        _ = control.handed_over(running.lb.clone()) => {
+    let mut handed_over = std::pin::pin!(control.handed_over(running.lb.clone()));
+    let during_hand_over = tokio::select! {
+        _ = first => running.lb.process.handing_over_to.load(Relaxed) != 0,
+        _ = &mut handed_over => {
+            running.stop_background();
+            return Ok(Some(ended));
+        }
+    };
+    if during_hand_over {
+        // Moving the connections to the new process is this process's stop
+        // already, bounded by shutdown_timeout: it goes on. Should it break
+        // off (the new process gone), the stop below takes over.
+        running.lb.process.stop_requested.store(true, Relaxed);
+        info!("stop signal during an upgrade's hand-over: the connections go on moving to the new process");
+        tokio::select! {
+            _ = &mut handed_over => {}
+            _ = signal() => tracing::warn!("second signal: ending the hand-over now"),
+        }
+        if running.lb.shutdown.handed_over.is_cancelled() {
             running.stop_background();
             return Ok(Some(ended));
         }

@@ -1126,3 +1126,63 @@ async fn a_new_process_stopped_before_go_is_dropped_and_stands_down() {
     assert!(!old.text().contains("handed over"), "{}", old.text());
     assert!(old.text().contains("no answer within 10s"), "{}", old.text());
 }
+
+/// A stop signal to the old process during its hand-over does not end the
+/// hand-over: what is still to move goes on moving (here a connection that
+/// can move only once its client reads again), and the old process exits
+/// 0 once it holds nothing. (It used to drop the drain and cut them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_signal_during_the_hand_over_lets_the_connections_finish_moving() {
+    const BIG: usize = 64 << 20;
+    // A server that sends 64 MiB at once, then echoes: while its client
+    // does not read, the LB holds bytes it cannot write, so the connection
+    // cannot move yet.
+    let written = Arc::new(AtomicU64::new(0));
+    let w = written.clone();
+    let server = scripted(move |mut s: TcpStream| {
+        let w = w.clone();
+        async move {
+            let chunk = vec![9u8; 64 << 10];
+            for _ in 0..BIG / chunk.len() {
+                if s.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                w.fetch_add(chunk.len() as u64, Relaxed);
+            }
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut buf).await {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[server], "");
+    let mut old = Proc::lb(&cfg);
+    let addr = old.listener_addr().await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    eventually("the path to the client is full", || written.load(Relaxed) >= 4 << 20).await;
+    let mut new = Proc::spawn(upgrade_cmd(&cfg), false);
+    new.wait_for_line("control socket up").await;
+    old.wait_for_line("moving the open connections").await;
+    old.signal("TERM");
+    old.wait_for_line("stop signal during an upgrade's hand-over").await;
+    // The client reads everything: its connection can move now, and the
+    // rest comes through the new process.
+    let mut got = vec![0u8; BIG];
+    within("all 64 MiB", client.read_exact(&mut got)).await.unwrap();
+    assert!(got.iter().all(|&b| b == 9));
+    let exited = poll_for(DEADLINE, || std::future::ready(old.child.try_wait().unwrap())).await;
+    assert!(exited.is_some_and(|e| e.success()), "the old process exits 0:\n{}", old.text());
+    let said = old.text();
+    let (stop, done) = (said.find("stop signal during").unwrap(), said.find("upgrade: done here"));
+    assert!(done.is_some_and(|d| d > stop), "the hand-over ended after the signal:\n{said}");
+    assert!(!said.contains("did not move"), "{said}");
+    // It lives on in the new process.
+    echo_once(&mut client).await.unwrap();
+    drop(client);
+    new.signal("TERM");
+    assert_eq!(new.exit_code().await, Some(0), "{}", new.text());
+}

@@ -243,6 +243,9 @@ pub struct Process {
     /// The pid of the process this one is handing over to (0: none), until
     /// that one confirms the whole hand-over or it breaks off.
     pub handing_over_to: std::sync::atomic::AtomicU32,
+    /// A stop signal came while a hand-over was in progress: should the
+    /// hand-over break off, this process stops instead of serving again.
+    pub stop_requested: AtomicBool,
     /// Hand-overs that broke off after `go`, this process going back.
     pub upgrades_resumed: std::sync::atomic::AtomicU64,
     /// Unix seconds of the last of them (0: never).

@@ -73,6 +73,12 @@ pub(super) async fn serve(control: &Control, lb: Arc<Lb>) {
                 go_back(&lb, &conn, successor, &reason, (sent, acked), rx, unsent).await;
                 drop(conn);
                 control.replace();
+                if lb.process.stop_requested.load(Relaxed) {
+                    // A stop signal came during the hand-over: the caller
+                    // stops this process now that it holds its
+                    // connections again.
+                    return;
+                }
             }
         }
     }
