@@ -59,7 +59,10 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format;
-    match run(cli) {
+    // The log's writer thread, flushed when this is dropped: after the
+    // error below is said.
+    let mut log = None;
+    match run(cli, &mut log) {
         Ok(code) => code,
         Err(e) => {
             cli::logging::error(format, &format!("{e:#}"));
@@ -68,7 +71,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, log: &mut Option<tracing_appender::non_blocking::WorkerGuard>) -> anyhow::Result<ExitCode> {
     if cli.version || cli.version_long {
         print!("{}", cli::version(cli.version_long));
         return Ok(ExitCode::SUCCESS);
@@ -77,7 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         print!("{}", cli::man::page(Cli::command())?);
         return Ok(ExitCode::SUCCESS);
     }
-    cli::logging::init(cli.log_format)?;
+    *log = Some(cli::logging::init(cli.log_format)?);
     let command = match (cli.command, cli.test) {
         (Some(cmd), _) => cmd,
         (None, true) => Command::check(),

@@ -120,3 +120,50 @@ async fn hup_and_usr1_during_a_take_over_leave_the_new_process_serving() {
     new.signal("TERM");
     assert_eq!(new.exit_code().await, Some(0), "{}", new.text());
 }
+
+/// Standard error is a pipe nobody reads (a supervisor gone wrong): once
+/// its buffer is full, the process log's lines are dropped, and traffic
+/// goes on. (The log was written on the runtime's threads: a full pipe
+/// stopped every connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standard_error_nobody_reads_stops_no_traffic() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    let echo = Echo::start().await;
+    std::fs::write(&path, one_pool(&[echo.addr], "")).unwrap();
+    // One debug line per connection: 2,000 of them are far more than a
+    // pipe's 64 KiB.
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    // Read only as far as the listener's address; never again after it.
+    let (addr, _unread): (SocketAddr, _) = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "ended before listening");
+            if let Some(at) = line.find("local=") {
+                let addr = line[at + 6..].split_whitespace().next().unwrap().to_owned();
+                return (addr.parse().unwrap(), stderr);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    within("2,000 clients served while nobody reads the log", async {
+        for _ in 0..2000 {
+            round_trip(addr).await.unwrap();
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

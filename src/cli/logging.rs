@@ -10,19 +10,34 @@ pub enum LogFormat {
     Json,
 }
 
+/// Lines waiting for standard error at most; more are dropped.
+const QUEUE: usize = 16_384;
+
 /// Installs the global subscriber; `RUST_LOG` filters (default `info`).
-pub fn init(format: LogFormat) -> anyhow::Result<()> {
+/// Lines go to standard error through a thread of their own and a bounded
+/// queue: standard error may be a pipe nobody reads (a supervisor gone
+/// wrong, `ucp-lb ... | less` left waiting), and a write that blocks must
+/// stall only that thread, never the runtime's workers and their traffic;
+/// when the queue is full, lines are dropped. The guard flushes what is
+/// queued (for at most a second) when the process ends: keep it until then.
+pub fn init(format: LogFormat) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUE)
+        .thread_name("ucp-lb-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
-    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
+    Ok(guard)
 }
 
 /// Says `text` (one or more lines) as an error: plain on stderr, its first
