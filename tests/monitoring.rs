@@ -63,6 +63,7 @@ fn alerts_and_dashboard_name_only_exported_metrics() {
         RELOAD_OK,
         BUILD_INFO,
         POOL_FAIL_OPEN,
+        ACCESS_LOG_WRITABLE,
     ];
     let dashboard = std::fs::read_to_string(config_dir().join("grafana-dashboard.json")).unwrap();
     let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
@@ -80,6 +81,7 @@ fn alerts_and_dashboard_name_only_exported_metrics() {
         "ucp_lb_pool_fail_open",
         "ucp_lb_server_cert_expiry_timestamp_seconds - time() < 14 * 86400",
         "ucp_lb_config_last_reload_successful == 0",
+        "ucp_lb_access_log_writable == 0",
     ] {
         assert!(alerts.contains(alert), "an alert on {alert}");
     }
