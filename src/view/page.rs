@@ -461,6 +461,16 @@ mod tests {
     }
 
     #[test]
+    fn certificates_past_ten_years_read_as_such() {
+        let now = 1_796_601_600; // 2026-12-07
+        // rcgen's default notAfter, which the demo's certificates have: once "755711 d".
+        assert_eq!(cert_left(67_090_118_400, now), "<span title='notAfter 4096-01-01'>&gt; 10 y</span>");
+        assert_eq!(cert_left(now + 30 * 86_400, now), "<span class='' title='notAfter 2027-01-06'>30 d</span>");
+        assert!(cert_left(now + 3 * 86_400, now).starts_with("<span class='bad'"));
+        assert!(cert_left(now - 60, now).contains(">-1 d<"), "expired a minute ago");
+    }
+
+    #[test]
     fn sizes_read_as_people_write_them() {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(64 << 20), "64.0 MiB");
