@@ -1,7 +1,12 @@
 //! The HTML status page in a real browser: headless Chromium loads `/` and
 //! the rendered DOM must show every server's state in a phrase, what
-//! happened (an outage and its end), and the traffic picture. A screenshot
-//! is saved to target/status-page.png (and a phone-sized one).
+//! happened (an outage and its end), the traffic picture, the pools in the
+//! file's order and the header's badge naming the pool with no server. The
+//! page is then laid out at 1280 px and at a phone's 390 px (in a frame of
+//! that width: headless Chromium's window is never under 500 px wide), and
+//! each traffic chart must fill its box and nothing widen the page.
+//! Screenshots are saved to target/status-page.png and
+//! target/status-page-phone.png.
 //! Skipped without Chromium, except under CI=true, where .ci/run installs it.
 
 mod common;
@@ -54,10 +59,15 @@ async fn the_status_page_shows_each_server_in_a_phrase_and_what_happened() {
             format!("{{ address = \"{}\", name = \"{}\"{drain} }}", m.addr, m.name)
         })
         .collect();
+    // Pool "ucp" first, then "dtr" (out of name order), whose one server
+    // the admin set down: the pool has no server.
     let toml = format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"ucp\"\n\
-         [pool.ucp]\nservers = [{}]\n[pool.ucp.health]\ninterval = \"200ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n",
-        servers.join(", ")
+         [[listener]]\nbind = \"127.0.0.1:0\"\npool = \"dtr\"\n\
+         [pool.ucp]\nservers = [{}]\n[pool.ucp.health]\ninterval = \"200ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n\
+         [pool.dtr]\nservers = [{{ address = \"{}\", name = \"dtr-01\", state = \"down\" }}]\n",
+        servers.join(", "),
+        refusing_addr()
     );
     let lb = start_lb(&toml).await;
     // An outage in the history: manager-02 fails its check, then recovers.
@@ -88,7 +98,21 @@ async fn the_status_page_shows_each_server_in_a_phrase_and_what_happened() {
     let r = row(failing.addr);
     assert!(r.contains("class=\"state bad\">out: status 500 for ") && r.contains("check down since "), "{r}");
     assert!(dom.contains(">2 of 4 eligible<"), "{dom}");
-    assert!(dom.contains("id=\"health\"") && dom.contains(">serving<"), "{dom}");
+    // The badge names the pool with no server and links to its section.
+    let badge = &dom[dom.find("id=\"health\"").expect("the badge")..];
+    let badge = &badge[..badge.find("</span>").unwrap_or(badge.len())];
+    assert!(badge.contains("serving, pool <a href=\"#pool-dtr\">dtr</a> has no server"), "{badge}");
+    assert!(dom.contains("<h2 id=\"pool-dtr\">Pool dtr"), "the badge's anchor: {dom}");
+    // Pools in the file's order, on the page and in /status.
+    let (ucp, dtr) = (dom.find("<h2 id=\"pool-ucp\">"), dom.find("<h2 id=\"pool-dtr\">"));
+    assert!(ucp.is_some() && ucp < dtr, "ucp before dtr as in the file");
+    let status = http_raw(lb.admin_addr().unwrap(), "GET", "/status", None).await;
+    let status: serde_json::Value = serde_json::from_str(&status[status.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    let names: Vec<&str> = status["pools"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["ucp", "dtr"], "/status lists the pools as the page does");
+    // The stand-ins' certificates (rcgen's default notAfter, 4096-01-01).
+    let r = row(up.addr);
+    assert!(r.contains("class=\"cert\"><span title=\"notAfter 4096-01-01\">&gt; 10 y</span>"), "{r}");
     // What happened, newest first: manager-02 down with its reason, then up.
     let events = &dom[dom.find("id=\"events\"").expect("the event list")..];
     let down = events
@@ -99,10 +123,28 @@ async fn the_status_page_shows_each_server_in_a_phrase_and_what_happened() {
         .expect("its recovery listed");
     assert!(back < down, "newest first");
     // The traffic picture, drawn on the server, with the outage marked.
-    let svg_at =
-        dom.find("<svg class=\"traffic\" data-pool=\"ucp\" width=\"600\" height=\"90\"").expect("an SVG sized 600x90");
+    let svg_at = dom.find("<svg class=\"traffic\" data-pool=\"ucp\"").expect("an SVG");
     let svg = &dom[svg_at..dom[svg_at..].find("</svg>").map_or(dom.len(), |e| svg_at + e)];
     assert!(svg.contains("class=\"event\"") && svg.contains("polyline"), "{svg}");
+
+    // Laid out at a desktop's and a phone's width.
+    let page = http_raw(lb.admin_addr().unwrap(), "GET", "/", None).await;
+    let page = &page[page.find("\r\n\r\n").unwrap() + 4..];
+    for width in [1280, 390] {
+        let got = layout(&bin, profile.path(), page, width).await;
+        assert_eq!(got["frame"].as_f64(), Some(width as f64), "the frame is {width} px wide: {got}");
+        let viewport = got["viewport"].as_f64().unwrap();
+        assert!(got["page"].as_f64().unwrap() <= viewport, "nothing widens the page at {width} px: {got}");
+        assert!(got["badge_right"].as_f64().unwrap() <= viewport, "the badge fits at {width} px: {got}");
+        let charts = got["charts"].as_array().unwrap();
+        assert_eq!(charts.len(), 2, "{got}");
+        for c in charts {
+            let (chart, inside) = (c["chart"].as_f64().unwrap(), c["box"].as_f64().unwrap());
+            assert!((chart - inside).abs() <= 1.0, "a chart fills its box at {width} px: {c}");
+            assert!(inside >= viewport - 40.0, "its box is the page's width at {width} px: {c}");
+        }
+        println!("at {width} px: {got}");
+    }
 
     // Screenshots for people: a desktop and a phone.
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
@@ -118,4 +160,36 @@ async fn the_status_page_shows_each_server_in_a_phrase_and_what_happened() {
             .unwrap();
         assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "screenshot {name} saved");
     }
+}
+
+/// The layout of `page` in a frame `width` px wide, as the page's own
+/// elements measure it in Chromium: the frame's width (`frame`), less a
+/// scroll bar (`viewport`), the
+/// page's (`page`, wider when something overflows), the right edge of the
+/// header's badge, and each traffic chart's width beside its box's.
+async fn layout(bin: &Path, profile: &Path, page: &str, width: u32) -> serde_json::Value {
+    let srcdoc = page.replace('&', "&amp;").replace('"', "&quot;");
+    let wrapper = format!(
+        "<!doctype html><html><body style=margin:0>\
+         <iframe id=f width={width} height=900 style=border:0 srcdoc=\"{srcdoc}\"></iframe><script>\
+         addEventListener('load', () => {{ const d = document.getElementById('f').contentDocument;\
+         const charts = [...d.querySelectorAll('svg.traffic')].map(s => ({{\
+         chart: s.getBoundingClientRect().width, box: s.closest('.box').clientWidth }}));\
+         document.body.setAttribute('data-layout', JSON.stringify({{\
+         frame: d.defaultView.innerWidth, viewport: d.documentElement.clientWidth, page: d.documentElement.scrollWidth,\
+         badge_right: d.getElementById('health').getBoundingClientRect().right, charts }})); }});\
+         </script></body></html>"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(format!("layout-{width}.html"));
+    std::fs::write(&file, wrapper).unwrap();
+    let (bin, profile) = (bin.to_path_buf(), profile.to_path_buf());
+    let url = format!("file://{}", file.display());
+    let dom =
+        tokio::task::spawn_blocking(move || browse(&bin, &profile, &["--dump-dom", "--window-size=1400,1000"], &url))
+            .await
+            .unwrap();
+    let at = dom.find("data-layout=\"").unwrap_or_else(|| panic!("no layout measured: {dom}")) + 13;
+    let json = &dom[at..at + dom[at..].find('"').unwrap()];
+    serde_json::from_str(&json.replace("&quot;", "\"").replace("&amp;", "&")).unwrap()
 }

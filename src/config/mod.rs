@@ -579,7 +579,7 @@ pub struct Config {
     /// stop accepting at once.
     pub stop_grace: Duration,
     pub listeners: Vec<ListenerConfig>,
-    /// Sorted by name.
+    /// In the file's order.
     pub pools: Vec<PoolConfig>,
     /// CRC-32 of the text it was parsed from: the file watch compares the
     /// file with what is running, not with what it read when it started.

@@ -44,8 +44,10 @@ table{border-collapse:collapse;width:100%;min-width:640px}th,td{text-align:left;
 th{font-size:12px;text-transform:uppercase;color:#555;background:#fafbfc}.reason{white-space:normal;font-weight:400;color:#b3261e;font-size:13px}\
 .ok{color:#0a7a2f;font-weight:600}.bad{color:#b3261e;font-weight:600}.warn{color:#8a5a00;font-weight:600}\
 .badge{display:inline-block;padding:1px 7px;border-radius:10px;font-size:12px;font-weight:600}\
-.badge.bad{background:#fde7e6}.badge.ok{background:#e3f5e9}.badge.warn{background:#fff3d6}\
-.details{white-space:normal;font-size:13px;color:#444}svg.traffic{display:block;max-width:100%;height:auto}";
+.badge.bad{background:#fde7e6}.badge a{color:inherit}.badge.ok{background:#e3f5e9}.badge.warn{background:#fff3d6}\
+.details{white-space:normal;font-size:13px;color:#444}svg.traffic{display:block;width:100%;height:90px;background:#fff;border-bottom:1px solid #eceff2}\
+.legend{display:flex;gap:12px;padding:4px 8px 0;font-size:11px}.legend .open{color:#1f5fbf}.legend .rate{color:#0a7a2f}\
+.legend .span{margin-left:auto;color:#555}.box>svg.traffic,.box>.legend{position:sticky;left:0}";
 
 /// `HH:MM:SS` (UTC) of Unix seconds: when something happened today.
 fn clock(unix: f64) -> String {
@@ -127,16 +129,7 @@ fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
         let since = s.changed_at.map(|t| format!(" since {} UTC", clock(t as f64))).unwrap_or_default();
         details.push(format!("set {}{since}", s.state));
     }
-    let cert = s
-        .check
-        .as_ref()
-        .and_then(|c| c.cert_not_after)
-        .map(|t| {
-            let days = (t - now) / 86400;
-            let class = if days < 14 { "bad" } else { "" };
-            format!("<span class='{class}'>{days} d</span>")
-        })
-        .unwrap_or_else(|| "–".to_owned());
+    let cert = s.check.as_ref().and_then(|c| c.cert_not_after).map_or_else(|| "–".to_owned(), |t| cert_left(t, now));
     let role = if s.backup { " (backup)" } else { "" };
     let addr = s.addr.to_string();
     // The address under the name, unless the name is the address.
@@ -160,6 +153,21 @@ fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
     );
 }
 
+/// How long a certificate with notAfter `not_after` (Unix seconds) has left
+/// at `now`: days, red under 14; a notAfter more than ten years away (rcgen's
+/// default of 4096-01-01, as the demo's throw-away certificates have) reads
+/// "> 10 y", and the date is in the cell's title.
+fn cert_left(not_after: i64, now: i64) -> String {
+    let days = (not_after - now).div_euclid(86_400);
+    let (y, mo, d, ..) = crate::civil::civil(not_after);
+    let title = format!("notAfter {y}-{mo:02}-{d:02}");
+    if days > 3650 {
+        return format!("<span title='{title}'>&gt; 10 y</span>");
+    }
+    let class = if days < 14 { "bad" } else { "" };
+    format!("<span class='{class}' title='{title}'>{days} d</span>")
+}
+
 /// Open connections (blue) and new connections per second (green) of one
 /// pool over the last 15 minutes, with its state changes marked (red), as
 /// inline SVG: no script, nothing loaded.
@@ -181,10 +189,14 @@ fn traffic_svg(pool: &PoolStatus, events: &[Event], now: f64) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    // The legend is HTML above the picture, so the picture can stretch to
+    // its box's width (preserveAspectRatio none, strokes kept at 1.5 px)
+    // without stretching the text.
     let mut o = format!(
-        "<svg class=traffic data-pool=\"{}\" width='{W}' height='{H}' viewBox='0 0 {W} {H}' role=img \
-         aria-label='open and new connections of pool {}, last 15 minutes'>\
-         <rect width='{W}' height='{H}' fill='#fff' stroke='#d8dde3'/>",
+        "<div class=legend><span class=open>open (max {open_max:.0})</span> \
+         <span class=rate>new/s (max {rate_max:.1})</span><span class=span>15 min to now</span></div>\
+         <svg class=traffic data-pool=\"{}\" viewBox='0 0 {W} {H}' preserveAspectRatio=none role=img \
+         aria-label='open and new connections of pool {}, last 15 minutes'>",
         escape(&pool.name),
         escape(&pool.name)
     );
@@ -193,7 +205,8 @@ fn traffic_svg(pool: &PoolStatus, events: &[Event], now: f64) -> String {
         let ex = x(e.at);
         let _ = write!(
             o,
-            "<line class=event x1='{ex:.1}' x2='{ex:.1}' y1='0' y2='{H}' stroke='#b3261e' stroke-dasharray='3,2'><title>{} {}</title></line>",
+            "<line class=event x1='{ex:.1}' x2='{ex:.1}' y1='0' y2='{H}' stroke='#b3261e' stroke-dasharray='3,2' \
+             vector-effect=non-scaling-stroke><title>{} {}</title></line>",
             clock(e.at),
             escape(e.what)
         );
@@ -201,14 +214,10 @@ fn traffic_svg(pool: &PoolStatus, events: &[Event], now: f64) -> String {
     let open: Vec<(f64, f64)> = s.iter().map(|p| (p.at, p.open as f64)).collect();
     let _ = write!(
         o,
-        "<polyline class=open fill='none' stroke='#1f5fbf' stroke-width='1.5' points='{}'/>\
-         <polyline class=rate fill='none' stroke='#0a7a2f' stroke-width='1.5' points='{}'/>\
-         <text x='4' y='11' font-size='10' fill='#1f5fbf'>open (max {open_max:.0})</text>\
-         <text x='110' y='11' font-size='10' fill='#0a7a2f'>new/s (max {rate_max:.1})</text>\
-         <text x='{}' y='11' font-size='10' fill='#555' text-anchor='end'>15 min to now</text></svg>",
+        "<polyline class=open fill='none' stroke='#1f5fbf' stroke-width='1.5' vector-effect=non-scaling-stroke points='{}'/>\
+         <polyline class=rate fill='none' stroke='#0a7a2f' stroke-width='1.5' vector-effect=non-scaling-stroke points='{}'/></svg>",
         line(open, open_max),
         line(rates, rate_max),
-        W - 4.0
     );
     o
 }
@@ -238,16 +247,26 @@ fn header(out: &mut String, h: &View) {
          <meta name=viewport content='width=device-width,initial-scale=1'>\
          <meta http-equiv=refresh content=2><title>ucp-lb status</title><style>{STYLE}</style></head><body>"
     );
+    // The pools with no server, named and linked to their section: the
+    // badge is the first thing seen, the pool may be below the fold.
+    let down: Vec<String> = h
+        .pools
+        .iter()
+        .filter(|p| p.all_down)
+        .map(|p| format!("<a href='#{id}'>{name}</a>", id = pool_id(&p.name), name = escape(&p.name)))
+        .collect();
     let (health, health_class) = if h.shutting_down {
-        ("shutting down", "bad")
+        ("shutting down".to_owned(), "bad")
     } else if h.stopping {
-        ("stopping: still accepting", "warn")
-    } else if h.ready && h.pools.iter().any(|p| p.all_down) {
-        ("serving, a pool has no server", "bad")
+        ("stopping: still accepting".to_owned(), "warn")
+    } else if h.ready && down.len() == 1 {
+        (format!("serving, pool {} has no server", down[0]), "bad")
+    } else if h.ready && !down.is_empty() {
+        (format!("serving, pools {} have no server", down.join(", ")), "bad")
     } else if h.ready {
-        ("serving", "ok")
+        ("serving".to_owned(), "ok")
     } else {
-        ("starting", "warn")
+        ("starting".to_owned(), "warn")
     };
     let reload = match (h.reload.last_ok, &h.reload.last_error) {
         (None, _) => "no reload yet".to_owned(),
@@ -270,6 +289,12 @@ fn header(out: &mut String, h: &View) {
         ok = h.reload.successes,
         bad = h.reload.failures,
     );
+}
+
+/// The anchor of a pool's section (`#pool-NAME`), which the header's badge
+/// links to.
+fn pool_id(name: &str) -> String {
+    format!("pool-{}", escape(name))
 }
 
 /// The listeners' table, each followed by its routes.
@@ -357,9 +382,10 @@ fn pool(out: &mut String, p: &PoolStatus, events: &[Event], wall: f64, now: i64)
     let removed = if p.removed { " (removed by a reload)" } else { "" };
     let _ = write!(
         out,
-        "<h2>Pool {name}{removed}{badge} <span class='badge {count_class} eligible-count'>{e} of {n} eligible</span></h2>\
+        "<h2 id='{id}'>Pool {name}{removed}{badge} <span class='badge {count_class} eligible-count'>{e} of {n} eligible</span></h2>\
          <div class=box>{svg}<table><tr><th>server</th><th>state</th><th>details</th>\
          <th>open</th><th>connections</th><th>sent / received</th><th>cert</th></tr>",
+        id = pool_id(&p.name),
         name = escape(&p.name),
         e = p.eligible,
         n = configured,
@@ -432,6 +458,16 @@ mod tests {
     #[test]
     fn escapes_markup() {
         assert_eq!(escape("<b>\"x\" & 'y'</b>"), "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;");
+    }
+
+    #[test]
+    fn certificates_past_ten_years_read_as_such() {
+        let now = 1_796_601_600; // 2026-12-07
+        // rcgen's default notAfter, which the demo's certificates have: once "755711 d".
+        assert_eq!(cert_left(67_090_118_400, now), "<span title='notAfter 4096-01-01'>&gt; 10 y</span>");
+        assert_eq!(cert_left(now + 30 * 86_400, now), "<span class='' title='notAfter 2027-01-06'>30 d</span>");
+        assert!(cert_left(now + 3 * 86_400, now).starts_with("<span class='bad'"));
+        assert!(cert_left(now - 60, now).contains(">-1 d<"), "expired a minute ago");
     }
 
     #[test]

@@ -7,9 +7,12 @@ use super::*;
 use crate::config::raw::{RawServer, SettingsRef};
 
 impl Validator<'_> {
-    /// Every pool, in name order.
+    /// Every pool, in the file's order (the order the page and `/status`
+    /// show them in).
     pub(super) fn pools(&mut self, raw: &RawConfig, defaults: &Settings) -> Vec<PoolConfig> {
-        raw.pool.iter().map(|(name, pool)| self.pool(name, pool, raw, defaults)).collect()
+        let mut in_file: Vec<_> = raw.pool.iter().collect();
+        in_file.sort_by_key(|(_, pool)| pool.span().start);
+        in_file.into_iter().map(|(name, pool)| self.pool(name, pool, raw, defaults)).collect()
     }
 
     fn pool(&mut self, name: &str, pool: &S<raw::RawPool>, raw: &RawConfig, defaults: &Settings) -> PoolConfig {
