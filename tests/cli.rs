@@ -280,7 +280,14 @@ async fn healthcheck_asks_the_admin_address_its_config_names() {
         ),
     )
     .unwrap();
-    let lb = Proc::spawn({ let mut c = Command::new(BIN); c.arg("--config").arg(&cfg); c }, false);
+    let lb = Proc::spawn(
+        {
+            let mut c = Command::new(BIN);
+            c.arg("--config").arg(&cfg);
+            c
+        },
+        false,
+    );
     lb.listener_addr().await;
     // What the node's own lb.toml would say: the admin port on every
     // address (for Prometheus), a token and a CA file this user cannot

@@ -103,7 +103,9 @@ fn command_lines(text: &str, subs: &[String]) -> Vec<Vec<String>> {
             // The binary, or the image (its arguments go to the binary);
             // not a container's name.
             let image = w.starts_with("ucp-lb:") && !w.contains('/');
-            if !(w == "ucp-lb" || (w.ends_with("/ucp-lb") && !w.contains(':')) || image) || (i > 0 && words[i - 1] == "--name") {
+            if !(w == "ucp-lb" || (w.ends_with("/ucp-lb") && !w.contains(':')) || image)
+                || (i > 0 && words[i - 1] == "--name")
+            {
                 continue;
             }
             let mut args = Vec::new();
@@ -261,7 +263,15 @@ fn restart_policy_volumes_and_stop_timeouts_agree() {
     // keepalived's interval x fall: the stop grace must outlast it.
     let keepalived = read("config/keepalived.conf");
     let num = |key: &str| -> u64 {
-        keepalived.lines().find_map(|l| l.trim().strip_prefix(key)).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+        keepalived
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let track = Duration::from_secs(num("interval ") * num("fall "));
     for unit in ["config/ucp-lb.service", "config/ucp-lb@.service"] {
@@ -281,7 +291,8 @@ fn restart_policy_volumes_and_stop_timeouts_agree() {
     let stop = secs(key("stop_grace_period:")[0]);
     assert!(stop > grace + drain, "compose: stop_grace_period {stop:?} <= {grace:?} + {drain:?}");
     let services = compose.lines().filter(|l| l.trim_start().starts_with("command:")).count();
-    let socket_volumes = compose.lines().filter(|l| l.trim_start().starts_with("- ") && l.contains(":/run/ucp-lb")).count();
+    let socket_volumes =
+        compose.lines().filter(|l| l.trim_start().starts_with("- ") && l.contains(":/run/ucp-lb")).count();
     assert_eq!(socket_volumes, services, "every compose service mounts the control socket's volume");
     // Every `docker run` of the image that keeps running (-d).
     let mut runs = 0;
@@ -291,18 +302,15 @@ fn restart_policy_volumes_and_stop_timeouts_agree() {
             let words: Vec<&str> = line.split_whitespace().collect();
             let arg = |flag: &str| {
                 words.iter().enumerate().find_map(|(i, w)| {
-                    w.strip_prefix(&format!("{flag}=")).or_else(|| (*w == flag).then(|| words.get(i + 1).copied()).flatten())
+                    w.strip_prefix(&format!("{flag}="))
+                        .or_else(|| (*w == flag).then(|| words.get(i + 1).copied()).flatten())
                 })
             };
             assert_eq!(arg("--restart"), Some("on-failure"), "{file}: {line}");
             assert!(line.contains(":/run/ucp-lb"), "{file}: no control socket volume: {line}");
             assert!(line.contains("--upgrade"), "{file}: {line}");
             let grace = arg("UCP_LB_STOP_GRACE").map(secs).unwrap_or_default();
-            let grace = words
-                .iter()
-                .find_map(|w| w.strip_prefix("UCP_LB_STOP_GRACE="))
-                .map(secs)
-                .unwrap_or(grace);
+            let grace = words.iter().find_map(|w| w.strip_prefix("UCP_LB_STOP_GRACE=")).map(secs).unwrap_or(grace);
             let stop = secs(arg("--stop-timeout").unwrap_or_else(|| panic!("{file}: no --stop-timeout: {line}")));
             assert!(stop > grace + drain, "{file}: --stop-timeout {stop:?} <= {grace:?} + {drain:?}: {line}");
         }
@@ -324,8 +332,7 @@ fn restart_policy_volumes_and_stop_timeouts_agree() {
 #[test]
 fn every_metric_and_variable_named_exists() {
     let declared = read("src/metrics.rs");
-    let declared: Vec<&str> =
-        declared.lines().filter_map(|l| l.split("&str = \"").nth(1)?.split('"').next()).collect();
+    let declared: Vec<&str> = declared.lines().filter_map(|l| l.split("&str = \"").nth(1)?.split('"').next()).collect();
     assert!(declared.len() >= 20, "{declared:?}");
     for file in SHIPPED {
         let text = read(file);
@@ -345,7 +352,8 @@ fn every_metric_and_variable_named_exists() {
     }
     // Every environment variable they set is one the binary (or, for the
     // compose file's own, compose) reads.
-    let sources: String = ["src/control/lifecycle.rs", "src/main.rs", "src/cli/mod.rs"].iter().map(|f| read(f)).collect();
+    let sources: String =
+        ["src/control/lifecycle.rs", "src/main.rs", "src/cli/mod.rs"].iter().map(|f| read(f)).collect();
     for file in SHIPPED {
         let text = read(file);
         for (i, _) in text.match_indices("UCP_LB_") {
