@@ -260,6 +260,83 @@ async fn healthcheck_follows_healthz() {
     assert_eq!(lb.exit_code().await, Some(0));
 }
 
+/// `healthcheck -c FILE` (keepalived's track script) asks the admin
+/// address the config names: a wildcard `[admin] listen` on loopback of its
+/// family, read without DNS and without the token or CA files the config
+/// names (the check runs as `nobody`, which may read neither). The same
+/// through `--config` and UCP_LB_CONFIG; `--url` wins over the config.
+#[tokio::test]
+async fn healthcheck_asks_the_admin_address_its_config_names() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::nginx::free_addr();
+    let cfg = dir.path().join("lb.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = \"{admin}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+             [pool.p]\nservers = [\"{}\"]\n",
+            echo.addr
+        ),
+    )
+    .unwrap();
+    let lb = Proc::spawn(
+        {
+            let mut c = Command::new(BIN);
+            c.arg("--config").arg(&cfg);
+            c
+        },
+        false,
+    );
+    lb.listener_addr().await;
+    // What the node's own lb.toml would say: the admin port on every
+    // address (for Prometheus), a token and a CA file this user cannot
+    // read, a server name no resolver knows.
+    let node = dir.path().join("node.toml");
+    std::fs::write(
+        &node,
+        format!(
+            "[admin]\nlisten = \"0.0.0.0:{}\"\ntoken_file = \"/nonexistent/token\"\n\
+             [[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+             [pool.p]\nservers = [\"manager.invalid:443\"]\n\
+             [pool.p.health]\nkind = \"https\"\npath = \"/_ping\"\nca_file = \"/nonexistent/ca.pem\"\n",
+            admin.port()
+        ),
+    )
+    .unwrap();
+    let run = |args: Vec<std::ffi::OsString>, env: Option<&Path>| {
+        let mut c = Command::new(BIN);
+        c.arg("healthcheck").args(args).env_remove("UCP_LB_CONFIG");
+        if let Some(p) = env {
+            c.env("UCP_LB_CONFIG", p);
+        }
+        let out = c.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let asked = format!("http://127.0.0.1:{}/healthz", admin.port());
+    let text = eventually_some("healthcheck -c says healthy", || {
+        let (code, text) = run(vec!["-c".into(), node.clone().into()], None);
+        (code == Some(0)).then_some(text)
+    })
+    .await;
+    assert!(text.contains(&format!("{asked}: 200")), "{text}");
+    let (code, text) = run(vec!["--config".into(), node.clone().into()], None);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run(vec![], Some(&node));
+    assert_eq!(code, Some(0), "UCP_LB_CONFIG: {text}");
+    assert!(text.contains(&asked), "{text}");
+    // --url wins over the config: a port nothing listens on fails it.
+    let dead = common::nginx::free_addr();
+    let (code, text) =
+        run(vec!["-c".into(), node.clone().into(), "--url".into(), format!("http://{dead}/healthz").into()], None);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&dead.to_string()), "{text}");
+    // A config named but missing fails it, naming the file.
+    let (code, text) = run(vec!["-c".into(), dir.path().join("typo.toml").into()], None);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("typo.toml") && text.contains("cannot tell which admin address"), "{text}");
+}
+
 /// nginx's and HAProxy's habits: `-t -c FILE` tests a config, `-c FILE`
 /// runs it, `check FILE` takes it as an argument; each answers as `check
 /// --config` and `--config` do.

@@ -25,12 +25,17 @@ fn keepalived_conf_passes_keepalived_config_test() {
         .expect("a track script running ucp-lb healthcheck");
     // The script's arguments are ones `ucp-lb healthcheck` takes: it asks
     // (exit 0 or 1), it does not fail on usage (exit 2).
+    // With the shipped config in place of /etc/ucp-lb/lb.toml, it asks
+    // that config's admin address (tests/shipped.rs: every shipped config).
     let cmd = script.trim_start_matches("script \"").trim_end_matches('"');
+    let ucp = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ucp.toml").display().to_string();
+    let cmd = cmd.replace("/etc/ucp-lb/lb.toml", &ucp);
     let mut words = cmd.split_whitespace();
     assert_eq!(words.next(), Some("/usr/local/bin/ucp-lb"));
     let out = Command::new(BIN).args(words).output().unwrap();
-    assert!(matches!(out.status.code(), Some(0 | 1)), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("http://127.0.0.1:9900/healthz"));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{cmd}: {said}");
+    assert!(said.contains("http://127.0.0.1:9900/healthz"), "{cmd}: {said}");
 
     let Some(keepalived) = external_tool(&["/usr/sbin/keepalived", "/usr/bin/keepalived"], "keepalived") else {
         return;

@@ -1186,3 +1186,38 @@ async fn a_stop_signal_during_the_hand_over_lets_the_connections_finish_moving()
     new.signal("TERM");
     assert_eq!(new.exit_code().await, Some(0), "{}", new.text());
 }
+
+/// A failed start with `--upgrade` and nothing to take over from (its
+/// listener's port taken, then its admin port taken) exits 1 and leaves
+/// no control socket behind: the path is free for the next start, and a
+/// later `--upgrade` finds nothing stale there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_with_upgrade_leaves_no_control_socket() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[echo.addr], "");
+    let sock = control(dir.path());
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_at = taken.local_addr().unwrap();
+    for (what, text) in [
+        ("its listener's port taken", good.replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"{taken_at}\""), 1)),
+        ("its admin port taken", good.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{taken_at}\""), 1)),
+    ] {
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, text).unwrap();
+        let out = tokio::task::spawn_blocking(move || upgrade_cmd(&bad).output().unwrap()).await.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains("control socket up"), "{what}: the socket was made before the start failed: {err}");
+        assert!(!sock.exists(), "{what}: the control socket file is left behind: {err}");
+    }
+    // The same config, its port free: the start succeeds and makes it.
+    let mut lb = Proc::spawn(upgrade_cmd(&cfg), false);
+    lb.wait_for_line("control socket up").await;
+    round_trip(lb.listener_addr().await).await.unwrap();
+    assert!(sock.exists());
+    lb.signal("TERM");
+    assert_eq!(lb.exit_code().await, Some(0));
+    assert!(!sock.exists(), "a clean stop removes its control socket");
+}

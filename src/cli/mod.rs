@@ -158,6 +158,9 @@ fn healthcheck(url: Option<&str>, config: Option<&Path>, timeout: std::time::Dur
             // typo in a track script's path must fail it, not ask whatever
             // answers on the default port.
             let admin = match config {
+                // The file alone (as `check --offline` reads it, without
+                // even the environment's overrides): no DNS, no token or
+                // CA file, which keepalived's script user may not read.
                 Some(path) => match config::load(path) {
                     Ok(c) => c.admin.listen,
                     Err(e) => {

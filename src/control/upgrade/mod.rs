@@ -270,8 +270,14 @@ where
         },
     };
     let Some(path) = from else {
-        let control = control_socket(&cfg, false)?;
-        return Ok((lifecycle::start(loaded, serve_admin).await?, Control::new(control, cfg)));
+        // Made before the start so that nothing else takes the path; a
+        // start that fails (ports taken, a name that stops resolving) or
+        // is stopped by a signal before it is complete (this future
+        // dropped) removes it again, or the next `--upgrade` would find a
+        // socket nobody listens on.
+        let control = Unplaced(control_socket(&cfg, false)?);
+        let running = lifecycle::start(loaded, serve_admin).await?;
+        return Ok((running, Control::new(control.placed(), cfg)));
     };
     let taken = match new::take_over(path, loaded, serve_admin).await {
         Ok(r) => r,
@@ -293,6 +299,26 @@ where
     });
     running.adopt(tokio::spawn(new::receive(link, running.lb.clone(), protocol)));
     Ok((running, Control::new(control, cfg)))
+}
+
+/// A control socket made for a start that is not complete yet: dropped
+/// before [`Unplaced::placed`] (the start failed, or was abandoned), its
+/// file is removed.
+struct Unplaced(Option<ControlListener>);
+
+impl Unplaced {
+    /// The start is complete: the socket stays.
+    fn placed(mut self) -> Option<ControlListener> {
+        self.0.take()
+    }
+}
+
+impl Drop for Unplaced {
+    fn drop(&mut self) {
+        if let Some(l) = self.0.take() {
+            l.remove();
+        }
+    }
 }
 
 /// Makes this process's control socket as `[admin] control_socket` says.
