@@ -441,7 +441,11 @@ fn check_offline(text: &str) -> (Option<i32>, String, String) {
     let path = dir.path().join("lb.toml");
     std::fs::write(&path, text).unwrap();
     let out = ucp_lb().arg("check").arg("--offline").arg(&path).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// What the kernel allows on one port passes: listeners' IPv6 sockets are
@@ -458,7 +462,10 @@ fn binds_the_kernel_allows_on_one_port_pass_the_check() {
     let (code, stdout, stderr) = check_offline(text);
     // 127.0.0.2:9000 is inside 0.0.0.0:9000: the admin port overlaps.
     assert_eq!(code, Some(1), "{stdout}");
-    assert!(stderr.contains("admin.listen: 127.0.0.2:9000 overlaps 0.0.0.0:9000 of the listener at line 4"), "{stderr}");
+    assert!(
+        stderr.contains("admin.listen: 127.0.0.2:9000 overlaps 0.0.0.0:9000 of the listener at line 4"),
+        "{stderr}"
+    );
     let (code, stdout, stderr) = check_offline(&text.replace("127.0.0.2:9000", "127.0.0.2:9002"));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("[::]:9000 -> pool ucp") && stdout.contains("0.0.0.0:9000 -> pool ucp"), "{stdout}");
