@@ -131,6 +131,7 @@ async fn a_port_in_use_stops_the_start_and_names_the_listener() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("listener[0].bind: cannot listen on"), "{stderr}");
     assert_eq!(stderr.matches("cannot listen on").count(), 1, "said once: {stderr}");
+    assert!(stderr.contains("another process holds it: `ss -ltnp 'sport = :"), "says how to find who: {stderr}");
 }
 
 #[test]

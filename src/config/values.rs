@@ -135,7 +135,10 @@ pub fn parse_listen(s: &str, example: &str) -> Result<std::net::SocketAddr, Stri
 /// toml's "duplicate key", with the key and where it was first: the
 /// parser's span points at the second one only.
 pub fn duplicate_key(text: &str, at: usize) -> String {
-    let at = at.min(text.len());
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
     let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
     let line_no = text[..line_start].matches('\n').count() + 1;
     let before: Vec<&str> = text[..line_start].lines().collect();
