@@ -57,7 +57,17 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        // nginx's `-s reload`: say what ucp-lb does instead, after clap's error.
+        if e.kind() == clap::error::ErrorKind::UnknownArgument
+            && let Some(hint) = cli::nginx_signal_hint(&std::env::args_os().collect::<Vec<_>>())
+        {
+            let _ = e.print();
+            eprintln!("\n{hint}");
+            std::process::exit(e.exit_code());
+        }
+        e.exit()
+    });
     let format = cli.log_format;
     // The log's writer thread, flushed when this is dropped: after the
     // error below is said.

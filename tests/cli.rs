@@ -131,6 +131,7 @@ async fn a_port_in_use_stops_the_start_and_names_the_listener() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("listener[0].bind: cannot listen on"), "{stderr}");
     assert_eq!(stderr.matches("cannot listen on").count(), 1, "said once: {stderr}");
+    assert!(stderr.contains("another process holds it: `ss -ltnp 'sport = :"), "says how to find who: {stderr}");
 }
 
 #[test]
@@ -524,4 +525,142 @@ async fn the_stop_grace_keeps_accepting_while_healthz_says_stopping() {
     }
     eventually_async("refused after the grace", || async { TcpStream::connect(addr).await.is_err() }).await;
     assert_eq!(lb.exit_code().await, Some(0));
+}
+
+/// nginx's habit `-s reload` (and `stop`, `reopen`): clap's error, then
+/// what ucp-lb does instead.
+#[test]
+fn nginx_signal_flag_says_which_signal_or_endpoint_to_use() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = run(&["-s", "reload"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("unexpected argument '-s'"), "{stderr}");
+    for want in ["kill -HUP", "systemctl reload ucp-lb", "POST /reload"] {
+        assert!(stderr.contains(want), "missing {want:?}: {stderr}");
+    }
+    let (_, stderr) = run(&["-c", "lb.toml", "-s", "stop"]);
+    assert!(stderr.contains("send SIGTERM"), "{stderr}");
+    let (_, stderr) = run(&["-s", "reopen"]);
+    assert!(stderr.contains("send SIGUSR1"), "{stderr}");
+    let (code, stderr) = run(&["-x"]);
+    assert_eq!(code, Some(2));
+    assert!(!stderr.contains("tip: ucp-lb has no -s"), "{stderr}");
+}
+
+/// A port below the kernel's unprivileged start, bound by a user without
+/// CAP_NET_BIND_SERVICE: the start fails (exit 1) naming the capability
+/// and the setcap line. As root the test drops to nobody with setpriv.
+#[tokio::test]
+async fn a_privileged_port_without_the_capability_says_how_to_grant_it() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    if start <= 81 {
+        eprintln!("skipped: port 81 is unprivileged here (ip_unprivileged_port_start = {start})");
+        return;
+    }
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(
+        &path,
+        "[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n\
+         [[listener]]\nbind = \"127.0.0.1:81\"\npool = \"p\"\n[pool.p]\nservers = [\"127.0.0.1:9\"]\n",
+    )
+    .unwrap();
+    let mut cmd = if root {
+        let Some(setpriv) = external_tool(&["/usr/bin/setpriv", "/bin/setpriv"], "setpriv (util-linux)") else {
+            return;
+        };
+        let mut c = Command::new(setpriv);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", BIN]);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    cmd.arg("--config").arg(&path);
+    let mut lb = Proc::spawn(cmd, false);
+    assert_eq!(lb.exit_code().await, Some(1), "{}", lb.text());
+    let text = lb.text();
+    for want in [
+        "listener[0].bind: cannot listen on 127.0.0.1:81: Permission denied",
+        "CAP_NET_BIND_SERVICE",
+        "setcap 'cap_net_bind_service=+ep' $(command -v ucp-lb)",
+    ] {
+        assert!(text.contains(want), "missing {want:?}: {text}");
+    }
+}
+
+/// A server whose certificate is a CA's (basicConstraints CA:TRUE), checked
+/// with that certificate as `ca_file`: /status says so in words, not as
+/// webpki's `CaUsedAsEndEntity`.
+#[tokio::test]
+async fn a_ca_certificate_used_as_a_servers_is_named_as_such() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(common::standin::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let server = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move { drop(acceptor.accept(tcp).await) });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n\
+             [[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nservers = [\"{server}\"]\n\
+             [pool.p.health]\nkind = \"https\"\ninterval = \"100ms\"\nca_file = \"ca.pem\"\n"
+        ),
+    )
+    .unwrap();
+    let lb = Proc::lb(&path);
+    let admin = lb.admin_addr().await;
+    let status = eventually_some_async("the check's reason", || async {
+        Some(http_raw(admin, "GET", "/status", None).await).filter(|s| s.contains("CA certificate"))
+    })
+    .await;
+    assert!(status.contains("the server's certificate is a CA certificate, not a server's"), "{status}");
+    assert!(!status.contains("CaUsedAsEndEntity"), "{status}");
+}
+
+/// A start on overlapping binds fails before binding anything, with the
+/// error `check` gives (exit 1, file:line:col), not "address in use" after
+/// the first listener is up.
+#[tokio::test]
+async fn a_start_on_overlapping_binds_fails_at_the_second_bind_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(
+        &path,
+        "[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n\
+         [[listener]]\nbind = \"0.0.0.0:9000\"\npool = \"p\"\n\
+         [[listener]]\nbind = \"127.0.3.20:9000\"\npool = \"p\"\n[pool.p]\nservers = [\"127.0.0.1:9\"]\n",
+    )
+    .unwrap();
+    let mut lb = Proc::lb(&path);
+    assert_eq!(lb.exit_code().await, Some(1), "{}", lb.text());
+    let text = lb.text();
+    assert!(text.contains("lb.toml:8:8: listener[1].bind: 127.0.3.20:9000 overlaps 0.0.0.0:9000"), "{text}");
+    assert!(!text.contains("listening bind="), "nothing was bound: {text}");
 }

@@ -186,6 +186,51 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
             "bad.toml:2:18: admin.control_socket: expected an absolute path (or \"\" for none), found \"run/c.sock\"",
         ),
         ("empty file", String::new(), "bad.toml: the config is empty"),
+        (
+            "a wildcard and a specific address on one port",
+            "[[listener]]\nbind = \"0.0.0.0:9000\"\npool = \"ucp\"\n[[listener]]\nbind = \"127.0.3.20:9000\"\npool = \"ucp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n".to_owned(),
+            "bad.toml:5:8: listener[1].bind: 127.0.3.20:9000 overlaps 0.0.0.0:9000 of the listener at line 2 (listener[0]): 0.0.0.0 takes port 9000 on every IPv4 address, 127.0.3.20 included, so the start would fail to bind (address in use)",
+        ),
+        (
+            "admin.listen equal to a listener",
+            format!("[admin]\nlisten = \"127.0.0.1:8443\"\n{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"),
+            "bad.toml:2:10: admin.listen: 127.0.0.1:8443 is also the bind of the listener at line 4 (listener[0]): the admin port never carries traffic; give [admin] listen another port",
+        ),
+        (
+            "admin's default address taken by a listener",
+            "[[listener]]\nbind = \"127.0.0.1:9900\"\npool = \"ucp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n".to_owned(),
+            "bad.toml:2:8: admin.listen: 127.0.0.1:9900 is also the bind of the listener at line 2 (listener[0]): the admin port never carries traffic; the admin server listens there by default: set [admin] listen to another port",
+        ),
+        (
+            "admin.listen on a listener's wildcard",
+            format!("[admin]\nlisten = \"[::]:8443\"\n{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"),
+            "bad.toml:2:10: admin.listen: [::]:8443 overlaps 127.0.0.1:8443 of the listener at line 4 (listener[0]) (the admin socket is not IPv6-only: its [::] takes IPv4 too): the start would fail to bind the admin port",
+        ),
+        (
+            "an IPv4-mapped listener address",
+            "[[listener]]\nbind = \"[::ffff:10.0.0.1]:443\"\npool = \"ucp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n".to_owned(),
+            "bad.toml:2:8: listener[0].bind: [::ffff:10.0.0.1]:443 is an IPv4 address written as IPv6, which an IPv6-only socket cannot bind: write \"10.0.0.1:443\"",
+        ),
+        (
+            "two servers of a pool with one name",
+            format!("{HEAD}[pool.ucp]\nservers = [{{ address = \"10.0.0.1:443\", name = \"m1\" }}, {{ address = \"10.0.0.2:443\", name = \"m1\" }}]\n"),
+            "bad.toml:6:90: pool.ucp.servers[1].name: servers[0] has the name \"m1\" too: /drain, /enable and /down by name would act on both; give each server its own name",
+        ),
+        (
+            "a port above 65535",
+            "[[listener]]\nbind = \"0.0.0.0:70000\"\npool = \"ucp\"\n[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n".to_owned(),
+            "bad.toml:2:8: listener[0].bind: expected an IP address and port like \"0.0.0.0:443\" or \"[::]:443\", found \"0.0.0.0:70000\": the port 70000 is out of range (a port is from 1 to 65535)",
+        ),
+        (
+            "an IPv4 part above 255",
+            format!("[admin]\nlisten = \"300.1.1.1:9900\"\n{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n"),
+            "bad.toml:2:10: admin.listen: expected an IP address and port like \"127.0.0.1:9900\", found \"300.1.1.1:9900\": \"300.1.1.1\" is not an IPv4 address: 300 is not a number from 0 to 255",
+        ),
+        (
+            "a pool table twice",
+            format!("{HEAD}[pool.ucp]\nservers = [\"10.0.0.1:443\"]\n[pool.ucp]\nbalance = \"least_conn\"\n"),
+            "bad.toml:7:7: invalid TOML: duplicate key: the table [pool.ucp] is defined twice (first at line 5): merge the two into one",
+        ),
     ]
 }
 
@@ -389,4 +434,68 @@ fn a_pools_shutdown_timeout_is_warned_of_as_changing_nothing() {
         "{warnings:?}"
     );
     assert_eq!(c.defaults.shutdown_timeout.as_secs(), 7);
+}
+
+fn check_offline(text: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = ucp_lb().arg("check").arg("--offline").arg(&path).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What the kernel allows on one port passes: listeners' IPv6 sockets are
+/// IPv6-only (IPV6_V6ONLY), so `[::]` beside `0.0.0.0` binds both, as do two
+/// specific addresses, and the admin port beside them on another address.
+#[test]
+fn binds_the_kernel_allows_on_one_port_pass_the_check() {
+    let text = "[admin]\nlisten = \"127.0.0.2:9000\"\n\
+                [[listener]]\nbind = \"0.0.0.0:9000\"\npool = \"ucp\"\n\
+                [[listener]]\nbind = \"[::]:9000\"\npool = \"ucp\"\n\
+                [[listener]]\nbind = \"[::1]:9001\"\npool = \"ucp\"\n\
+                [[listener]]\nbind = \"127.0.0.1:9001\"\npool = \"ucp\"\n\
+                [pool.ucp]\nservers = [\"10.0.0.1:443\"]\n";
+    let (code, stdout, stderr) = check_offline(text);
+    // 127.0.0.2:9000 is inside 0.0.0.0:9000: the admin port overlaps.
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stderr.contains("admin.listen: 127.0.0.2:9000 overlaps 0.0.0.0:9000 of the listener at line 4"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = check_offline(&text.replace("127.0.0.2:9000", "127.0.0.2:9002"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("[::]:9000 -> pool ucp") && stdout.contains("0.0.0.0:9000 -> pool ucp"), "{stdout}");
+}
+
+/// A pool nothing sends clients to is warned of (exit 0); the summary
+/// names servers as configured, shows an IP literal's address without
+/// resolving, and says what access rules do with the clients they do not
+/// name.
+#[test]
+fn check_warns_of_an_unused_pool_and_its_summary_names_servers_and_access_truly() {
+    let text = "[[listener]]\nbind = \"127.0.0.1:8443\"\npool = \"ucp\"\naccess = [\"allow 10.0.0.0/8\", \"deny all\"]\n\
+                [[listener]]\nbind = \"127.0.0.1:8444\"\npool = \"ucp\"\naccess = [\"deny 10.0.0.9\"]\n\
+                [pool.ucp]\nservers = [{ address = \"10.0.0.1:443\", name = \"manager-01\" }, \"manager-02.example:443\"]\n\
+                [pool.dtr]\nservers = [\"10.0.0.5:443\"]\n";
+    let (code, stdout, stderr) = check_offline(text);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "lb.toml:11:1: pool.dtr: no listener or route sends clients to this pool: name it in a listener's pool or routes, or remove it"
+        ),
+        "{stderr}"
+    );
+    for want in [
+        "access: allow 10.0.0.0/8, deny all (the first rule that matches decides; every other client is refused)",
+        "access: deny 10.0.0.9 (the first rule that matches decides; a client no rule matches is let in)",
+        "manager-01 (10.0.0.1:443) -> 10.0.0.1:443 (weight 1)",
+        "manager-02.example:443 -> not resolved (--offline) (weight 1)",
+        "10.0.0.5:443 -> 10.0.0.5:443 (weight 1)",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
+    }
 }

@@ -91,6 +91,29 @@ pub fn config_path(named: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// What to do instead of nginx's `-s SIGNAL` (which ucp-lb has not), for
+/// the error clap gives on the unknown `-s`: the signal to send, or the
+/// admin API's `POST /reload`.
+pub fn nginx_signal_hint(args: &[std::ffi::OsString]) -> Option<String> {
+    let at = args.iter().position(|a| a == "-s" || a.to_str().is_some_and(|a| a.starts_with("-s")))?;
+    let named = args[at].to_str().and_then(|a| a.strip_prefix("-s")).filter(|s| !s.is_empty());
+    let signal = named.or_else(|| args.get(at + 1).and_then(|a| a.to_str())).unwrap_or("");
+    let what = match signal {
+        "reload" => {
+            "to reload, send SIGHUP: `kill -HUP $(pidof ucp-lb)` or `systemctl reload ucp-lb`; \
+             or POST /reload on the admin port with the token: \
+             `curl -X POST -H \"Authorization: Bearer $(cat TOKEN_FILE)\" http://127.0.0.1:9900/reload`"
+        }
+        "stop" | "quit" => {
+            "to stop (gracefully: open connections may finish), send SIGTERM: \
+             `kill -TERM $(pidof ucp-lb)` or `systemctl stop ucp-lb`"
+        }
+        "reopen" => "to reopen the access log files, send SIGUSR1: `kill -USR1 $(pidof ucp-lb)`",
+        _ => "ucp-lb takes signals instead: SIGHUP reloads, SIGTERM stops, SIGUSR1 reopens the access logs",
+    };
+    Some(format!("tip: ucp-lb has no -s (nginx's way of signalling itself); {what}"))
+}
+
 /// `--version` (one line) or `-V` (every build fact and the features).
 pub fn version(long: bool) -> String {
     let b = ucp_lb::build_info::BUILD;
@@ -299,7 +322,7 @@ fn summary_listener(s: &mut String, l: &config::ListenerConfig) {
     }
     if !l.access.is_empty() {
         let rules: Vec<String> = l.access.iter().map(ToString::to_string).collect();
-        let _ = writeln!(s, "    access: {} (a client no rule matches is let in)", rules.join(", "));
+        let _ = writeln!(s, "    access: {} ({})", rules.join(", "), access_words(&l.access));
     }
     let _ = writeln!(s, "    client keepalive: {}", config::Keepalive::words(l.client_keepalive.as_ref()));
     if l.per_client.any() {
@@ -310,6 +333,25 @@ fn summary_listener(s: &mut String, l: &config::ListenerConfig) {
             limit(l.per_client.open, ""),
             limit(l.per_client.rate, "/s")
         );
+    }
+}
+
+/// What a listener's access rules do with a client, in words: the first
+/// rule that matches decides; after a rule for `all`, no client is left
+/// unmatched.
+fn access_words(rules: &[config::Rule]) -> &'static str {
+    match rules.iter().find(|r| r.net.is_none()) {
+        Some(r) if r.allow => "the first rule that matches decides; every other client is let in",
+        Some(_) => "the first rule that matches decides; every other client is refused",
+        None => "the first rule that matches decides; a client no rule matches is let in",
+    }
+}
+
+/// A server as people know it: `name (address)`, or the address alone.
+fn server_words(srv: &config::ServerConfig) -> String {
+    match &srv.name {
+        Some(n) => format!("{n} ({})", srv.address),
+        None => srv.address.to_string(),
     }
 }
 
@@ -346,8 +388,8 @@ fn summary_pool(s: &mut String, p: &config::PoolConfig) {
         "    after a failure: slow_start {slow}; a server going down: {down}; server keepalive: {}",
         config::Keepalive::words(st.server_keepalive.as_ref())
     );
-    for (address, d) in p.servers.iter().filter_map(|srv| Some((&srv.address, srv.slow_start?))) {
-        let _ = writeln!(s, "    {address}: slow_start {}", format_duration(d));
+    for (srv, d) in p.servers.iter().filter_map(|srv| Some((srv, srv.slow_start?))) {
+        let _ = writeln!(s, "    {}: slow_start {}", server_words(srv), format_duration(d));
     }
 }
 
@@ -407,7 +449,10 @@ fn summary_check(s: &mut String, h: &config::HealthConfig) {
 fn summary_servers(s: &mut String, p: &config::PoolConfig, resolved: Option<&ucp_lb::state::snapshot::Resolved>) {
     use std::fmt::Write;
     for srv in &p.servers {
-        let addrs = match resolved.and_then(|r| r.get(&srv.address)) {
+        // An IP address needs no resolving, --offline or not.
+        let literal =
+            srv.address.host.parse::<std::net::IpAddr>().ok().map(|ip| vec![SocketAddr::new(ip, srv.address.port)]);
+        let addrs = match resolved.and_then(|r| r.get(&srv.address)).or(literal.as_ref()) {
             Some(a) => a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
             None => "not resolved (--offline)".into(),
         };
@@ -421,6 +466,6 @@ fn summary_servers(s: &mut String, p: &config::PoolConfig, resolved: Option<&ucp
         if srv.state != config::AdminState::Up {
             let _ = write!(flags, ", {}", srv.state.as_str());
         }
-        let _ = writeln!(s, "    {} -> {addrs} ({flags})", srv.address);
+        let _ = writeln!(s, "    {} -> {addrs} ({flags})", server_words(srv));
     }
 }

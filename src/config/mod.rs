@@ -13,7 +13,7 @@ mod validate;
 mod values;
 
 pub use rules::{Limits, Pattern, Rule};
-pub use values::{LineIndex, format_duration, parse_duration, parse_host_port};
+pub use values::{LineIndex, format_duration, parse_duration, parse_host_port, parse_listen};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -705,7 +705,10 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
             source: source.to_owned(),
             pos: e.span().map(|s| lines.pos(s.start)),
             key: String::new(),
-            message: format!("invalid TOML: {}", e.message().trim()),
+            message: match (e.message().trim(), e.span()) {
+                ("duplicate key", Some(s)) => format!("invalid TOML: {}", values::duplicate_key(text, s.start)),
+                (m, _) => format!("invalid TOML: {m}"),
+            },
         }])
     })?;
     let mut v = Validator { source, lines: &lines, errors: Vec::new(), warnings: Vec::new() };

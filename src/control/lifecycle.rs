@@ -190,7 +190,7 @@ pub enum StartError {
     Config(#[from] ConfigErrors),
     #[error(transparent)]
     Bind(#[from] BindError),
-    #[error("{file}: admin.listen: cannot listen on {addr}: {error}")]
+    #[error("{file}: admin.listen: cannot listen on {addr}: {error}{}", crate::traffic::listener::bind_hint(*addr, error))]
     AdminBind { file: String, addr: SocketAddr, error: std::io::Error },
     #[error("admin.control_socket: cannot make {path}: {error}")]
     Control { path: String, error: std::io::Error },

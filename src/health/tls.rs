@@ -133,6 +133,13 @@ pub fn describe(e: &std::io::Error) -> String {
             C::UnknownIssuer => "certificate signed by an unknown authority".into(),
             C::NotValidForName | C::NotValidForNameContext { .. } => "certificate not valid for this name".into(),
             C::BadSignature => "bad certificate signature".into(),
+            // webpki's reasons come wrapped, by name only (rustls-webpki is
+            // not a dependency of ours to match its enum).
+            C::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => {
+                "the server's certificate is a CA certificate, not a server's: give the server a certificate of its own \
+                 signed by the CA in ca_file (a self-signed certificate cannot be both)"
+                    .into()
+            }
             other => format!("invalid certificate: {other:?}"),
         },
         rustls::Error::AlertReceived(a) => format!("alert from the server: {a:?}"),

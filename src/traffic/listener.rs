@@ -412,9 +412,29 @@ fn refuse(state: &ListenerState, peer: SocketAddr, entry: Option<Box<access_log:
     }
 }
 
+/// What to do about a failed bind, after the error: a privileged port
+/// needs a capability a non-root process lacks; a port in use is held by
+/// another process.
+pub fn bind_hint(addr: SocketAddr, error: &io::Error) -> String {
+    match error.kind() {
+        // bind() says EACCES for a privileged port only (below
+        // net.ipv4.ip_unprivileged_port_start, 1024 by default).
+        io::ErrorKind::PermissionDenied => format!(
+            "; port {} is privileged: run as root, or give ucp-lb the capability CAP_NET_BIND_SERVICE: \
+             `sudo setcap 'cap_net_bind_service=+ep' $(command -v ucp-lb)` (config/ucp-lb.service sets \
+             AmbientCapabilities=CAP_NET_BIND_SERVICE)",
+            addr.port()
+        ),
+        io::ErrorKind::AddrInUse => {
+            format!("; another process holds it: `ss -ltnp 'sport = :{}'` names it", addr.port())
+        }
+        _ => String::new(),
+    }
+}
+
 /// A listener could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: listener[{index}].bind: cannot listen on {bind}: {error}")]
+#[error("{file}: listener[{index}].bind: cannot listen on {bind}: {error}{}", bind_hint(*bind, error))]
 pub struct BindError {
     pub file: String,
     pub index: usize,

@@ -4,22 +4,20 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use super::listeners;
+
 use super::*;
 
 impl Validator<'_> {
     /// `[admin]`, which must not listen where a listener does.
-    pub(super) fn admin(&mut self, raw: &RawConfig, listeners: &[ListenerConfig]) -> AdminConfig {
+    pub(super) fn admin(&mut self, raw: &RawConfig, binds: &listeners::Binds) -> AdminConfig {
         let mut admin = AdminConfig::default();
         if let Some(a) = &raw.admin {
             let a = a.get_ref();
             if let Some(l) = &a.listen {
-                match l.get_ref().parse::<SocketAddr>() {
+                match parse_listen(l.get_ref(), "\"127.0.0.1:9900\"") {
                     Ok(addr) => admin.listen = addr,
-                    Err(_) => self.err(
-                        Some(l.span()),
-                        "admin.listen",
-                        format!("expected an IP address and port like \"127.0.0.1:9900\", found \"{}\"", l.get_ref()),
-                    ),
+                    Err(m) => self.err(Some(l.span()), "admin.listen", m),
                 }
             }
             if let Some(t) = &a.token_file {
@@ -39,14 +37,37 @@ impl Validator<'_> {
                 }
             }
         }
-        if listeners.iter().any(|l| l.bind == admin.listen && admin.listen.port() != 0) {
-            self.err(
-                None,
-                "admin.listen",
-                format!("{} is also a traffic listener: the admin port never carries traffic", admin.listen),
-            );
-        }
+        self.admin_overlap(raw, binds, admin.listen);
         admin
+    }
+
+    /// The admin port beside the listeners: it is bound after them, so a
+    /// listener holding its address (or a wildcard over it) fails the
+    /// start. Said at `admin.listen`, or at the listener when the admin
+    /// address is the default.
+    fn admin_overlap(&mut self, raw: &RawConfig, binds: &listeners::Binds, at: SocketAddr) {
+        let Some((i, bind, span)) = binds.iter().find(|(_, b, _)| listeners::overlaps(*b, at, true)) else { return };
+        let set = raw.admin.as_ref().and_then(|a| a.get_ref().listen.as_ref()).map(|l| l.span());
+        let line = self.lines.pos(span.start).line;
+        let what = if *bind == at {
+            format!(
+                "{at} is also the bind of the listener at line {line} (listener[{i}]): the admin port never carries traffic"
+            )
+        } else {
+            let dual = if at.is_ipv6() && bind.is_ipv4() {
+                " (the admin socket is not IPv6-only: its [::] takes IPv4 too)"
+            } else {
+                ""
+            };
+            format!(
+                "{at} overlaps {bind} of the listener at line {line} (listener[{i}]){dual}: the start would fail to bind the admin port (address in use)"
+            )
+        };
+        let (span, fix) = match set {
+            Some(s) => (s, "give [admin] listen another port"),
+            None => (span.clone(), "the admin server listens there by default: set [admin] listen to another port"),
+        };
+        self.err(Some(span), "admin.listen", format!("{what}; {fix}"));
     }
 
     /// GET endpoints answer anyone unless status_needs_token: say so

@@ -7,8 +7,32 @@ use std::sync::Arc;
 
 use super::*;
 
-/// Each listener's bind address and where it is written.
-pub(super) type Binds = Vec<(SocketAddr, Range<usize>)>;
+/// Each listener's index, bind address and where it is written.
+pub(super) type Binds = Vec<(usize, SocketAddr, Range<usize>)>;
+
+/// Whether the kernel refuses `b` a port `a` holds (both listening, with
+/// SO_REUSEADDR, as `traffic::listener::bind` sets it): the same port, and
+/// the same address or a wildcard of its family. A listener's IPv6 socket
+/// is IPv6-only (IPV6_V6ONLY), so it never meets an IPv4 one; `dual`: `b`
+/// is the admin socket, which is not IPv6-only (Linux's default,
+/// net.ipv6.bindv6only = 0), so its `[::]` takes IPv4 too. Port 0 is any
+/// free port: no overlap.
+pub(super) fn overlaps(a: SocketAddr, b: SocketAddr, dual: bool) -> bool {
+    use std::net::IpAddr;
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let ai = a.ip();
+    let bi = match b.ip() {
+        IpAddr::V6(v6) if dual => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None if v6.is_unspecified() => return true,
+            None => b.ip(),
+        },
+        ip => ip,
+    };
+    ai.is_ipv4() == bi.is_ipv4() && (ai == bi || ai.is_unspecified() || bi.is_unspecified())
+}
 
 impl Validator<'_> {
     /// Every listener (those with a bind address and a pool), and where
@@ -48,7 +72,7 @@ impl Validator<'_> {
     ) -> Option<ListenerConfig> {
         let key = format!("listener[{i}]");
         let lr = l.get_ref();
-        let bind = self.bind(l, &key, binds);
+        let bind = self.bind(l, &key, i, binds);
         let routes = self.routes(lr.routes.as_ref(), raw, &key);
         // A routed listener may leave `pool` out: clients no route takes
         // are then closed. `Some(None)`: no pool, and that is fine.
@@ -143,37 +167,61 @@ impl Validator<'_> {
         }
     }
 
-    /// A listener's `bind`: an address and port no other listener has.
-    fn bind(&mut self, l: &S<raw::RawListener>, key: &str, binds: &mut Binds) -> Option<SocketAddr> {
+    /// A listener's `bind`: an address and port the kernel lets it take
+    /// beside the listeners before it.
+    fn bind(&mut self, l: &S<raw::RawListener>, key: &str, index: usize, binds: &mut Binds) -> Option<SocketAddr> {
         let Some(b) = &l.get_ref().bind else {
             self.err(Some(l.span()), format!("{key}.bind"), r#"missing key: expected bind = "address:port""#);
             return None;
         };
-        let Ok(a) = b.get_ref().parse::<SocketAddr>() else {
-            self.err(
-                Some(b.span()),
-                format!("{key}.bind"),
-                format!(r#"expected an IP address and port like "0.0.0.0:443" or "[::]:443", found "{}""#, b.get_ref()),
-            );
-            return None;
+        let a = match parse_listen(b.get_ref(), r#""0.0.0.0:443" or "[::]:443""#) {
+            Ok(a) => a,
+            Err(m) => {
+                self.err(Some(b.span()), format!("{key}.bind"), m);
+                return None;
+            }
         };
-        if let Some((_, first)) = binds.iter().find(|(x, _)| *x == a && a.port() != 0) {
-            let p = self.lines.pos(first.start);
+        if let SocketAddr::V6(v6) = a
+            && let Some(v4) = v6.ip().to_ipv4_mapped()
+        {
+            // An IPv6 listener is IPv6-only, and the kernel refuses such a
+            // socket an IPv4-mapped address (EINVAL).
             self.err(
                 Some(b.span()),
                 format!("{key}.bind"),
-                format!("{a} is already bound by the listener at line {}", p.line),
+                format!(
+                    "{a} is an IPv4 address written as IPv6, which an IPv6-only socket cannot bind: write \"{v4}:{}\"",
+                    a.port()
+                ),
             );
         }
-        binds.push((a, b.span()));
+        if let Some((j, first, span)) = binds.iter().find(|(_, x, _)| overlaps(*x, a, false)) {
+            let line = self.lines.pos(span.start).line;
+            let message = if *first == a {
+                format!(
+                    "{a} is already bound by the listener at line {line} (listener[{j}]): a port is bound once per address; remove one"
+                )
+            } else {
+                let (wild, other) = if first.ip().is_unspecified() { (*first, a) } else { (a, *first) };
+                format!(
+                    "{a} overlaps {first} of the listener at line {line} (listener[{j}]): {} takes port {} on every {} address, {} included, so the start would fail to bind (address in use); keep the wildcard alone, or list each address instead of it",
+                    wild.ip(),
+                    a.port(),
+                    if a.is_ipv4() { "IPv4" } else { "IPv6" },
+                    other.ip(),
+                )
+            };
+            self.err(Some(b.span()), format!("{key}.bind"), message);
+        }
+        binds.push((index, a, b.span()));
         Some(a)
     }
 
     /// An IPv6 wildcard listener takes IPv6 only (IPV6_V6ONLY, as nginx):
     /// alone on its port, IPv4 clients are not served there.
     pub(super) fn v6_only(&mut self, binds: &Binds) {
-        for (i, (bind, span)) in binds.iter().enumerate() {
-            let v4_too = binds.iter().any(|(o, _)| o.is_ipv4() && o.port() == bind.port());
+        for (i, bind, span) in binds {
+            let v4_too = binds.iter().any(|(_, o, _)| o.is_ipv4() && o.port() == bind.port());
             if bind.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) && bind.port() != 0 && !v4_too {
                 self.warn(
                     Some(span.clone()),

@@ -62,7 +62,8 @@ impl Validator<'_> {
         if raw.pool.is_empty() {
             self.err(None, "pool", "at least one [pool.NAME] is needed");
         }
-        let admin = self.admin(raw, &listeners);
+        let admin = self.admin(raw, &binds);
+        self.unused_pools(raw);
         self.v6_only(&binds);
         self.admin_exposed(raw, &admin);
         let stop_grace = self.duration(raw.stop_grace.as_ref(), "defaults.stop_grace".into(), true).flatten();

@@ -15,6 +15,26 @@ impl Validator<'_> {
         in_file.into_iter().map(|(name, pool)| self.pool(name, pool, raw, defaults)).collect()
     }
 
+    /// A pool no listener sends clients to, by `pool` or a route: its
+    /// servers are checked but never used; a listener probably names
+    /// another pool by mistake.
+    pub(super) fn unused_pools(&mut self, raw: &RawConfig) {
+        for (name, pool) in &raw.pool {
+            let used = raw.listener.iter().any(|l| {
+                let l = l.get_ref();
+                l.pool.as_ref().is_some_and(|p| p.get_ref() == name)
+                    || l.routes.as_ref().is_some_and(|r| r.get_ref().iter().any(|(_, p)| p.get_ref() == name))
+            });
+            if !used {
+                self.warn(
+                    Some(pool.span()),
+                    format!("pool.{name}"),
+                    "no listener or route sends clients to this pool: name it in a listener's pool or routes, or remove it",
+                );
+            }
+        }
+    }
+
     fn pool(&mut self, name: &str, pool: &S<raw::RawPool>, raw: &RawConfig, defaults: &Settings) -> PoolConfig {
         let key = format!("pool.{name}");
         if !valid_name(name) {
@@ -243,7 +263,33 @@ impl Validator<'_> {
                 pos: self.lines.pos(addr_span.start),
             });
         }
+        self.server_names(list.get_ref(), &out, key);
         out
+    }
+
+    /// The admin API finds a server by its name or its address: a name
+    /// two servers share, or one that is another server's address, would
+    /// drain (enable, set down) both.
+    fn server_names(&mut self, list: &[S<RawServer>], servers: &[ServerConfig], key: &str) {
+        for (i, entry) in list.iter().enumerate() {
+            let Some(n) = &entry.get_ref().name else { continue };
+            let name = n.get_ref();
+            let same_name =
+                list[..i].iter().position(|e| e.get_ref().name.as_ref().is_some_and(|m| m.get_ref() == name));
+            let own = entry.get_ref().address.as_ref().is_some_and(|a| a.get_ref() == name);
+            let same_address = servers.iter().find(|s| !own && s.address.to_string() == *name);
+            let message = match (same_name, same_address) {
+                (Some(j), _) => format!(
+                    "servers[{j}] has the name \"{name}\" too: /drain, /enable and /down by name would act on both; give each server its own name"
+                ),
+                (None, Some(s)) => format!(
+                    "\"{name}\" is the address of the server at line {}: /drain, /enable and /down by it would act on both; give this server another name",
+                    s.pos.line
+                ),
+                (None, None) => continue,
+            };
+            self.err(Some(n.span()), format!("{key}.servers[{i}].name"), message);
+        }
     }
 }
 
