@@ -17,7 +17,13 @@ fn ucp_lb() -> Command {
 }
 
 fn convert(path: &Path) -> Output {
-    ucp_lb().arg("convert-nginx").arg(path).output().unwrap()
+    let out = ucp_lb().arg("convert-nginx").arg(path).output().unwrap();
+    if let Ok(dir) = std::env::var("CONVERT_DUMP") {
+        let input = std::fs::read(path).unwrap_or_default();
+        let h = input.iter().fold(5381u64, |h, b| h.wrapping_mul(33) ^ u64::from(*b));
+        let _ = std::fs::write(format!("{dir}/{h:x}.out"), &out.stdout);
+    }
+    out
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -3,7 +3,7 @@
 //! `host:port`).
 
 use super::ConvertError;
-use super::convert::{AccessLog, Admission, Converter, Listener, Pool, Proxy, Server, parse_format_duration, unfilled};
+use super::convert::{AccessLog, Admission, Converter, Listener, Pool, Proxy, Server, parse_format_duration, placeholder, unfilled};
 use super::read::Directive;
 
 /// A carried `listen`: its bind address, `so_keepalive` (as the TOML
@@ -23,6 +23,9 @@ struct Block<'d> {
     target: Option<&'d Directive>,
     /// Comment lines for its first listener.
     notes: Vec<String>,
+    /// nginx Plus `health_check` and `health_check_timeout`.
+    health: Option<&'d Directive>,
+    health_timeout: Option<&'d Directive>,
 }
 
 impl Converter {
@@ -74,12 +77,18 @@ impl Converter {
         stream: &Proxy,
         stream_admission: &Admission,
     ) -> Result<(), ConvertError> {
+        let lost_before = self.lost.len();
         let block = self.read_block(d)?;
         let Some(target) = block.target else {
             let n = self.not_carried(d, "a server {} without proxy_pass");
             self.head_notes.push(n);
             return Ok(());
         };
+        if block.binds.is_empty() && self.lost.len() > lost_before {
+            // Each listen is an error already: its comment goes to the head.
+            self.head_notes.extend(block.notes);
+            return Ok(());
+        }
         if block.binds.is_empty() {
             let n = self.not_carried(d, "no listen that ucp-lb can carry");
             self.head_notes.push(n);
@@ -88,6 +97,11 @@ impl Converter {
         let [to] = target.args.as_slice() else {
             return Err(target.err("proxy_pass takes one upstream name or host:port"));
         };
+        if let Some(p) = placeholder(to) {
+            return Err(target.err(format!(
+                "proxy_pass {to}: {p} is a placeholder (as in Docker's example configs): fill it in, then convert"
+            )));
+        }
         if let Some(var) = unfilled(to).filter(|v| v.starts_with("${")) {
             return Err(target.err(format!(
                 "proxy_pass {to}: {var} is a template variable that was never filled in: fill it in, then convert"
@@ -106,6 +120,13 @@ impl Converter {
         };
         for i in idx.iter().copied().chain(routes.iter().map(|r| r.1)).collect::<Vec<_>>() {
             self.use_proxy(i, &proxy, d, to, &mut notes);
+            if let Some(h) = block.health {
+                self.health_check(i, h, block.health_timeout, &mut notes)?;
+            }
+        }
+        if let (None, Some(t)) = (block.health, block.health_timeout) {
+            let n = self.not_carried(t, "no health_check in this server {}");
+            notes.push(n);
         }
         let pool = idx.map(|i| self.pools[i].name.clone());
         let routes: Vec<(String, String)> = routes.into_iter().map(|(n, i)| (n, self.pools[i].name.clone())).collect();
@@ -169,12 +190,13 @@ impl Converter {
                     b.notes.push(n);
                 }
                 "access_log" => b.access_log = Some(self.access_log(x, &mut b.notes)?),
-                "proxy_next_upstream_timeout" if x.args.first().is_some_and(|v| v == "0") => {}
-                "tcp_nodelay" if x.args.first().is_some_and(|v| v == "on") => {
-                    b.notes.push(format!("nginx: {}  ({}): ucp-lb always sets TCP_NODELAY", x.text(), x.at()));
-                }
+                "health_check" => b.health = Some(x),
+                "health_check_timeout" => b.health_timeout = Some(x),
                 _ => {
-                    let n = self.not_carried(x, "no ucp-lb equivalent");
+                    let n = match self.no_difference(x) {
+                        Some(n) => n,
+                        None => self.not_carried(x, "no ucp-lb equivalent"),
+                    };
                     b.notes.push(n);
                 }
             }
@@ -208,6 +230,10 @@ impl Converter {
         if let Some(i) = self.pools.iter().position(|p| p.origin == to) {
             return Ok(i);
         }
+        if self.failed_upstreams.iter().any(|u| u == to) {
+            // Its error is reported already: only stop here.
+            return Err(at.err(String::new()));
+        }
         if crate::config::parse_host_port(to).is_err() {
             return Err(
                 at.err(format!("proxy_pass {to}: no upstream \"{to}\" and not host:port (nginx refuses this too)"))
@@ -224,6 +250,7 @@ impl Converter {
             notes: vec![format!("nginx: proxy_pass {to} straight to one server ({})", at.at())],
             proxy: None,
             used_at: String::new(),
+            health: None,
         });
         Ok(self.pools.len() - 1)
     }
@@ -266,11 +293,11 @@ impl Converter {
             let skip_why = match p.split('=').next().unwrap_or(p) {
                 "udp" => Some("ucp-lb balances TCP only"),
                 "ssl" => Some("ucp-lb passes TLS through and does not terminate it"),
-                "proxy_protocol" => Some("the PROXY protocol header is not read"),
+                "proxy_protocol" => Some("ucp-lb does not read the PROXY protocol header yet (issue 37)"),
                 _ => None,
             };
             if let Some(why) = skip_why {
-                let n = self.not_carried(d, why);
+                let n = self.lose_listener(d, addr, why);
                 notes.push(n);
                 return Ok(None);
             }
@@ -284,7 +311,7 @@ impl Converter {
         } else if addr.parse::<std::net::SocketAddr>().is_ok() {
             addr.clone()
         } else {
-            let n = self.not_carried(d, "ucp-lb binds IP addresses (and *, localhost), not names or unix: sockets");
+            let n = self.lose_listener(d, addr, "ucp-lb binds IP addresses (and *, localhost), not names or unix: sockets");
             notes.push(n);
             return Ok(None);
         };
