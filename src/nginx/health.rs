@@ -34,7 +34,9 @@ impl Converter {
         let mut dropped = Vec::new();
         for a in &d.args {
             let (k, v) = a.split_once('=').unwrap_or((a, ""));
-            let num = || v.parse::<u32>().map_err(|_| d.err(format!("health_check {k}: expected a whole number, found \"{v}\"")));
+            let num = || {
+                v.parse::<u32>().map_err(|_| d.err(format!("health_check {k}: expected a whole number, found \"{v}\"")))
+            };
             match k {
                 "interval" => interval = time_of(d, v)?,
                 "fails" => fall = num()?.max(1),
@@ -71,7 +73,10 @@ impl Converter {
         }
         let body = body.join("\n") + "\n";
         if !dropped.is_empty() {
-            let n = self.warn(d, format!("carried as [pool.{}.health]; not carried over: {}", self.pools[idx].name, dropped.join(", ")));
+            let n = self.warn(
+                d,
+                format!("carried as [pool.{}.health]; not carried over: {}", self.pools[idx].name, dropped.join(", ")),
+            );
             notes.push(n);
         }
         match &self.pools[idx].health {

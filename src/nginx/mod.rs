@@ -24,7 +24,6 @@ use std::path::Path;
 use convert::{Admission, Converter, Proxy};
 use read::Reader;
 
-
 /// A file that cannot be read, or syntax that cannot be: `file:line: what`
 /// (`file: what` when it is about the whole file, `line` 0).
 #[derive(Debug)]
@@ -118,7 +117,9 @@ pub fn convert(path: &Path) -> Result<Converted, ConvertErrors> {
     let toml = write::write(&c, path, &outside);
     // What is printed must pass `ucp-lb check`: parse it with the real parser.
     if let Err(e) = crate::config::parse(&toml, "converted") {
-        return Err(whole(&format!("the converted config does not pass check (a converter bug, please report):\n{e}")).into());
+        return Err(
+            whole(&format!("the converted config does not pass check (a converter bug, please report):\n{e}")).into()
+        );
     }
     let mut notes = Vec::new();
     if !c.ignored.is_empty() {

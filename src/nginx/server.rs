@@ -3,7 +3,9 @@
 //! `host:port`).
 
 use super::ConvertError;
-use super::convert::{AccessLog, Admission, Converter, Listener, Pool, Proxy, Server, parse_format_duration, placeholder, unfilled};
+use super::convert::{
+    AccessLog, Admission, Converter, Listener, Pool, Proxy, Server, parse_format_duration, placeholder, unfilled,
+};
 use super::read::Directive;
 
 /// A carried `listen`: its bind address, `so_keepalive` (as the TOML
@@ -311,7 +313,8 @@ impl Converter {
         } else if addr.parse::<std::net::SocketAddr>().is_ok() {
             addr.clone()
         } else {
-            let n = self.lose_listener(d, addr, "ucp-lb binds IP addresses (and *, localhost), not names or unix: sockets");
+            let n =
+                self.lose_listener(d, addr, "ucp-lb binds IP addresses (and *, localhost), not names or unix: sockets");
             notes.push(n);
             return Ok(None);
         };
