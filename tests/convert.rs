@@ -735,3 +735,55 @@ fn placeholders_and_every_error_of_a_file_in_one_run() {
     assert!(err.starts_with(&format!("{}: no stream {{}} block", http.display())), "{err}");
     assert!(!err.contains(":0:"), "{err}");
 }
+
+/// Writes `hello`, half-closes, and reads to the end through `lb`: what
+/// comes back before the close.
+async fn after_half_close(lb: std::net::SocketAddr) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within("a half-closed round trip", async {
+        let mut s = tokio::net::TcpStream::connect(lb).await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got).await;
+        got
+    })
+    .await
+}
+
+/// Round trip: nginx runs a config with `proxy_half_close on`,
+/// `tcp_nodelay on`, `resolver ... valid=` and a `zone`; its conversion
+/// has no warning but the resolver's address, and ucp-lb on it answers a
+/// half-closed client as nginx does (the reply still comes back).
+#[tokio::test]
+async fn half_close_and_no_difference_directives_round_trip() {
+    let Some(bin) = nginx_bin() else { return };
+    let echo = Echo::start().await;
+    let [listen] = free_addrs();
+    let stream = format!(
+        "  proxy_half_close on;\n  tcp_nodelay on;\n  resolver 127.0.0.1 valid=45s;\n\
+         \x20 upstream u {{\n    zone u 64k;\n    server {};\n  }}\n  server {{ listen {listen}; proxy_pass u; }}\n",
+        echo.addr
+    );
+    let ngx = start_nginx(&bin, &stream).await;
+    let keep = tempfile::tempdir().unwrap();
+    let conf = keep.path().join("nginx.conf");
+    std::fs::copy(&ngx.conf, &conf).unwrap();
+    let via_nginx = after_half_close(listen).await;
+    ngx.stop();
+    assert_eq!(via_nginx, b"hello", "nginx with proxy_half_close on");
+
+    let out = convert(&conf);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].contains("the resolver address 127.0.0.1 has no ucp-lb equivalent"), "{err}");
+    assert!(err.contains("note: ignored, they make no difference in ucp-lb: tcp_nodelay on ("), "{err}");
+    assert!(err.contains("zone u 64k ("), "{err}");
+    let toml = text(&out.stdout);
+    assert!(toml.contains("resolve_interval = \"45s\""), "{toml}");
+    let lb = start_lb(&(toml.clone() + "\n[admin]\nlisten = \"127.0.0.1:0\"\n")).await;
+    assert_eq!(lb.listener_addrs(), vec![listen], "{toml}");
+    assert_eq!(after_half_close(listen).await, via_nginx, "{toml}");
+}
