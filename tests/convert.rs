@@ -677,6 +677,29 @@ fn what_ucp_lb_has_is_carried_and_every_warning_is_true() {
     assert!(checked.status.success(), "{}\n{toml}", text(&checked.stderr));
     let summary = text(&checked.stdout);
     assert!(summary.contains("0.0.0.0:443 -> pool u") && !summary.contains("8443 -> "), "{summary}");
+
+    // A match that is no GET-and-status: the TCP check, said; a match no
+    // health_check names: said too.
+    let path = write_conf(
+        dir.path(),
+        "raw.conf",
+        "stream {\n  match unused { send \"x\"; expect \"y\"; }\n  match raw { send \"PING\\r\\n\"; expect ~ \"PONG\"; }\n\
+         \x20 upstream u { server 10.0.0.1:443; }\n  server { listen 443; proxy_pass u; health_check match=raw fails=2; }\n}\n",
+    );
+    let p = path.display().to_string();
+    let out = convert(&path);
+    let (toml, err) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "warning: {p}:5: health_check match=raw fails=2;: carried as [pool.u.health]; not carried over: \
+             match=raw ({p}:3: only a GET and an expected status map onto ucp-lb's http check; a TCP connect check \
+             used)\nwarning: {p}:2: match unused {{ ... }}: not carried over: no health_check names it\n"
+        )
+    );
+    assert!(toml.contains("[pool.u.health]\nkind = \"tcp\"\ninterval = \"5s\""), "{toml}");
+    assert!(check(&toml).status.success());
 }
 
 /// Docker's DTR example pasted with its placeholders: each server is named
@@ -708,7 +731,7 @@ fn placeholders_and_every_error_of_a_file_in_one_run() {
         dir.path(),
         "many.conf",
         "stream {\n  upstream u { server 10.0.0.1:1 max_fails=x; }\n  upstream v { server 10.0.0.1; }\n\
-         \x20 server { listen 1; proxy_pass nowhere; }\n  server { listen 2; proxy_pass u; proxy_timeout 5y; }\n}\n",
+         \x20 server { listen 1; proxy_pass nowhere; }\n  server { listen 2; proxy_pass u; proxy_timeout 5y; proxy_connect_timeout zz; }\n}\n",
     );
     let p = path.display().to_string();
     let err = text(&convert(&path).stderr);
@@ -717,6 +740,7 @@ fn placeholders_and_every_error_of_a_file_in_one_run() {
         format!("{p}:3: expected host:port, found \"10.0.0.1\""),
         format!("{p}:4: proxy_pass nowhere: no upstream"),
         format!("{p}:5: proxy_timeout: expected an nginx time"),
+        format!("{p}:5: proxy_connect_timeout: expected an nginx time"),
     ];
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), want.len(), "{err}");

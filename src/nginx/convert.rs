@@ -173,6 +173,8 @@ pub(super) struct Converter {
     pub(super) failed_upstreams: Vec<String>,
     /// nginx Plus `match` blocks by name.
     pub(super) matches: BTreeMap<String, Directive>,
+    /// Those a `health_check` named.
+    pub(super) used_matches: BTreeMap<String, Directive>,
     pub(super) warnings: Vec<String>,
     pub(super) pools: Vec<Pool>,
     pub(super) listeners: Vec<Listener>,

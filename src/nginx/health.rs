@@ -42,8 +42,8 @@ impl Converter {
                 "fails" => fall = num()?.max(1),
                 "passes" => rise = num()?.max(1),
                 "port" => port = Some(num()?),
-                "match" => match self.matches.get(v).cloned() {
-                    Some(m) => match http_match(&m) {
+                "match" => match self.matches.remove(v).or_else(|| self.used_matches.get(v).cloned()) {
+                    Some(m) => match self.use_match(v, m.clone()) {
                         Some(lines) => kind = lines,
                         None => dropped.push(format!(
                             "match={v} ({}: only a GET and an expected status map onto ucp-lb's http check; a TCP connect check used)",
@@ -88,6 +88,25 @@ impl Converter {
             Some(_) => {}
         }
         Ok(())
+    }
+}
+
+impl Converter {
+    /// A `match` block named by a `health_check`: moved to those used, as
+    /// the lines of an http check if it maps onto one.
+    fn use_match(&mut self, name: &str, m: Directive) -> Option<Vec<String>> {
+        let lines = http_match(&m);
+        self.used_matches.insert(name.to_owned(), m);
+        lines
+    }
+
+    /// The `match` blocks no `health_check` names: said, not dropped
+    /// silently.
+    pub(super) fn unused_matches(&mut self) {
+        for m in std::mem::take(&mut self.matches).into_values() {
+            let n = self.not_carried(&m, "no health_check names it");
+            self.head_notes.push(n);
+        }
     }
 }
 

@@ -198,6 +198,7 @@ fn stream_block(c: &mut Converter, block: &[read::Directive]) {
         let r = c.server_block(d, &stream_proxy, &stream_admission);
         c.keep(r);
     }
+    c.unused_matches();
 }
 
 #[cfg(test)]

@@ -154,56 +154,69 @@ impl Converter {
 
     /// Reads the directives of server block `d`; what cannot be carried is
     /// warned about and kept as a note.
+    /// Every directive's error is kept (all are reported); one makes the
+    /// block's an error with no message of its own.
     fn read_block<'d>(&mut self, d: &'d Directive) -> Result<Block<'d>, ConvertError> {
         let mut b = Block::default();
+        let before = self.errors.len();
         for x in d.block.as_deref().unwrap_or_default() {
-            if self.proxy_directive(x, &mut b.proxy)? || self.admission_directive(x, &mut b.admission)? {
-                continue;
-            }
-            match x.name.as_str() {
-                "listen" => {
-                    if let Some((bind, keepalive)) = self.listen(x, &mut b.notes)? {
-                        // nginx refuses a duplicate listen too ("duplicate
-                        // ... address and port pair"): the input's mistake,
-                        // said at its place.
-                        let first = self
-                            .listeners
-                            .iter()
-                            .map(|l| (&l.bind, l.at.clone()))
-                            .chain(b.binds.iter().map(|(b, _, _, at)| (b, at.clone())))
-                            .find(|(bound, _)| **bound == bind);
-                        if let Some((_, at)) = first {
-                            return Err(
-                                x.err(format!("listen {}: {bind} is already listened on at {at}", x.args.join(" ")))
-                            );
-                        }
-                        b.binds.push((bind, keepalive, x.comments.clone(), x.at()));
-                    }
-                }
-                "proxy_pass" => b.target = Some(x),
-                "ssl_preread" => b.ssl_preread = x.args.first().is_some_and(|v| v == "on"),
-                "preread_timeout" => {
-                    let [v] = x.args.as_slice() else { return Err(x.err("preread_timeout takes one time")) };
-                    let t = parse_format_duration(v).map_err(|e| x.err(format!("preread_timeout {v}: {e}")))?;
-                    b.preread_timeout = Some(crate::config::format_duration(t));
-                }
-                "preread_buffer_size" => {
-                    let n = self.warn(x, "ucp-lb reads a ClientHello of up to 16 KiB".into());
-                    b.notes.push(n);
-                }
-                "access_log" => b.access_log = Some(self.access_log(x, &mut b.notes)?),
-                "health_check" => b.health = Some(x),
-                "health_check_timeout" => b.health_timeout = Some(x),
-                _ => {
-                    let n = match self.no_difference(x) {
-                        Some(n) => n,
-                        None => self.not_carried(x, "no ucp-lb equivalent"),
-                    };
-                    b.notes.push(n);
-                }
-            }
+            let r = self.block_directive(x, &mut b);
+            self.keep(r);
+        }
+        if self.errors.len() > before {
+            return Err(d.err(String::new()));
         }
         Ok(b)
+    }
+
+    /// One directive of a `server {}` into `b`.
+    fn block_directive<'d>(&mut self, x: &'d Directive, b: &mut Block<'d>) -> Result<(), ConvertError> {
+        if self.proxy_directive(x, &mut b.proxy)? || self.admission_directive(x, &mut b.admission)? {
+            return Ok(());
+        }
+        match x.name.as_str() {
+            "listen" => {
+                if let Some((bind, keepalive)) = self.listen(x, &mut b.notes)? {
+                    // nginx refuses a duplicate listen too ("duplicate
+                    // ... address and port pair"): the input's mistake,
+                    // said at its place.
+                    let first = self
+                        .listeners
+                        .iter()
+                        .map(|l| (&l.bind, l.at.clone()))
+                        .chain(b.binds.iter().map(|(b, _, _, at)| (b, at.clone())))
+                        .find(|(bound, _)| **bound == bind);
+                    if let Some((_, at)) = first {
+                        return Err(
+                            x.err(format!("listen {}: {bind} is already listened on at {at}", x.args.join(" ")))
+                        );
+                    }
+                    b.binds.push((bind, keepalive, x.comments.clone(), x.at()));
+                }
+            }
+            "proxy_pass" => b.target = Some(x),
+            "ssl_preread" => b.ssl_preread = x.args.first().is_some_and(|v| v == "on"),
+            "preread_timeout" => {
+                let [v] = x.args.as_slice() else { return Err(x.err("preread_timeout takes one time")) };
+                let t = parse_format_duration(v).map_err(|e| x.err(format!("preread_timeout {v}: {e}")))?;
+                b.preread_timeout = Some(crate::config::format_duration(t));
+            }
+            "preread_buffer_size" => {
+                let n = self.warn(x, "ucp-lb reads a ClientHello of up to 16 KiB".into());
+                b.notes.push(n);
+            }
+            "access_log" => b.access_log = Some(self.access_log(x, &mut b.notes)?),
+            "health_check" => b.health = Some(x),
+            "health_check_timeout" => b.health_timeout = Some(x),
+            _ => {
+                let n = match self.no_difference(x) {
+                    Some(n) => n,
+                    None => self.not_carried(x, "no ucp-lb equivalent"),
+                };
+                b.notes.push(n);
+            }
+        }
+        Ok(())
     }
 
     /// A listener like `like` for each of server `d`'s carried `listen`s;

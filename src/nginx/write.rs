@@ -14,11 +14,17 @@ use super::convert::*;
 pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# Converted by `ucp-lb convert-nginx` from {}.", path.display());
-    o.push_str(
+    o.push_str(if c.pools.iter().any(|p| p.health.is_some()) {
+        "# nginx's defaults are written out where they differ from ucp-lb's, so this\n\
+         # config routes and ejects servers as nginx did. nginx Plus health_check is\n\
+         # carried as [pool.*.health]; the other pools have commented tables.\n"
+    } else {
         "# nginx's defaults are written out where they differ from ucp-lb's, so this\n\
          # config routes and ejects servers as nginx did. nginx has no active health\n\
-         # checks: see the commented [pool.*.health] tables to add them.\n\
-         # One deliberate difference: a half-close (a FIN from one side) is passed\n\
+         # checks: see the commented [pool.*.health] tables to add them.\n"
+    });
+    o.push_str(
+        "# One deliberate difference: a half-close (a FIN from one side) is passed\n\
          # on while the other side goes on sending; nginx ends the session at the\n\
          # first FIN unless proxy_half_close is on.\n",
     );
