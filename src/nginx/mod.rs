@@ -7,7 +7,10 @@
 //! it with ucp-lb's own config parser, so what is printed always passes
 //! `ucp-lb check`. Everything outside `stream {}` is ignored; every
 //! directive inside it that cannot be carried over becomes a comment in the
-//! output and a warning.
+//! output and a warning; a listener that cannot be, an error at the top
+//! (the output is still printed, and says so); those that make no
+//! difference in ucp-lb, one note naming them all. Every hard error of a
+//! file is reported in one run (`health` reads nginx Plus `health_check`).
 
 mod admission;
 mod convert;
