@@ -215,11 +215,18 @@ fn healthcheck(url: Option<&str>, config: Option<&Path>, timeout: std::time::Dur
 fn convert_nginx(file: &Path) -> ExitCode {
     match ucp_lb::nginx::convert(file) {
         Ok(out) => {
+            // A listener not carried first: the config printed is missing it.
+            for l in &out.lost_listeners {
+                eprintln!("error: {l}");
+            }
             for w in &out.warnings {
                 eprintln!("warning: {w}");
             }
+            for n in &out.notes {
+                eprintln!("note: {n}");
+            }
             print!("{}", out.toml);
-            ExitCode::SUCCESS
+            if out.lost_listeners.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Err(e) => {
             eprintln!("{e}");

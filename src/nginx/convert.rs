@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::ConvertError;
 use super::read::Directive;
 
 /// The first `$var` or `${var}` in `s`: a template placeholder (Ansible,
@@ -20,6 +21,14 @@ pub(super) fn unfilled(s: &str) -> Option<String> {
         None => 1 + rest[1..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len() - 1),
     };
     Some(rest[..end].to_owned())
+}
+
+/// The first `<...>` in `s`: a placeholder of a documentation example
+/// (`<DTR_REPLICA_1_IP>`) that was pasted as it is.
+pub(super) fn placeholder(s: &str) -> Option<&str> {
+    let i = s.find('<')?;
+    let j = s[i..].find('>')?;
+    Some(&s[i..i + j + 1])
 }
 
 /// nginx's defaults where they differ from ucp-lb's.
@@ -69,6 +78,8 @@ pub(super) struct Server {
     pub(super) backup: bool,
     pub(super) down: bool,
     pub(super) max_conns: u32,
+    /// `slow_start=`.
+    pub(super) slow_start: Option<Duration>,
     pub(super) comments: Vec<String>,
     /// Parameters that were not carried over, already warned about.
     pub(super) dropped: Vec<String>,
@@ -85,6 +96,7 @@ impl Server {
             backup: false,
             down: false,
             max_conns: 0,
+            slow_start: None,
             comments,
             dropped: Vec::new(),
         }
@@ -105,6 +117,9 @@ pub(super) struct Pool {
     /// From the first `server {}` proxying to it; None if none does.
     pub(super) proxy: Option<Proxy>,
     pub(super) used_at: String,
+    /// A `[pool.X.health]` body carried from nginx Plus `health_check`,
+    /// and where that was.
+    pub(super) health: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +156,25 @@ pub(super) struct Admission {
 
 #[derive(Default)]
 pub(super) struct Converter {
+    /// Hard errors: the input is wrong; all are reported, nothing printed.
+    pub(super) errors: Vec<ConvertError>,
+    /// Listeners that could not be carried: errors at the top of stderr
+    /// and of the output.
+    pub(super) lost: Vec<String>,
+    /// Directives that make no difference in ucp-lb: `name (file:line,
+    /// why)`, said together in one line.
+    pub(super) ignored: Vec<String>,
+    /// Notes for stderr that are not warnings.
+    pub(super) notes: Vec<String>,
+    /// `resolver valid=` as `resolve_interval`.
+    pub(super) resolve_interval: Option<String>,
+    /// Upstreams whose block had an error: a `proxy_pass` to one is not
+    /// reported again.
+    pub(super) failed_upstreams: Vec<String>,
+    /// nginx Plus `match` blocks by name.
+    pub(super) matches: BTreeMap<String, Directive>,
+    /// Those a `health_check` named.
+    pub(super) used_matches: BTreeMap<String, Directive>,
     pub(super) warnings: Vec<String>,
     pub(super) pools: Vec<Pool>,
     pub(super) listeners: Vec<Listener>,
@@ -165,6 +199,116 @@ pub(super) enum AccessLog {
 }
 
 impl Converter {
+    /// Keeps the error of `r`, if any, to report it with the others.
+    /// An error with no message stops its directive only: it was reported
+    /// already.
+    pub(super) fn keep<T>(&mut self, r: Result<T, ConvertError>) -> Option<T> {
+        r.map_err(|e| {
+            if !e.msg.is_empty() {
+                self.errors.push(e)
+            }
+        })
+        .ok()
+    }
+
+    /// A directive that makes no difference in ucp-lb: named in the one
+    /// line of those ignored, and kept as a comment (returned).
+    pub(super) fn ignore(&mut self, d: &Directive, why: &str) -> String {
+        self.ignored.push(format!("{} ({}, {why})", d.text().trim_end_matches(';'), d.at()));
+        format!("nginx: {}  ({}): ignored, {why}", d.text(), d.at())
+    }
+
+    /// A listener that cannot be carried: an error at the top of stderr
+    /// and of the output, naming the listener; the comment is returned.
+    pub(super) fn lose_listener(&mut self, d: &Directive, what: &str, why: &str) -> String {
+        self.lost.push(format!("{}: {}: the listener {what} is not carried over: {why}", d.at(), d.text()));
+        format!("nginx: {}  ({}): MISSING LISTENER {what}: {why}", d.text(), d.at())
+    }
+
+    /// Directives that make no difference, wherever they stand: the
+    /// comment line if `d` is one.
+    pub(super) fn no_difference(&mut self, d: &Directive) -> Option<String> {
+        let first = d.args.first().map(String::as_str);
+        let why = match (d.name.as_str(), first) {
+            ("tcp_nodelay", Some("on")) => "ucp-lb always sets TCP_NODELAY",
+            ("zone", _) => "ucp-lb's workers share server state",
+            ("proxy_next_upstream_timeout", Some("0")) => "nginx's default: no limit, as in ucp-lb",
+            ("resolver_timeout", _) => "ucp-lb uses the system resolver's timeouts",
+            ("variables_hash_max_size" | "variables_hash_bucket_size", _) => "ucp-lb has no nginx variables table",
+            ("proxy_half_close", Some("on")) => {
+                return Some(self.half_close(d, "ucp-lb always passes a half-close on, as nginx does with it on"));
+            }
+            ("proxy_half_close", Some("off")) => {
+                return Some(self.half_close(
+                    d,
+                    "nginx's default; ucp-lb always passes a half-close on (see the head of this file)",
+                ));
+            }
+            _ => return None,
+        };
+        Some(self.ignore(d, why))
+    }
+
+    fn half_close(&mut self, d: &Directive, why: &str) -> String {
+        self.notes.push(format!("{}: {}: nothing to write: {why}", d.at(), d.text()));
+        format!("nginx: {}  ({}): nothing to write: {why}", d.text(), d.at())
+    }
+
+    /// A stream-level directive other than `upstream`, `server`, `map`,
+    /// `match`, `log_format`, `limit_conn_zone` and `access_log`.
+    pub(super) fn stream_directive(
+        &mut self,
+        d: &Directive,
+        proxy: &mut Proxy,
+        admission: &mut Admission,
+    ) -> Result<(), ConvertError> {
+        if self.proxy_directive(d, proxy)? || self.admission_directive(d, admission)? {
+            return Ok(());
+        }
+        let n = match d.name.as_str() {
+            "resolver" => self.resolver(d)?,
+            _ => match self.no_difference(d) {
+                Some(n) => n,
+                None => self.not_carried(d, "no ucp-lb equivalent"),
+            },
+        };
+        self.head_notes.push(n);
+        Ok(())
+    }
+
+    /// `resolver ADDRESS... [valid=TIME] [ipv6=off] [status_zone=]`:
+    /// `valid` is how long nginx keeps an answer, ucp-lb's
+    /// `resolve_interval`; the addresses have no equivalent (ucp-lb asks
+    /// the system's resolver), said once.
+    fn resolver(&mut self, d: &Directive) -> Result<String, ConvertError> {
+        let mut addrs = Vec::new();
+        let mut other = Vec::new();
+        for a in &d.args {
+            if let Some(v) = a.strip_prefix("valid=") {
+                let t = parse_format_duration(v).map_err(|e| d.err(format!("resolver valid={v}: {e}")))?;
+                self.resolve_interval = Some(crate::config::format_duration(t));
+            } else if a.contains('=') {
+                other.push(a.as_str());
+            } else {
+                addrs.push(a.as_str());
+            }
+        }
+        let mut what = match &self.resolve_interval {
+            Some(t) => format!("valid= carried as resolve_interval = \"{t}\""),
+            None => "no valid=: nginx re-resolves at each answer's TTL, ucp-lb every resolve_interval (30s)".into(),
+        };
+        if !addrs.is_empty() {
+            what.push_str(&format!(
+                "; the resolver address {} has no ucp-lb equivalent: ucp-lb asks the system's resolver (/etc/resolv.conf)",
+                addrs.join(" ")
+            ));
+        }
+        if !other.is_empty() {
+            what.push_str(&format!("; not carried over: {}", other.join(" ")));
+        }
+        Ok(self.warn(d, what))
+    }
+
     /// Records a directive that was not carried over: a warning, and the
     /// comment line returned for the output.
     pub(super) fn not_carried(&mut self, d: &Directive, why: &str) -> String {

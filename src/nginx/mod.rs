@@ -7,10 +7,14 @@
 //! it with ucp-lb's own config parser, so what is printed always passes
 //! `ucp-lb check`. Everything outside `stream {}` is ignored; every
 //! directive inside it that cannot be carried over becomes a comment in the
-//! output and a warning.
+//! output and a warning; a listener that cannot be, an error at the top
+//! (the output is still printed, and says so); those that make no
+//! difference in ucp-lb, one note naming them all. Every hard error of a
+//! file is reported in one run (`health` reads nginx Plus `health_check`).
 
 mod admission;
 mod convert;
+mod health;
 mod logs;
 mod read;
 mod routes;
@@ -23,28 +27,71 @@ use std::path::Path;
 use convert::{Admission, Converter, Proxy};
 use read::Reader;
 
-/// A file that cannot be read, or syntax that cannot be: `file:line: what`.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: {msg}")]
+/// A file that cannot be read, or syntax that cannot be: `file:line: what`
+/// (`file: what` when it is about the whole file, `line` 0).
+#[derive(Debug)]
 pub struct ConvertError {
     pub file: String,
     pub line: usize,
     pub msg: String,
 }
 
-/// What `convert` gives back: the lb.toml text and one warning per
-/// directive it could not carry over (also written into the text).
+impl std::fmt::Display for ConvertError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            0 => write!(f, "{}: {}", self.file, self.msg),
+            n => write!(f, "{}:{n}: {}", self.file, self.msg),
+        }
+    }
+}
+
+impl std::error::Error for ConvertError {}
+
+/// Every hard error of one run, in the file's order: one per line.
+#[derive(Debug)]
+pub struct ConvertErrors(pub Vec<ConvertError>);
+
+impl std::fmt::Display for ConvertErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConvertErrors {}
+
+impl From<ConvertError> for ConvertErrors {
+    fn from(e: ConvertError) -> Self {
+        ConvertErrors(vec![e])
+    }
+}
+
+/// What `convert` gives back: the lb.toml text; the listeners it could not
+/// carry (an error each: the config converted is missing them); one
+/// warning per directive it could not carry over (also written into the
+/// text); and notes, such as the one line naming the directives ignored
+/// because they make no difference.
 #[derive(Debug)]
 pub struct Converted {
     pub toml: String,
+    pub lost_listeners: Vec<String>,
     pub warnings: Vec<String>,
+    pub notes: Vec<String>,
 }
 
-/// Converts the nginx config at `path` (and its includes).
-pub fn convert(path: &Path) -> Result<Converted, ConvertError> {
+/// Converts the nginx config at `path` (and its includes). A syntax error
+/// stops the reading; every other hard error of the file is reported, all
+/// in one run.
+pub fn convert(path: &Path) -> Result<Converted, ConvertErrors> {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut reader = Reader { base, depth: 0, nesting: 0 };
     let top = reader.read_file(path, None)?;
+    let whole = |msg: &str| ConvertError { file: path.display().to_string(), line: 0, msg: msg.to_owned() };
     let mut c = Converter::default();
     let mut outside: Vec<String> = Vec::new();
     let mut streams = Vec::new();
@@ -56,77 +103,105 @@ pub fn convert(path: &Path) -> Result<Converted, ConvertError> {
         }
     }
     if streams.is_empty() {
-        return Err(ConvertError {
-            file: path.display().to_string(),
-            line: 0,
-            msg: "no stream {} block: nothing for a TCP load balancer to carry over".into(),
-        });
+        return Err(whole("no stream {} block: nothing for a TCP load balancer to carry over").into());
     }
     for s in &streams {
-        let block = s.block.as_deref().unwrap_or_default();
-        // Formats first: an access_log names one.
-        for d in block.iter().filter(|d| d.name == "log_format") {
-            c.log_format(d)?;
-        }
-        // Stream-level proxy_* and access_log apply to every server {}
-        // whatever their order.
-        let mut stream_proxy = Proxy::default();
-        let mut stream_admission = Admission::default();
-        for d in block.iter().filter(|d| d.name == "limit_conn_zone") {
-            c.limit_conn_zone(d)?;
-        }
-        for d in block.iter().filter(|d| d.name == "map" && d.block.is_some()) {
-            let [from, to] = d.args.as_slice() else { return Err(d.err("map takes a source and a variable")) };
-            c.maps.insert(to.clone(), (from.clone(), d.clone()));
-        }
-        for d in block {
-            if matches!(d.name.as_str(), "log_format" | "limit_conn_zone") || (d.name == "map" && d.block.is_some()) {
-                continue;
-            }
-            if d.name == "access_log" {
-                let mut notes = Vec::new();
-                c.stream_log = Some(c.access_log(d, &mut notes)?);
-                c.head_notes.append(&mut notes);
-                continue;
-            }
-            if !matches!(d.name.as_str(), "upstream" | "server")
-                && !c.proxy_directive(d, &mut stream_proxy)?
-                && !c.admission_directive(d, &mut stream_admission)?
-            {
-                let n = c.not_carried(d, "no ucp-lb equivalent");
-                c.head_notes.push(n);
-            }
-        }
-        for d in block.iter().filter(|d| d.name == "upstream") {
-            if d.block.is_none() {
-                return Err(d.err("upstream needs a { } block"));
-            }
-            c.upstream(d)?;
-        }
-        for d in block.iter().filter(|d| d.name == "server") {
-            if d.block.is_none() {
-                return Err(d.err("server needs a { } block here"));
-            }
-            c.server_block(d, &stream_proxy, &stream_admission)?;
-        }
+        stream_block(&mut c, s.block.as_deref().unwrap_or_default());
+    }
+    if !c.errors.is_empty() {
+        return Err(ConvertErrors(std::mem::take(&mut c.errors)));
     }
     if c.listeners.is_empty() {
-        return Err(ConvertError {
-            file: path.display().to_string(),
-            line: 0,
-            msg: "no stream server {} with a listen and proxy_pass that ucp-lb can carry".into(),
-        });
+        let mut errors: Vec<ConvertError> = Vec::new();
+        errors.push(whole("no stream server {} with a listen and proxy_pass that ucp-lb can carry"));
+        errors.extend(c.lost.iter().map(|l| whole(&format!("  {l}"))));
+        return Err(ConvertErrors(errors));
     }
     let toml = write::write(&c, path, &outside);
     // What is printed must pass `ucp-lb check`: parse it with the real parser.
     if let Err(e) = crate::config::parse(&toml, "converted") {
-        return Err(ConvertError {
-            file: path.display().to_string(),
-            line: 0,
-            msg: format!("the converted config does not pass check (a converter bug, please report):\n{e}"),
-        });
+        return Err(
+            whole(&format!("the converted config does not pass check (a converter bug, please report):\n{e}")).into()
+        );
     }
-    Ok(Converted { toml, warnings: c.warnings })
+    let mut notes = Vec::new();
+    if !c.ignored.is_empty() {
+        notes.push(format!("ignored, they make no difference in ucp-lb: {}", c.ignored.join("; ")));
+    }
+    notes.append(&mut c.notes);
+    Ok(Converted { toml, lost_listeners: c.lost, warnings: c.warnings, notes })
+}
+
+/// One `stream {}` block into `c`; its hard errors are kept in `c.errors`.
+fn stream_block(c: &mut Converter, block: &[read::Directive]) {
+    // Formats first: an access_log names one.
+    for d in block.iter().filter(|d| d.name == "log_format") {
+        let r = c.log_format(d);
+        c.keep(r);
+    }
+    // Stream-level proxy_* and access_log apply to every server {}
+    // whatever their order.
+    let mut stream_proxy = Proxy::default();
+    let mut stream_admission = Admission::default();
+    for d in block.iter().filter(|d| d.name == "limit_conn_zone") {
+        let r = c.limit_conn_zone(d);
+        c.keep(r);
+    }
+    for d in block.iter().filter(|d| d.block.is_some() && matches!(d.name.as_str(), "map" | "match")) {
+        if d.name == "match" {
+            match d.args.as_slice() {
+                [name] => {
+                    c.matches.insert(name.clone(), d.clone());
+                }
+                _ => c.errors.push(d.err("match takes one name")),
+            }
+            continue;
+        }
+        match d.args.as_slice() {
+            [from, to] => {
+                c.maps.insert(to.clone(), (from.clone(), d.clone()));
+            }
+            _ => c.errors.push(d.err("map takes a source and a variable")),
+        }
+    }
+    for d in block {
+        if matches!(d.name.as_str(), "log_format" | "limit_conn_zone")
+            || (matches!(d.name.as_str(), "map" | "match") && d.block.is_some())
+        {
+            continue;
+        }
+        if d.name == "access_log" {
+            let mut notes = Vec::new();
+            match c.access_log(d, &mut notes) {
+                Ok(l) => c.stream_log = Some(l),
+                Err(e) => c.errors.push(e),
+            }
+            c.head_notes.append(&mut notes);
+            continue;
+        }
+        if matches!(d.name.as_str(), "upstream" | "server") {
+            continue;
+        }
+        let r = c.stream_directive(d, &mut stream_proxy, &mut stream_admission);
+        c.keep(r);
+    }
+    for d in block.iter().filter(|d| d.name == "upstream") {
+        if d.block.is_none() {
+            c.errors.push(d.err("upstream needs a { } block"));
+            continue;
+        }
+        let r = c.upstream(d);
+        c.keep(r);
+    }
+    for d in block.iter().filter(|d| d.name == "server") {
+        if d.block.is_none() {
+            c.errors.push(d.err("server needs a { } block here"));
+            continue;
+        }
+        let r = c.server_block(d, &stream_proxy, &stream_admission);
+        c.keep(r);
+    }
+    c.unused_matches();
 }
 
 #[cfg(test)]
@@ -138,7 +213,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("deep.conf");
         std::fs::write(&path, "a {".repeat(100_000)).unwrap();
-        let e = convert(&path).unwrap_err();
-        assert!(e.msg.contains("nested more than 64 deep"), "{e}");
+        let e = convert(&path).unwrap_err().to_string();
+        assert!(e.contains("nested more than 64 deep"), "{e}");
     }
 }

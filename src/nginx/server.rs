@@ -3,7 +3,9 @@
 //! `host:port`).
 
 use super::ConvertError;
-use super::convert::{AccessLog, Admission, Converter, Listener, Pool, Proxy, Server, parse_format_duration, unfilled};
+use super::convert::{
+    AccessLog, Admission, Converter, Listener, Pool, Proxy, Server, parse_format_duration, placeholder, unfilled,
+};
 use super::read::Directive;
 
 /// A carried `listen`: its bind address, `so_keepalive` (as the TOML
@@ -23,6 +25,9 @@ struct Block<'d> {
     target: Option<&'d Directive>,
     /// Comment lines for its first listener.
     notes: Vec<String>,
+    /// nginx Plus `health_check` and `health_check_timeout`.
+    health: Option<&'d Directive>,
+    health_timeout: Option<&'d Directive>,
 }
 
 impl Converter {
@@ -74,12 +79,18 @@ impl Converter {
         stream: &Proxy,
         stream_admission: &Admission,
     ) -> Result<(), ConvertError> {
+        let lost_before = self.lost.len();
         let block = self.read_block(d)?;
         let Some(target) = block.target else {
             let n = self.not_carried(d, "a server {} without proxy_pass");
             self.head_notes.push(n);
             return Ok(());
         };
+        if block.binds.is_empty() && self.lost.len() > lost_before {
+            // Each listen is an error already: its comment goes to the head.
+            self.head_notes.extend(block.notes);
+            return Ok(());
+        }
         if block.binds.is_empty() {
             let n = self.not_carried(d, "no listen that ucp-lb can carry");
             self.head_notes.push(n);
@@ -88,6 +99,11 @@ impl Converter {
         let [to] = target.args.as_slice() else {
             return Err(target.err("proxy_pass takes one upstream name or host:port"));
         };
+        if let Some(p) = placeholder(to) {
+            return Err(target.err(format!(
+                "proxy_pass {to}: {p} is a placeholder (as in Docker's example configs): fill it in, then convert"
+            )));
+        }
         if let Some(var) = unfilled(to).filter(|v| v.starts_with("${")) {
             return Err(target.err(format!(
                 "proxy_pass {to}: {var} is a template variable that was never filled in: fill it in, then convert"
@@ -106,6 +122,13 @@ impl Converter {
         };
         for i in idx.iter().copied().chain(routes.iter().map(|r| r.1)).collect::<Vec<_>>() {
             self.use_proxy(i, &proxy, d, to, &mut notes);
+            if let Some(h) = block.health {
+                self.health_check(i, h, block.health_timeout, &mut notes)?;
+            }
+        }
+        if let (None, Some(t)) = (block.health, block.health_timeout) {
+            let n = self.not_carried(t, "no health_check in this server {}");
+            notes.push(n);
         }
         let pool = idx.map(|i| self.pools[i].name.clone());
         let routes: Vec<(String, String)> = routes.into_iter().map(|(n, i)| (n, self.pools[i].name.clone())).collect();
@@ -131,55 +154,69 @@ impl Converter {
 
     /// Reads the directives of server block `d`; what cannot be carried is
     /// warned about and kept as a note.
+    /// Every directive's error is kept (all are reported); one makes the
+    /// block's an error with no message of its own.
     fn read_block<'d>(&mut self, d: &'d Directive) -> Result<Block<'d>, ConvertError> {
         let mut b = Block::default();
+        let before = self.errors.len();
         for x in d.block.as_deref().unwrap_or_default() {
-            if self.proxy_directive(x, &mut b.proxy)? || self.admission_directive(x, &mut b.admission)? {
-                continue;
-            }
-            match x.name.as_str() {
-                "listen" => {
-                    if let Some((bind, keepalive)) = self.listen(x, &mut b.notes)? {
-                        // nginx refuses a duplicate listen too ("duplicate
-                        // ... address and port pair"): the input's mistake,
-                        // said at its place.
-                        let first = self
-                            .listeners
-                            .iter()
-                            .map(|l| (&l.bind, l.at.clone()))
-                            .chain(b.binds.iter().map(|(b, _, _, at)| (b, at.clone())))
-                            .find(|(bound, _)| **bound == bind);
-                        if let Some((_, at)) = first {
-                            return Err(
-                                x.err(format!("listen {}: {bind} is already listened on at {at}", x.args.join(" ")))
-                            );
-                        }
-                        b.binds.push((bind, keepalive, x.comments.clone(), x.at()));
-                    }
-                }
-                "proxy_pass" => b.target = Some(x),
-                "ssl_preread" => b.ssl_preread = x.args.first().is_some_and(|v| v == "on"),
-                "preread_timeout" => {
-                    let [v] = x.args.as_slice() else { return Err(x.err("preread_timeout takes one time")) };
-                    let t = parse_format_duration(v).map_err(|e| x.err(format!("preread_timeout {v}: {e}")))?;
-                    b.preread_timeout = Some(crate::config::format_duration(t));
-                }
-                "preread_buffer_size" => {
-                    let n = self.warn(x, "ucp-lb reads a ClientHello of up to 16 KiB".into());
-                    b.notes.push(n);
-                }
-                "access_log" => b.access_log = Some(self.access_log(x, &mut b.notes)?),
-                "proxy_next_upstream_timeout" if x.args.first().is_some_and(|v| v == "0") => {}
-                "tcp_nodelay" if x.args.first().is_some_and(|v| v == "on") => {
-                    b.notes.push(format!("nginx: {}  ({}): ucp-lb always sets TCP_NODELAY", x.text(), x.at()));
-                }
-                _ => {
-                    let n = self.not_carried(x, "no ucp-lb equivalent");
-                    b.notes.push(n);
-                }
-            }
+            let r = self.block_directive(x, &mut b);
+            self.keep(r);
+        }
+        if self.errors.len() > before {
+            return Err(d.err(String::new()));
         }
         Ok(b)
+    }
+
+    /// One directive of a `server {}` into `b`.
+    fn block_directive<'d>(&mut self, x: &'d Directive, b: &mut Block<'d>) -> Result<(), ConvertError> {
+        if self.proxy_directive(x, &mut b.proxy)? || self.admission_directive(x, &mut b.admission)? {
+            return Ok(());
+        }
+        match x.name.as_str() {
+            "listen" => {
+                if let Some((bind, keepalive)) = self.listen(x, &mut b.notes)? {
+                    // nginx refuses a duplicate listen too ("duplicate
+                    // ... address and port pair"): the input's mistake,
+                    // said at its place.
+                    let first = self
+                        .listeners
+                        .iter()
+                        .map(|l| (&l.bind, l.at.clone()))
+                        .chain(b.binds.iter().map(|(b, _, _, at)| (b, at.clone())))
+                        .find(|(bound, _)| **bound == bind);
+                    if let Some((_, at)) = first {
+                        return Err(
+                            x.err(format!("listen {}: {bind} is already listened on at {at}", x.args.join(" ")))
+                        );
+                    }
+                    b.binds.push((bind, keepalive, x.comments.clone(), x.at()));
+                }
+            }
+            "proxy_pass" => b.target = Some(x),
+            "ssl_preread" => b.ssl_preread = x.args.first().is_some_and(|v| v == "on"),
+            "preread_timeout" => {
+                let [v] = x.args.as_slice() else { return Err(x.err("preread_timeout takes one time")) };
+                let t = parse_format_duration(v).map_err(|e| x.err(format!("preread_timeout {v}: {e}")))?;
+                b.preread_timeout = Some(crate::config::format_duration(t));
+            }
+            "preread_buffer_size" => {
+                let n = self.warn(x, "ucp-lb reads a ClientHello of up to 16 KiB".into());
+                b.notes.push(n);
+            }
+            "access_log" => b.access_log = Some(self.access_log(x, &mut b.notes)?),
+            "health_check" => b.health = Some(x),
+            "health_check_timeout" => b.health_timeout = Some(x),
+            _ => {
+                let n = match self.no_difference(x) {
+                    Some(n) => n,
+                    None => self.not_carried(x, "no ucp-lb equivalent"),
+                };
+                b.notes.push(n);
+            }
+        }
+        Ok(())
     }
 
     /// A listener like `like` for each of server `d`'s carried `listen`s;
@@ -208,6 +245,10 @@ impl Converter {
         if let Some(i) = self.pools.iter().position(|p| p.origin == to) {
             return Ok(i);
         }
+        if self.failed_upstreams.iter().any(|u| u == to) {
+            // Its error is reported already: only stop here.
+            return Err(at.err(String::new()));
+        }
         if crate::config::parse_host_port(to).is_err() {
             return Err(
                 at.err(format!("proxy_pass {to}: no upstream \"{to}\" and not host:port (nginx refuses this too)"))
@@ -224,6 +265,7 @@ impl Converter {
             notes: vec![format!("nginx: proxy_pass {to} straight to one server ({})", at.at())],
             proxy: None,
             used_at: String::new(),
+            health: None,
         });
         Ok(self.pools.len() - 1)
     }
@@ -266,11 +308,11 @@ impl Converter {
             let skip_why = match p.split('=').next().unwrap_or(p) {
                 "udp" => Some("ucp-lb balances TCP only"),
                 "ssl" => Some("ucp-lb passes TLS through and does not terminate it"),
-                "proxy_protocol" => Some("the PROXY protocol header is not read"),
+                "proxy_protocol" => Some("ucp-lb does not read the PROXY protocol header yet (issue 37)"),
                 _ => None,
             };
             if let Some(why) = skip_why {
-                let n = self.not_carried(d, why);
+                let n = self.lose_listener(d, addr, why);
                 notes.push(n);
                 return Ok(None);
             }
@@ -284,7 +326,8 @@ impl Converter {
         } else if addr.parse::<std::net::SocketAddr>().is_ok() {
             addr.clone()
         } else {
-            let n = self.not_carried(d, "ucp-lb binds IP addresses (and *, localhost), not names or unix: sockets");
+            let n =
+                self.lose_listener(d, addr, "ucp-lb binds IP addresses (and *, localhost), not names or unix: sockets");
             notes.push(n);
             return Ok(None);
         };

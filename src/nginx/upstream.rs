@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::ConvertError;
-use super::convert::{Converter, NGINX_FAIL_TIMEOUT, Pool, Server, parse_format_duration, unfilled};
+use super::convert::{Converter, NGINX_FAIL_TIMEOUT, Pool, Server, parse_format_duration, placeholder, unfilled};
 use super::read::Directive;
 use crate::config::format_duration;
 
@@ -25,7 +25,9 @@ impl Converter {
             notes: Vec::new(),
             proxy: None,
             used_at: String::new(),
+            health: None,
         };
+        let errors_before = self.errors.len();
         if pool.name != *name {
             pool.notes
                 .push(format!("nginx upstream \"{name}\": renamed, pool names hold only letters, digits, _ and -"));
@@ -33,8 +35,10 @@ impl Converter {
         for x in d.block.as_deref().unwrap_or_default() {
             match x.name.as_str() {
                 "server" => {
-                    let s = self.server(x)?;
-                    pool.servers.push(s);
+                    let r = self.server(x);
+                    if let Some(s) = self.keep(r) {
+                        pool.servers.push(s);
+                    }
                 }
                 "least_conn" => pool.balance = "least_conn",
                 "random" => {
@@ -63,18 +67,21 @@ impl Converter {
                         pool.notes.push(n);
                     }
                 },
-                "zone" => pool.notes.push(format!(
-                    "nginx: {}  ({}): not needed, ucp-lb's workers share server state",
-                    x.text(),
-                    x.at()
-                )),
                 _ => {
-                    let n = self.not_carried(x, "no ucp-lb equivalent");
+                    let n = match self.no_difference(x) {
+                        Some(n) => n,
+                        None => self.not_carried(x, "no ucp-lb equivalent"),
+                    };
                     pool.notes.push(n);
                 }
             }
         }
+        if self.errors.len() > errors_before {
+            self.failed_upstreams.push(name.clone());
+            return Ok(());
+        }
         if pool.servers.is_empty() {
+            self.failed_upstreams.push(name.clone());
             return Err(d.err(format!("upstream \"{name}\" has no server (nginx refuses this too)")));
         }
         self.settle_per_server_limits(d, &mut pool);
@@ -127,6 +134,11 @@ impl Converter {
         if addr.starts_with("unix:") {
             return Err(d.err("a unix: socket server cannot be carried over (ucp-lb connects over TCP only)"));
         }
+        if let Some(p) = placeholder(addr) {
+            return Err(d.err(format!(
+                "server {addr}: {p} is a placeholder (as in Docker's example configs): put the server's address in its place, then convert"
+            )));
+        }
         if let Some(var) = unfilled(addr) {
             return Err(d.err(format!(
                 "server {addr}: {var} is a template variable that was never filled in (nginx itself would refuse it): fill it in, then convert"
@@ -147,6 +159,9 @@ impl Converter {
                 "max_conns" => s.max_conns = num()?,
                 "fail_timeout" => {
                     s.fail_timeout = parse_format_duration(v).map_err(|e| d.err(format!("fail_timeout: {e}")))?
+                }
+                "slow_start" => {
+                    s.slow_start = Some(parse_format_duration(v).map_err(|e| d.err(format!("slow_start: {e}")))?)
                 }
                 "backup" => s.backup = true,
                 "down" => s.down = true,

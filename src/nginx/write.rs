@@ -14,19 +14,34 @@ use super::convert::*;
 pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# Converted by `ucp-lb convert-nginx` from {}.", path.display());
-    o.push_str(
+    o.push_str(if c.pools.iter().any(|p| p.health.is_some()) {
+        "# nginx's defaults are written out where they differ from ucp-lb's, so this\n\
+         # config routes and ejects servers as nginx did. nginx Plus health_check is\n\
+         # carried as [pool.*.health]; the other pools have commented tables.\n"
+    } else {
         "# nginx's defaults are written out where they differ from ucp-lb's, so this\n\
          # config routes and ejects servers as nginx did. nginx has no active health\n\
-         # checks: see the commented [pool.*.health] tables to add them.\n\
-         # One deliberate difference: a half-close (a FIN from one side) is passed\n\
+         # checks: see the commented [pool.*.health] tables to add them.\n"
+    });
+    o.push_str(
+        "# One deliberate difference: a half-close (a FIN from one side) is passed\n\
          # on while the other side goes on sending; nginx ends the session at the\n\
          # first FIN unless proxy_half_close is on.\n",
     );
+    if !c.lost.is_empty() {
+        o.push_str("#\n# MISSING: listeners of the nginx config that are not carried over (an error each):\n");
+        for l in &c.lost {
+            let _ = writeln!(o, "#   {l}");
+        }
+    }
     if !outside.is_empty() {
         let _ = writeln!(o, "# Outside stream {{}} and ignored: {}.", outside.join(", "));
     }
     // nginx closes its listeners at once on a stop: so does this config.
     o.push_str("\n[defaults]\nstop_grace = \"0\"  # nginx stops accepting at once; in a keepalived pair set it above interval x fall\n");
+    if let Some(t) = &c.resolve_interval {
+        let _ = writeln!(o, "resolve_interval = {}  # nginx resolver valid=", q(t));
+    }
     if !c.head_notes.is_empty() {
         o.push('\n');
         comment_lines(&mut o, "", &c.head_notes);
@@ -133,6 +148,11 @@ fn pool(o: &mut String, p: &Pool, all: &[Pool]) {
         o.push_str("# (no nginx server {} proxies to this upstream)\n");
     }
     servers(o, p);
+    if let Some((body, at)) = &p.health {
+        let _ = writeln!(o, "\n# nginx health_check ({at})\n[pool.{}.health]", p.name);
+        o.push_str(body);
+        return;
+    }
     // nginx never probed; suggest how, such that uncommenting it can
     // never take every server out.
     let _ = writeln!(o, "# [pool.{}.health]", p.name);
@@ -153,6 +173,9 @@ fn servers(o: &mut String, p: &Pool) {
         }
         if s.backup {
             extra.push("backup = true".into());
+        }
+        if let Some(t) = s.slow_start {
+            extra.push(format!("slow_start = {}", q(&format_duration(t))));
         }
         if s.max_conns > 0 {
             extra.push(format!("max_conns = {}", s.max_conns));
