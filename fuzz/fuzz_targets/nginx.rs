@@ -26,6 +26,11 @@ fuzz_target!(|data: &[u8]| {
                 panic!("convert-nginx wrote a config that does not parse:\n{e}\n---\n{}", c.toml);
             }
         }
-        Err(e) => assert!(!e.file.is_empty() && !e.msg.is_empty(), "{e}"),
+        Err(errors) => {
+            assert!(!errors.0.is_empty(), "an error without a message");
+            for e in &errors.0 {
+                assert!(!e.file.is_empty() && !e.msg.is_empty(), "{e}");
+            }
+        }
     }
 });
