@@ -108,11 +108,18 @@ async fn retries_and_passive_ejection_follow_nginx_with_a_refusing_server() {
 /// listening on `addr`), converted by convert-nginx as an operator would,
 /// with its listener moved to a port of its own and the admin port on 0.
 fn converted(stream: &str) -> String {
+    let (toml, warnings) = converted_warning(stream);
+    assert!(warnings.is_empty(), "nothing lost in the conversion: {warnings:?}");
+    toml
+}
+
+/// As [`converted`], with the conversion's warnings.
+fn converted_warning(stream: &str) -> (String, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, format!("stream {{\n{stream}\n}}\n")).unwrap();
     let out = ucp_lb::nginx::convert(&path).unwrap_or_else(|e| panic!("convert-nginx: {e}"));
-    assert!(out.warnings.is_empty(), "nothing lost in the conversion: {:?}", out.warnings);
+    let warnings = out.warnings;
     let mut toml = String::from("[admin]\nlisten = \"127.0.0.1:0\"\n");
     for line in out.toml.lines() {
         if line.starts_with("bind = ") {
@@ -122,7 +129,7 @@ fn converted(stream: &str) -> String {
             toml.push('\n');
         }
     }
-    toml
+    (toml, warnings)
 }
 
 /// Which echo served each of `n` clients from 127.0.0.1 through `lb`.
@@ -326,4 +333,129 @@ async fn the_access_log_prints_what_nginx_prints() {
     let nginx_line = read(&ngx_log);
     assert_eq!(nginx_line, format!("127.0.0.9 {refusing}, {} 200 4 4 TCP\n", echo.addr), "nginx's own line");
     assert_eq!(read(&lb_log), nginx_line);
+}
+
+/// nginx's `stream_upstream.t` test server: answers each read with its own
+/// port, and closes after answering anything but `keep`. Serves on `addr`
+/// until the handle is aborted.
+async fn port_daemon(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut b = [0u8; 64];
+                loop {
+                    let Ok(n) = s.read(&mut b).await else { return };
+                    if n == 0 || s.write_all(addr.port().to_string().as_bytes()).await.is_err() || &b[..n] != b"keep" {
+                        return;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// What `stream_upstream.t` does to `upstream u4` through `lb`, with the
+/// primary at `p6` down and the backup `p4` up: 30 clients one after the
+/// other; then `p6` comes back, fail_timeout (1 s) passes, and 30 clients
+/// connect and stay. The servers of each phase, as "port: count".
+async fn upstream_t_backup_and_recovery(lb: SocketAddr, (p4, p6): (SocketAddr, SocketAddr)) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tally = |got: Vec<String>| {
+        let mut ports: Vec<String> = got.clone();
+        ports.sort();
+        ports.dedup();
+        let counts: Vec<String> =
+            ports.iter().map(|p| format!("{p}: {}", got.iter().filter(|g| *g == p).count())).collect();
+        counts.join(", ")
+    };
+    let mut many = Vec::new();
+    for _ in 0..30 {
+        let mut s = tokio::net::TcpStream::connect(lb).await.unwrap();
+        s.write_all(b".").await.unwrap();
+        let mut got = Vec::new();
+        within("a client of the backup phase", s.read_to_end(&mut got)).await.unwrap();
+        many.push(String::from_utf8_lossy(&got).into_owned());
+    }
+    let daemon = port_daemon(p6).await;
+    // Not synchronisation: the test is that fail_timeout (1 s) has passed,
+    // as nginx's own test sleeps 2 s here.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let (mut held, mut parallel) = (Vec::new(), Vec::new());
+    for _ in 0..30 {
+        let mut s = tokio::net::TcpStream::connect(lb).await.unwrap();
+        s.write_all(b"keep").await.unwrap();
+        let mut b = [0u8; 16];
+        let n = within("a parallel client's answer", s.read(&mut b)).await.unwrap();
+        parallel.push(String::from_utf8_lossy(&b[..n]).into_owned());
+        held.push(s);
+    }
+    drop(held);
+    daemon.abort();
+    let _ = p4;
+    (tally(many), tally(parallel))
+}
+
+/// `upstream u4` of nginx's `stream_upstream.t`, logging as it does.
+fn upstream_u4(listen: SocketAddr, (p4, p6): (SocketAddr, SocketAddr), log: &Path) -> String {
+    format!(
+        "  log_format bytes $upstream_addr!$upstream_bytes_sent!$upstream_bytes_received;\n\
+         upstream u4 {{\n    server {p6} fail_timeout=1s;\n    server {p4} backup;\n  }}\n\
+         proxy_connect_timeout 2;\n\
+         server {{ listen {listen}; proxy_pass u4; access_log {} bytes; }}",
+        log.display()
+    )
+}
+
+/// Runs `stream_upstream.t`'s backup and recovery phases against nginx,
+/// then against ucp-lb converted from the same config: both phases' tallies
+/// and the first line of each access log.
+async fn upstream_t_both(bin: &Path) -> [((String, String), String); 2] {
+    let p4 = free_addr();
+    let _backup = port_daemon(p4).await;
+    let [listen, p6] = free_addrs();
+    let dir = tempfile::tempdir().unwrap();
+    let (ngx_log, lb_log) = (dir.path().join("nginx.log"), dir.path().join("ucp-lb.log"));
+    let first_line = |p: &Path| std::fs::read_to_string(p).unwrap_or_default().lines().next().map(str::to_owned);
+    let stream = upstream_u4(listen, (p4, p6), &ngx_log);
+    let ngx = start_nginx(bin, &stream).await;
+    let via_nginx = upstream_t_backup_and_recovery(listen, (p4, p6)).await;
+    let ngx_first = eventually_some("nginx's first line", || first_line(&ngx_log)).await;
+    ngx.stop();
+    let (toml, warnings) = converted_warning(&upstream_u4(listen, (p4, p6), &lb_log));
+    // The backup keeps nginx's default 10s: said, and it does not decide
+    // where clients go while the primary is in.
+    assert!(toml.contains("fail_timeout = \"1s\""), "the primary's fail_timeout: {toml}");
+    assert!(warnings.len() == 1 && warnings[0].contains("fail_timeout=10s"), "{warnings:?}");
+    let lb = start_lb(&toml).await;
+    let via_lb = upstream_t_backup_and_recovery(lb.listener_addrs()[0], (p4, p6)).await;
+    let lb_first = eventually_some("ucp-lb's first line", || first_line(&lb_log)).await;
+    [(via_nginx, ngx_first), (via_lb, lb_first)]
+}
+
+/// nginx's `stream_upstream.t` "backup" and "recovery": a primary with
+/// `fail_timeout=1s` refuses, clients go to the backup; once it is back and
+/// 1 s has passed, every one of 30 parallel clients goes to it again, under
+/// nginx and under ucp-lb through convert-nginx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_fail_timeout_follows_nginx() {
+    let Some(bin) = nginx_bin() else { return };
+    let [((ngx_many, ngx_parallel), _), ((lb_many, lb_parallel), _)] = upstream_t_both(&bin).await;
+    assert_eq!(ngx_many.split(": ").nth(1), Some("30"), "nginx: all 30 to the backup: {ngx_many}");
+    assert!(ngx_parallel.ends_with(": 30") && !ngx_parallel.contains(','), "nginx's own expectation: {ngx_parallel}");
+    assert_eq!((lb_many, lb_parallel), (ngx_many, ngx_parallel));
+}
+
+/// nginx's `stream_upstream.t` "per-upstream variables": the first client
+/// tried the refusing primary, then the backup; `$upstream_addr` names
+/// both and `$upstream_bytes_sent`/`_received` have a value per try (0 for
+/// the failed connect), as nginx writes the line, under ucp-lb too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_upstream_variables_are_logged_as_nginx_logs_them() {
+    let Some(bin) = nginx_bin() else { return };
+    let [(_, ngx_line), (_, lb_line)] = upstream_t_both(&bin).await;
+    assert!(ngx_line.contains(", ") && ngx_line.contains("!0, 1!0, "), "nginx's own line: {ngx_line}");
+    assert_eq!(lb_line, ngx_line);
 }

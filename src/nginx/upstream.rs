@@ -90,14 +90,22 @@ impl Converter {
     }
 
     /// nginx sets max_fails/fail_timeout per server, ucp-lb per pool: the
-    /// value most servers have is used, with a warning for the others.
+    /// value most primary servers have is used (they decide where clients
+    /// go; a backup's only once every primary is out), with a warning for
+    /// the others. `server a fail_timeout=1s; server b backup;` takes 1s,
+    /// as nginx's own stream_upstream.t expects a recovery after 1s.
     pub(super) fn settle_per_server_limits(&mut self, d: &Directive, pool: &mut Pool) {
         let mut counts: BTreeMap<(u32, Duration), usize> = BTreeMap::new();
+        let mut votes: BTreeMap<(u32, Duration), usize> = BTreeMap::new();
+        let has_primary = pool.servers.iter().any(|s| !s.backup);
         for s in &pool.servers {
             *counts.entry((s.max_fails, s.fail_timeout)).or_default() += 1;
+            if !s.backup || !has_primary {
+                *votes.entry((s.max_fails, s.fail_timeout)).or_default() += 1;
+            }
         }
         if counts.len() > 1 {
-            let (&(mf, ft), _) = counts.iter().max_by_key(|(_, n)| **n).unwrap_or((&(1, NGINX_FAIL_TIMEOUT), &0));
+            let (&(mf, ft), _) = votes.iter().max_by_key(|(_, n)| **n).unwrap_or((&(1, NGINX_FAIL_TIMEOUT), &0));
             let odd: Vec<String> = pool
                 .servers
                 .iter()

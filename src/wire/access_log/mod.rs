@@ -158,6 +158,26 @@ fn time_iso8601(at: SystemTime) -> String {
     format!("{y}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}+00:00")
 }
 
+/// An `$upstream_*` variable as nginx prints it: one value per server
+/// tried, `", "`-separated; `-` when no server was tried (nginx's "not
+/// found"). A try that did not connect has `failed`, the one that did (the
+/// last, unless every connect failed) has `connected`.
+fn per_try(r: &Record, failed: &str, connected: String) -> String {
+    if r.tried.is_empty() {
+        return "-".into();
+    }
+    let last_connected = !matches!(r.end, End::ConnectFailed(_));
+    let n = r.tried.len();
+    let mut out = String::new();
+    for i in 0..n {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        if i + 1 == n && last_connected { out.push_str(&connected) } else { out.push_str(failed) }
+    }
+    out
+}
+
 /// One variable's value, as nginx prints it where nginx has it.
 fn variable(name: &str, r: &Record) -> String {
     let tried = || r.tried.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
@@ -166,10 +186,14 @@ fn variable(name: &str, r: &Record) -> String {
         "remote_port" => r.client.port().to_string(),
         "server_addr" => r.listener.ip().to_string(),
         "server_port" => r.listener.port().to_string(),
+        "upstream_addr" if r.tried.is_empty() => "-".into(),
         "upstream_addr" => tried(),
-        "bytes_sent" | "upstream_bytes_received" => r.to_client.to_string(),
-        "bytes_received" | "upstream_bytes_sent" => r.from_client.to_string(),
-        "upstream_connect_time" => r.connect.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64())),
+        "bytes_sent" => r.to_client.to_string(),
+        "bytes_received" => r.from_client.to_string(),
+        // Per try, as nginx: 0 for a server whose connect failed.
+        "upstream_bytes_received" => per_try(r, "0", r.to_client.to_string()),
+        "upstream_bytes_sent" => per_try(r, "0", r.from_client.to_string()),
+        "upstream_connect_time" => per_try(r, "-", r.connect.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64()))),
         "session_time" => format!("{:.3}", r.duration.as_secs_f64()),
         "status" => r.end.status().to_string(),
         "protocol" => "TCP".into(),
@@ -261,6 +285,25 @@ mod tests {
             out,
             "127.0.0.5:40000 [30/Nov/2026:01:55:28 +0000] TCP 200 10 4 1.234 \"127.0.0.1:1, 127.0.0.1:2\" server_closed!"
         );
+    }
+
+    #[test]
+    fn upstream_variables_are_per_try_as_nginx_prints_them() {
+        let mut out = String::new();
+        let t = "$upstream_addr!$upstream_bytes_sent!$upstream_bytes_received!$upstream_connect_time";
+        let mut r = record();
+        format(&mut out, &LogFormat::Template(t.into()), &r);
+        assert_eq!(out, "127.0.0.1:1, 127.0.0.1:2!0, 4!0, 10!-, 0.002");
+        r.end = End::ConnectFailed(2);
+        (r.to_client, r.from_client, r.connect) = (0, 0, None);
+        out.clear();
+        format(&mut out, &LogFormat::Template(t.into()), &r);
+        assert_eq!(out, "127.0.0.1:1, 127.0.0.1:2!0, 0!0, 0!-, -");
+        r.tried.clear();
+        r.end = End::NoServer;
+        out.clear();
+        format(&mut out, &LogFormat::Template(t.into()), &r);
+        assert_eq!(out, "-!-!-!-", "no server tried: nginx's not-found");
     }
 
     #[test]
