@@ -127,20 +127,44 @@ async fn the_6443_pool_follows_the_443_probe_and_pools_share_probes() {
     let ca = TestCa::new("test CA").unwrap();
     // Three managers on 127.0.0.11-13, the same "443" port on each, and a
     // "6443" echo beside each: the kube pool is probed on the 443 port.
-    let first = Manager::start("manager-01", "127.0.0.11:0".parse().unwrap(), &ca).await.unwrap();
-    let port = first.addr.port();
-    let mut ms = vec![first];
-    for i in 2..=3 {
-        let bind: SocketAddr = format!("127.0.0.1{i}:{port}").parse().unwrap();
-        ms.push(Manager::start(&format!("manager-0{i}"), bind, &ca).await.unwrap());
-    }
-    let kube_l = tokio::net::TcpListener::bind("127.0.0.11:0").await.unwrap();
-    let kport = kube_l.local_addr().unwrap().port();
-    let mut kube = vec![Echo::on(kube_l)];
-    for i in 2..=3 {
-        let l = tokio::net::TcpListener::bind(format!("127.0.0.1{i}:{kport}")).await.unwrap();
-        kube.push(Echo::on(l));
-    }
+    // The port comes from 127.0.0.11:0; on .12 and .13 another test's
+    // socket may hold it already (tests run side by side and some bind
+    // many 127.0.0.x addresses), so a taken port is given up for another.
+    let (ms, port) = 'managers: {
+        for _ in 0..50 {
+            let first = Manager::start("manager-01", "127.0.0.11:0".parse().unwrap(), &ca).await.unwrap();
+            let port = first.addr.port();
+            let mut ms = vec![first];
+            for i in 2..=3 {
+                let bind: SocketAddr = format!("127.0.0.1{i}:{port}").parse().unwrap();
+                match Manager::start(&format!("manager-0{i}"), bind, &ca).await {
+                    Ok(m) => ms.push(m),
+                    Err(_) => break,
+                }
+            }
+            if ms.len() == 3 {
+                break 'managers (ms, port);
+            }
+        }
+        panic!("no port free on 127.0.0.11-13 in 50 tries");
+    };
+    let (kube, kport) = 'kube: {
+        for _ in 0..50 {
+            let first = tokio::net::TcpListener::bind("127.0.0.11:0").await.unwrap();
+            let kport = first.local_addr().unwrap().port();
+            let mut ls = vec![first];
+            for i in 2..=3 {
+                match tokio::net::TcpListener::bind(format!("127.0.0.1{i}:{kport}")).await {
+                    Ok(l) => ls.push(l),
+                    Err(_) => break,
+                }
+            }
+            if ls.len() == 3 {
+                break 'kube (ls.into_iter().map(Echo::on).collect::<Vec<_>>(), kport);
+            }
+        }
+        panic!("no port free on 127.0.0.11-13 in 50 tries");
+    };
     let list = |p: u16| (1..=3).map(|i| format!("\"127.0.0.1{i}:{p}\"")).collect::<Vec<_>>().join(", ");
     let toml = format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"ucp\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"ucp_kube\"\n\
