@@ -63,9 +63,17 @@ async fn name_answers_are_followed_and_a_failed_lookup_keeps_the_last_ones() {
         return;
     }
     // Two backends on one port, at two loopback addresses.
-    let a = TcpListener::bind("127.0.0.2:0").await.unwrap();
-    let port = a.local_addr().unwrap().port();
-    let b = TcpListener::bind(("127.0.0.3", port)).await.unwrap();
+    // (Another test's socket may hold the port on 127.0.0.3: then another.)
+    let (a, b, port) = 'pair: {
+        for _ in 0..50 {
+            let a = TcpListener::bind("127.0.0.2:0").await.unwrap();
+            let port = a.local_addr().unwrap().port();
+            if let Ok(b) = TcpListener::bind(("127.0.0.3", port)).await {
+                break 'pair (a, b, port);
+            }
+        }
+        panic!("no port free on both 127.0.0.2 and 127.0.0.3 in 50 tries");
+    };
     let (a, b) = (Echo::on(a), Echo::on(b));
 
     let (_dir, hosts, resolv, cfg) = name_files("127.0.0.2 mgr-a\n");
