@@ -45,7 +45,34 @@ pub fn dump(c: &Config) -> String {
     for p in &c.pools {
         pool(&mut o, p);
     }
+    limits(&mut o, &c.listeners);
     o
+}
+
+/// The `[limit.NAME]`s the listeners name, each once, in order of first use.
+fn limits(o: &mut String, listeners: &[ListenerConfig]) {
+    let mut seen: Vec<&str> = Vec::new();
+    for l in listeners {
+        let Some(name) = l.limit.as_deref() else { continue };
+        if seen.contains(&name) {
+            continue;
+        }
+        seen.push(name);
+        let _ = writeln!(o, "\n[limit.{name}]");
+        per_client(o, l);
+    }
+}
+
+/// `max_connections_per_client` and `max_connection_rate_per_client`.
+fn per_client(o: &mut String, l: &ListenerConfig) {
+    for (key, n) in
+        [("max_connections_per_client", l.per_client.open), ("max_connection_rate_per_client", l.per_client.rate)]
+    {
+        match n {
+            0 => line(o, &format!("# {key}"), "(no limit)".into(), "default"),
+            n => line(o, key, n.to_string(), "set"),
+        }
+    }
 }
 
 fn admin(o: &mut String, a: &AdminConfig) {
@@ -118,12 +145,12 @@ fn listener(o: &mut String, l: &ListenerConfig) {
     let ka = l.client_keepalive.as_ref();
     let ka_from = if l.client_keepalive == Some(Keepalive::DEFAULT) { "default or set" } else { "set" };
     line(o, "client_keepalive", Keepalive::toml(ka), ka_from);
-    for (key, n) in
-        [("max_connections_per_client", l.per_client.open), ("max_connection_rate_per_client", l.per_client.rate)]
-    {
-        match n {
-            0 => line(o, &format!("# {key}"), "(no limit)".into(), "default"),
-            n => line(o, key, n.to_string(), "set"),
+    match &l.limit {
+        // Its per-client keys are the limit's, written in its table.
+        Some(name) => line(o, "limit", q(name), "set: counted with every listener naming it"),
+        None => {
+            line(o, "# limit", "(none)".into(), "default: its own per-client counts");
+            per_client(o, l);
         }
     }
 }

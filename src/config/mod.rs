@@ -390,8 +390,12 @@ pub struct ListenerConfig {
     pub access_log: Option<Arc<AccessLog>>,
     /// `access`: allow and deny rules, in order (empty: everyone).
     pub access: Vec<Rule>,
-    /// `max_connections_per_client` and `max_connection_rate_per_client`.
+    /// `max_connections_per_client` and `max_connection_rate_per_client`:
+    /// its own, or those of the `[limit.NAME]` it names.
     pub per_client: Limits,
+    /// `limit = "NAME"`: its clients are counted in that limit's table,
+    /// shared with every listener naming it; `None`: in its own.
+    pub limit: Option<Arc<str>>,
     /// TCP keepalive of its clients' sockets; `None`: off.
     pub client_keepalive: Option<Keepalive>,
 }

@@ -53,6 +53,7 @@ impl Validator<'_> {
         if raw.listener.is_empty() {
             self.err(None, "listener", "at least one [[listener]] is needed");
         }
+        self.shared_limits(raw);
         for (i, l) in raw.listener.iter().enumerate() {
             if let Some(c) = self.listener(i, l, raw, (default_client_keepalive, default_pending), &mut binds) {
                 listeners.push(c);
@@ -121,10 +122,7 @@ impl Validator<'_> {
             },
         );
         let access = self.access(lr.access.as_ref(), &key);
-        let per_client = Limits {
-            open: self.limit(lr.max_connections_per_client.as_ref(), &key, "max_connections_per_client"),
-            rate: self.limit(lr.max_connection_rate_per_client.as_ref(), &key, "max_connection_rate_per_client"),
-        };
+        let (per_client, limit) = self.per_client(lr, raw, &key);
         let client_keepalive = match &lr.client_keepalive {
             Some(v) => self.keepalive(v, &format!("{key}.client_keepalive")),
             None => default_client_keepalive,
@@ -139,8 +137,73 @@ impl Validator<'_> {
             access_log,
             access,
             per_client,
+            limit,
             client_keepalive,
         })
+    }
+
+    /// A listener's per-client limits: its own keys, or the `[limit.NAME]`
+    /// its `limit` names (which must exist; not both).
+    fn per_client(&mut self, lr: &raw::RawListener, raw: &RawConfig, key: &str) -> (Limits, Option<Arc<str>>) {
+        let own = Limits {
+            open: self.limit(lr.max_connections_per_client.as_ref(), key, "max_connections_per_client"),
+            rate: self.limit(lr.max_connection_rate_per_client.as_ref(), key, "max_connection_rate_per_client"),
+        };
+        let Some(name) = &lr.limit else { return (own, None) };
+        if lr.max_connections_per_client.is_some() || lr.max_connection_rate_per_client.is_some() {
+            self.err(
+                Some(name.span()),
+                format!("{key}.limit"),
+                format!(
+                    "names [limit.{}] and sets its own per-client keys too: set them in [limit.{}], or remove limit",
+                    name.get_ref(),
+                    name.get_ref()
+                ),
+            );
+        }
+        let Some(l) = raw.limit.get(name.get_ref()) else {
+            let known: Vec<&str> = raw.limit.keys().map(String::as_str).collect();
+            self.err(
+                Some(name.span()),
+                format!("{key}.limit"),
+                format!(
+                    "no limit named \"{}\" (defined: {}): add a [limit.{}] table",
+                    name.get_ref(),
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") },
+                    name.get_ref()
+                ),
+            );
+            return (own, None);
+        };
+        // Checked (and its errors said) once, by `shared_limits`.
+        let quiet = |v: Option<&S<i64>>| v.and_then(|m| u32::try_from(*m.get_ref()).ok()).unwrap_or(0);
+        let l = l.get_ref();
+        let shared = Limits {
+            open: quiet(l.max_connections_per_client.as_ref()),
+            rate: quiet(l.max_connection_rate_per_client.as_ref()),
+        };
+        (shared, Some(Arc::from(name.get_ref().as_str())))
+    }
+
+    /// Every `[limit.NAME]`: a name as a pool's, its values checked once;
+    /// one no listener names is said.
+    fn shared_limits(&mut self, raw: &RawConfig) {
+        for (name, l) in &raw.limit {
+            let key = format!("limit.{name}");
+            if !super::pools::valid_name(name) {
+                self.err(Some(l.span()), key.clone(), "a limit name may hold only letters, digits, '_' and '-'");
+            }
+            let lr = l.get_ref();
+            self.limit(lr.max_connections_per_client.as_ref(), &key, "max_connections_per_client");
+            self.limit(lr.max_connection_rate_per_client.as_ref(), &key, "max_connection_rate_per_client");
+            if !raw.listener.iter().any(|li| li.get_ref().limit.as_ref().is_some_and(|n| n.get_ref() == name)) {
+                self.warn(
+                    Some(l.span()),
+                    key,
+                    "no listener names this limit: set limit = \"NAME\" in the listeners it is for, or remove it",
+                );
+            }
+        }
     }
 
     /// Two listeners writing one file in two formats: its lines mix, and
