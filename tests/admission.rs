@@ -289,7 +289,7 @@ async fn listeners_naming_one_limit_share_its_counts_across_a_reload() {
 }
 
 #[test]
-fn check_names_a_missing_limit_a_limit_beside_own_keys_and_an_unused_one() {
+fn check_names_a_missing_limit_a_rate_beside_one_and_an_unused_one() {
     let base = "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\nLIMIT\n\
                 [limit.ucp]\nmax_connections_per_client = 0\n\
                 [limit.spare]\nmax_connections_per_client = 3\n\
@@ -302,12 +302,17 @@ fn check_names_a_missing_limit_a_limit_beside_own_keys_and_an_unused_one() {
     ] {
         assert!(err.contains(want), "{want:?} not in:\n{err}");
     }
-    let both = with("limit = \"spare\"\nmax_connections_per_client = 4").replace(" = 0\n", " = 1\n");
-    let err = ucp_lb::config::parse(&both, "lb.toml").unwrap_err().to_string();
-    assert!(err.contains("listener[0].limit: names [limit.spare] and sets its own per-client keys too"), "{err}");
+    // A rate beside a limit is the limit's to set (one bucket per client).
+    let rate = with("limit = \"spare\"\nmax_connection_rate_per_client = 4").replace(" = 0\n", " = 1\n");
+    let err = ucp_lb::config::parse(&rate, "lb.toml").unwrap_err().to_string();
+    assert!(err.contains("listener[0].max_connection_rate_per_client: beside limit = \"spare\""), "{err}");
     let ok = with("limit = \"spare\"").replace(" = 0\n", " = 1\n");
     let cfg = ucp_lb::config::parse(&ok, "lb.toml").unwrap();
     assert_eq!((cfg.listeners[0].per_client.open, cfg.listeners[0].limit.as_deref()), (3, Some("spare")));
+    // Its own number over the shared counts (nginx's limit_conn ZONE N).
+    let own = with("limit = \"spare\"\nmax_connections_per_client = 5").replace(" = 0\n", " = 1\n");
+    let cfg = ucp_lb::config::parse(&own, "lb.toml").unwrap();
+    assert_eq!((cfg.listeners[0].per_client.open, cfg.listeners[0].limit.as_deref()), (5, Some("spare")));
     let unused: Vec<String> = cfg.warnings.iter().map(ToString::to_string).collect();
     assert!(unused.iter().any(|w| w.contains("limit.ucp") && w.contains("no listener names this limit")), "{unused:?}");
 }

@@ -6,8 +6,8 @@
 use std::fmt::Write;
 
 use ucp_lb::config::{
-    AdminConfig, AdminState, CheckKind, Config, ControlSocket, HealthConfig, Keepalive, ListenerConfig, LogFormat,
-    LogTo, Origin, PoolConfig, Retries, StatusMatch, format_duration,
+    AdminConfig, AdminState, CheckKind, Config, ControlSocket, HealthConfig, Keepalive, Limits, ListenerConfig,
+    LogFormat, LogTo, Origin, PoolConfig, Retries, StatusMatch, format_duration,
 };
 
 /// A value and where it came from, aligned as a comment.
@@ -40,34 +40,21 @@ pub fn dump(c: &Config) -> String {
     let grace_from = if c.stop_grace.is_zero() { "default" } else { "set" };
     line(&mut o, "stop_grace", duration(Some(c.stop_grace)), grace_from);
     for l in &c.listeners {
-        listener(&mut o, l);
+        listener(&mut o, l, &c.limits);
     }
     for p in &c.pools {
         pool(&mut o, p);
     }
-    limits(&mut o, &c.listeners);
+    for (name, limits) in &c.limits {
+        let _ = writeln!(o, "\n[limit.{name}]");
+        per_client(&mut o, *limits);
+    }
     o
 }
 
-/// The `[limit.NAME]`s the listeners name, each once, in order of first use.
-fn limits(o: &mut String, listeners: &[ListenerConfig]) {
-    let mut seen: Vec<&str> = Vec::new();
-    for l in listeners {
-        let Some(name) = l.limit.as_deref() else { continue };
-        if seen.contains(&name) {
-            continue;
-        }
-        seen.push(name);
-        let _ = writeln!(o, "\n[limit.{name}]");
-        per_client(o, l);
-    }
-}
-
 /// `max_connections_per_client` and `max_connection_rate_per_client`.
-fn per_client(o: &mut String, l: &ListenerConfig) {
-    for (key, n) in
-        [("max_connections_per_client", l.per_client.open), ("max_connection_rate_per_client", l.per_client.rate)]
-    {
+fn per_client(o: &mut String, limits: Limits) {
+    for (key, n) in [("max_connections_per_client", limits.open), ("max_connection_rate_per_client", limits.rate)] {
         match n {
             0 => line(o, &format!("# {key}"), "(no limit)".into(), "default"),
             n => line(o, key, n.to_string(), "set"),
@@ -102,7 +89,7 @@ fn admin(o: &mut String, a: &AdminConfig) {
     }
 }
 
-fn listener(o: &mut String, l: &ListenerConfig) {
+fn listener(o: &mut String, l: &ListenerConfig, limits: &[(std::sync::Arc<str>, Limits)]) {
     let _ = writeln!(o, "\n[[listener]]");
     line(o, "bind", q(&l.bind.to_string()), "set");
     match &l.pool {
@@ -146,11 +133,18 @@ fn listener(o: &mut String, l: &ListenerConfig) {
     let ka_from = if l.client_keepalive == Some(Keepalive::DEFAULT) { "default or set" } else { "set" };
     line(o, "client_keepalive", Keepalive::toml(ka), ka_from);
     match &l.limit {
-        // Its per-client keys are the limit's, written in its table.
-        Some(name) => line(o, "limit", q(name), "set: counted with every listener naming it"),
+        // Its per-client keys are the limit's, written in its table, but
+        // for its own max_connections_per_client.
+        Some(name) => {
+            line(o, "limit", q(name), "set: counted with every listener naming it");
+            let shared = limits.iter().find(|(n, _)| n == name).map(|(_, s)| s.open);
+            if shared != Some(l.per_client.open) {
+                line(o, "max_connections_per_client", l.per_client.open.to_string(), "set: over the shared counts");
+            }
+        }
         None => {
             line(o, "# limit", "(none)".into(), "default: its own per-client counts");
-            per_client(o, l);
+            per_client(o, l.per_client);
         }
     }
 }

@@ -1,11 +1,13 @@
 //! `allow`, `deny`, `limit_conn` and `limit_conn_zone`: who may connect,
 //! and how many connections a client may hold.
 //!
-//! nginx counts a zone across every server naming it. A zone on the
-//! client's address that several listeners name, each with it as its only
-//! such limit and with one number, becomes a `[limit.NAME]` they name
-//! (counted once across them, as nginx does); a zone only one listener
-//! names, or named with different numbers, the listener's own
+//! nginx counts a zone across every server naming it, each server with its
+//! own number. A zone on the client's address that several listeners
+//! name, each with it as its only such limit, becomes a `[limit.NAME]`
+//! they name (counted once across them, as nginx does), with the first
+//! one's number; a listener with another number sets it as its own
+//! `max_connections_per_client`. A zone only one listener names, or a
+//! listener with several such zones, is the listener's own
 //! `max_connections_per_client` (the smallest, when several apply).
 
 use std::collections::BTreeMap;
@@ -114,11 +116,11 @@ fn by_zone(listeners: &[Listener]) -> BTreeMap<&str, Vec<&Listener>> {
 }
 
 /// Whether the listeners naming a zone can share it as one `[limit.NAME]`:
-/// two or more, each with it as its only address zone, with one number,
-/// and a name lb.toml takes.
+/// two or more, each with it as its only address zone, and a name lb.toml
+/// takes.
 fn shareable(zone: &str, ls: &[&Listener]) -> bool {
     ls.len() > 1
-        && ls.iter().all(|l| l.zones.len() == 1 && l.zones[0].1 == ls[0].zones[0].1)
+        && ls.iter().all(|l| l.zones.len() == 1)
         && zone.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
@@ -139,7 +141,7 @@ impl Converter {
         for (zone, ls) in by_zone(&self.listeners) {
             if ls.len() > 1 && !shareable(zone, &ls) {
                 said.push(format!(
-                    "limit_conn {zone}: named by {} listeners with other numbers or beside other zones; each counts its clients on its own (nginx counts the zone across them)",
+                    "limit_conn {zone}: named by {} listeners, some beside another zone (ucp-lb counts a listener in one table): each counts its clients on its own (nginx counts the zone across them)",
                     ls.len()
                 ));
             }

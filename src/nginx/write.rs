@@ -57,7 +57,7 @@ pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
         let _ = writeln!(
             o,
             "\n# nginx limit_conn_zone {zone} on $binary_remote_addr: one count per client across its listeners\n\
-             [limit.{zone}]\nmax_connections_per_client = {n}  # nginx limit_conn {zone} {n}"
+             [limit.{zone}]\nmax_connections_per_client = {n}  # nginx limit_conn {zone} {n} (the first server's)"
         );
     }
     o
@@ -90,12 +90,18 @@ fn listener(o: &mut String, l: &Listener, shared: &std::collections::BTreeMap<St
         let _ = writeln!(o, "client_keepalive = {k}  # nginx listen so_keepalive=");
     }
     match (l.zones.first(), l.per_client) {
-        (Some((zone, _)), _) if shared.contains_key(zone) => {
+        (Some((zone, n)), _) if shared.contains_key(zone) => {
             let _ = writeln!(
                 o,
                 "limit = {}  # nginx limit_conn {zone}, shared with the other listeners naming it",
                 q(zone)
             );
+            if shared.get(zone) != Some(n) {
+                let _ = writeln!(
+                    o,
+                    "max_connections_per_client = {n}  # nginx limit_conn {zone} {n}: this listener's number over the shared counts"
+                );
+            }
         }
         (_, Some(n)) => {
             let _ = writeln!(

@@ -53,7 +53,6 @@ impl Validator<'_> {
         if raw.listener.is_empty() {
             self.err(None, "listener", "at least one [[listener]] is needed");
         }
-        self.shared_limits(raw);
         for (i, l) in raw.listener.iter().enumerate() {
             if let Some(c) = self.listener(i, l, raw, (default_client_keepalive, default_pending), &mut binds) {
                 listeners.push(c);
@@ -142,21 +141,23 @@ impl Validator<'_> {
         })
     }
 
-    /// A listener's per-client limits: its own keys, or the `[limit.NAME]`
-    /// its `limit` names (which must exist; not both).
+    /// A listener's per-client limits: its own keys, else those of the
+    /// `[limit.NAME]` its `limit` names (which must exist). Its own
+    /// `max_connections_per_client` is its threshold over the shared
+    /// counts (nginx's `limit_conn ZONE N` in each server); the rate is
+    /// the limit's (one bucket per client, one rate).
     fn per_client(&mut self, lr: &raw::RawListener, raw: &RawConfig, key: &str) -> (Limits, Option<Arc<str>>) {
         let own = Limits {
             open: self.limit(lr.max_connections_per_client.as_ref(), key, "max_connections_per_client"),
             rate: self.limit(lr.max_connection_rate_per_client.as_ref(), key, "max_connection_rate_per_client"),
         };
         let Some(name) = &lr.limit else { return (own, None) };
-        if lr.max_connections_per_client.is_some() || lr.max_connection_rate_per_client.is_some() {
+        if let Some(r) = &lr.max_connection_rate_per_client {
             self.err(
-                Some(name.span()),
-                format!("{key}.limit"),
+                Some(r.span()),
+                format!("{key}.max_connection_rate_per_client"),
                 format!(
-                    "names [limit.{}] and sets its own per-client keys too: set them in [limit.{}], or remove limit",
-                    name.get_ref(),
+                    "beside limit = \"{0}\": the listeners naming a limit share one bucket per client, at one rate: set it in [limit.{0}]",
                     name.get_ref()
                 ),
             );
@@ -178,24 +179,28 @@ impl Validator<'_> {
         // Checked (and its errors said) once, by `shared_limits`.
         let quiet = |v: Option<&S<i64>>| v.and_then(|m| u32::try_from(*m.get_ref()).ok()).unwrap_or(0);
         let l = l.get_ref();
-        let shared = Limits {
-            open: quiet(l.max_connections_per_client.as_ref()),
-            rate: quiet(l.max_connection_rate_per_client.as_ref()),
+        let open = if lr.max_connections_per_client.is_some() {
+            own.open
+        } else {
+            quiet(l.max_connections_per_client.as_ref())
         };
+        let shared = Limits { open, rate: quiet(l.max_connection_rate_per_client.as_ref()) };
         (shared, Some(Arc::from(name.get_ref().as_str())))
     }
 
     /// Every `[limit.NAME]`: a name as a pool's, its values checked once;
     /// one no listener names is said.
-    fn shared_limits(&mut self, raw: &RawConfig) {
+    pub(super) fn shared_limits(&mut self, raw: &RawConfig) -> Vec<(Arc<str>, Limits)> {
+        let mut out = Vec::new();
         for (name, l) in &raw.limit {
             let key = format!("limit.{name}");
             if !super::pools::valid_name(name) {
                 self.err(Some(l.span()), key.clone(), "a limit name may hold only letters, digits, '_' and '-'");
             }
             let lr = l.get_ref();
-            self.limit(lr.max_connections_per_client.as_ref(), &key, "max_connections_per_client");
-            self.limit(lr.max_connection_rate_per_client.as_ref(), &key, "max_connection_rate_per_client");
+            let open = self.limit(lr.max_connections_per_client.as_ref(), &key, "max_connections_per_client");
+            let rate = self.limit(lr.max_connection_rate_per_client.as_ref(), &key, "max_connection_rate_per_client");
+            out.push((Arc::<str>::from(name.as_str()), Limits { open, rate }));
             if !raw.listener.iter().any(|li| li.get_ref().limit.as_ref().is_some_and(|n| n.get_ref() == name)) {
                 self.warn(
                     Some(l.span()),
@@ -204,6 +209,7 @@ impl Validator<'_> {
                 );
             }
         }
+        out
     }
 
     /// Two listeners writing one file in two formats: its lines mix, and
