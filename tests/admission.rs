@@ -225,3 +225,94 @@ fn check_reports_every_bad_rule_at_its_place_and_warns_of_rules_that_cannot_appl
     let cfg = ucp_lb::config::parse(&only_allow, "lb.toml").unwrap();
     assert!(cfg.warnings.iter().any(|w| w.to_string().contains("admits everyone")), "{:?}", cfg.warnings);
 }
+
+/// Two listeners naming one `[limit.NAME]` of 2 connections per client:
+/// a client holding 2 through the first is refused on the second (counted
+/// there, logged as `max_connections_per_client`), other clients are
+/// served, and a reload keeps the shared table with its counts.
+#[tokio::test]
+async fn listeners_naming_one_limit_share_its_counts_across_a_reload() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, log) = (dir.path().join("lb.toml"), dir.path().join("access.log"));
+    let config = |rate: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [defaults]\naccess_log = \"{}\"\naccess_log_format = \"$remote_addr $end\"\n\
+             [[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\nlimit = \"ucp\"\n\
+             [[listener]]\nbind = \"127.0.0.2:0\"\npool = \"p\"\nlimit = \"ucp\"\n\
+             [limit.ucp]\nmax_connections_per_client = 2\n{rate}\
+             [pool.p]\nservers = [\"{}\"]\n",
+            log.display(),
+            echo.addr
+        )
+    };
+    std::fs::write(&path, config("")).unwrap();
+    let lb = start_lb_file(&path).await;
+    let [a, b] = lb.listener_addrs()[..] else { panic!("two listeners") };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect_from("127.0.9.1".parse().unwrap(), a).await;
+        within("echo", echo_once(&mut s)).await.unwrap();
+        held.push(s);
+    }
+    let mut third = connect_from("127.0.9.1".parse().unwrap(), b).await;
+    assert!(closed_at_once(&mut third).await, "2 open through A: refused on B");
+    let sb = listener(&lb, b);
+    assert_eq!((sb.clients, sb.active, sb.max_connections_per_client), (1, 0, 2), "B sees the client A holds: {sb:?}");
+    assert!(served_from("127.0.9.2", b).await, "another client is served on B");
+    let (sa, sb) = (listener(&lb, a), listener(&lb, b));
+    assert_eq!((sa.rejected_per_client, sb.rejected_per_client), (0, 1), "{sa:?} {sb:?}");
+    eventually("the refusal in the access log", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("127.0.9.1 max_connections_per_client"))
+    })
+    .await;
+    let metrics = http_raw(lb.admin_addr().unwrap(), "GET", "/metrics", None).await;
+    let series = format!(
+        "ucp_lb_listener_rejected_connections_total{{listener=\"{b}\",reason=\"max_connections_per_client\"}} 1"
+    );
+    assert!(metrics.contains(&series), "{series} not in:\n{metrics}");
+
+    // A reload (the limit gains a rate) keeps the table: still refused,
+    // on either listener.
+    std::fs::write(&path, config("max_connection_rate_per_client = 100\n")).unwrap();
+    lb.reload().await.unwrap();
+    for (lst, name) in [(b, "B"), (a, "A")] {
+        let mut s = connect_from("127.0.9.1".parse().unwrap(), lst).await;
+        assert!(closed_at_once(&mut s).await, "after the reload, refused on {name}");
+    }
+    assert_eq!(listener(&lb, b).max_connection_rate_per_client, 100);
+    // One closes: the client may open one more, through either.
+    drop(held.remove(0));
+    eventually_async("127.0.9.1 served on B once one of its connections closed", || served_from("127.0.9.1", b)).await;
+    drop(held);
+}
+
+#[test]
+fn check_names_a_missing_limit_a_rate_beside_one_and_an_unused_one() {
+    let base = "[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"p\"\nLIMIT\n\
+                [limit.ucp]\nmax_connections_per_client = 0\n\
+                [limit.spare]\nmax_connections_per_client = 3\n\
+                [pool.p]\nservers = [\"127.0.0.1:9\"]\n";
+    let with = |l: &str| base.replace("LIMIT", l);
+    let err = ucp_lb::config::parse(&with("limit = \"nope\""), "lb.toml").unwrap_err().to_string();
+    for want in [
+        "listener[0].limit: no limit named \"nope\" (defined: spare, ucp)",
+        "limit.ucp.max_connections_per_client: expected an integer >= 1, found 0",
+    ] {
+        assert!(err.contains(want), "{want:?} not in:\n{err}");
+    }
+    // A rate beside a limit is the limit's to set (one bucket per client).
+    let rate = with("limit = \"spare\"\nmax_connection_rate_per_client = 4").replace(" = 0\n", " = 1\n");
+    let err = ucp_lb::config::parse(&rate, "lb.toml").unwrap_err().to_string();
+    assert!(err.contains("listener[0].max_connection_rate_per_client: beside limit = \"spare\""), "{err}");
+    let ok = with("limit = \"spare\"").replace(" = 0\n", " = 1\n");
+    let cfg = ucp_lb::config::parse(&ok, "lb.toml").unwrap();
+    assert_eq!((cfg.listeners[0].per_client.open, cfg.listeners[0].limit.as_deref()), (3, Some("spare")));
+    // Its own number over the shared counts (nginx's limit_conn ZONE N).
+    let own = with("limit = \"spare\"\nmax_connections_per_client = 5").replace(" = 0\n", " = 1\n");
+    let cfg = ucp_lb::config::parse(&own, "lb.toml").unwrap();
+    assert_eq!((cfg.listeners[0].per_client.open, cfg.listeners[0].limit.as_deref()), (5, Some("spare")));
+    let unused: Vec<String> = cfg.warnings.iter().map(ToString::to_string).collect();
+    assert!(unused.iter().any(|w| w.contains("limit.ucp") && w.contains("no listener names this limit")), "{unused:?}");
+}

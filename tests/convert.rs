@@ -473,6 +473,157 @@ async fn allow_deny_and_limit_conn_refuse_the_clients_nginx_refused() {
     drop(lb);
 }
 
+/// One `limit_conn_zone` named by two servers: converted into a
+/// `[limit.addr]` both listeners name, and a client holding 2 through the
+/// first refused on the second by nginx and by ucp-lb alike.
+#[tokio::test]
+async fn a_zone_two_servers_name_is_one_limit_shared_as_in_nginx() {
+    let Some(bin) = nginx_bin() else { return };
+    let echo = Echo::start().await;
+    let [first, second] = free_addrs();
+    let stream = format!(
+        "  limit_conn_zone $binary_remote_addr zone=addr:1m;\n\
+         \x20 upstream b {{ server {}; }}\n\
+         \x20 server {{ listen {first}; limit_conn addr 2; proxy_pass b; }}\n\
+         \x20 server {{ listen {second}; limit_conn addr 2; proxy_pass b; }}\n",
+        echo.addr
+    );
+    let ngx = start_nginx(&bin, &stream).await;
+    let keep = tempfile::tempdir().unwrap();
+    let conf = keep.path().join("nginx.conf");
+    std::fs::copy(&ngx.conf, &conf).unwrap();
+
+    async fn run(first: std::net::SocketAddr, second: std::net::SocketAddr) -> Vec<(String, bool)> {
+        let mut seen = Vec::new();
+        let mut open = Vec::new();
+        for i in 1..=2 {
+            let s = serve_from([127, 0, 12, 1], first).await;
+            seen.push((format!("first #{i}"), s.is_some()));
+            open.extend(s);
+        }
+        seen.push(("second, 2 open on first".into(), serve_from([127, 0, 12, 1], second).await.is_some()));
+        seen.push(("another client on second".into(), serve_from([127, 0, 12, 2], second).await.is_some()));
+        seen
+    }
+    let by_nginx = run(first, second).await;
+    ngx.stop();
+
+    let out = convert(&conf);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "everything carried");
+    let toml = text(&out.stdout);
+    assert_eq!(toml.matches("limit = \"addr\"").count(), 2, "{toml}");
+    assert!(toml.contains("[limit.addr]\nmax_connections_per_client = 2"), "{toml}");
+    let lb = start_lb(&(toml.clone() + "\n[admin]\nlisten = \"127.0.0.1:0\"\n")).await;
+    let by_lb = run(first, second).await;
+    assert_eq!(by_lb, by_nginx, "\n{toml}");
+    let oks: Vec<bool> = by_nginx.iter().map(|(_, ok)| *ok).collect();
+    assert_eq!(oks, [true, true, false, true], "nginx shares the zone: {by_nginx:?}");
+    drop(lb);
+}
+
+/// nginx's own `stream_limit_conn.t`, beside real nginx: zone `zone`
+/// named by three servers with 1, 5 and 1, `zone2` by two, one of each
+/// proxying to the first server. Converted into `[limit.zone]` and
+/// `[limit.zone2]` (the server with 5 keeps its number over the shared
+/// counts), and every check of the test decided alike: a client holding
+/// one through the first is refused there again, served through the other
+/// zone and through the server with 5; and once it has closed, a client
+/// through `zone2`'s proxy is served, one through `zone`'s ("rejected
+/// proxy": the proxy's own connection is counted with the client's) not.
+#[tokio::test]
+async fn stream_limit_conn_t_decides_as_nginx_with_shared_zones() {
+    let Some(bin) = nginx_bin() else { return };
+    let echo = Echo::start().await;
+    let [first, unlimited, other, via_other, via_same] = free_addrs();
+    let stream = format!(
+        "  limit_conn_zone $binary_remote_addr zone=zone:1m;\n  limit_conn_zone $binary_remote_addr zone=zone2:1m;\n\
+         \x20 server {{ listen {first}; proxy_pass {e}; limit_conn zone 1; }}\n\
+         \x20 server {{ listen {unlimited}; proxy_pass {e}; limit_conn zone 5; }}\n\
+         \x20 server {{ listen {other}; proxy_pass {e}; limit_conn zone2 1; }}\n\
+         \x20 server {{ listen {via_other}; proxy_pass {first}; limit_conn zone2 1; }}\n\
+         \x20 server {{ listen {via_same}; proxy_pass {first}; limit_conn zone 1; }}\n",
+        e = echo.addr
+    );
+    let ngx = start_nginx(&bin, &stream).await;
+    let keep = tempfile::tempdir().unwrap();
+    let conf = keep.path().join("nginx.conf");
+    std::fs::copy(&ngx.conf, &conf).unwrap();
+
+    // As the .t file, but "passed" and the long connection from two
+    // addresses of their own (so the first's close need not be seen
+    // first), and the proxy chain from 127.0.0.1, the address the proxy
+    // connects from. `lb`: wait until ucp-lb counts no client before the
+    // proxy checks (its closes are seen a moment after the client's).
+    async fn run(to: [std::net::SocketAddr; 5], lb: Option<&ucp_lb::Running>) -> Vec<(String, bool)> {
+        let [first, unlimited, other, via_other, via_same] = to;
+        let settled = || async {
+            if let Some(lb) = lb {
+                eventually("no client counted", || lb.lb.view().listeners.iter().all(|l| l.clients == 0)).await;
+            }
+        };
+        let (x, y, me) = ([127, 0, 14, 1], [127, 0, 14, 2], [127, 0, 0, 1]);
+        let mut seen = vec![("passed".to_owned(), serve_from(x, first).await.is_some())];
+        let long = serve_from(y, first).await;
+        seen.push(("long connection".into(), long.is_some()));
+        seen.push(("rejected same zone".into(), serve_from(y, first).await.is_some()));
+        seen.push(("passed different zone".into(), serve_from(y, other).await.is_some()));
+        seen.push(("passed same zone unlimited".into(), serve_from(y, unlimited).await.is_some()));
+        drop(long);
+        settled().await;
+        seen.push(("passed proxy".into(), serve_from(me, via_other).await.is_some()));
+        settled().await;
+        seen.push(("rejected proxy".into(), serve_from(me, via_same).await.is_some()));
+        seen
+    }
+    let by_nginx = run([first, unlimited, other, via_other, via_same], None).await;
+    ngx.stop();
+
+    let out = convert(&conf);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "everything carried");
+    let toml = text(&out.stdout);
+    assert_eq!(toml.matches("limit = \"zone\"").count(), 3, "{toml}");
+    assert_eq!(toml.matches("limit = \"zone2\"").count(), 2, "{toml}");
+    for want in ["[limit.zone]\nmax_connections_per_client = 1", "[limit.zone2]\nmax_connections_per_client = 1"] {
+        assert!(toml.contains(want), "{want} not in:\n{toml}");
+    }
+    assert!(toml.contains("\nmax_connections_per_client = 5  # nginx limit_conn zone 5"), "{toml}");
+    let lb = start_lb(&(toml.clone() + "\n[admin]\nlisten = \"127.0.0.1:0\"\n")).await;
+    let by_lb = run([first, unlimited, other, via_other, via_same], Some(&lb)).await;
+    assert_eq!(by_lb, by_nginx, "\n{toml}");
+    let oks: Vec<bool> = by_nginx.iter().map(|(_, ok)| *ok).collect();
+    assert_eq!(oks, [true, true, false, true, true, true, false], "nginx: {by_nginx:?}");
+    drop(lb);
+}
+
+/// A server naming two address zones cannot count in one shared table:
+/// its listener counts on its own (the smallest number), which is said;
+/// the zone the other servers name alone is still shared by them.
+#[test]
+fn a_listener_with_two_address_zones_counts_on_its_own_and_it_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(
+        &path,
+        "stream {\n  limit_conn_zone $binary_remote_addr zone=addr:1m;\n  limit_conn_zone $remote_addr zone=more:1m;\n\
+         \x20 upstream b { server 10.0.0.1:443; }\n\
+         \x20 server { listen 443; limit_conn addr 2; limit_conn more 3; proxy_pass b; }\n\
+         \x20 server { listen 6443; limit_conn addr 5; proxy_pass b; }\n\
+         \x20 server { listen 8443; limit_conn more 4; proxy_pass b; }\n\
+         \x20 server { listen 9443; limit_conn more 4; proxy_pass b; }\n}\n",
+    )
+    .unwrap();
+    let out = convert(&path);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let toml = text(&out.stdout);
+    assert!(!toml.contains("[limit.addr]") && !toml.contains("[limit.more]"), "{toml}");
+    assert!(toml.contains("max_connections_per_client = 2") && toml.contains("max_connections_per_client = 5"));
+    let warnings = text(&out.stderr);
+    assert!(warnings.contains("limit_conn addr: named by 2 listeners, some beside another zone"), "{warnings}");
+    assert!(warnings.contains("limit_conn more: named by 3 listeners"), "{warnings}");
+}
+
 #[test]
 fn limit_conn_on_another_key_is_said_not_carried() {
     let dir = tempfile::tempdir().unwrap();

@@ -53,7 +53,10 @@ fn set(t: &mut toml::Table, path: &str, value: toml::Value) {
 
 /// A declared path as an error names it in the base config.
 fn concrete(path: &str) -> String {
-    path.replace("listener[]", "listener[0]").replace("pool.*", "pool.p").replace("servers[]", "servers[0]")
+    path.replace("listener[]", "listener[0]")
+        .replace("pool.*", "pool.p")
+        .replace("limit.*", "limit.p")
+        .replace("servers[]", "servers[0]")
 }
 
 fn text(t: &toml::Table) -> String {
@@ -260,6 +263,13 @@ max_connections_per_client = 5
 max_connection_rate_per_client = 7
 access_log = "stdout"
 access_log_format = "json"
+[[listener]]
+bind = "127.0.0.1:8444"
+pool = "ucp"
+limit = "shared"
+[limit.shared]
+max_connections_per_client = 2
+max_connection_rate_per_client = 3
 [pool.ucp]
 servers = [{ address = "10.0.0.1:443", name = "m1", weight = 3, backup = true, max_conns = 9, slow_start = "1m" }]
 [pool.ucp.health]

@@ -6,8 +6,8 @@
 use std::fmt::Write;
 
 use ucp_lb::config::{
-    AdminConfig, AdminState, CheckKind, Config, ControlSocket, HealthConfig, Keepalive, ListenerConfig, LogFormat,
-    LogTo, Origin, PoolConfig, Retries, StatusMatch, format_duration,
+    AdminConfig, AdminState, CheckKind, Config, ControlSocket, HealthConfig, Keepalive, Limits, ListenerConfig,
+    LogFormat, LogTo, Origin, PoolConfig, Retries, StatusMatch, format_duration,
 };
 
 /// A value and where it came from, aligned as a comment.
@@ -40,12 +40,26 @@ pub fn dump(c: &Config) -> String {
     let grace_from = if c.stop_grace.is_zero() { "default" } else { "set" };
     line(&mut o, "stop_grace", duration(Some(c.stop_grace)), grace_from);
     for l in &c.listeners {
-        listener(&mut o, l);
+        listener(&mut o, l, &c.limits);
     }
     for p in &c.pools {
         pool(&mut o, p);
     }
+    for (name, limits) in &c.limits {
+        let _ = writeln!(o, "\n[limit.{name}]");
+        per_client(&mut o, *limits);
+    }
     o
+}
+
+/// `max_connections_per_client` and `max_connection_rate_per_client`.
+fn per_client(o: &mut String, limits: Limits) {
+    for (key, n) in [("max_connections_per_client", limits.open), ("max_connection_rate_per_client", limits.rate)] {
+        match n {
+            0 => line(o, &format!("# {key}"), "(no limit)".into(), "default"),
+            n => line(o, key, n.to_string(), "set"),
+        }
+    }
 }
 
 fn admin(o: &mut String, a: &AdminConfig) {
@@ -75,7 +89,7 @@ fn admin(o: &mut String, a: &AdminConfig) {
     }
 }
 
-fn listener(o: &mut String, l: &ListenerConfig) {
+fn listener(o: &mut String, l: &ListenerConfig, limits: &[(std::sync::Arc<str>, Limits)]) {
     let _ = writeln!(o, "\n[[listener]]");
     line(o, "bind", q(&l.bind.to_string()), "set");
     match &l.pool {
@@ -118,12 +132,19 @@ fn listener(o: &mut String, l: &ListenerConfig) {
     let ka = l.client_keepalive.as_ref();
     let ka_from = if l.client_keepalive == Some(Keepalive::DEFAULT) { "default or set" } else { "set" };
     line(o, "client_keepalive", Keepalive::toml(ka), ka_from);
-    for (key, n) in
-        [("max_connections_per_client", l.per_client.open), ("max_connection_rate_per_client", l.per_client.rate)]
-    {
-        match n {
-            0 => line(o, &format!("# {key}"), "(no limit)".into(), "default"),
-            n => line(o, key, n.to_string(), "set"),
+    match &l.limit {
+        // Its per-client keys are the limit's, written in its table, but
+        // for its own max_connections_per_client.
+        Some(name) => {
+            line(o, "limit", q(name), "set: counted with every listener naming it");
+            let shared = limits.iter().find(|(n, _)| n == name).map(|(_, s)| s.open);
+            if shared != Some(l.per_client.open) {
+                line(o, "max_connections_per_client", l.per_client.open.to_string(), "set: over the shared counts");
+            }
+        }
+        None => {
+            line(o, "# limit", "(none)".into(), "default: its own per-client counts");
+            per_client(o, l.per_client);
         }
     }
 }

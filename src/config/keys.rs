@@ -296,6 +296,12 @@ pub const KEYS: &[Key] = &[
         "new connections one client address may open per second",
     ),
     key(
+        "listener[].limit",
+        T::String,
+        "(none: the listener's own per-client keys)",
+        "a [limit.NAME] whose per-client counts this listener shares with every listener naming it",
+    ),
+    key(
         "listener[].routes",
         T::Table,
         "(none)",
@@ -357,6 +363,19 @@ pub const KEYS: &[Key] = &[
         "a PEM CA the server's certificate is verified against",
     ),
     key("pool.*.health.port", T::Integer, "(the server's)", "probe this port instead of the server's own"),
+    // [limit.NAME]: per-client limits that the listeners naming it share.
+    key(
+        "limit.*.max_connections_per_client",
+        T::Integer,
+        "(no limit)",
+        "open connections one client address may hold across every listener naming the limit",
+    ),
+    key(
+        "limit.*.max_connection_rate_per_client",
+        T::Integer,
+        "(no limit)",
+        "new connections one client address may open per second across every listener naming the limit",
+    ),
 ];
 
 /// The keys `table` accepts, in declaration order: `""` (the top),
@@ -419,7 +438,7 @@ pub fn normalise(key: &str) -> String {
             Some(b) => format!("{}[]", &seg[..b]),
             None => seg.to_owned(),
         };
-        if i == 1 && out.first().is_some_and(|p| p == "pool") {
+        if i == 1 && out.first().is_some_and(|p| p == "pool" || p == "limit") {
             out.push("*".into());
         } else {
             out.push(seg);
@@ -442,7 +461,7 @@ mod tests {
 
     #[test]
     fn tables_list_their_keys_in_order() {
-        assert_eq!(names(""), ["workers", "admin", "defaults", "listener", "pool"]);
+        assert_eq!(names(""), ["workers", "admin", "defaults", "listener", "pool", "limit"]);
         assert_eq!(names("admin"), ["listen", "token_file", "status_needs_token", "control_socket"]);
         assert_eq!(names("defaults.server_keepalive"), ["idle", "interval", "count"]);
         let pool = names("pool.*");
@@ -462,6 +481,7 @@ mod tests {
         assert_eq!(count, Some("defaults.server_keepalive.count"));
         assert_eq!(find("listener[].bind.idle"), None);
         assert_eq!(find(&normalise("pool.ucp.health.rise")).map(|k| k.default), Some("2"));
+        assert_eq!(normalise("limit.ucp.max_connections_per_client"), "limit.*.max_connections_per_client");
         assert!(is_duration("idle") && is_duration("timeout") && !is_duration("count"));
     }
 }

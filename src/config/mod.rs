@@ -390,8 +390,14 @@ pub struct ListenerConfig {
     pub access_log: Option<Arc<AccessLog>>,
     /// `access`: allow and deny rules, in order (empty: everyone).
     pub access: Vec<Rule>,
-    /// `max_connections_per_client` and `max_connection_rate_per_client`.
+    /// `max_connections_per_client` and `max_connection_rate_per_client`:
+    /// its own, else those of the `[limit.NAME]` it names.
     pub per_client: Limits,
+    /// `limit = "NAME"`: its clients are counted in that limit's table,
+    /// shared with every listener naming it (as one nginx
+    /// `limit_conn_zone` several servers name, each with its own number);
+    /// `None`: in its own.
+    pub limit: Option<Arc<str>>,
     /// TCP keepalive of its clients' sockets; `None`: off.
     pub client_keepalive: Option<Keepalive>,
 }
@@ -581,6 +587,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// In the file's order.
     pub pools: Vec<PoolConfig>,
+    /// `[limit.NAME]`s, by name: the per-client limits listeners naming
+    /// one take (a listener's own `max_connections_per_client` beats its).
+    pub limits: Vec<(Arc<str>, Limits)>,
     /// CRC-32 of the text it was parsed from: the file watch compares the
     /// file with what is running, not with what it read when it started.
     pub fingerprint: u32,

@@ -43,6 +43,15 @@ pub struct RawConfig {
     pub max_pending_hellos: Option<S<i64>>,
     pub listener: Vec<S<RawListener>>,
     pub pool: BTreeMap<String, S<RawPool>>,
+    /// `[limit.NAME]`: per-client limits listeners share by name.
+    pub limit: BTreeMap<String, S<RawLimit>>,
+}
+
+/// A `[limit.NAME]` table.
+#[derive(Debug, Default)]
+pub struct RawLimit {
+    pub max_connections_per_client: Option<S<i64>>,
+    pub max_connection_rate_per_client: Option<S<i64>>,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +72,8 @@ pub struct RawListener {
     pub access: Option<S<Vec<S<String>>>>,
     pub max_connections_per_client: Option<S<i64>>,
     pub max_connection_rate_per_client: Option<S<i64>>,
+    /// `limit = "NAME"`: the shared `[limit.NAME]` it counts clients in.
+    pub limit: Option<S<String>>,
     /// `routes = { "server.name" = "pool", ... }`, in the file's order.
     pub routes: Option<RawRoutes>,
     pub preread_timeout: Option<S<String>>,
@@ -187,6 +198,7 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
                         access: r.strings(l, &key, "access", r#"a list like ["allow 10.0.0.0/8", "deny all"]"#),
                         max_connections_per_client: r.int(l, &key, "max_connections_per_client"),
                         max_connection_rate_per_client: r.int(l, &key, "max_connection_rate_per_client"),
+                        limit: r.string(l, &key, "limit"),
                         routes: r.routes(l, &key),
                         preread_timeout: r.string(l, &key, "preread_timeout"),
                         max_pending_hellos: r.int(l, &key, "max_pending_hellos"),
@@ -206,6 +218,18 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
             let pool =
                 RawPool { servers: r.servers(pt, &key), health: r.health(pt, &key), settings: r.settings(pt, &key) };
             raw.pool.insert(name.get_ref().to_string(), Spanned::new(p.span(), pool));
+        }
+    }
+    if let Some((_, limits)) = r.table(t, "", "limit") {
+        for (name, l) in limits.iter() {
+            let key = format!("limit.{}", name.get_ref());
+            let Some(lt) = r.as_table(l, &key, "a [limit.NAME] table") else { continue };
+            r.known_keys(lt, &key, &keys::names("limit.*"));
+            let limit = RawLimit {
+                max_connections_per_client: r.int(lt, &key, "max_connections_per_client"),
+                max_connection_rate_per_client: r.int(lt, &key, "max_connection_rate_per_client"),
+            };
+            raw.limit.insert(name.get_ref().to_string(), Spanned::new(l.span(), limit));
         }
     }
     r.errors.sort_by_key(|e| e.span.start);

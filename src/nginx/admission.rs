@@ -1,8 +1,19 @@
 //! `allow`, `deny`, `limit_conn` and `limit_conn_zone`: who may connect,
 //! and how many connections a client may hold.
+//!
+//! nginx counts a zone across every server naming it, each server with its
+//! own number. A zone on the client's address that several listeners
+//! name, each with it as its only such limit, becomes a `[limit.NAME]`
+//! they name (counted once across them, as nginx does), with the first
+//! one's number; a listener with another number sets it as its own
+//! `max_connections_per_client`. A zone only one listener names, or a
+//! listener with several such zones, is the listener's own
+//! `max_connections_per_client` (the smallest, when several apply).
+
+use std::collections::BTreeMap;
 
 use super::ConvertError;
-use super::convert::{Admission, Converter};
+use super::convert::{Admission, Converter, Listener};
 use super::read::Directive;
 
 impl Converter {
@@ -56,16 +67,24 @@ impl Converter {
 
     /// The `limit_conn`s that apply to a server as one per-client limit:
     /// those on zones keyed by the client's address (the smallest wins, as
-    /// each is enforced); the others are said not carried.
+    /// each is enforced), and those zones with their numbers; the others
+    /// are said not carried.
     pub(super) fn per_client(
         &mut self,
         limits: Option<Vec<(String, u32, String)>>,
         notes: &mut Vec<String>,
-    ) -> Option<u32> {
+    ) -> (Option<u32>, Vec<(String, u32)>) {
         let mut out: Option<u32> = None;
+        let mut zones: Vec<(String, u32)> = Vec::new();
         for (zone, n, at) in limits.unwrap_or_default() {
             match self.limit_zones.get(&zone).map(String::as_str) {
-                Some("$binary_remote_addr" | "$remote_addr") => out = Some(out.map_or(n, |o| o.min(n))),
+                Some("$binary_remote_addr" | "$remote_addr") => {
+                    out = Some(out.map_or(n, |o| o.min(n)));
+                    match zones.iter_mut().find(|(z, _)| *z == zone) {
+                        Some((_, m)) => *m = (*m).min(n),
+                        None => zones.push((zone, n)),
+                    }
+                }
                 Some(key) => {
                     let what = format!(
                         "{at}: limit_conn {zone} {n}: counts by {key}: not carried over (ucp-lb limits per client address only)"
@@ -81,6 +100,52 @@ impl Converter {
                 }
             }
         }
-        out
+        (out, zones)
+    }
+}
+
+/// The listeners naming each address zone.
+fn by_zone(listeners: &[Listener]) -> BTreeMap<&str, Vec<&Listener>> {
+    let mut by_zone: BTreeMap<&str, Vec<&Listener>> = BTreeMap::new();
+    for l in listeners {
+        for (z, _) in &l.zones {
+            by_zone.entry(z).or_default().push(l);
+        }
+    }
+    by_zone
+}
+
+/// Whether the listeners naming a zone can share it as one `[limit.NAME]`:
+/// two or more, each with it as its only address zone, and a name lb.toml
+/// takes.
+fn shareable(zone: &str, ls: &[&Listener]) -> bool {
+    ls.len() > 1
+        && ls.iter().all(|l| l.zones.len() == 1)
+        && zone.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The zones the listeners share as `[limit.NAME]`s, with their number.
+pub(super) fn shared_limits(listeners: &[Listener]) -> BTreeMap<String, u32> {
+    by_zone(listeners)
+        .into_iter()
+        .filter(|(z, ls)| shareable(z, ls))
+        .map(|(z, ls)| (z.to_owned(), ls[0].zones[0].1))
+        .collect()
+}
+
+impl Converter {
+    /// A zone several listeners name that cannot be one shared limit: each
+    /// listener counts on its own, which is said.
+    pub(super) fn unshared_zones(&mut self) {
+        let mut said = Vec::new();
+        for (zone, ls) in by_zone(&self.listeners) {
+            if ls.len() > 1 && !shareable(zone, &ls) {
+                said.push(format!(
+                    "limit_conn {zone}: named by {} listeners, some beside another zone (ucp-lb counts a listener in one table): each counts its clients on its own (nginx counts the zone across them)",
+                    ls.len()
+                ));
+            }
+        }
+        self.warnings.extend(said);
     }
 }

@@ -141,6 +141,8 @@ pub(super) struct Listener {
     pub(super) access: Vec<String>,
     /// `limit_conn` on a zone keyed by the client address.
     pub(super) per_client: Option<u32>,
+    /// Those `limit_conn`s: (zone, connections), each zone once.
+    pub(super) zones: Vec<(String, u32)>,
     /// `listen ... so_keepalive=`, as the TOML value of `client_keepalive`.
     pub(super) keepalive: Option<String>,
 }

@@ -117,6 +117,7 @@ pub fn convert(path: &Path) -> Result<Converted, ConvertErrors> {
         errors.extend(c.lost.iter().map(|l| whole(&format!("  {l}"))));
         return Err(ConvertErrors(errors));
     }
+    c.unshared_zones();
     let toml = write::write(&c, path, &outside);
     // What is printed must pass `ucp-lb check`: parse it with the real parser.
     if let Err(e) = crate::config::parse(&toml, "converted") {

@@ -134,7 +134,8 @@ impl Converter {
         let routes: Vec<(String, String)> = routes.into_iter().map(|(n, i)| (n, self.pools[i].name.clone())).collect();
         let admission = block.admission;
         let access = admission.access.or_else(|| stream_admission.access.clone()).unwrap_or_default();
-        let per_client = self.per_client(admission.limits.or_else(|| stream_admission.limits.clone()), &mut notes);
+        let (per_client, zones) =
+            self.per_client(admission.limits.or_else(|| stream_admission.limits.clone()), &mut notes);
         let like = Listener {
             bind: String::new(),
             access_log,
@@ -146,6 +147,7 @@ impl Converter {
             notes: Vec::new(),
             access,
             per_client,
+            zones,
             keepalive: None,
         };
         self.add_listeners(d, block.binds, notes, like);

@@ -46,17 +46,25 @@ pub(super) fn write(c: &Converter, path: &Path, outside: &[String]) -> String {
         o.push('\n');
         comment_lines(&mut o, "", &c.head_notes);
     }
+    let shared = super::admission::shared_limits(&c.listeners);
     for l in &c.listeners {
-        listener(&mut o, l);
+        listener(&mut o, l, &shared);
     }
     for p in &c.pools {
         pool(&mut o, p, &c.pools);
+    }
+    for (zone, n) in &shared {
+        let _ = writeln!(
+            o,
+            "\n# nginx limit_conn_zone {zone} on $binary_remote_addr: one count per client across its listeners\n\
+             [limit.{zone}]\nmax_connections_per_client = {n}  # nginx limit_conn {zone} {n} (the first server's)"
+        );
     }
     o
 }
 
 /// A `[[listener]]` table, with its comments and notes first.
-fn listener(o: &mut String, l: &Listener) {
+fn listener(o: &mut String, l: &Listener, shared: &std::collections::BTreeMap<String, u32>) {
     o.push('\n');
     comment_lines(o, "", &l.comments);
     comment_lines(o, "", &l.notes);
@@ -81,11 +89,27 @@ fn listener(o: &mut String, l: &Listener) {
     if let Some(k) = &l.keepalive {
         let _ = writeln!(o, "client_keepalive = {k}  # nginx listen so_keepalive=");
     }
-    if let Some(n) = l.per_client {
-        let _ = writeln!(
-            o,
-            "max_connections_per_client = {n}  # nginx limit_conn on $binary_remote_addr (nginx counts a zone across every server using it; ucp-lb per listener)"
-        );
+    match (l.zones.first(), l.per_client) {
+        (Some((zone, n)), _) if shared.contains_key(zone) => {
+            let _ = writeln!(
+                o,
+                "limit = {}  # nginx limit_conn {zone}, shared with the other listeners naming it",
+                q(zone)
+            );
+            if shared.get(zone) != Some(n) {
+                let _ = writeln!(
+                    o,
+                    "max_connections_per_client = {n}  # nginx limit_conn {zone} {n}: this listener's number over the shared counts"
+                );
+            }
+        }
+        (_, Some(n)) => {
+            let _ = writeln!(
+                o,
+                "max_connections_per_client = {n}  # nginx limit_conn on $binary_remote_addr (counted in this listener only)"
+            );
+        }
+        (_, None) => {}
     }
     match &l.access_log {
         None => {}

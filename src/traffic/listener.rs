@@ -55,8 +55,9 @@ pub struct ListenerState {
     pub rejected_per_client: AtomicU64,
     /// Refused by `max_connection_rate_per_client`.
     pub rejected_client_rate: AtomicU64,
-    /// Clients with connections open (or a rate bucket refilling).
-    pub clients: admission::Clients,
+    /// Clients with connections open (or a rate bucket refilling): the
+    /// listener's own, or those of the `[limit.NAME]` it names.
+    pub clients: admission::Table,
     /// Routed listeners: clients closed because no complete ClientHello
     /// came in time, within the bound, or before they left; clients no
     /// route took with no pool for them; clients whose first bytes were
@@ -180,14 +181,15 @@ fn release_spare() -> bool {
 
 /// Counts a client towards its listener's active count while it lives,
 /// and towards its address's open connections where the listener limits
-/// them (the address, and the rate limit its entry refills at).
-struct ListenerConn(Arc<ListenerState>, Option<(IpAddr, u32)>);
+/// them (the table it was counted in, the address, and the rate limit its
+/// entry refills at).
+struct ListenerConn(Arc<ListenerState>, Option<(Arc<admission::Clients>, IpAddr, u32)>);
 
 impl Drop for ListenerConn {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
-        if let Some((ip, rate)) = self.1 {
-            self.0.clients.release(ip, rate, Instant::now());
+        if let Some((clients, ip, rate)) = &self.1 {
+            clients.release(*ip, *rate, Instant::now());
         }
     }
 }
@@ -290,8 +292,9 @@ fn dispatch(
     }
     let mut share = None;
     if cfg.per_client.any() {
-        match state.clients.admit(ip, cfg.per_client, Instant::now()) {
-            Ok(()) => share = Some((ip, cfg.per_client.rate)),
+        let clients = state.clients.get();
+        match clients.admit(ip, cfg.per_client, Instant::now()) {
+            Ok(()) => share = Some((clients, ip, cfg.per_client.rate)),
             Err(admission::Refused::Open) => return refuse(state, peer, entry, access_log::End::PerClientLimit),
             Err(admission::Refused::Rate) => return refuse(state, peer, entry, access_log::End::ClientRateLimit),
         }
@@ -455,6 +458,8 @@ struct Open {
 pub struct Listeners {
     open: Mutex<Vec<Open>>,
     closed: Mutex<Vec<Arc<ListenerState>>>,
+    /// The tables of the `[limit.NAME]`s, kept across reloads by name.
+    limits: admission::Shared,
 }
 
 /// A bound socket not yet accepting.
@@ -627,8 +632,9 @@ impl Listeners {
             let limits = snap.listener(st.bind, st.nth).map(|c| c.per_client).unwrap_or_default();
             let client = limits.any().then(|| {
                 let ip = admission::client_ip(moved.peer.ip());
-                st.clients.adopt(ip, limits.rate, Instant::now());
-                (ip, limits.rate)
+                let clients = st.clients.get();
+                clients.adopt(ip, limits.rate, Instant::now());
+                (clients, ip, limits.rate)
             });
             ListenerConn(st, client)
         });
@@ -666,6 +672,7 @@ impl Listeners {
             let pool = cfg.and_then(|l| l.pool.clone());
             if let Some(l) = cfg {
                 set_keepalive(socket2::SockRef::from(&sock), l, &state);
+                state.clients.share(l.limit.as_ref().map(|n| self.limits.table(n)));
             }
             info!(bind = %state.bind, local = %state.local, pool = pool.as_deref().unwrap_or(""), "listening");
             let stop = shutdown.stop_accepting.child_token();
@@ -676,13 +683,16 @@ impl Listeners {
     }
 
     /// Sets every open listener's socket options from `config` (its
-    /// `client_keepalive`), at start and after each reload: clients
+    /// `client_keepalive`) and the table its clients are counted in (its
+    /// own or its `limit`'s), at start and after each reload: clients
     /// accepted from then on inherit them; those open keep theirs.
     pub fn set_options(&self, config: &Config) {
+        self.limits.keep(config);
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         for o in open.iter() {
-            let Some(fd) = &o.fd else { continue };
             let Some(l) = config.listeners.iter().filter(|l| l.bind == o.state.bind).nth(o.state.nth) else { continue };
+            o.state.clients.share(l.limit.as_ref().map(|n| self.limits.table(n)));
+            let Some(fd) = &o.fd else { continue };
             set_keepalive(socket2::SockRef::from(fd), l, &o.state);
         }
     }

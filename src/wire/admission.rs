@@ -15,15 +15,21 @@
 //!   swept at most once a second by the next admission and by every read of
 //!   the table's size. So the table is bounded by the open connections
 //!   plus the clients of the last second or so.
+//! - [`Table`]: which [`Clients`] a listener counts in: its own, or the one
+//!   of the `[limit.NAME]` it names, shared with every listener naming it
+//!   (nginx's `limit_conn_zone`, which several servers may name). The
+//!   shared ones are held by name in [`Limits`] (one per balancer),
+//!   kept across reloads while the name stays.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::config::Config;
 pub use crate::config::{Limits, Rule};
 
 /// The address a client is known by: an IPv4 client seen on an IPv6
@@ -169,6 +175,60 @@ impl Clients {
     }
 }
 
+/// The table of clients a listener counts in: its own until it names a
+/// shared limit, and its own again once it no longer does.
+#[derive(Debug)]
+pub struct Table {
+    own: Arc<Clients>,
+    current: Mutex<Arc<Clients>>,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        let own = Arc::new(Clients::default());
+        Table { current: Mutex::new(own.clone()), own }
+    }
+}
+
+impl Table {
+    /// The table new connections are counted in now (a connection is
+    /// released in the one it was counted in).
+    pub fn get(&self) -> Arc<Clients> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Counts in `shared` from now on; `None`: in the listener's own.
+    pub fn share(&self, shared: Option<Arc<Clients>>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = shared.unwrap_or_else(|| self.own.clone());
+    }
+
+    /// Client addresses in the table counted in now.
+    pub fn len(&self, rate: u32, now: Instant) -> usize {
+        self.get().len(rate, now)
+    }
+}
+
+/// The shared tables of the `[limit.NAME]`s, by name: one per balancer,
+/// each kept while a config names it.
+#[derive(Debug, Default)]
+pub struct Shared(Mutex<HashMap<Arc<str>, Arc<Clients>>>);
+
+impl Shared {
+    /// The table of the limit `name`, made on first use.
+    pub fn table(&self, name: &Arc<str>) -> Arc<Clients> {
+        let mut by_name = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        by_name.entry(name.clone()).or_default().clone()
+    }
+
+    /// Drops the tables of limits `config`'s listeners no longer name
+    /// (connections counted there release into it still; it goes with the
+    /// last of them).
+    pub fn keep(&self, config: &Config) {
+        let mut by_name = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        by_name.retain(|name, _| config.listeners.iter().any(|l| l.limit.as_ref() == Some(name)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +292,23 @@ mod tests {
         // Closed, but its bucket is empty: it stays until refilled.
         assert_eq!(c.len(4, t1), 1);
         assert_eq!(c.len(4, t1 + Duration::from_secs(1)), 0);
+    }
+
+    #[test]
+    fn listeners_naming_one_limit_count_in_one_table() {
+        let shared = Shared::default();
+        let (a, b) = (Table::default(), Table::default());
+        let name: Arc<str> = Arc::from("ucp");
+        a.share(Some(shared.table(&name)));
+        b.share(Some(shared.table(&name)));
+        let (now, lim, ip) = (Instant::now(), Limits { open: 2, rate: 0 }, "127.0.0.2".parse().unwrap());
+        assert_eq!(a.get().admit(ip, lim, now), Ok(()));
+        assert_eq!(a.get().admit(ip, lim, now), Ok(()));
+        assert_eq!(b.get().admit(ip, lim, now), Err(Refused::Open));
+        assert_eq!(b.len(0, now), 1);
+        // Back to its own table: empty.
+        b.share(None);
+        assert_eq!(b.get().admit(ip, lim, now), Ok(()));
+        assert_eq!(a.get().open(ip), 2);
     }
 }

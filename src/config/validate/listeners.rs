@@ -121,10 +121,7 @@ impl Validator<'_> {
             },
         );
         let access = self.access(lr.access.as_ref(), &key);
-        let per_client = Limits {
-            open: self.limit(lr.max_connections_per_client.as_ref(), &key, "max_connections_per_client"),
-            rate: self.limit(lr.max_connection_rate_per_client.as_ref(), &key, "max_connection_rate_per_client"),
-        };
+        let (per_client, limit) = self.per_client(lr, raw, &key);
         let client_keepalive = match &lr.client_keepalive {
             Some(v) => self.keepalive(v, &format!("{key}.client_keepalive")),
             None => default_client_keepalive,
@@ -139,8 +136,80 @@ impl Validator<'_> {
             access_log,
             access,
             per_client,
+            limit,
             client_keepalive,
         })
+    }
+
+    /// A listener's per-client limits: its own keys, else those of the
+    /// `[limit.NAME]` its `limit` names (which must exist). Its own
+    /// `max_connections_per_client` is its threshold over the shared
+    /// counts (nginx's `limit_conn ZONE N` in each server); the rate is
+    /// the limit's (one bucket per client, one rate).
+    fn per_client(&mut self, lr: &raw::RawListener, raw: &RawConfig, key: &str) -> (Limits, Option<Arc<str>>) {
+        let own = Limits {
+            open: self.limit(lr.max_connections_per_client.as_ref(), key, "max_connections_per_client"),
+            rate: self.limit(lr.max_connection_rate_per_client.as_ref(), key, "max_connection_rate_per_client"),
+        };
+        let Some(name) = &lr.limit else { return (own, None) };
+        if let Some(r) = &lr.max_connection_rate_per_client {
+            self.err(
+                Some(r.span()),
+                format!("{key}.max_connection_rate_per_client"),
+                format!(
+                    "beside limit = \"{0}\": the listeners naming a limit share one bucket per client, at one rate: set it in [limit.{0}]",
+                    name.get_ref()
+                ),
+            );
+        }
+        let Some(l) = raw.limit.get(name.get_ref()) else {
+            let known: Vec<&str> = raw.limit.keys().map(String::as_str).collect();
+            self.err(
+                Some(name.span()),
+                format!("{key}.limit"),
+                format!(
+                    "no limit named \"{}\" (defined: {}): add a [limit.{}] table",
+                    name.get_ref(),
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") },
+                    name.get_ref()
+                ),
+            );
+            return (own, None);
+        };
+        // Checked (and its errors said) once, by `shared_limits`.
+        let quiet = |v: Option<&S<i64>>| v.and_then(|m| u32::try_from(*m.get_ref()).ok()).unwrap_or(0);
+        let l = l.get_ref();
+        let open = if lr.max_connections_per_client.is_some() {
+            own.open
+        } else {
+            quiet(l.max_connections_per_client.as_ref())
+        };
+        let shared = Limits { open, rate: quiet(l.max_connection_rate_per_client.as_ref()) };
+        (shared, Some(Arc::from(name.get_ref().as_str())))
+    }
+
+    /// Every `[limit.NAME]`: a name as a pool's, its values checked once;
+    /// one no listener names is said.
+    pub(super) fn shared_limits(&mut self, raw: &RawConfig) -> Vec<(Arc<str>, Limits)> {
+        let mut out = Vec::new();
+        for (name, l) in &raw.limit {
+            let key = format!("limit.{name}");
+            if !super::pools::valid_name(name) {
+                self.err(Some(l.span()), key.clone(), "a limit name may hold only letters, digits, '_' and '-'");
+            }
+            let lr = l.get_ref();
+            let open = self.limit(lr.max_connections_per_client.as_ref(), &key, "max_connections_per_client");
+            let rate = self.limit(lr.max_connection_rate_per_client.as_ref(), &key, "max_connection_rate_per_client");
+            out.push((Arc::<str>::from(name.as_str()), Limits { open, rate }));
+            if !raw.listener.iter().any(|li| li.get_ref().limit.as_ref().is_some_and(|n| n.get_ref() == name)) {
+                self.warn(
+                    Some(l.span()),
+                    key,
+                    "no listener names this limit: set limit = \"NAME\" in the listeners it is for, or remove it",
+                );
+            }
+        }
+        out
     }
 
     /// Two listeners writing one file in two formats: its lines mix, and

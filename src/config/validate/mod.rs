@@ -58,6 +58,7 @@ impl Validator<'_> {
             None => base,
         };
         let pools = self.pools(raw, &defaults);
+        let limits = self.shared_limits(raw);
         let (listeners, binds) = self.listeners(raw);
         if raw.pool.is_empty() {
             self.err(None, "pool", "at least one [pool.NAME] is needed");
@@ -76,6 +77,7 @@ impl Validator<'_> {
             stop_grace: stop_grace.unwrap_or_default(),
             listeners,
             pools,
+            limits,
             fingerprint: 0,
             warnings: Vec::new(),
         }

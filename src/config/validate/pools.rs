@@ -317,6 +317,6 @@ fn origins(raw: &RawConfig, pool: &raw::RawPool) -> std::collections::BTreeMap<&
         .collect()
 }
 
-fn valid_name(s: &str) -> bool {
+pub(super) fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
