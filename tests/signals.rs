@@ -144,6 +144,8 @@ async fn a_standard_error_nobody_reads_stops_no_traffic() {
         .spawn()
         .unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    // Killed when dropped, whatever happens below (a panic included).
+    let p = Proc { child, lines: Default::default() };
     // Read only as far as the listener's address; never again after it.
     let (addr, _unread): (SocketAddr, _) = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
@@ -164,6 +166,5 @@ async fn a_standard_error_nobody_reads_stops_no_traffic() {
         }
     })
     .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(p);
 }
