@@ -492,6 +492,8 @@ struct Direction<'a> {
     parked: AtomicBool,
     /// In a bulk transfer (its last wake read at least a full buffer), and
     /// so counted in [`Conns::bulk`] until it leaves that state or ends.
+    /// When it splices, the next wake starts in the pipe instead of copying
+    /// its first 32 KiB through user space.
     /// Here rather than in the pipe's future: a field of the direction
     /// costs an idle connection one byte, a guard in the future a pointer.
     bulk: AtomicBool,
@@ -568,9 +570,6 @@ impl<'a> Direction<'a> {
     fn pipe(&self) -> impl Future<Output = Result<(), PipeError>> + Send + '_ {
         async move {
             let (src, dst) = (self.src, self.dst);
-            // In a bulk transfer: the last wake moved at least a buffer's
-            // worth. When it splices, the next wake starts in the pipe
-            // instead of copying its first 32 KiB through user space.
             loop {
                 // Everything read so far is written: the server's totals get
                 // it before the wait, which may be long.

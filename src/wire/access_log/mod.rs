@@ -446,13 +446,3 @@ pub fn check_files(config: &crate::config::Config) -> Vec<crate::config::ConfigE
     }
     out
 }
-
-/// Reopens the log files on every SIGUSR1 until shutdown.
-pub async fn on_sigusr1(writer: Writer) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else { return };
-    while usr1.recv().await.is_some() {
-        tracing::info!("SIGUSR1: reopening the access log files");
-        writer.reopen();
-    }
-}
