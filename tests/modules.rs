@@ -7,8 +7,12 @@
 //! declares modules and composes them; `main.rs` and `src/cli/` are the
 //! binary, a crate of its own.
 
+mod tree;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+
+use tree::rust_files;
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
@@ -67,17 +71,6 @@ fn paths_after(code: &str, prefix: &str) -> BTreeSet<String> {
 
 fn ident(s: &str) -> String {
     s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 /// The module graph of the library under `src`.

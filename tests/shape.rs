@@ -8,8 +8,12 @@
 //! `tests` module, a test-only helper) and files that are only a test
 //! module (`#[cfg(test)] mod tests;`) are left out of the function count.
 
+mod tree;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+use tree::rust_files;
 
 const MAX_FILE_LINES: usize = 800;
 const MAX_FN_LINES: usize = 100;
@@ -46,17 +50,6 @@ fn no_file_over_800_lines_and_no_function_over_100() {
         }
     }
     assert!(found.is_empty(), "split these on their seams:\n{}", found.join("\n"));
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 /// Where the files of `f`'s child modules live: beside a `mod.rs`,
