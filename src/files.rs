@@ -212,9 +212,14 @@ fn append_flags() -> i32 {
 pub fn open_append(path: &Path) -> Result<std::fs::File, Unwritable> {
     // The type first, from the path: a FIFO or a device is not even opened
     // (opening some devices does something).
-    if let Ok(meta) = std::fs::metadata(path) {
-        not_regular(path, &meta)?;
-        pseudo_path(path)?;
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            not_regular(path, &meta)?;
+            pseudo_path(path)?;
+        }
+        // A new file in /proc or /sys: the directory says what it is on
+        // (the open would fail with a misleading "does not exist").
+        Err(_) => pseudo_dir(path)?,
     }
     let file = OpenOptions::new()
         .append(true)
@@ -255,6 +260,7 @@ pub fn check_append(path: &Path) -> Result<(), Unwritable> {
                 Ok(d) if d.is_dir() => {}
                 _ => return Err(open_error(path, &e)),
             }
+            pseudo_dir(path)?;
             let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
             rustix::fs::accessat(rustix::fs::CWD, dir, access, rustix::fs::AtFlags::EACCESS)
                 .map_err(|errno| open_error(path, &std::io::Error::from(errno)))
@@ -287,6 +293,17 @@ fn pseudo_path(path: &Path) -> Result<(), Unwritable> {
     match rustix::fs::statfs(path) {
         Ok(fs) => pseudo_kind(path, &fs),
         Err(_) => Ok(()),
+    }
+}
+
+/// A file not made yet in a directory of /proc, /sys and the like.
+fn pseudo_dir(path: &Path) -> Result<(), Unwritable> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => match rustix::fs::statfs(dir) {
+            Ok(fs) => pseudo_kind(path, &fs),
+            Err(_) => Ok(()),
+        },
+        None => Ok(()),
     }
 }
 
@@ -412,6 +429,9 @@ mod tests {
             (Path::new("/dev/null"), Reason::NotRegularFile),
             (dir.path(), Reason::NotRegularFile),
             (Path::new("/proc/version"), Reason::NotRegularFile),
+            // New files there too (it is the directory that says so).
+            (Path::new("/proc/ucp-lb-access.log"), Reason::NotRegularFile),
+            (Path::new("/sys/ucp-lb-access.log"), Reason::NotRegularFile),
             (&dir.path().join("no/such.log"), Reason::MissingDirectory),
         ] {
             assert_eq!(open_append(path).map(drop).map_err(|e| e.reason), Err(reason), "{}", path.display());
