@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use ucp_lb::config::{
     AdminConfig, AdminState, CheckKind, Config, ControlSocket, HealthConfig, Keepalive, Limits, ListenerConfig,
-    LogFormat, LogTo, Origin, PoolConfig, Retries, StatusMatch, format_duration,
+    LogFormat, LogTo, Origin, PoolConfig, Retries, Settings, StatusMatch, format_duration,
 };
 
 /// A value and where it came from, aligned as a comment.
@@ -39,6 +39,11 @@ pub fn dump(c: &Config) -> String {
     let _ = writeln!(o, "\n[defaults]");
     let grace_from = if c.stop_grace.is_zero() { "default" } else { "set" };
     line(&mut o, "stop_grace", duration(Some(c.stop_grace)), grace_from);
+    // The grace period after SIGTERM is the process's too: a pool's own
+    // value changes nothing (`check` warns of one), so none is written there.
+    let shutdown = c.defaults.shutdown_timeout;
+    let shutdown_from = if shutdown == Settings::default().shutdown_timeout { "default" } else { "set" };
+    line(&mut o, "shutdown_timeout", duration(Some(shutdown)), shutdown_from);
     for l in &c.listeners {
         listener(&mut o, l, &c.limits);
     }
@@ -166,7 +171,6 @@ fn pool(o: &mut String, p: &PoolConfig) {
     line(o, "retries", retries, from("retries"));
     line(o, "all_down", q(s.all_down.as_str()), from("all_down"));
     line(o, "resolve_interval", duration(Some(s.resolve_interval)), from("resolve_interval"));
-    line(o, "shutdown_timeout", duration(Some(s.shutdown_timeout)), from("shutdown_timeout"));
     line(o, "slow_start", q(&format_duration(s.slow_start)), from("slow_start"));
     line(o, "on_server_down", q(s.on_server_down.as_str()), from("on_server_down"));
     line(o, "close_spread", q(&format_duration(s.close_spread)), from("close_spread"));
