@@ -168,3 +168,24 @@ async fn a_standard_error_nobody_reads_stops_no_traffic() {
     .await;
     drop(p);
 }
+
+/// `--upgrade` with no control socket configured (`control_socket = ""`)
+/// has nothing it could take over from: it starts as an ordinary start,
+/// so `--upgrade` can stay in a unit's command (it was refused, with a
+/// message about a running process that did not exist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_without_a_control_socket_is_an_ordinary_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    let echo = Echo::start().await;
+    let toml = one_pool(&[echo.addr], "").replacen("[admin]\n", "[admin]\ncontrol_socket = \"\"\n", 1);
+    std::fs::write(&path, toml).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path).arg("--upgrade").env("RUST_LOG", "info");
+    let mut p = Proc::spawn(cmd, false);
+    p.wait_for_line("no process to take over from: starting").await;
+    let lb = p.listener_addr().await;
+    within("a client served", round_trip(lb)).await.unwrap();
+    p.signal("TERM");
+    assert_eq!(p.exit_code().await, Some(0), "{}", p.text());
+}

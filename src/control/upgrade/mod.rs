@@ -258,8 +258,12 @@ where
     let cfg = loaded.config.admin.control_socket.clone();
     let from = match (begin, cfg.path()) {
         (Begin::Start, _) => None,
+        // No control socket configured: there is nothing this process could
+        // take over from, so it starts as an ordinary start does (were
+        // another holding the ports, the bind would fail the start).
         (Begin::Upgrade, None) => {
-            return Err(StartError::Upgrade("admin.control_socket is \"\": nothing to take over from".into()));
+            warn!("--upgrade with admin.control_socket = \"\": no process to take over from: starting");
+            None
         }
         (Begin::Upgrade, Some(path)) => match socket::occupant(path) {
             Ok(socket::Occupant::Nothing | socket::Occupant::Stale) => {
