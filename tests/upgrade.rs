@@ -1221,3 +1221,33 @@ async fn a_failed_start_with_upgrade_leaves_no_control_socket() {
     assert_eq!(lb.exit_code().await, Some(0));
     assert!(!sock.exists(), "a clean stop removes its control socket");
 }
+
+/// A stop signal to the new process before it has confirmed the hand-over
+/// sends the old one back to serving: the new process will not stay, so
+/// it must not be the one left (it confirmed, and then stopped too,
+/// leaving nothing to accept; found by an adversarial run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_signal_to_the_new_process_before_it_confirms_sends_the_old_one_back() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &[echo.addr], "");
+    let mut old = Proc::lb(&cfg);
+    let addr = old.listener_addr().await;
+    // A connection that cannot move keeps the hand-over from completing;
+    // one that moves keeps the new process in its shutdown after the
+    // signal (it would wait for the hand-over's end there, and confirm).
+    let _stuck = stuck_client(addr).await;
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    echo_once(&mut idle).await.unwrap();
+    let new = Proc::spawn(upgrade_cmd(&cfg), false);
+    new.wait_for_line("control socket up").await;
+    old.wait_for_line("moving the open connections").await;
+    new.signal("TERM");
+    new.wait_for_line("breaking off the take-over").await;
+    old.wait_for_line("resumed here").await;
+    // Whatever the new process does now (it is killed here), the old one
+    // serves.
+    drop(new);
+    eventually_async("the old process serves", || async { round_trip(addr).await.is_ok() }).await;
+    assert!(old.child.try_wait().unwrap().is_none(), "the old process goes on:\n{}", old.text());
+}

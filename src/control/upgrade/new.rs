@@ -186,7 +186,20 @@ pub(super) async fn receive(conn: Arc<Conn>, lb: Arc<Lb>, protocol: u32) {
         // The old process reports every quarter second: silent for a step,
         // it is stopped or hung, and this process no longer waits for it
         // (to hand over in turn, say), while still taking what it sends.
-        let next = match tokio::time::timeout(STEP, heard.recv()).await {
+        let heard_or_silent = tokio::select! {
+            biased;
+            // A stop signal here, before the hand-over is confirmed: this
+            // process will not stay, so it must not be the one left
+            // serving. The link is let go unconfirmed, and the old process
+            // goes back to accepting with what it still holds; what moved
+            // here finishes in this process's own shutdown.
+            _ = lb.shutdown.stopping.cancelled() => {
+                warn!(from, "upgrade: this process is stopping: breaking off the take-over, so the old process goes back to serving");
+                break;
+            }
+            r = tokio::time::timeout(STEP, heard.recv()) => r,
+        };
+        let next = match heard_or_silent {
             Ok(Some(m)) => m,
             Ok(None) => Ok(None),
             Err(_) => {
