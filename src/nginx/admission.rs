@@ -8,7 +8,8 @@
 //! one's number; a listener with another number sets it as its own
 //! `max_connections_per_client`. A zone only one listener names, or a
 //! listener with several such zones, is the listener's own
-//! `max_connections_per_client` (the smallest, when several apply).
+//! `max_connections_per_client` (the smallest, when several apply), as is
+//! a zone on the address and `$server_port` (counted per port in nginx).
 
 use std::collections::BTreeMap;
 
@@ -85,6 +86,13 @@ impl Converter {
                         None => zones.push((zone, n)),
                     }
                 }
+                // Counted per client and listening port: each listener's own.
+                Some(key) if per_port(key) => {
+                    out = Some(out.map_or(n, |o| o.min(n)));
+                    notes.push(format!(
+                        "nginx: {at}: limit_conn {zone} {n}: {key} counts a client per port: this listener's own limit"
+                    ));
+                }
                 Some(key) => {
                     let what = format!(
                         "{at}: limit_conn {zone} {n}: counts by {key}: not carried over (ucp-lb limits per client address only)"
@@ -102,6 +110,21 @@ impl Converter {
         }
         (out, zones)
     }
+}
+
+/// Whether a `limit_conn_zone` key is the client's address and
+/// `$server_port` (either order, at most a separator between): nginx then
+/// counts a client per listening port, as ucp-lb counts a listener's own
+/// `max_connections_per_client` (one port per listener).
+fn per_port(key: &str) -> bool {
+    let Some(rest) = ["$binary_remote_addr", "$remote_addr"].iter().find_map(|a| {
+        let (before, after) = key.split_once(a)?;
+        Some(format!("{before} {after}"))
+    }) else {
+        return false;
+    };
+    rest.split_once("$server_port")
+        .is_some_and(|(before, after)| format!("{before}{after}").chars().all(|c| " :-/,".contains(c)))
 }
 
 /// The listeners naming each address zone.
@@ -147,5 +170,20 @@ impl Converter {
             }
         }
         self.warnings.extend(said);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_key_of_the_address_and_server_port_counts_per_port() {
+        for key in ["$binary_remote_addr$server_port", "$remote_addr:$server_port", "$server_port $remote_addr"] {
+            assert!(super::per_port(key), "{key}");
+        }
+        for key in
+            ["$binary_remote_addr", "$server_port", "$binary_remote_addr$server_portx", "$remote_addr$server_addr"]
+        {
+            assert!(!super::per_port(key), "{key}");
+        }
     }
 }

@@ -180,17 +180,26 @@ fn release_spare() -> bool {
 }
 
 /// Counts a client towards its listener's active count while it lives,
-/// and towards its address's open connections where the listener limits
-/// them (the table it was counted in, the address, and the rate limit its
-/// entry refills at).
-struct ListenerConn(Arc<ListenerState>, Option<(Arc<admission::Clients>, IpAddr, u32)>);
+/// and (a connection moved here by an upgrade) towards its address's open
+/// connections.
+struct ListenerConn(Arc<ListenerState>, #[allow(dead_code, reason = "held for its Drop")] Option<ClientShare>);
 
 impl Drop for ListenerConn {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
-        if let Some((clients, ip, rate)) = &self.1 {
-            clients.release(*ip, *rate, Instant::now());
-        }
+    }
+}
+
+/// One place in a client address's count of open connections, where the
+/// listener limits them (the table it was counted in, the address, and
+/// the rate limit its entry refills at). The proxy gives it back when the
+/// server closes its side, before the client can see the FIN and come
+/// back, as nginx's session (and its `limit_conn` count) ends there.
+struct ClientShare(Arc<admission::Clients>, IpAddr, u32);
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        self.0.release(self.1, self.2, Instant::now());
     }
 }
 
@@ -294,13 +303,14 @@ fn dispatch(
     if cfg.per_client.any() {
         let clients = state.clients.get();
         match clients.admit(ip, cfg.per_client, Instant::now()) {
-            Ok(()) => share = Some((clients, ip, cfg.per_client.rate)),
+            Ok(()) => share = Some(Box::new(ClientShare(clients, ip, cfg.per_client.rate))),
             Err(admission::Refused::Open) => return refuse(state, peer, entry, access_log::End::PerClientLimit),
             Err(admission::Refused::Rate) => return refuse(state, peer, entry, access_log::End::ClientRateLimit),
         }
     }
     let active = state.active.fetch_add(1, Relaxed);
-    let guard = ListenerConn(state.clone(), share);
+    // Boxed: a connection of a listener without per-client limits carries one pointer.
+    let guard = (ListenerConn(state.clone(), None), share);
     if cfg.max_connections > 0 && active >= u64::from(cfg.max_connections) {
         // `guard` gives back the active count and the client's share.
         return refuse(state, peer, entry, access_log::End::MaxConnections);
@@ -359,7 +369,7 @@ async fn route(
     peer: SocketAddr,
     snap: Arc<Snapshot>,
     state: Arc<ListenerState>,
-    (guard, waiting): (ListenerConn, Waiting),
+    (guard, waiting): ((ListenerConn, Option<Box<ClientShare>>), Waiting),
     mut entry: Option<Box<access_log::Entry>>,
 ) {
     let Some(cfg) = snap.listener(state.bind, state.nth) else { return };
@@ -634,7 +644,7 @@ impl Listeners {
                 let ip = admission::client_ip(moved.peer.ip());
                 let clients = st.clients.get();
                 clients.adopt(ip, limits.rate, Instant::now());
-                (clients, ip, limits.rate)
+                ClientShare(clients, ip, limits.rate)
             });
             ListenerConn(st, client)
         });

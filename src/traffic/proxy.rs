@@ -44,18 +44,19 @@ impl Drop for ActiveConn {
     }
 }
 
-/// Serves one accepted client with the pool `pool` of `snap`; `guard` is
-/// dropped when the connection ends.
+/// Serves one accepted client with the pool `pool` of `snap`; `guard`'s
+/// first part is dropped when the connection ends, its second once the
+/// server has closed its side (or when it ends, if sooner).
 ///
 /// (A plain function returning an `async move` block: an `async fn` would
 /// keep a second copy of its arguments for the connection's whole life.)
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-pub fn serve<G: Send + 'static>(
+pub fn serve<G: Send + 'static, S: Send + 'static>(
     client: TcpStream,
     peer: SocketAddr,
     snap: Arc<Snapshot>,
     pool: usize,
-    guard: G,
+    (guard, served): (G, S),
     // Boxed: a connection without an access log carries one pointer.
     mut entry: Option<Box<access_log::Entry>>,
 ) -> impl Future<Output = ()> + Send + 'static {
@@ -67,7 +68,7 @@ pub fn serve<G: Send + 'static>(
         // still take room in every later state; out of scope they do not.
         // This kept the task at 896 bytes rather than 1,024.)
         let Some((upstream, idx, active)) = connect_phase(&snap, pool, peer, &mut entry).await else { return };
-        let out = relay(&client, &upstream, &snap, pool, idx, Some(active), None).await;
+        let out = relay(&client, &upstream, &snap, pool, idx, Some((active, served)), None).await;
         let (pool, server) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
         conclude(&snap.conns, (client, upstream), peer, &pool.name, server.addr, &out, entry);
     }
@@ -77,12 +78,12 @@ pub fn serve<G: Send + 'static>(
 /// routed listener's ClientHello): they go to the server, unchanged, before
 /// anything else. False when no server of the pool could be connected.
 #[allow(clippy::manual_async_fn)] // as `serve`
-pub fn serve_prefixed<G: Send + 'static>(
+pub fn serve_prefixed<G: Send + 'static, S: Send + 'static>(
     client: TcpStream,
     peer: SocketAddr,
     snap: Arc<Snapshot>,
     pool: usize,
-    guard: G,
+    (guard, served): (G, S),
     mut entry: Option<Box<access_log::Entry>>,
     prefix: Vec<u8>,
 ) -> impl Future<Output = bool> + Send + 'static {
@@ -96,7 +97,7 @@ pub fn serve_prefixed<G: Send + 'static>(
         let out = match sent {
             Ok(()) => {
                 server.state.bytes_sent.fetch_add(n, Relaxed);
-                let mut out = relay(&client, &upstream, &snap, pool, idx, Some(active), None).await;
+                let mut out = relay(&client, &upstream, &snap, pool, idx, Some((active, served)), None).await;
                 out.to_server += n;
                 out
             }
