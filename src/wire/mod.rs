@@ -13,5 +13,6 @@ pub mod closing;
 pub mod conns;
 pub mod copy;
 pub mod net;
+pub mod proxy_header;
 pub mod sni;
 pub mod splice;
