@@ -313,6 +313,9 @@ fn listeners(out: &mut String, listeners: &[ListenerStatus]) {
             escape(&if l.access.is_empty() { "everyone".to_owned() } else { l.access.join(", ") }),
             escape(&per_client(l)),
         );
+        if let Some(pp) = &l.proxy_protocol {
+            let _ = write!(out, "<tr class=route><td colspan=7>&nbsp;&nbsp;{}</td></tr>", escape(&proxy_protocol(pp)));
+        }
         for r in &l.routes {
             let name =
                 if r.name.is_empty() { "(no route: the rest)".to_owned() } else { format!("TLS name {}", r.name) };
@@ -434,6 +437,30 @@ fn refusals(l: &ListenerStatus) -> String {
     let total: u64 = reasons.iter().map(|(_, n)| n).sum();
     let some: Vec<String> = reasons.iter().filter(|(_, n)| *n > 0).map(|(why, n)| format!("{why} {n}")).collect();
     if some.is_empty() { total.to_string() } else { format!("{total} ({})", some.join(", ")) }
+}
+
+/// A PROXY protocol listener's line: whom it believes, the headers it read
+/// and the clients it closed for want of one.
+fn proxy_protocol(pp: &crate::view::ProxyProtocolStatus) -> String {
+    let trust = match (pp.on, pp.real_ip_from.is_empty()) {
+        (false, _) => "PROXY protocol: off now".to_owned(),
+        (true, true) => {
+            "PROXY protocol: header required, no source trusted (clients keep their connecting address)".to_owned()
+        }
+        (true, false) => {
+            format!("PROXY protocol: header required, address believed from {}", pp.real_ip_from.join(", "))
+        }
+    };
+    let headers: Vec<String> =
+        pp.headers.iter().filter(|h| h.count > 0).map(|h| format!("{} {} {}", h.version, h.command, h.count)).collect();
+    let refused: Vec<String> = pp.refused.iter().filter(|r| *r.1 > 0).map(|(why, n)| format!("{why} {n}")).collect();
+    let or_none = |v: Vec<String>| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
+    format!(
+        "{trust}; headers: {}; refused: {}; not believed (source not trusted): {}",
+        or_none(headers),
+        or_none(refused),
+        pp.untrusted
+    )
 }
 
 /// A listener's per-client limits and how many clients it counts.

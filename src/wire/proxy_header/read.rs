@@ -48,6 +48,17 @@ impl Failed {
         }
     }
 
+    /// The access log's `$end`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Failed::Missing => "proxy_protocol_missing",
+            Failed::Broken => "proxy_protocol_broken",
+            Failed::TooLarge => "proxy_protocol_too_large",
+            Failed::Timeout => "proxy_protocol_timeout",
+            Failed::Closed => "proxy_protocol_closed",
+        }
+    }
+
     pub fn words(self) -> &'static str {
         match self {
             Failed::Missing => "no PROXY protocol header",
@@ -80,7 +91,7 @@ async fn read_unbounded_in_time(client: &TcpStream, limit: usize) -> Result<Head
     loop {
         let n = client.peek(&mut buf[have..]).await.map_err(|_| Failed::Closed)?;
         if n == 0 {
-            return Err(if have == 0 { Failed::Missing } else { Failed::Closed });
+            return Err(Failed::Closed);
         }
         match parse(&buf[..have + n], limit)? {
             Parsed::Complete(h) => {

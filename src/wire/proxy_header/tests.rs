@@ -273,7 +273,7 @@ async fn failures_by_reason() {
     assert_eq!(read(&s, LIMIT, Duration::from_secs(10)).await, Err(Failed::Closed));
     let (c, s) = pair().await;
     drop(c);
-    assert_eq!(read(&s, LIMIT, Duration::from_secs(10)).await, Err(Failed::Missing));
+    assert_eq!(read(&s, LIMIT, Duration::from_secs(10)).await, Err(Failed::Closed), "left without a byte");
 }
 
 #[tokio::test(start_paused = true)]
