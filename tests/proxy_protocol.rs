@@ -248,3 +248,50 @@ async fn a_reload_changes_whom_new_connections_believe() {
     drop(before);
     logged(&log, "192.0.2.3:3333 127.0.0.1 ").await;
 }
+
+/// An upgrade: a connection that has sent its header moves with its real
+/// address; one still sending its header when the upgrade comes is
+/// finished by the old process (within proxy_protocol_timeout), then
+/// moves too, its real address and the peer with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_moves_real_addresses_and_lets_a_header_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = Echo::start().await;
+    let [bind] = free_addrs();
+    let log = dir.path().join("access.log");
+    let keys = "real_ip_from = [\"127.0.0.1\"]\nproxy_protocol_timeout = \"30s\"";
+    let text = config(&listener(bind, &log, keys), echo.addr).replace(
+        "[admin]\n",
+        &format!("[admin]\ncontrol_socket = \"{}\"\n", dir.path().join("control.sock").display()),
+    );
+    let (mut old, admin) = lb(dir.path(), &text).await;
+    old.wait_for_line("control socket up").await;
+    let mut whole = TcpStream::connect(bind).await.unwrap();
+    whole.write_all(b"PROXY TCP4 192.0.2.10 127.0.0.1 1010 443\r\n").await.unwrap();
+    within("before the upgrade", echo_once(&mut whole)).await.unwrap();
+    let mut halfway = TcpStream::connect(bind).await.unwrap();
+    halfway.write_all(b"PROXY TCP4 192.0.2.11 127.0.0.1").await.unwrap();
+    eventually_some_async("two open", || async {
+        (status(admin).await["listeners"][0]["active"].as_u64() == Some(2)).then_some(())
+    })
+    .await;
+
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("--config").arg(dir.path().join("lb.toml")).arg("--upgrade").env("RUST_LOG", "info");
+    let new = Proc::spawn(cmd, false);
+    new.wait_for_line("control socket up").await;
+    halfway.write_all(b" 1111 443\r\n").await.unwrap();
+    within("the header finished after the upgrade", echo_once(&mut halfway)).await.unwrap();
+    assert_eq!(old.exit_code().await, Some(0), "{}", old.text());
+    // The old process is gone: both are served by the new one now.
+    within("whole, moved", echo_once(&mut whole)).await.unwrap();
+    within("halfway, moved", echo_once(&mut halfway)).await.unwrap();
+    drop((whole, halfway));
+    for (real, port) in [("192.0.2.10", 1010), ("192.0.2.11", 1111)] {
+        let line = logged(&log, &format!("{real}:{port} ")).await;
+        assert!(line.starts_with(&format!("{real}:{port} 127.0.0.1 {real}:{port} 127.0.0.1:443 ")), "{line}");
+    }
+    let text = old.text();
+    assert!(text.contains("cut=0"), "nothing cut: {text}");
+    drop(new);
+}
