@@ -295,3 +295,33 @@ async fn an_upgrade_moves_real_addresses_and_lets_a_header_in_flight_finish() {
     assert!(text.contains("cut=0"), "nothing cut: {text}");
     drop(new);
 }
+
+/// A routed listener behind an outer balancer: the header is consumed and
+/// the ClientHello right behind it (same segment) is read whole, routed
+/// by its name and reaches the server unchanged.
+#[tokio::test]
+async fn a_routed_listener_reads_the_hello_behind_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = Echo::start().await;
+    let [bind] = free_addrs();
+    let log = dir.path().join("access.log");
+    let keys = "real_ip_from = [\"127.0.0.1\"]\nroutes = { \"a.test\" = \"p\" }";
+    let (_lb, admin) = lb(dir.path(), &config(&listener(bind, &log, keys), echo.addr)).await;
+    let ca = common::standin::TestCa::new("proxy protocol CA").unwrap();
+    let tls = common::tls::client_config(&ca);
+    let mut conn = rustls::ClientConnection::new(tls, "a.test".try_into().unwrap()).unwrap();
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).unwrap();
+    }
+    let mut c = TcpStream::connect(bind).await.unwrap();
+    c.write_all(&[v2_inet([192, 0, 2, 20], 2020, 40), hello.clone()].concat()).await.unwrap();
+    let mut back = vec![0u8; hello.len()];
+    within("the hello echoed", tokio::io::AsyncReadExt::read_exact(&mut c, &mut back)).await.unwrap();
+    assert!(back == hello, "the server got the hello unchanged, and no header");
+    drop(c);
+    logged(&log, "192.0.2.20:2020 127.0.0.1 ").await;
+    let st = status(admin).await;
+    let routes = st["listeners"][0]["routes"].as_array().unwrap().clone();
+    assert!(routes.iter().any(|r| r["name"] == "a.test" && r["connections"] == 1), "{routes:?}");
+}
