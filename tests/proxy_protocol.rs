@@ -325,3 +325,43 @@ async fn a_routed_listener_reads_the_hello_behind_the_header() {
     let routes = st["listeners"][0]["routes"].as_array().unwrap().clone();
     assert!(routes.iter().any(|r| r["name"] == "a.test" && r["connections"] == 1), "{routes:?}");
 }
+
+/// `source_hash` picks by the real address: one real address goes to one
+/// server however often it comes, and real addresses behind one outer
+/// balancer spread over the pool.
+#[tokio::test]
+async fn hash_balancing_keys_on_the_real_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Echo::start().await, Echo::start().await);
+    let [bind] = free_addrs();
+    let log = dir.path().join("access.log");
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nbind = \"{bind}\"\npool = \"p\"\nproxy_protocol = true\n\
+         real_ip_from = [\"127.0.0.1\"]\naccess_log = \"{}\"\naccess_log_format = \"$remote_addr $upstream_addr\"\n\
+         [pool.p]\nbalance = \"source_hash\"\nservers = [\"{}\", \"{}\"]\n",
+        log.display(),
+        a.addr,
+        b.addr
+    );
+    let (_lb, _admin) = lb(dir.path(), &text).await;
+    for round in 0..2u16 {
+        for i in 1..=16u8 {
+            let mut c = TcpStream::connect(bind).await.unwrap();
+            c.write_all(&v2_inet([192, 0, 2, i], 1000 + round, 0)).await.unwrap();
+            within("echo", echo_once(&mut c)).await.unwrap();
+        }
+    }
+    let mut seen: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    let lines = eventually_some_async("32 lines", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        (text.lines().count() == 32).then_some(text)
+    })
+    .await;
+    for line in lines.lines() {
+        let (client, server) = line.split_once(' ').unwrap();
+        seen.entry(client.to_owned()).or_default().insert(server.to_owned());
+    }
+    assert_eq!(seen.len(), 16, "{lines}");
+    assert!(seen.values().all(|s| s.len() == 1), "one server per real address: {seen:?}");
+    assert!(a.count() > 0 && b.count() > 0, "16 real addresses over both servers: {} and {}", a.count(), b.count());
+}
