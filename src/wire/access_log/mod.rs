@@ -235,14 +235,9 @@ fn variable(name: &str, r: &Record) -> String {
 pub fn format(out: &mut String, format: &LogFormat, r: &Record) {
     match format {
         LogFormat::Json => {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "time": time_iso8601(r.at),
                 "client": r.client.to_string(),
-                "peer": r.via.as_ref().map(|v| v.peer.to_string()),
-                "proxy_protocol": r.via.as_ref().map(|v| serde_json::json!({
-                    "source": v.source.map(|a| a.to_string()),
-                    "destination": v.destination.map(|a| a.to_string()),
-                })),
                 "listener": r.listener.to_string(),
                 "pool": &*r.pool,
                 "server": r.tried.last().map(|a| a.to_string()),
@@ -255,6 +250,14 @@ pub fn format(out: &mut String, format: &LogFormat, r: &Record) {
                 "end": r.end.code(),
                 "end_words": r.end.words(),
             });
+            // Behind a PROXY header only, so other lines keep their keys.
+            if let Some(via) = &r.via {
+                v["peer"] = via.peer.to_string().into();
+                v["proxy_protocol"] = serde_json::json!({
+                    "source": via.source.map(|a| a.to_string()),
+                    "destination": via.destination.map(|a| a.to_string()),
+                });
+            }
             let _ = write!(out, "{v}");
         }
         LogFormat::Text => {
@@ -351,6 +354,15 @@ mod tests {
         out.clear();
         format(&mut out, &LogFormat::Template(t.into()), &r);
         assert_eq!(out, "127.0.0.5:40000 10.0.0.9:5555 127.0.0.5:40000 192.0.2.1:443");
+        out.clear();
+        format(&mut out, &LogFormat::Json, &r);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!((&v["client"], &v["peer"]), (&"127.0.0.5:40000".into(), &"10.0.0.9:5555".into()));
+        assert_eq!(v["proxy_protocol"]["destination"], "192.0.2.1:443");
+        out.clear();
+        format(&mut out, &LogFormat::Json, &record());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(v.get("peer").is_none() && v.get("proxy_protocol").is_none(), "no header, no keys: {v}");
     }
 
     #[test]
