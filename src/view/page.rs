@@ -498,6 +498,25 @@ mod tests {
     }
 
     #[test]
+    fn a_proxy_protocol_listener_says_whom_it_believes_and_what_it_counted() {
+        let mut pp = crate::view::ProxyProtocolStatus {
+            on: true,
+            real_ip_from: vec!["10.0.0.0/8".into()],
+            timeout_ms: 5000,
+            max_header: 4096,
+            headers: vec![crate::view::HeaderCount { version: "v2", command: "proxy", count: 7 }],
+            refused: [("missing", 2), ("timeout", 0)].into_iter().collect(),
+            untrusted: 1,
+        };
+        assert_eq!(
+            proxy_protocol(&pp),
+            "PROXY protocol: header required, address believed from 10.0.0.0/8; headers: v2 proxy 7; refused: missing 2; not believed (source not trusted): 1"
+        );
+        pp.real_ip_from.clear();
+        assert!(proxy_protocol(&pp).contains("no source trusted"));
+    }
+
+    #[test]
     fn sizes_read_as_people_write_them() {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(64 << 20), "64.0 MiB");
