@@ -51,9 +51,13 @@ fn proxy_header_inputs_give_one_verdict_however_they_arrive() {
         let step = usize::from(first & 0x1f).max(1);
         let limit = [232, 4096, 65_551][usize::from(first >> 5) % 3];
         let at_once = parse(bytes, limit);
+        let mut needs = Vec::new();
         for end in (0..bytes.len()).step_by(step).chain([bytes.len()]) {
             match parse(&bytes[..end], limit) {
-                Ok(Parsed::Partial(need)) => assert!(need > end, "{name}: needs {need} with {end}"),
+                Ok(Parsed::Partial(need)) => {
+                    assert!(need > end, "{name}: needs {need} with {end}");
+                    needs.push(need);
+                }
                 verdict => {
                     assert_eq!(verdict, at_once, "{name}: the verdict at {end} bytes");
                     break;
@@ -62,6 +66,7 @@ fn proxy_header_inputs_give_one_verdict_however_they_arrive() {
         }
         if let Ok(Parsed::Complete(h)) = &at_once {
             assert!(h.len <= bytes.len() && h.len <= limit.max(V1_MAX), "{name}");
+            assert!(needs.iter().all(|&n| n <= h.len), "{name}: needed more than the header: {needs:?}");
             assert_eq!(parse(&bytes[..h.len], limit), at_once, "{name}");
         }
     }

@@ -23,6 +23,8 @@ pub use read::{Failed, read};
 
 /// The longest v1 line, CRLF included (the specification's bound).
 pub const V1_MAX: usize = 107;
+/// The shortest header of all: `PROXY UNKNOWN\r\n`.
+const V1_MIN: usize = 15;
 /// Every v2 header starts with these 12 bytes.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 const V1_PREFIX: &[u8] = b"PROXY ";
@@ -113,6 +115,10 @@ pub struct Via {
 /// Reads `buf` (a connection's first bytes) as a header of at most
 /// `limit` bytes (v2; v1 has its own 107).
 pub fn parse(buf: &[u8], limit: usize) -> Result<Parsed, Broken> {
+    if buf.is_empty() {
+        // Either version: the shortest header is v1's `PROXY UNKNOWN\r\n`.
+        return Ok(Parsed::Partial(V1_MIN));
+    }
     let n = buf.len().min(V2_SIGNATURE.len());
     if buf[..n] == V2_SIGNATURE[..n] {
         return if n < V2_SIGNATURE.len() { Ok(Parsed::Partial(V2_FIXED)) } else { parse_v2(buf, limit) };

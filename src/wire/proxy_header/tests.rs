@@ -47,7 +47,7 @@ fn complete(buf: &[u8]) -> Header {
 fn every_boundary(h: &[u8]) -> Header {
     for i in 0..h.len() {
         match parse(&h[..i], LIMIT) {
-            Ok(Parsed::Partial(need)) => assert!(need > i && need <= h.len().max(V2_FIXED), "{i}: needs {need}"),
+            Ok(Parsed::Partial(need)) => assert!(need > i && need <= h.len(), "{i}: needs {need}"),
             other => panic!("prefix of {i} bytes: {other:?}"),
         }
     }
@@ -179,7 +179,9 @@ fn anything_else_is_no_header() {
     {
         assert_eq!(parse(garbage, LIMIT), Err(Broken::Missing), "{garbage:?}");
     }
-    assert_eq!(parse(b"", LIMIT), Ok(Parsed::Partial(V2_FIXED)));
+    // Nothing yet: the shortest header of either version is 15 bytes (a
+    // bound found by the fuzz target: 16 is more than `PROXY UNKNOWN\r\n`).
+    assert_eq!(parse(b"", LIMIT), Ok(Parsed::Partial(15)));
 }
 
 #[test]
