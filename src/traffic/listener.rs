@@ -267,18 +267,20 @@ fn dispatch(
     let active = state.active.fetch_add(1, Relaxed);
     let guard = ListenerConn(state.clone(), None);
     if cfg.max_connections > 0 && active >= u64::from(cfg.max_connections) {
-        let entry = log_entry(&snap, state, (peer, None), pool);
+        let entry = log_entry(&snap, state, cfg.access_log.as_ref(), (peer, None), pool);
         return refuse(state, peer, entry, access_log::End::MaxConnections);
     }
     let (state, shutdown) = (state.clone(), shutdown.clone());
     shutdown.tracker.clone().spawn(async move {
-        let Some(pp) = snap.listener(state.bind, state.nth).and_then(|c| c.proxy_protocol.as_ref()) else { return };
+        let Some(cfg) = snap.listener(state.bind, state.nth) else { return };
+        let Some(pp) = &cfg.proxy_protocol else { return };
         match proxied::accept(&client, peer, pp, &state.proxy_protocol).await {
             // As nginx: the access rules and limits see the address the
             // header gave, once it is read.
             Ok((addr, via)) => admit(client, (addr, Some(via)), snap, pool, &state, &shutdown, Some(guard)),
             Err(f) => {
-                let entry = log_entry(&snap, &state, (peer, Some(Via { peer, source: None, destination: None })), pool);
+                let via = Some(Via { peer, source: None, destination: None });
+                let entry = log_entry(&snap, &state, cfg.access_log.as_ref(), (peer, via), pool);
                 refuse(&state, peer, entry, access_log::End::ProxyHeader(f));
             }
         }
@@ -290,10 +292,11 @@ fn dispatch(
 fn log_entry(
     snap: &Snapshot,
     state: &ListenerState,
+    log: Option<&Arc<crate::config::AccessLog>>,
     (addr, via): (SocketAddr, Option<Via>),
     pool: Option<usize>,
 ) -> Option<Box<access_log::Entry>> {
-    let log = snap.listener(state.bind, state.nth)?.access_log.as_ref()?;
+    let log = log?;
     let pool_name = pool.map_or_else(|| Arc::from("-"), |i| snap.pools[i].name.clone());
     let mut e = access_log::Entry::new(&snap.conns.access_log, log.clone(), addr, state.local, pool_name);
     e.set_via(via);
@@ -314,7 +317,7 @@ fn admit(
     held: Option<ListenerConn>,
 ) {
     let Some(cfg) = snap.listener(state.bind, state.nth) else { return };
-    let entry = log_entry(&snap, state, (addr, via), pool);
+    let entry = log_entry(&snap, state, cfg.access_log.as_ref(), (addr, via), pool);
     let ip = admission::client_ip(addr.ip());
     if !admission::permitted(&cfg.access, ip) {
         return refuse(state, addr, entry, access_log::End::Denied);
