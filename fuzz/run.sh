@@ -3,7 +3,7 @@
 # then prints, per target, the inputs tried and the crashes found; each
 # target's libFuzzer output stays in fuzz/logs/TARGET.log.
 # Installs what it needs: the nightly toolchain and cargo-fuzz (from crates).
-# Seeds: config/*.toml, tests/nginx/*.conf and fuzz/seeds/ (probe/, sni/). A crash leaves
+# Seeds: config/*.toml, tests/nginx/*.conf and fuzz/seeds/ (probe/, sni/, proxy_header/). A crash leaves
 # its input in fuzz/artifacts/TARGET/; fix it and keep it in
 # tests/fuzz_regressions/TARGET/ (tests/fuzz_regressions.rs runs those).
 # Usage: fuzz/run.sh [TARGET...]      FUZZ_SECS=600 by default
@@ -13,12 +13,13 @@ secs=${FUZZ_SECS:-600}
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config nginx probe_response sni)
-mkdir -p fuzz/logs fuzz/corpus/config fuzz/corpus/nginx fuzz/corpus/probe_response fuzz/corpus/sni
+[ ${#targets[@]} -gt 0 ] || targets=(config nginx probe_response sni proxy_header)
+mkdir -p fuzz/logs fuzz/corpus/config fuzz/corpus/nginx fuzz/corpus/probe_response fuzz/corpus/sni fuzz/corpus/proxy_header
 cp config/*.toml fuzz/corpus/config/
 cp tests/nginx/*.conf fuzz/corpus/nginx/
 cp fuzz/seeds/probe/* fuzz/corpus/probe_response/
 cp fuzz/seeds/sni/* fuzz/corpus/sni/
+cp fuzz/seeds/proxy_header/* fuzz/corpus/proxy_header/
 summary=()
 for t in "${targets[@]}"; do
   log=fuzz/logs/$t.log

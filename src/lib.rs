@@ -20,12 +20,14 @@
 //!   snapshot: the byte path (`copy`, `splice`), the connections a
 //!   balancer holds and their stop request (`conns`), close orders
 //!   (`closing`), who may connect (`admission`), the ClientHello's server
-//!   name (`sni`), sockets (`net`) and the access log (`access_log`).
+//!   name (`sni`), an outer balancer's PROXY header (`proxy_header`),
+//!   sockets (`net`) and the access log (`access_log`).
 //! - `state/`: what outlives a snapshot (a server's counters and passive
 //!   state, `mod.rs`), selection (`pool/`, pure) and the running config as
 //!   one immutable snapshot with what the balancer owns (`snapshot`).
-//! - `traffic/`: bound sockets and accept loops that never die
-//!   (`listener`), one client's life (`proxy`: pick, connect, relay), the
+//! - `traffic/`: bound sockets (`bind`) and accept loops that never die
+//!   (`listener`), whose address a PROXY protocol client goes on with
+//!   (`proxied`), one client's life (`proxy`: pick, connect, relay), the
 //!   stop tokens (`shutdown`).
 //! - `view/`: the one status view, computed at read time; `/status`, the
 //!   page (`page`) and `/metrics` (`prom`) render it.

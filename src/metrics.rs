@@ -33,6 +33,9 @@ pub const LISTENER_CLIENTS: &str = "ucp_lb_listener_tracked_clients";
 pub const ROUTE_CONNECTIONS: &str = "ucp_lb_route_connections_total";
 pub const ROUTE_REFUSED: &str = "ucp_lb_route_refused_connections_total";
 pub const LISTENER_NOT_TLS: &str = "ucp_lb_listener_not_tls_clients_total";
+pub const PROXY_PROTOCOL_HEADERS: &str = "ucp_lb_proxy_protocol_headers_total";
+pub const PROXY_PROTOCOL_REFUSED: &str = "ucp_lb_proxy_protocol_refused_total";
+pub const PROXY_PROTOCOL_UNTRUSTED: &str = "ucp_lb_proxy_protocol_untrusted_total";
 pub const RELOADS: &str = "ucp_lb_config_reloads_total";
 pub const RELOAD_OK: &str = "ucp_lb_config_last_reload_successful";
 pub const BUILD_INFO: &str = "ucp_lb_build_info";
@@ -84,6 +87,21 @@ const HELP: &[(&str, &str, Unit)] = &[
         Unit::Count,
     ),
     (LISTENER_NOT_TLS, "Clients of a routed listener whose first bytes were not a TLS handshake", Unit::Count),
+    (
+        PROXY_PROTOCOL_HEADERS,
+        "PROXY protocol headers read, by version (v1, v2) and command (proxy, local, unknown)",
+        Unit::Count,
+    ),
+    (
+        PROXY_PROTOCOL_REFUSED,
+        "Clients of a PROXY protocol listener closed without a valid header, by reason (missing, broken, too_large, timeout, closed)",
+        Unit::Count,
+    ),
+    (
+        PROXY_PROTOCOL_UNTRUSTED,
+        "PROXY protocol headers from a source not in real_ip_from: read, their address not believed",
+        Unit::Count,
+    ),
     (RELOADS, "Config reloads, by result", Unit::Count),
     (RELOAD_OK, "1 when the last config reload succeeded (or none was tried), 0 when it failed", Unit::Count),
     (

@@ -32,3 +32,42 @@ fn config_inputs_give_one_line_errors_naming_the_file() {
         }
     }
 }
+
+/// fuzz/fuzz_targets/proxy_header.rs, over its seeds and any input kept in
+/// tests/fuzz_regressions/proxy_header/: the verdict does not depend on
+/// how the bytes arrive, and a complete header lies within them and the
+/// bound.
+#[test]
+fn proxy_header_inputs_give_one_verdict_however_they_arrive() {
+    use ucp_lb::wire::proxy_header::{Parsed, V1_MAX, parse};
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/proxy_header");
+    let mut cases = inputs("proxy_header");
+    for e in std::fs::read_dir(seeds).unwrap().filter_map(Result::ok) {
+        cases.push((e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()));
+    }
+    assert!(cases.len() >= 5, "no seeds found");
+    for (name, data) in cases {
+        let Some((&first, bytes)) = data.split_first() else { continue };
+        let step = usize::from(first & 0x1f).max(1);
+        let limit = [232, 4096, 65_551][usize::from(first >> 5) % 3];
+        let at_once = parse(bytes, limit);
+        let mut needs = Vec::new();
+        for end in (0..bytes.len()).step_by(step).chain([bytes.len()]) {
+            match parse(&bytes[..end], limit) {
+                Ok(Parsed::Partial(need)) => {
+                    assert!(need > end, "{name}: needs {need} with {end}");
+                    needs.push(need);
+                }
+                verdict => {
+                    assert_eq!(verdict, at_once, "{name}: the verdict at {end} bytes");
+                    break;
+                }
+            }
+        }
+        if let Ok(Parsed::Complete(h)) = &at_once {
+            assert!(h.len <= bytes.len() && h.len <= limit.max(V1_MAX), "{name}");
+            assert!(needs.iter().all(|&n| n <= h.len), "{name}: needed more than the header: {needs:?}");
+            assert_eq!(parse(&bytes[..h.len], limit), at_once, "{name}");
+        }
+    }
+}

@@ -214,6 +214,8 @@ const NOT_PRINTED: &[&str] = &[
     "defaults.access_log_format",
     "defaults.client_keepalive",
     "defaults.max_pending_hellos",
+    "defaults.real_ip_from",
+    "defaults.proxy_protocol_timeout",
 ];
 
 /// The declared paths of the keys `check --print` wrote in `out`.
@@ -267,6 +269,10 @@ access_log_format = "json"
 bind = "127.0.0.1:8444"
 pool = "ucp"
 limit = "shared"
+proxy_protocol = true
+real_ip_from = ["10.0.0.0/8"]
+proxy_protocol_timeout = "2s"
+proxy_protocol_max_header = 1024
 [limit.shared]
 max_connections_per_client = 2
 max_connection_rate_per_client = 3

@@ -137,6 +137,17 @@ fn listener(o: &mut String, l: &ListenerConfig, limits: &[(std::sync::Arc<str>, 
     let ka = l.client_keepalive.as_ref();
     let ka_from = if l.client_keepalive == Some(Keepalive::DEFAULT) { "default or set" } else { "set" };
     line(o, "client_keepalive", Keepalive::toml(ka), ka_from);
+    match &l.proxy_protocol {
+        None => line(o, "proxy_protocol", "false".into(), "default or set"),
+        Some(pp) => {
+            line(o, "proxy_protocol", "true".into(), "set: every client opens with a PROXY header");
+            let from: Vec<String> = pp.real_ip_from.iter().map(|n| q(&n.to_string())).collect();
+            let trust = if from.is_empty() { "default or set: no header's address is believed" } else { "set" };
+            line(o, "real_ip_from", format!("[{}]", from.join(", ")), trust);
+            line(o, "proxy_protocol_timeout", duration(Some(pp.timeout)), "set or default");
+            line(o, "proxy_protocol_max_header", pp.max_header.to_string(), "set or default");
+        }
+    }
     match &l.limit {
         // Its per-client keys are the limit's, written in its table, but
         // for its own max_connections_per_client.

@@ -332,6 +332,20 @@ fn summary_listener(s: &mut String, l: &config::ListenerConfig) {
         let _ = writeln!(s, "    access: {} ({})", rules.join(", "), access_words(&l.access));
     }
     let _ = writeln!(s, "    client keepalive: {}", config::Keepalive::words(l.client_keepalive.as_ref()));
+    if let Some(pp) = &l.proxy_protocol {
+        let trust: Vec<String> = pp.real_ip_from.iter().map(ToString::to_string).collect();
+        let believed = if trust.is_empty() {
+            "no source trusted".to_owned()
+        } else {
+            format!("address believed from {}", trust.join(", "))
+        };
+        let timeout = ucp_lb::config::format_duration(pp.timeout);
+        let _ = writeln!(
+            s,
+            "    PROXY protocol header required ({believed}; within {timeout}, at most {} bytes)",
+            pp.max_header
+        );
+    }
     if l.per_client.any() {
         let limit = |n: u32, unit: &str| if n == 0 { "no limit".to_owned() } else { format!("{n}{unit}") };
         let _ = writeln!(

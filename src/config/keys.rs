@@ -251,6 +251,18 @@ pub const KEYS: &[Key] = &[
         "1024",
         "routed listeners: clients waiting for their ClientHello at most, per listener; more are closed at once and counted",
     ),
+    key(
+        "defaults.real_ip_from",
+        T::List,
+        "[]",
+        r#"PROXY protocol listeners inherit it: sources ("10.0.0.0/8", "192.0.2.7") whose header's client address is believed"#,
+    ),
+    key(
+        "defaults.proxy_protocol_timeout",
+        T::Duration,
+        r#""5s""#,
+        "PROXY protocol listeners inherit it: how long a client has to send its whole header",
+    ),
     // [[listener]]
     key(
         "listener[].bind",
@@ -318,6 +330,30 @@ pub const KEYS: &[Key] = &[
         T::Integer,
         "(defaults.max_pending_hellos)",
         "with routes: this listener's own max_pending_hellos",
+    ),
+    key(
+        "listener[].proxy_protocol",
+        T::Bool,
+        "false",
+        "every client must open with a PROXY protocol header (v1 or v2), read and consumed; without one it is closed and counted",
+    ),
+    key(
+        "listener[].real_ip_from",
+        T::List,
+        "(defaults.real_ip_from)",
+        "with proxy_protocol: sources whose header's address becomes the client's address (nginx's set_real_ip_from)",
+    ),
+    key(
+        "listener[].proxy_protocol_timeout",
+        T::Duration,
+        "(defaults.proxy_protocol_timeout)",
+        "with proxy_protocol: this listener's own proxy_protocol_timeout",
+    ),
+    key(
+        "listener[].proxy_protocol_max_header",
+        T::Integer,
+        "4096",
+        "with proxy_protocol: a header's bytes at most (v2 with its TLVs, 232 to 65551; v1 is 107 by the specification); a longer one is refused",
     ),
     key(
         "listener[].client_keepalive",

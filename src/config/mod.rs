@@ -12,7 +12,7 @@ pub mod rules;
 mod validate;
 mod values;
 
-pub use rules::{Limits, Pattern, Rule};
+pub use rules::{Limits, Pattern, ProxyProtocol, Rule};
 pub use values::{LineIndex, format_duration, parse_duration, parse_host_port, parse_listen};
 
 use std::fmt;
@@ -370,6 +370,20 @@ pub const PREREAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// dozen waiting: 1,024 leaves room for slow links and bursts.
 pub const MAX_PENDING_HELLOS: u32 = 1024;
 
+/// How long a PROXY protocol listener waits for a client's whole header
+/// by default. An outer balancer sends it at once, before or with the
+/// client's first bytes (HAProxy in the connect's first segment, an AWS
+/// NLB with the first data); nginx's `proxy_protocol_timeout` is 30 s,
+/// which lets a silent client hold a descriptor that long, so the same
+/// 5 s as `preread_timeout`.
+pub const PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A PROXY header's bytes at most by default: a v2 header with IPv6
+/// addresses is 52 bytes, and the TLVs balancers add (an AWS NLB's VPC
+/// endpoint id, HAProxy's SSL and unique id) a few hundred more; 4 KiB
+/// leaves room and bounds what each waiting client holds.
+pub const PROXY_PROTOCOL_MAX_HEADER: usize = 4096;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub bind: SocketAddr,
@@ -400,6 +414,9 @@ pub struct ListenerConfig {
     pub limit: Option<Arc<str>>,
     /// TCP keepalive of its clients' sockets; `None`: off.
     pub client_keepalive: Option<Keepalive>,
+    /// `proxy_protocol = true`: how its clients' PROXY header is read and
+    /// whose is believed; `None`: no header expected.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// An access log: one line per finished connection.
@@ -438,6 +455,12 @@ pub const LOG_VARIABLES: &[&str] = &[
     "remote_port",
     "server_addr",
     "server_port",
+    "realip_remote_addr",
+    "realip_remote_port",
+    "proxy_protocol_addr",
+    "proxy_protocol_port",
+    "proxy_protocol_server_addr",
+    "proxy_protocol_server_port",
     "upstream_addr",
     "bytes_sent",
     "bytes_received",

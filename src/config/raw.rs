@@ -21,6 +21,8 @@ use super::keys;
 
 pub type S<T> = Spanned<T>;
 
+const REAL_IP_FROM: &str = r#"a list like ["10.0.0.0/8", "192.0.2.7"]"#;
+
 /// A listener's `routes`: (server name, pool name) pairs with their spans,
 /// in the file's order.
 pub type RawRoutes = S<Vec<(S<String>, S<String>)>>;
@@ -41,6 +43,10 @@ pub struct RawConfig {
     /// `[defaults]`'s `max_pending_hellos`, which every routed listener
     /// inherits.
     pub max_pending_hellos: Option<S<i64>>,
+    /// `[defaults]`'s `real_ip_from` and `proxy_protocol_timeout`, which
+    /// every PROXY protocol listener inherits.
+    pub real_ip_from: Option<S<Vec<S<String>>>>,
+    pub proxy_protocol_timeout: Option<S<String>>,
     pub listener: Vec<S<RawListener>>,
     pub pool: BTreeMap<String, S<RawPool>>,
     /// `[limit.NAME]`: per-client limits listeners share by name.
@@ -79,6 +85,10 @@ pub struct RawListener {
     pub preread_timeout: Option<S<String>>,
     pub max_pending_hellos: Option<S<i64>>,
     pub client_keepalive: Option<S<RawKeepalive>>,
+    pub proxy_protocol: Option<S<bool>>,
+    pub real_ip_from: Option<S<Vec<S<String>>>>,
+    pub proxy_protocol_timeout: Option<S<String>>,
+    pub proxy_protocol_max_header: Option<S<i64>>,
 }
 
 /// `client_keepalive` / `server_keepalive`: `false` (off), `true` (the
@@ -181,6 +191,8 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
         raw.stop_grace = r.string(d, "defaults", "stop_grace");
         raw.client_keepalive = r.keepalive(d, "defaults", "client_keepalive");
         raw.max_pending_hellos = r.int(d, "defaults", "max_pending_hellos");
+        raw.real_ip_from = r.strings(d, "defaults", "real_ip_from", REAL_IP_FROM);
+        raw.proxy_protocol_timeout = r.string(d, "defaults", "proxy_protocol_timeout");
     }
     if let Some(v) = field(t, "listener") {
         match v.get_ref() {
@@ -203,6 +215,10 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
                         preread_timeout: r.string(l, &key, "preread_timeout"),
                         max_pending_hellos: r.int(l, &key, "max_pending_hellos"),
                         client_keepalive: r.keepalive(l, &key, "client_keepalive"),
+                        proxy_protocol: r.bool(l, &key, "proxy_protocol"),
+                        real_ip_from: r.strings(l, &key, "real_ip_from", REAL_IP_FROM),
+                        proxy_protocol_timeout: r.string(l, &key, "proxy_protocol_timeout"),
+                        proxy_protocol_max_header: r.int(l, &key, "proxy_protocol_max_header"),
                     };
                     raw.listener.push(Spanned::new(item.span(), listener));
                 }

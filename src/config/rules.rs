@@ -86,6 +86,35 @@ impl Limits {
     }
 }
 
+/// A listener's `proxy_protocol = true`: every client opens with a PROXY
+/// header, read within `timeout` and `max_header` bytes; its address is
+/// believed from the sources `real_ip_from` lists (nginx's
+/// `set_real_ip_from`), read and set aside from any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    pub real_ip_from: Vec<IpNet>,
+    pub timeout: std::time::Duration,
+    pub max_header: usize,
+}
+
+impl ProxyProtocol {
+    /// Whether a header from `peer` (as rules see it) is believed.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        self.real_ip_from.iter().any(|n| n.contains(&peer))
+    }
+}
+
+/// Parses one `real_ip_from` entry: an address or a prefix.
+pub fn parse_source(s: &str) -> Result<IpNet, String> {
+    match s.parse::<IpNet>() {
+        Ok(n) => Ok(n.trunc()),
+        Err(_) => s
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| format!("\"{s}\" is not an address or a prefix like 10.0.0.0/8 or 2001:db8::/32")),
+    }
+}
+
 /// A server name as routes compare it: lower case, no trailing dot.
 pub fn normalise(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()

@@ -15,21 +15,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, SockRef, Socket, Type};
+use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ListenerConfig};
 use crate::state::snapshot::{Shared, Snapshot};
+pub use crate::traffic::bind::{BindError, bind, bind_hint, from_fd};
+use crate::traffic::proxied;
 use crate::traffic::proxy;
 use crate::traffic::shutdown::Shutdown;
 use crate::wire::access_log;
 use crate::wire::admission;
 use crate::wire::net;
+use crate::wire::proxy_header::Via;
 use crate::wire::sni;
 
-const BACKLOG: i32 = 1024;
 const MIN_BACKOFF: Duration = Duration::from_millis(1);
 // Short: while out of descriptors a waiting client is only seen at the next
 // try (EMFILE hides whether one waits), so this bounds how long it waits.
@@ -73,6 +75,8 @@ pub struct ListenerState {
     pub pending_hellos: AtomicU64,
     pub rejected_pending_hellos: AtomicU64,
     crowded: AtomicBool,
+    /// PROXY protocol listeners: headers read and clients refused.
+    pub proxy_protocol: proxied::Counts,
     /// Per route (its pattern; `""`: the pool for the rest): clients sent
     /// on, and of those the ones its pool could not take (no server
     /// eligible, or every connect failed).
@@ -84,15 +88,6 @@ pub struct ListenerState {
 pub struct RouteCount {
     pub connections: u64,
     pub refused: u64,
-}
-
-/// A listening socket taken over from another process, as a tokio
-/// listener (it is non-blocking already: the flag belongs to the socket
-/// both processes share).
-pub fn from_fd(fd: std::os::fd::OwnedFd) -> io::Result<TcpListener> {
-    let std = std::net::TcpListener::from(fd);
-    std.set_nonblocking(true)?;
-    TcpListener::from_std(std)
 }
 
 /// What identifies a listener and its counters, as they move to the
@@ -127,6 +122,8 @@ pub struct Carried {
     pub rejected_pending_hellos: u64,
     #[serde(default)]
     pub routed: BTreeMap<String, RouteCount>,
+    #[serde(default)]
+    pub proxy_protocol: proxied::Tally,
 }
 
 /// A listening socket taken over, with what identifies it in a config and
@@ -135,24 +132,6 @@ pub struct Carried {
 pub struct Inherited {
     pub carried: Carried,
     pub fd: std::os::fd::OwnedFd,
-}
-
-/// Binds `addr` with the options every accepted socket inherits on Linux
-/// (TCP_NODELAY, and keepalive, set by [`Listeners::set_options`] from the
-/// config), so they cost no syscalls per connection.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    // An IPv6 listener serves IPv6 only, as nginx's `ipv6only=on`: the
-    // usual `listen 443; listen [::]:443;` pair binds both.
-    if addr.is_ipv6() {
-        sock.set_only_v6(true)?;
-    }
-    sock.set_reuse_address(true)?;
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(BACKLOG)?;
-    sock.set_tcp_nodelay(true)?;
-    TcpListener::from_std(sock.into())
 }
 
 /// A listening socket's keepalive, which the clients it accepts inherit.
@@ -289,44 +268,103 @@ fn dispatch(
         state.rejected_no_pool.fetch_add(1, Relaxed);
         return;
     }
-    let pool_name = |i: Option<usize>| i.map_or_else(|| Arc::from("-"), |i| snap.pools[i].name.clone());
-    let entry = cfg.access_log.as_ref().map(|log| {
-        Box::new(access_log::Entry::new(&snap.conns.access_log, log.clone(), peer, state.local, pool_name(pool)))
+    if cfg.proxy_protocol.is_none() {
+        return admit(client, (peer, None), snap, pool, state, shutdown, None);
+    }
+    // Counted as active, within max_connections, from accept: the cap
+    // bounds how many clients hold a descriptor waiting for their header.
+    let active = state.active.fetch_add(1, Relaxed);
+    let guard = ListenerConn(state.clone(), None);
+    if cfg.max_connections > 0 && active >= u64::from(cfg.max_connections) {
+        let entry = log_entry(&snap, state, cfg.access_log.as_ref(), (peer, None), pool);
+        return refuse(state, peer, entry, access_log::End::MaxConnections);
+    }
+    let (state, shutdown) = (state.clone(), shutdown.clone());
+    shutdown.tracker.clone().spawn(async move {
+        let Some(cfg) = snap.listener(state.bind, state.nth) else { return };
+        let Some(pp) = &cfg.proxy_protocol else { return };
+        match proxied::accept(&client, peer, pp, &state.proxy_protocol).await {
+            // As nginx: the access rules and limits see the address the
+            // header gave, once it is read.
+            Ok((addr, via)) => admit(client, (addr, Some(via)), snap, pool, &state, &shutdown, Some(guard)),
+            Err(f) => {
+                let via = Some(Via { peer, source: None, destination: None });
+                let entry = log_entry(&snap, &state, cfg.access_log.as_ref(), (peer, via), pool);
+                refuse(&state, peer, entry, access_log::End::ProxyHeader(f));
+            }
+        }
     });
-    // Who may connect, then how much one client may hold, then the
-    // listener's own cap: each refusal closes the client at once.
-    let ip = admission::client_ip(peer.ip());
+}
+
+/// The access log line of a client of `pool` (if the listener logs): its
+/// address and, with a PROXY header, the peer and what the header said.
+fn log_entry(
+    snap: &Snapshot,
+    state: &ListenerState,
+    log: Option<&Arc<crate::config::AccessLog>>,
+    (addr, via): (SocketAddr, Option<Via>),
+    pool: Option<usize>,
+) -> Option<Box<access_log::Entry>> {
+    let log = log?;
+    let pool_name = pool.map_or_else(|| Arc::from("-"), |i| snap.pools[i].name.clone());
+    let mut e = access_log::Entry::new(&snap.conns.access_log, log.clone(), addr, state.local, pool_name);
+    e.set_via(via);
+    Some(Box::new(e))
+}
+
+/// Who may connect, then how much one client may hold, then the
+/// listener's own cap (unless `held`, counted at accept already): each
+/// refusal closes the client at once. Then serves it, or reads its hello
+/// on a routed listener. `addr` is the client's address from here on.
+fn admit(
+    client: TcpStream,
+    (addr, via): (SocketAddr, Option<Via>),
+    snap: Arc<Snapshot>,
+    pool: Option<usize>,
+    state: &Arc<ListenerState>,
+    shutdown: &Shutdown,
+    held: Option<ListenerConn>,
+) {
+    let Some(cfg) = snap.listener(state.bind, state.nth) else { return };
+    let entry = log_entry(&snap, state, cfg.access_log.as_ref(), (addr, via), pool);
+    let ip = admission::client_ip(addr.ip());
     if !admission::permitted(&cfg.access, ip) {
-        return refuse(state, peer, entry, access_log::End::Denied);
+        return refuse(state, addr, entry, access_log::End::Denied);
     }
     let mut share = None;
     if cfg.per_client.any() {
         let clients = state.clients.get();
         match clients.admit(ip, cfg.per_client, Instant::now()) {
             Ok(()) => share = Some(Box::new(ClientShare(clients, ip, cfg.per_client.rate))),
-            Err(admission::Refused::Open) => return refuse(state, peer, entry, access_log::End::PerClientLimit),
-            Err(admission::Refused::Rate) => return refuse(state, peer, entry, access_log::End::ClientRateLimit),
+            Err(admission::Refused::Open) => return refuse(state, addr, entry, access_log::End::PerClientLimit),
+            Err(admission::Refused::Rate) => return refuse(state, addr, entry, access_log::End::ClientRateLimit),
         }
     }
-    let active = state.active.fetch_add(1, Relaxed);
     // Boxed: a connection of a listener without per-client limits carries one pointer.
-    let guard = (ListenerConn(state.clone(), None), share);
-    if cfg.max_connections > 0 && active >= u64::from(cfg.max_connections) {
-        // `guard` gives back the active count and the client's share.
-        return refuse(state, peer, entry, access_log::End::MaxConnections);
-    }
+    let guard = match held {
+        Some(held) => (held, share),
+        None => {
+            let active = state.active.fetch_add(1, Relaxed);
+            let guard = (ListenerConn(state.clone(), None), share);
+            if cfg.max_connections > 0 && active >= u64::from(cfg.max_connections) {
+                // `guard` gives back the active count and the client's share.
+                return refuse(state, addr, entry, access_log::End::MaxConnections);
+            }
+            guard
+        }
+    };
     // No tracing span per connection: entering it on every wake and
     // keeping its fields cost more than the few lines that would carry it,
     // which name the client themselves.
     match pool {
         Some(pool) if cfg.routes.is_empty() => {
-            shutdown.tracker.spawn(proxy::serve(client, peer, snap, pool, guard, entry));
+            shutdown.tracker.spawn(proxy::serve(client, addr, snap, pool, guard, entry));
         }
         _ => {
             let Some(waiting) = Waiting::admit(state, cfg.max_pending_hellos) else {
-                return refuse(state, peer, entry, access_log::End::Hello(sni::Failed::Crowded));
+                return refuse(state, addr, entry, access_log::End::Hello(sni::Failed::Crowded));
             };
-            shutdown.tracker.spawn(route(client, peer, snap, state.clone(), (guard, waiting), entry));
+            shutdown.tracker.spawn(route(client, addr, snap, state.clone(), (guard, waiting), entry));
         }
     }
 }
@@ -416,43 +454,21 @@ fn refuse(state: &ListenerState, peer: SocketAddr, entry: Option<Box<access_log:
         End::Hello(sni::Failed::Closed) => &state.rejected_hello_closed,
         End::Hello(sni::Failed::Crowded) => &state.rejected_pending_hellos,
         End::NoRoute => &state.rejected_no_route,
+        End::ProxyHeader(f) => {
+            state.proxy_protocol.refused(f);
+            return close(state, peer, entry, end);
+        }
         _ => &state.rejected_max_connections,
     };
     counter.fetch_add(1, Relaxed);
+    close(state, peer, entry, end);
+}
+
+fn close(state: &ListenerState, peer: SocketAddr, entry: Option<Box<access_log::Entry>>, end: access_log::End) {
     debug!(listener = %state.local, client = %peer, "{}: client closed", end.words());
     if let Some(e) = entry {
         e.finish(end, 0, 0);
     }
-}
-
-/// What to do about a failed bind, after the error: a privileged port
-/// needs a capability a non-root process lacks; a port in use is held by
-/// another process.
-pub fn bind_hint(addr: SocketAddr, error: &io::Error) -> String {
-    match error.kind() {
-        // bind() says EACCES for a privileged port only (below
-        // net.ipv4.ip_unprivileged_port_start, 1024 by default).
-        io::ErrorKind::PermissionDenied => format!(
-            "; port {} is privileged: run as root, or give ucp-lb the capability CAP_NET_BIND_SERVICE: \
-             `sudo setcap 'cap_net_bind_service=+ep' $(command -v ucp-lb)` (config/ucp-lb.service sets \
-             AmbientCapabilities=CAP_NET_BIND_SERVICE)",
-            addr.port()
-        ),
-        io::ErrorKind::AddrInUse => {
-            format!("; another process holds it: `ss -ltnp 'sport = :{}'` names it", addr.port())
-        }
-        _ => String::new(),
-    }
-}
-
-/// A listener could not be bound.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: listener[{index}].bind: cannot listen on {bind}: {error}{}", bind_hint(*bind, error))]
-pub struct BindError {
-    pub file: String,
-    pub index: usize,
-    pub bind: SocketAddr,
-    pub error: io::Error,
 }
 
 struct Open {
@@ -520,6 +536,7 @@ impl Listeners {
                 not_tls: 0,
                 rejected_pending_hellos: 0,
                 routed: BTreeMap::new(),
+                proxy_protocol: Default::default(),
             });
             let state = Arc::new(ListenerState {
                 bind: l.bind,
@@ -543,6 +560,7 @@ impl Listeners {
                 rejected_pending_hellos: c.rejected_pending_hellos.into(),
                 crowded: Default::default(),
                 routed: Mutex::new(c.routed),
+                proxy_protocol: proxied::Counts::from_tally(&c.proxy_protocol),
             });
             out.push(Bound(sock, state));
         }
@@ -615,6 +633,7 @@ impl Listeners {
                         not_tls: st.not_tls.load(Relaxed),
                         rejected_pending_hellos: st.rejected_pending_hellos.load(Relaxed),
                         routed: st.routed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                        proxy_protocol: st.proxy_protocol.tally(),
                     },
                     fd,
                 ))
@@ -662,11 +681,8 @@ impl Listeners {
                     moved.listener,
                     Arc::from(moved.pool.as_str()),
                 )
-                .resumed(
-                    moved.server,
-                    moved.connect_us.map(Duration::from_micros),
-                    Duration::from_millis(moved.age_ms),
-                ),
+                .resumed(moved.server, moved.connect_us.map(Duration::from_micros), Duration::from_millis(moved.age_ms))
+                .with_via(moved.via),
             )),
             _ => None,
         };

@@ -310,6 +310,7 @@ fn park(
         age_ms: entry.as_ref().map_or(0, |e| e.age().as_millis() as u64),
         logged: entry.is_some(),
         connect_us: entry.as_ref().and_then(|e| e.connect_time()).map(|d| d.as_micros() as u64),
+        via: entry.as_ref().and_then(|e| e.via()),
     };
     match conns.park(conns::Parked { client, server, moved }) {
         Ok(()) => {

@@ -228,6 +228,58 @@ pub struct ListenerStatus {
     pub pending_hellos: u64,
     pub max_pending_hellos: u32,
     pub rejected_pending_hellos: u64,
+    /// PROXY protocol: what it expects now and what it counted; `None`
+    /// for a listener that never read a header.
+    pub proxy_protocol: Option<ProxyProtocolStatus>,
+}
+
+/// A PROXY protocol listener (`proxy_protocol = true`, now or before a
+/// reload): its trusted sources and counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyProtocolStatus {
+    /// A header is required now (false: a reload turned it off; counts kept).
+    pub on: bool,
+    /// Sources whose header's address is believed.
+    pub real_ip_from: Vec<String>,
+    pub timeout_ms: u64,
+    pub max_header: usize,
+    /// Headers read, by version and command.
+    pub headers: Vec<HeaderCount>,
+    /// Clients closed without a valid header, by reason (`missing`,
+    /// `broken`, `too_large`, `timeout`, `closed`).
+    pub refused: std::collections::BTreeMap<&'static str, u64>,
+    /// Headers from a source not trusted: read, their address not believed.
+    pub untrusted: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeaderCount {
+    pub version: &'static str,
+    pub command: &'static str,
+    pub count: u64,
+}
+
+impl ProxyProtocolStatus {
+    fn of(l: &crate::traffic::listener::ListenerState, cfg: Option<&crate::config::ListenerConfig>) -> Option<Self> {
+        let t = l.proxy_protocol.tally();
+        let pp = cfg.and_then(|c| c.proxy_protocol.as_ref());
+        let counted = t.headers.iter().flatten().any(|&n| n > 0) || t.total_refused() > 0;
+        if pp.is_none() && !counted {
+            return None;
+        }
+        Some(ProxyProtocolStatus {
+            on: pp.is_some(),
+            real_ip_from: pp.map(|p| p.real_ip_from.iter().map(ToString::to_string).collect()).unwrap_or_default(),
+            timeout_ms: pp.map_or(0, |p| p.timeout.as_millis() as u64),
+            max_header: pp.map_or(0, |p| p.max_header),
+            headers: t
+                .headers()
+                .map(|(v, c, count)| HeaderCount { version: v.as_str(), command: c.as_str(), count })
+                .collect(),
+            refused: t.refused().map(|(f, n)| (f.as_str(), n)).collect(),
+            untrusted: t.untrusted,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -448,6 +500,7 @@ pub fn view(
                     pending_hellos: l.pending_hellos.load(Relaxed),
                     max_pending_hellos: cfg.filter(|c| !c.routes.is_empty()).map_or(0, |c| c.max_pending_hellos),
                     rejected_pending_hellos: l.rejected_pending_hellos.load(Relaxed),
+                    proxy_protocol: ProxyProtocolStatus::of(l, cfg),
                 }
             })
             .collect(),

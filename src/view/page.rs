@@ -313,6 +313,9 @@ fn listeners(out: &mut String, listeners: &[ListenerStatus]) {
             escape(&if l.access.is_empty() { "everyone".to_owned() } else { l.access.join(", ") }),
             escape(&per_client(l)),
         );
+        if let Some(pp) = &l.proxy_protocol {
+            let _ = write!(out, "<tr class=route><td colspan=7>&nbsp;&nbsp;{}</td></tr>", escape(&proxy_protocol(pp)));
+        }
         for r in &l.routes {
             let name =
                 if r.name.is_empty() { "(no route: the rest)".to_owned() } else { format!("TLS name {}", r.name) };
@@ -436,6 +439,30 @@ fn refusals(l: &ListenerStatus) -> String {
     if some.is_empty() { total.to_string() } else { format!("{total} ({})", some.join(", ")) }
 }
 
+/// A PROXY protocol listener's line: whom it believes, the headers it read
+/// and the clients it closed for want of one.
+fn proxy_protocol(pp: &crate::view::ProxyProtocolStatus) -> String {
+    let trust = match (pp.on, pp.real_ip_from.is_empty()) {
+        (false, _) => "PROXY protocol: off now".to_owned(),
+        (true, true) => {
+            "PROXY protocol: header required, no source trusted (clients keep their connecting address)".to_owned()
+        }
+        (true, false) => {
+            format!("PROXY protocol: header required, address believed from {}", pp.real_ip_from.join(", "))
+        }
+    };
+    let headers: Vec<String> =
+        pp.headers.iter().filter(|h| h.count > 0).map(|h| format!("{} {} {}", h.version, h.command, h.count)).collect();
+    let refused: Vec<String> = pp.refused.iter().filter(|r| *r.1 > 0).map(|(why, n)| format!("{why} {n}")).collect();
+    let or_none = |v: Vec<String>| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
+    format!(
+        "{trust}; headers: {}; refused: {}; not believed (source not trusted): {}",
+        or_none(headers),
+        or_none(refused),
+        pp.untrusted
+    )
+}
+
 /// A listener's per-client limits and how many clients it counts.
 fn per_client(l: &ListenerStatus) -> String {
     let mut parts = Vec::new();
@@ -468,6 +495,25 @@ mod tests {
         assert_eq!(cert_left(now + 30 * 86_400, now), "<span class='' title='notAfter 2027-01-06'>30 d</span>");
         assert!(cert_left(now + 3 * 86_400, now).starts_with("<span class='bad'"));
         assert!(cert_left(now - 60, now).contains(">-1 d<"), "expired a minute ago");
+    }
+
+    #[test]
+    fn a_proxy_protocol_listener_says_whom_it_believes_and_what_it_counted() {
+        let mut pp = crate::view::ProxyProtocolStatus {
+            on: true,
+            real_ip_from: vec!["10.0.0.0/8".into()],
+            timeout_ms: 5000,
+            max_header: 4096,
+            headers: vec![crate::view::HeaderCount { version: "v2", command: "proxy", count: 7 }],
+            refused: [("missing", 2), ("timeout", 0)].into_iter().collect(),
+            untrusted: 1,
+        };
+        assert_eq!(
+            proxy_protocol(&pp),
+            "PROXY protocol: header required, address believed from 10.0.0.0/8; headers: v2 proxy 7; refused: missing 2; not believed (source not trusted): 1"
+        );
+        pp.real_ip_from.clear();
+        assert!(proxy_protocol(&pp).contains("no source trusted"));
     }
 
     #[test]

@@ -72,6 +72,20 @@ pub fn render(m: &Metrics, view: &View) -> String {
         if !ls.routes.is_empty() {
             m.counter(LISTENER_NOT_TLS, name()).absolute(ls.not_tls);
         }
+        if let Some(pp) = &ls.proxy_protocol {
+            for h in &pp.headers {
+                let mut lb = name();
+                lb.push(l("version", h.version));
+                lb.push(l("command", h.command));
+                m.counter(PROXY_PROTOCOL_HEADERS, lb).absolute(h.count);
+            }
+            for (reason, v) in &pp.refused {
+                let mut lb = name();
+                lb.push(l("reason", *reason));
+                m.counter(PROXY_PROTOCOL_REFUSED, lb).absolute(*v);
+            }
+            m.counter(PROXY_PROTOCOL_UNTRUSTED, name()).absolute(pp.untrusted);
+        }
         for (reason, v) in ls.refusals() {
             let mut lb = name();
             lb.push(l("reason", reason));

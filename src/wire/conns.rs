@@ -275,6 +275,11 @@ pub struct Moved {
     pub logged: bool,
     /// How long its upstream connect took, microseconds, when logged.
     pub connect_us: Option<u64>,
+    /// Its connecting peer and what its PROXY header said, when logged
+    /// (`peer` is the address it goes on with; absent from a predecessor
+    /// older than the PROXY protocol).
+    #[serde(default)]
+    pub via: Option<crate::wire::proxy_header::Via>,
 }
 
 #[cfg(test)]

@@ -48,13 +48,27 @@ impl Validator<'_> {
         let default_pending = default_pending
             .and_then(|v| self.int(v, "defaults.max_pending_hellos", 1, u32::MAX as i64, ""))
             .unwrap_or(MAX_PENDING_HELLOS);
+        // `[defaults]`' PROXY protocol keys, checked once, under their own keys.
+        let pp_defaults = ProxyProtocol {
+            real_ip_from: self.sources(raw.real_ip_from.as_ref(), "defaults.real_ip_from"),
+            timeout: match self.duration(
+                raw.proxy_protocol_timeout.as_ref(),
+                "defaults.proxy_protocol_timeout".into(),
+                false,
+            ) {
+                Some(Some(d)) => d,
+                _ => PROXY_PROTOCOL_TIMEOUT,
+            },
+            max_header: PROXY_PROTOCOL_MAX_HEADER,
+        };
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         let mut binds: Binds = Vec::new();
         if raw.listener.is_empty() {
             self.err(None, "listener", "at least one [[listener]] is needed");
         }
         for (i, l) in raw.listener.iter().enumerate() {
-            if let Some(c) = self.listener(i, l, raw, (default_client_keepalive, default_pending), &mut binds) {
+            let defaults = (default_client_keepalive, default_pending, &pp_defaults);
+            if let Some(c) = self.listener(i, l, raw, defaults, &mut binds) {
                 listeners.push(c);
             }
         }
@@ -67,7 +81,7 @@ impl Validator<'_> {
         i: usize,
         l: &S<raw::RawListener>,
         raw: &RawConfig,
-        (default_client_keepalive, default_pending): (Option<Keepalive>, u32),
+        (default_client_keepalive, default_pending, pp_defaults): (Option<Keepalive>, u32, &ProxyProtocol),
         binds: &mut Binds,
     ) -> Option<ListenerConfig> {
         let key = format!("listener[{i}]");
@@ -126,6 +140,7 @@ impl Validator<'_> {
             Some(v) => self.keepalive(v, &format!("{key}.client_keepalive")),
             None => default_client_keepalive,
         };
+        let proxy_protocol = self.proxy_protocol(lr, &key, pp_defaults);
         Some(ListenerConfig {
             bind: bind?,
             pool: pool?,
@@ -138,7 +153,61 @@ impl Validator<'_> {
             per_client,
             limit,
             client_keepalive,
+            proxy_protocol,
         })
+    }
+
+    /// A listener's PROXY protocol keys: `proxy_protocol = true` and what
+    /// goes with it (its own, else `[defaults]`'); those keys without it
+    /// are said to do nothing.
+    fn proxy_protocol(&mut self, lr: &raw::RawListener, key: &str, defaults: &ProxyProtocol) -> Option<ProxyProtocol> {
+        let on = lr.proxy_protocol.as_ref().is_some_and(|v| *v.get_ref());
+        let real_ip_from = match &lr.real_ip_from {
+            Some(v) => self.sources(Some(v), &format!("{key}.real_ip_from")),
+            None => defaults.real_ip_from.clone(),
+        };
+        let timeout =
+            match self.duration(lr.proxy_protocol_timeout.as_ref(), format!("{key}.proxy_protocol_timeout"), false) {
+                Some(Some(d)) => d,
+                _ => defaults.timeout,
+            };
+        let max_header = match &lr.proxy_protocol_max_header {
+            Some(v) => self
+                .int(v, &format!("{key}.proxy_protocol_max_header"), 232, 65_551, "")
+                .map_or(defaults.max_header, |n| n as usize),
+            None => defaults.max_header,
+        };
+        if !on {
+            let spans = [
+                ("real_ip_from", lr.real_ip_from.as_ref().map(|v| v.span())),
+                ("proxy_protocol_timeout", lr.proxy_protocol_timeout.as_ref().map(|v| v.span())),
+                ("proxy_protocol_max_header", lr.proxy_protocol_max_header.as_ref().map(|v| v.span())),
+            ];
+            for (name, span) in spans {
+                if let Some(span) = span {
+                    self.warn(
+                        Some(span),
+                        format!("{key}.{name}"),
+                        "has no effect without proxy_protocol = true (no header is read)",
+                    );
+                }
+            }
+            return None;
+        }
+        Some(ProxyProtocol { real_ip_from, timeout, max_header })
+    }
+
+    /// A `real_ip_from` list: addresses and prefixes, each checked.
+    fn sources(&mut self, list: Option<&S<Vec<S<String>>>>, key: &str) -> Vec<ipnet::IpNet> {
+        let Some(list) = list else { return Vec::new() };
+        let mut out = Vec::new();
+        for (j, entry) in list.get_ref().iter().enumerate() {
+            match rules::parse_source(entry.get_ref()) {
+                Ok(n) => out.push(n),
+                Err(e) => self.err(Some(entry.span()), format!("{key}[{j}]"), e),
+            }
+        }
+        out
     }
 
     /// A listener's per-client limits: its own keys, else those of the

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::civil::civil;
 use crate::config::{AccessLog, LogFormat, TemplatePart, template_parts};
+use crate::wire::proxy_header::Via;
 
 pub use writer::{Destination, State, Writer};
 
@@ -50,6 +51,9 @@ pub enum End {
     /// A routed listener: the ClientHello did not come (in time, within
     /// the bound, before the client left).
     Hello(crate::wire::sni::Failed),
+    /// A PROXY protocol listener: no valid header came (in time, within
+    /// the bound, before the client left).
+    ProxyHeader(crate::wire::proxy_header::Failed),
     /// A routed listener without a pool for clients no route takes.
     NoRoute,
     /// Still open at the end of the shutdown grace.
@@ -73,6 +77,7 @@ impl End {
             End::PerClientLimit => "max_connections_per_client",
             End::ClientRateLimit => "max_connection_rate_per_client",
             End::Hello(f) => f.as_str(),
+            End::ProxyHeader(f) => f.code(),
             End::NoRoute => "no_route",
             End::Shutdown => "shutdown",
             End::ServerDown => "server_down",
@@ -100,6 +105,7 @@ impl End {
             End::Hello(crate::wire::sni::Failed::Crowded) => {
                 "the listener had max_pending_hellos clients waiting for their ClientHello".into()
             }
+            End::ProxyHeader(f) => f.words().into(),
             End::NoRoute => "no route for its server name, and no pool for the rest".into(),
             End::Shutdown => "still open at the end of the shutdown grace".into(),
             End::ServerDown => "closed by ucp-lb: its server went down (on_server_down = \"close\")".into(),
@@ -113,7 +119,7 @@ impl End {
             End::MaxConnections | End::PerClientLimit | End::ClientRateLimit => 503,
             End::Denied => 403,
             End::Hello(crate::wire::sni::Failed::Crowded) => 503,
-            End::Hello(_) => 400,
+            End::Hello(_) | End::ProxyHeader(_) => 400,
             End::NoRoute | End::ServerDown => 502,
             _ => 200,
         }
@@ -125,7 +131,12 @@ impl End {
 pub struct Record {
     /// When it ended.
     pub at: SystemTime,
+    /// The client's address: a PROXY header's where believed.
     pub client: SocketAddr,
+    /// A PROXY protocol listener: the connecting peer and what its header
+    /// said.
+    /// (Boxed: most lines have none, and a line waits in queues.)
+    pub via: Option<Box<Via>>,
     /// The listener's address (nginx's `$server_addr:$server_port`).
     pub listener: SocketAddr,
     pub pool: Arc<str>,
@@ -178,6 +189,10 @@ fn per_try(r: &Record, failed: &str, connected: String) -> String {
     out
 }
 
+fn header_addr(r: &Record, which: fn(&Via) -> Option<SocketAddr>, show: fn(SocketAddr) -> String) -> String {
+    r.via.as_deref().and_then(which).map_or_else(|| "-".to_owned(), show)
+}
+
 /// One variable's value, as nginx prints it where nginx has it.
 fn variable(name: &str, r: &Record) -> String {
     let tried = || r.tried.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
@@ -186,6 +201,15 @@ fn variable(name: &str, r: &Record) -> String {
         "remote_port" => r.client.port().to_string(),
         "server_addr" => r.listener.ip().to_string(),
         "server_port" => r.listener.port().to_string(),
+        // nginx's: the connecting peer, whatever a header said.
+        "realip_remote_addr" => r.via.as_ref().map_or(r.client, |v| v.peer).ip().to_string(),
+        "realip_remote_port" => r.via.as_ref().map_or(r.client, |v| v.peer).port().to_string(),
+        // What the header said, believed or not; `-` without one (or for
+        // LOCAL and UNKNOWN), as nginx prints a variable not found.
+        "proxy_protocol_addr" => header_addr(r, |v| v.source, |a| a.ip().to_string()),
+        "proxy_protocol_port" => header_addr(r, |v| v.source, |a| a.port().to_string()),
+        "proxy_protocol_server_addr" => header_addr(r, |v| v.destination, |a| a.ip().to_string()),
+        "proxy_protocol_server_port" => header_addr(r, |v| v.destination, |a| a.port().to_string()),
         "upstream_addr" if r.tried.is_empty() => "-".into(),
         "upstream_addr" => tried(),
         "bytes_sent" => r.to_client.to_string(),
@@ -211,7 +235,7 @@ fn variable(name: &str, r: &Record) -> String {
 pub fn format(out: &mut String, format: &LogFormat, r: &Record) {
     match format {
         LogFormat::Json => {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "time": time_iso8601(r.at),
                 "client": r.client.to_string(),
                 "listener": r.listener.to_string(),
@@ -226,6 +250,14 @@ pub fn format(out: &mut String, format: &LogFormat, r: &Record) {
                 "end": r.end.code(),
                 "end_words": r.end.words(),
             });
+            // Behind a PROXY header only, so other lines keep their keys.
+            if let Some(via) = &r.via {
+                v["peer"] = via.peer.to_string().into();
+                v["proxy_protocol"] = serde_json::json!({
+                    "source": via.source.map(|a| a.to_string()),
+                    "destination": via.destination.map(|a| a.to_string()),
+                });
+            }
             let _ = write!(out, "{v}");
         }
         LogFormat::Text => {
@@ -265,6 +297,7 @@ mod tests {
         Record {
             at: UNIX_EPOCH + Duration::from_secs(1_796_003_728),
             client: "127.0.0.5:40000".parse().unwrap(),
+            via: None,
             listener: "127.0.0.1:443".parse().unwrap(),
             pool: "ucp".into(),
             tried: vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()],
@@ -307,6 +340,32 @@ mod tests {
     }
 
     #[test]
+    fn proxy_protocol_variables_are_nginx_s() {
+        let t = "$remote_addr:$remote_port $realip_remote_addr:$realip_remote_port $proxy_protocol_addr:$proxy_protocol_port $proxy_protocol_server_addr:$proxy_protocol_server_port";
+        let mut r = record();
+        let mut out = String::new();
+        format(&mut out, &LogFormat::Template(t.into()), &r);
+        assert_eq!(out, "127.0.0.5:40000 127.0.0.5:40000 -:- -:-", "no header");
+        r.via = Some(Box::new(Via {
+            peer: "10.0.0.9:5555".parse().unwrap(),
+            source: Some("127.0.0.5:40000".parse().unwrap()),
+            destination: Some("192.0.2.1:443".parse().unwrap()),
+        }));
+        out.clear();
+        format(&mut out, &LogFormat::Template(t.into()), &r);
+        assert_eq!(out, "127.0.0.5:40000 10.0.0.9:5555 127.0.0.5:40000 192.0.2.1:443");
+        out.clear();
+        format(&mut out, &LogFormat::Json, &r);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!((&v["client"], &v["peer"]), (&"127.0.0.5:40000".into(), &"10.0.0.9:5555".into()));
+        assert_eq!(v["proxy_protocol"]["destination"], "192.0.2.1:443");
+        out.clear();
+        format(&mut out, &LogFormat::Json, &record());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(v.get("peer").is_none() && v.get("proxy_protocol").is_none(), "no header, no keys: {v}");
+    }
+
+    #[test]
     fn json_lines_parse() {
         let mut out = String::new();
         format(&mut out, &LogFormat::Json, &record());
@@ -345,6 +404,7 @@ impl Entry {
             record: Record {
                 at: SystemTime::now(),
                 client,
+                via: None,
                 listener,
                 pool,
                 tried: Vec::new(),
@@ -359,12 +419,27 @@ impl Entry {
         }
     }
 
-    /// The servers tried, in order, and how long connecting took.
+    /// The client came with a PROXY header: its connecting peer and what
+    /// the header said.
+    pub fn set_via(&mut self, via: Option<Via>) {
+        self.record.via = via.map(Box::new);
+    }
+
+    pub fn with_via(mut self, via: Option<Via>) -> Entry {
+        self.record.via = via.map(Box::new);
+        self
+    }
+
+    pub fn via(&self) -> Option<Via> {
+        self.record.via.as_deref().copied()
+    }
+
     /// The pool a routed client went to, known once its hello was read.
     pub fn set_pool(&mut self, pool: Arc<str>) {
         self.record.pool = pool;
     }
 
+    /// The servers tried, in order, and how long connecting took.
     pub fn connected(&mut self, tried: Vec<SocketAddr>, took: Option<Duration>) {
         self.record.tried = tried;
         self.record.connect = took;
