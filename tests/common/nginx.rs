@@ -47,6 +47,12 @@ pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
 /// Starts nginx (one process, in the foreground) with `stream` as the body
 /// of its `stream {}` block; returns once its listeners are open.
 pub async fn start_nginx(bin: &Path, stream: &str) -> Nginx {
+    start_nginx_with(bin, stream, "").await
+}
+
+/// As [`start_nginx`], with `top` (an `http {}` block, say) after the
+/// `stream {}` block.
+pub async fn start_nginx_with(bin: &Path, stream: &str, top: &str) -> Nginx {
     let dir = tempfile::tempdir().unwrap();
     let module = ["/usr/lib/nginx/modules/ngx_stream_module.so", "/usr/share/nginx/modules/ngx_stream_module.so"]
         .into_iter()
@@ -56,7 +62,7 @@ pub async fn start_nginx(bin: &Path, stream: &str) -> Nginx {
     let d = dir.path().display();
     let conf = format!(
         "{module}daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-         events {{ worker_connections 1024; }}\nstream {{\n{stream}\n}}\n"
+         events {{ worker_connections 1024; }}\nstream {{\n{stream}\n}}\n{top}\n"
     );
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf).unwrap();

@@ -1,0 +1,174 @@
+//! A pool's `send_proxy_protocol` against the real thing: nginx behind
+//! ucp-lb, with `listen ... proxy_protocol`, tells each client the address
+//! the header named; the pool's checks pass through nginx's PROXY listener
+//! (and fail without the header); `check` warns of headers sent to UCP's
+//! and the Kubernetes API's ports. The ucp-lb here is the binary.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+
+use common::nginx::{free_addrs, nginx_bin, start_nginx, start_nginx_with};
+use common::{BIN, Proc, http_raw, poll_for, within};
+
+/// What nginx answers a client of `lb` connecting from 127.0.0.77 (after
+/// sending `first`, if any): its first line, and the client's own port.
+async fn answer_from_77(lb: SocketAddr, first: &[u8]) -> (String, u16) {
+    let s = TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.77:0".parse().unwrap()).unwrap();
+    let mut s = s.connect(lb).await.unwrap();
+    let port = s.local_addr().unwrap().port();
+    if !first.is_empty() {
+        s.write_all(first).await.unwrap();
+    }
+    // Up to the end of the line: nginx's `return` closes at once, and the
+    // bytes it did not read may reset the connection after it.
+    let mut got = Vec::new();
+    let mut b = [0u8; 256];
+    while !got.contains(&b'\n') {
+        match s.read(&mut b).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+        }
+    }
+    (String::from_utf8_lossy(&got).trim_end().to_owned(), port)
+}
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn nginx_behind_sees_the_clients_own_address_in_v1_and_v2() {
+    let Some(bin) = nginx_bin() else { return };
+    let [pp, v1, v2, routed] = free_addrs();
+    let nginx = start_nginx(
+        &bin,
+        &format!("server {{ listen {pp} proxy_protocol; return \"$proxy_protocol_addr:$proxy_protocol_port\\n\"; }}"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n\
+             [[listener]]\nbind = \"{v1}\"\npool = \"v1\"\n\
+             [[listener]]\nbind = \"{v2}\"\npool = \"v2\"\n\
+             [[listener]]\nbind = \"{routed}\"\npool = \"v2\"\nroutes = {{ \"x.test\" = \"v1\" }}\n\
+             [pool.v1]\nservers = [\"{pp}\"]\nsend_proxy_protocol = \"v1\"\n\
+             [pool.v2]\nservers = [\"{pp}\"]\nsend_proxy_protocol = \"v2\"\n"
+        ),
+    );
+    let lb = Proc::lb(&config);
+    lb.wait_for_line(&format!("local={routed}")).await;
+    for (what, addr, first) in [
+        ("v1", v1, &b""[..]),
+        ("v2", v2, b""),
+        // A routed listener reads the first bytes (not TLS here: the pool
+        // for the rest takes them) and sends them after the header.
+        ("v2 with the bytes read first", routed, b"not a hello\n"),
+    ] {
+        let (line, port) = within(what, answer_from_77(addr, first)).await;
+        assert_eq!(line, format!("127.0.0.77:{port}"), "{what}: nginx saw another client address");
+    }
+    drop(lb);
+    drop(nginx);
+}
+
+/// The check state of pool `pool`'s one server in a /status.
+fn check_state(st: &serde_json::Value, pool: &str) -> (String, String) {
+    let pools = st["pools"].as_array().cloned().unwrap_or_default();
+    let p = pools.iter().find(|p| p["name"] == pool).cloned().unwrap_or_default();
+    let check = &p["servers"][0]["check"];
+    (check["state"].as_str().unwrap_or("").to_owned(), check["reason"].as_str().unwrap_or("").to_owned())
+}
+
+async fn status(admin: SocketAddr) -> serde_json::Value {
+    let text = http_raw(admin, "GET", "/status", None).await;
+    serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn checks_send_the_header_first_and_pass_nginx_proxy_listener_only_with_it() {
+    let Some(bin) = nginx_bin() else { return };
+    let [web, lst] = free_addrs();
+    let http = format!(
+        "http {{\n access_log off;\n client_body_temp_path body; proxy_temp_path proxy; fastcgi_temp_path fastcgi;\n \
+         uwsgi_temp_path uwsgi; scgi_temp_path scgi;\n server {{ listen {web} proxy_protocol; location / {{ return 200 \"ok\\n\"; }} }}\n}}"
+    );
+    let nginx = start_nginx_with(&bin, "", &http).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = |name: &str, send: &str| {
+        format!(
+            "[pool.{name}]\nservers = [\"{web}\"]\nsend_proxy_protocol = \"{send}\"\n\
+             [pool.{name}.health]\nkind = \"http\"\npath = \"/\"\ninterval = \"1s\"\nrise = 1\nfall = 1\n"
+        )
+    };
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n\
+             [[listener]]\nbind = \"{lst}\"\npool = \"v1\"\nroutes = {{ \"a.test\" = \"v2\", \"b.test\" = \"off\" }}\n{}{}{}",
+            pool("v1", "v1"),
+            pool("v2", "v2"),
+            // The same nginx, the same check, no header: nginx closes.
+            pool("off", "off"),
+        ),
+    );
+    let lb = Proc::lb(&config);
+    let admin = lb.admin_addr().await;
+    let decided = |st: &serde_json::Value| ["v1", "v2", "off"].iter().all(|p| check_state(st, p).0 != "unknown");
+    let st = poll_for(common::DEADLINE, || async {
+        let st = status(admin).await;
+        decided(&st).then_some(st)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the checks never decided: {}", lb.text()));
+    assert_eq!(check_state(&st, "v1").0, "up", "v1: {:?}", check_state(&st, "v1"));
+    assert_eq!(check_state(&st, "v2").0, "up", "v2: {:?}", check_state(&st, "v2"));
+    let (state, reason) = check_state(&st, "off");
+    assert_eq!(state, "down", "without the header nginx's PROXY listener refuses the check");
+    assert!(!reason.is_empty(), "a reason is given");
+    drop(lb);
+    drop(nginx);
+}
+
+#[test]
+fn check_warns_of_a_header_sent_to_ucp_and_kubernetes_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[admin]\ncontrol_socket = \"\"\n\
+         [defaults]\nsend_proxy_protocol = \"v2\"\n\
+         [[listener]]\nbind = \"127.0.0.1:8443\"\npool = \"ucp\"\nroutes = { \"k.test\" = \"k8s\", \"d.test\" = \"dtr\", \"w.test\" = \"web\", \"p.test\" = \"plain\" }\n\
+         [pool.ucp]\nservers = [\"10.0.0.1:443\"]\n\
+         [pool.k8s]\nservers = [\"10.0.0.1:6443\"]\nsend_proxy_protocol = \"v1\"\n\
+         [pool.dtr]\nservers = [\"10.0.0.2:8443\"]\n[pool.dtr.health]\n\
+         [pool.web]\nservers = [\"10.0.0.3:8080\"]\n[pool.web.health]\nkind = \"tcp\"\n\
+         [pool.plain]\nservers = [\"10.0.0.1:443\"]\nsend_proxy_protocol = \"off\"\n",
+    );
+    let out = Command::new(BIN).args(["check", "--offline"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a warning, not an error: {err}");
+    let file = config.display().to_string();
+    for (pool, at, why) in [
+        // From [defaults]: its line and column.
+        ("ucp", "4:23", "servers are on port 443"),
+        ("k8s", "13:23", "servers are on port 6443"),
+        ("dtr", "4:23", "check is UCP's and DTR's /_ping"),
+    ] {
+        let want = format!("{file}:{at}: pool.{pool}.send_proxy_protocol: sends a PROXY");
+        let line = err.lines().find(|l| l.contains(&want)).unwrap_or_else(|| panic!("no {want:?} in:\n{err}"));
+        assert!(line.contains(why) && line.contains("kubernetes #76928"), "{line}");
+    }
+    for quiet in ["pool.web.", "pool.plain."] {
+        assert!(!err.lines().any(|l| l.contains(quiet) && l.contains("PROXY")), "{quiet}: no warning:\n{err}");
+    }
+}
