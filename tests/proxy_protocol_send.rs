@@ -10,34 +10,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
-
-use common::nginx::{free_addrs, nginx_bin, start_nginx, start_nginx_with};
+use common::nginx::{answer_from_77, free_addrs, nginx_bin, start_nginx, start_nginx_with};
 use common::{BIN, Proc, http_raw, poll_for, within};
-
-/// What nginx answers a client of `lb` connecting from 127.0.0.77 (after
-/// sending `first`, if any): its first line, and the client's own port.
-async fn answer_from_77(lb: SocketAddr, first: &[u8]) -> (String, u16) {
-    let s = TcpSocket::new_v4().unwrap();
-    s.bind("127.0.0.77:0".parse().unwrap()).unwrap();
-    let mut s = s.connect(lb).await.unwrap();
-    let port = s.local_addr().unwrap().port();
-    if !first.is_empty() {
-        s.write_all(first).await.unwrap();
-    }
-    // Up to the end of the line: nginx's `return` closes at once, and the
-    // bytes it did not read may reset the connection after it.
-    let mut got = Vec::new();
-    let mut b = [0u8; 256];
-    while !got.contains(&b'\n') {
-        match s.read(&mut b).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got.extend_from_slice(&b[..n]),
-        }
-    }
-    (String::from_utf8_lossy(&got).trim_end().to_owned(), port)
-}
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
     let path = dir.join("lb.toml");

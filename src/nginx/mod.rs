@@ -269,8 +269,9 @@ mod tests {
 
     #[test]
     fn a_proxy_listener_without_set_real_ip_from_believes_no_header_and_gets_nginxs_timeout() {
-        let (toml, _) =
-            written("stream {\n  upstream u { server 10.0.0.1:8443; }\n  server { listen 443 proxy_protocol; proxy_pass u; }\n}\n");
+        let (toml, _) = written(
+            "stream {\n  upstream u { server 10.0.0.1:8443; }\n  server { listen 443 proxy_protocol; proxy_pass u; }\n}\n",
+        );
         let l = table(&toml, "0.0.0.0:443");
         assert!(l.contains("proxy_protocol = true") && !l.contains("real_ip_from ="), "{l}");
         assert!(l.contains("# no set_real_ip_from: the header's address is not believed"), "{l}");

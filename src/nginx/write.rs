@@ -131,8 +131,10 @@ fn listener(o: &mut String, l: &Listener, shared: &std::collections::BTreeMap<St
 /// A PROXY listener's keys: the header required, whose address is
 /// believed, and how long it may take.
 fn proxy_protocol(o: &mut String, l: &Listener) {
-    o.push_str("proxy_protocol = true  # nginx listen ... proxy_protocol: every client sends a PROXY header first
-");
+    o.push_str(
+        "proxy_protocol = true  # nginx listen ... proxy_protocol: every client sends a PROXY header first
+",
+    );
     if l.real_ip_from.is_empty() {
         o.push_str(
             "# no set_real_ip_from: the header's address is not believed, as in nginx ($remote_addr stays the
@@ -148,12 +150,7 @@ fn proxy_protocol(o: &mut String, l: &Listener) {
             let _ = writeln!(o, "proxy_protocol_timeout = {}", q(t));
         }
         None => {
-            let _ = writeln!(
-                o,
-                "proxy_protocol_timeout = {}{}",
-                q(NGINX_PROXY_PROTOCOL_TIMEOUT),
-                default_note(true)
-            );
+            let _ = writeln!(o, "proxy_protocol_timeout = {}{}", q(NGINX_PROXY_PROTOCOL_TIMEOUT), default_note(true));
         }
     }
 }
