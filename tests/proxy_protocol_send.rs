@@ -72,44 +72,64 @@ async fn status(admin: SocketAddr) -> serde_json::Value {
 #[tokio::test]
 async fn checks_send_the_header_first_and_pass_nginx_proxy_listener_only_with_it() {
     let Some(bin) = nginx_bin() else { return };
-    let [web, lst] = free_addrs();
+    let [web, tls, lst] = free_addrs();
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
     let http = format!(
         "http {{\n access_log off;\n client_body_temp_path body; proxy_temp_path proxy; fastcgi_temp_path fastcgi;\n \
-         uwsgi_temp_path uwsgi; scgi_temp_path scgi;\n server {{ listen {web} proxy_protocol; location / {{ return 200 \"ok\\n\"; }} }}\n}}"
+         uwsgi_temp_path uwsgi; scgi_temp_path scgi;\n server {{ listen {web} proxy_protocol; listen {tls} ssl proxy_protocol;\n \
+         ssl_certificate {}; ssl_certificate_key {};\n location / {{ return 200 \"ok\\n\"; }} }}\n}}",
+        cert_file.display(),
+        key_file.display(),
     );
     let nginx = start_nginx_with(&bin, "", &http).await;
-    let dir = tempfile::tempdir().unwrap();
     let pool = |name: &str, send: &str| {
+        let (to, kind) = if name.ends_with('s') { (tls, "https") } else { (web, "http") };
         format!(
-            "[pool.{name}]\nservers = [\"{web}\"]\nsend_proxy_protocol = \"{send}\"\n\
-             [pool.{name}.health]\nkind = \"http\"\npath = \"/\"\ninterval = \"1s\"\nrise = 1\nfall = 1\n"
+            "[pool.{name}]\nservers = [\"{to}\"]\nsend_proxy_protocol = \"{send}\"\n\
+             [pool.{name}.health]\nkind = \"{kind}\"\npath = \"/\"\ninterval = \"1s\"\nrise = 1\nfall = 1\n"
         )
     };
     let config = write_config(
         dir.path(),
         &format!(
             "[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n\
-             [[listener]]\nbind = \"{lst}\"\npool = \"v1\"\nroutes = {{ \"a.test\" = \"v2\", \"b.test\" = \"off\" }}\n{}{}{}",
+             [[listener]]\nbind = \"{lst}\"\npool = \"v1\"\n\
+             routes = {{ \"a.test\" = \"v2\", \"b.test\" = \"off\", \"c.test\" = \"v2s\", \"d.test\" = \"offs\" }}\n{}{}{}{}{}",
             pool("v1", "v1"),
             pool("v2", "v2"),
             // The same nginx, the same check, no header: nginx closes.
             pool("off", "off"),
+            // HTTPS: the header goes before the TLS hello.
+            pool("v2s", "v2"),
+            pool("offs", "off"),
         ),
     );
     let lb = Proc::lb(&config);
     let admin = lb.admin_addr().await;
-    let decided = |st: &serde_json::Value| ["v1", "v2", "off"].iter().all(|p| check_state(st, p).0 != "unknown");
+    let pools = ["v1", "v2", "off", "v2s", "offs"];
+    let decided =
+        |st: &serde_json::Value| pools.iter().all(|p| ["up", "down"].contains(&check_state(st, p).0.as_str()));
     let st = poll_for(common::DEADLINE, || async {
         let st = status(admin).await;
         decided(&st).then_some(st)
     })
     .await
     .unwrap_or_else(|| panic!("the checks never decided: {}", lb.text()));
-    assert_eq!(check_state(&st, "v1").0, "up", "v1: {:?}", check_state(&st, "v1"));
-    assert_eq!(check_state(&st, "v2").0, "up", "v2: {:?}", check_state(&st, "v2"));
-    let (state, reason) = check_state(&st, "off");
-    assert_eq!(state, "down", "without the header nginx's PROXY listener refuses the check");
-    assert!(!reason.is_empty(), "a reason is given");
+    for p in ["v1", "v2", "v2s"] {
+        assert_eq!(check_state(&st, p).0, "up", "{p}: {:?}", check_state(&st, p));
+    }
+    // Their reasons: "connection closed before the response was complete",
+    // "TLS: Connection reset by peer (os error 104)".
+    for p in ["off", "offs"] {
+        let (state, reason) = check_state(&st, p);
+        assert_eq!(state, "down", "{p}: without the header nginx's PROXY listener refuses the check");
+        assert!(!reason.is_empty(), "{p}: a reason is given");
+    }
     drop(lb);
     drop(nginx);
 }
