@@ -472,7 +472,7 @@ mod tests {
         assert_eq!(names("defaults.server_keepalive"), ["idle", "interval", "count"]);
         let pool = names("pool.*");
         assert_eq!(pool[..3], ["servers", "health", "balance"]);
-        assert_eq!(pool.last(), Some(&"server_keepalive"));
+        assert_eq!(pool.last(), Some(&"send_proxy_protocol"));
     }
 
     #[test]
