@@ -14,6 +14,11 @@
 //!   `sni`: ucp-lb `routes`, nginx `ssl_preread` + `map`, HAProxy
 //!   `req.ssl_sni`), so the cost of reading the hello shows beside the
 //!   plain row;
+//! - new connections whose client sends a PROXY v2 header first (row group
+//!   `proxy`: ucp-lb `proxy_protocol = true` with `real_ip_from`, nginx
+//!   `listen ... proxy_protocol` with `set_real_ip_from`, HAProxy
+//!   `accept-proxy`), and the same proxies without it, in the same round,
+//!   with the proxy's CPU per connection;
 //! - added latency of a 1-byte ping-pong, p50 and p99, against direct;
 //! - RSS and kernel memory (slab + TCP buffers) per idle connection with N
 //!   idle clients held through the proxy, and proxy CPU while they idle;
@@ -159,8 +164,19 @@ mod topology {
 
 use topology::{NS_PROXY, NS_SERVERS};
 
+/// What a proxy's listener does before it passes bytes on.
+#[derive(Clone, Copy, PartialEq)]
+enum Front {
+    Plain,
+    /// Routes by TLS server name.
+    Routed,
+    /// Reads a PROXY header (v1 or v2) from every client, trusting the
+    /// bench's client address.
+    AcceptProxy,
+}
+
 fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conns: usize) -> Option<Proxy> {
-    start_proxy_under(name, backends, run, max_conns, &[], false)
+    start_proxy_under(name, backends, run, max_conns, &[], Front::Plain)
 }
 
 /// As [`start_proxy`], the proxy routing TLS clients by server name (the
@@ -168,7 +184,12 @@ fn start_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conn
 /// there too): ucp-lb `routes`, nginx `ssl_preread` with a `map`, HAProxy
 /// `req.ssl_sni` after `tcp-request inspect-delay`.
 fn start_routed_proxy(name: &'static str, backends: &[SocketAddr], run: &Path, max_conns: usize) -> Option<Proxy> {
-    start_proxy_under(name, backends, run, max_conns, &[], true)
+    start_proxy_under(name, backends, run, max_conns, &[], Front::Routed)
+}
+
+/// As [`start_proxy`], the proxy reading a PROXY header from each client.
+fn start_accepting_proxy(name: &'static str, backends: &[SocketAddr], run: &Path) -> Option<Proxy> {
+    start_proxy_under(name, backends, run, 1000, &[], Front::AcceptProxy)
 }
 
 /// `cmd` pinned to CPU 0 in the proxy's namespace, under `wrap` (e.g.
@@ -191,8 +212,12 @@ fn start_proxy_under(
     run: &Path,
     max_conns: usize,
     wrap: &[String],
-    routed: bool,
+    front: Front,
 ) -> Option<Proxy> {
+    let routed = front == Front::Routed;
+    // The client's address on either topology is trusted: the header's is
+    // believed, the whole path an operator behind a cloud balancer runs.
+    let accept = front == Front::AcceptProxy;
     let addr = SocketAddr::new(topology::proxy_ip(), topology::free_port(NS_PROXY, topology::proxy_ip()));
     let dir = run.join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -207,9 +232,14 @@ fn start_proxy_under(
             std::fs::write(
                 &cfg,
                 format!(
-                    "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n[[listener]]\nbind = \"{addr}\"\npool = \"b\"\n{routes}[pool.b]\nservers = [{}]\n",
+                    "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n[[listener]]\nbind = \"{addr}\"\npool = \"b\"\n{routes}{pp}[pool.b]\nservers = [{}]\n",
                     servers.join(", "),
                     routes = if routed { "routes = { \"localhost\" = \"b\", \"*.bench.test\" = \"b\" }\n" } else { "" },
+                    pp = if accept {
+                        "proxy_protocol = true\nreal_ip_from = [\"127.0.0.0/8\", \"10.77.1.0/24\"]\n"
+                    } else {
+                        ""
+                    },
                 ),
             )
             .unwrap();
@@ -240,6 +270,11 @@ fn start_proxy_under(
                             " map $ssl_preread_server_name $up {{ hostnames; localhost b; *.bench.test b; default b; }}\n\
                              \x20server {{ listen {addr}; ssl_preread on; proxy_pass $up; }}"
                         )
+                    } else if accept {
+                        format!(
+                            " server {{ listen {addr} proxy_protocol; set_real_ip_from 127.0.0.0/8; \
+                             set_real_ip_from 10.77.1.0/24; proxy_pass b; }}"
+                        )
                     } else {
                         format!(" server {{ listen {addr}; proxy_pass b; }}")
                     },
@@ -265,8 +300,9 @@ fn start_proxy_under(
                 &cfg,
                 format!(
                     "global\n maxconn {max_conns}\n nbthread 1\ndefaults\n mode tcp\n timeout connect 3s\n timeout client 1h\n timeout server 1h\n\
-                     frontend f\n bind {addr}\n{sni} default_backend b\nbackend b\n{}",
+                     frontend f\n bind {addr}{pp}\n{sni} default_backend b\nbackend b\n{}",
                     list(&|i, b| format!(" server s{i} {b}\n")),
+                    pp = if accept { " accept-proxy" } else { "" },
                     sni = if routed {
                         " tcp-request inspect-delay 5s\n tcp-request content accept if { req.ssl_hello_type 1 }\n\
                          \x20use_backend b if { req.ssl_sni -i localhost } || { req.ssl_sni -m end .bench.test }\n"
@@ -479,20 +515,24 @@ fn kernel_kib() -> Option<f64> {
     Some(slab + pages * 4.0)
 }
 
-async fn new_connections(addr: SocketAddr) -> (f64, u64) {
+/// New connections per second through `addr` (16 at once: connect, a
+/// 1-byte echo, close), each client sending `header` first when given, in
+/// the same write as its byte.
+async fn new_connections(addr: SocketAddr, header: Option<&[u8]>) -> (f64, u64) {
+    let first: Arc<[u8]> = header.unwrap_or_default().iter().copied().chain([b'x']).collect();
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONN_PARALLEL {
-        let (done, stop) = (done.clone(), stop.clone());
+        let (done, stop, first) = (done.clone(), stop.clone(), first.clone());
         tasks.push(tokio::spawn(async move {
             let mut b = [0u8; 1];
             while !stop.load(Relaxed) {
                 let Ok(mut s) = TcpStream::connect(addr).await else {
                     continue;
                 };
-                if s.write_all(b"x").await.is_ok() && s.read_exact(&mut b).await.is_ok() {
+                if s.write_all(&first).await.is_ok() && s.read_exact(&mut b).await.is_ok() {
                     done.fetch_add(1, Relaxed);
                 }
             }
@@ -614,7 +654,7 @@ async fn instructions_run(name: &'static str, echo: SocketAddr, run: &Path, conn
         "--trace-children=no".into(),
         format!("--callgrind-out-file={}", out.display()),
     ];
-    let Some(mut p) = start_proxy_under(name, &[echo], run, 1000, &wrap, false) else {
+    let Some(mut p) = start_proxy_under(name, &[echo], run, 1000, &wrap, Front::Plain) else {
         eprint!(" ({name} did not start under callgrind)");
         return None;
     };
@@ -677,6 +717,11 @@ struct Rows {
     tls_cpu: Vec<f64>,
     sni_rate: Vec<f64>,
     sni_cpu: Vec<f64>,
+    /// New connections with a PROXY v2 header, and without (same round).
+    pp_rate: Vec<f64>,
+    pp_cpu: Vec<f64>,
+    pp0_rate: Vec<f64>,
+    pp0_cpu: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
     p50_idle: Vec<f64>,
@@ -687,6 +732,26 @@ struct Rows {
     rss_settled: Vec<f64>,
     kernel: Vec<f64>,
     idle_cpu: Vec<f64>,
+}
+
+/// The `proxy` row group of `name`: new connections without a header,
+/// then through a listener reading one, each client sending a PROXY v2
+/// header naming 192.0.2.1 (a trusted source's, so it is believed).
+async fn proxy_rows(name: &'static str, echo: SocketAddr, run: &Path, r: &mut Rows) {
+    if let Some(p) = start_proxy(name, &[echo], run, 1000) {
+        let pid = p.child.as_ref().map(Child::id);
+        let ((rate, n), cpu) = with_cpu(pid, new_connections(p.addr, None)).await;
+        r.pp0_rate.push(rate);
+        r.pp0_cpu.extend(cpu.map(|c| c * 1e6 / n.max(1) as f64));
+    }
+    // Refused (and skipped, said) by a ucp-lb without the listener keys.
+    let Some(p) = start_accepting_proxy(name, &[echo], run) else { return };
+    let pid = p.child.as_ref().map(Child::id);
+    let src: SocketAddr = "192.0.2.1:40000".parse().expect("an address");
+    let header = ucp_lb::proxy_send::encode(ucp_lb::proxy_send::Version::V2, src, p.addr);
+    let ((rate, n), cpu) = with_cpu(pid, new_connections(p.addr, Some(header.as_bytes()))).await;
+    r.pp_rate.push(rate);
+    r.pp_cpu.extend(cpu.map(|c| c * 1e6 / n.max(1) as f64));
 }
 
 /// Proxy CPU (ms, or per `per` units) spent while `f` runs.
@@ -711,7 +776,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let run_dir = std::env::temp_dir().join(format!("ucp-lb-bench-{}", std::process::id()));
     let only = std::env::var("ONLY").unwrap_or_default();
-    // ROWS=bulk,http,sni,tcp for a subset of the row groups (tcp: new
+    // ROWS=bulk,http,sni,proxy,tcp for a subset of the row groups (tcp: new
     // connections, ping-pong and idle); all by default.
     let groups = std::env::var("ROWS").unwrap_or_default();
     let row = |g: &str| groups.is_empty() || groups.split(',').any(|o| o == g);
@@ -780,6 +845,9 @@ fn main() {
                     let url = format!("https://{host}:{}/", p.addr.port());
                     wrk_row(pid, &url, 16, true, &mut r.sni_rate, &mut r.sni_cpu);
                 }
+                if row("proxy") && *name != "direct" {
+                    proxy_rows(name, echo, &run_dir, r).await;
+                }
                 // Instructions, once (they do not vary from run to run).
                 if round == 0 && *name != "direct" && row("instr") {
                     match instructions(name, echo, &run_dir).await {
@@ -799,7 +867,7 @@ fn main() {
                     continue;
                 };
                 let pid = p.child.as_ref().map(Child::id);
-                let ((rate, n), cpu) = with_cpu(pid, new_connections(p.addr)).await;
+                let ((rate, n), cpu) = with_cpu(pid, new_connections(p.addr, None)).await;
                 r.tcp_rate.push(rate);
                 r.tcp_cpu.extend(cpu.map(|c| c * 1e6 / n.max(1) as f64));
                 if let Some((p50, p99)) = ping_pong(p.addr).await {
@@ -876,6 +944,10 @@ fn print_table(names: &[&str], rows: &[Rows], rounds: usize, idle_n: usize) {
         ("  proxy CPU µs/conn", &|r| cell(&r.tls_cpu, 1)),
         ("new TLS conns/s, routed by SNI", &|r| cell(&r.sni_rate, 0)),
         ("  proxy CPU µs/conn", &|r| cell(&r.sni_cpu, 1)),
+        ("new TCP conns/s, PROXY v2 in", &|r| cell(&r.pp_rate, 0)),
+        ("  proxy CPU µs/conn", &|r| cell(&r.pp_cpu, 1)),
+        ("  same, no header: conns/s", &|r| cell(&r.pp0_rate, 0)),
+        ("  proxy CPU µs/conn", &|r| cell(&r.pp0_cpu, 1)),
         ("1-byte ping-pong p50 µs", &|r| cell(&r.p50, 1)),
         ("1-byte ping-pong p99 µs", &|r| cell(&r.p99, 1)),
         ("  added p50 µs", &|r| added(&r.p50, direct.map(|d| &rows[d].p50))),

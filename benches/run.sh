@@ -6,7 +6,8 @@
 # load generator to CPU 1 (the bench pins each proxy to CPU 0).
 # Usage: benches/run.sh     ROUNDS=3 IDLE_CONNS=10000 by default; ONLY=ucp-lb,nginx for a subset
 #                           of proxies (ucp-lb-shared: splicing only bursts beside another, bulk rows only),
-#                           ROWS=bulk,http,sni,instr,tcp for a subset of rows;
+#                           ROWS=bulk,http,sni,proxy,instr,tcp for a subset of rows (proxy: new connections
+#                           with a PROXY v2 header from the client, and without);
 #                           TOPOLOGY=netns: client, proxy and backends in three network
 #                           namespaces joined by veth pairs (needs root), instead of loopback.
 set -euo pipefail

@@ -7,7 +7,8 @@
 //!
 //! - leaves: `build_info`, `civil` (dates), `files` (reading lb.toml and
 //!   the files it names, bounded and trusted), `fail` (why a connect
-//!   failed), `metrics` (every metric name, one recorder per balancer).
+//!   failed), `metrics` (every metric name, one recorder per balancer),
+//!   `proxy_send` (the PROXY protocol header sent to servers and probes).
 //! - `events/`: a balancer's memory (`history`: events and traffic
 //!   samples) and its change signal (`changes`).
 //! - `config/`: lb.toml into a typed, validated [`config::Config`], or
@@ -56,6 +57,7 @@ pub mod files;
 pub mod health;
 pub mod metrics;
 pub mod nginx;
+pub mod proxy_send;
 pub mod state;
 pub mod traffic;
 pub mod view;

@@ -235,6 +235,7 @@ fn target(addr: SocketAddr) -> ProbeTarget {
         interval: Duration::from_secs(1),
         rise: 1,
         fall: 1,
+        proxy_protocol: None,
         label: "test".into(),
     }
 }

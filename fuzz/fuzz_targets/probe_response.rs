@@ -45,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
         interval: Duration::from_secs(1),
         rise: 1,
         fall: 1,
+        proxy_protocol: None,
         label: "fuzz".into(),
     };
     let outcome = w.rt.block_on(async {

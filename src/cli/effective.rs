@@ -186,6 +186,8 @@ fn pool(o: &mut String, p: &PoolConfig) {
     line(o, "on_server_down", q(s.on_server_down.as_str()), from("on_server_down"));
     line(o, "close_spread", q(&format_duration(s.close_spread)), from("close_spread"));
     line(o, "server_keepalive", Keepalive::toml(s.server_keepalive.as_ref()), from("server_keepalive"));
+    let proxy = s.send_proxy_protocol.map_or("off", |v| v.as_str());
+    line(o, "send_proxy_protocol", q(proxy), from("send_proxy_protocol"));
     let _ = writeln!(o, "servers = [");
     for srv in &p.servers {
         let state = match srv.state {

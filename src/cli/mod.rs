@@ -406,8 +406,9 @@ fn summary_pool(s: &mut String, p: &config::PoolConfig) {
     };
     let _ = writeln!(
         s,
-        "    after a failure: slow_start {slow}; a server going down: {down}; server keepalive: {}",
-        config::Keepalive::words(st.server_keepalive.as_ref())
+        "    after a failure: slow_start {slow}; a server going down: {down}; server keepalive: {}{}",
+        config::Keepalive::words(st.server_keepalive.as_ref()),
+        st.send_proxy_protocol.map(|v| format!("; a PROXY {} header to servers", v.as_str())).unwrap_or_default(),
     );
     for (srv, d) in p.servers.iter().filter_map(|srv| Some((srv, srv.slow_start?))) {
         let _ = writeln!(s, "    {}: slow_start {}", server_words(srv), format_duration(d));

@@ -203,6 +203,12 @@ pub const KEYS: &[Key] = &[
         "6",
         "unanswered probes before the server counts as gone, 1 to 127",
     ),
+    pool_key(
+        "defaults.send_proxy_protocol",
+        T::String,
+        r#""off""#,
+        r#"send servers a PROXY protocol header with the client's address first: "v1", "v2" or "off""#,
+    ),
     key(
         "defaults.access_log",
         T::String,
@@ -502,7 +508,7 @@ mod tests {
         assert_eq!(names("defaults.server_keepalive"), ["idle", "interval", "count"]);
         let pool = names("pool.*");
         assert_eq!(pool[..3], ["servers", "health", "balance"]);
-        assert_eq!(pool.last(), Some(&"server_keepalive"));
+        assert_eq!(pool.last(), Some(&"send_proxy_protocol"));
     }
 
     #[test]

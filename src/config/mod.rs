@@ -190,6 +190,9 @@ pub struct Settings {
     pub close_spread: Duration,
     /// TCP keepalive of the sockets to servers; `None`: off.
     pub server_keepalive: Option<Keepalive>,
+    /// The PROXY protocol header written to each server before the
+    /// client's first byte; `None`: none (the default).
+    pub send_proxy_protocol: Option<crate::proxy_send::Version>,
 }
 
 impl Default for Settings {
@@ -208,6 +211,7 @@ impl Default for Settings {
             on_server_down: OnServerDown::Keep,
             close_spread: Duration::from_secs(5),
             server_keepalive: Some(Keepalive::DEFAULT),
+            send_proxy_protocol: None,
         }
     }
 }
@@ -335,6 +339,10 @@ pub struct HealthConfig {
     pub port: Option<u16>,
     /// Where `ca_file` is set, for errors reading it.
     pub ca_file_pos: Pos,
+    /// The PROXY header each probe writes first (a v2 `LOCAL`, v1's
+    /// `PROXY UNKNOWN`): the pool's `send_proxy_protocol`, so a server
+    /// that requires one passes its check.
+    pub proxy_protocol: Option<crate::proxy_send::Version>,
 }
 
 impl Default for HealthConfig {
@@ -354,6 +362,7 @@ impl Default for HealthConfig {
             ca_file: None,
             port: None,
             ca_file_pos: Pos::default(),
+            proxy_protocol: None,
         }
     }
 }

@@ -117,6 +117,7 @@ pub struct RawSettings {
     pub on_server_down: Option<S<String>>,
     pub close_spread: Option<S<String>>,
     pub server_keepalive: Option<S<RawKeepalive>>,
+    pub send_proxy_protocol: Option<S<String>>,
 }
 
 /// `[pool.NAME]`: its servers, its check, and any `[defaults]` key.
@@ -411,6 +412,7 @@ impl Reader<'_> {
             on_server_down: self.string(t, path, "on_server_down"),
             close_spread: self.string(t, path, "close_spread"),
             server_keepalive: self.keepalive(t, path, "server_keepalive"),
+            send_proxy_protocol: self.string(t, path, "send_proxy_protocol"),
         }
     }
 
@@ -558,6 +560,7 @@ impl RawSettings {
             on_server_down: self.on_server_down.as_ref(),
             close_spread: self.close_spread.as_ref(),
             server_keepalive: self.server_keepalive.as_ref(),
+            send_proxy_protocol: self.send_proxy_protocol.as_ref(),
         }
     }
 }
@@ -570,7 +573,7 @@ impl RawPool {
 
 impl SettingsRef<'_> {
     /// Each key's name and whether this table sets it.
-    pub fn set(&self) -> [(&'static str, bool); 13] {
+    pub fn set(&self) -> [(&'static str, bool); 14] {
         [
             ("balance", self.balance.is_some()),
             ("connect_timeout", self.connect_timeout.is_some()),
@@ -585,6 +588,7 @@ impl SettingsRef<'_> {
             ("on_server_down", self.on_server_down.is_some()),
             ("close_spread", self.close_spread.is_some()),
             ("server_keepalive", self.server_keepalive.is_some()),
+            ("send_proxy_protocol", self.send_proxy_protocol.is_some()),
         ]
     }
 }
@@ -605,4 +609,5 @@ pub struct SettingsRef<'a> {
     pub on_server_down: Option<&'a S<String>>,
     pub close_spread: Option<&'a S<String>>,
     pub server_keepalive: Option<&'a S<RawKeepalive>>,
+    pub send_proxy_protocol: Option<&'a S<String>>,
 }

@@ -118,7 +118,7 @@ impl Health {
         let target = target(h, name, addr, tls)?;
         // Everything that makes two checks the same check.
         let key = format!(
-            "{addr}|{:?}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}",
+            "{addr}|{:?}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}",
             target.kind,
             target.path,
             target.host,
@@ -131,6 +131,7 @@ impl Health {
             target.interval,
             target.rise,
             target.fall,
+            target.proxy_protocol,
         );
         let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = checks.get(&key).and_then(Weak::upgrade) {
@@ -207,6 +208,7 @@ fn target(h: &HealthConfig, name: &HostPort, addr: SocketAddr, tls: &TlsConfigs)
         interval: h.interval,
         rise: h.rise,
         fall: h.fall,
+        proxy_protocol: h.proxy_protocol,
         label,
     })
 }

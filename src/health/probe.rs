@@ -1,5 +1,6 @@
-//! One probe: a fresh connection, TLS when asked, `GET path HTTP/1.1` with
-//! `Host`, at most 64 KiB of body, then the verdict and, on failure, why.
+//! One probe: a fresh connection, the pool's PROXY header when it sends
+//! one, TLS when asked, `GET path HTTP/1.1` with `Host`, at most 64 KiB of
+//! body, then the verdict and, on failure, why.
 //!
 //! One deadline covers the whole probe; each phase runs under it, so a
 //! timeout names its phase ("timeout after 1s (tls handshake)"). The HTTP
@@ -45,6 +46,9 @@ pub struct ProbeTarget {
     pub interval: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// The PROXY header written first (before a TLS hello), when the pool
+    /// sends one to its servers.
+    pub proxy_protocol: Option<crate::proxy_send::Version>,
     /// For logs: `https://10.0.0.1:443/_ping`.
     pub label: String,
 }
@@ -76,13 +80,23 @@ fn timed_out(t: &ProbeTarget, phase: &str) -> Fail {
 }
 
 async fn run(t: &ProbeTarget, deadline: Instant, out: &mut Outcome) -> Result<(), Fail> {
-    let tcp = match timeout_at(deadline, TcpStream::connect(t.addr)).await {
+    let mut tcp = match timeout_at(deadline, TcpStream::connect(t.addr)).await {
         Err(_) => return Err(timed_out(t, "connect")),
         Ok(Err(e)) => return Err(Fail(connect_error(&e))),
         Ok(Ok(s)) => s,
     };
     if t.kind != CheckKind::Tcp {
         let _ = tcp.set_nodelay(true);
+    }
+    if let Some(v) = t.proxy_protocol {
+        // A server that requires the header closes a connection without
+        // one, so its check must send it too: `LOCAL` (v2) or `UNKNOWN`
+        // (v1) says "no client, use the connection's own addresses".
+        match timeout_at(deadline, tokio::io::AsyncWriteExt::write_all(&mut tcp, crate::proxy_send::local(v))).await {
+            Err(_) => return Err(timed_out(t, "PROXY header")),
+            Ok(Err(e)) => return Err(Fail(format!("PROXY header: {e}"))),
+            Ok(Ok(())) => {}
+        }
     }
     match (t.kind, &t.tls) {
         (CheckKind::Tcp, _) => Ok(()),

@@ -2,8 +2,9 @@
 //! pools and listeners built so far, nginx's defaults where they differ
 //! from ucp-lb's, and the warnings. The blocks are read by `upstream.rs`
 //! and `server.rs`, with `routes.rs` (routing by a `map`), `admission.rs`
-//! (`allow`, `deny`, `limit_conn`) and `logs.rs` (`log_format`,
-//! `access_log`); `write.rs` writes the result.
+//! (`allow`, `deny`, `limit_conn`), `realip.rs` (a PROXY header read:
+//! `set_real_ip_from`, `proxy_protocol_timeout`) and `logs.rs`
+//! (`log_format`, `access_log`); `write.rs` writes the result.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub(super) const NGINX_MAX_FAILS: u32 = 1;
 pub(super) const NGINX_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const NGINX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const NGINX_PROXY_TIMEOUT: Duration = Duration::from_secs(600);
+/// Written out on a PROXY listener without one: ucp-lb's own may differ.
+pub(super) const NGINX_PROXY_PROTOCOL_TIMEOUT: &str = "30s";
 
 /// The per-`server {}` proxy settings, which ucp-lb keeps per pool.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -47,6 +50,8 @@ pub(super) struct Proxy {
     pub(super) tries: Option<u32>,
     /// `proxy_socket_keepalive`.
     pub(super) socket_keepalive: Option<bool>,
+    /// `proxy_protocol on|off`: nginx sends v1.
+    pub(super) send_proxy_protocol: Option<bool>,
 }
 
 impl Proxy {
@@ -57,6 +62,7 @@ impl Proxy {
             next_upstream: self.next_upstream.or(parent.next_upstream),
             tries: self.tries.or(parent.tries),
             socket_keepalive: self.socket_keepalive.or(parent.socket_keepalive),
+            send_proxy_protocol: self.send_proxy_protocol.or(parent.send_proxy_protocol),
         }
     }
 
@@ -145,6 +151,23 @@ pub(super) struct Listener {
     pub(super) zones: Vec<(String, u32)>,
     /// `listen ... so_keepalive=`, as the TOML value of `client_keepalive`.
     pub(super) keepalive: Option<String>,
+    /// `listen ... proxy_protocol`: a PROXY header is required.
+    pub(super) proxy_protocol: bool,
+    /// With it, `set_real_ip_from` (the sources whose header is believed)
+    /// and `proxy_protocol_timeout`, as they apply to its server {}.
+    pub(super) real_ip_from: Vec<String>,
+    pub(super) proxy_protocol_timeout: Option<String>,
+}
+
+/// `set_real_ip_from` and `proxy_protocol_timeout` of one level (stream
+/// or server): a server {} that sets one keeps its own, else it inherits
+/// the stream level's (as nginx merges them).
+#[derive(Debug, Default, Clone)]
+pub(super) struct Accept {
+    pub(super) real_ip_from: Option<Vec<String>>,
+    pub(super) timeout: Option<String>,
+    /// Where each was set (for a note when no listener reads a header).
+    pub(super) at: Vec<String>,
 }
 
 /// `allow`, `deny` and `limit_conn` of one level (stream or server): nginx
@@ -191,6 +214,12 @@ pub(super) struct Converter {
     /// Stream-level `map`s by the variable they set: the variable they
     /// read, and the directive.
     pub(super) maps: BTreeMap<String, (String, Directive)>,
+    /// The stream level's `set_real_ip_from` and `proxy_protocol_timeout`.
+    pub(super) stream_accept: Accept,
+    /// Whether lb.toml has the listener keys of the PROXY protocol
+    /// (`listener[].proxy_protocol`): without them a `listen ...
+    /// proxy_protocol` is a listener lost, as before they existed.
+    pub(super) proxy_listeners: bool,
 }
 
 /// A server block's `access_log`, carried.
@@ -265,6 +294,12 @@ impl Converter {
         admission: &mut Admission,
     ) -> Result<(), ConvertError> {
         if self.proxy_directive(d, proxy)? || self.admission_directive(d, admission)? {
+            return Ok(());
+        }
+        let mut accept = std::mem::take(&mut self.stream_accept);
+        let read = self.accept_directive(d, &mut accept);
+        self.stream_accept = accept;
+        if read? {
             return Ok(());
         }
         let n = match d.name.as_str() {

@@ -17,6 +17,7 @@ mod convert;
 mod health;
 mod logs;
 mod read;
+mod realip;
 mod routes;
 mod server;
 mod upstream;
@@ -92,7 +93,10 @@ pub fn convert(path: &Path) -> Result<Converted, ConvertErrors> {
     let mut reader = Reader { base, depth: 0, nesting: 0 };
     let top = reader.read_file(path, None)?;
     let whole = |msg: &str| ConvertError { file: path.display().to_string(), line: 0, msg: msg.to_owned() };
-    let mut c = Converter::default();
+    let mut c = Converter {
+        proxy_listeners: crate::config::keys::find("listener[].proxy_protocol").is_some(),
+        ..Converter::default()
+    };
     let mut outside: Vec<String> = Vec::new();
     let mut streams = Vec::new();
     for d in &top {
@@ -208,6 +212,71 @@ fn stream_block(c: &mut Converter, block: &[read::Directive]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lb.toml written for the nginx config `conf`, as a build with
+    /// the PROXY listener keys writes it (without the check by the
+    /// parser, which a build without them would refuse).
+    fn written(conf: &str) -> (String, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.conf");
+        std::fs::write(&path, conf).unwrap();
+        let mut reader = Reader { base: dir.path().to_path_buf(), depth: 0, nesting: 0 };
+        let top = reader.read_file(&path, None).unwrap();
+        let mut c = Converter { proxy_listeners: true, ..Converter::default() };
+        for d in top.iter().filter(|d| d.name == "stream") {
+            stream_block(&mut c, d.block.as_deref().unwrap_or_default());
+        }
+        assert!(c.errors.is_empty() && c.lost.is_empty(), "{:?} {:?}", c.errors, c.lost);
+        (write::write(&c, &path, &[]), c.ignored)
+    }
+
+    /// The `[[listener]]` table binding `bind`, up to the next table.
+    fn table<'a>(toml: &'a str, bind: &str) -> &'a str {
+        let at = toml.find(&format!("bind = \"{bind}\"")).unwrap_or_else(|| panic!("no {bind} in\n{toml}"));
+        let rest = &toml[at..];
+        &rest[..rest.find("\n[").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn proxy_protocol_listeners_and_their_trusted_sources_as_nginx_scopes_them() {
+        let (toml, ignored) = written(
+            "stream {\n  set_real_ip_from 10.0.0.0/8;\n  proxy_protocol_timeout 10s;\n\
+             \x20 upstream u { server 10.0.0.1:8443; }\n  upstream w { server 10.0.0.2:80; }\n\
+             \x20 server { listen 443 proxy_protocol; proxy_pass u; }\n\
+             \x20 server { listen 444 proxy_protocol; set_real_ip_from 192.0.2.7; set_real_ip_from 2001:db8::/32;\n\
+             \x20   proxy_protocol_timeout 3s; proxy_pass u; }\n\
+             \x20 server { listen 80; set_real_ip_from 192.0.2.8; proxy_pass w; proxy_protocol on; }\n}\n",
+        );
+        // The stream level's, inherited.
+        let l443 = table(&toml, "0.0.0.0:443");
+        assert!(l443.contains("proxy_protocol = true"), "{l443}");
+        assert!(l443.contains("real_ip_from = [\"10.0.0.0/8\"]  # nginx set_real_ip_from"), "{l443}");
+        assert!(l443.contains("proxy_protocol_timeout = \"10s\"\n"), "{l443}");
+        // The server's own replace them, as nginx merges them.
+        let l444 = table(&toml, "0.0.0.0:444");
+        assert!(l444.contains("real_ip_from = [\"192.0.2.7\", \"2001:db8::/32\"]"), "{l444}");
+        assert!(l444.contains("proxy_protocol_timeout = \"3s\""), "{l444}");
+        // No PROXY listener: none of them, and the server's own said.
+        let l80 = table(&toml, "0.0.0.0:80");
+        assert!(!l80.contains("proxy_protocol") && !l80.contains("real_ip_from ="), "{l80}");
+        assert!(ignored.iter().any(|i| i.contains("no listen ... proxy_protocol here")), "{ignored:?}");
+        // proxy_protocol on: nginx sends v1.
+        let w = &toml[toml.find("[pool.w]").unwrap()..];
+        assert!(w.contains("send_proxy_protocol = \"v1\"  # nginx proxy_protocol on"), "{w}");
+        let u = &toml[toml.find("[pool.u]").unwrap()..toml.find("[pool.w]").unwrap()];
+        assert!(!u.contains("send_proxy_protocol"), "{u}");
+    }
+
+    #[test]
+    fn a_proxy_listener_without_set_real_ip_from_believes_no_header_and_gets_nginxs_timeout() {
+        let (toml, _) = written(
+            "stream {\n  upstream u { server 10.0.0.1:8443; }\n  server { listen 443 proxy_protocol; proxy_pass u; }\n}\n",
+        );
+        let l = table(&toml, "0.0.0.0:443");
+        assert!(l.contains("proxy_protocol = true") && !l.contains("real_ip_from ="), "{l}");
+        assert!(l.contains("# no set_real_ip_from: the header's address is not believed"), "{l}");
+        assert!(l.contains("proxy_protocol_timeout = \"30s\"  # nginx's default"), "{l}");
+    }
 
     #[test]
     fn deep_nesting_is_an_error_not_a_stack_overflow() {

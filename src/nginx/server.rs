@@ -4,19 +4,28 @@
 
 use super::ConvertError;
 use super::convert::{
-    AccessLog, Admission, Converter, Listener, Pool, Proxy, Server, parse_format_duration, placeholder, unfilled,
+    Accept, AccessLog, Admission, Converter, Listener, Pool, Proxy, Server, parse_format_duration, placeholder,
+    unfilled,
 };
 use super::read::Directive;
 
 /// A carried `listen`: its bind address, `so_keepalive` (as the TOML
-/// value of `client_keepalive`), comments and file:line.
-type Bind = (String, Option<String>, Vec<String>, String);
+/// value of `client_keepalive`), whether it reads a PROXY header.
+pub(super) struct Listen {
+    pub(super) bind: String,
+    pub(super) keepalive: Option<String>,
+    pub(super) proxy_protocol: bool,
+}
+
+/// A carried `listen`, its comments and file:line.
+type Bind = (Listen, Vec<String>, String);
 
 /// What the directives of one `server {}` say.
 #[derive(Default)]
 struct Block<'d> {
     proxy: Proxy,
     admission: Admission,
+    accept: Accept,
     ssl_preread: bool,
     preread_timeout: Option<String>,
     binds: Vec<Bind>,
@@ -51,8 +60,13 @@ impl Converter {
                     v => return Err(d.err(format!("proxy_next_upstream: expected on or off, found \"{v}\""))),
                 })
             }
-            // nginx's default, and what ucp-lb does: nothing to carry, nothing to say.
-            "proxy_protocol" if one()? == "off" => {}
+            "proxy_protocol" => {
+                p.send_proxy_protocol = Some(match one()? {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(d.err(format!("proxy_protocol: expected on or off, found \"{v}\""))),
+                })
+            }
             "proxy_socket_keepalive" => {
                 p.socket_keepalive = Some(match one()? {
                     "on" => true,
@@ -110,7 +124,9 @@ impl Converter {
             )));
         }
         let mut notes = block.notes;
-        let proxy = block.proxy.or(stream);
+        let mut proxy = block.proxy.or(stream);
+        // `off` is nginx's default: the same as not saying it.
+        proxy.send_proxy_protocol = proxy.send_proxy_protocol.filter(|&on| on);
         let access_log = block.access_log.or_else(|| self.stream_log.clone());
         let (idx, routes) = if to.contains('$') {
             match self.routed_by_map(to, target, block.ssl_preread, &mut notes)? {
@@ -134,6 +150,11 @@ impl Converter {
         let routes: Vec<(String, String)> = routes.into_iter().map(|(n, i)| (n, self.pools[i].name.clone())).collect();
         let admission = block.admission;
         let access = admission.access.or_else(|| stream_admission.access.clone()).unwrap_or_default();
+        let accept = block.accept.or(&self.stream_accept);
+        let (real_ip_from, proxy_protocol_timeout) = Converter::accept_keys(&accept);
+        if !block.binds.iter().any(|(l, ..)| l.proxy_protocol) {
+            self.accept_unused(&block.accept, &mut notes);
+        }
         let (per_client, zones) =
             self.per_client(admission.limits.or_else(|| stream_admission.limits.clone()), &mut notes);
         let like = Listener {
@@ -149,6 +170,9 @@ impl Converter {
             per_client,
             zones,
             keepalive: None,
+            proxy_protocol: false,
+            real_ip_from,
+            proxy_protocol_timeout,
         };
         self.add_listeners(d, block.binds, notes, like);
         Ok(())
@@ -173,12 +197,16 @@ impl Converter {
 
     /// One directive of a `server {}` into `b`.
     fn block_directive<'d>(&mut self, x: &'d Directive, b: &mut Block<'d>) -> Result<(), ConvertError> {
-        if self.proxy_directive(x, &mut b.proxy)? || self.admission_directive(x, &mut b.admission)? {
+        if self.proxy_directive(x, &mut b.proxy)?
+            || self.admission_directive(x, &mut b.admission)?
+            || self.accept_directive(x, &mut b.accept)?
+        {
             return Ok(());
         }
         match x.name.as_str() {
             "listen" => {
-                if let Some((bind, keepalive)) = self.listen(x, &mut b.notes)? {
+                if let Some(listen) = self.listen(x, &mut b.notes)? {
+                    let bind = listen.bind.clone();
                     // nginx refuses a duplicate listen too ("duplicate
                     // ... address and port pair"): the input's mistake,
                     // said at its place.
@@ -186,14 +214,14 @@ impl Converter {
                         .listeners
                         .iter()
                         .map(|l| (&l.bind, l.at.clone()))
-                        .chain(b.binds.iter().map(|(b, _, _, at)| (b, at.clone())))
+                        .chain(b.binds.iter().map(|(l, _, at)| (&l.bind, at.clone())))
                         .find(|(bound, _)| **bound == bind);
                     if let Some((_, at)) = first {
                         return Err(
                             x.err(format!("listen {}: {bind} is already listened on at {at}", x.args.join(" ")))
                         );
                     }
-                    b.binds.push((bind, keepalive, x.comments.clone(), x.at()));
+                    b.binds.push((listen, x.comments.clone(), x.at()));
                 }
             }
             "proxy_pass" => b.target = Some(x),
@@ -224,18 +252,23 @@ impl Converter {
     /// A listener like `like` for each of server `d`'s carried `listen`s;
     /// the first also has the block's comments and `notes`.
     fn add_listeners(&mut self, d: &Directive, binds: Vec<Bind>, mut notes: Vec<String>, like: Listener) {
-        for (i, (bind, keepalive, mut comments, at)) in binds.into_iter().enumerate() {
+        for (i, (listen, mut comments, at)) in binds.into_iter().enumerate() {
             if i == 0 {
                 let mut c = d.comments.clone();
                 c.append(&mut comments);
                 comments = c;
             }
+            let accepting = listen.proxy_protocol;
             self.listeners.push(Listener {
-                bind,
+                bind: listen.bind,
                 at,
                 comments,
                 notes: if i == 0 { std::mem::take(&mut notes) } else { Vec::new() },
-                keepalive,
+                keepalive: listen.keepalive,
+                proxy_protocol: accepting,
+                // A listener that reads no header has no use for them.
+                real_ip_from: if accepting { like.real_ip_from.clone() } else { Vec::new() },
+                proxy_protocol_timeout: like.proxy_protocol_timeout.clone().filter(|_| accepting),
                 ..like.clone()
             });
         }
@@ -295,14 +328,10 @@ impl Converter {
         }
     }
 
-    /// The bind address of a `listen` and its `so_keepalive` (as the TOML
-    /// value of `client_keepalive`), or None (with a note) if it cannot be
-    /// carried.
-    pub(super) fn listen(
-        &mut self,
-        d: &Directive,
-        notes: &mut Vec<String>,
-    ) -> Result<Option<(String, Option<String>)>, ConvertError> {
+    /// The bind address of a `listen`, its `so_keepalive` (as the TOML
+    /// value of `client_keepalive`) and `proxy_protocol`, or None (with a
+    /// note) if it cannot be carried.
+    pub(super) fn listen(&mut self, d: &Directive, notes: &mut Vec<String>) -> Result<Option<Listen>, ConvertError> {
         let Some(addr) = d.args.first() else {
             return Err(d.err("listen needs an address or port"));
         };
@@ -310,8 +339,7 @@ impl Converter {
             let skip_why = match p.split('=').next().unwrap_or(p) {
                 "udp" => Some("ucp-lb balances TCP only"),
                 "ssl" => Some("ucp-lb passes TLS through and does not terminate it"),
-                "proxy_protocol" => Some("ucp-lb does not read the PROXY protocol header yet (issue 37)"),
-                _ => None,
+                p => self.proxy_listen(p).err(),
             };
             if let Some(why) = skip_why {
                 let n = self.lose_listener(d, addr, why);
@@ -334,10 +362,12 @@ impl Converter {
             return Ok(None);
         };
         let mut keepalive = None;
+        let mut proxy_protocol = false;
         let mut extra: Vec<&str> = Vec::new();
         for a in &d.args[1..] {
             match a.strip_prefix("so_keepalive=") {
                 Some(v) => keepalive = Some(self.so_keepalive(d, v, notes)?),
+                None if a == "proxy_protocol" => proxy_protocol = true,
                 None => extra.push(a),
             }
         }
@@ -352,7 +382,7 @@ impl Converter {
             );
             notes.push(n);
         }
-        Ok(Some((bind, keepalive)))
+        Ok(Some(Listen { bind, keepalive, proxy_protocol }))
     }
 
     /// `so_keepalive=on|off|[keepidle]:[keepintvl]:[keepcnt]` as the TOML

@@ -82,6 +82,9 @@ fn listener(o: &mut String, l: &Listener, shared: &std::collections::BTreeMap<St
         let t = l.preread_timeout.clone().unwrap_or_else(|| "30s".to_owned());
         let _ = writeln!(o, "preread_timeout = {}", q(&t));
     }
+    if l.proxy_protocol {
+        proxy_protocol(o, l);
+    }
     if !l.access.is_empty() {
         let rules: Vec<String> = l.access.iter().map(|r| q(r)).collect();
         let _ = writeln!(o, "access = [{}]  # nginx allow/deny, first match decides", rules.join(", "));
@@ -121,6 +124,33 @@ fn listener(o: &mut String, l: &Listener, shared: &std::collections::BTreeMap<St
             if let Some(t) = template {
                 let _ = writeln!(o, "access_log_format = {}", q(t));
             }
+        }
+    }
+}
+
+/// A PROXY listener's keys: the header required, whose address is
+/// believed, and how long it may take.
+fn proxy_protocol(o: &mut String, l: &Listener) {
+    o.push_str(
+        "proxy_protocol = true  # nginx listen ... proxy_protocol: every client sends a PROXY header first
+",
+    );
+    if l.real_ip_from.is_empty() {
+        o.push_str(
+            "# no set_real_ip_from: the header's address is not believed, as in nginx ($remote_addr stays the
+             # connecting address; $proxy_protocol_addr has the header's)
+",
+        );
+    } else {
+        let from: Vec<String> = l.real_ip_from.iter().map(|a| q(a)).collect();
+        let _ = writeln!(o, "real_ip_from = [{}]  # nginx set_real_ip_from", from.join(", "));
+    }
+    match &l.proxy_protocol_timeout {
+        Some(t) => {
+            let _ = writeln!(o, "proxy_protocol_timeout = {}", q(t));
+        }
+        None => {
+            let _ = writeln!(o, "proxy_protocol_timeout = {}{}", q(NGINX_PROXY_PROTOCOL_TIMEOUT), default_note(true));
         }
     }
 }
@@ -167,6 +197,10 @@ fn pool(o: &mut String, p: &Pool, all: &[Pool]) {
         ),
         Some(false) => o.push_str("server_keepalive = false  # nginx proxy_socket_keepalive off\n"),
         None => {}
+    }
+    if proxy.send_proxy_protocol == Some(true) {
+        // nginx's `proxy_protocol on` sends v1, the only version it sends.
+        o.push_str("send_proxy_protocol = \"v1\"  # nginx proxy_protocol on\n");
     }
     if p.proxy.is_none() {
         o.push_str("# (no nginx server {} proxies to this upstream)\n");

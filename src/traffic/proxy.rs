@@ -68,7 +68,10 @@ pub fn serve<G: Send + 'static, S: Send + 'static>(
         // still take room in every later state; out of scope they do not.
         // This kept the task at 896 bytes rather than 1,024.)
         let Some((upstream, idx, active)) = connect_phase(&snap, pool, peer, &mut entry).await else { return };
-        let out = relay(&client, &upstream, &snap, pool, idx, Some((active, served)), None).await;
+        let out = match send_first(&snap.pools[pool], &client, peer, &upstream, Vec::new()).await {
+            Ok(()) => relay(&client, &upstream, &snap, pool, idx, Some((active, served)), None).await,
+            Err(e) => server_broke(&e),
+        };
         let (pool, server) = (&snap.pools[pool], &snap.pools[pool].servers[idx]);
         conclude(&snap.conns, (client, upstream), peer, &pool.name, server.addr, &out, entry);
     }
@@ -92,8 +95,7 @@ pub fn serve_prefixed<G: Send + 'static, S: Send + 'static>(
         let Some((upstream, idx, active)) = connect_phase(&snap, pool, peer, &mut entry).await else { return false };
         let server = &snap.pools[pool].servers[idx];
         let n = prefix.len() as u64;
-        let sent = copy::write_waiting(&upstream, &prefix).await;
-        drop(prefix);
+        let sent = send_first(&snap.pools[pool], &client, peer, &upstream, prefix).await;
         let out = match sent {
             Ok(()) => {
                 server.state.bytes_sent.fetch_add(n, Relaxed);
@@ -102,17 +104,63 @@ pub fn serve_prefixed<G: Send + 'static, S: Send + 'static>(
                 out
             }
             // The server went before taking the hello: broken on its side.
-            Err(e) => copy::Outcome {
-                to_server: 0,
-                to_client: 0,
-                first_closed: None,
-                end: copy::End::Error { side: copy::Side::Server, kind: e.kind() },
-                client_done: false,
-                server_done: false,
-            },
+            Err(e) => server_broke(&e),
         };
         conclude(&snap.conns, (client, upstream), peer, &snap.pools[pool].name, server.addr, &out, entry);
         true
+    }
+}
+
+/// Writes what the server gets before anything the client sends: the
+/// pool's PROXY header (for `peer`, who reached us at `client`'s local
+/// address), then `prefix` (bytes read from the client already), in one
+/// write. Written at connect, before the copy could hand the connection
+/// on to a new process, so a moved connection never sends it twice and a
+/// retry's server gets its own. The header is not counted in the bytes
+/// sent: those are the client's.
+async fn send_first(
+    pool: &Pool,
+    client: &TcpStream,
+    peer: SocketAddr,
+    upstream: &TcpStream,
+    mut prefix: Vec<u8>,
+) -> std::io::Result<()> {
+    let header = match pool.settings.send_proxy_protocol {
+        // The address the client connected to, as nginx sends it: its
+        // socket's own (a wildcard listener's socket knows which).
+        Some(v) => Some(crate::proxy_send::encode(v, peer, client.local_addr()?)),
+        None => None,
+    };
+    let data: &[u8] = match &header {
+        Some(h) if prefix.is_empty() => h.as_bytes(),
+        Some(h) => {
+            prefix.splice(0..0, h.as_bytes().iter().copied());
+            &prefix
+        }
+        None => &prefix,
+    };
+    if data.is_empty() {
+        return Ok(());
+    }
+    // A socket just connected has room: one write, almost always whole.
+    match upstream.try_write(data) {
+        Ok(n) if n == data.len() => Ok(()),
+        Ok(n) => Box::pin(copy::write_waiting(upstream, &data[n..])).await,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Box::pin(copy::write_waiting(upstream, data)).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// A connection whose server went before taking its first bytes: broken
+/// on the server's side.
+fn server_broke(e: &std::io::Error) -> copy::Outcome {
+    copy::Outcome {
+        to_server: 0,
+        to_client: 0,
+        first_closed: None,
+        end: copy::End::Error { side: copy::Side::Server, kind: e.kind() },
+        client_done: false,
+        server_done: false,
     }
 }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
 use super::{DEADLINE, Echo, echo_once, poll_for};
@@ -47,6 +48,12 @@ pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
 /// Starts nginx (one process, in the foreground) with `stream` as the body
 /// of its `stream {}` block; returns once its listeners are open.
 pub async fn start_nginx(bin: &Path, stream: &str) -> Nginx {
+    start_nginx_with(bin, stream, "").await
+}
+
+/// As [`start_nginx`], with `top` (an `http {}` block, say) after the
+/// `stream {}` block.
+pub async fn start_nginx_with(bin: &Path, stream: &str, top: &str) -> Nginx {
     let dir = tempfile::tempdir().unwrap();
     let module = ["/usr/lib/nginx/modules/ngx_stream_module.so", "/usr/share/nginx/modules/ngx_stream_module.so"]
         .into_iter()
@@ -56,7 +63,7 @@ pub async fn start_nginx(bin: &Path, stream: &str) -> Nginx {
     let d = dir.path().display();
     let conf = format!(
         "{module}daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-         events {{ worker_connections 1024; }}\nstream {{\n{stream}\n}}\n"
+         events {{ worker_connections 1024; }}\nstream {{\n{stream}\n}}\n{top}\n"
     );
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
@@ -105,4 +112,28 @@ pub async fn served_by(echoes: &[Echo], lb: SocketAddr, src: [u8; 4]) -> usize {
     let mut s = s.connect(lb).await.unwrap();
     echo_once(&mut s).await.unwrap();
     (0..echoes.len()).find(|&i| echoes[i].count() > before[i]).unwrap()
+}
+
+/// What a client of `lb` bound to 127.0.0.77 is answered (after sending
+/// `first`, if any), by an nginx behind it telling what PROXY header it
+/// got: the first line, and the client's own port.
+pub async fn answer_from_77(lb: SocketAddr, first: &[u8]) -> (String, u16) {
+    let s = TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.77:0".parse().unwrap()).unwrap();
+    let mut s = s.connect(lb).await.unwrap();
+    let port = s.local_addr().unwrap().port();
+    if !first.is_empty() {
+        s.write_all(first).await.unwrap();
+    }
+    // Up to the end of the line: nginx's `return` closes at once, and the
+    // bytes it did not read may reset the connection after it.
+    let mut got = Vec::new();
+    let mut b = [0u8; 256];
+    while !got.contains(&b'\n') {
+        match s.read(&mut b).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+        }
+    }
+    (String::from_utf8_lossy(&got).trim_end().to_owned(), port)
 }

@@ -43,12 +43,16 @@ impl Validator<'_> {
         let pool_ref = pool.get_ref();
         let settings = self.settings(pool_ref.settings(), defaults, &key);
         let servers = self.servers(pool, &key);
-        let health = match &pool_ref.health {
+        let mut health = match &pool_ref.health {
             Some(h) => self.health(h, &format!("{key}.health")),
             None => None,
         };
+        if let Some(h) = health.as_mut() {
+            h.proxy_protocol = settings.send_proxy_protocol;
+        }
         let origins = origins(raw, pool_ref);
         self.failure_keys(pool_ref, &settings, &servers, health.is_some(), &key);
+        self.proxy_to_ucp(raw, pool_ref, &settings, &servers, health.as_ref(), &key);
         PoolConfig { name: Arc::from(name), settings, origins, servers, health }
     }
 
@@ -133,6 +137,18 @@ impl Validator<'_> {
         if let Some(v) = r.server_keepalive {
             s.server_keepalive = self.keepalive(v, &k("server_keepalive"));
         }
+        if let Some(v) = r.send_proxy_protocol {
+            match v.get_ref().as_str() {
+                "off" => s.send_proxy_protocol = None,
+                "v1" => s.send_proxy_protocol = Some(crate::proxy_send::Version::V1),
+                "v2" => s.send_proxy_protocol = Some(crate::proxy_send::Version::V2),
+                other => self.err(
+                    Some(v.span()),
+                    k("send_proxy_protocol"),
+                    format!("expected \"v1\", \"v2\" or \"off\", found \"{other}\""),
+                ),
+            }
+        }
         s
     }
 
@@ -173,6 +189,44 @@ impl Validator<'_> {
                 "the pool has no active check: only servers set down by the admin API have their sessions closed",
             );
         }
+    }
+
+    /// Warns of a PROXY header sent where UCP or a Kubernetes API server
+    /// would get it: servers on 443 or 6443, or the UCP/DTR `/_ping`
+    /// check. Neither parses the header (kubernetes #76928): every
+    /// connection would fail its TLS handshake. A warning, not an error:
+    /// an nginx or HAProxy that reads it may listen there.
+    fn proxy_to_ucp(
+        &mut self,
+        raw: &RawConfig,
+        pool: &raw::RawPool,
+        settings: &Settings,
+        servers: &[ServerConfig],
+        health: Option<&HealthConfig>,
+        key: &str,
+    ) {
+        let Some(v) = settings.send_proxy_protocol else { return };
+        let port = servers.iter().map(|s| s.address.port).find(|p| [443, 6443].contains(p));
+        let ping = health.is_some_and(|h| h.kind != CheckKind::Tcp && h.path == "/_ping");
+        let why = match (port, ping) {
+            (Some(p), _) => format!("its servers are on port {p}"),
+            (None, true) => "its check is UCP's and DTR's /_ping".to_owned(),
+            (None, false) => return,
+        };
+        let at = pool
+            .settings
+            .send_proxy_protocol
+            .as_ref()
+            .or_else(|| raw.defaults.as_ref().and_then(|d| d.send_proxy_protocol.as_ref()))
+            .map(|s| s.span());
+        self.warn(
+            at,
+            format!("{key}.send_proxy_protocol"),
+            format!(
+                "sends a PROXY {} header, and {why}: UCP and the Kubernetes API server cannot parse one (kubernetes #76928), so every connection would fail; send it only to servers that expect it (nginx's listen ... proxy_protocol, HAProxy's accept-proxy)",
+                v.as_str()
+            ),
+        );
     }
 
     fn servers(&mut self, pool: &S<raw::RawPool>, key: &str) -> Vec<ServerConfig> {
