@@ -216,10 +216,6 @@ pub(super) struct Converter {
     pub(super) maps: BTreeMap<String, (String, Directive)>,
     /// The stream level's `set_real_ip_from` and `proxy_protocol_timeout`.
     pub(super) stream_accept: Accept,
-    /// Whether lb.toml has the listener keys of the PROXY protocol
-    /// (`listener[].proxy_protocol`): without them a `listen ...
-    /// proxy_protocol` is a listener lost, as before they existed.
-    pub(super) proxy_listeners: bool,
 }
 
 /// A server block's `access_log`, carried.

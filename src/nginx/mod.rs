@@ -93,10 +93,7 @@ pub fn convert(path: &Path) -> Result<Converted, ConvertErrors> {
     let mut reader = Reader { base, depth: 0, nesting: 0 };
     let top = reader.read_file(path, None)?;
     let whole = |msg: &str| ConvertError { file: path.display().to_string(), line: 0, msg: msg.to_owned() };
-    let mut c = Converter {
-        proxy_listeners: crate::config::keys::find("listener[].proxy_protocol").is_some(),
-        ..Converter::default()
-    };
+    let mut c = Converter::default();
     let mut outside: Vec<String> = Vec::new();
     let mut streams = Vec::new();
     for d in &top {
@@ -222,7 +219,7 @@ mod tests {
         std::fs::write(&path, conf).unwrap();
         let mut reader = Reader { base: dir.path().to_path_buf(), depth: 0, nesting: 0 };
         let top = reader.read_file(&path, None).unwrap();
-        let mut c = Converter { proxy_listeners: true, ..Converter::default() };
+        let mut c = Converter::default();
         for d in top.iter().filter(|d| d.name == "stream") {
             stream_block(&mut c, d.block.as_deref().unwrap_or_default());
         }

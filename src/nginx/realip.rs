@@ -60,14 +60,9 @@ impl Converter {
     }
 
     /// Whether the `listen` parameter `p` asks for a PROXY header, which
-    /// ucp-lb then requires too; an error (the listener lost) when this
-    /// lb.toml has no such key.
+    /// ucp-lb then requires too.
     pub(super) fn proxy_listen(&self, p: &str) -> Result<bool, &'static str> {
-        match p {
-            "proxy_protocol" if self.proxy_listeners => Ok(true),
-            "proxy_protocol" => Err("ucp-lb does not read the PROXY protocol header yet (issue 37)"),
-            _ => Ok(false),
-        }
+        Ok(p == "proxy_protocol")
     }
 
     /// The listener keys for a PROXY listener of a server {} whose level
