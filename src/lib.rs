@@ -46,6 +46,7 @@
 pub mod admin;
 pub mod build_info;
 mod civil;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod events;

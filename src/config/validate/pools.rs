@@ -42,14 +42,15 @@ impl Validator<'_> {
         }
         let pool_ref = pool.get_ref();
         let settings = self.settings(pool_ref.settings(), defaults, &key);
-        let servers = self.servers(pool, &key);
+        let nodes = pool_ref.nodes.as_ref().and_then(|n| self.nodes(n, &format!("{key}.nodes")));
+        let servers = self.servers(pool, &key, pool_ref.nodes.is_some());
         let health = match &pool_ref.health {
             Some(h) => self.health(h, &format!("{key}.health")),
             None => None,
         };
         let origins = origins(raw, pool_ref);
         self.failure_keys(pool_ref, &settings, &servers, health.is_some(), &key);
-        PoolConfig { name: Arc::from(name), settings, origins, servers, health }
+        PoolConfig { name: Arc::from(name), settings, origins, servers, nodes, health }
     }
 
     pub(super) fn settings(&mut self, r: SettingsRef<'_>, base: &Settings, table: &str) -> Settings {
@@ -175,8 +176,12 @@ impl Validator<'_> {
         }
     }
 
-    fn servers(&mut self, pool: &S<raw::RawPool>, key: &str) -> Vec<ServerConfig> {
+    /// The pool's `servers`: required, and not empty, unless it has `nodes`.
+    fn servers(&mut self, pool: &S<raw::RawPool>, key: &str, has_nodes: bool) -> Vec<ServerConfig> {
         let Some(list) = &pool.get_ref().servers else {
+            if has_nodes {
+                return Vec::new();
+            }
             self.err(
                 Some(pool.span()),
                 format!("{key}.servers"),
@@ -184,7 +189,7 @@ impl Validator<'_> {
             );
             return Vec::new();
         };
-        if list.get_ref().is_empty() {
+        if list.get_ref().is_empty() && !has_nodes {
             self.err(Some(list.span()), format!("{key}.servers"), "a pool needs at least one server");
         }
         let mut out: Vec<ServerConfig> = Vec::new();
@@ -261,6 +266,8 @@ impl Validator<'_> {
                     .duration(r.slow_start.as_ref(), format!("{skey}.slow_start"), true)
                     .map(Option::unwrap_or_default),
                 pos: self.lines.pos(addr_span.start),
+                labels: Default::default(),
+                source: ServerSource::Static,
             });
         }
         self.server_names(list.get_ref(), &out, key);
