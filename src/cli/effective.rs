@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use ucp_lb::config::{
     AdminConfig, AdminState, CheckKind, Config, ControlSocket, HealthConfig, Keepalive, Limits, ListenerConfig,
-    LogFormat, LogTo, Origin, PoolConfig, Retries, Settings, StatusMatch, format_duration,
+    LogFormat, LogTo, NodeMatch, Origin, PoolConfig, Retries, Settings, StatusMatch, format_duration,
 };
 
 /// A value and where it came from, aligned as a comment.
@@ -54,7 +54,29 @@ pub fn dump(c: &Config) -> String {
         let _ = writeln!(o, "\n[limit.{name}]");
         per_client(&mut o, *limits);
     }
+    if c.cluster.enabled() {
+        let cl = &c.cluster;
+        let _ = writeln!(o, "\n[cluster]");
+        let api: Vec<String> = cl.api.iter().map(|a| q(&a.to_string())).collect();
+        line(&mut o, "api", format!("[{}]", api.join(", ")), "set");
+        let bundle = cl.bundle.as_ref().map(|b| b.display().to_string()).unwrap_or_default();
+        line(&mut o, "bundle", q(&bundle), "set");
+        let from = if cl.refresh == ucp_lb::config::cluster::DEFAULT_REFRESH { "default" } else { "set" };
+        line(&mut o, "refresh", duration(Some(cl.refresh)), from);
+    }
     o
+}
+
+/// A pool's `nodes`, as the table `[pool.NAME.nodes]`.
+fn nodes(o: &mut String, p: &PoolConfig) {
+    let Some(n) = &p.nodes else { return };
+    let _ = writeln!(o, "\n[pool.{}.nodes]", p.name);
+    match &n.by {
+        NodeMatch::Role(r) => line(o, "role", q(r.as_str()), "set"),
+        NodeMatch::Label(k, Some(v)) => line(o, "label", q(&format!("{k}={v}")), "set"),
+        NodeMatch::Label(k, None) => line(o, "label", q(k), "set"),
+    }
+    line(o, "port", n.port.to_string(), "set");
 }
 
 /// `max_connections_per_client` and `max_connection_rate_per_client`.
@@ -195,6 +217,7 @@ fn pool(o: &mut String, p: &PoolConfig) {
         );
     }
     let _ = writeln!(o, "]");
+    nodes(o, p);
     match &p.health {
         Some(h) => health(o, &p.name, h),
         None => {

@@ -464,6 +464,8 @@ impl Lb {
             self.phase(),
         );
         let p = &self.process;
+        let now = crate::events::history::now() as u64;
+        view.cluster = view::cluster::status(&snap, &self.shared.own, now, p.started_at);
         view.process.started_at = p.started_at;
         view.process.took_over_from = p.took_over_from;
         view.process.previous_draining = *p.previous_draining.borrow();

@@ -69,6 +69,7 @@ where
             (Msg::Event(e), _) => memory.events.push(e),
             (Msg::Samples { pool, samples }, _) => memory.samples.push((pool, samples)),
             (Msg::Reloads(r), _) => memory.reloads = Some(r),
+            (Msg::Cluster { nodes, status }, _) => inherited.cluster = Some((nodes, status)),
             (Msg::StateEnd, _) => break,
             (other, fds) => return Err(talk(format!("unexpected {other:?} with {} descriptors", fds.len()))),
         }
