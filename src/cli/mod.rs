@@ -10,6 +10,7 @@ pub mod healthcheck;
 pub mod logging;
 pub mod man;
 pub mod standin;
+pub mod swarm;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
