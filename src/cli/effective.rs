@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use ucp_lb::config::{
     AdminConfig, AdminState, CheckKind, Config, ControlSocket, HealthConfig, Keepalive, Limits, ListenerConfig,
-    LogFormat, LogTo, NodeMatch, Origin, PoolConfig, Retries, Settings, StatusMatch, format_duration,
+    LogFormat, LogTo, Origin, PoolConfig, Retries, Settings, StatusMatch, format_duration,
 };
 
 /// A value and where it came from, aligned as a comment.
@@ -67,17 +67,6 @@ pub fn dump(c: &Config) -> String {
     o
 }
 
-/// A pool's `nodes`, as the table `[pool.NAME.nodes]`.
-fn nodes(o: &mut String, p: &PoolConfig) {
-    let Some(n) = &p.nodes else { return };
-    let _ = writeln!(o, "\n[pool.{}.nodes]", p.name);
-    match &n.by {
-        NodeMatch::Role(r) => line(o, "role", q(r.as_str()), "set"),
-        NodeMatch::Label(k, Some(v)) => line(o, "label", q(&format!("{k}={v}")), "set"),
-        NodeMatch::Label(k, None) => line(o, "label", q(k), "set"),
-    }
-    line(o, "port", n.port.to_string(), "set");
-}
 
 /// `max_connections_per_client` and `max_connection_rate_per_client`.
 fn per_client(o: &mut String, limits: Limits) {
@@ -217,7 +206,9 @@ fn pool(o: &mut String, p: &PoolConfig) {
         );
     }
     let _ = writeln!(o, "]");
-    nodes(o, p);
+    if let Some(n) = &p.nodes {
+        line(o, "nodes", n.to_string(), "set");
+    }
     match &p.health {
         Some(h) => health(o, &p.name, h),
         None => {
