@@ -178,9 +178,8 @@ impl Metrics {
             let h = metrics::SharedString::from(*help);
             match *name {
                 SERVER_UP | SERVER_CHECK_UP | SERVER_ACTIVE | SERVER_WEIGHT_RATIO | CERT_EXPIRY | LISTENER_ACTIVE
-                | LISTENER_CLIENTS | RELOAD_OK | BUILD_INFO | POOL_FAIL_OPEN | CLUSTER_LIST_AGE | POOL_CLUSTER_NODES => {
-                    recorder.describe_gauge(k, Some(*unit), h)
-                }
+                | LISTENER_CLIENTS | RELOAD_OK | BUILD_INFO | POOL_FAIL_OPEN | CLUSTER_LIST_AGE
+                | POOL_CLUSTER_NODES => recorder.describe_gauge(k, Some(*unit), h),
                 CHECK_DURATION => recorder.describe_histogram(k, Some(*unit), h),
                 _ => recorder.describe_counter(k, Some(*unit), h),
             }

@@ -159,10 +159,17 @@ async fn the_pool_is_the_swarms_managers_and_follows_what_the_swarm_says() {
     // m2 reports 0.0.0.0 as real managers do: reached at its manager address.
     let mut m2 = StandNode::manager("m2", "0.0.0.0");
     m2.manager_addr = Some(format!("{}:2377", ip(t, 3)));
-    let mut nodes =
-        vec![StandNode::manager("m1", &ip(t, 2)), m2, StandNode::manager("m3", &ip(t, 4)), StandNode::worker("w1", &ip(t, 5))];
+    let mut nodes = vec![
+        StandNode::manager("m1", &ip(t, 2)),
+        m2,
+        StandNode::manager("m3", &ip(t, 4)),
+        StandNode::worker("w1", &ip(t, 5)),
+    ];
     let (s, _ca) = swarm(t, port, nodes.clone(), &[]).await;
-    eventually_async("the managers are the pool", || async { reached(s.listener, 9).await == set(&["m1", "m2", "m3"]) }).await;
+    eventually_async("the managers are the pool", || async {
+        reached(s.listener, 9).await == set(&["m1", "m2", "m3"])
+    })
+    .await;
     let st = status(s.admin).await;
     assert_eq!(server_state(&st, "m2"), Some(("up".into(), "cluster".into())), "{st}");
     assert_eq!(st["pools"][0]["cluster_nodes"], 3);
@@ -190,7 +197,10 @@ async fn the_pool_is_the_swarms_managers_and_follows_what_the_swarm_says() {
     let mut kept = kept.expect("a client reached m1 within 8");
     nodes[0].availability = "drain".into();
     s.api.set_nodes(nodes.clone());
-    eventually_async("m1 drained", || async { server_state(&status(s.admin).await, "m1").is_some_and(|(st, _)| st == "drain") }).await;
+    eventually_async("m1 drained", || async {
+        server_state(&status(s.admin).await, "m1").is_some_and(|(st, _)| st == "drain")
+    })
+    .await;
     assert!(!reached(s.listener, 12).await.contains("m1"), "a drained node gets no new client");
     kept.get_mut().write_all(b"still there\n").await.unwrap();
     let mut echo = String::new();
@@ -207,7 +217,10 @@ async fn the_pool_is_the_swarms_managers_and_follows_what_the_swarm_says() {
     // Down in the swarm though it still accepts: no client.
     nodes[1].state = "down".into();
     s.api.set_nodes(nodes.clone());
-    eventually_async("m2 down", || async { server_state(&status(s.admin).await, "m2").is_some_and(|(st, _)| st == "down") }).await;
+    eventually_async("m2 down", || async {
+        server_state(&status(s.admin).await, "m2").is_some_and(|(st, _)| st == "down")
+    })
+    .await;
     assert_eq!(reached(s.listener, 12).await, set(&["w1"]));
     drop(s.lb);
 }
@@ -221,16 +234,19 @@ async fn a_failing_api_keeps_the_last_good_list_and_says_why() {
     let (s, _ca) = swarm(t, port, nodes, &[]).await;
     let both = set(&["m1", "m2"]);
     eventually_async("the managers are the pool", || async { reached(s.listener, 6).await == both }).await;
-    for (answer, reason, said) in
-        [(Some(Answer::NoLeader), "status", "status 500"), (Some(Answer::Garbage), "invalid", "not a node list"), (None, "connect", "refused")]
-    {
+    for (answer, reason, said) in [
+        (Some(Answer::NoLeader), "status", "status 500"),
+        (Some(Answer::Garbage), "invalid", "not a node list"),
+        (None, "connect", "refused"),
+    ] {
         match answer {
             Some(a) => s.api.set(a),
             None => s.api.stop(),
         }
         eventually_async(reason, || async {
             let c = &status(s.admin).await["cluster"];
-            c["failures"][reason].as_u64().unwrap_or(0) > 0 && c["last_error"].as_str().is_some_and(|e| e.contains(said))
+            c["failures"][reason].as_u64().unwrap_or(0) > 0
+                && c["last_error"].as_str().is_some_and(|e| e.contains(said))
         })
         .await;
         assert_eq!(reached(s.listener, 6).await, both, "the last good list serves ({reason})");
@@ -271,7 +287,10 @@ async fn a_wrong_client_certificate_is_refused_and_the_static_servers_serve_mean
         c["failures"]["tls"].as_u64().unwrap_or(0) > 0 && c["last_error"].as_str().is_some_and(|e| e.contains("TLS"))
     })
     .await;
-    assert!(api.refused.load(std::sync::atomic::Ordering::Relaxed) > 0 || api.reads.load(std::sync::atomic::Ordering::Relaxed) == 0);
+    assert!(
+        api.refused.load(std::sync::atomic::Ordering::Relaxed) > 0
+            || api.reads.load(std::sync::atomic::Ordering::Relaxed) == 0
+    );
     assert_eq!(reached(listener, 4).await, set(&["static"]), "started on its static servers");
     let page = get(admin, "/").await;
     assert!(page.contains("no node list read yet"), "the page says so");

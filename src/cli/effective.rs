@@ -67,7 +67,6 @@ pub fn dump(c: &Config) -> String {
     o
 }
 
-
 /// `max_connections_per_client` and `max_connection_rate_per_client`.
 fn per_client(o: &mut String, limits: Limits) {
     for (key, n) in [("max_connections_per_client", limits.open), ("max_connection_rate_per_client", limits.rate)] {

@@ -145,7 +145,9 @@ fn timed_out(phase: &str) -> Failure {
 async fn fetch_one(hp: &HostPort, tls: &Arc<ClientConfig>, deadline: Instant) -> Result<Vec<Node>, Failure> {
     let tcp = match timeout_at(deadline, TcpStream::connect((hp.host.as_str(), hp.port))).await {
         Err(_) => return Err(timed_out("connect")),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(fail(Reason::Connect, "connect refused")),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            return Err(fail(Reason::Connect, "connect refused"));
+        }
         Ok(Err(e)) => return Err(fail(Reason::Connect, format!("connect: {e}"))),
         Ok(Ok(s)) => s,
     };
@@ -184,7 +186,10 @@ async fn fetch_one(hp: &HostPort, tls: &Arc<ClientConfig>, deadline: Instant) ->
                 Ok(Some(Ok(frame))) => {
                     if let Some(d) = frame.data_ref() {
                         if bytes.len() + d.len() > max {
-                            return Err(fail(Reason::TooLarge, format!("{path}: answer larger than {} KiB", max >> 10)));
+                            return Err(fail(
+                                Reason::TooLarge,
+                                format!("{path}: answer larger than {} KiB", max >> 10),
+                            ));
                         }
                         bytes.extend_from_slice(d);
                     }
@@ -192,7 +197,8 @@ async fn fetch_one(hp: &HostPort, tls: &Arc<ClientConfig>, deadline: Instant) ->
             }
         }
         if status != 200 {
-            let text: String = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).chars().filter(|c| !c.is_control()).collect();
+            let text: String =
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).chars().filter(|c| !c.is_control()).collect();
             return Err(fail(Reason::Status, format!("{path}: status {status} {text}")));
         }
         Ok(bytes)
@@ -212,7 +218,11 @@ fn api_version(body: &[u8]) -> Result<String, String> {
     }
     let v: V = serde_json::from_slice(body).map_err(|e| format!("no ApiVersion: {e}"))?;
     let ok = v.api_version.split_once('.').is_some_and(|(a, b)| {
-        !a.is_empty() && !b.is_empty() && a.len() < 4 && b.len() < 4 && (a.to_owned() + b).bytes().all(|c| c.is_ascii_digit())
+        !a.is_empty()
+            && !b.is_empty()
+            && a.len() < 4
+            && b.len() < 4
+            && (a.to_owned() + b).bytes().all(|c| c.is_ascii_digit())
     });
     if ok { Ok(v.api_version) } else { Err(format!("unexpected ApiVersion {:?}", v.api_version)) }
 }

@@ -160,7 +160,8 @@ pub fn parse(body: &[u8]) -> Result<Vec<Node>, String> {
 fn address(n: &ApiNode) -> Result<IpAddr, String> {
     let id = printable(&n.id);
     let raw = n.status.addr.as_deref().ok_or_else(|| format!("node {id}: no Status.Addr"))?;
-    let ip: IpAddr = raw.parse().map_err(|_| format!("node {id}: Status.Addr {:?} is not an address", printable(raw)))?;
+    let ip: IpAddr =
+        raw.parse().map_err(|_| format!("node {id}: Status.Addr {:?} is not an address", printable(raw)))?;
     if !ip.is_unspecified() {
         return Ok(ip);
     }
@@ -169,7 +170,9 @@ fn address(n: &ApiNode) -> Result<IpAddr, String> {
     };
     let host = match m.parse::<std::net::SocketAddr>() {
         Ok(sa) => sa.ip(),
-        Err(_) => m.parse().map_err(|_| format!("node {id}: ManagerStatus.Addr {:?} is not host:port", printable(m)))?,
+        Err(_) => {
+            m.parse().map_err(|_| format!("node {id}: ManagerStatus.Addr {:?} is not host:port", printable(m)))?
+        }
     };
     if host.is_unspecified() {
         return Err(format!("node {id}: no address (Status.Addr and ManagerStatus.Addr unspecified)"));

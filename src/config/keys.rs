@@ -371,7 +371,12 @@ pub const KEYS: &[Key] = &[
         r#"the swarm's nodes this pool takes besides its servers: { role = "manager", port = 443 } or { label = "k=v", port = 443 }"#,
     ),
     key("pool.*.nodes.role", T::String, "(none)", "manager or worker: the nodes of this role (or give label)"),
-    key("pool.*.nodes.label", T::String, "(none)", r#""k=v" (or "k"): the nodes whose Spec.Labels carry it (or give role)"#),
+    key(
+        "pool.*.nodes.label",
+        T::String,
+        "(none)",
+        r#""k=v" (or "k"): the nodes whose Spec.Labels carry it (or give role)"#,
+    ),
     key("pool.*.nodes.port", T::Integer, "(required)", "the port clients are sent to on each node"),
     // [limit.NAME]: per-client limits that the listeners naming it share.
     key(

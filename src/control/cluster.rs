@@ -93,7 +93,8 @@ pub fn merge(shared: &Shared, cur: &Snapshot, endpoint: String, nodes: Vec<Node>
         changes.push((pc.name.clone(), select::changes(&was, &is)));
     }
     own.cluster.succeeded(endpoint, nodes, now());
-    let next = Snapshot::build(cur.generation + 1, cur.config.clone(), cur.resolved.clone(), cur.tls.clone(), Some(cur), own);
+    let next =
+        Snapshot::build(cur.generation + 1, cur.config.clone(), cur.resolved.clone(), cur.tls.clone(), Some(cur), own);
     let at = Instant::now();
     for (pool, list) in changes {
         for c in list {

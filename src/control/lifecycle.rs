@@ -24,9 +24,9 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{self, AdminState, Config, ConfigError, ConfigErrors};
-use crate::control::{cluster, resolve};
 use crate::control::token::{self, Token};
 use crate::control::watch;
+use crate::control::{cluster, resolve};
 use crate::files::READ_TIMEOUT;
 use crate::health::{self, TlsConfigs};
 use crate::state::snapshot::{Owners, Resolved, Shared, Snapshot};

@@ -31,15 +31,8 @@ pub struct ClusterStatus {
     pub failures: BTreeMap<&'static str, u64>,
 }
 
-const REASONS: [Reason; 7] = [
-    Reason::Connect,
-    Reason::Timeout,
-    Reason::Tls,
-    Reason::Status,
-    Reason::Invalid,
-    Reason::TooLarge,
-    Reason::Bundle,
-];
+const REASONS: [Reason; 7] =
+    [Reason::Connect, Reason::Timeout, Reason::Tls, Reason::Status, Reason::Invalid, Reason::TooLarge, Reason::Bundle];
 
 /// The cluster's status now (`now` and `started_at`: Unix seconds); `None`
 /// when the config reads no cluster.

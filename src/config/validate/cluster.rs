@@ -11,7 +11,11 @@ impl Validator<'_> {
         let Some(c) = &raw.cluster else {
             for (name, p) in &raw.pool {
                 if let Some(n) = &p.get_ref().nodes {
-                    self.err(Some(n.span()), format!("pool.{name}.nodes"), "needs a [cluster] table with api and bundle");
+                    self.err(
+                        Some(n.span()),
+                        format!("pool.{name}.nodes"),
+                        "needs a [cluster] table with api and bundle",
+                    );
                 }
             }
             return out;
@@ -35,7 +39,11 @@ impl Validator<'_> {
             out.bundle = Some(std::path::PathBuf::from(b.get_ref()));
             out.bundle_pos = self.lines.pos(b.span().start);
         } else if c.api.is_some() {
-            self.err(None, "cluster.bundle", "missing key: the API is read with a client bundle's ca.pem, cert.pem and key.pem");
+            self.err(
+                None,
+                "cluster.bundle",
+                "missing key: the API is read with a client bundle's ca.pem, cert.pem and key.pem",
+            );
         }
         if let Some(d) = self.duration(c.refresh.as_ref(), "cluster.refresh".into(), false).flatten() {
             out.refresh = d;

@@ -47,10 +47,8 @@ where
         protocol: PROTOCOL,
     };
     send(&conn, &hello, &[]).await?;
-    let mut inherited = Inherited::default();
-    let mut servers = Vec::new();
-    let mut memory = Memory::default();
-    let mut protocol = 0;
+    let (mut inherited, mut servers, mut memory, mut protocol) =
+        (Inherited::default(), Vec::new(), Memory::default(), 0);
     // The first answer may wait behind another upgrade the old process is
     // hearing out (one step at most, then it is dropped): two steps.
     let mut wait = STEP * 2;
