@@ -294,6 +294,12 @@ async fn a_wrong_client_certificate_is_refused_and_the_static_servers_serve_mean
     assert_eq!(reached(listener, 4).await, set(&["static"]), "started on its static servers");
     let page = get(admin, "/").await;
     assert!(page.contains("no node list read yet"), "the page says so");
+    // A bundle the API accepts, and a reload: the bundle is read again
+    // (certificate rotation), and the node joins.
+    write_bundle(&bundle, &ca, "admin").unwrap();
+    lb.signal("HUP");
+    eventually_async("m1 joined after the reload", || async { reached(listener, 6).await.contains("m1") }).await;
+    assert!(status(admin).await["cluster"]["last_error"].is_null());
 }
 
 #[tokio::test]
