@@ -370,3 +370,71 @@ async fn check_names_the_bundles_bad_file_and_warns_of_an_unreachable_api() {
     assert_eq!(code, Some(1));
     assert!(err.contains("cert.pem"), "{err}");
 }
+
+/// The CPU time of process `pid` so far (user + system), from /proc.
+fn cpu_of(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<u64> = after.split_whitespace().skip(11).take(2).map(|v| v.parse().unwrap()).collect();
+    // USER_HZ: 100 on every Linux the tests run on.
+    let tick = 100;
+    std::time::Duration::from_secs_f64((f[0] + f[1]) as f64 / tick as f64)
+}
+
+/// Measures what a refresh costs the balancer: its CPU time (user +
+/// system, /proc) over a few seconds of reads every 50 ms, per read, with
+/// 7 managers and with 500 nodes (7 managers, 493 workers; a second pool
+/// takes the workers), the list unchanged (the usual read), then changing
+/// at every read (each a merge and a rebuild). `UCP_LB_BIN` runs another
+/// binary (a release build). Prints; asserts nothing about the figures.
+#[tokio::test]
+#[ignore]
+async fn measure_refresh_cost() {
+    let bin = std::env::var("UCP_LB_BIN").unwrap_or_else(|_| BIN.to_owned());
+    for (t, total) in [(5u8, 7usize), (6, 500)] {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("swarm CA").unwrap();
+        write_bundle(&dir.path().join("bundle"), &ca, "admin").unwrap();
+        let mut nodes: Vec<StandNode> = (0..total)
+            .map(|i| {
+                let ip = format!("10.0.{}.{}", i / 250, i % 250 + 1);
+                if i < 7 { StandNode::manager(&format!("m{i}"), &ip) } else { StandNode::worker(&format!("w{i}"), &ip) }
+            })
+            .collect();
+        let api = SwarmApi::start(at(t, 200, 0), &ca, nodes.clone()).await.unwrap();
+        let cfg = write_config(dir.path(), &[api.addr], 443, &[]);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace("refresh = \"200ms\"", "refresh = \"50ms\"")
+            + "[pool.workers]\nnodes = { role = \"worker\", port = 443 }\n";
+        std::fs::write(&cfg, text).unwrap();
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--config").arg(&cfg).env("RUST_LOG", "info");
+        let lb = Proc::spawn(cmd, false);
+        let admin = lb.admin_addr().await;
+        let refreshes = async || status(admin).await["cluster"]["refreshes"].as_u64().unwrap_or(0);
+        eventually_async("the first read", || async { refreshes().await > 2 }).await;
+        for changing in [false, true] {
+            let (c0, r0) = (cpu_of(lb.child.id()), refreshes().await);
+            let start = std::time::Instant::now();
+            // Pacing the measurement window (not synchronising): reads go
+            // on every 50 ms meanwhile; when `changing`, the list changes
+            // a little faster than that, so every read merges.
+            while start.elapsed() < std::time::Duration::from_secs(4) {
+                if changing {
+                    let last = nodes.len() - 1;
+                    nodes[last].availability =
+                        if nodes[last].availability == "drain" { "active" } else { "drain" }.into();
+                    api.set_nodes(nodes.clone());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+            }
+            let (c1, r1) = (cpu_of(lb.child.id()), refreshes().await);
+            let n = r1.saturating_sub(r0).max(1);
+            let per = (c1 - c0).as_secs_f64() * 1e3 / n as f64;
+            eprintln!(
+                "{total} nodes, list {}: {n} reads, {:.0} ms CPU, {per:.2} ms CPU per read",
+                if changing { "changing at every read" } else { "unchanged" },
+                (c1 - c0).as_secs_f64() * 1e3
+            );
+        }
+    }
+}

@@ -484,6 +484,9 @@ fn summary_check(s: &mut String, h: &config::HealthConfig) {
 /// A pool's servers: the addresses each resolved to, and its flags.
 fn summary_servers(s: &mut String, p: &config::PoolConfig, resolved: Option<&ucp_lb::state::snapshot::Resolved>) {
     use std::fmt::Write;
+    if let Some(n) = &p.nodes {
+        let _ = writeln!(s, "    and the swarm's nodes {n} (from [cluster])");
+    }
     for srv in &p.servers {
         // An IP address needs no resolving, --offline or not.
         let literal =
