@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cluster::{Failure, Node, Reason, client, select};
 use crate::state::snapshot::{Shared, Snapshot};
@@ -67,11 +67,15 @@ where
         }
         Err(f) => {
             let kept = cluster.nodes().map(|n| n.len());
+            // Warned once per episode (and counted and shown every time):
+            // an API down for an hour is one line, not 360.
             if cluster.failed(&f) {
                 let detail = format!("{}; the last good list stays", crate::health::check::printable(&f.message));
                 shared.own.history.record("cluster read failed", None, None, detail);
+                warn!(reason = f.reason.as_str(), error = %f.message, ?kept, "cluster: node list not read, the last good list stays");
+            } else {
+                debug!(reason = f.reason.as_str(), error = %f.message, ?kept, "cluster: node list still not read");
             }
-            warn!(reason = f.reason.as_str(), error = %f.message, ?kept, "cluster: node list not read, the last good list stays");
         }
     }
 }
