@@ -418,7 +418,7 @@ async fn measure_refresh_cost() {
             // Pacing the measurement window (not synchronising): reads go
             // on every 50 ms meanwhile; when `changing`, the list changes
             // a little faster than that, so every read merges.
-            while start.elapsed() < std::time::Duration::from_secs(4) {
+            while start.elapsed() < std::time::Duration::from_secs(10) {
                 if changing {
                     let last = nodes.len() - 1;
                     nodes[last].availability =
