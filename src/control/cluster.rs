@@ -80,6 +80,29 @@ where
     }
 }
 
+/// The read before the first snapshot, so that a pool of nodes only has
+/// its servers from its first client on. Bounded by one endpoint's timeout
+/// in all; a failure is counted and logged, and the start goes on (with
+/// the static servers: a down cluster never stops a start).
+pub async fn first_read(own: &crate::state::snapshot::Owners, cfg: &crate::config::ClusterConfig) {
+    let Some(tls) = own.cluster.tls().filter(|_| cfg.enabled()) else { return };
+    let got = match tokio::time::timeout(client::ENDPOINT_TIMEOUT, client::fetch(&cfg.api, &tls)).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure { reason: Reason::Timeout, message: "no endpoint answered in time".into() }),
+    };
+    match got {
+        Ok((endpoint, nodes)) => {
+            info!(%endpoint, nodes = nodes.len(), "cluster: node list read");
+            own.cluster.succeeded(endpoint, nodes, now());
+        }
+        Err(f) => {
+            own.cluster.failed(&f);
+            own.history.record("cluster read failed", None, None, crate::health::check::printable(&f.message));
+            warn!(reason = f.reason.as_str(), error = %f.message, "cluster: node list not read at start: starting with the static servers, and trying again every refresh");
+        }
+    }
+}
+
 fn now() -> u64 {
     crate::events::history::now() as u64
 }

@@ -348,8 +348,9 @@ where
     let admin_fd = std::os::fd::AsFd::as_fd(&admin_sock).try_clone_to_owned().ok();
     let own = Owners::new(splice_shared_only);
     own.cluster.set_tls(cluster_tls);
-    if let Some((nodes, status)) = inherited.cluster.take() {
-        own.cluster.restore(nodes, status);
+    match inherited.cluster.take() {
+        Some((nodes, status)) => own.cluster.restore(nodes, status),
+        None => cluster::first_read(&own, &config.cluster).await,
     }
     let generation = inherited.generation + 1;
     let snapshot = Snapshot::build(generation, Arc::new(config), Arc::new(resolved), Arc::new(tls), None, &own);
