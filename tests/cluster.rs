@@ -323,6 +323,33 @@ async fn an_upgrade_while_the_api_is_down_keeps_the_list() {
     assert_eq!(status(s.admin).await["cluster"]["nodes"], 2);
 }
 
+/// Node events (`GET /events`, filtered on nodes) ask for a read at once:
+/// with `refresh = "1h"`, a node that joins is followed all the same.
+#[tokio::test]
+async fn a_node_event_is_followed_without_waiting_for_the_refresh() {
+    let t = 7;
+    let port = free_port(t);
+    let _servers = [named("m1", at(t, 2, port)).await, named("m2", at(t, 3, port)).await];
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("swarm CA").unwrap();
+    write_bundle(&dir.path().join("bundle"), &ca, "admin").unwrap();
+    let mut nodes = vec![StandNode::manager("m1", &ip(t, 2))];
+    let api = SwarmApi::start(at(t, 200, 0), &ca, nodes.clone()).await.unwrap();
+    let cfg = write_config(dir.path(), &[api.addr], port, &[]);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("refresh = \"200ms\"", "refresh = \"1h\"");
+    std::fs::write(&cfg, text).unwrap();
+    let lb = Proc::lb(&cfg);
+    let (admin, listener) = (lb.admin_addr().await, lb.listener_addr().await);
+    assert_eq!(reached(listener, 4).await, set(&["m1"]));
+    eventually_async("the events followed", || async {
+        api.watchers() > 0 && status(admin).await["cluster"]["events_from"] == api.addr.to_string()
+    })
+    .await;
+    nodes.push(StandNode::manager("m2", &ip(t, 3)));
+    api.set_nodes(nodes);
+    eventually_async("m2 joined on its event", || async { reached(listener, 4).await.contains("m2") }).await;
+}
+
 /// `check`: a bundle with a file missing or a key not the certificate's is
 /// an error naming the file; an API it cannot reach is a warning.
 #[tokio::test]

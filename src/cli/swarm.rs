@@ -101,10 +101,29 @@ pub enum Answer {
     Garbage,
 }
 
+/// A streamed `/events` answer: a line per event sent to it.
+struct Events(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+impl hyper::body::Body for Events {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+type Watchers = Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<Bytes>>>>;
+
 /// The stand-in API; stops when dropped.
 pub struct SwarmApi {
     pub addr: SocketAddr,
     answer: Arc<Mutex<Answer>>,
+    /// Open `/events` streams: each hears of every change of the node list.
+    watchers: Watchers,
     /// Requests to `/nodes` answered.
     pub reads: Arc<AtomicU64>,
     /// TLS handshakes refused (no or a wrong client certificate).
@@ -133,13 +152,28 @@ impl SwarmApi {
         let addr = listener.local_addr()?;
         let answer = Arc::new(Mutex::new(Answer::Nodes(nodes)));
         let (reads, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let state = (answer.clone(), reads.clone(), refused.clone());
+        let watchers = Watchers::default();
+        let state = (answer.clone(), reads.clone(), refused.clone(), watchers.clone());
         let task = tokio::spawn(serve(listener, TlsAcceptor::from(Arc::new(tls)), state));
-        Ok(SwarmApi { addr, answer, reads, refused, task })
+        Ok(SwarmApi { addr, answer, watchers, reads, refused, task })
     }
 
+    /// Sets what `/nodes` answers; a new node list is an event on every
+    /// open `/events` stream.
     pub fn set(&self, answer: Answer) {
+        let event = matches!(answer, Answer::Nodes(_));
         *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = answer;
+        if event {
+            let line = Bytes::from_static(b"{\"Type\":\"node\",\"Action\":\"update\",\"Actor\":{\"ID\":\"x\"}}\n");
+            self.watchers.lock().unwrap_or_else(|p| p.into_inner()).retain(|w| w.send(line.clone()).is_ok());
+        }
+    }
+
+    /// `/events` streams open now.
+    pub fn watchers(&self) -> usize {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        w.retain(|w| !w.is_closed());
+        w.len()
     }
 
     pub fn set_nodes(&self, nodes: Vec<StandNode>) {
@@ -158,7 +192,7 @@ impl Drop for SwarmApi {
     }
 }
 
-type State = (Arc<Mutex<Answer>>, Arc<AtomicU64>, Arc<AtomicU64>);
+type State = (Arc<Mutex<Answer>>, Arc<AtomicU64>, Arc<AtomicU64>, Watchers);
 
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: State) {
     loop {
@@ -183,8 +217,15 @@ async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: State) {
     }
 }
 
-fn answer(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+type Body = http_body_util::Either<Full<Bytes>, Events>;
+
+fn answer(req: &Request<Incoming>, state: &State) -> Response<Body> {
     let path = req.uri().path();
+    if path == "/events" || path == "/v1.41/events" {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        state.3.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        return Response::new(http_body_util::Either::Right(Events(rx)));
+    }
     let (status, body) = if path == "/version" || path == "/v1.41/version" {
         (StatusCode::OK, r#"{"Version":"20.10.13","ApiVersion":"1.41","MinAPIVersion":"1.12","Os":"linux"}"#.to_owned())
     } else if path == "/nodes" || path == "/v1.41/nodes" {
@@ -203,7 +244,7 @@ fn answer(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     } else {
         (StatusCode::NOT_FOUND, r#"{"message":"page not found"}"#.to_owned())
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
     resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
     resp

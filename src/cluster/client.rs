@@ -126,7 +126,7 @@ pub async fn fetch(api: &[HostPort], tls: &Arc<ClientConfig>) -> Result<(String,
     let mut errors = Vec::new();
     let mut last = fail(Reason::Connect, "no endpoint");
     for hp in api {
-        match fetch_one(hp, tls, Instant::now() + ENDPOINT_TIMEOUT).await {
+        match fetch_one(hp, tls, Instant::now() + ENDPOINT_TIMEOUT, Ask::Nodes).await {
             Ok(nodes) => return Ok((hp.to_string(), nodes)),
             Err(f) => {
                 errors.push(format!("{hp}: {}", f.message));
@@ -142,7 +142,37 @@ fn timed_out(phase: &str) -> Failure {
     fail(Reason::Timeout, format!("timeout after {}s ({phase})", ENDPOINT_TIMEOUT.as_secs()))
 }
 
-async fn fetch_one(hp: &HostPort, tls: &Arc<ClientConfig>, deadline: Instant) -> Result<Vec<Node>, Failure> {
+/// Follows the node events of the endpoint `hp` (`GET /events` filtered on
+/// nodes), calling `on_event` for each piece of the stream (a refresh is
+/// asked for; the events themselves are not read, so nothing piles up).
+/// Returns why the stream ended: connect, handshake and the answer's head
+/// are bounded by [`ENDPOINT_TIMEOUT`], the stream itself is not (TCP
+/// keepalive finds a dead peer).
+pub async fn watch_events(hp: &HostPort, tls: &Arc<ClientConfig>, on_event: &(dyn Fn() + Sync)) -> Failure {
+    match fetch_one(hp, tls, Instant::now() + ENDPOINT_TIMEOUT, Ask::Events(on_event)).await {
+        Ok(_) => fail(Reason::Connect, "the event stream ended"),
+        Err(f) => f,
+    }
+}
+
+/// What a session asks after `/version`.
+enum Ask<'a> {
+    Nodes,
+    Events(&'a (dyn Fn() + Sync)),
+}
+
+/// The event filter `{"type":["node"]}`, URL-encoded.
+const NODE_EVENTS: &str = "filters=%7B%22type%22%3A%5B%22node%22%5D%7D";
+
+/// A TCP connection to `hp` and the TLS handshake over it, presenting the
+/// bundle's certificate; `long`: a stream that may stay quiet for hours
+/// (TCP keepalive finds a dead peer).
+async fn connect(
+    hp: &HostPort,
+    tls: &Arc<ClientConfig>,
+    deadline: Instant,
+    long: bool,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
     let tcp = match timeout_at(deadline, TcpStream::connect((hp.host.as_str(), hp.port))).await {
         Err(_) => return Err(timed_out("connect")),
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -152,12 +182,25 @@ async fn fetch_one(hp: &HostPort, tls: &Arc<ClientConfig>, deadline: Instant) ->
         Ok(Ok(s)) => s,
     };
     let _ = tcp.set_nodelay(true);
+    if long {
+        let ka = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(10));
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka);
+    }
     let name = ServerName::try_from(hp.host.clone()).map_err(|e| fail(Reason::Tls, format!("server name: {e}")))?;
-    let stream = match timeout_at(deadline, TlsConnector::from(tls.clone()).connect(name, tcp)).await {
-        Err(_) => return Err(timed_out("tls handshake")),
-        Ok(Err(e)) => return Err(fail(Reason::Tls, format!("TLS: {}", crate::health::tls::describe(&e)))),
-        Ok(Ok(s)) => s,
-    };
+    match timeout_at(deadline, TlsConnector::from(tls.clone()).connect(name, tcp)).await {
+        Err(_) => Err(timed_out("tls handshake")),
+        Ok(Err(e)) => Err(fail(Reason::Tls, format!("TLS: {}", crate::health::tls::describe(&e)))),
+        Ok(Ok(s)) => Ok(s),
+    }
+}
+
+async fn fetch_one(
+    hp: &HostPort,
+    tls: &Arc<ClientConfig>,
+    deadline: Instant,
+    ask: Ask<'_>,
+) -> Result<Vec<Node>, Failure> {
+    let stream = connect(hp, tls, deadline, matches!(ask, Ask::Events(_))).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await
         .map_err(|e| fail(Reason::Invalid, format!("HTTP: {e}")))?;
@@ -205,8 +248,38 @@ async fn fetch_one(hp: &HostPort, tls: &Arc<ClientConfig>, deadline: Instant) ->
     };
     let version = get("/version", VERSION_MAX).await?;
     let v = api_version(&version).map_err(|m| fail(Reason::Invalid, format!("/version: {m}")))?;
-    let body = get(&format!("/v{v}/nodes"), NODES_MAX).await?;
-    nodes::parse(&body).map_err(|m| fail(Reason::Invalid, m))
+    let on_event = match ask {
+        Ask::Nodes => {
+            let body = get(&format!("/v{v}/nodes"), NODES_MAX).await?;
+            return nodes::parse(&body).map_err(|m| fail(Reason::Invalid, m));
+        }
+        Ask::Events(f) => f,
+    };
+    let req = Request::get(format!("/v{v}/events?{NODE_EVENTS}"))
+        .header(HOST, host.as_str())
+        .header(USER_AGENT, concat!("ucp-lb/", env!("CARGO_PKG_VERSION")))
+        .body(Empty::new())
+        .map_err(|e| fail(Reason::Invalid, format!("request: {e}")))?;
+    let resp = match timeout_at(deadline, drive(conn.as_mut(), &mut done, sender.send_request(req))).await {
+        Err(_) => return Err(timed_out("/events")),
+        Ok(Err(e)) => return Err(http_error(&e)),
+        Ok(Ok(r)) => r,
+    };
+    if resp.status() != 200 {
+        return Err(fail(Reason::Status, format!("/events: status {}", resp.status().as_u16())));
+    }
+    let mut body = resp.into_body();
+    loop {
+        match drive(conn.as_mut(), &mut done, body.frame()).await {
+            None => return Ok(Vec::new()),
+            Some(Err(e)) => return Err(http_error(&e)),
+            Some(Ok(frame)) => {
+                if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                    on_event();
+                }
+            }
+        }
+    }
 }
 
 /// `ApiVersion` of a `/version` answer: "1.41".

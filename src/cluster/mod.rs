@@ -35,6 +35,10 @@ pub struct Status {
     pub refreshes: u64,
     /// Failed refreshes, by reason ([`Reason::as_str`]).
     pub failures: BTreeMap<String, u64>,
+    /// The endpoint whose node events are followed now (each asks for a
+    /// refresh at once); `None`: polling only.
+    #[serde(default)]
+    pub watching: Option<String>,
 }
 
 /// What one balancer holds of the swarm.
@@ -43,6 +47,8 @@ pub struct Cluster {
     nodes: ArcSwapOption<Vec<Node>>,
     tls: ArcSwapOption<rustls::ClientConfig>,
     status: Mutex<Status>,
+    /// A node event arrived: refresh now.
+    wake: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -84,6 +90,21 @@ impl Cluster {
         st.last_error = Some(f.message.clone());
         *st.failures.entry(f.reason.as_str().to_owned()).or_default() += 1;
         first
+    }
+
+    /// Asks the refresh loop for a read now (a node event came).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits for [`Cluster::wake`].
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// The endpoint whose events are followed now, if any.
+    pub fn set_watching(&self, endpoint: Option<String>) {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).watching = endpoint;
     }
 
     /// The list and status a process taking over was handed.

@@ -37,7 +37,40 @@ where
         }
         let next = Instant::now() + cfg.refresh;
         refresh(&shared, &cfg.api, &apply).await;
-        tokio::time::sleep_until(next).await;
+        // A node event reads at once (a burst of them: one read more).
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = shared.own.cluster.woken() => {}
+        }
+    }
+}
+
+/// Follows the node events of the first endpoint that streams them, for
+/// ever (cancel by dropping): each asks the refresh loop for a read now,
+/// so a join or a drain is followed within a round trip, and polling every
+/// `refresh` stays the fallback. A stream that ends or fails is tried again
+/// after one `refresh`.
+pub async fn events_loop(shared: Arc<Shared>) {
+    loop {
+        let cfg = shared.snapshot.load().config.cluster.clone();
+        let cluster = &shared.own.cluster;
+        let Some(tls) = cluster.tls().filter(|_| cfg.enabled()) else {
+            tokio::time::sleep(IDLE).await;
+            continue;
+        };
+        for hp in &cfg.api {
+            let endpoint = hp.to_string();
+            let wake = || {
+                // The first bytes say the stream is up (the API sends its
+                // head, then events as they come).
+                cluster.wake();
+            };
+            cluster.set_watching(Some(endpoint.clone()));
+            let why = client::watch_events(hp, &tls, &wake).await;
+            cluster.set_watching(None);
+            debug!(%endpoint, reason = why.reason.as_str(), error = %why.message, "cluster: node events not followed");
+        }
+        tokio::time::sleep(cfg.refresh).await;
     }
 }
 

@@ -388,6 +388,7 @@ where
     let writer = shared.clone();
     let apply = move |endpoint, nodes| apply_cluster(writer.clone(), endpoint, nodes);
     background.push(tokio::spawn(cluster::refresh_loop(shared.clone(), apply)));
+    background.push(tokio::spawn(cluster::events_loop(shared.clone())));
     background.push(tokio::spawn(crate::metrics::upkeep_loop(shared.own.metrics.clone())));
     let conns = shared.own.conns.clone();
     background.push(tokio::spawn(async move { conns.sweep().await }));

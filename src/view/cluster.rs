@@ -29,6 +29,9 @@ pub struct ClusterStatus {
     pub refreshes: u64,
     /// Failed refreshes by reason, every reason listed.
     pub failures: BTreeMap<&'static str, u64>,
+    /// The endpoint whose node events are followed (each read at once);
+    /// `None`: polling every `refresh` only.
+    pub events_from: Option<String>,
 }
 
 const REASONS: [Reason; 7] =
@@ -51,6 +54,7 @@ pub fn status(snap: &Snapshot, own: &Owners, now: u64, started_at: u64) -> Optio
         never_read_s: st.list_at.is_none().then(|| now.saturating_sub(started_at)),
         nodes: own.cluster.nodes().map_or(0, |n| n.len()),
         refreshes: st.refreshes,
+        events_from: st.watching.clone(),
         failures: REASONS.iter().map(|r| (r.as_str(), st.failures.get(r.as_str()).copied().unwrap_or(0))).collect(),
     })
 }
