@@ -112,6 +112,7 @@ impl Snapshot {
                     // The state that exists (kept by this pool, or by open
                     // connections to a server removed and now back), or new.
                     let state = states.get(&pc.name, &name, addr, sc.nth);
+                    state.from_swarm.store(sc.source == crate::config::ServerSource::Cluster, Relaxed);
                     servers.push(Server {
                         name: name.clone(),
                         alias: alias.clone(),

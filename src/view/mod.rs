@@ -589,7 +589,6 @@ fn server(p: &Pool, i: usize, now: Instant) -> ServerStatus {
     });
     ServerStatus {
         warming,
-        source: s.source.as_str(),
         state: s.admin_state().as_str(),
         weight: s.weight,
         backup: s.backup,
@@ -617,7 +616,7 @@ fn counted(name: &str, addr: SocketAddr, st: &ServerState) -> ServerStatus {
         removed: false,
         label: crate::state::pool::server_label(name, addr),
         addr,
-        source: "static",
+        source: if st.from_swarm.load(Relaxed) { "cluster" } else { "static" },
         state: "removed",
         weight: 0,
         backup: false,
