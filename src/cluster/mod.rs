@@ -39,6 +39,9 @@ pub struct Status {
     /// refresh at once); `None`: polling only.
     #[serde(default)]
     pub watching: Option<String>,
+    /// The reason of the last failure ([`Reason::as_str`]).
+    #[serde(default)]
+    pub last_reason: Option<String>,
 }
 
 /// What one balancer holds of the swarm.
@@ -82,11 +85,14 @@ impl Cluster {
         st.refreshes += 1;
     }
 
-    /// A refresh failed: the list in force stays. Returns whether this
-    /// starts an episode of failures (the one before succeeded).
+    /// A refresh failed: the list in force stays. Returns whether this is
+    /// news: the first failure after a success, or another reason than
+    /// the last one's (500, then refused).
     pub fn failed(&self, f: &Failure) -> bool {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        let first = st.last_error.is_none();
+        let reason = f.reason.as_str();
+        let first = st.last_error.is_none() || st.last_reason.as_deref() != Some(reason);
+        st.last_reason = Some(reason.to_owned());
         st.last_error = Some(f.message.clone());
         *st.failures.entry(f.reason.as_str().to_owned()).or_default() += 1;
         first

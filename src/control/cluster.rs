@@ -100,7 +100,7 @@ where
         }
         Err(f) => {
             let kept = cluster.nodes().map(|n| n.len());
-            // Warned once per episode (and counted and shown every time):
+            // Warned once per episode and reason (counted and shown every time):
             // an API down for an hour is one line, not 360.
             if cluster.failed(&f) {
                 let detail = format!("{}; the last good list stays", crate::health::check::printable(&f.message));
