@@ -17,6 +17,9 @@
 //! - `health/`: active checks: one probe (`probe`, `tls`), what a check
 //!   found and its rise/fall (`check`), the probe tasks shared between
 //!   pools (`mod.rs`), and nginx's passive `max_fails` (`passive`, pure).
+//! - `cluster/`: the swarm pools can follow: one read of the node list
+//!   with a client bundle (`client`), its schema read strictly (`nodes`),
+//!   the nodes a pool takes (`select`, pure), the last good list.
 //! - `wire/`: what happens on a client's two sockets, knowing no pool or
 //!   snapshot: the byte path (`copy`, `splice`), the connections a
 //!   balancer holds and their stop request (`conns`), close orders
@@ -34,7 +37,8 @@
 //!   page (`page`) and `/metrics` (`prom`) render it.
 //! - `control/`: the one pipeline of check, start and reload and the
 //!   snapshot's one writer (`lifecycle`), what triggers a reload
-//!   (`reload`), re-resolution (`resolve`), the watcher that reacts to
+//!   (`reload`), re-resolution (`resolve`), the swarm followed
+//!   (`cluster`), the watcher that reacts to
 //!   state changes (`watch`), the admin token (`token`), and the binary
 //!   upgrade (`upgrade/`: control socket, what is carried, the take-over).
 //! - `admin/`: the admin server. `nginx/`: `convert-nginx`.
@@ -49,6 +53,7 @@
 pub mod admin;
 pub mod build_info;
 mod civil;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod events;

@@ -46,8 +46,22 @@ pub const START_TIME: &str = "ucp_lb_start_time_seconds";
 pub const MOVED_IN: &str = "ucp_lb_upgrade_connections_moved_in_total";
 pub const PREVIOUS_HOLDS: &str = "ucp_lb_upgrade_previous_process_connections";
 pub const UPGRADES_RESUMED: &str = "ucp_lb_upgrade_resumed_total";
+pub const CLUSTER_REFRESH_FAILURES: &str = "ucp_lb_cluster_refresh_failures_total";
+pub const CLUSTER_LIST_AGE: &str = "ucp_lb_cluster_list_age_seconds";
+pub const POOL_CLUSTER_NODES: &str = "ucp_lb_pool_cluster_nodes";
 
 const HELP: &[(&str, &str, Unit)] = &[
+    (
+        CLUSTER_REFRESH_FAILURES,
+        "Reads of the swarm's node list that failed, by reason (the last good list stayed in force)",
+        Unit::Count,
+    ),
+    (
+        CLUSTER_LIST_AGE,
+        "Seconds since the node list in force was read from the swarm (since the start while none has been)",
+        Unit::Seconds,
+    ),
+    (POOL_CLUSTER_NODES, "Servers the pool takes from the swarm's node list", Unit::Count),
     (SERVER_UP, "1 when the server is eligible for new clients, 0 when not", Unit::Count),
     (SERVER_CHECK_UP, "1 when the server's last active check state is up, 0 when down or unknown", Unit::Count),
     (SERVER_ACTIVE, "Connections open (or opening) to the server", Unit::Count),
@@ -182,9 +196,8 @@ impl Metrics {
             let h = metrics::SharedString::from(*help);
             match *name {
                 SERVER_UP | SERVER_CHECK_UP | SERVER_ACTIVE | SERVER_WEIGHT_RATIO | CERT_EXPIRY | LISTENER_ACTIVE
-                | LISTENER_CLIENTS | RELOAD_OK | BUILD_INFO | POOL_FAIL_OPEN => {
-                    recorder.describe_gauge(k, Some(*unit), h)
-                }
+                | LISTENER_CLIENTS | RELOAD_OK | BUILD_INFO | POOL_FAIL_OPEN | CLUSTER_LIST_AGE
+                | POOL_CLUSTER_NODES => recorder.describe_gauge(k, Some(*unit), h),
                 CHECK_DURATION => recorder.describe_histogram(k, Some(*unit), h),
                 _ => recorder.describe_counter(k, Some(*unit), h),
             }

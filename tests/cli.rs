@@ -171,6 +171,12 @@ async fn demo_shows_traffic_leaving_a_broken_manager_and_coming_back() {
     assert!(!broken.contains("manager-02") && broken.matches("(200)").count() == 6, "{out}");
     assert!(out.contains("Back in rotation after"), "{out}");
     assert!(after("Six more clients", 1).contains("manager-02 (200)"), "{out}");
+    // The swarm scene: manager-05 joins, takes clients, is drained, takes none.
+    assert!(out.contains("manager-05 joined the pool after"), "{out}");
+    assert!(after("Five clients after it joined", 0).contains("manager-05 (200)"), "{out}");
+    assert!(out.contains("ucp-lb drains it after"), "{out}");
+    let drained = after("Five clients after the drain", 0);
+    assert!(!drained.contains("manager-05") && drained.matches("(200)").count() == 5, "{out}");
     demo.signal("INT");
     assert_eq!(demo.exit_code().await, Some(0));
 }

@@ -278,6 +278,7 @@ max_connections_per_client = 2
 max_connection_rate_per_client = 3
 [pool.ucp]
 servers = [{ address = "10.0.0.1:443", name = "m1", weight = 3, backup = true, max_conns = 9, slow_start = "1m" }]
+nodes = { role = "manager", port = 443 }
 [pool.ucp.health]
 expect_body = "ok"
 expect_json = { Healthy = true }
@@ -285,6 +286,10 @@ sni = "a.test"
 host = "b.test"
 ca_file = "ca.pem"
 port = 444
+[cluster]
+api = ["10.0.0.1:443"]
+bundle = "bundle"
+refresh = "5s"
 "#;
 
 /// `check --print` writes only declared keys, and every declared key but

@@ -64,6 +64,8 @@ fn alerts_and_dashboard_name_only_exported_metrics() {
         BUILD_INFO,
         POOL_FAIL_OPEN,
         ACCESS_LOG_WRITABLE,
+        CLUSTER_LIST_AGE,
+        CLUSTER_REFRESH_FAILURES,
     ];
     let dashboard = std::fs::read_to_string(config_dir().join("grafana-dashboard.json")).unwrap();
     let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
@@ -82,6 +84,7 @@ fn alerts_and_dashboard_name_only_exported_metrics() {
         "ucp_lb_server_cert_expiry_timestamp_seconds - time() < 14 * 86400",
         "ucp_lb_config_last_reload_successful == 0",
         "ucp_lb_access_log_writable == 0",
+        "ucp_lb_cluster_list_age_seconds > 300",
     ] {
         assert!(alerts.contains(alert), "an alert on {alert}");
     }

@@ -42,6 +42,7 @@ fn pool(balance: Balance, slow_start: Duration) -> Pool {
                 max_conns: 0,
                 config_state: AdminState::Up,
                 slow_start,
+                source: Default::default(),
                 state: Arc::default(),
                 check: Some(Arc::new(Check::new(
                     format!("https://{addr}/_ping"),

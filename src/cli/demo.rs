@@ -3,8 +3,10 @@
 //! `/_ping` checks, and a short scene: clients spread over the managers, the
 //! stopped one is ejected, one manager's UCP breaks (its `/_ping` answers
 //! 500 while TCP and TLS stay up) and traffic moves away, then back. Then
-//! the user can break and mend managers by typing their number. Needs
-//! nothing installed.
+//! the user can break and mend managers by typing their number. The pool
+//! also follows a stand-in swarm (`swarm.rs`, read with a client bundle
+//! made at start): manager-05 joins it and takes clients, then is drained
+//! in the swarm and takes none. Needs nothing installed.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use tokio_rustls::TlsConnector;
 use ucp_lb::Running;
 
 use super::standin::{Manager, TestCa, https_get};
+use super::swarm::{StandNode, SwarmApi, write_bundle};
 
 /// The embedded lb.toml; `{listen}` and `{servers}` are filled in at start.
 const DEMO_TOML: &str = r#"
@@ -35,8 +38,14 @@ listen = "127.0.0.1:0"
 bind = "{listen}"
 pool = "ucp"
 
+[cluster]
+api = ["{api}"]
+bundle = "{bundle}"
+refresh = "500ms"
+
 [pool.ucp]
 servers = [{servers}]
+nodes = { role = "manager", port = {port} }
 
 [pool.ucp.health]
 kind = "https"
@@ -65,9 +74,22 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         .chain([("manager-04", stopped)])
         .map(|(name, addr)| format!("{{ address = \"{addr}\", name = \"{name}\" }}"))
         .collect();
-    let text = DEMO_TOML.replace("{listen}", &listen.to_string()).replace("{servers}", &servers.join(", "));
+    // The swarm: a worker only, until manager-05 joins.
+    let joining = Manager::start("manager-05", loopback, &ca).await?;
+    let worker = StandNode::worker("worker-01", "127.0.0.1");
+    let api = SwarmApi::start(loopback, &ca, vec![worker.clone()]).await?;
+    let bundle = std::env::temp_dir().join(format!("ucp-lb-demo-bundle-{}", std::process::id()));
+    write_bundle(&bundle, &ca, "demo-admin").context("cannot write the demo's client bundle")?;
+    let text = DEMO_TOML
+        .replace("{listen}", &listen.to_string())
+        .replace("{servers}", &servers.join(", "))
+        .replace("{api}", &api.addr.to_string())
+        .replace("{bundle}", &bundle.display().to_string())
+        .replace("{port}", &joining.addr.port().to_string());
     let config = ucp_lb::config::parse(&text, "demo.toml")?;
-    let running = match ucp_lb::start(config).await {
+    let started = ucp_lb::start(config).await;
+    let _ = std::fs::remove_dir_all(&bundle);
+    let running = match started {
         Ok(r) => r,
         Err(ucp_lb::StartError::Bind(e)) if e.error.kind() == std::io::ErrorKind::AddrInUse => {
             anyhow::bail!("{listen} is taken: pass --listen with a free address, e.g. --listen 127.0.0.1:18443")
@@ -114,7 +136,51 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     }
     clients(&connector, lb, 6, "Six more clients:").await;
 
+    swarm_scene(&running, &api, worker, &joining, &connector, lb).await;
     try_it(&running, &managers, lb).await
+}
+
+/// manager-05 joins the swarm, then is drained there: the pool follows.
+async fn swarm_scene(
+    running: &Running,
+    api: &SwarmApi,
+    worker: StandNode,
+    joining: &Manager,
+    connector: &TlsConnector,
+    lb: SocketAddr,
+) {
+    let (addr, name) = (joining.addr, joining.name.as_str());
+    println!("\nThe pool also follows the swarm: ucp-lb reads its node list from the (stand-in) UCP API");
+    println!("at {} every 500ms with a client bundle, and takes its managers at port {}.", api.addr, addr.port());
+    println!("{name} joins the swarm as a manager (docker swarm join).");
+    let mut node = StandNode::manager(name, "127.0.0.1");
+    api.set_nodes(vec![worker.clone(), node.clone()]);
+    let t0 = Instant::now();
+    if wait_state(running, addr, |s| s.eligible).await {
+        println!("{name} joined the pool after {:.1}s.", t0.elapsed().as_secs_f64());
+    }
+    clients(connector, lb, 5, "Five clients after it joined:").await;
+    println!("\n{name} is drained in the swarm (docker node update --availability drain {name}).");
+    node.availability = "drain".into();
+    api.set_nodes(vec![worker, node]);
+    let t0 = Instant::now();
+    if wait_state(running, addr, |s| s.state == "drain").await {
+        println!("ucp-lb drains it after {:.1}s: no new clients, open ones go on.", t0.elapsed().as_secs_f64());
+    }
+    clients(connector, lb, 5, "Five clients after the drain:").await;
+}
+
+/// Waits (10 s at most) until the server at `addr` is as `want` says.
+async fn wait_state(running: &Running, addr: SocketAddr, want: impl Fn(&ucp_lb::view::ServerStatus) -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if running.status().into_iter().flat_map(|p| p.servers).any(|s| s.addr == addr && !s.removed && want(&s)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("(not yet after 10s)");
+    false
 }
 
 /// The end of the scene: what to try, then the keys that break and mend

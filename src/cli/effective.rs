@@ -54,6 +54,16 @@ pub fn dump(c: &Config) -> String {
         let _ = writeln!(o, "\n[limit.{name}]");
         per_client(&mut o, *limits);
     }
+    if c.cluster.enabled() {
+        let cl = &c.cluster;
+        let _ = writeln!(o, "\n[cluster]");
+        let api: Vec<String> = cl.api.iter().map(|a| q(&a.to_string())).collect();
+        line(&mut o, "api", format!("[{}]", api.join(", ")), "set");
+        let bundle = cl.bundle.as_ref().map(|b| b.display().to_string()).unwrap_or_default();
+        line(&mut o, "bundle", q(&bundle), "set");
+        let from = if cl.refresh == ucp_lb::config::cluster::DEFAULT_REFRESH { "default" } else { "set" };
+        line(&mut o, "refresh", duration(Some(cl.refresh)), from);
+    }
     o
 }
 
@@ -208,6 +218,9 @@ fn pool(o: &mut String, p: &PoolConfig) {
         );
     }
     let _ = writeln!(o, "]");
+    if let Some(n) = &p.nodes {
+        line(o, "nodes", n.to_string(), "set");
+    }
     match &p.health {
         Some(h) => health(o, &p.name, h),
         None => {

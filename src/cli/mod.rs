@@ -10,6 +10,7 @@ pub mod healthcheck;
 pub mod logging;
 pub mod man;
 pub mod standin;
+pub mod swarm;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -261,12 +262,40 @@ async fn check(path: &Path, offline: bool, print: bool, format: logging::LogForm
             }
         }
     };
+    let swarm = if offline { None } else { read_swarm(&loaded, format).await };
     if print {
         print!("{}", effective::dump(&loaded.config));
     } else {
         print!("{}", summary(&loaded.config, resolved.as_ref()));
+        if let Some(s) = swarm {
+            println!("{s}");
+        }
     }
     ExitCode::SUCCESS
+}
+
+/// Reads the swarm once, as a start would: a failure is a warning (the
+/// balancer starts with its static servers and keeps trying), a success
+/// a line of the summary.
+async fn read_swarm(loaded: &ucp_lb::control::lifecycle::Loaded, format: logging::LogFormat) -> Option<String> {
+    let c = &loaded.config.cluster;
+    let tls = loaded.cluster_tls.as_ref().filter(|_| c.enabled())?;
+    match ucp_lb::cluster::client::fetch(&c.api, tls).await {
+        Ok((endpoint, nodes)) => {
+            let managers = nodes.iter().filter(|n| n.role == ucp_lb::cluster::nodes::NodeRole::Manager).count();
+            Some(format!("cluster: {} nodes ({managers} managers) read from {endpoint}", nodes.len()))
+        }
+        Err(f) => {
+            let w = format!(
+                "{}: cluster.api: cannot read the node list ({}): {}; ucp-lb would start with the static servers and keep trying",
+                loaded.config.source,
+                f.reason.as_str(),
+                f.message
+            );
+            logging::warning(format, &w);
+            None
+        }
+    }
 }
 
 /// What `check` prints of a valid config.
@@ -470,6 +499,9 @@ fn summary_check(s: &mut String, h: &config::HealthConfig) {
 /// A pool's servers: the addresses each resolved to, and its flags.
 fn summary_servers(s: &mut String, p: &config::PoolConfig, resolved: Option<&ucp_lb::state::snapshot::Resolved>) {
     use std::fmt::Write;
+    if let Some(n) = &p.nodes {
+        let _ = writeln!(s, "    and the swarm's nodes {n} (from [cluster])");
+    }
     for srv in &p.servers {
         // An IP address needs no resolving, --offline or not.
         let literal =

@@ -71,6 +71,16 @@ impl TestCa {
         Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))))
     }
 
+    /// A certificate for `names` and its key, both in PEM (a client
+    /// bundle's cert.pem and key.pem).
+    pub fn issue_pem(&self, cn: &str, names: &[&str]) -> Result<(String, String), rcgen::Error> {
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     /// A TLS client that trusts this CA only.
     pub fn connector(&self) -> Result<TlsConnector, rustls::Error> {
         let mut roots = rustls::RootCertStore::empty();

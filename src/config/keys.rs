@@ -405,6 +405,21 @@ pub const KEYS: &[Key] = &[
         "a PEM CA the server's certificate is verified against",
     ),
     key("pool.*.health.port", T::Integer, "(the server's)", "probe this port instead of the server's own"),
+    // A pool's nodes from [cluster].
+    key(
+        "pool.*.nodes",
+        T::Table,
+        "(none: servers only)",
+        r#"the swarm's nodes this pool takes besides its servers: { role = "manager", port = 443 } or { label = "k=v", port = 443 }"#,
+    ),
+    key("pool.*.nodes.role", T::String, "(none)", "manager or worker: the nodes of this role (or give label)"),
+    key(
+        "pool.*.nodes.label",
+        T::String,
+        "(none)",
+        r#""k=v" (or "k"): the nodes whose Spec.Labels carry it (or give role)"#,
+    ),
+    key("pool.*.nodes.port", T::Integer, "(required)", "the port clients are sent to on each node"),
     // [limit.NAME]: per-client limits that the listeners naming it share.
     key(
         "limit.*.max_connections_per_client",
@@ -418,6 +433,20 @@ pub const KEYS: &[Key] = &[
         "(no limit)",
         "new connections one client address may open per second across every listener naming the limit",
     ),
+    // [cluster]: the swarm that fills pools' nodes.
+    key(
+        "cluster.api",
+        T::List,
+        "(none: no cluster read)",
+        "UCP (or Docker Engine API over TLS) endpoints, host:port, tried in turn",
+    ),
+    key(
+        "cluster.bundle",
+        T::String,
+        "(required with api)",
+        "a UCP client bundle's directory: ca.pem, cert.pem, key.pem (relative to lb.toml)",
+    ),
+    key("cluster.refresh", T::Duration, r#""10s""#, "how often the node list is read"),
 ];
 
 /// The keys `table` accepts, in declaration order: `""` (the top),
@@ -503,11 +532,11 @@ mod tests {
 
     #[test]
     fn tables_list_their_keys_in_order() {
-        assert_eq!(names(""), ["workers", "admin", "defaults", "listener", "pool", "limit"]);
+        assert_eq!(names(""), ["workers", "admin", "defaults", "listener", "pool", "limit", "cluster"]);
         assert_eq!(names("admin"), ["listen", "token_file", "status_needs_token", "control_socket"]);
         assert_eq!(names("defaults.server_keepalive"), ["idle", "interval", "count"]);
         let pool = names("pool.*");
-        assert_eq!(pool[..3], ["servers", "health", "balance"]);
+        assert_eq!(pool[..4], ["servers", "health", "nodes", "balance"]);
         assert_eq!(pool.last(), Some(&"send_proxy_protocol"));
     }
 

@@ -6,12 +6,14 @@
 //! runtime state: host names are resolved by `resolve.rs`. Every key is
 //! declared once, in `keys.rs`.
 
+pub mod cluster;
 pub mod keys;
 pub mod raw;
 pub mod rules;
 mod validate;
 mod values;
 
+pub use cluster::{ClusterConfig, NodeMatch, NodeSelector, Role, ServerSource};
 pub use rules::{Limits, Pattern, ProxyProtocol, Rule};
 pub use values::{LineIndex, format_duration, parse_duration, parse_host_port, parse_listen};
 
@@ -258,6 +260,9 @@ pub struct ServerConfig {
     /// The server's own `slow_start`, over its pool's.
     pub slow_start: Option<Duration>,
     pub pos: Pos,
+    /// The node's Spec.Labels (empty for a static server).
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub source: ServerSource,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -267,6 +272,8 @@ pub struct PoolConfig {
     /// Where each `[defaults]` key's value came from, by key name.
     pub origins: std::collections::BTreeMap<&'static str, Origin>,
     pub servers: Vec<ServerConfig>,
+    /// `nodes`: the swarm's nodes it takes besides `servers`.
+    pub nodes: Option<NodeSelector>,
     /// `None`: no active check (`kind = "none"` or no `[pool.NAME.health]`).
     pub health: Option<HealthConfig>,
 }
@@ -622,6 +629,7 @@ pub struct Config {
     /// `[limit.NAME]`s, by name: the per-client limits listeners naming
     /// one take (a listener's own `max_connections_per_client` beats its).
     pub limits: Vec<(Arc<str>, Limits)>,
+    pub cluster: ClusterConfig,
     /// CRC-32 of the text it was parsed from: the file watch compares the
     /// file with what is running, not with what it read when it started.
     pub fingerprint: u32,
@@ -714,6 +722,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     };
     if let Some(t) = config.admin.token_file.as_mut() {
         beside(t);
+    }
+    if let Some(b) = config.cluster.bundle.as_mut() {
+        beside(b);
     }
     for pool in &mut config.pools {
         if let Some(f) = pool.health.as_mut().and_then(|h| h.ca_file.as_mut()) {

@@ -51,6 +51,23 @@ pub struct RawConfig {
     pub pool: BTreeMap<String, S<RawPool>>,
     /// `[limit.NAME]`: per-client limits listeners share by name.
     pub limit: BTreeMap<String, S<RawLimit>>,
+    pub cluster: Option<S<RawCluster>>,
+}
+
+/// `[cluster]`: the swarm that fills pools.
+#[derive(Debug, Default)]
+pub struct RawCluster {
+    pub api: Option<S<Vec<S<String>>>>,
+    pub bundle: Option<S<String>>,
+    pub refresh: Option<S<String>>,
+}
+
+/// A pool's `nodes = { role = "manager", port = 443 }`.
+#[derive(Debug, Default)]
+pub struct RawNodes {
+    pub role: Option<S<String>>,
+    pub label: Option<S<String>>,
+    pub port: Option<S<i64>>,
 }
 
 /// A `[limit.NAME]` table.
@@ -125,6 +142,7 @@ pub struct RawSettings {
 pub struct RawPool {
     pub servers: Option<S<Vec<S<RawServer>>>>,
     pub health: Option<S<RawHealth>>,
+    pub nodes: Option<S<RawNodes>>,
     pub settings: RawSettings,
 }
 
@@ -232,10 +250,23 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
             let key = format!("pool.{}", name.get_ref());
             let Some(pt) = r.as_table(p, &key, "a [pool.NAME] table") else { continue };
             r.known_keys(pt, &key, &keys::names("pool.*"));
-            let pool =
-                RawPool { servers: r.servers(pt, &key), health: r.health(pt, &key), settings: r.settings(pt, &key) };
+            let pool = RawPool {
+                servers: r.servers(pt, &key),
+                health: r.health(pt, &key),
+                nodes: r.nodes(pt, &key),
+                settings: r.settings(pt, &key),
+            };
             raw.pool.insert(name.get_ref().to_string(), Spanned::new(p.span(), pool));
         }
+    }
+    if let Some((span, c)) = r.table(t, "", "cluster") {
+        r.known_keys(c, "cluster", &keys::names("cluster"));
+        let cluster = RawCluster {
+            api: r.strings(c, "cluster", "api", r#"a list like ["manager-01:443", "manager-02:443"]"#),
+            bundle: r.string(c, "cluster", "bundle"),
+            refresh: r.string(c, "cluster", "refresh"),
+        };
+        raw.cluster = Some(Spanned::new(span, cluster));
     }
     if let Some((_, limits)) = r.table(t, "", "limit") {
         for (name, l) in limits.iter() {
@@ -480,6 +511,20 @@ impl Reader<'_> {
             out.push(Spanned::new(item.span(), server));
         }
         Some(Spanned::new(v.span(), out))
+    }
+
+    /// A pool's `nodes`: a table of `role` or `label`, and `port`.
+    fn nodes(&mut self, t: &DeTable<'_>, path: &str) -> Option<S<RawNodes>> {
+        let key = join(path, "nodes");
+        let v = field(t, "nodes")?;
+        let n = self.as_table(v, &key, r#"a table like { role = "manager", port = 443 }"#)?;
+        self.known_keys(n, &key, &keys::names("pool.*.nodes"));
+        let raw = RawNodes {
+            role: self.string(n, &key, "role"),
+            label: self.string(n, &key, "label"),
+            port: self.int(n, &key, "port"),
+        };
+        Some(Spanned::new(v.span(), raw))
     }
 
     fn health(&mut self, t: &DeTable<'_>, path: &str) -> Option<S<RawHealth>> {

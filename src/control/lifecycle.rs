@@ -24,9 +24,9 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{self, AdminState, Config, ConfigError, ConfigErrors};
-use crate::control::resolve;
 use crate::control::token::{self, Token};
 use crate::control::watch;
+use crate::control::{cluster, resolve};
 use crate::files::READ_TIMEOUT;
 use crate::health::{self, TlsConfigs};
 use crate::state::snapshot::{Owners, Resolved, Shared, Snapshot};
@@ -60,6 +60,9 @@ pub struct Loaded {
     pub workers: Option<usize>,
     /// `UCP_LB_SPLICE=shared`.
     pub splice_shared_only: bool,
+    /// The `[cluster] bundle`'s TLS config (its files read now, so a
+    /// reload re-reads them: certificate rotation).
+    pub cluster_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Loaded {
@@ -120,7 +123,12 @@ fn complete_with(mut config: Config, node_files: bool) -> Result<Loaded, ConfigE
     let mut errors = Vec::new();
     let mut token = None;
     let mut tls = TlsConfigs::new();
+    let mut cluster_tls = None;
     if node_files {
+        cluster_tls = bundle(&config).unwrap_or_else(|e| {
+            errors.push(e);
+            None
+        });
         token = token::read(&config.admin, &config.source).unwrap_or_else(|e| {
             errors.push(e);
             None
@@ -171,10 +179,22 @@ fn complete_with(mut config: Config, node_files: bool) -> Result<Loaded, ConfigE
         }
     };
     if errors.is_empty() {
-        Ok(Loaded { config, token, tls, workers, splice_shared_only })
+        Ok(Loaded { config, token, tls, workers, splice_shared_only, cluster_tls })
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// The `[cluster] bundle`, read into a TLS config; an error names the file.
+fn bundle(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, ConfigError> {
+    let c = &config.cluster;
+    let Some(dir) = c.bundle.as_ref().filter(|_| c.enabled()) else { return Ok(None) };
+    crate::cluster::client::read_bundle(dir).map(Some).map_err(|message| ConfigError {
+        source: config.source.clone(),
+        pos: Some(c.bundle_pos),
+        key: "cluster.bundle".into(),
+        message,
+    })
 }
 
 /// Resolves every server name of `loaded`.
@@ -221,6 +241,9 @@ pub struct Inherited {
     pub restore: Option<Box<dyn FnOnce(&Snapshot) + Send>>,
     /// The old process's config generation.
     pub generation: u64,
+    /// The old process's node list and how its refreshes went: served
+    /// before the first refresh here.
+    pub cluster: Option<(Option<Vec<crate::cluster::Node>>, crate::cluster::Status)>,
     pub from_pid: u32,
 }
 
@@ -311,7 +334,7 @@ where
 {
     log_warnings(&loaded);
     let resolved = resolve(&loaded).await?;
-    let Loaded { config, token, tls, splice_shared_only, .. } = loaded;
+    let Loaded { config, token, tls, splice_shared_only, cluster_tls, .. } = loaded;
     let listeners = Listeners::default();
     // Bind every listener before accepting on any, so a bad bind changes nothing.
     let bound = listeners.bind_new_from(&config, &mut inherited.listeners)?;
@@ -324,6 +347,11 @@ where
     let admin_addr = admin_sock.local_addr().ok();
     let admin_fd = std::os::fd::AsFd::as_fd(&admin_sock).try_clone_to_owned().ok();
     let own = Owners::new(splice_shared_only);
+    own.cluster.set_tls(cluster_tls);
+    match inherited.cluster.take() {
+        Some((nodes, status)) => own.cluster.restore(nodes, status),
+        None => cluster::first_read(&own, &config.cluster).await,
+    }
     let generation = inherited.generation + 1;
     let snapshot = Snapshot::build(generation, Arc::new(config), Arc::new(resolved), Arc::new(tls), None, &own);
     if let Some(restore) = inherited.restore.take() {
@@ -357,6 +385,10 @@ where
     let writer = shared.clone();
     let apply = move |updates| apply_resolved(writer.clone(), updates);
     background.push(tokio::spawn(resolve::refresh_loop(shared.clone(), apply)));
+    let writer = shared.clone();
+    let apply = move |endpoint, nodes| apply_cluster(writer.clone(), endpoint, nodes);
+    background.push(tokio::spawn(cluster::refresh_loop(shared.clone(), apply)));
+    background.push(tokio::spawn(cluster::events_loop(shared.clone())));
     background.push(tokio::spawn(crate::metrics::upkeep_loop(shared.own.metrics.clone())));
     let conns = shared.own.conns.clone();
     background.push(tokio::spawn(async move { conns.sweep().await }));
@@ -434,6 +466,8 @@ impl Lb {
             self.phase(),
         );
         let p = &self.process;
+        let now = crate::events::history::now() as u64;
+        view.cluster = view::cluster::status(&snap, &self.shared.own, now, p.started_at);
         view.process.started_at = p.started_at;
         view.process.took_over_from = p.took_over_from;
         view.process.previous_draining = *p.previous_draining.borrow();
@@ -528,7 +562,7 @@ impl Lb {
         };
         log_warnings(&loaded);
         let resolved = resolve(&loaded).await?;
-        let Loaded { config, token, tls, .. } = loaded;
+        let Loaded { config, token, tls, cluster_tls, .. } = loaded;
         let bound = self.listeners.bind_new_from(&config, &mut Vec::new())?;
         let cur = self.shared.snapshot.load_full();
         if config.admin.listen != self.admin_listen {
@@ -555,6 +589,7 @@ impl Lb {
         let generation = next.generation;
         let (servers_before, servers_after) = (server_count(&cur), server_count(&next));
         store(&self.shared, next);
+        self.shared.own.cluster.set_tls(cluster_tls);
         // Files the new config no longer names are closed, the rest reopened.
         self.shared.own.conns.access_log.configure(&config);
         if self.token.replace(token) {
@@ -603,6 +638,18 @@ async fn apply_resolved(shared: Arc<Shared>, updates: resolve::Updates) {
         Some(&cur),
         &shared.own,
     );
+    store(&shared, next);
+}
+
+/// Puts a new node list from the swarm in force (the cluster loop's
+/// answers): pools that take nodes change as a reload would change them.
+async fn apply_cluster(shared: Arc<Shared>, endpoint: String, nodes: Vec<crate::cluster::Node>) {
+    let _w = shared.writer.lock().await;
+    let cur = shared.snapshot.load_full();
+    let next = cluster::merge(&shared, &cur, endpoint, nodes);
+    // Nodes that joined are probed now; none gets a client before its
+    // first result (or one check timeout).
+    first_results(&next).await;
     store(&shared, next);
 }
 

@@ -21,6 +21,9 @@ use crate::wire::closing::Closing;
 #[derive(Debug, Default)]
 pub struct ServerState {
     pub passive: Mutex<Passive>,
+    /// A node of the swarm (its source, shown while it is listed and after,
+    /// while its connections last).
+    pub from_swarm: std::sync::atomic::AtomicBool,
     /// Connections open or being opened to this server.
     pub active: AtomicU32,
     pub connections: AtomicU64,

@@ -14,7 +14,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{AdminState, Config, HostPort, ListenerConfig};
+use crate::cluster::Cluster;
+use crate::config::{AdminState, Config, HostPort, ListenerConfig, ServerConfig};
 use crate::events::changes::Changes;
 use crate::events::history::History;
 use crate::health::{Health, TlsConfigs};
@@ -58,6 +59,9 @@ pub struct Owners {
     /// Its open connections, their stop request and the byte path's
     /// counters.
     pub conns: Arc<Conns>,
+    /// What it knows of the swarm: the last good node list that pools'
+    /// `nodes` take, and how its refreshes went.
+    pub cluster: Arc<Cluster>,
 }
 
 impl Owners {
@@ -69,7 +73,9 @@ impl Owners {
 
 impl Snapshot {
     /// Builds the snapshot of `config`; `own.health` gives each checked
-    /// server its (possibly shared, possibly existing) check.
+    /// server its (possibly shared, possibly existing) check. A pool's
+    /// servers are the ones it lists, then the nodes of `own.cluster`'s
+    /// list it takes.
     pub fn build(
         generation: u64,
         config: Arc<Config>,
@@ -83,7 +89,9 @@ impl Snapshot {
         for pc in &config.pools {
             let old = prev.and_then(|p| p.pool(&pc.name));
             let mut servers = Vec::new();
-            for sc in &pc.servers {
+            let nodes = own.cluster.nodes();
+            let discovered = nodes.as_deref().map(|n| crate::cluster::select::servers(pc, n)).unwrap_or_default();
+            for sc in pc.servers.iter().chain(&discovered) {
                 let name: Arc<str> = Arc::from(sc.address.to_string());
                 // Shown instead of the address as written: the name given,
                 // or "#2", "#3" for a repeated address.
@@ -92,7 +100,7 @@ impl Snapshot {
                     (None, 0) => None,
                     (None, n) => Some(Arc::from(format!("{name} #{}", n + 1))),
                 };
-                for &addr in resolved.get(&sc.address).map(Vec::as_slice).unwrap_or_default() {
+                for addr in addresses(&resolved, sc) {
                     let check = pc
                         .health
                         .as_ref()
@@ -104,6 +112,7 @@ impl Snapshot {
                     // The state that exists (kept by this pool, or by open
                     // connections to a server removed and now back), or new.
                     let state = states.get(&pc.name, &name, addr, sc.nth);
+                    state.from_swarm.store(sc.source == crate::config::ServerSource::Cluster, Relaxed);
                     servers.push(Server {
                         name: name.clone(),
                         alias: alias.clone(),
@@ -114,6 +123,7 @@ impl Snapshot {
                         max_conns: sc.max_conns,
                         config_state: sc.state,
                         slow_start: sc.slow_start.unwrap_or(pc.settings.slow_start),
+                        source: sc.source,
                         state,
                         check,
                     });
@@ -167,6 +177,15 @@ impl Snapshot {
             }
         }
         Some(n)
+    }
+}
+
+/// The addresses of `sc`: what its name resolved to, or, for a node of
+/// the swarm, the address the swarm gave.
+fn addresses(resolved: &Resolved, sc: &ServerConfig) -> Vec<SocketAddr> {
+    match resolved.get(&sc.address) {
+        Some(a) => a.clone(),
+        None => sc.address.host.parse().map(|ip| vec![SocketAddr::new(ip, sc.address.port)]).unwrap_or_default(),
     }
 }
 

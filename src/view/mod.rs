@@ -7,6 +7,7 @@
 //! apart. What reacts to changes of the same facts is the watcher
 //! (`watch.rs`).
 
+pub mod cluster;
 pub mod page;
 pub mod prom;
 
@@ -75,6 +76,8 @@ pub struct View {
     /// This process: its start, whom it took over from, the upgrade's
     /// connection moves.
     pub process: ProcessStatus,
+    /// The swarm's node list (`[cluster]`); `None` without one.
+    pub cluster: Option<cluster::ClusterStatus>,
 }
 
 /// This process and its upgrades (`ucp-lb --upgrade`).
@@ -355,6 +358,8 @@ pub struct PoolStatus {
     pub traffic: Vec<Sample>,
     pub fail_open_picks: u64,
     pub no_server: u64,
+    /// Servers it takes from the swarm's node list.
+    pub cluster_nodes: usize,
     pub servers: Vec<ServerStatus>,
 }
 
@@ -367,6 +372,8 @@ pub struct ServerStatus {
     /// metrics name the server.
     pub label: String,
     pub addr: SocketAddr,
+    /// Where it came from: "static" (lb.toml) or "cluster" (the swarm).
+    pub source: &'static str,
     pub state: &'static str,
     pub weight: u32,
     pub backup: bool,
@@ -508,6 +515,7 @@ pub fn view(
         events: named(own.history.events(), snap),
         access_log: AccessLogStatus::of(&own.conns.access_log),
         process: ProcessStatus { pid: std::process::id(), ..Default::default() },
+        cluster: None,
     }
 }
 
@@ -594,6 +602,7 @@ fn add_removed(pools: &mut Vec<PoolStatus>, snap: &Snapshot, states: &States) {
                 traffic: Vec::new(),
                 fail_open_picks: 0,
                 no_server: 0,
+                cluster_nodes: 0,
                 servers: vec![server],
             }),
         }
@@ -618,6 +627,7 @@ fn pool(p: &Pool, now: Instant) -> PoolStatus {
         traffic: Vec::new(),
         fail_open_picks: p.state.fail_open_picks.load(Relaxed),
         no_server: p.state.no_server.load(Relaxed),
+        cluster_nodes: servers.iter().filter(|s| s.source == "cluster").count(),
         servers,
     }
 }
@@ -659,6 +669,7 @@ fn counted(name: &str, addr: SocketAddr, st: &ServerState) -> ServerStatus {
         removed: false,
         label: crate::state::pool::server_label(name, addr),
         addr,
+        source: if st.from_swarm.load(Relaxed) { "cluster" } else { "static" },
         state: "removed",
         weight: 0,
         backup: false,

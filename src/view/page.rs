@@ -125,6 +125,9 @@ fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
     } else if s.fails > 0 {
         details.push(format!("{} failed connects", s.fails));
     }
+    if s.source == "cluster" {
+        details.push("from the swarm".to_owned());
+    }
     if s.state != "up" {
         let since = s.changed_at.map(|t| format!(" since {} UTC", clock(t as f64))).unwrap_or_default();
         details.push(format!("set {}{since}", s.state));
@@ -137,12 +140,13 @@ fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
         if s.name == addr { String::new() } else { format!("<br><span class=meta>{}</span>", escape(&addr)) };
     let _ = write!(
         out,
-        "<tr class=server data-pool=\"{pool}\" data-addr=\"{addr}\" data-eligible=\"{eligible}\"><td>{name}{role}{addr_line}</td>\
+        "<tr class=server data-pool=\"{pool}\" data-addr=\"{addr}\" data-eligible=\"{eligible}\" data-source={source}><td>{name}{role}{addr_line}</td>\
          <td class='state {class}'>{phrase}</td><td class=details>{details}</td>\
          <td>{active}</td><td>{conns}</td><td>{sent} / {recv}</td><td class=cert>{cert}</td></tr>",
         pool = escape(pool),
         addr = escape(&addr),
         eligible = s.eligible,
+        source = s.source,
         name = escape(&s.name),
         phrase = escape(&s.phrase),
         details = escape(&details.join(" · ")),
@@ -280,8 +284,9 @@ fn header(out: &mut String, h: &View) {
         "<h1>ucp-lb <span class='badge {health_class}' id=health>{health}</span></h1>\
          <div class=meta>version {ver} (commit {commit}) · config {src} · generation {gen} · reloads {ok} ok, {bad} failed</div>\
          <div class=meta id=reload>{reload}</div>\
-         <div class=meta id=process>{process}</div>",
+         <div class=meta id=process>{process}</div>{cluster}",
         process = process_line(&h.process),
+        cluster = cluster_line(h.cluster.as_ref()),
         ver = escape(h.version),
         commit = escape(h.build.commit),
         src = escape(&h.config_source),
@@ -289,6 +294,21 @@ fn header(out: &mut String, h: &View) {
         ok = h.reload.successes,
         bad = h.reload.failures,
     );
+}
+
+/// The swarm's node list: where from, how old, the last error.
+fn cluster_line(c: Option<&crate::view::cluster::ClusterStatus>) -> String {
+    let Some(c) = c else { return String::new() };
+    let failed: u64 = c.failures.values().sum();
+    let list = match (c.age_s, &c.endpoint) {
+        (Some(age), Some(e)) => format!("{} nodes read from {} {age} s ago", c.nodes, escape(e)),
+        _ => format!("<span class=bad>no node list read yet</span> ({} s)", c.never_read_s.unwrap_or(0)),
+    };
+    let error = match &c.last_error {
+        Some(e) => format!(" · <span class=bad>last read failed, the last good list stays:</span> {}", escape(e)),
+        None => String::new(),
+    };
+    format!("<div class=meta id=cluster>swarm: {list} · {failed} failed reads{error}</div>")
 }
 
 /// The anchor of a pool's section (`#pool-NAME`), which the header's badge
@@ -414,8 +434,11 @@ fn events(out: &mut String, events: &[Event]) {
             | "reload"
             | "pool has a server again"
             | "took over"
-            | "handed over" => "ok",
-            "drain" => "warn",
+            | "handed over"
+            | "joined"
+            | "active"
+            | "cluster read" => "ok",
+            "drain" | "drained" | "left" => "warn",
             _ => "bad",
         };
         let _ = write!(

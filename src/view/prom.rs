@@ -24,6 +24,9 @@ pub fn render(m: &Metrics, view: &View) -> String {
     for pool in &view.pools {
         let pname = pool.name.clone();
         m.gauge(POOL_FAIL_OPEN, vec![l("pool", pname.clone())]).set(f64::from(u8::from(pool.all_down)));
+        if view.cluster.is_some() && !pool.removed {
+            m.gauge(POOL_CLUSTER_NODES, vec![l("pool", pname.clone())]).set(pool.cluster_nodes as f64);
+        }
         for s in &pool.servers {
             let labels = || vec![l("pool", pname.clone()), l("server", s.label.clone())];
             m.gauge(SERVER_UP, labels()).set(f64::from(u8::from(s.eligible)));
@@ -100,6 +103,12 @@ pub fn render(m: &Metrics, view: &View) -> String {
     m.counter(MOVED_IN, vec![]).absolute(view.process.moved_in);
     m.gauge(PREVIOUS_HOLDS, vec![]).set(view.process.previous_holds as f64);
     m.counter(UPGRADES_RESUMED, vec![]).absolute(view.process.upgrades_resumed);
+    if let Some(c) = &view.cluster {
+        for (reason, n) in &c.failures {
+            m.counter(CLUSTER_REFRESH_FAILURES, vec![l("reason", *reason)]).absolute(*n);
+        }
+        m.gauge(CLUSTER_LIST_AGE, vec![]).set(c.age_s.or(c.never_read_s).unwrap_or(0) as f64);
+    }
     stable(&m.render())
 }
 

@@ -23,6 +23,8 @@ pub mod nginx;
 /// The stand-in UCP managers and DTR replicas the demo runs too.
 #[path = "../../src/cli/standin.rs"]
 pub mod standin;
+#[path = "../../src/cli/swarm.rs"]
+pub mod swarm;
 pub mod tls;
 
 /// The first of `candidates` that exists: an outside program a test needs.

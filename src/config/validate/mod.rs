@@ -5,6 +5,7 @@
 //! `pools.rs` and `health.rs` validate their tables.
 
 mod admin;
+mod cluster;
 mod health;
 mod listeners;
 mod pools;
@@ -59,6 +60,7 @@ impl Validator<'_> {
         };
         let pools = self.pools(raw, &defaults);
         let limits = self.shared_limits(raw);
+        let cluster = self.cluster(raw, &pools);
         let (listeners, binds) = self.listeners(raw);
         if raw.pool.is_empty() {
             self.err(None, "pool", "at least one [pool.NAME] is needed");
@@ -78,6 +80,7 @@ impl Validator<'_> {
             listeners,
             pools,
             limits,
+            cluster,
             fingerprint: 0,
             warnings: Vec::new(),
         }

@@ -42,7 +42,8 @@ impl Validator<'_> {
         }
         let pool_ref = pool.get_ref();
         let settings = self.settings(pool_ref.settings(), defaults, &key);
-        let servers = self.servers(pool, &key);
+        let nodes = pool_ref.nodes.as_ref().and_then(|n| self.nodes(n, &format!("{key}.nodes")));
+        let servers = self.servers(pool, &key, pool_ref.nodes.is_some());
         let mut health = match &pool_ref.health {
             Some(h) => self.health(h, &format!("{key}.health")),
             None => None,
@@ -52,8 +53,8 @@ impl Validator<'_> {
         }
         let origins = origins(raw, pool_ref);
         self.failure_keys(pool_ref, &settings, &servers, health.is_some(), &key);
-        self.proxy_to_ucp(raw, pool_ref, &settings, &servers, health.as_ref(), &key);
-        PoolConfig { name: Arc::from(name), settings, origins, servers, health }
+        self.proxy_to_ucp(raw, pool_ref, &settings, (&servers, nodes.as_ref()), health.as_ref(), &key);
+        PoolConfig { name: Arc::from(name), settings, origins, servers, nodes, health }
     }
 
     pub(super) fn settings(&mut self, r: SettingsRef<'_>, base: &Settings, table: &str) -> Settings {
@@ -201,12 +202,13 @@ impl Validator<'_> {
         raw: &RawConfig,
         pool: &raw::RawPool,
         settings: &Settings,
-        servers: &[ServerConfig],
+        (servers, nodes): (&[ServerConfig], Option<&NodeSelector>),
         health: Option<&HealthConfig>,
         key: &str,
     ) {
         let Some(v) = settings.send_proxy_protocol else { return };
-        let port = servers.iter().map(|s| s.address.port).find(|p| [443, 6443].contains(p));
+        let mut ports = servers.iter().map(|s| s.address.port).chain(nodes.map(|n| n.port));
+        let port = ports.find(|p| [443, 6443].contains(p));
         let ping = health.is_some_and(|h| h.kind != CheckKind::Tcp && h.path == "/_ping");
         let why = match (port, ping) {
             (Some(p), _) => format!("its servers are on port {p}"),
@@ -229,8 +231,12 @@ impl Validator<'_> {
         );
     }
 
-    fn servers(&mut self, pool: &S<raw::RawPool>, key: &str) -> Vec<ServerConfig> {
+    /// The pool's `servers`: required, and not empty, unless it has `nodes`.
+    fn servers(&mut self, pool: &S<raw::RawPool>, key: &str, has_nodes: bool) -> Vec<ServerConfig> {
         let Some(list) = &pool.get_ref().servers else {
+            if has_nodes {
+                return Vec::new();
+            }
             self.err(
                 Some(pool.span()),
                 format!("{key}.servers"),
@@ -238,7 +244,7 @@ impl Validator<'_> {
             );
             return Vec::new();
         };
-        if list.get_ref().is_empty() {
+        if list.get_ref().is_empty() && !has_nodes {
             self.err(Some(list.span()), format!("{key}.servers"), "a pool needs at least one server");
         }
         let mut out: Vec<ServerConfig> = Vec::new();
@@ -315,6 +321,8 @@ impl Validator<'_> {
                     .duration(r.slow_start.as_ref(), format!("{skey}.slow_start"), true)
                     .map(Option::unwrap_or_default),
                 pos: self.lines.pos(addr_span.start),
+                labels: Default::default(),
+                source: ServerSource::Static,
             });
         }
         self.server_names(list.get_ref(), &out, key);

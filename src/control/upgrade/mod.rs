@@ -98,8 +98,9 @@ const STALL: Duration = Duration::from_secs(2);
 pub const WINDOW: u64 = 8;
 /// How often a draining process says what it still holds.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
-/// This release's conversation (0: a release before acknowledgements).
-const PROTOCOL: u32 = 1;
+/// This release's conversation (0: a release before acknowledgements; 2:
+/// the swarm's node list moves too).
+const PROTOCOL: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
@@ -127,6 +128,11 @@ enum Msg {
         samples: Vec<history::Sample>,
     },
     Reloads(ReloadStatus),
+    /// The swarm's node list in force and how its refreshes went.
+    Cluster {
+        nodes: Option<Vec<crate::cluster::Node>>,
+        status: crate::cluster::Status,
+    },
     StateEnd,
     Preparing,
     Go,

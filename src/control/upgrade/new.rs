@@ -47,10 +47,8 @@ where
         protocol: PROTOCOL,
     };
     send(&conn, &hello, &[]).await?;
-    let mut inherited = Inherited::default();
-    let mut servers = Vec::new();
-    let mut memory = Memory::default();
-    let mut protocol = 0;
+    let (mut inherited, mut servers, mut memory, mut protocol) =
+        (Inherited::default(), Vec::new(), Memory::default(), 0);
     // The first answer may wait behind another upgrade the old process is
     // hearing out (one step at most, then it is dropped): two steps.
     let mut wait = STEP * 2;
@@ -69,6 +67,7 @@ where
             (Msg::Event(e), _) => memory.events.push(e),
             (Msg::Samples { pool, samples }, _) => memory.samples.push((pool, samples)),
             (Msg::Reloads(r), _) => memory.reloads = Some(r),
+            (Msg::Cluster { nodes, status }, _) => inherited.cluster = Some((nodes, status)),
             (Msg::StateEnd, _) => break,
             (other, fds) => return Err(talk(format!("unexpected {other:?} with {} descriptors", fds.len()))),
         }

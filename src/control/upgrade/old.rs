@@ -118,6 +118,11 @@ async fn offer(conn: &Conn, lb: &Lb) -> Result<Option<Successor>, UpgradeError> 
         }
         send(conn, &Msg::Reloads(lb.reload_status()), &[]).await?;
     }
+    if protocol >= 2 {
+        let c = &lb.shared.own.cluster;
+        let nodes = c.nodes().map(|n| n.as_ref().clone());
+        send(conn, &Msg::Cluster { nodes, status: c.status() }, &[]).await?;
+    }
     send(conn, &Msg::StateEnd, &[]).await?;
     // Each beat of the new process's preparation within a step: a peer
     // that says hello and then nothing holds this slot one step at most.

@@ -59,6 +59,8 @@ pub struct Server {
     /// How long its weight takes to grow back after it was down (zero:
     /// at once): its own `slow_start`, else its pool's.
     pub slow_start: Duration,
+    /// Listed in lb.toml, or a node of the swarm.
+    pub source: crate::config::ServerSource,
     pub state: Arc<ServerState>,
     /// The active check, shared with every pool probing the same target.
     pub check: Option<Arc<Check>>,
@@ -364,6 +366,7 @@ mod tests {
             max_conns: 0,
             config_state: AdminState::Up,
             slow_start: Duration::ZERO,
+            source: Default::default(),
             state: Arc::default(),
             check: None,
         }
