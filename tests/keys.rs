@@ -131,6 +131,7 @@ fn each_table_accepts_exactly_its_declared_keys() {
         ("pool.*.server_keepalive", "defaults.server_keepalive"),
         ("pool.*.servers[]", "pool.*.servers[]"),
         ("pool.*.health", "pool.*.health"),
+        ("pool.*.prefer", "pool.*.prefer"),
     ];
     for (table, declared_as) in tables {
         let mut expected: BTreeSet<&str> = KEYS
@@ -214,6 +215,9 @@ const NOT_PRINTED: &[&str] = &[
     "defaults.access_log_format",
     "defaults.client_keepalive",
     "defaults.max_pending_hellos",
+    // Read only for a check's client_bundle, whose files are written out as
+    // client_cert and client_key; [cluster] is written by its own reading.
+    "cluster.bundle",
 ];
 
 /// The declared paths of the keys `check --print` wrote in `out`.
@@ -271,7 +275,8 @@ limit = "shared"
 max_connections_per_client = 2
 max_connection_rate_per_client = 3
 [pool.ucp]
-servers = [{ address = "10.0.0.1:443", name = "m1", weight = 3, backup = true, max_conns = 9, slow_start = "1m" }]
+servers = [{ address = "10.0.0.1:443", name = "m1", weight = 3, backup = true, max_conns = 9, slow_start = "1m", labels = { zone = "dc1" } }]
+prefer = { label = "zone", value = "dc1" }
 [pool.ucp.health]
 expect_body = "ok"
 expect_json = { Healthy = true }
@@ -279,6 +284,8 @@ sni = "a.test"
 host = "b.test"
 ca_file = "ca.pem"
 port = 444
+client_cert = "cert.pem"
+client_key = "key.pem"
 "#;
 
 /// `check --print` writes only declared keys, and every declared key but
