@@ -260,3 +260,19 @@ fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
         _ => a == b,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_reason_quotes_the_body_on_one_line_and_drops_a_character_cut_short() {
+        assert_eq!(status_reason(500, b"", true), "status 500");
+        assert_eq!(status_reason(500, b" \r\n", true), "status 500");
+        assert_eq!(status_reason(500, b"etcd: unhealthy\n", true), r#"status 500: "etcd: unhealthy""#);
+        assert_eq!(status_reason(503, b"a \"b\"\nc", true), r#"status 503: "a \"b\"\nc""#);
+        // "é" is two bytes: cut after the first, it is left out.
+        assert_eq!(status_reason(500, b"caf\xc3", false), r#"status 500: "caf"…"#);
+        assert_eq!(status_reason(500, b"caf\xff!", true), "status 500: \"caf\u{fffd}!\"");
+    }
+}

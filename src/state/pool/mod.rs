@@ -405,6 +405,26 @@ mod tests {
     }
 
     #[test]
+    fn servers_outside_the_preferred_zone_wait_as_backups() {
+        let mut servers: Vec<Server> = (1..=4).map(|i| server(&format!("10.0.0.{i}:1"), 1, false)).collect();
+        for (s, preferred) in servers.iter_mut().zip([Some(true), Some(false), Some(true), Some(false)]) {
+            s.preferred = preferred;
+        }
+        servers[2].backup = true;
+        let p = pool(Balance::RoundRobin, servers);
+        let now = Instant::now();
+        let picks: Vec<usize> = (0..4).map(|_| p.pick(now, client(), &[]).unwrap().idx).collect();
+        assert_eq!(picks, [0, 0, 0, 0], "the one preferred primary takes every client");
+        p.servers[0].state.override_state.store(3, Relaxed);
+        // None preferred eligible: the others and the configured backup
+        // share the clients, as nginx's backups do.
+        let mut picks: Vec<usize> = (0..6).map(|_| p.pick(now, client(), &[]).unwrap().idx).collect();
+        picks.sort();
+        assert_eq!(picks, [1, 1, 2, 2, 3, 3]);
+        assert!(p.servers[1].standby() && !p.servers[0].standby());
+    }
+
+    #[test]
     fn tried_servers_are_skipped_and_then_none() {
         let p = pool(Balance::RoundRobin, vec![server("10.0.0.1:1", 1, false), server("10.0.0.2:1", 1, false)]);
         let now = Instant::now();
