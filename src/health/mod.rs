@@ -145,8 +145,11 @@ struct TaskTls {
 /// The probes of one load balancer, by target.
 #[derive(Default)]
 pub struct Health {
-    checks: Mutex<HashMap<String, (Weak<Check>, Option<TaskTls>)>>,
+    checks: Mutex<HashMap<String, Running>>,
 }
+
+/// A check and, for HTTPS, its task's TLS config.
+type Running = (Weak<Check>, Option<TaskTls>);
 
 impl Health {
     /// The check of server `name` at `addr` under `h`: the existing one for
