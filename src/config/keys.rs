@@ -506,11 +506,11 @@ mod tests {
 
     #[test]
     fn tables_list_their_keys_in_order() {
-        assert_eq!(names(""), ["workers", "admin", "defaults", "listener", "pool", "limit"]);
+        assert_eq!(names(""), ["workers", "admin", "defaults", "listener", "pool", "cluster", "limit"]);
         assert_eq!(names("admin"), ["listen", "token_file", "status_needs_token", "control_socket"]);
         assert_eq!(names("defaults.server_keepalive"), ["idle", "interval", "count"]);
         let pool = names("pool.*");
-        assert_eq!(pool[..3], ["servers", "health", "balance"]);
+        assert_eq!(pool[..4], ["servers", "prefer", "health", "balance"]);
         assert_eq!(pool.last(), Some(&"server_keepalive"));
     }
 
