@@ -40,9 +40,8 @@ pub struct Kind {
 pub const CONFIG: Kind = Kind { max: CONFIG_MAX, secret: false };
 pub const TOKEN: Kind = Kind { max: TOKEN_MAX, secret: true };
 pub const CA: Kind = Kind { max: CONFIG_MAX, secret: false };
-/// A private key (a probe's client certificate's): a secret, as the token
-/// file is; 64 KiB holds any PEM key.
-pub const KEY: Kind = Kind { max: 64 << 10, secret: true };
+/// A private key (the cluster bundle's key.pem): as lb.toml's bound, owner only.
+pub const KEY: Kind = Kind { max: CONFIG_MAX, secret: true };
 
 /// The text of `path`, or why it may not be used; `what` names the file in
 /// a message about an error reading it ("the config file", "CA file x").

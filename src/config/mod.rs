@@ -259,17 +259,6 @@ pub struct ServerConfig {
     /// Its labels: a swarm node's Spec.Labels, or `labels = { ... }` in
     /// lb.toml for a static server; a pool's `prefer` reads them.
     pub labels: std::collections::BTreeMap<String, String>,
-    pub source: ServerSource,
-}
-
-/// Where a server came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ServerSource {
-    /// Listed in lb.toml's `servers`.
-    #[default]
-    Static,
-    /// A node read from the cluster (`nodes`).
-    Cluster,
 }
 
 /// A pool's `prefer = { label = "zone", value = "dc1" }`: servers carrying

@@ -263,7 +263,6 @@ impl Validator<'_> {
                     .map(Option::unwrap_or_default),
                 pos: self.lines.pos(addr_span.start),
                 labels: r.labels.as_ref().map(|l| self.labels(l, &skey)).unwrap_or_default(),
-                source: ServerSource::Static,
             });
         }
         self.server_names(list.get_ref(), &out, key);
