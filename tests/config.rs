@@ -54,6 +54,21 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str)> {
             "bad.toml:6:40: pool.ucp.servers[0].wieght: unknown field `wieght`",
         ),
         (
+            "prefer without a value",
+            pool("prefer = { label = \"zone\" }\n"),
+            "bad.toml:7:10: pool.ucp.prefer: expected both label and value: { label = \"zone\", value = \"dc1\" }",
+        ),
+        (
+            "a label that is not a string",
+            format!("{HEAD}[pool.ucp]\nservers = [{{ address = \"10.0.0.1:443\", labels = {{ zone = 1 }} }}]\n"),
+            "bad.toml:6:49: pool.ucp.servers[0].labels.zone: expected a label name with a non-empty string value, found 1",
+        ),
+        (
+            "a client certificate on a tcp check",
+            pool("[pool.ucp.health]\nkind = \"tcp\"\nclient_cert = \"c.pem\"\nclient_key = \"k.pem\"\n"),
+            "bad.toml:7:1: pool.ucp.health: a client certificate needs kind = \"https\"",
+        ),
+        (
             "duration without unit",
             pool("connect_timeout = \"3\"\n"),
             "bad.toml:7:19: pool.ucp.connect_timeout: expected a unit (ms, s, m, h or d) after the number, found \"3\"",

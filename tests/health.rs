@@ -281,6 +281,21 @@ async fn probe_outcomes_and_reasons() {
     let http10 = replying(b"HTTP/1.0 200 OK\r\n\r\nhealthy and close-delimited").await;
     let chunked = replying(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nhealthy\r\n0\r\n\r\n").await;
     let no_content = replying(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+    // What UCP tells its admin, and bodies a reason must tame.
+    let told =
+        replying(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 29\r\n\r\nmanager-02: etcd: unhealthy\r\n")
+            .await;
+    let forged = replying(b"HTTP/1.1 503 x\r\nContent-Length: 15\r\n\r\nline\nINFO x\x1b[2J").await;
+    let long_reply: &'static str =
+        Box::leak(format!("HTTP/1.1 500 x\r\nContent-Length: 4000\r\n\r\n{}", "y".repeat(4000)).into_boxed_str());
+    let long = replying(long_reply.as_bytes()).await;
+    let long_reason = format!("status 500: \"{}\"…", "y".repeat(512));
+    let half_told = scripted(|mut s: TcpStream| async move {
+        read_request(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 500 x\r\nContent-Length: 100\r\n\r\netcd: unhe").await;
+        std::future::pending::<()>().await;
+    })
+    .await;
     let host_seen = Arc::new(std::sync::Mutex::new(String::new()));
     let seen = host_seen.clone();
     let echo_host = scripted(move |mut s: TcpStream| {
@@ -307,6 +322,10 @@ async fn probe_outcomes_and_reasons() {
         ("204 against 2xx", ProbeTarget { expect_status: vec![StatusMatch::Class(2)], ..target(no_content) }, None),
         ("204 against 200", target(no_content), Some("status 204")),
         ("Host header", target(echo_host), None),
+        ("500 naming the component", target(told), Some(r#"status 500: "manager-02: etcd: unhealthy""#)),
+        ("a body that would forge a line", target(forged), Some(r#"status 503: "line\nINFO x\u{1b}[2J""#)),
+        ("500 with a long body: 512 bytes", target(long), Some(long_reason.as_str())),
+        ("500 then silence: what came in time", target(half_told), Some(r#"status 500: "etcd: unhe"…"#)),
     ];
     let mut wrong = Vec::new();
     for (name, t, want) in &cases {
@@ -315,6 +334,8 @@ async fn probe_outcomes_and_reasons() {
         let out = within(name, ucp_lb::health::probe::probe(t)).await;
         let ok = match (want, &out.failure) {
             (None, None) => true,
+            // A status's reason whole, the others by their start.
+            (Some(w), Some(got)) if w.starts_with("status 5") => got == w,
             (Some(w), Some(got)) => got.starts_with(w),
             _ => false,
         };

@@ -131,6 +131,7 @@ fn each_table_accepts_exactly_its_declared_keys() {
         ("pool.*.server_keepalive", "defaults.server_keepalive"),
         ("pool.*.servers[]", "pool.*.servers[]"),
         ("pool.*.health", "pool.*.health"),
+        ("pool.*.prefer", "pool.*.prefer"),
     ];
     for (table, declared_as) in tables {
         let mut expected: BTreeSet<&str> = KEYS
@@ -277,8 +278,9 @@ proxy_protocol_max_header = 1024
 max_connections_per_client = 2
 max_connection_rate_per_client = 3
 [pool.ucp]
-servers = [{ address = "10.0.0.1:443", name = "m1", weight = 3, backup = true, max_conns = 9, slow_start = "1m" }]
+servers = [{ address = "10.0.0.1:443", name = "m1", weight = 3, backup = true, max_conns = 9, slow_start = "1m", labels = { zone = "dc1" } }]
 nodes = { role = "manager", port = 443 }
+prefer = { label = "zone", value = "dc1" }
 [pool.ucp.health]
 expect_body = "ok"
 expect_json = { Healthy = true }
@@ -286,6 +288,8 @@ sni = "a.test"
 host = "b.test"
 ca_file = "ca.pem"
 port = 444
+client_cert = "cert.pem"
+client_key = "key.pem"
 [cluster]
 api = ["10.0.0.1:443"]
 bundle = "bundle"

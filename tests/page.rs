@@ -6,7 +6,10 @@
 //! that width: headless Chromium's window is never under 500 px wide), and
 //! each traffic chart must fill its box and nothing widen the page.
 //! Screenshots are saved to target/status-page.png and
-//! target/status-page-phone.png.
+//! target/status-page-phone.png. A second page, of the real binary whose
+//! probes present the cluster's admin certificate, shows what a failing
+//! manager said is wrong and which servers the pool prefers
+//! (target/status-page-admin-probe.png).
 //! Skipped without Chromium, except under CI=true, where .ci/run installs it.
 
 mod common;
@@ -15,7 +18,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::standin::{Manager, TestCa};
+use common::standin::{Flavor, Manager, TestCa};
+use common::tls::write_bundle;
 use common::*;
 
 fn chromium() -> Option<PathBuf> {
@@ -160,6 +164,68 @@ async fn the_status_page_shows_each_server_in_a_phrase_and_what_happened() {
             .unwrap();
         assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "screenshot {name} saved");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_what_a_failing_manager_told_the_admin_and_the_preferred_zone() {
+    let Some(bin) = chromium() else { return };
+    let (ca, admins) = (TestCa::new("manager CA").unwrap(), TestCa::new("cluster CA").unwrap());
+    let mut ms = Vec::new();
+    for (name, zone) in [("manager-01", "dc1"), ("manager-02", "dc1"), ("manager-03", "dc2")] {
+        ms.push((Manager::start_with(Flavor::Ucp, name, loopback(), &ca, Some(&admins)).await.unwrap(), zone));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_bundle(&dir.path().join("bundle"), &admins, "admin");
+    let list: Vec<String> = ms
+        .iter()
+        .map(|(m, z)| format!("{{ address = \"{}\", name = \"{}\", labels = {{ zone = \"{z}\" }} }}", m.addr, m.name))
+        .collect();
+    let toml = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[cluster]\nbundle = \"bundle\"\n[[listener]]\nbind = \"127.0.0.1:0\"\npool = \"ucp\"\n\
+         [pool.ucp]\nservers = [{}]\nprefer = {{ label = \"zone\", value = \"dc1\" }}\n\
+         [pool.ucp.health]\ninterval = \"200ms\"\nrise = 1\nfall = 1\nclient_bundle = true\n",
+        list.join(", ")
+    );
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, toml).unwrap();
+    let lb = Proc::lb(&path);
+    let admin = lb.admin_addr().await;
+    ms[1].0.set_failing("etcd: unhealthy");
+    lb.wait_for_line("manager-02: etcd: unhealthy").await;
+    let url = format!("http://{admin}/");
+    let profile = tempfile::tempdir().unwrap();
+    let dom = tokio::task::spawn_blocking({
+        let (bin, p, url) = (bin.clone(), profile.path().to_path_buf(), url.clone());
+        move || browse(&bin, &p, &["--dump-dom"], &url)
+    })
+    .await
+    .unwrap();
+    let row = |addr: SocketAddr| -> String {
+        let start = dom.find(&format!("data-addr=\"{addr}\"")).unwrap_or_else(|| panic!("no row for {addr} in {dom}"));
+        dom[start..dom[start..].find("</tr>").map_or(dom.len(), |e| start + e)].to_owned()
+    };
+    let r = row(ms[1].0.addr);
+    assert!(r.contains(r#"class="state bad">out: status 500: "manager-02: etcd: unhealthy" for "#), "{r}");
+    assert!(r.contains("zone=dc1"), "its labels: {r}");
+    let r = row(ms[0].0.addr);
+    assert!(r.contains("manager-01 (preferred)") && r.contains(r#"class="state ok">in (preferred)<"#), "{r}");
+    let r = row(ms[2].0.addr);
+    assert!(r.contains(r#"class="state ok">in (backup: not preferred)<"#) && r.contains("zone=dc2"), "{r}");
+    assert!(dom.contains(">prefers zone=dc1<"), "the pool's badge: {dom}");
+    let events = &dom[dom.find("id=\"events\"").expect("the event list")..];
+    assert!(events.contains(r#"status 500: "manager-02: etcd: unhealthy""#), "in what happened: {events}");
+
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let shot = target.join("status-page-admin-probe.png");
+    let _ = std::fs::remove_file(&shot);
+    let arg_shot = format!("--screenshot={}", shot.display());
+    tokio::task::spawn_blocking(move || {
+        browse(&bin, profile.path(), &[&arg_shot, "--window-size=1280,800", "--hide-scrollbars"], &url)
+    })
+    .await
+    .unwrap();
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "screenshot saved");
 }
 
 /// The layout of `page` in a frame `width` px wide, as the page's own

@@ -39,6 +39,8 @@ fn pool(balance: Balance, slow_start: Duration) -> Pool {
                 addr,
                 weight: 1,
                 backup: false,
+                preferred: None,
+                labels: Arc::default(),
                 max_conns: 0,
                 config_state: AdminState::Up,
                 slow_start,

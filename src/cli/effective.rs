@@ -207,9 +207,15 @@ fn pool(o: &mut String, p: &PoolConfig) {
         };
         let slow = srv.slow_start.map(|d| format!(", slow_start = {}", q(&format_duration(d)))).unwrap_or_default();
         let name = srv.name.as_deref().map(|n| format!(", name = {}", q(n))).unwrap_or_default();
+        let labels = if srv.labels.is_empty() {
+            String::new()
+        } else {
+            let l: Vec<String> = srv.labels.iter().map(|(k, v)| format!("{} = {}", toml_key(k), q(v))).collect();
+            format!(", labels = {{ {} }}", l.join(", "))
+        };
         let _ = writeln!(
             o,
-            "  {{ address = {}{name}, weight = {}, backup = {}, max_conns = {}, state = {}{slow} }},",
+            "  {{ address = {}{name}, weight = {}, backup = {}, max_conns = {}, state = {}{slow}{labels} }},",
             q(&srv.address.to_string()),
             srv.weight,
             srv.backup,
@@ -220,6 +226,10 @@ fn pool(o: &mut String, p: &PoolConfig) {
     let _ = writeln!(o, "]");
     if let Some(n) = &p.nodes {
         line(o, "nodes", n.to_string(), "set");
+    }
+    match &p.prefer {
+        Some(z) => line(o, "prefer", format!("{{ label = {}, value = {} }}", q(&z.label), q(&z.value)), "set"),
+        None => line(o, "# prefer", "(none)".into(), "default: no server preferred"),
     }
     match &p.health {
         Some(h) => health(o, &p.name, h),
@@ -280,5 +290,34 @@ fn health(o: &mut String, pool: &str, h: &HealthConfig) {
     match h.port {
         Some(port) => line(o, "port", port.to_string(), "set"),
         None => line(o, "# port", "(the server's)".into(), "default"),
+    }
+    client_cert(o, h);
+}
+
+/// Whom probes speak as. A bundle's files are written out as
+/// `client_cert` and `client_key` (`[cluster]` is not written here).
+fn client_cert(o: &mut String, h: &HealthConfig) {
+    match &h.client_cert {
+        Some(c) => {
+            let from = if c.from_bundle { "client_bundle: [cluster] bundle's" } else { "set" };
+            line(o, "client_cert", q(&c.cert.display().to_string()), from);
+            line(o, "client_key", q(&c.key.display().to_string()), from);
+            let bundle = if c.from_bundle { "set: written out as client_cert and client_key" } else { "default" };
+            line(o, "# client_bundle", c.from_bundle.to_string(), bundle);
+        }
+        None => {
+            line(o, "# client_cert", "(none)".into(), "default: probes present no certificate");
+            line(o, "# client_key", "(none)".into(), "default");
+            line(o, "# client_bundle", "false".into(), "default");
+        }
+    }
+}
+
+/// A table key as TOML writes it: bare when it can be, else quoted.
+fn toml_key(k: &str) -> String {
+    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        k.to_owned()
+    } else {
+        q(k)
     }
 }

@@ -480,6 +480,9 @@ fn summary_check(s: &mut String, h: &config::HealthConfig) {
             None => "certificate not verified".into(),
         });
     }
+    if let Some(c) = &h.client_cert {
+        tls.push(format!("presents client certificate {}", c.cert.display()));
+    }
     let _ = writeln!(
         s,
         "    active check: {target}{port} every {}, timeout {}, rise {}, fall {}",
@@ -519,6 +522,13 @@ fn summary_servers(s: &mut String, p: &config::PoolConfig, resolved: Option<&ucp
         }
         if srv.state != config::AdminState::Up {
             let _ = write!(flags, ", {}", srv.state.as_str());
+        }
+        match &p.prefer {
+            Some(z) if z.matches(&srv.labels) => flags.push_str(", preferred"),
+            Some(z) => {
+                let _ = write!(flags, ", backup: not {}={}", z.label, z.value);
+            }
+            None => {}
         }
         let _ = writeln!(s, "    {} -> {addrs} ({flags})", server_words(srv));
     }

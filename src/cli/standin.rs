@@ -1,6 +1,8 @@
 //! Stand-in UCP managers: real HTTPS servers on loopback, with certificates
 //! made at start by a throw-away CA, answering `GET /_ping` (switchable
-//! between 200 and 500) and a page that names the manager.
+//! between 200 and 500) and a page that names the manager. As UCP does, a
+//! failing `/_ping` says which component is wrong only to a client that
+//! presented a certificate (the admin's); a stand-in may require one.
 //!
 //! `ucp-lb demo` runs three of them; the tests and benches use them too
 //! (tests/common includes this file), so both drive the same code. Nothing
@@ -13,8 +15,8 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -108,6 +110,8 @@ pub struct Manager {
     pub name: String,
     pub addr: SocketAddr,
     healthy: Arc<AtomicBool>,
+    /// What a failing `/_ping` tells the admin is wrong.
+    why: Arc<Mutex<String>>,
     /// TLS connections it has accepted.
     pub connections: Arc<AtomicU64>,
     /// Requests to its health endpoints.
@@ -124,17 +128,37 @@ impl Manager {
     }
 
     pub async fn start_as(flavor: Flavor, name: &str, bind: SocketAddr, ca: &TestCa) -> io::Result<Manager> {
+        Manager::start_with(flavor, name, bind, ca, None).await
+    }
+
+    /// As [`Manager::start_as`]; with `clients`, the TLS handshake requires
+    /// a client certificate that CA issued (UCP's admin bundle).
+    pub async fn start_with(
+        flavor: Flavor,
+        name: &str,
+        bind: SocketAddr,
+        ca: &TestCa,
+        clients: Option<&TestCa>,
+    ) -> io::Result<Manager> {
         let (cert, key) = ca.issue(name).map_err(io::Error::other)?;
-        let tls = rustls::ServerConfig::builder_with_provider(provider())
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(io::Error::other)?
-            .with_no_client_auth()
-            .with_single_cert(vec![cert], key)
             .map_err(io::Error::other)?;
+        let builder = match clients {
+            None => builder.with_no_client_auth(),
+            Some(c) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(c.cert.clone()).map_err(io::Error::other)?;
+                let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+                builder.with_client_cert_verifier(v.build().map_err(io::Error::other)?)
+            }
+        };
+        let tls = builder.with_single_cert(vec![cert], key).map_err(io::Error::other)?;
         let acceptor = TlsAcceptor::from(Arc::new(tls));
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let healthy = Arc::new(AtomicBool::new(true));
+        let why = Arc::new(Mutex::new("stand-in manager switched off".to_owned()));
         let connections = Arc::new(AtomicU64::new(0));
         let pings = Arc::new(AtomicU64::new(0));
         let resumed = Arc::new(AtomicU64::new(0));
@@ -142,17 +166,25 @@ impl Manager {
             flavor,
             name: name.to_owned(),
             healthy: healthy.clone(),
+            why: why.clone(),
             pings: pings.clone(),
             connections: connections.clone(),
             resumed: resumed.clone(),
         };
         let task = tokio::spawn(serve(listener, acceptor, Arc::new(stand)));
-        Ok(Manager { name: name.to_owned(), addr, healthy, connections, pings, resumed, task })
+        Ok(Manager { name: name.to_owned(), addr, healthy, why, connections, pings, resumed, task })
     }
 
     /// Makes `/_ping` answer 200 (true) or 500 (false); TCP and TLS stay up.
     pub fn set_healthy(&self, ok: bool) {
         self.healthy.store(ok, Relaxed);
+    }
+
+    /// Makes `/_ping` answer 500 and tell the admin `why` ("etcd:
+    /// unhealthy"), after the manager's name, as UCP names the component.
+    pub fn set_failing(&self, why: &str) {
+        *self.why.lock().unwrap_or_else(|p| p.into_inner()) = why.to_owned();
+        self.healthy.store(false, Relaxed);
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -170,6 +202,7 @@ struct Stand {
     flavor: Flavor,
     name: String,
     healthy: Arc<AtomicBool>,
+    why: Arc<Mutex<String>>,
     pings: Arc<AtomicU64>,
     connections: Arc<AtomicU64>,
     resumed: Arc<AtomicU64>,
@@ -185,16 +218,18 @@ async fn serve(listener: TcpListener, acceptor: TlsAcceptor, stand: Arc<Stand>) 
             if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                 stand.resumed.fetch_add(1, Relaxed);
             }
+            let admin = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
             let svc = service_fn(move |req: Request<Incoming>| {
                 let stand = stand.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &stand)) }
+                async move { Ok::<_, Infallible>(answer(&req, &stand, admin)) }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
         });
     }
 }
 
-fn answer(req: &Request<Incoming>, stand: &Stand) -> Response<Full<Bytes>> {
+/// The answer to `req`; `admin`: the client presented a certificate.
+fn answer(req: &Request<Incoming>, stand: &Stand, admin: bool) -> Response<Full<Bytes>> {
     let name = &stand.name;
     let healthy = stand.healthy.load(Relaxed);
     let path = req.uri().path();
@@ -208,7 +243,8 @@ fn answer(req: &Request<Incoming>, stand: &Stand) -> Response<Full<Bytes>> {
     let (status, body) = match (stand.flavor, health_path, healthy) {
         (Flavor::Ucp, true, true) => (StatusCode::OK, "OK".to_owned()),
         (Flavor::Ucp, true, false) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "unhealthy: stand-in manager switched off".to_owned())
+            let why = stand.why.lock().unwrap_or_else(|p| p.into_inner());
+            (StatusCode::INTERNAL_SERVER_ERROR, if admin { format!("{name}: {why}\n") } else { String::new() })
         }
         (Flavor::Dtr, true, true) => (StatusCode::OK, r#"{"Healthy":true,"Error":""}"#.to_owned()),
         (Flavor::Dtr, true, false) => {

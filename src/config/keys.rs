@@ -372,7 +372,7 @@ pub const KEYS: &[Key] = &[
         "pool.*.servers",
         T::List,
         "(required)",
-        r#"the pool's servers: "host:port", or tables of address, name, weight, backup, max_conns, state, slow_start"#,
+        r#"the pool's servers: "host:port", or tables of address, name, weight, backup, max_conns, state, slow_start, labels"#,
     ),
     key(
         "pool.*.servers[].address",
@@ -386,6 +386,25 @@ pub const KEYS: &[Key] = &[
     key("pool.*.servers[].max_conns", T::Integer, "0", "open connections at most; 0: no limit"),
     key("pool.*.servers[].state", T::String, r#""up""#, "up, drain (no new connections, open ones go on) or down"),
     key("pool.*.servers[].slow_start", T::Duration, "(the pool's slow_start)", "this server's own slow_start"),
+    key(
+        "pool.*.servers[].labels",
+        T::Table,
+        "(none)",
+        r#"labels the pool's prefer reads, like { zone = "dc1" } (a swarm node's come from the swarm)"#,
+    ),
+    key(
+        "pool.*.prefer",
+        T::Table,
+        "(none: no server preferred)",
+        r#"{ label = "zone", value = "dc1" }: servers with that label take every client while one is eligible"#,
+    ),
+    key(
+        "pool.*.prefer.label",
+        T::String,
+        "(required)",
+        "the label the preferred servers carry; the others take clients only when none of these is eligible",
+    ),
+    key("pool.*.prefer.value", T::String, "(required)", "the label's value the preferred servers have"),
     // [pool.NAME.health]: no table, no active check.
     key("pool.*.health.kind", T::String, r#""https""#, "https, http, tcp (a connect only) or none (no active check)"),
     key("pool.*.health.path", T::String, r#""/_ping""#, "what the check GETs"),
@@ -420,6 +439,24 @@ pub const KEYS: &[Key] = &[
         r#""k=v" (or "k"): the nodes whose Spec.Labels carry it (or give role)"#,
     ),
     key("pool.*.nodes.port", T::Integer, "(required)", "the port clients are sent to on each node"),
+    key(
+        "pool.*.health.client_cert",
+        T::String,
+        "(none)",
+        "a PEM client certificate (chain) probes present, as the cluster's admin; needs client_key",
+    ),
+    key(
+        "pool.*.health.client_key",
+        T::String,
+        "(none)",
+        "the PEM private key of client_cert; owner-only, like the token file",
+    ),
+    key(
+        "pool.*.health.client_bundle",
+        T::Bool,
+        "false",
+        "present [cluster] bundle's cert.pem and key.pem (instead of client_cert and client_key)",
+    ),
     // [limit.NAME]: per-client limits that the listeners naming it share.
     key(
         "limit.*.max_connections_per_client",

@@ -7,12 +7,14 @@
 //! declared once, in `keys.rs`.
 
 pub mod cluster;
+mod check;
 pub mod keys;
 pub mod raw;
 pub mod rules;
 mod validate;
 mod values;
 
+pub use check::{CheckKind, ClientCert, HealthConfig, StatusMatch};
 pub use cluster::{ClusterConfig, NodeMatch, NodeSelector, Role, ServerSource};
 pub use rules::{Limits, Pattern, ProxyProtocol, Rule};
 pub use values::{LineIndex, format_duration, parse_duration, parse_host_port, parse_listen};
@@ -260,9 +262,25 @@ pub struct ServerConfig {
     /// The server's own `slow_start`, over its pool's.
     pub slow_start: Option<Duration>,
     pub pos: Pos,
-    /// The node's Spec.Labels (empty for a static server).
+    /// Its labels: a swarm node's Spec.Labels, or `labels = { ... }` in
+    /// lb.toml for a static server; a pool's `prefer` reads them.
     pub labels: std::collections::BTreeMap<String, String>,
     pub source: ServerSource,
+}
+
+/// A pool's `prefer = { label = "zone", value = "dc1" }`: servers carrying
+/// that label with that value take every client while one is eligible;
+/// the others wait as backups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefer {
+    pub label: String,
+    pub value: String,
+}
+
+impl Prefer {
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        labels.get(&self.label) == Some(&self.value)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -276,6 +294,7 @@ pub struct PoolConfig {
     pub nodes: Option<NodeSelector>,
     /// `None`: no active check (`kind = "none"` or no `[pool.NAME.health]`).
     pub health: Option<HealthConfig>,
+    pub prefer: Option<Prefer>,
 }
 
 /// Where a pool's setting came from, for `check --print`.
@@ -295,81 +314,6 @@ impl Origin {
             Origin::Default => "default",
             Origin::Defaults => "[defaults]",
             Origin::Pool => "pool",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CheckKind {
-    /// `GET path` over TLS (the certificate is not verified unless `ca_file`).
-    Https,
-    /// `GET path` over plain TCP.
-    Http,
-    /// A TCP connect only.
-    Tcp,
-}
-
-/// A status the check accepts: `200`, or a class such as `"2xx"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StatusMatch {
-    Code(u16),
-    Class(u16),
-}
-
-impl StatusMatch {
-    pub fn matches(self, status: u16) -> bool {
-        match self {
-            StatusMatch::Code(c) => c == status,
-            StatusMatch::Class(c) => status / 100 == c,
-        }
-    }
-}
-
-/// `[pool.NAME.health]`, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthConfig {
-    pub kind: CheckKind,
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: u32,
-    pub fall: u32,
-    pub expect_status: Vec<StatusMatch>,
-    /// The body must contain this.
-    pub expect_body: Option<String>,
-    /// The body must be JSON with these top-level fields equal to these values.
-    pub expect_json: Vec<(String, serde_json::Value)>,
-    pub sni: Option<String>,
-    pub host: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    /// Probe this port instead of the server's own.
-    pub port: Option<u16>,
-    /// Where `ca_file` is set, for errors reading it.
-    pub ca_file_pos: Pos,
-    /// The PROXY header each probe writes first (a v2 `LOCAL`, v1's
-    /// `PROXY UNKNOWN`): the pool's `send_proxy_protocol`, so a server
-    /// that requires one passes its check.
-    pub proxy_protocol: Option<crate::proxy_send::Version>,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        HealthConfig {
-            kind: CheckKind::Https,
-            path: "/_ping".into(),
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
-            rise: 2,
-            fall: 2,
-            expect_status: vec![StatusMatch::Code(200)],
-            expect_body: None,
-            expect_json: Vec::new(),
-            sni: None,
-            host: None,
-            ca_file: None,
-            port: None,
-            ca_file_pos: Pos::default(),
-            proxy_protocol: None,
         }
     }
 }
@@ -727,8 +671,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         beside(b);
     }
     for pool in &mut config.pools {
-        if let Some(f) = pool.health.as_mut().and_then(|h| h.ca_file.as_mut()) {
-            beside(f);
+        if let Some(h) = pool.health.as_mut() {
+            h.ca_file.iter_mut().for_each(&beside);
+            if let Some(c) = h.client_cert.as_mut() {
+                beside(&mut c.cert);
+                beside(&mut c.key);
+            }
         }
     }
     for l in &mut config.listeners {

@@ -143,7 +143,16 @@ pub struct RawPool {
     pub servers: Option<S<Vec<S<RawServer>>>>,
     pub health: Option<S<RawHealth>>,
     pub nodes: Option<S<RawNodes>>,
+    /// `prefer = { label = "zone", value = "dc1" }`.
+    pub prefer: Option<S<RawPrefer>>,
     pub settings: RawSettings,
+}
+
+/// A pool's `prefer` table.
+#[derive(Debug, Default)]
+pub struct RawPrefer {
+    pub label: Option<S<String>>,
+    pub value: Option<S<String>>,
 }
 
 /// `[pool.NAME.health]`: the active check of every server of the pool.
@@ -162,6 +171,9 @@ pub struct RawHealth {
     pub host: Option<S<String>>,
     pub ca_file: Option<S<String>>,
     pub port: Option<S<i64>>,
+    pub client_cert: Option<S<String>>,
+    pub client_key: Option<S<String>>,
+    pub client_bundle: Option<S<bool>>,
 }
 
 /// A server entry: `"host:port"` or `{ address = "host:port", weight = 1, ... }`.
@@ -174,6 +186,9 @@ pub struct RawServer {
     pub state: Option<S<String>>,
     pub name: Option<S<String>>,
     pub slow_start: Option<S<String>>,
+    /// `labels = { zone = "dc1" }`: the values as written (strings
+    /// expected).
+    pub labels: Option<S<toml::Table>>,
 }
 
 /// A problem of shape: where, which key, what was expected.
@@ -254,6 +269,7 @@ pub fn read(text: &str) -> Result<(RawConfig, Vec<RawError>), toml::de::Error> {
                 servers: r.servers(pt, &key),
                 health: r.health(pt, &key),
                 nodes: r.nodes(pt, &key),
+                prefer: r.prefer(pt, &key),
                 settings: r.settings(pt, &key),
             };
             raw.pool.insert(name.get_ref().to_string(), Spanned::new(p.span(), pool));
@@ -501,6 +517,7 @@ impl Reader<'_> {
                         state: self.string(st, &skey, "state"),
                         name: self.string(st, &skey, "name"),
                         slow_start: self.string(st, &skey, "slow_start"),
+                        labels: self.free_table(st, &skey, "labels", r#"a table like { zone = "dc1" }"#),
                     }
                 }
                 _ => {
@@ -542,13 +559,7 @@ impl Reader<'_> {
                 None
             }
         });
-        let expect_json = field(h, "expect_json").and_then(|j| match to_value(j.get_ref()) {
-            toml::Value::Table(t) => Some(Spanned::new(j.span(), t)),
-            _ => {
-                self.wrong_type(j, &join(&key, "expect_json"), "a table like { Healthy = true }");
-                None
-            }
-        });
+        let expect_json = self.free_table(h, &key, "expect_json", "a table like { Healthy = true }");
         let raw = RawHealth {
             kind: self.string(h, &key, "kind"),
             path: self.string(h, &key, "path"),
@@ -563,7 +574,32 @@ impl Reader<'_> {
             host: self.string(h, &key, "host"),
             ca_file: self.string(h, &key, "ca_file"),
             port: self.int(h, &key, "port"),
+            client_cert: self.string(h, &key, "client_cert"),
+            client_key: self.string(h, &key, "client_key"),
+            client_bundle: self.bool(h, &key, "client_bundle"),
         };
+        Some(Spanned::new(v.span(), raw))
+    }
+
+    /// A table of any keys (`expect_json`, a server's `labels`), whose
+    /// values validation checks.
+    fn free_table(&mut self, t: &DeTable<'_>, path: &str, key: &str, expected: &str) -> Option<S<toml::Table>> {
+        let v = field(t, key)?;
+        match to_value(v.get_ref()) {
+            toml::Value::Table(table) => Some(Spanned::new(v.span(), table)),
+            _ => {
+                self.wrong_type(v, &join(path, key), expected);
+                None
+            }
+        }
+    }
+
+    fn prefer(&mut self, t: &DeTable<'_>, path: &str) -> Option<S<RawPrefer>> {
+        let key = join(path, "prefer");
+        let v = field(t, "prefer")?;
+        let p = self.as_table(v, &key, r#"a table like { label = "zone", value = "dc1" }"#)?;
+        self.known_keys(p, &key, &keys::names("pool.*.prefer"));
+        let raw = RawPrefer { label: self.string(p, &key, "label"), value: self.string(p, &key, "value") };
         Some(Spanned::new(v.span(), raw))
     }
 }

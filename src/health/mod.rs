@@ -8,6 +8,10 @@
 //! ends when the last holder is gone, so servers removed later stop being
 //! probed by themselves. What a check found and its rise/fall counting live
 //! in `check.rs`; one probe is `probe.rs`.
+//!
+//! A reload that finds a check's CA or client certificate files changed
+//! (a certificate rotated) keeps the check, its state and its task, and
+//! hands the task the new TLS config for its next probe.
 
 pub mod check;
 pub mod passive;
@@ -20,11 +24,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
-use crate::config::{CheckKind, Config, ConfigError, HealthConfig, HostPort};
+use crate::config::{CheckKind, Config, ConfigError, HealthConfig, HostPort, Pos};
 use crate::events::changes::Changes;
 use crate::events::history::History;
 use crate::health::check::Check;
@@ -63,43 +68,88 @@ async fn probe_loop(target: ProbeTarget, check: Weak<Check>, offset: Duration) {
     }
 }
 
-/// The TLS client configs a config's HTTPS checks need, by `ca_file`.
-pub type TlsConfigs = HashMap<Option<PathBuf>, Arc<ClientConfig>>;
+/// Which TLS client config a check uses: its `ca_file` and the client
+/// certificate and key it presents.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsKey {
+    pub ca_file: Option<PathBuf>,
+    pub client: Option<(PathBuf, PathBuf)>,
+}
 
-/// Loads every TLS config `config` needs (CA files), so a bad one is an
-/// error of the config, found before anything changes.
+impl TlsKey {
+    pub fn of(h: &HealthConfig) -> TlsKey {
+        TlsKey { ca_file: h.ca_file.clone(), client: h.client_cert.as_ref().map(|c| (c.cert.clone(), c.key.clone())) }
+    }
+}
+
+/// One TLS client config and a CRC-32 of the files it was made from.
+#[derive(Debug, Clone)]
+pub struct ProbeTls {
+    pub config: Arc<ClientConfig>,
+    pub crc: u32,
+}
+
+/// The TLS client configs a config's HTTPS checks need.
+pub type TlsConfigs = HashMap<TlsKey, ProbeTls>;
+
+/// Loads every TLS config `config` needs (CA files, client certificates),
+/// so a bad one is an error of the config, naming the file, found before
+/// anything changes.
 pub fn tls_configs(config: &Config) -> Result<TlsConfigs, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut out = TlsConfigs::new();
     for pool in &config.pools {
         let Some(h) = &pool.health else { continue };
-        if h.kind != CheckKind::Https || out.contains_key(&h.ca_file) {
+        let key = TlsKey::of(h);
+        if h.kind != CheckKind::Https || out.contains_key(&key) {
             continue;
         }
-        let made = match &h.ca_file {
-            None => tls::unverified(),
-            Some(path) => tls::verified(path),
+        let err = |name: &str, pos: Pos, message: String| ConfigError {
+            source: config.source.clone(),
+            pos: Some(pos),
+            key: format!("pool.{}.health.{name}", pool.name),
+            message,
         };
-        match made {
-            Ok(c) => {
-                out.insert(h.ca_file.clone(), c);
+        let identity = match &h.client_cert {
+            None => None,
+            Some(c) => match tls::identity(&c.cert, &c.key) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    let (own, message) = match e {
+                        tls::IdentityError::Cert(m) => (("client_cert", c.pos), m),
+                        tls::IdentityError::Key(m) => (("client_key", c.key_pos), m),
+                    };
+                    let (name, pos) = if c.from_bundle { ("client_bundle", c.pos) } else { own };
+                    errors.push(err(name, pos, message));
+                    continue;
+                }
+            },
+        };
+        match tls::client_config(h.ca_file.as_deref(), identity.as_ref()) {
+            Ok((config, crc)) => {
+                out.insert(key, ProbeTls { config, crc });
             }
-            Err(e) => errors.push(ConfigError {
-                source: config.source.clone(),
-                pos: Some(h.ca_file_pos),
-                key: format!("pool.{}.health.ca_file", pool.name),
-                message: e.to_string(),
-            }),
+            Err(e) => errors.push(err("ca_file", h.ca_file_pos, e.to_string())),
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 
+/// A probe task's TLS config, which a reload replaces when its files
+/// changed, and the CRC-32 of the files it was made from.
+struct TaskTls {
+    config: Weak<ArcSwap<ClientConfig>>,
+    crc: u32,
+}
+
 /// The probes of one load balancer, by target.
 #[derive(Default)]
 pub struct Health {
-    checks: Mutex<HashMap<String, Weak<Check>>>,
+    checks: Mutex<HashMap<String, Running>>,
 }
+
+/// A check and, for HTTPS, its task's TLS config.
+type Running = (Weak<Check>, Option<TaskTls>);
 
 impl Health {
     /// The check of server `name` at `addr` under `h`: the existing one for
@@ -115,7 +165,12 @@ impl Health {
         changes: &Arc<Changes>,
     ) -> Option<Arc<Check>> {
         let addr = SocketAddr::new(addr.ip(), h.port.unwrap_or(addr.port()));
-        let target = target(h, name, addr, tls)?;
+        let tls_key = TlsKey::of(h);
+        let probe_tls = match h.kind {
+            CheckKind::Https => Some(tls.get(&tls_key)?),
+            _ => None,
+        };
+        let target = target(h, name, addr, probe_tls.map(|t| &t.config))?;
         // Everything that makes two checks the same check.
         let key = format!(
             "{addr}|{:?}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}",
@@ -123,7 +178,7 @@ impl Health {
             target.path,
             target.host,
             target.server_name,
-            h.ca_file,
+            tls_key,
             target.expect_status,
             target.expect_body,
             target.expect_json,
@@ -134,13 +189,24 @@ impl Health {
             target.proxy_protocol,
         );
         let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = checks.get(&key).and_then(Weak::upgrade) {
+        if let Some((c, task_tls)) = checks.get_mut(&key).and_then(|(w, t)| Some((w.upgrade()?, t))) {
+            // Its files changed since the task began: the next probe
+            // presents (or trusts) what they hold now.
+            if let (Some(t), Some(new), Some(shown)) = (task_tls.as_mut(), probe_tls, target.tls.as_ref())
+                && t.crc != new.crc
+                && let Some(live) = t.config.upgrade()
+            {
+                live.store(shown.load_full());
+                t.crc = new.crc;
+            }
             return Some(c);
         }
-        checks.retain(|_, w| w.strong_count() > 0);
+        checks.retain(|_, (w, _)| w.strong_count() > 0);
         let check =
             Arc::new(Check::new(target.label.clone(), target.rise, target.fall, history.clone(), changes.clone()));
-        checks.insert(key.clone(), Arc::downgrade(&check));
+        let task_tls =
+            probe_tls.zip(target.tls.as_ref()).map(|(p, live)| TaskTls { config: Arc::downgrade(live), crc: p.crc });
+        checks.insert(key.clone(), (Arc::downgrade(&check), task_tls));
         let offset = jitter(&key, target.interval);
         tokio::spawn(probe_loop(target, Arc::downgrade(&check), offset));
         Some(check)
@@ -148,26 +214,22 @@ impl Health {
 
     /// How many distinct probes are running.
     pub fn probe_count(&self) -> usize {
-        self.checks.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|w| w.strong_count() > 0).count()
+        self.checks.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|(w, _)| w.strong_count() > 0).count()
     }
 }
 
 /// Everything one probe of server `name` at `addr` needs.
-fn target(h: &HealthConfig, name: &HostPort, addr: SocketAddr, tls: &TlsConfigs) -> Option<ProbeTarget> {
-    let tls = match h.kind {
-        CheckKind::Https => {
-            let base = tls.get(&h.ca_file)?.clone();
-            // A session store of its own per target: rustls keys resumed
-            // sessions by server name, and servers named by IP address
-            // all share one name, so a shared store would hand each
-            // server another's ticket and every probe would pay a full
-            // handshake (measured: 22.6 % of a core for 1,000 probes/s).
-            let mut own = (*base).clone();
-            own.resumption = rustls::client::Resumption::in_memory_sessions(4);
-            Some(Arc::new(own))
-        }
-        _ => None,
-    };
+fn target(h: &HealthConfig, name: &HostPort, addr: SocketAddr, tls: Option<&Arc<ClientConfig>>) -> Option<ProbeTarget> {
+    // A session store of its own per target: rustls keys resumed sessions
+    // by server name, and servers named by IP address all share one name,
+    // so a shared store would hand each server another's ticket and every
+    // probe would pay a full handshake (measured: 22.6 % of a core for
+    // 1,000 probes/s).
+    let tls = tls.map(|base| {
+        let mut own = (**base).clone();
+        own.resumption = rustls::client::Resumption::in_memory_sessions(4);
+        Arc::new(ArcSwap::from_pointee(own))
+    });
     // SNI: as set, else the server's host name, else its address (an
     // IP address sends no SNI).
     let sni = h.sni.clone().unwrap_or_else(|| name.host.clone());

@@ -1,6 +1,9 @@
 //! One probe: a fresh connection, the pool's PROXY header when it sends
 //! one, TLS when asked, `GET path HTTP/1.1` with `Host`, at most 64 KiB of
-//! body, then the verdict and, on failure, why.
+//! body, then the verdict and, on failure, why. A status that fails the
+//! check reads the start of the body (512 bytes at most, within the same
+//! deadline) into the reason: UCP tells its admin there which component is
+//! wrong (`status 500: "etcd: unhealthy"`).
 //!
 //! One deadline covers the whole probe; each phase runs under it, so a
 //! timeout names its phase ("timeout after 1s (tls handshake)"). The HTTP
@@ -14,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper::body::Bytes;
@@ -38,7 +42,9 @@ pub struct ProbeTarget {
     /// The Host header.
     pub host: String,
     pub server_name: ServerName<'static>,
-    pub tls: Option<Arc<ClientConfig>>,
+    /// Replaced by a reload that finds the CA or client certificate files
+    /// changed; each probe takes the one in force as it starts.
+    pub tls: Option<Arc<ArcSwap<ClientConfig>>>,
     pub expect_status: Vec<StatusMatch>,
     pub expect_body: Option<String>,
     pub expect_json: Vec<(String, serde_json::Value)>,
@@ -55,6 +61,9 @@ pub struct ProbeTarget {
 
 /// Body bytes read at most; the rest is never read.
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Body bytes of a failing status read at most, for its reason.
+pub const REASON_BODY: usize = 512;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -101,7 +110,7 @@ async fn run(t: &ProbeTarget, deadline: Instant, out: &mut Outcome) -> Result<()
     match (t.kind, &t.tls) {
         (CheckKind::Tcp, _) => Ok(()),
         (CheckKind::Https, Some(cfg)) => {
-            let connector = TlsConnector::from(cfg.clone());
+            let connector = TlsConnector::from(cfg.load_full());
             let tls = match timeout_at(deadline, connector.connect(t.server_name.clone(), tcp)).await {
                 Err(_) => return Err(timed_out(t, "tls handshake")),
                 Ok(Err(e)) => return Err(Fail(format!("TLS: {}", tls::describe(&e)))),
@@ -145,30 +154,59 @@ where
     };
     let status = resp.status().as_u16();
     let mut body = resp.into_body();
-    let mut bytes: Vec<u8> = Vec::new();
-    // Read the body only as far as an expectation needs, and never past
-    // the limit; a status failure needs none of it.
-    let need_body = t.expect_body.is_some() || !t.expect_json.is_empty();
     let status_ok = t.expect_status.iter().any(|m| m.matches(status));
-    if status_ok && need_body {
-        while bytes.len() < BODY_LIMIT {
-            match timeout_at(deadline, drive(conn.as_mut(), &mut conn_done, body.frame())).await {
-                Err(_) => return Err(timed_out(t, "body")),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(Fail(format!("body: {}", http_error(&e)))),
-                Ok(Some(Ok(frame))) => {
-                    if let Some(d) = frame.data_ref() {
-                        let room = BODY_LIMIT - bytes.len();
-                        bytes.extend_from_slice(&d[..d.len().min(room)]);
-                    }
+    // Read the body only as far as an expectation needs, and never past
+    // the limit; a passing status with no expectation reads none of it.
+    let need_body = t.expect_body.is_some() || !t.expect_json.is_empty();
+    let limit = match (status_ok, need_body) {
+        (true, true) => BODY_LIMIT,
+        (true, false) => return Ok(()),
+        (false, _) => REASON_BODY,
+    };
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut whole = false;
+    while bytes.len() < limit {
+        match timeout_at(deadline, drive(conn.as_mut(), &mut conn_done, body.frame())).await {
+            // A failing status is the reason whatever the body does: its
+            // text is what arrived in time.
+            Err(_) if !status_ok => break,
+            Err(_) => return Err(timed_out(t, "body")),
+            Ok(None) => {
+                whole = true;
+                break;
+            }
+            Ok(Some(Err(_))) if !status_ok => break,
+            Ok(Some(Err(e))) => return Err(Fail(format!("body: {}", http_error(&e)))),
+            Ok(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let room = limit - bytes.len();
+                    bytes.extend_from_slice(&d[..d.len().min(room)]);
                 }
             }
         }
     }
     if !status_ok {
-        return Err(Fail(format!("status {status}")));
+        return Err(Fail(status_reason(status, &bytes, whole)));
     }
     check_body(t, &bytes)
+}
+
+/// `status 500`, with the body's text when it has any: trimmed, quoted,
+/// on one line (line breaks and anything unprintable escaped), an
+/// ellipsis where it was cut.
+fn status_reason(status: u16, body: &[u8], whole: bool) -> String {
+    // A character cut at the limit is dropped, not shown as garbage.
+    let text = match std::str::from_utf8(body) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(e) if !whole && e.error_len().is_none() => String::from_utf8_lossy(&body[..e.valid_up_to()]),
+        Err(_) => String::from_utf8_lossy(body),
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return format!("status {status}");
+    }
+    let cut = if whole { "" } else { "…" };
+    format!("status {status}: {text:?}{cut}")
 }
 
 /// Polls `fut` to the end while also driving the connection, which stops
@@ -189,7 +227,12 @@ where
 }
 
 fn http_error(e: &hyper::Error) -> String {
-    if e.is_parse() || e.is_parse_status() {
+    // TLS 1.3 servers refuse a client certificate (or its absence) after
+    // the client's side of the handshake: the alert comes with the first
+    // read, here.
+    if let Some(why) = tls::describe_within(e) {
+        format!("TLS: {why}")
+    } else if e.is_parse() || e.is_parse_status() {
         format!("not an HTTP response ({e})")
     } else if e.is_incomplete_message() {
         "connection closed before the response was complete".into()
@@ -229,5 +272,21 @@ fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_reason_quotes_the_body_on_one_line_and_drops_a_character_cut_short() {
+        assert_eq!(status_reason(500, b"", true), "status 500");
+        assert_eq!(status_reason(500, b" \r\n", true), "status 500");
+        assert_eq!(status_reason(500, b"etcd: unhealthy\n", true), r#"status 500: "etcd: unhealthy""#);
+        assert_eq!(status_reason(503, b"a \"b\"\nc", true), r#"status 503: "a \"b\"\nc""#);
+        // "é" is two bytes: cut after the first, it is left out.
+        assert_eq!(status_reason(500, b"caf\xc3", false), r#"status 500: "caf"…"#);
+        assert_eq!(status_reason(500, b"caf\xff!", true), "status 500: \"caf\u{fffd}!\"");
     }
 }

@@ -100,6 +100,7 @@ impl Snapshot {
                     (None, 0) => None,
                     (None, n) => Some(Arc::from(format!("{name} #{}", n + 1))),
                 };
+                let labels = Arc::new(sc.labels.clone());
                 for addr in addresses(&resolved, sc) {
                     let check = pc
                         .health
@@ -120,6 +121,8 @@ impl Snapshot {
                         addr,
                         weight: sc.weight,
                         backup: sc.backup,
+                        preferred: pc.prefer.as_ref().map(|p| p.matches(&sc.labels)),
+                        labels: labels.clone(),
                         max_conns: sc.max_conns,
                         config_state: sc.state,
                         slow_start: sc.slow_start.unwrap_or(pc.settings.slow_start),

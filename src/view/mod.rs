@@ -360,6 +360,9 @@ pub struct PoolStatus {
     pub no_server: u64,
     /// Servers it takes from the swarm's node list.
     pub cluster_nodes: usize,
+    /// Its `prefer`, as `label=value`: the servers with it take every
+    /// client while one is eligible.
+    pub prefer: Option<String>,
     pub servers: Vec<ServerStatus>,
 }
 
@@ -377,6 +380,11 @@ pub struct ServerStatus {
     pub state: &'static str,
     pub weight: u32,
     pub backup: bool,
+    /// Under its pool's `prefer`: whether it has the label (one that has
+    /// not takes clients only when no preferred server is eligible);
+    /// `None` when the pool prefers none.
+    pub preferred: Option<bool>,
+    pub labels: BTreeMap<String, String>,
     pub eligible: bool,
     pub ejected: bool,
     pub fails: u32,
@@ -579,7 +587,12 @@ fn phrase(s: &ServerStatus, now: u64) -> String {
     if let Some(w) = &s.warming {
         return format!("warming, {} %", w.percent);
     }
-    if s.backup { "in (backup)".into() } else { "in".into() }
+    match (s.backup, s.preferred) {
+        (true, _) => "in (backup)".into(),
+        (false, Some(true)) => "in (preferred)".into(),
+        (false, Some(false)) => "in (backup: not preferred)".into(),
+        (false, None) => "in".into(),
+    }
 }
 
 /// Adds the servers no pool of `snap` lists that still have connections
@@ -603,6 +616,7 @@ fn add_removed(pools: &mut Vec<PoolStatus>, snap: &Snapshot, states: &States) {
                 fail_open_picks: 0,
                 no_server: 0,
                 cluster_nodes: 0,
+                prefer: None,
                 servers: vec![server],
             }),
         }
@@ -611,7 +625,8 @@ fn add_removed(pools: &mut Vec<PoolStatus>, snap: &Snapshot, states: &States) {
 
 /// Every pool of `snap` at `now`.
 pub fn pools(snap: &Snapshot, now: Instant) -> Vec<PoolStatus> {
-    snap.pools.iter().map(|p| pool(p, now)).collect()
+    let prefer = |name: &str| snap.config.pool(name)?.prefer.as_ref().map(|p| format!("{}={}", p.label, p.value));
+    snap.pools.iter().map(|p| PoolStatus { prefer: prefer(&p.name), ..pool(p, now) }).collect()
 }
 
 fn pool(p: &Pool, now: Instant) -> PoolStatus {
@@ -628,6 +643,7 @@ fn pool(p: &Pool, now: Instant) -> PoolStatus {
         fail_open_picks: p.state.fail_open_picks.load(Relaxed),
         no_server: p.state.no_server.load(Relaxed),
         cluster_nodes: servers.iter().filter(|s| s.source == "cluster").count(),
+        prefer: None,
         servers,
     }
 }
@@ -645,6 +661,8 @@ fn server(p: &Pool, i: usize, now: Instant) -> ServerStatus {
         state: s.admin_state().as_str(),
         weight: s.weight,
         backup: s.backup,
+        preferred: s.preferred,
+        labels: (*s.labels).clone(),
         eligible: p.eligible(i, now),
         ejected: p.ejected(i, now),
         check: s.check.as_ref().map(|c| CheckStatus {
@@ -673,6 +691,8 @@ fn counted(name: &str, addr: SocketAddr, st: &ServerState) -> ServerStatus {
         state: "removed",
         weight: 0,
         backup: false,
+        preferred: None,
+        labels: BTreeMap::new(),
         eligible: false,
         ejected: false,
         fails: st.passive().fails(),

@@ -44,7 +44,7 @@ table{border-collapse:collapse;width:100%;min-width:640px}th,td{text-align:left;
 th{font-size:12px;text-transform:uppercase;color:#555;background:#fafbfc}.reason{white-space:normal;font-weight:400;color:#b3261e;font-size:13px}\
 .ok{color:#0a7a2f;font-weight:600}.bad{color:#b3261e;font-weight:600}.warn{color:#8a5a00;font-weight:600}\
 .badge{display:inline-block;padding:1px 7px;border-radius:10px;font-size:12px;font-weight:600}\
-.badge.bad{background:#fde7e6}.badge a{color:inherit}.badge.ok{background:#e3f5e9}.badge.warn{background:#fff3d6}\
+.badge.bad{background:#fde7e6}.badge a{color:inherit}.badge.ok{background:#e3f5e9}.badge.warn{background:#fff3d6}.badge.prefer{background:#e8eefc}\
 .details{white-space:normal;font-size:13px;color:#444}svg.traffic{display:block;width:100%;height:90px;background:#fff;border-bottom:1px solid #eceff2}\
 .legend{display:flex;gap:12px;padding:4px 8px 0;font-size:11px}.legend .open{color:#1f5fbf}.legend .rate{color:#0a7a2f}\
 .legend .span{margin-left:auto;color:#555}.box>svg.traffic,.box>.legend{position:sticky;left:0}";
@@ -133,11 +133,21 @@ fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
         details.push(format!("set {}{since}", s.state));
     }
     let cert = s.check.as_ref().and_then(|c| c.cert_not_after).map_or_else(|| "–".to_owned(), |t| cert_left(t, now));
-    let role = if s.backup { " (backup)" } else { "" };
+    let role = match (s.backup, s.preferred) {
+        (true, _) => " (backup)",
+        (false, Some(true)) => " (preferred)",
+        (false, Some(false)) => " (backup: not preferred)",
+        (false, None) => "",
+    };
     let addr = s.addr.to_string();
-    // The address under the name, unless the name is the address.
-    let addr_line =
+    // The address under the name, unless the name is the address; then
+    // its labels (a swarm node's, or lb.toml's).
+    let mut addr_line =
         if s.name == addr { String::new() } else { format!("<br><span class=meta>{}</span>", escape(&addr)) };
+    if !s.labels.is_empty() {
+        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = write!(addr_line, "<br><span class='meta labels'>{}</span>", escape(&labels.join(" ")));
+    }
     let _ = write!(
         out,
         "<tr class=server data-pool=\"{pool}\" data-addr=\"{addr}\" data-eligible=\"{eligible}\" data-source={source}><td>{name}{role}{addr_line}</td>\
@@ -403,9 +413,12 @@ fn pool(out: &mut String, p: &PoolStatus, events: &[Event], wall: f64, now: i64)
         "warn"
     };
     let removed = if p.removed { " (removed by a reload)" } else { "" };
+    let prefer = p.prefer.as_deref().map_or_else(String::new, |z| {
+        format!(" <span class='badge prefer' title='the others take clients only when none of these is eligible'>prefers {}</span>", escape(z))
+    });
     let _ = write!(
         out,
-        "<h2 id='{id}'>Pool {name}{removed}{badge} <span class='badge {count_class} eligible-count'>{e} of {n} eligible</span></h2>\
+        "<h2 id='{id}'>Pool {name}{removed}{badge}{prefer} <span class='badge {count_class} eligible-count'>{e} of {n} eligible</span></h2>\
          <div class=box>{svg}<table><tr><th>server</th><th>state</th><th>details</th>\
          <th>open</th><th>connections</th><th>sent / received</th><th>cert</th></tr>",
         id = pool_id(&p.name),

@@ -85,3 +85,13 @@ pub async fn ask(cfg: &Arc<rustls::ClientConfig>, lb: SocketAddr, sni: Option<&s
     lines.read_line(&mut answer).await?;
     Ok(answer.trim().to_owned())
 }
+
+/// Writes a client bundle in `dir` as UCP hands it out: cert.pem (issued by
+/// `ca` for `cn`), key.pem (owner-only) and ca.pem.
+pub fn write_bundle(dir: &std::path::Path, ca: &TestCa, cn: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert, key) = ca.issue_pem(cn, &[]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    super::write_secret(&dir.join("key.pem"), &key);
+    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+}

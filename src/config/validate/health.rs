@@ -6,7 +6,13 @@ use super::*;
 
 impl Validator<'_> {
     /// A pool's check; `None`: `kind = "none"`.
-    pub(super) fn health(&mut self, h: &S<raw::RawHealth>, key: &str) -> Option<HealthConfig> {
+    /// `bundle`: `[cluster] bundle`, which `client_bundle` presents.
+    pub(super) fn health(
+        &mut self,
+        h: &S<raw::RawHealth>,
+        key: &str,
+        bundle: Option<&S<String>>,
+    ) -> Option<HealthConfig> {
         let r = h.get_ref();
         let k = |name: &str| format!("{key}.{name}");
         let mut c = HealthConfig::default();
@@ -74,6 +80,10 @@ impl Validator<'_> {
         if c.kind != CheckKind::Https && (c.ca_file.is_some() || c.sni.is_some()) {
             self.err(Some(h.span()), key.to_owned(), "ca_file and sni need kind = \"https\"");
         }
+        c.client_cert = self.client_cert(r, &k, bundle);
+        if c.kind != CheckKind::Https && c.client_cert.is_some() {
+            self.err(Some(h.span()), key.to_owned(), "a client certificate needs kind = \"https\"");
+        }
         Some(c)
     }
 
@@ -135,6 +145,75 @@ impl Validator<'_> {
         }
         if let Some(p) = &r.port {
             c.port = self.int(p, &k("port"), 1, 65535, "").map(|n| n as u16);
+        }
+    }
+}
+
+impl Validator<'_> {
+    /// Whom a probe speaks as: `client_cert` and `client_key`, or
+    /// `client_bundle = true` (`[cluster] bundle`'s cert.pem and key.pem).
+    /// The files are read with the rest of what the config names
+    /// (`health::tls_configs`), not here.
+    fn client_cert(
+        &mut self,
+        r: &raw::RawHealth,
+        k: &impl Fn(&str) -> String,
+        bundle: Option<&S<String>>,
+    ) -> Option<ClientCert> {
+        let path = |v: &S<String>| PathBuf::from(v.get_ref());
+        for (v, name) in [(&r.client_cert, "client_cert"), (&r.client_key, "client_key")] {
+            if let Some(v) = v
+                && v.get_ref().is_empty()
+            {
+                self.err(Some(v.span()), k(name), "expected a file name");
+                return None;
+            }
+        }
+        let from_bundle = r.client_bundle.as_ref().filter(|b| *b.get_ref());
+        match (from_bundle, &r.client_cert, &r.client_key) {
+            (None, None, None) => None,
+            (Some(b), None, None) => {
+                let Some(dir) = bundle else {
+                    self.err(
+                        Some(b.span()),
+                        k("client_bundle"),
+                        "needs [cluster] bundle = \"DIR\", the UCP client bundle whose cert.pem and key.pem it presents",
+                    );
+                    return None;
+                };
+                let pos = self.lines.pos(b.span().start);
+                let dir = path(dir);
+                Some(ClientCert {
+                    cert: dir.join("cert.pem"),
+                    key: dir.join("key.pem"),
+                    from_bundle: true,
+                    pos,
+                    key_pos: pos,
+                })
+            }
+            (Some(b), _, _) => {
+                self.err(
+                    Some(b.span()),
+                    k("client_bundle"),
+                    "client_bundle presents the bundle's cert.pem and key.pem: leave out client_cert and client_key, or client_bundle",
+                );
+                None
+            }
+            (None, Some(cert), Some(key)) => Some(ClientCert {
+                cert: path(cert),
+                key: path(key),
+                from_bundle: false,
+                pos: self.lines.pos(cert.span().start),
+                key_pos: self.lines.pos(key.span().start),
+            }),
+            (None, Some(cert), None) => {
+                self.err(Some(cert.span()), k("client_cert"), "needs client_key, the certificate's private key (PEM)");
+                None
+            }
+            (None, None, Some(key)) => {
+                self.err(Some(key.span()), k("client_key"), "needs client_cert, the certificate (PEM) of this key");
+                None
+            }
         }
     }
 }

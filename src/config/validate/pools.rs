@@ -45,7 +45,7 @@ impl Validator<'_> {
         let nodes = pool_ref.nodes.as_ref().and_then(|n| self.nodes(n, &format!("{key}.nodes")));
         let servers = self.servers(pool, &key, pool_ref.nodes.is_some());
         let mut health = match &pool_ref.health {
-            Some(h) => self.health(h, &format!("{key}.health")),
+            Some(h) => self.health(h, &format!("{key}.health"), raw.cluster.as_ref().and_then(|c| c.get_ref().bundle.as_ref())),
             None => None,
         };
         if let Some(h) = health.as_mut() {
@@ -54,7 +54,8 @@ impl Validator<'_> {
         let origins = origins(raw, pool_ref);
         self.failure_keys(pool_ref, &settings, &servers, health.is_some(), &key);
         self.proxy_to_ucp(raw, pool_ref, &settings, (&servers, nodes.as_ref()), health.as_ref(), &key);
-        PoolConfig { name: Arc::from(name), settings, origins, servers, nodes, health }
+        let prefer = pool_ref.prefer.as_ref().and_then(|p| self.prefer(p, (&servers, nodes.is_some()), &key));
+        PoolConfig { name: Arc::from(name), settings, origins, servers, nodes, health, prefer }
     }
 
     pub(super) fn settings(&mut self, r: SettingsRef<'_>, base: &Settings, table: &str) -> Settings {
@@ -321,12 +322,64 @@ impl Validator<'_> {
                     .duration(r.slow_start.as_ref(), format!("{skey}.slow_start"), true)
                     .map(Option::unwrap_or_default),
                 pos: self.lines.pos(addr_span.start),
-                labels: Default::default(),
+                labels: r.labels.as_ref().map(|l| self.labels(l, &skey)).unwrap_or_default(),
                 source: ServerSource::Static,
             });
         }
         self.server_names(list.get_ref(), &out, key);
         out
+    }
+
+    /// A static server's `labels`: names and values as swarm node labels
+    /// are, non-empty strings.
+    fn labels(&mut self, l: &S<toml::Table>, skey: &str) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for (name, v) in l.get_ref() {
+            match v {
+                toml::Value::String(s) if !name.is_empty() && !s.is_empty() => {
+                    out.insert(name.clone(), s.clone());
+                }
+                _ => self.err(
+                    Some(l.span()),
+                    format!("{skey}.labels.{name}"),
+                    format!("expected a label name with a non-empty string value, found {v}"),
+                ),
+            }
+        }
+        out
+    }
+
+    /// `prefer = { label, value }`: both needed. A label no server carries
+    /// is legal (the swarm may add it), but with only static servers every
+    /// one is then a backup, which is worth a warning.
+    /// A pool's `prefer`; warned of when no static server carries its label
+    /// and the pool takes no nodes (whose labels only the swarm knows).
+    fn prefer(&mut self, p: &S<raw::RawPrefer>, (servers, nodes): (&[ServerConfig], bool), key: &str) -> Option<Prefer> {
+        let r = p.get_ref();
+        let (Some(label), Some(value)) = (&r.label, &r.value) else {
+            self.err(
+                Some(p.span()),
+                format!("{key}.prefer"),
+                r#"expected both label and value: { label = "zone", value = "dc1" }"#,
+            );
+            return None;
+        };
+        let prefer = Prefer { label: label.get_ref().clone(), value: value.get_ref().clone() };
+        if prefer.label.is_empty() || prefer.value.is_empty() {
+            self.err(Some(p.span()), format!("{key}.prefer"), "expected a non-empty label and value");
+            return None;
+        }
+        if !nodes && !servers.is_empty() && !servers.iter().any(|s| prefer.matches(&s.labels)) {
+            self.warn(
+                Some(p.span()),
+                format!("{key}.prefer"),
+                format!(
+                    "no server has the label {}={}: none is preferred, and every one takes clients as before",
+                    prefer.label, prefer.value
+                ),
+            );
+        }
+        Some(prefer)
     }
 
     /// The admin API finds a server by its name or its address: a name

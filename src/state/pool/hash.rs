@@ -17,7 +17,7 @@ impl Pool {
     /// again with the attempt number in front, up to 20 more times, then
     /// round robin. As `ngx_stream_upstream_get_hash_peer`.
     pub(super) fn source_hash_map(&self, mask: &Mask, client: IpAddr, now: Instant) -> Option<usize> {
-        let primaries: Vec<usize> = (0..self.servers.len()).filter(|&i| !self.servers[i].backup).collect();
+        let primaries: Vec<usize> = (0..self.servers.len()).filter(|&i| !self.servers[i].standby()).collect();
         let total: u64 = primaries.iter().map(|&i| u64::from(self.servers[i].weight)).sum();
         if primaries.len() < 2 || total == 0 {
             return self.round_robin(mask, now);
@@ -89,7 +89,7 @@ impl Ring {
     pub(super) fn new(servers: &[Server]) -> Ring {
         let mut names: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
         for (i, s) in servers.iter().enumerate() {
-            if s.backup {
+            if s.standby() {
                 continue;
             }
             match names.iter_mut().find(|(n, _)| *n == s.name) {

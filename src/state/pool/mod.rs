@@ -53,7 +53,13 @@ pub struct Server {
     /// One address that name resolved to.
     pub addr: SocketAddr,
     pub weight: u32,
+    /// `backup = true` in lb.toml.
     pub backup: bool,
+    /// Under its pool's `prefer`: whether it has the label (`None`: the
+    /// pool prefers none). One that has not waits as a backup.
+    pub preferred: Option<bool>,
+    /// Its labels (a swarm node's, or lb.toml's), for the status.
+    pub labels: Arc<std::collections::BTreeMap<String, String>>,
     pub max_conns: u32,
     pub config_state: AdminState,
     /// How long its weight takes to grow back after it was down (zero:
@@ -144,6 +150,12 @@ impl Server {
         limit == 0 || self.state.active.load(Relaxed) < limit
     }
 
+    /// Takes clients only when no other server is eligible: set `backup`,
+    /// or outside its pool's preferred zone (nginx's backup semantics).
+    pub fn standby(&self) -> bool {
+        self.backup || self.preferred == Some(false)
+    }
+
     /// How people know it: the name given in the config, else the address
     /// as configured.
     pub fn shown(&self) -> &str {
@@ -213,7 +225,7 @@ impl Pool {
     /// one client would send all 30 to the first server).
     pub fn keep_position(&mut self, old: &Pool) {
         let same = |a: &Server, b: &Server| {
-            a.name == b.name && a.addr == b.addr && a.weight == b.weight && a.backup == b.backup
+            a.name == b.name && a.addr == b.addr && a.weight == b.weight && a.standby() == b.standby()
         };
         if self.servers.len() == old.servers.len() && self.servers.iter().zip(&old.servers).all(|(a, b)| same(a, b)) {
             self.rr = old.rr.clone();
@@ -257,7 +269,8 @@ impl Pool {
 
     /// Picks a server for a client from `client`, skipping those in `tried`.
     ///
-    /// Primary servers first; backups only when no primary is eligible. When
+    /// Primary servers first; backups (and, under `prefer`, the servers
+    /// outside the zone) only when no primary is eligible. When
     /// nothing at all is eligible, `all_down` decides: fail open over every
     /// server not set `down`, or `None`. `None` also when every eligible
     /// server has been tried.
@@ -274,7 +287,7 @@ impl Pool {
             if tried.contains(&i) {
                 continue;
             }
-            if self.servers[i].backup { backup.set(i) } else { primary.set(i) }
+            if self.servers[i].standby() { backup.set(i) } else { primary.set(i) }
         }
         let (mask, fail_open) = if !primary.is_empty() {
             (primary, false)
@@ -363,6 +376,8 @@ mod tests {
             addr,
             weight,
             backup,
+            preferred: None,
+            labels: Arc::default(),
             max_conns: 0,
             config_state: AdminState::Up,
             slow_start: Duration::ZERO,
@@ -390,6 +405,26 @@ mod tests {
         }
         p.servers[0].state.override_state.store(3, Relaxed);
         assert_eq!(p.pick(now, client(), &[]), Some(Pick { idx: 1, fail_open: false }));
+    }
+
+    #[test]
+    fn servers_outside_the_preferred_zone_wait_as_backups() {
+        let mut servers: Vec<Server> = (1..=4).map(|i| server(&format!("10.0.0.{i}:1"), 1, false)).collect();
+        for (s, preferred) in servers.iter_mut().zip([Some(true), Some(false), Some(true), Some(false)]) {
+            s.preferred = preferred;
+        }
+        servers[2].backup = true;
+        let p = pool(Balance::RoundRobin, servers);
+        let now = Instant::now();
+        let picks: Vec<usize> = (0..4).map(|_| p.pick(now, client(), &[]).unwrap().idx).collect();
+        assert_eq!(picks, [0, 0, 0, 0], "the one preferred primary takes every client");
+        p.servers[0].state.override_state.store(3, Relaxed);
+        // None preferred eligible: the others and the configured backup
+        // share the clients, as nginx's backups do.
+        let mut picks: Vec<usize> = (0..6).map(|_| p.pick(now, client(), &[]).unwrap().idx).collect();
+        picks.sort();
+        assert_eq!(picks, [1, 1, 2, 2, 3, 3]);
+        assert!(p.servers[1].standby() && !p.servers[0].standby());
     }
 
     #[test]
