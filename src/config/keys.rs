@@ -573,7 +573,7 @@ mod tests {
         assert_eq!(names("admin"), ["listen", "token_file", "status_needs_token", "control_socket"]);
         assert_eq!(names("defaults.server_keepalive"), ["idle", "interval", "count"]);
         let pool = names("pool.*");
-        assert_eq!(pool[..4], ["servers", "health", "nodes", "balance"]);
+        assert_eq!(pool[..5], ["servers", "prefer", "health", "nodes", "balance"]);
         assert_eq!(pool.last(), Some(&"send_proxy_protocol"));
     }
 

@@ -6,8 +6,8 @@
 //! runtime state: host names are resolved by `resolve.rs`. Every key is
 //! declared once, in `keys.rs`.
 
-pub mod cluster;
 mod check;
+pub mod cluster;
 pub mod keys;
 pub mod raw;
 pub mod rules;

@@ -21,6 +21,15 @@ pub fn render(m: &Metrics, view: &View) -> String {
         l("target", b.target),
     ];
     m.gauge(BUILD_INFO, build).set(1.0);
+    pools(m, view);
+    listeners(m, view);
+    access_log(m, &view.access_log);
+    process(m, view);
+    stable(&m.render())
+}
+
+/// Each pool's and server's series.
+fn pools(m: &Metrics, view: &View) {
     for pool in &view.pools {
         let pname = pool.name.clone();
         m.gauge(POOL_FAIL_OPEN, vec![l("pool", pname.clone())]).set(f64::from(u8::from(pool.all_down)));
@@ -60,6 +69,10 @@ pub fn render(m: &Metrics, view: &View) -> String {
             }
         }
     }
+}
+
+/// Each listener's series.
+fn listeners(m: &Metrics, view: &View) {
     for ls in &view.listeners {
         let name = || vec![l("listener", ls.local.to_string())];
         m.counter(LISTENER_ACCEPTED, name()).absolute(ls.accepted);
@@ -95,7 +108,10 @@ pub fn render(m: &Metrics, view: &View) -> String {
             m.counter(LISTENER_REJECTED, lb).absolute(v);
         }
     }
-    access_log(m, &view.access_log);
+}
+
+/// The process's own series: reloads, upgrades, the swarm's list.
+fn process(m: &Metrics, view: &View) {
     m.counter(RELOADS, vec![l("result", "success")]).absolute(view.reload.successes);
     m.counter(RELOADS, vec![l("result", "failure")]).absolute(view.reload.failures);
     m.gauge(RELOAD_OK, vec![]).set(if view.reload.last_ok == Some(false) { 0.0 } else { 1.0 });
@@ -109,7 +125,6 @@ pub fn render(m: &Metrics, view: &View) -> String {
         }
         m.gauge(CLUSTER_LIST_AGE, vec![]).set(c.age_s.or(c.never_read_s).unwrap_or(0) as f64);
     }
-    stable(&m.render())
 }
 
 /// Each access-log destination's lines, by result and reason, and

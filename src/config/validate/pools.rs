@@ -45,7 +45,9 @@ impl Validator<'_> {
         let nodes = pool_ref.nodes.as_ref().and_then(|n| self.nodes(n, &format!("{key}.nodes")));
         let servers = self.servers(pool, &key, pool_ref.nodes.is_some());
         let mut health = match &pool_ref.health {
-            Some(h) => self.health(h, &format!("{key}.health"), raw.cluster.as_ref().and_then(|c| c.get_ref().bundle.as_ref())),
+            Some(h) => {
+                self.health(h, &format!("{key}.health"), raw.cluster.as_ref().and_then(|c| c.get_ref().bundle.as_ref()))
+            }
             None => None,
         };
         if let Some(h) = health.as_mut() {
@@ -354,7 +356,12 @@ impl Validator<'_> {
     /// one is then a backup, which is worth a warning.
     /// A pool's `prefer`; warned of when no static server carries its label
     /// and the pool takes no nodes (whose labels only the swarm knows).
-    fn prefer(&mut self, p: &S<raw::RawPrefer>, (servers, nodes): (&[ServerConfig], bool), key: &str) -> Option<Prefer> {
+    fn prefer(
+        &mut self,
+        p: &S<raw::RawPrefer>,
+        (servers, nodes): (&[ServerConfig], bool),
+        key: &str,
+    ) -> Option<Prefer> {
         let r = p.get_ref();
         let (Some(label), Some(value)) = (&r.label, &r.value) else {
             self.err(
