@@ -651,7 +651,9 @@ impl<'a> Direction<'a> {
                                     // A wake that brought less than a buffer.
                                     self.set_bulk(false);
                                 }
-                                continue;
+                                // The short read cleared the readiness: a
+                                // read now would only find that out again.
+                                break;
                             }
                             // A full buffer: a bulk transfer. Beside another,
                             // the rest of this burst goes through a pipe, never
