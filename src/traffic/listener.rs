@@ -206,9 +206,13 @@ pub async fn accept_loop(
     reserve_spare();
     let mut backoff = MIN_BACKOFF;
     let mut starved = false;
+    // One wait for `stop`, registered once: made anew in the loop, it was
+    // registered with the token and taken out again on every accept.
+    let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            biased; // `stop` first, and no random pick per accept
+            _ = &mut stopped => return,
             r = listener.accept() => r,
         };
         match accepted {
