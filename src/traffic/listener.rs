@@ -213,7 +213,10 @@ pub async fn accept_loop(
         let accepted = tokio::select! {
             biased; // `stop` first, and no random pick per accept
             _ = &mut stopped => return,
-            r = listener.accept() => r,
+            // poll_accept keeps the waker in the socket's reader slot;
+            // accept() queued a waiter on the socket (a lock, a list) at
+            // every wait, and made its future anew per client.
+            r = std::future::poll_fn(|cx| listener.poll_accept(cx)) => r,
         };
         match accepted {
             Ok((client, peer)) => {
