@@ -6,6 +6,10 @@
 //! cargo bench --bench instr          # ROUNDS=3 CONNS=1000 EXCHANGES=2000 ONLY=ucp-lb,nginx,haproxy
 //! ```
 //!
+//! `UCP_LB_WORKERS=2` runs ucp-lb with two workers (tokio's multi-thread
+//! scheduler; one worker is a current-thread runtime); `UCP_LB_BIN` measures
+//! another build of it.
+//!
 //! Each proxy runs under `valgrind --tool=callgrind` with one worker and the
 //! bench's own echo server as its only backend. After a warm-up (the
 //! connections that found it listening, and one of each unit), its counters
@@ -99,8 +103,9 @@ fn proxy_command(name: &str, listen: SocketAddr, backend: SocketAddr, dir: &Path
             let cfg = write(
                 "lb.toml",
                 format!(
-                    "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n\
-                     [[listener]]\nbind = \"{listen}\"\npool = \"b\"\n[pool.b]\nservers = [\"{backend}\"]\n"
+                    "workers = {workers}\n[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n\
+                     [[listener]]\nbind = \"{listen}\"\npool = \"b\"\n[pool.b]\nservers = [\"{backend}\"]\n",
+                    workers = env_u64("UCP_LB_WORKERS", 1),
                 ),
             );
             let mut c = Command::new(lb);

@@ -55,7 +55,7 @@ pub fn cpu_secs(pid: u32) -> f64 {
 
 /// The release ucp-lb on `config`, pinned, quiet.
 pub fn spawn_ucp_lb(config: &Path) -> Child {
-    pinned(env!("CARGO_BIN_EXE_ucp-lb"))
+    pinned(&shipped_ucp_lb_once().display().to_string())
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "warn")
@@ -63,6 +63,12 @@ pub fn spawn_ucp_lb(config: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("the ucp-lb binary cargo built for this bench starts")
+}
+
+/// [`shipped_ucp_lb`], built once per bench run.
+pub fn shipped_ucp_lb_once() -> &'static Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(shipped_ucp_lb)
 }
 
 /// The ucp-lb binary as shipped: `cargo build --release`, without the
