@@ -580,6 +580,16 @@ impl<'a> Direction<'a> {
         Ok(())
     }
 
+    /// Waits for its source to be readable, noting while the wait is
+    /// pending ([`Direction::waiting`]).
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            let r = self.src.poll_read_ready(cx);
+            self.waiting.store(r.is_pending(), Relaxed);
+            r
+        })
+    }
+
     #[allow(clippy::manual_async_fn)] // on purpose: an async fn would store `self` twice
     fn pipe(&self) -> impl Future<Output = Result<(), PipeError>> + Send + '_ {
         async move {
@@ -596,15 +606,9 @@ impl<'a> Direction<'a> {
                     std::future::poll_fn(|_| if self.conns.stopping() { Poll::Pending } else { Poll::Ready(()) }).await;
                 }
                 // poll_read_ready keeps the waker in the socket's own reader
-                // slot; `readable()` would put a 152-byte waiter in this
+                // slot; `TcpStream::readable()` would put a 152-byte waiter in this
                 // future, which an idle connection carries for its whole life.
-                std::future::poll_fn(|cx| {
-                    let r = src.poll_read_ready(cx);
-                    self.waiting.store(r.is_pending(), Relaxed);
-                    r
-                })
-                .await
-                .map_err(|e| self.read_err(e))?;
+                self.wait_readable().await.map_err(|e| self.read_err(e))?;
                 if self.conns.stopping() {
                     continue;
                 }
