@@ -243,7 +243,7 @@ fn start_proxy_under(
                 ),
             )
             .unwrap();
-            let mut c = launch(env!("CARGO_BIN_EXE_ucp-lb"), wrap);
+            let mut c = launch(&common::shipped_ucp_lb_once().display().to_string(), wrap);
             c.arg("--config").arg(&cfg).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null());
             if name == "ucp-lb-shared" {
                 c.env("UCP_LB_SPLICE", "shared");

@@ -242,7 +242,7 @@ fn main() {
         for (a, d) in servers.iter().zip(&downs) {
             tokio::spawn(server(*a, d.clone(), end));
         }
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ucp-lb"))
+        let mut child = std::process::Command::new(common::shipped_ucp_lb_once())
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "warn")

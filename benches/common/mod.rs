@@ -55,7 +55,7 @@ pub fn cpu_secs(pid: u32) -> f64 {
 
 /// The release ucp-lb on `config`, pinned, quiet.
 pub fn spawn_ucp_lb(config: &Path) -> Child {
-    pinned(env!("CARGO_BIN_EXE_ucp-lb"))
+    pinned(&shipped_ucp_lb_once().display().to_string())
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "warn")
@@ -63,4 +63,36 @@ pub fn spawn_ucp_lb(config: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("the ucp-lb binary cargo built for this bench starts")
+}
+
+/// [`shipped_ucp_lb`], built once per bench run.
+pub fn shipped_ucp_lb_once() -> &'static Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(shipped_ucp_lb)
+}
+
+/// The ucp-lb binary as shipped: `cargo build --release`, without the
+/// dev-dependencies' features. (`CARGO_BIN_EXE_ucp-lb`, the one cargo
+/// builds for a bench, has tokio's `test-util` on, whose every clock read
+/// takes a mutex and the runtime's handle: measured by `benches/instr.rs`,
+/// 21,480 against 19,869 instructions per connection and 5,552 against
+/// 4,923 per exchange.) Falls back to the
+/// bench's own build, and says so, when cargo cannot build it.
+pub fn shipped_ucp_lb() -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--release", "--bin", "ucp-lb", "--message-format=json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output();
+    let exe = out.ok().filter(|o| o.status.success()).and_then(|o| {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|v| {
+            (v["target"]["name"] == "ucp-lb").then(|| v["executable"].as_str().map(std::path::PathBuf::from)).flatten()
+        })
+    });
+    exe.unwrap_or_else(|| {
+        eprintln!("cargo build --release failed: measuring the bench's own build (tokio test-util on)");
+        env!("CARGO_BIN_EXE_ucp-lb").into()
+    })
 }

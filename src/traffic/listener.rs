@@ -194,10 +194,17 @@ pub async fn accept_loop(
     reserve_spare();
     let mut backoff = MIN_BACKOFF;
     let mut starved = false;
+    // One wait for `stop`, registered once: made anew in the loop, it was
+    // registered with the token and taken out again on every accept.
+    let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => r,
+            biased; // `stop` first, and no random pick per accept
+            _ = &mut stopped => return,
+            // poll_accept keeps the waker in the socket's reader slot;
+            // accept() queued a waiter on the socket (a lock, a list) at
+            // every wait, and made its future anew per client.
+            r = std::future::poll_fn(|cx| listener.poll_accept(cx)) => r,
         };
         match accepted {
             Ok((client, peer)) => {

@@ -416,6 +416,16 @@ where
             if *done {
                 continue;
             }
+            // A direction waiting for its source whose readiness has not
+            // come still has this task's waker in the socket's reader slot
+            // (tokio takes it out only when the readiness comes; the task's
+            // waker never changes, as `registration` assumes): polling it
+            // would only register it again. One wake is one socket's
+            // readiness, so on a keep-alive exchange this spares the quiet
+            // direction's poll at every wake.
+            if self.dirs[i].waiting.load(Relaxed) && !read_ready(self.dirs[i].src) {
+                continue;
+            }
             match pipe.as_mut().poll(cx) {
                 Poll::Ready(Ok(())) => {
                     *done = true;
@@ -497,6 +507,9 @@ struct Direction<'a> {
     /// Here rather than in the pipe's future: a field of the direction
     /// costs an idle connection one byte, a guard in the future a pointer.
     bulk: AtomicBool,
+    /// Its last poll of its source's readiness was pending: the waker is
+    /// in the socket's reader slot until the readiness comes.
+    waiting: AtomicBool,
     conns: &'a Conns,
 }
 
@@ -525,6 +538,7 @@ impl<'a> Direction<'a> {
             activity,
             parked: AtomicBool::new(false),
             bulk: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
             conns,
         }
     }
@@ -566,6 +580,16 @@ impl<'a> Direction<'a> {
         Ok(())
     }
 
+    /// Waits for its source to be readable, noting while the wait is
+    /// pending ([`Direction::waiting`]).
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            let r = self.src.poll_read_ready(cx);
+            self.waiting.store(r.is_pending(), Relaxed);
+            r
+        })
+    }
+
     #[allow(clippy::manual_async_fn)] // on purpose: an async fn would store `self` twice
     fn pipe(&self) -> impl Future<Output = Result<(), PipeError>> + Send + '_ {
         async move {
@@ -582,9 +606,9 @@ impl<'a> Direction<'a> {
                     std::future::poll_fn(|_| if self.conns.stopping() { Poll::Pending } else { Poll::Ready(()) }).await;
                 }
                 // poll_read_ready keeps the waker in the socket's own reader
-                // slot; `readable()` would put a 152-byte waiter in this
+                // slot; `TcpStream::readable()` would put a 152-byte waiter in this
                 // future, which an idle connection carries for its whole life.
-                std::future::poll_fn(|cx| src.poll_read_ready(cx)).await.map_err(|e| self.read_err(e))?;
+                self.wait_readable().await.map_err(|e| self.read_err(e))?;
                 if self.conns.stopping() {
                     continue;
                 }
@@ -631,7 +655,9 @@ impl<'a> Direction<'a> {
                                     // A wake that brought less than a buffer.
                                     self.set_bulk(false);
                                 }
-                                continue;
+                                // The short read cleared the readiness: a
+                                // read now would only find that out again.
+                                break;
                             }
                             // A full buffer: a bulk transfer. Beside another,
                             // the rest of this burst goes through a pipe, never
@@ -687,6 +713,12 @@ fn read_clearing(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
         (r, _) => r,
     }
+}
+
+/// Whether `src` has read readiness (data, its FIN, an error) that no
+/// read has cleared yet: a load, no syscall, no waker registered.
+fn read_ready(src: &TcpStream) -> bool {
+    src.try_io(Interest::READABLE, || Ok(())).is_ok()
 }
 
 /// Writes as much of `data` as `dst` takes now; returns how much.
