@@ -20,7 +20,13 @@
 //! one open connection, and dumped again. Each unit waits for the last one
 //! to be answered, so no work of one is left for the next, and the counts
 //! come out the same whatever else the machine does (a few tens of
-//! instructions per unit between rounds). Start-up and exit are not
+//! instructions per unit between rounds). A third row (`PROXY=0` leaves it
+//! out, issue 37) counts `CONNS` new connections again on a second start
+//! of each proxy reading a PROXY v2 header from loopback, which it trusts
+//! (ucp-lb `proxy_protocol = true` with `real_ip_from`, nginx `listen ...
+//! proxy_protocol` with `set_real_ip_from`, HAProxy `accept-proxy`): the
+//! client writes the header and its first byte in one write, as an outer
+//! balancer does. Start-up and exit are not
 //! counted, so the process is killed at the end (by its PID).
 //!
 //! The dumps stay in `target/instr/<proxy>.<round>.out.<1|2>` (1:
@@ -91,8 +97,15 @@ fn free_port() -> u16 {
 }
 
 /// The command line and config of `name` proxying `listen` to `backend`,
-/// written under `dir`; None when its program is missing.
-fn proxy_command(name: &str, listen: SocketAddr, backend: SocketAddr, dir: &Path, lb: &Path) -> Option<Command> {
+/// written under `dir`, reading a PROXY header from its clients (trusted:
+/// loopback) when `pp`; None when its program is missing.
+fn proxy_command(
+    name: &str,
+    (listen, pp): (SocketAddr, bool),
+    backend: SocketAddr,
+    dir: &Path,
+    lb: &Path,
+) -> Option<Command> {
     let write = |file: &str, text: String| {
         let p = dir.join(file);
         std::fs::write(&p, text).expect("write a proxy config under target/instr");
@@ -104,8 +117,9 @@ fn proxy_command(name: &str, listen: SocketAddr, backend: SocketAddr, dir: &Path
                 "lb.toml",
                 format!(
                     "workers = {workers}\n[admin]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"\"\n\
-                     [[listener]]\nbind = \"{listen}\"\npool = \"b\"\n[pool.b]\nservers = [\"{backend}\"]\n",
+                     [[listener]]\nbind = \"{listen}\"\npool = \"b\"\n{pp}[pool.b]\nservers = [\"{backend}\"]\n",
                     workers = env_u64("UCP_LB_WORKERS", 1),
+                    pp = if pp { "proxy_protocol = true\nreal_ip_from = [\"127.0.0.0/8\"]\n" } else { "" },
                 ),
             );
             let mut c = Command::new(lb);
@@ -124,8 +138,9 @@ fn proxy_command(name: &str, listen: SocketAddr, backend: SocketAddr, dir: &Path
                 format!(
                     "{load}daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
                      error_log {d}/error.log warn;\nevents {{ worker_connections 1024; }}\n\
-                     stream {{\n upstream b {{ server {backend}; }}\n server {{ listen {listen}; proxy_pass b; }}\n}}\n",
+                     stream {{\n upstream b {{ server {backend}; }}\n server {{ listen {listen}{pp}; proxy_pass b; }}\n}}\n",
                     d = dir.display(),
+                    pp = if pp { " proxy_protocol; set_real_ip_from 127.0.0.0/8" } else { "" },
                 ),
             );
             let mut c = Command::new(bin);
@@ -138,8 +153,9 @@ fn proxy_command(name: &str, listen: SocketAddr, backend: SocketAddr, dir: &Path
                 "haproxy.cfg",
                 format!(
                     "global\n maxconn 1000\n nbthread 1\ndefaults\n mode tcp\n timeout connect 3s\n\
-                     timeout client 1h\n timeout server 1h\nfrontend f\n bind {listen}\n default_backend b\n\
-                     backend b\n server s0 {backend}\n"
+                     timeout client 1h\n timeout server 1h\nfrontend f\n bind {listen}{pp}\n default_backend b\n\
+                     backend b\n server s0 {backend}\n",
+                    pp = if pp { " accept-proxy" } else { "" }
                 ),
             );
             let mut c = Command::new(bin);
@@ -151,14 +167,14 @@ fn proxy_command(name: &str, listen: SocketAddr, backend: SocketAddr, dir: &Path
 }
 
 /// Starts `name` under callgrind and waits (bounded) until it accepts.
-fn start(name: &str, backend: SocketAddr, dir: &Path, lb: &Path, round: u64) -> Option<Counted> {
+fn start(name: &str, backend: SocketAddr, dir: &Path, lb: &Path, (round, pp): (u64, bool)) -> Option<Counted> {
     let valgrind = which("valgrind")?;
     which("callgrind_control")?;
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let conf_dir = dir.join(name);
     std::fs::create_dir_all(&conf_dir).expect("create target/instr");
-    let inner = proxy_command(name, listen, backend, &conf_dir, lb)?;
-    let out = dir.join(format!("{name}.{round}.out"));
+    let inner = proxy_command(name, (listen, pp), backend, &conf_dir, lb)?;
+    let out = dir.join(format!("{name}{}.{round}.out", if pp { ".proxy-v2" } else { "" }));
     for old in 0..3 {
         let _ = std::fs::remove_file(if old == 0 { out.clone() } else { part(&out, old) });
     }
@@ -215,12 +231,33 @@ impl Counted {
     }
 }
 
-/// One connection: connect, 1 byte there and back, then the client's FIN
-/// and the proxy's close, read, so the proxy has finished with it.
-async fn one_connection(addr: SocketAddr) {
+/// A PROXY v2 header naming the client `src` (IPv4, as an outer
+/// balancer would send it) and `dst`, followed by `data`.
+fn v2_header(src: SocketAddr, dst: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    for a in [src, dst] {
+        match a.ip() {
+            std::net::IpAddr::V4(ip) => h.extend_from_slice(&ip.octets()),
+            std::net::IpAddr::V6(_) => h.extend_from_slice(&[127, 0, 0, 1]),
+        }
+    }
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    h.extend_from_slice(data);
+    h
+}
+
+/// One connection: connect, 1 byte there and back (behind a PROXY v2
+/// header in the same write when `pp`), then the client's FIN and the
+/// proxy's close, read, so the proxy has finished with it.
+async fn one_connection(addr: SocketAddr, pp: bool) {
     let Ok(mut s) = TcpStream::connect(addr).await else { return };
     let mut b = [0u8; 1];
-    if s.write_all(b"x").await.is_err() || s.read_exact(&mut b).await.is_err() {
+    let first = match (pp, s.local_addr()) {
+        (true, Ok(local)) => v2_header(local, addr, b"x"),
+        _ => b"x".to_vec(),
+    };
+    if s.write_all(&first).await.is_err() || s.read_exact(&mut b).await.is_err() {
         return;
     }
     let _ = s.shutdown().await;
@@ -242,6 +279,22 @@ async fn exchanges(s: &mut TcpStream, n: u64) -> bool {
     true
 }
 
+/// Instructions per new connection of a proxy reading a PROXY v2 header
+/// from loopback, which it trusts: one round.
+async fn measure_pp(name: &str, backend: SocketAddr, dir: &Path, lb: &Path, round: u64, conns: u64) -> Option<f64> {
+    let mut p = start(name, backend, dir, lb, (round, true))?;
+    for _ in 0..WARM_UP {
+        one_connection(p.addr, true).await;
+    }
+    if !p.zero() {
+        return None;
+    }
+    for _ in 0..conns {
+        one_connection(p.addr, true).await;
+    }
+    Some(p.dump("connections")? as f64 / conns as f64)
+}
+
 /// (instructions per connection, per exchange) of `name`, one round.
 async fn measure(
     name: &str,
@@ -252,16 +305,16 @@ async fn measure(
     conns: u64,
     n: u64,
 ) -> Option<(f64, f64)> {
-    let mut p = start(name, backend, dir, lb, round)?;
+    let mut p = start(name, backend, dir, lb, (round, false))?;
     for _ in 0..WARM_UP {
-        one_connection(p.addr).await;
+        one_connection(p.addr, false).await;
     }
     if !p.zero() {
         eprintln!("{name}: callgrind_control -z failed; skipped");
         return None;
     }
     for _ in 0..conns {
-        one_connection(p.addr).await;
+        one_connection(p.addr, false).await;
     }
     let per_conn = p.dump("connections")? as f64 / conns as f64;
     let mut s = TcpStream::connect(p.addr).await.ok()?;
@@ -306,6 +359,9 @@ fn main() {
         .build()
         .expect("a tokio runtime for the bench");
     let mut figures: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); names.len()];
+    // Per new connection with a PROXY v2 header (PROXY=0 leaves it out).
+    let pp = env_u64("PROXY", 1) == 1;
+    let mut with_header: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     rt.block_on(async {
         let backend = echo().await;
         // Interleaved: round 1 of each proxy, then round 2, ...
@@ -319,6 +375,16 @@ fn main() {
                         figures[i].1.push(e);
                     }
                     None => eprintln!(" skipped"),
+                }
+                if pp {
+                    eprint!("round {round} {name} with a PROXY v2 header ...");
+                    match measure_pp(name, backend, &dir, &lb, round, conns).await {
+                        Some(c) => {
+                            eprintln!(" {c:.0}/conn");
+                            with_header[i].push(c);
+                        }
+                        None => eprintln!(" skipped"),
+                    }
                 }
             }
         }
@@ -337,6 +403,13 @@ fn main() {
         print!("{label:<44}");
         for f in &figures {
             print!("{:>24}", cell(if pick == 0 { &f.0 } else { &f.1 }));
+        }
+        println!();
+    }
+    if pp {
+        print!("{:<44}", "per new connection behind a PROXY v2 header");
+        for f in &with_header {
+            print!("{:>24}", cell(f));
         }
         println!();
     }

@@ -228,7 +228,7 @@ impl Validator<'_> {
             at,
             format!("{key}.send_proxy_protocol"),
             format!(
-                "sends a PROXY {} header, and {why}: UCP and the Kubernetes API server cannot parse one (kubernetes #76928), so every connection would fail; send it only to servers that expect it (nginx's listen ... proxy_protocol, HAProxy's accept-proxy)",
+                "sends a PROXY {} header, and {why}: if these are UCP managers, DTR replicas or Kubernetes API servers, every connection will fail, as they cannot parse one (kubernetes #76928); if an nginx or HAProxy that reads it listens there (listen ... proxy_protocol, accept-proxy), this is as intended",
                 v.as_str()
             ),
         );
