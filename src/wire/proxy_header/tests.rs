@@ -244,6 +244,33 @@ async fn a_header_sent_byte_by_byte_is_read_and_nothing_after_it_is_taken() {
     }
 }
 
+/// A long v2 header (3,000 bytes of TLVs) in 100-byte pieces: the buffer
+/// grows as they come (it no longer takes the claimed length at once) and
+/// the header is read whole, the bytes after it left.
+#[tokio::test]
+async fn a_long_header_in_pieces_is_read_as_the_buffer_grows() {
+    let mut tlvs = Vec::new();
+    for _ in 0..3 {
+        tlvs.extend_from_slice(&[0xe0, 0x03, 0xe5]);
+        tlvs.extend_from_slice(&[b'x'; 997]);
+    }
+    let header = v2_inet(&tlvs);
+    assert!(header.len() > 3000);
+    let (mut c, s) = pair().await;
+    let mut sent = header.clone();
+    sent.extend_from_slice(b"after");
+    let writer = tokio::spawn(async move {
+        for piece in sent.chunks(100) {
+            c.write_all(piece).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    let h = read(&s, LIMIT, Duration::from_secs(10)).await.unwrap();
+    writer.await.unwrap();
+    assert_eq!((h.len, h.addresses.map(|a| a.0)), (header.len(), Some(sa("192.0.2.7:12345"))));
+    assert_eq!(rest(s).await, b"after");
+}
+
 #[tokio::test]
 async fn a_header_in_one_segment_leaves_the_hello_behind_it() {
     let (mut c, s) = pair().await;
