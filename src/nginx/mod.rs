@@ -264,6 +264,20 @@ mod tests {
         assert!(!u.contains("send_proxy_protocol"), "{u}");
     }
 
+    /// A server's `set_real_ip_from` that cannot be carried (a host name)
+    /// still replaces the stream's list, as in nginx: the converted
+    /// listener trusts no source, never the stream's 10.0.0.0/8 (found by
+    /// the new-operator trial: it trusted more than nginx did).
+    #[test]
+    fn a_servers_own_list_replaces_the_streams_even_when_it_cannot_be_carried() {
+        let (toml, _) = written(
+            "stream {\n  set_real_ip_from 10.0.0.0/8;\n  upstream u { server 10.0.0.1:8443; }\n\
+             \x20 server { listen 445 proxy_protocol; set_real_ip_from lb.example.com; proxy_pass u; }\n}\n",
+        );
+        let l = table(&toml, "0.0.0.0:445");
+        assert!(l.contains("proxy_protocol = true") && !l.contains("10.0.0.0/8"), "{l}");
+    }
+
     #[test]
     fn a_proxy_listener_without_set_real_ip_from_believes_no_header_and_gets_nginxs_timeout() {
         let (toml, _) = written(

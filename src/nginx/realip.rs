@@ -42,8 +42,17 @@ impl Converter {
                     a.real_ip_from.get_or_insert_with(Vec::new).push(v.clone());
                     a.at.push(d.at());
                 } else {
-                    // A host name (nginx resolves it once) or unix:.
-                    let n = self.not_carried(d, "real_ip_from takes IP addresses and CIDR blocks");
+                    // A host name (nginx resolves it once) or unix:. The
+                    // level still has a list of its own, as in nginx (a
+                    // server's replaces the stream's, not adds to it): an
+                    // empty one trusts no source rather than the stream's.
+                    a.real_ip_from.get_or_insert_with(Vec::new);
+                    a.at.push(d.at());
+                    let n = self.not_carried(
+                        d,
+                        "real_ip_from takes IP addresses and CIDR blocks: no header from these sources is believed \
+                         (write their addresses), and this level's list still replaces the outer one, as nginx's does",
+                    );
                     self.head_notes.push(n);
                 }
             }
