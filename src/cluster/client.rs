@@ -4,10 +4,8 @@
 //! version the server speaks, then `GET /v1.NN/nodes`, under one deadline
 //! per endpoint and with the answer's size bounded.
 
-use std::future::Future;
 use std::io;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +23,7 @@ use tokio_rustls::TlsConnector;
 
 use super::nodes::{self, Node};
 use crate::config::HostPort;
+use crate::health::probe::drive;
 
 /// The time one endpoint has for connect, handshake and both answers.
 pub const ENDPOINT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -320,20 +319,6 @@ fn http_error(e: &hyper::Error) -> Failure {
     }
 }
 
-async fn drive<C, F>(mut conn: Pin<&mut C>, done: &mut bool, fut: F) -> F::Output
-where
-    C: Future,
-    F: Future,
-{
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        tokio::select! {
-            biased;
-            r = &mut fut => return r,
-            _ = conn.as_mut(), if !*done => *done = true,
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -211,7 +211,7 @@ fn status_reason(status: u16, body: &[u8], whole: bool) -> String {
 
 /// Polls `fut` to the end while also driving the connection, which stops
 /// being polled once it has finished.
-async fn drive<C, F>(mut conn: Pin<&mut C>, done: &mut bool, fut: F) -> F::Output
+pub(crate) async fn drive<C, F>(mut conn: Pin<&mut C>, done: &mut bool, fut: F) -> F::Output
 where
     C: Future,
     F: Future,

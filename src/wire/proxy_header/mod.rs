@@ -32,20 +32,8 @@ const V1_PREFIX: &[u8] = b"PROXY ";
 /// protocol, length.
 const V2_FIXED: usize = 16;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
-    V1,
-    V2,
-}
-
-impl Version {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Version::V1 => "v1",
-            Version::V2 => "v2",
-        }
-    }
-}
+/// The header's version: the one a pool sends (one name for both sides).
+pub use crate::proxy_send::Version;
 
 /// What the header asks: a proxied client's addresses (`PROXY`), or
 /// none, the connection's own endpoints standing (v2 `LOCAL`, the outer
