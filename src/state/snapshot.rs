@@ -90,7 +90,8 @@ impl Snapshot {
             let old = prev.and_then(|p| p.pool(&pc.name));
             let mut servers = Vec::new();
             let nodes = own.cluster.nodes();
-            let discovered = nodes.as_deref().map(|n| crate::cluster::select::servers(pc, n)).unwrap_or_default();
+            let discovered =
+                nodes.as_deref().map(|n| crate::cluster::select::servers(pc, n, &resolved)).unwrap_or_default();
             for sc in pc.servers.iter().chain(&discovered) {
                 let name: Arc<str> = Arc::from(sc.address.to_string());
                 // Shown instead of the address as written: the name given,
