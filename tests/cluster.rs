@@ -278,6 +278,8 @@ async fn a_failing_api_keeps_the_last_good_list_and_says_why() {
     }
     assert!(metrics.contains("ucp_lb_pool_cluster_nodes{pool=\"ucp\"} 2"), "{metrics}");
     assert!(metrics.contains("ucp_lb_cluster_list_age_seconds"));
+    let log = s.lb.text();
+    assert!(log.contains("kept=2") && !log.contains("Some("), "plain values in the log:\n{log}");
 }
 
 #[tokio::test]
@@ -481,6 +483,79 @@ async fn many_nodes_changing_at_once_are_summarised() {
     let log = s.lb.text();
     assert_eq!(log.lines().filter(|l| l.contains("joined")).count(), 1, "one line:\n{log}");
     assert_eq!(log.lines().filter(|l| l.contains("left")).count(), 1, "{log}");
+}
+
+/// What the swarm did reads as the swarm's ("drained in the swarm", "down
+/// in the swarm: down"), an admin override reads as one and still wins
+/// (`admin_override` beside `swarm` in /status, both on the page, the log
+/// saying the override keeps it in), and `follow` clears it.
+#[tokio::test]
+async fn the_swarms_state_and_an_admin_override_are_shown_apart_and_follow_clears_it() {
+    let t = 12;
+    let port = free_port(t);
+    let _servers = [named("m1", at(t, 2, port)).await, named("m2", at(t, 3, port)).await];
+    let secret = tempfile::tempdir().unwrap();
+    let token_file = secret.path().join("token");
+    common::write_secret(&token_file, "s3cret\n");
+    let mut nodes = vec![StandNode::manager("m1", &ip(t, 2)), StandNode::manager("m2", &ip(t, 3))];
+    let token = format!("[admin]\ntoken_file = \"{}\"\n", token_file.display());
+    let (s, _ca) = swarm_with(t, port, nodes.clone(), &[], |c| c.replacen("[admin]\n", &token, 1)).await;
+    let m2 = |st: &serde_json::Value| -> serde_json::Value {
+        st["pools"][0]["servers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == "m2").cloned())
+            .unwrap_or_default()
+    };
+    let post = |action: &'static str| {
+        let admin = s.admin;
+        async move {
+            let r = http_raw(admin, "POST", &format!("/pools/ucp/servers/m2/{action}"), Some("s3cret")).await;
+            assert!(r.starts_with("HTTP/1.1 200"), "{action}: {r}");
+        }
+    };
+    nodes[1].availability = "drain".into();
+    s.api.set_nodes(nodes.clone());
+    eventually_async("m2 drained", || async { m2(&status(s.admin).await)["swarm"] == "drain" }).await;
+    let st = m2(&status(s.admin).await);
+    assert_eq!(st["phrase"], "drained in the swarm, 0 open", "{st}");
+    assert!(st["admin_override"].is_null(), "{st}");
+    let page = get(s.admin, "/").await;
+    assert!(page.contains("class='state warn'>drained in the swarm, 0 open<") && !page.contains("set drain"), "{page}");
+
+    // An admin override wins, and says so.
+    post("enable").await;
+    let st = m2(&status(s.admin).await);
+    assert_eq!(
+        (st["state"].as_str(), st["admin_override"].as_str(), st["swarm"].as_str()),
+        (Some("up"), Some("enable"), Some("drain")),
+        "{st}"
+    );
+    assert!(reached(s.listener, 8).await.contains("m2"), "enabled: it takes clients");
+    nodes[1].availability = "active".into();
+    s.api.set_nodes(nodes.clone());
+    eventually_async("m2 active in the swarm", || async { m2(&status(s.admin).await)["swarm"] == "active" }).await;
+    nodes[1].availability = "drain".into();
+    s.api.set_nodes(nodes.clone());
+    eventually_async("m2 drained again", || async { m2(&status(s.admin).await)["swarm"] == "drain" }).await;
+    let said = "m2 drained in the swarm; an admin override (enable) keeps it in";
+    assert!(events(&status(s.admin).await).contains(said), "{}", events(&status(s.admin).await));
+    assert!(s.lb.text().contains(said), "logged too");
+    let page = get(s.admin, "/").await;
+    assert!(page.contains("from the swarm, which says drain") && page.contains("admin override: enable"), "{page}");
+
+    // `follow`: the swarm's drain again.
+    post("follow").await;
+    let st = m2(&status(s.admin).await);
+    assert_eq!((st["state"].as_str(), st["admin_override"].as_str()), (Some("drain"), None), "{st}");
+    assert!(!reached(s.listener, 8).await.contains("m2"), "it follows the swarm's drain");
+
+    nodes[1].availability = "active".into();
+    nodes[1].state = "down".into();
+    s.api.set_nodes(nodes);
+    eventually_async("m2 down in the swarm", || async { m2(&status(s.admin).await)["swarm"] == "down" }).await;
+    let st = m2(&status(s.admin).await);
+    assert!(st["phrase"].as_str().is_some_and(|p| p.starts_with("out: down in the swarm: down")), "{st}");
+    assert!(!get(s.admin, "/").await.contains("set down"), "the swarm's down is not a 'set'");
 }
 
 /// `check`: a bundle with a file missing or a key not the certificate's is
