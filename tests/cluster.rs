@@ -604,6 +604,42 @@ async fn check_names_the_bundles_bad_file_and_warns_of_an_unreachable_api() {
     assert!(err.contains("cert.pem"), "{err}");
 }
 
+/// A pool of nodes only: `check` warns when the swarm gives it no node;
+/// started with the API unreachable, it has no server: a client is
+/// accepted and closed at once (counted in `no_server`), the page says the
+/// pool has no server, and /healthz still answers 200 (the process serves
+/// its other pools).
+#[tokio::test]
+async fn a_pool_of_nodes_only_with_no_node_is_warned_of_and_closes_its_clients() {
+    let t = 13;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("swarm CA").unwrap();
+    write_bundle(&dir.path().join("bundle"), &ca, "admin").unwrap();
+    let api = SwarmApi::start(at(t, 200, 0), &ca, vec![StandNode::worker("w1", &ip(t, 5))]).await.unwrap();
+    let cfg = write_config(dir.path(), &[api.addr], 443, &[]);
+    // Blocking off the runtime: the stand-in answers on this test's thread.
+    let run = {
+        let cfg = cfg.clone();
+        move || Command::new(BIN).arg("check").arg(&cfg).output().unwrap()
+    };
+    let out = tokio::task::spawn_blocking(run).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("pool.ucp: nodes: the swarm gives this pool no node"), "{err}");
+    api.stop();
+    let lb = Proc::lb(&cfg);
+    let (admin, listener) = (lb.admin_addr().await, lb.listener_addr().await);
+    let mut c = TcpStream::connect(listener).await.unwrap();
+    let mut buf = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let _ = within("the client closed", c.read_to_end(&mut buf)).await;
+    assert!(buf.is_empty());
+    assert!(status(admin).await["pools"][0]["no_server"].as_u64().is_some_and(|n| n >= 1));
+    let page = get(admin, "/").await;
+    assert!(page.contains("serving, pool <a") && page.contains(">ucp</a> has no server"), "{page}");
+    assert!(http_raw(admin, "GET", "/healthz", None).await.starts_with("HTTP/1.1 200"));
+}
+
 /// The CPU time of process `pid` so far (user + system), from /proc.
 fn cpu_of(pid: u32) -> std::time::Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

@@ -291,7 +291,7 @@ async fn read_swarm(loaded: &ucp_lb::control::lifecycle::Loaded, format: logging
             for p in loaded.config.pools.iter().filter(|p| p.servers.is_empty() && p.nodes.is_some()) {
                 if ucp_lb::cluster::select::servers(p, &nodes, &Default::default()).is_empty() {
                     let w = format!(
-                        "{src}: pool.{}: nodes: the swarm gives this pool no node and it has no servers: its clients would be refused",
+                        "{src}: pool.{}: nodes: the swarm gives this pool no node and it has no servers: its clients would be closed at once",
                         p.name
                     );
                     logging::warning(format, &w);
