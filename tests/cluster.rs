@@ -135,11 +135,23 @@ struct Swarm {
 
 /// The stand-in API listing `nodes`, a bundle, and ucp-lb on them.
 async fn swarm(t: u8, port: u16, nodes: Vec<StandNode>, static_servers: &[SocketAddr]) -> (Swarm, TestCa) {
+    swarm_with(t, port, nodes, static_servers, |c| c).await
+}
+
+/// [`swarm`] with lb.toml's text edited by `edit` first.
+async fn swarm_with(
+    t: u8,
+    port: u16,
+    nodes: Vec<StandNode>,
+    static_servers: &[SocketAddr],
+    edit: impl Fn(String) -> String,
+) -> (Swarm, TestCa) {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("swarm CA").unwrap();
     write_bundle(&dir.path().join("bundle"), &ca, "admin").unwrap();
     let api = SwarmApi::start(at(t, 200, 0), &ca, nodes).await.unwrap();
     let cfg = write_config(dir.path(), &[api.addr], port, static_servers);
+    std::fs::write(&cfg, edit(std::fs::read_to_string(&cfg).unwrap())).unwrap();
     let lb = Proc::lb(&cfg);
     let admin = lb.admin_addr().await;
     let listener = lb.listener_addr().await;
@@ -235,6 +247,10 @@ async fn a_failing_api_keeps_the_last_good_list_and_says_why() {
     for (answer, reason, said) in [
         (Some(Answer::NoLeader), "status", "status 500"),
         (Some(Answer::Garbage), "invalid", "not a node list"),
+        (Some(Answer::NoLeader), "status", "status 500"),
+        // Cut short (Content-Length past the body): the answer is invalid,
+        // not a connection that failed.
+        (Some(Answer::Truncated), "invalid", "cut short"),
         (None, "connect", "refused"),
     ] {
         match answer {
@@ -262,6 +278,8 @@ async fn a_failing_api_keeps_the_last_good_list_and_says_why() {
     }
     assert!(metrics.contains("ucp_lb_pool_cluster_nodes{pool=\"ucp\"} 2"), "{metrics}");
     assert!(metrics.contains("ucp_lb_cluster_list_age_seconds"));
+    let log = s.lb.text();
+    assert!(log.contains("kept=2") && !log.contains("Some("), "plain values in the log:\n{log}");
 }
 
 #[tokio::test]
@@ -349,6 +367,197 @@ async fn a_node_event_is_followed_without_waiting_for_the_refresh() {
     eventually_async("m2 joined on its event", || async { reached(listener, 4).await.contains("m2") }).await;
 }
 
+/// A node at the address a static server's name resolves to
+/// (`servers = ["localhost:P"]`, a manager at 127.0.0.1) is that server,
+/// not a second one: the server as written wins, one backend counted once.
+#[tokio::test]
+async fn a_node_at_a_static_servers_resolved_address_is_not_a_second_server() {
+    let t = 8;
+    let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = local.local_addr().unwrap().port();
+    drop(local);
+    let _servers = [named("local", at_ip("127.0.0.1", port)).await, named("m2", at(t, 3, port)).await];
+    let nodes = vec![StandNode::manager("m1", "127.0.0.1"), StandNode::manager("m2", &ip(t, 3))];
+    let local = format!("servers = [\"localhost:{port}\"]");
+    let (s, _ca) = swarm_with(t, port, nodes, &[], |c| c.replace("servers = []", &local)).await;
+    let admin = s.admin;
+    eventually_async("m2 joined", || async { server_state(&status(admin).await, "m2").is_some() }).await;
+    let st = status(admin).await;
+    assert_eq!(server_state(&st, "m1"), None, "127.0.0.1 is localhost's: no second server: {}", st["pools"][0]);
+    let live: Vec<_> = st["pools"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["removed"] == false && s["addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")))
+        .collect();
+    assert_eq!(live.len(), 1, "127.0.0.1:{port} once: {}", st["pools"][0]);
+    assert_eq!(st["pools"][0]["cluster_nodes"], 1);
+}
+
+fn at_ip(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// A storm of node events (one every 10 ms) is not a read each: reads
+/// asked by events are at least `min(refresh, 1s)` apart, and the last
+/// change is followed all the same.
+#[tokio::test]
+async fn a_storm_of_node_events_is_one_read_per_second_and_the_last_change_is_followed() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = 9;
+    let port = free_port(t);
+    let _servers = [named("m1", at(t, 2, port)).await, named("m2", at(t, 3, port)).await];
+    let mut nodes = vec![StandNode::manager("m1", &ip(t, 2)), StandNode::worker("w1", &ip(t, 5))];
+    let (s, _ca) =
+        swarm_with(t, port, nodes.clone(), &[], |c| c.replace("refresh = \"200ms\"", "refresh = \"1h\"")).await;
+    eventually_async("the events followed", || async {
+        s.api.watchers() > 0 && status(s.admin).await["cluster"]["events_from"] == s.api.addr.to_string()
+    })
+    .await;
+    let (r0, start) = (s.api.reads.load(Relaxed), std::time::Instant::now());
+    // Pacing the storm, not synchronising: an event every 10 ms for 3 s.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    while start.elapsed() < std::time::Duration::from_secs(3) {
+        tick.tick().await;
+        nodes[1].availability = if nodes[1].availability == "drain" { "active" } else { "drain" }.into();
+        s.api.set_nodes(nodes.clone());
+    }
+    nodes.push(StandNode::manager("m2", &ip(t, 3)));
+    s.api.set_nodes(nodes);
+    eventually_async("m2 joined after the storm", || async { reached(s.listener, 6).await.contains("m2") }).await;
+    let (reads, secs) = (s.api.reads.load(Relaxed) - r0, start.elapsed().as_secs());
+    eprintln!("{reads} reads in {secs} s of events every 10 ms");
+    assert!(reads <= secs + 3, "at most one read per second: {reads} in {secs} s");
+}
+
+/// One node without an address (a down worker reporting 0.0.0.0, a ready
+/// manager with no address at all) is left out with one warning, and the
+/// rest of the list is followed.
+#[tokio::test]
+async fn a_node_without_an_address_is_left_out_once_and_the_rest_followed() {
+    let t = 10;
+    let port = free_port(t);
+    let _servers = [named("m1", at(t, 2, port)).await, named("m2", at(t, 3, port)).await];
+    let mut down = StandNode::worker("w-down", "0.0.0.0");
+    down.state = "down".into();
+    let mut lost = StandNode::manager("m-lost", "0.0.0.0");
+    lost.manager_addr = None;
+    let mut nodes = vec![StandNode::manager("m1", &ip(t, 2)), down, lost];
+    let (s, _ca) = swarm(t, port, nodes.clone(), &[]).await;
+    assert_eq!(reached(s.listener, 4).await, set(&["m1"]));
+    nodes.push(StandNode::manager("m2", &ip(t, 3)));
+    s.api.set_nodes(nodes);
+    eventually_async("m2 joined", || async { reached(s.listener, 6).await.contains("m2") }).await;
+    let refreshed = status(s.admin).await["cluster"]["refreshes"].as_u64().unwrap_or(0);
+    eventually_async("more reads", || async {
+        status(s.admin).await["cluster"]["refreshes"].as_u64().unwrap_or(0) > refreshed + 3
+    })
+    .await;
+    let log = s.lb.text();
+    for name in ["w-down", "m-lost"] {
+        let n = log.lines().filter(|l| l.contains("left out") && l.contains(name)).count();
+        assert_eq!(n, 1, "{name} warned of once:\n{log}");
+    }
+    assert!(events(&status(s.admin).await).contains("m-lost left out"), "the ready one is an event");
+}
+
+/// A list that changes by many nodes at once (a flapping API: 3 nodes,
+/// then 40, then 3) is one log line and one event per kind of change,
+/// not one per node.
+#[tokio::test]
+async fn many_nodes_changing_at_once_are_summarised() {
+    let t = 11;
+    let port = free_port(t);
+    let few = vec![StandNode::manager("m1", &ip(t, 2))];
+    let many: Vec<StandNode> =
+        (0..40).map(|i| StandNode::manager(&format!("n{i:02}"), &format!("10.38.11.{}", i + 1))).collect();
+    let (s, _ca) = swarm(t, port, few.clone(), &[]).await;
+    s.api.set_nodes([few.clone(), many].concat());
+    eventually_async("the 40 joined", || async { events(&status(s.admin).await).contains("40 nodes joined pool ucp") })
+        .await;
+    s.api.set_nodes(few);
+    eventually_async("the 40 left", || async { events(&status(s.admin).await).contains("40 nodes left pool ucp") })
+        .await;
+    let ev = events(&status(s.admin).await);
+    assert!(ev.contains("n00, n01, n02, … and 37 more"), "{ev}");
+    let log = s.lb.text();
+    assert_eq!(log.lines().filter(|l| l.contains("joined")).count(), 1, "one line:\n{log}");
+    assert_eq!(log.lines().filter(|l| l.contains("left")).count(), 1, "{log}");
+}
+
+/// What the swarm did reads as the swarm's ("drained in the swarm", "down
+/// in the swarm: down"), an admin override reads as one and still wins
+/// (`admin_override` beside `swarm` in /status, both on the page, the log
+/// saying the override keeps it in), and `follow` clears it.
+#[tokio::test]
+async fn the_swarms_state_and_an_admin_override_are_shown_apart_and_follow_clears_it() {
+    let t = 12;
+    let port = free_port(t);
+    let _servers = [named("m1", at(t, 2, port)).await, named("m2", at(t, 3, port)).await];
+    let secret = tempfile::tempdir().unwrap();
+    let token_file = secret.path().join("token");
+    common::write_secret(&token_file, "s3cret\n");
+    let mut nodes = vec![StandNode::manager("m1", &ip(t, 2)), StandNode::manager("m2", &ip(t, 3))];
+    let token = format!("[admin]\ntoken_file = \"{}\"\n", token_file.display());
+    let (s, _ca) = swarm_with(t, port, nodes.clone(), &[], |c| c.replacen("[admin]\n", &token, 1)).await;
+    let m2 = |st: &serde_json::Value| -> serde_json::Value {
+        st["pools"][0]["servers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == "m2").cloned())
+            .unwrap_or_default()
+    };
+    let post = |action: &'static str| {
+        let admin = s.admin;
+        async move {
+            let r = http_raw(admin, "POST", &format!("/pools/ucp/servers/m2/{action}"), Some("s3cret")).await;
+            assert!(r.starts_with("HTTP/1.1 200"), "{action}: {r}");
+        }
+    };
+    nodes[1].availability = "drain".into();
+    s.api.set_nodes(nodes.clone());
+    eventually_async("m2 drained", || async { m2(&status(s.admin).await)["swarm"] == "drain" }).await;
+    let st = m2(&status(s.admin).await);
+    assert_eq!(st["phrase"], "drained in the swarm, 0 open", "{st}");
+    assert!(st["admin_override"].is_null(), "{st}");
+    let page = get(s.admin, "/").await;
+    assert!(page.contains("class='state warn'>drained in the swarm, 0 open<") && !page.contains("set drain"), "{page}");
+
+    // An admin override wins, and says so.
+    post("enable").await;
+    let st = m2(&status(s.admin).await);
+    assert_eq!(
+        (st["state"].as_str(), st["admin_override"].as_str(), st["swarm"].as_str()),
+        (Some("up"), Some("enable"), Some("drain")),
+        "{st}"
+    );
+    assert!(reached(s.listener, 8).await.contains("m2"), "enabled: it takes clients");
+    nodes[1].availability = "active".into();
+    s.api.set_nodes(nodes.clone());
+    eventually_async("m2 active in the swarm", || async { m2(&status(s.admin).await)["swarm"] == "active" }).await;
+    nodes[1].availability = "drain".into();
+    s.api.set_nodes(nodes.clone());
+    eventually_async("m2 drained again", || async { m2(&status(s.admin).await)["swarm"] == "drain" }).await;
+    let said = "m2 drained in the swarm; an admin override (enable) keeps it in";
+    assert!(events(&status(s.admin).await).contains(said), "{}", events(&status(s.admin).await));
+    assert!(s.lb.text().contains(said), "logged too");
+    let page = get(s.admin, "/").await;
+    assert!(page.contains("from the swarm, which says drain") && page.contains("admin override: enable"), "{page}");
+
+    // `follow`: the swarm's drain again.
+    post("follow").await;
+    let st = m2(&status(s.admin).await);
+    assert_eq!((st["state"].as_str(), st["admin_override"].as_str()), (Some("drain"), None), "{st}");
+    assert!(!reached(s.listener, 8).await.contains("m2"), "it follows the swarm's drain");
+
+    nodes[1].availability = "active".into();
+    nodes[1].state = "down".into();
+    s.api.set_nodes(nodes);
+    eventually_async("m2 down in the swarm", || async { m2(&status(s.admin).await)["swarm"] == "down" }).await;
+    let st = m2(&status(s.admin).await);
+    assert!(st["phrase"].as_str().is_some_and(|p| p.starts_with("out: down in the swarm: down")), "{st}");
+    assert!(!get(s.admin, "/").await.contains("set down"), "the swarm's down is not a 'set'");
+}
+
 /// `check`: a bundle with a file missing or a key not the certificate's is
 /// an error naming the file; an API it cannot reach is a warning.
 #[tokio::test]
@@ -393,6 +602,42 @@ async fn check_names_the_bundles_bad_file_and_warns_of_an_unreachable_api() {
     let (code, err) = check(false);
     assert_eq!(code, Some(1));
     assert!(err.contains("cert.pem"), "{err}");
+}
+
+/// A pool of nodes only: `check` warns when the swarm gives it no node;
+/// started with the API unreachable, it has no server: a client is
+/// accepted and closed at once (counted in `no_server`), the page says the
+/// pool has no server, and /healthz still answers 200 (the process serves
+/// its other pools).
+#[tokio::test]
+async fn a_pool_of_nodes_only_with_no_node_is_warned_of_and_closes_its_clients() {
+    let t = 13;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("swarm CA").unwrap();
+    write_bundle(&dir.path().join("bundle"), &ca, "admin").unwrap();
+    let api = SwarmApi::start(at(t, 200, 0), &ca, vec![StandNode::worker("w1", &ip(t, 5))]).await.unwrap();
+    let cfg = write_config(dir.path(), &[api.addr], 443, &[]);
+    // Blocking off the runtime: the stand-in answers on this test's thread.
+    let run = {
+        let cfg = cfg.clone();
+        move || Command::new(BIN).arg("check").arg(&cfg).output().unwrap()
+    };
+    let out = tokio::task::spawn_blocking(run).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("pool.ucp: nodes: the swarm gives this pool no node"), "{err}");
+    api.stop();
+    let lb = Proc::lb(&cfg);
+    let (admin, listener) = (lb.admin_addr().await, lb.listener_addr().await);
+    let mut c = TcpStream::connect(listener).await.unwrap();
+    let mut buf = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let _ = within("the client closed", c.read_to_end(&mut buf)).await;
+    assert!(buf.is_empty());
+    assert!(status(admin).await["pools"][0]["no_server"].as_u64().is_some_and(|n| n >= 1));
+    let page = get(admin, "/").await;
+    assert!(page.contains("serving, pool <a") && page.contains(">ucp</a> has no server"), "{page}");
+    assert!(http_raw(admin, "GET", "/healthz", None).await.starts_with("HTTP/1.1 200"));
 }
 
 /// The CPU time of process `pid` so far (user + system), from /proc.

@@ -221,16 +221,22 @@ impl Admin {
                 if let Some(d) = self.deny(&req) {
                     return d;
                 }
+                // `follow`: no override, the config's (or the swarm's) state.
                 let state = match *action {
-                    "enable" => AdminState::Up,
-                    "drain" => AdminState::Drain,
-                    "down" => AdminState::Down,
-                    _ => return text(StatusCode::NOT_FOUND, "expected drain, enable or down\n"),
+                    "enable" => Some(AdminState::Up),
+                    "drain" => Some(AdminState::Drain),
+                    "down" => Some(AdminState::Down),
+                    "follow" => None,
+                    _ => return text(StatusCode::NOT_FOUND, "expected drain, enable, down or follow\n"),
                 };
                 // Decoded text from a request: escaped before it reaches a log line.
                 let server = percent_decode(server);
                 let shown = crate::health::check::printable(&server);
-                match self.lb.set_override(pool, &server, state) {
+                let done = match state {
+                    Some(state) => self.lb.set_override(pool, &server, state),
+                    None => self.lb.follow(pool, &server),
+                };
+                match done {
                     None => text(StatusCode::NOT_FOUND, format!("no pool {pool}\n")),
                     Some(0) => text(StatusCode::NOT_FOUND, format!("no server {server} in pool {pool}\n")),
                     Some(n) => {
@@ -259,7 +265,7 @@ impl Admin {
 fn allowed(parts: &[&str]) -> Option<&'static str> {
     match parts {
         ["healthz" | "status" | "metrics" | ""] => Some("GET, HEAD"),
-        ["reload"] | ["pools", _, "servers", _, "drain" | "enable" | "down"] => Some("POST"),
+        ["reload"] | ["pools", _, "servers", _, "drain" | "enable" | "down" | "follow"] => Some("POST"),
         _ => None,
     }
 }

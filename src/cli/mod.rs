@@ -281,7 +281,22 @@ async fn read_swarm(loaded: &ucp_lb::control::lifecycle::Loaded, format: logging
     let c = &loaded.config.cluster;
     let tls = loaded.cluster_tls.as_ref().filter(|_| c.enabled())?;
     match ucp_lb::cluster::client::fetch(&c.api, tls).await {
-        Ok((endpoint, nodes)) => {
+        Ok((endpoint, (nodes, skipped))) => {
+            let src = &loaded.config.source;
+            for s in &skipped {
+                logging::warning(format, &format!("{src}: cluster: node {} left out: {}", s.name, s.why));
+            }
+            // A pool of nodes only that the swarm gives no node would have
+            // no server: every client refused.
+            for p in loaded.config.pools.iter().filter(|p| p.servers.is_empty() && p.nodes.is_some()) {
+                if ucp_lb::cluster::select::servers(p, &nodes, &Default::default()).is_empty() {
+                    let w = format!(
+                        "{src}: pool.{}: nodes: the swarm gives this pool no node and it has no servers: its clients would be closed at once",
+                        p.name
+                    );
+                    logging::warning(format, &w);
+                }
+            }
             let managers = nodes.iter().filter(|n| n.role == ucp_lb::cluster::nodes::NodeRole::Manager).count();
             Some(format!("cluster: {} nodes ({managers} managers) read from {endpoint}", nodes.len()))
         }

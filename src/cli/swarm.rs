@@ -99,6 +99,9 @@ pub enum Answer {
     NoLeader,
     /// 200 with something that is not a node list.
     Garbage,
+    /// 200 with a Content-Length longer than the body sent (a node list
+    /// cut short by a proxy, or a connection lost mid-answer).
+    Truncated,
 }
 
 /// A streamed `/events` answer: a line per event sent to it.
@@ -240,14 +243,36 @@ fn answer(req: &Request<Incoming>, state: &State) -> Response<Body> {
                 r#"{"message":"rpc error: code = Unknown desc = The swarm does not have a leader."}"#.to_owned(),
             ),
             Answer::Garbage => (StatusCode::OK, "<html><body>upstream connect error</body></html>".to_owned()),
+            Answer::Truncated => (StatusCode::OK, "[{\"ID\":\"cut".to_owned()),
         }
     } else {
         (StatusCode::NOT_FOUND, r#"{"message":"page not found"}"#.to_owned())
     };
-    let mut resp = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(body))));
+    let cut = body_is_cut(state) && path.ends_with("/nodes");
+    let mut resp = if cut {
+        // A body of unknown length, ended early, under a Content-Length
+        // that promised more: hyper sends what there is and closes.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = tx.send(Bytes::from(body));
+        // Ended a moment later, so that the head and the start go out
+        // first (hyper flushes while the body waits).
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            drop(tx);
+        });
+        let mut r = Response::new(http_body_util::Either::Right(Events(rx)));
+        r.headers_mut().insert("content-length", hyper::header::HeaderValue::from_static("4096"));
+        r
+    } else {
+        Response::new(http_body_util::Either::Left(Full::new(Bytes::from(body))))
+    };
     *resp.status_mut() = status;
     resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
     resp
+}
+
+fn body_is_cut(state: &State) -> bool {
+    matches!(&*state.0.lock().unwrap_or_else(|p| p.into_inner()), Answer::Truncated)
 }
 
 /// Writes a client bundle signed by `ca` into `dir`: ca.pem, cert.pem,

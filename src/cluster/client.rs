@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
 
-use super::nodes::{self, Node};
+use super::nodes::{self, Node, Skipped};
 use crate::config::HostPort;
 use crate::health::probe::drive;
 
@@ -118,10 +118,13 @@ pub fn read_bundle(dir: &Path) -> Result<Arc<ClientConfig>, String> {
     Ok(Arc::new(cfg))
 }
 
+/// A node list read, and the nodes left out of it (no address).
+pub type Listed = (Vec<Node>, Vec<Skipped>);
+
 /// One refresh: each endpoint of `api` in turn until one answers a valid
 /// node list. Returns the endpoint that did and its nodes, or the last
 /// endpoint's failure (the message names every endpoint tried).
-pub async fn fetch(api: &[HostPort], tls: &Arc<ClientConfig>) -> Result<(String, Vec<Node>), Failure> {
+pub async fn fetch(api: &[HostPort], tls: &Arc<ClientConfig>) -> Result<(String, Listed), Failure> {
     let mut errors = Vec::new();
     let mut last = fail(Reason::Connect, "no endpoint");
     for hp in api {
@@ -193,12 +196,7 @@ async fn connect(
     }
 }
 
-async fn fetch_one(
-    hp: &HostPort,
-    tls: &Arc<ClientConfig>,
-    deadline: Instant,
-    ask: Ask<'_>,
-) -> Result<Vec<Node>, Failure> {
+async fn fetch_one(hp: &HostPort, tls: &Arc<ClientConfig>, deadline: Instant, ask: Ask<'_>) -> Result<Listed, Failure> {
     let stream = connect(hp, tls, deadline, matches!(ask, Ask::Events(_))).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await
@@ -224,7 +222,7 @@ async fn fetch_one(
             match timeout_at(deadline, drive(conn.as_mut(), &mut done, body.frame())).await {
                 Err(_) => return Err(timed_out(path)),
                 Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(http_error(&e)),
+                Ok(Some(Err(e))) => return Err(body_error(path, &e)),
                 Ok(Some(Ok(frame))) => {
                     if let Some(d) = frame.data_ref() {
                         if bytes.len() + d.len() > max {
@@ -270,7 +268,7 @@ async fn fetch_one(
     let mut body = resp.into_body();
     loop {
         match drive(conn.as_mut(), &mut done, body.frame()).await {
-            None => return Ok(Vec::new()),
+            None => return Ok((Vec::new(), Vec::new())),
             Some(Err(e)) => return Err(http_error(&e)),
             Some(Ok(frame)) => {
                 if frame.data_ref().is_some_and(|d| !d.is_empty()) {
@@ -297,6 +295,27 @@ fn api_version(body: &[u8]) -> Result<String, String> {
             && (a.to_owned() + b).bytes().all(|c| c.is_ascii_digit())
     });
     if ok { Ok(v.api_version) } else { Err(format!("unexpected ApiVersion {:?}", v.api_version)) }
+}
+
+/// An answer whose body ends before its Content-Length (or its last
+/// chunk) is an invalid answer, not a failed connection: the API (or a
+/// proxy before it) answered, and what it sent is not a whole node list.
+fn body_error(path: &str, e: &hyper::Error) -> Failure {
+    let f = http_error(e);
+    if f.reason != Reason::Connect {
+        return f;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::UnexpectedEof) {
+            return fail(Reason::Invalid, format!("{path}: answer cut short ({e})"));
+        }
+        src = s.source();
+    }
+    if e.is_incomplete_message() {
+        return fail(Reason::Invalid, format!("{path}: answer cut short ({e})"));
+    }
+    fail(Reason::Connect, format!("{path}: {}", f.message))
 }
 
 /// A refusal of the bundle shows as an alert on the first read after the

@@ -10,14 +10,14 @@ pub mod client;
 pub mod nodes;
 pub mod select;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
 
 pub use client::{Failure, Reason};
-pub use nodes::Node;
+pub use nodes::{Node, Skipped};
 
 /// How the refreshes went, for `/status`, the page and `/metrics`; it
 /// moves with an upgrade.
@@ -52,6 +52,9 @@ pub struct Cluster {
     status: Mutex<Status>,
     /// A node event arrived: refresh now.
     wake: tokio::sync::Notify,
+    /// The IDs of the nodes the last list left out (no address): each is
+    /// warned of once, not at every refresh.
+    skipped: Mutex<BTreeSet<String>>,
 }
 
 impl Cluster {
@@ -96,6 +99,15 @@ impl Cluster {
         st.last_error = Some(f.message.clone());
         *st.failures.entry(f.reason.as_str().to_owned()).or_default() += 1;
         first
+    }
+
+    /// The nodes of `skipped` (those the last read left out) not left out
+    /// by the read before: the ones to warn of.
+    pub fn newly_skipped<'a>(&self, skipped: &'a [Skipped]) -> Vec<&'a Skipped> {
+        let mut seen = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+        let new = skipped.iter().filter(|s| !seen.contains(&s.id)).collect();
+        *seen = skipped.iter().map(|s| s.id.clone()).collect();
+        new
     }
 
     /// Asks the refresh loop for a read now (a node event came).

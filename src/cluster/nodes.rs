@@ -1,6 +1,9 @@
 //! The Engine API's node list (`GET /nodes`), read strictly: the fields a
 //! pool needs must be there and make sense, or the whole answer is refused
-//! (the last good list stays in force). Pure: bytes in, nodes out.
+//! (the last good list stays in force). One exception: a node whose
+//! address cannot be found (a down worker reporting 0.0.0.0, no
+//! Status.Addr) is left out of the list and named, so that one bad node
+//! does not freeze every other change. Pure: bytes in, nodes out.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -128,18 +131,37 @@ fn printable(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(MAX_TEXT).collect()
 }
 
-/// The nodes in `body`, or why the answer is refused.
-pub fn parse(body: &[u8]) -> Result<Vec<Node>, String> {
+/// A node left out of a list: no address could be found for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub id: String,
+    pub name: String,
+    /// Status.State was `ready`: a pool may have wanted it.
+    pub ready: bool,
+    pub why: String,
+}
+
+/// The nodes in `body` and those left out for want of an address, or why
+/// the answer is refused.
+pub fn parse(body: &[u8]) -> Result<(Vec<Node>, Vec<Skipped>), String> {
     let api: Vec<ApiNode> = serde_json::from_slice(body).map_err(|e| format!("not a node list: {e}"))?;
     let mut ids = HashSet::new();
     let mut out = Vec::with_capacity(api.len());
+    let mut skipped = Vec::new();
     for n in api {
         if n.id.is_empty() || !ids.insert(n.id.clone()) {
             return Err(format!("node ID {:?} empty or repeated", printable(&n.id)));
         }
-        let addr = address(&n)?;
-        let hostname = n.description.and_then(|d| d.hostname).filter(|h| !h.is_empty());
-        let name = hostname.or(n.spec.name.filter(|s| !s.is_empty())).unwrap_or_else(|| n.id.clone());
+        let hostname = n.description.as_ref().and_then(|d| d.hostname.clone()).filter(|h| !h.is_empty());
+        let name = hostname.or(n.spec.name.clone().filter(|s| !s.is_empty())).unwrap_or_else(|| n.id.clone());
+        let addr = match address(&n) {
+            Ok(a) => a,
+            Err(why) => {
+                let ready = n.status.state == NodeState::Ready;
+                skipped.push(Skipped { id: printable(&n.id), name: printable(&name), ready, why });
+                continue;
+            }
+        };
         out.push(Node {
             id: printable(&n.id),
             name: printable(&name),
@@ -152,7 +174,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Node>, String> {
             message: printable(n.status.message.as_deref().unwrap_or("")),
         });
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
 /// Status.Addr; a manager reporting 0.0.0.0 there (real managers do) is
@@ -203,7 +225,7 @@ mod tests {
             node("a", "manager", "0.0.0.0", Some("10.0.0.1:2377")),
             node("b", "worker", "10.0.0.2", None)
         ]);
-        let nodes = parse(body.to_string().as_bytes()).unwrap();
+        let (nodes, _) = parse(body.to_string().as_bytes()).unwrap();
         assert_eq!(nodes[0].addr, "10.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(nodes[0].name, "host-a");
         assert!(nodes[0].leader && nodes[0].role == NodeRole::Manager);
@@ -214,15 +236,29 @@ mod tests {
     fn anything_unexpected_refuses_the_whole_answer() {
         assert!(parse(b"<html>502</html>").is_err());
         assert!(parse(b"{\"message\":\"no leader\"}").is_err());
-        let bad_addr = serde_json::json!([node("a", "manager", "ten", None)]);
-        assert!(parse(bad_addr.to_string().as_bytes()).unwrap_err().contains("not an address"));
-        let no_mgr = serde_json::json!([node("a", "manager", "0.0.0.0", None)]);
-        assert!(parse(no_mgr.to_string().as_bytes()).is_err());
+        let mut no_field = node("a", "worker", "10.0.0.1", None);
+        no_field["Status"].as_object_mut().unwrap().remove("State");
+        assert!(parse(serde_json::json!([no_field]).to_string().as_bytes()).is_err());
         let twice = serde_json::json!([node("a", "worker", "10.0.0.1", None), node("a", "worker", "10.0.0.2", None)]);
         assert!(parse(twice.to_string().as_bytes()).is_err());
         let mut odd = node("a", "manager", "10.0.0.1", None);
         odd["Spec"]["Availability"] = "sideways".into();
         assert!(parse(serde_json::json!([odd]).to_string().as_bytes()).is_err());
-        assert_eq!(parse(b"[]").unwrap(), vec![]);
+        assert_eq!(parse(b"[]").unwrap(), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_node_without_an_address_is_left_out_and_named_not_the_whole_list() {
+        let mut down = node("w", "worker", "0.0.0.0", None);
+        down["Status"]["State"] = "down".into();
+        let mut no_addr = node("n", "manager", "10.0.0.3", None);
+        no_addr["Status"].as_object_mut().unwrap().remove("Addr");
+        let bad = node("b", "worker", "ten", None);
+        let body = serde_json::json!([node("a", "worker", "10.0.0.1", None), down, no_addr, bad]);
+        let (nodes, skipped) = parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(nodes.len(), 1);
+        let who: Vec<_> = skipped.iter().map(|s| (s.name.as_str(), s.ready)).collect();
+        assert_eq!(who, [("host-w", false), ("host-n", true), ("host-b", true)]);
+        assert!(skipped[2].why.contains("not an address"));
     }
 }

@@ -3,6 +3,9 @@
 //! and the difference between two lists, as the events the history shows.
 //! Pure: no I/O, no state.
 
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
 use crate::config::{AdminState, HostPort, NodeMatch, PoolConfig, ServerConfig, ServerSource};
 
 use super::nodes::{Availability, Node, NodeState};
@@ -16,14 +19,23 @@ fn takes(m: &NodeMatch, n: &Node) -> bool {
 }
 
 /// The servers `pool` takes from `nodes`, by name then address. A node at
-/// the address of one of the pool's own servers is left out: the server
-/// as written wins.
-pub fn servers(pool: &PoolConfig, nodes: &[Node]) -> Vec<ServerConfig> {
+/// an address one of the pool's own servers resolves to (`resolved`: the
+/// snapshot's answers; an IP as written stands for itself) is left out:
+/// the server as written wins, and one backend is never counted twice,
+/// whether written "localhost:443" or "127.0.0.1:443".
+pub fn servers(pool: &PoolConfig, nodes: &[Node], resolved: &HashMap<HostPort, Vec<SocketAddr>>) -> Vec<ServerConfig> {
     let Some(sel) = &pool.nodes else { return Vec::new() };
+    let mut taken: HashSet<SocketAddr> = HashSet::new();
+    for s in &pool.servers {
+        match resolved.get(&s.address) {
+            Some(a) => taken.extend(a.iter().copied()),
+            None => taken.extend(s.address.host.parse().ok().map(|ip| SocketAddr::new(ip, s.address.port))),
+        }
+    }
     let mut out: Vec<ServerConfig> = Vec::new();
     for n in nodes.iter().filter(|n| takes(&sel.by, n)) {
         let address = HostPort { host: n.addr.to_string(), port: sel.port };
-        if pool.servers.iter().any(|s| s.address == address) || out.iter().any(|s| s.address == address) {
+        if !taken.insert(SocketAddr::new(n.addr, sel.port)) {
             continue;
         }
         let state = match (n.state, n.availability) {
@@ -127,15 +139,21 @@ mod tests {
             node("static", NodeRole::Manager, "10.0.0.9"),
         ];
         nodes[0].availability = Availability::Drain;
-        let got = servers(&pool(NodeMatch::Role(Role::Manager)), &nodes);
+        let got = servers(&pool(NodeMatch::Role(Role::Manager)), &nodes, &HashMap::new());
         let names: Vec<_> = got.iter().map(|s| s.name.clone().unwrap()).collect();
         assert_eq!(names, ["m1", "m2"], "by name; the static address stays the static server's");
         assert_eq!(got[1].state, AdminState::Drain);
-        let by_label = servers(&pool(NodeMatch::Label("dtr".into(), Some("yes".into()))), &nodes);
+        let by_label = servers(&pool(NodeMatch::Label("dtr".into(), Some("yes".into()))), &nodes, &HashMap::new());
         assert_eq!(by_label.len(), 1);
         assert_eq!(by_label[0].address.to_string(), "10.0.0.3:443");
+        let localhost = HostPort { host: "localhost".into(), port: 443 };
+        let mut p = pool(NodeMatch::Role(Role::Manager));
+        p.servers[0].address = localhost.clone();
+        let resolved = HashMap::from([(localhost, vec!["10.0.0.1:443".parse().unwrap()])]);
+        let names: Vec<_> = servers(&p, &nodes, &resolved).into_iter().filter_map(|s| s.name).collect();
+        assert_eq!(names, ["m2", "static"], "m1 is at the address localhost resolves to: the static server's");
         nodes[1].state = NodeState::Disconnected;
-        let down = servers(&pool(NodeMatch::Role(Role::Manager)), &nodes);
+        let down = servers(&pool(NodeMatch::Role(Role::Manager)), &nodes, &HashMap::new());
         assert_eq!(down[0].state, AdminState::Down);
     }
 
@@ -143,15 +161,15 @@ mod tests {
     fn changes_say_who_joined_drained_came_back_and_left() {
         let p = pool(NodeMatch::Role(Role::Manager));
         let mut nodes = vec![node("m1", NodeRole::Manager, "10.0.0.1"), node("m2", NodeRole::Manager, "10.0.0.2")];
-        let one = servers(&p, &nodes);
+        let one = servers(&p, &nodes, &HashMap::new());
         nodes[1].availability = Availability::Drain;
         nodes.push(node("m4", NodeRole::Manager, "10.0.0.4"));
-        let two = servers(&p, &nodes);
+        let two = servers(&p, &nodes, &HashMap::new());
         let texts: Vec<_> = changes(&one, &two).into_iter().map(|c| c.text).collect();
         assert_eq!(texts, ["m2 drained in the swarm", "m4 joined the pool"]);
         nodes.remove(0);
         nodes[0].availability = Availability::Active;
-        let three = servers(&p, &nodes);
+        let three = servers(&p, &nodes, &HashMap::new());
         let c = changes(&two, &three);
         assert_eq!(c.iter().map(|c| c.what).collect::<Vec<_>>(), ["active", "left"]);
         assert!(c[0].back && !c[1].back);

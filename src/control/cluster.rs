@@ -35,15 +35,26 @@ where
             tokio::time::sleep(IDLE).await;
             continue;
         }
-        let next = Instant::now() + cfg.refresh;
+        let started = Instant::now();
         refresh(&shared, &cfg.api, &apply).await;
-        // A node event reads at once (a burst of them: one read more).
+        // A node event reads at once, but not sooner than `floor` after
+        // the last read: a storm of events (each a TLS connection and two
+        // requests otherwise) is one read per floor, the events arriving
+        // meanwhile followed by the read after it.
         tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            _ = shared.own.cluster.woken() => {}
+            _ = tokio::time::sleep_until(started + cfg.refresh) => {}
+            _ = shared.own.cluster.woken() => tokio::time::sleep_until(started + floor(cfg.refresh)).await,
         }
     }
 }
+
+/// The least time between two reads asked by node events.
+pub fn floor(refresh: Duration) -> Duration {
+    refresh.min(EVENT_FLOOR)
+}
+
+/// See [`floor`].
+const EVENT_FLOOR: Duration = Duration::from_secs(1);
 
 /// Follows the node events of the first endpoint that streams them, for
 /// ever (cancel by dropping): each asks the refresh loop for a read now,
@@ -86,7 +97,8 @@ where
         None => Err(Failure { reason: Reason::Bundle, message: "no client bundle could be read".into() }),
     };
     match got {
-        Ok((endpoint, nodes)) => {
+        Ok((endpoint, (nodes, skipped))) => {
+            left_out(&shared.own, &skipped);
             let st = cluster.status();
             if st.last_error.is_some() {
                 info!(%endpoint, nodes = nodes.len(), "cluster: node list read again");
@@ -99,16 +111,29 @@ where
             }
         }
         Err(f) => {
-            let kept = cluster.nodes().map(|n| n.len());
+            let kept = cluster.nodes().map_or_else(|| "none".to_owned(), |n| n.len().to_string());
             // Warned once per episode and reason (counted and shown every time):
             // an API down for an hour is one line, not 360.
             if cluster.failed(&f) {
                 let detail = format!("{}; the last good list stays", crate::health::check::printable(&f.message));
                 shared.own.history.record("cluster read failed", None, None, detail);
-                warn!(reason = f.reason.as_str(), error = %f.message, ?kept, "cluster: node list not read, the last good list stays");
+                warn!(reason = f.reason.as_str(), error = %f.message, %kept, "cluster: node list not read, the last good list stays");
             } else {
-                debug!(reason = f.reason.as_str(), error = %f.message, ?kept, "cluster: node list still not read");
+                debug!(reason = f.reason.as_str(), error = %f.message, %kept, "cluster: node list still not read");
             }
+        }
+    }
+}
+
+/// Warns of the nodes a read left out for want of an address, once per
+/// node (again only after a read that had it back); a ready one is also
+/// an event, as a pool may have wanted it.
+fn left_out(own: &crate::state::snapshot::Owners, skipped: &[crate::cluster::Skipped]) {
+    for s in own.cluster.newly_skipped(skipped) {
+        let state = if s.ready { "ready" } else { "not ready" };
+        warn!(node = %s.name, id = %s.id, state, error = %s.why, "cluster: node left out of the list: no address");
+        if s.ready {
+            own.history.record("node left out", None, Some(&s.name), format!("{} left out: {}", s.name, s.why));
         }
     }
 }
@@ -124,7 +149,8 @@ pub async fn first_read(own: &crate::state::snapshot::Owners, cfg: &crate::confi
         Err(_) => Err(Failure { reason: Reason::Timeout, message: "no endpoint answered in time".into() }),
     };
     match got {
-        Ok((endpoint, nodes)) => {
+        Ok((endpoint, (nodes, skipped))) => {
+            left_out(own, &skipped);
             info!(%endpoint, nodes = nodes.len(), "cluster: node list read");
             own.cluster.succeeded(endpoint, nodes, now());
         }
@@ -148,8 +174,8 @@ pub fn merge(shared: &Shared, cur: &Snapshot, endpoint: String, nodes: Vec<Node>
     let before = own.cluster.nodes();
     let mut changes = Vec::new();
     for pc in cur.config.pools.iter().filter(|p| p.nodes.is_some()) {
-        let was = before.as_deref().map(|b| select::servers(pc, b)).unwrap_or_default();
-        let is = select::servers(pc, &nodes);
+        let was = before.as_deref().map(|b| select::servers(pc, b, &cur.resolved)).unwrap_or_default();
+        let is = select::servers(pc, &nodes, &cur.resolved);
         changes.push((pc.name.clone(), select::changes(&was, &is)));
     }
     own.cluster.succeeded(endpoint, nodes, now());
@@ -157,15 +183,78 @@ pub fn merge(shared: &Shared, cur: &Snapshot, endpoint: String, nodes: Vec<Node>
         Snapshot::build(cur.generation + 1, cur.config.clone(), cur.resolved.clone(), cur.tls.clone(), Some(cur), own);
     let at = Instant::now();
     for (pool, list) in changes {
-        for c in list {
-            info!(pool = %pool, server = %c.name, address = %c.address, change = c.what, "cluster: {}", c.text);
-            own.history.record(c.what, Some(&pool), Some(&c.name), c.text.clone());
-            let Some(p) = next.pool(&pool) else { continue };
+        let Some(p) = next.pool(&pool) else { continue };
+        let summed = list.len() > SUMMARY;
+        for c in &list {
             let addr = c.address.to_string();
-            for s in p.servers.iter().filter(|s| c.back && *s.name == *addr && !s.slow_start.is_zero()) {
+            let mut servers = p.servers.iter().filter(|s| *s.name == *addr).peekable();
+            let overridden = servers.peek().and_then(|s| s.admin_override());
+            for s in servers.filter(|s| c.back && !s.slow_start.is_zero()) {
                 s.state.came_back(at);
             }
+            if summed {
+                continue;
+            }
+            let text = match overridden {
+                Some(o) if c.what != "left" => {
+                    format!("{}; an admin override ({}) keeps it {}", c.text, verb(o), kept(o))
+                }
+                _ => c.text.clone(),
+            };
+            info!(pool = %pool, server = %c.name, address = %c.address, change = c.what, "cluster: {text}");
+            own.history.record(c.what, Some(&pool), Some(&c.name), text);
+        }
+        if summed {
+            summary(own, &pool, &list);
         }
     }
     next
+}
+
+/// Past this many changes of one pool in one read, they are told in one
+/// line and one event per kind: a list that flaps between 5000 nodes and 3
+/// must not flood the log, nor flush the history.
+const SUMMARY: usize = 10;
+
+/// The names shown in a summary line.
+const NAMED: usize = 3;
+
+fn summary(own: &crate::state::snapshot::Owners, pool: &str, list: &[select::Change]) {
+    let mut kinds: Vec<&'static str> = list.iter().map(|c| c.what).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    for what in kinds {
+        let names: Vec<&str> = list.iter().filter(|c| c.what == what).map(|c| c.name.as_str()).collect();
+        let done = match what {
+            "joined" => format!("joined pool {pool}"),
+            "left" => format!("left pool {pool}"),
+            "active" => format!("are active again in the swarm (pool {pool})"),
+            "drained" => format!("drained in the swarm (pool {pool})"),
+            _ => format!("are down in the swarm (pool {pool})"),
+        };
+        let nodes = if names.len() == 1 { "node" } else { "nodes" };
+        let mut text = format!("{} {nodes} {done}: {}", names.len(), names[..names.len().min(NAMED)].join(", "));
+        if names.len() > NAMED {
+            text += &format!(", … and {} more", names.len() - NAMED);
+        }
+        info!(pool = %pool, change = what, count = names.len(), "cluster: {text}");
+        own.history.record(what, Some(pool), None, text);
+    }
+}
+
+/// "enable", "drain", "down": the admin endpoint that set `s`.
+fn verb(s: crate::config::AdminState) -> &'static str {
+    match s {
+        crate::config::AdminState::Up => "enable",
+        crate::config::AdminState::Drain => "drain",
+        crate::config::AdminState::Down => "down",
+    }
+}
+
+fn kept(s: crate::config::AdminState) -> &'static str {
+    match s {
+        crate::config::AdminState::Up => "in",
+        crate::config::AdminState::Drain => "drained",
+        crate::config::AdminState::Down => "down",
+    }
 }

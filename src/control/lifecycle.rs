@@ -498,6 +498,19 @@ impl Lb {
         n
     }
 
+    /// Clears a server's override: it follows lb.toml (or the swarm, for a
+    /// node) again; see [`Snapshot::follow`].
+    pub fn follow(&self, pool: &str, server: &str) -> Option<usize> {
+        let n = self.shared.snapshot.load().follow(pool, server);
+        if n.is_some_and(|n| n > 0) {
+            let shown = crate::health::check::printable(server);
+            let text = "override cleared over the admin API: follows lb.toml or the swarm again";
+            self.shared.own.history.record("follow", Some(pool), Some(&shown), text);
+            self.shared.own.changes.notify();
+        }
+        n
+    }
+
     /// The config file holds the running config's text again (a bad edit
     /// was reverted): the last reload's failure no longer describes the
     /// file, so it is cleared, and said once.

@@ -90,7 +90,8 @@ impl Snapshot {
             let old = prev.and_then(|p| p.pool(&pc.name));
             let mut servers = Vec::new();
             let nodes = own.cluster.nodes();
-            let discovered = nodes.as_deref().map(|n| crate::cluster::select::servers(pc, n)).unwrap_or_default();
+            let discovered =
+                nodes.as_deref().map(|n| crate::cluster::select::servers(pc, n, &resolved)).unwrap_or_default();
             for sc in pc.servers.iter().chain(&discovered) {
                 let name: Arc<str> = Arc::from(sc.address.to_string());
                 // Shown instead of the address as written: the name given,
@@ -161,17 +162,28 @@ impl Snapshot {
     /// Returns how many addresses it applied to; `None` when there is no
     /// such pool.
     pub fn set_override(&self, pool: &str, server: &str, state: AdminState) -> Option<usize> {
+        self.override_to(pool, server, Some(state))
+    }
+
+    /// Clears the override of `server` in `pool`: it follows lb.toml, or
+    /// the swarm for a node, again. As [`Snapshot::set_override`].
+    pub fn follow(&self, pool: &str, server: &str) -> Option<usize> {
+        self.override_to(pool, server, None)
+    }
+
+    fn override_to(&self, pool: &str, server: &str, state: Option<AdminState>) -> Option<usize> {
         let p = self.pool(pool)?;
         let code = match state {
-            AdminState::Up => 1,
-            AdminState::Drain => 2,
-            AdminState::Down => 3,
+            None => 0,
+            Some(AdminState::Up) => 1,
+            Some(AdminState::Drain) => 2,
+            Some(AdminState::Down) => 3,
         };
         let mut n = 0;
         for s in &p.servers {
             if &*s.name == server || s.shown() == server || s.addr.to_string() == server || s.label() == server {
-                // Enabled after being set down or drained: it warms up again.
-                if state == AdminState::Up && s.admin_state() != AdminState::Up {
+                // Up again after being set down or drained: it warms up again.
+                if state.unwrap_or(s.config_state) == AdminState::Up && s.admin_state() != AdminState::Up {
                     s.state.came_back(tokio::time::Instant::now());
                 }
                 s.state.override_state.store(code, Relaxed);

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::AllDown;
+use crate::config::{AdminState, AllDown};
 use crate::events::history::{Event, Sample};
 use crate::fail::FailReason;
 use crate::state::pool::Pool;
@@ -409,6 +409,15 @@ pub struct ServerStatus {
     /// Its state in words: "in", "out: status 500 for 42 s", "draining, 3
     /// open", ...
     pub phrase: String,
+    /// An admin's override, which wins over lb.toml and the swarm:
+    /// "enable", "drain" or "down"; `None`: it follows them.
+    pub admin_override: Option<&'static str>,
+    /// For a node of the swarm, what the swarm says of it ("active",
+    /// "drain" or "down"), whatever an override makes of it; `None` for a
+    /// static server.
+    pub swarm: Option<&'static str>,
+    /// For a node down in the swarm: its Status.State, and Status.Message.
+    pub swarm_reason: Option<String>,
     /// `None` when the pool has no active check.
     pub check: Option<CheckStatus>,
 }
@@ -467,9 +476,20 @@ pub fn view(
     let mut pools = pools(snap, now);
     add_removed(&mut pools, snap, &own.states);
     let wall = crate::events::history::now() as u64;
+    let nodes = own.cluster.nodes();
     for p in &mut pools {
         p.traffic = own.history.samples(&p.name);
         for s in &mut p.servers {
+            if s.swarm == Some("down") {
+                let n = nodes.as_deref().and_then(|n| n.iter().find(|n| n.name == s.name));
+                s.swarm_reason = n.map(|n| {
+                    if n.message.is_empty() {
+                        n.state.as_str().to_owned()
+                    } else {
+                        format!("{}, {}", n.state.as_str(), n.message)
+                    }
+                });
+            }
             s.phrase = phrase(s, wall);
         }
     }
@@ -566,9 +586,16 @@ fn phrase(s: &ServerStatus, now: u64) -> String {
     if s.removed {
         return format!("removed by a reload, {} open", s.active);
     }
-    match s.state {
-        "drain" => return format!("draining, {} open", s.active),
-        "down" => return format!("out: set down{}", lasting(s.changed_at)),
+    // What the swarm did is said as such; "set" is an admin's or lb.toml's.
+    let by_swarm = s.swarm.is_some() && s.admin_override.is_none();
+    match (s.state, by_swarm) {
+        ("drain", false) => return format!("draining, {} open", s.active),
+        ("drain", true) => return format!("drained in the swarm, {} open", s.active),
+        ("down", false) => return format!("out: set down{}", lasting(s.changed_at)),
+        ("down", true) => {
+            let why = s.swarm_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+            return format!("out: down in the swarm{why}{}", lasting(s.changed_at));
+        }
         _ => {}
     }
     if let Some(c) = &s.check {
@@ -659,6 +686,16 @@ fn server(p: &Pool, i: usize, now: Instant) -> ServerStatus {
     ServerStatus {
         warming,
         state: s.admin_state().as_str(),
+        admin_override: s.admin_override().map(|o| match o {
+            AdminState::Up => "enable",
+            AdminState::Drain => "drain",
+            AdminState::Down => "down",
+        }),
+        swarm: (s.source == crate::config::ServerSource::Cluster).then_some(match s.config_state {
+            AdminState::Up => "active",
+            AdminState::Drain => "drain",
+            AdminState::Down => "down",
+        }),
         weight: s.weight,
         backup: s.backup,
         preferred: s.preferred,
@@ -708,6 +745,9 @@ fn counted(name: &str, addr: SocketAddr, st: &ServerState) -> ServerStatus {
         closing_sessions: st.closing.standing() && st.active.load(Relaxed) > 0,
         sessions_closed: st.closing.closed.load(Relaxed),
         phrase: String::new(),
+        admin_override: None,
+        swarm: None,
+        swarm_reason: None,
         check: None,
     }
 }

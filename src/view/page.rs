@@ -89,7 +89,7 @@ fn process_line(p: &crate::view::ProcessStatus) -> String {
 fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
     let class = if s.phrase.starts_with("in") {
         "ok"
-    } else if ["draining", "full", "waiting", "warming"].iter().any(|p| s.phrase.starts_with(p)) {
+    } else if ["draining", "drained", "full", "waiting", "warming"].iter().any(|p| s.phrase.starts_with(p)) {
         "warn"
     } else {
         "bad"
@@ -125,12 +125,17 @@ fn server_row(out: &mut String, pool: &str, s: &ServerStatus, now: i64) {
     } else if s.fails > 0 {
         details.push(format!("{} failed connects", s.fails));
     }
-    if s.source == "cluster" {
-        details.push("from the swarm".to_owned());
+    // The swarm's say, an admin's override and lb.toml's state, each as
+    // such: an override wins, and the row says over what.
+    let since = s.changed_at.map(|t| format!(" since {} UTC", clock(t as f64))).unwrap_or_default();
+    match (s.swarm, s.admin_override) {
+        (Some(sw @ ("drain" | "down")), Some(_)) => details.push(format!("from the swarm, which says {sw}")),
+        (Some(_), _) => details.push("from the swarm".to_owned()),
+        (None, None) if s.state != "up" => details.push(format!("set {} in lb.toml{since}", s.state)),
+        (None, _) => {}
     }
-    if s.state != "up" {
-        let since = s.changed_at.map(|t| format!(" since {} UTC", clock(t as f64))).unwrap_or_default();
-        details.push(format!("set {}{since}", s.state));
+    if let Some(o) = s.admin_override {
+        details.push(format!("admin override: {o}{since} (POST …/follow to clear)"));
     }
     let cert = s.check.as_ref().and_then(|c| c.cert_not_after).map_or_else(|| "–".to_owned(), |t| cert_left(t, now));
     let role = match (s.backup, s.preferred) {

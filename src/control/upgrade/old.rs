@@ -94,8 +94,8 @@ async fn offer(conn: &Conn, lb: &Lb) -> Result<Option<Successor>, UpgradeError> 
         Some((Msg::Hello { pid, version, protocol }, _)) => (pid, version, protocol),
         Some((other, _)) => return Err(talk(format!("expected hello, got {other:?}"))),
     };
-    let peer_pid = conn.peer_pid();
-    info!(successor = pid, ?peer_pid, %version, protocol, "upgrade: a new process asks to take over");
+    let peer_pid = conn.peer_pid().map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+    info!(successor = pid, %peer_pid, %version, protocol, "upgrade: a new process asks to take over");
     let generation = lb.shared.snapshot.load().generation;
     send(conn, &Msg::Welcome { pid: std::process::id(), generation, protocol: PROTOCOL }, &[]).await?;
     for (carried, fd) in lb.listeners.handover() {

@@ -88,11 +88,17 @@ impl Server {
     }
 
     pub fn admin_state(&self) -> AdminState {
+        self.admin_override().unwrap_or(self.config_state)
+    }
+
+    /// The state an admin set (`POST /servers/NAME/enable|drain|down`),
+    /// which wins over the config's and the swarm's; `None`: it follows them.
+    pub fn admin_override(&self) -> Option<AdminState> {
         match self.state.override_state.load(Relaxed) {
-            1 => AdminState::Up,
-            2 => AdminState::Drain,
-            3 => AdminState::Down,
-            _ => self.config_state,
+            1 => Some(AdminState::Up),
+            2 => Some(AdminState::Drain),
+            3 => Some(AdminState::Down),
+            _ => None,
         }
     }
 
