@@ -338,7 +338,6 @@ fn http_error(e: &hyper::Error) -> Failure {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
