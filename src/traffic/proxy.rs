@@ -206,6 +206,9 @@ pub fn resume<G: Send + 'static>(
     guard: G,
     entry: Option<Box<access_log::Entry>>,
 ) -> impl Future<Output = ()> + Send + 'static {
+    // Its place among its server's close orders is taken now, while the
+    // hand-over that brings it is on: the task may first run after it.
+    let closing_place = at.map(|(p, i)| snap.pools[p].servers[i].state.closing.place());
     async move {
         let _ = &guard;
         let resume = copy::Resume {
@@ -218,6 +221,7 @@ pub fn resume<G: Send + 'static>(
                 (true, true) => Some(copy::Side::Server),
                 (true, false) => Some(copy::Side::Client),
             },
+            closing_place,
         };
         match at {
             Some((pool, idx)) => {

@@ -124,8 +124,19 @@ impl Closing {
 
     /// A new connection's place: the orders after this cover it.
     pub fn watch(&self) -> Watch<'_> {
+        self.watch_from(self.place())
+    }
+
+    /// The place of a connection opened now, taken where it arrives (a
+    /// moved connection's, when the old process hands it over: its task
+    /// may first run after the hand-over has ended).
+    pub fn place(&self) -> u32 {
         let g = self.generation.load(Relaxed);
-        let since = if self.inheriting.load(Relaxed) { g.saturating_sub(1) } else { g };
+        if self.inheriting.load(Relaxed) { g.saturating_sub(1) } else { g }
+    }
+
+    /// A connection's view from a place taken earlier ([`Closing::place`]).
+    pub fn watch_from(&self, since: u32) -> Watch<'_> {
         Watch { closing: self, since, timer: None }
     }
 
@@ -276,7 +287,10 @@ mod tests {
     }
 
     /// An order carried to a successor goes on there from where it was,
-    /// and covers the connections that move in, not those opened after.
+    /// and covers the connections that move in, not those opened after:
+    /// a moved connection's place is taken when it arrives, and holds
+    /// although its watch is made after the hand-over has ended (its task
+    /// ran late).
     #[tokio::test(start_paused = true)]
     async fn a_carried_order_goes_on_and_covers_the_connections_moving_in() {
         let old = Closing::default();
@@ -289,8 +303,9 @@ mod tests {
         let at = Instant::now();
         new.restore(at, c);
         new.inherit(true);
-        let mut moved = vec![new.watch(), new.watch()];
+        let places = [new.place(), new.place()];
         new.inherit(false);
+        let mut moved: Vec<Watch> = places.iter().map(|&p| new.watch_from(p)).collect();
         let mut later = new.watch();
         let waker = futures_noop_waker();
         let mut cx = Context::from_waker(&waker);

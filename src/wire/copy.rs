@@ -161,6 +161,9 @@ pub struct Resume {
     pub client_done: bool,
     pub server_done: bool,
     pub first_closed: Option<Side>,
+    /// Its place among its server's close orders, taken when it moved in
+    /// ([`Closing::place`]).
+    pub closing_place: Option<u32>,
 }
 
 /// When bytes last moved, for the idle timeout; nanoseconds since `start`.
@@ -303,7 +306,10 @@ pub fn bidirectional<'a, L: Send + 'a>(
                     _ => None,
                 },
                 registration: None,
-                closing: closing.map(Closing::watch),
+                closing: closing.map(|c| match resume.closing_place {
+                    Some(place) => c.watch_from(place),
+                    None => c.watch(),
+                }),
                 // Boxed, and only when there is an idle timeout: the default
                 // (none) costs a connection nothing.
                 idle_expired: activity.zip(idle).map(|(c, d)| Box::pin(c.expired(*d))),
