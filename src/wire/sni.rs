@@ -183,23 +183,44 @@ impl Records {
 
 /// What whole `records` holding a ClientHello of `need` bytes (header
 /// included) say: rustls's reading, or where rustls refuses it, ours.
+///
+/// Ours is read first, in place: when it finds a host name that rustls
+/// takes as one too, rustls would say the same (it reads the same first
+/// host_name, and where it refuses the hello, ours decides anyway), so
+/// rustls is not asked. That saves the proxy building and dropping a
+/// whole rustls connection per routed client: 3.7 µs of its CPU per
+/// handshake in a profile of the routed row, where the routed handshake
+/// cost 4-11 µs more than the plain one.
 fn decide(records: &[u8], need: usize) -> Hello {
-    let mut acceptor = rustls::server::Acceptor::default();
-    let mut rd = records;
-    let mut fed = true;
-    while !rd.is_empty() {
-        if !matches!(acceptor.read_tls(&mut rd), Ok(n) if n > 0) {
-            fed = false;
-            break;
-        }
+    let hello = message(records, need);
+    let ours = server_name(hello.get(4..).unwrap_or_default());
+    if let Ok(Some(name)) = ours
+        && name.parse::<std::net::IpAddr>().is_err()
+        && rustls::pki_types::DnsName::try_from(name).is_ok()
+    {
+        return named(Some(name));
     }
-    if fed && let Ok(Some(accepted)) = acceptor.accept() {
-        return named(accepted.client_hello().server_name());
+    if let Some(said) = by_rustls(records) {
+        return said;
     }
-    drop(acceptor);
-    match server_name(message(records, need).get(4..).unwrap_or_default()) {
+    match ours {
         Ok(name) => named(name),
         Err(Malformed) => Hello::NotTls,
+    }
+}
+
+/// rustls's reading of whole `records`; None where it refuses them.
+fn by_rustls(records: &[u8]) -> Option<Hello> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rd = records;
+    while !rd.is_empty() {
+        if !matches!(acceptor.read_tls(&mut rd), Ok(n) if n > 0) {
+            return None;
+        }
+    }
+    match acceptor.accept() {
+        Ok(Some(accepted)) => Some(named(accepted.client_hello().server_name())),
+        _ => None,
     }
 }
 
@@ -493,6 +514,43 @@ mod tests {
             let wire = records(&tls12_hello(Some(name.as_bytes()), &session, &extra), size);
             prop_assume!(wire.len() <= HELLO_LIMIT);
             prop_assert_eq!(arriving(&wire, step), Some(Ok(Hello::Name(normalise(&name)))));
+        }
+
+        /// Where ours reads the name first, the verdict is rustls's: the
+        /// hellos rustls's own client sends (TLS 1.3 and 1.2, every
+        /// extension it puts in), and ours built with random extensions
+        /// that rustls may or may not take, for names of every shape the
+        /// route patterns allow, IP literals and odd labels included.
+        #[test]
+        fn the_fast_path_says_what_rustls_says(
+            name in name(),
+            odd in proptest::sample::select(vec!["10.0.0.1", "a..b", "-a.b", "a_b.c", "x.", "UCP.Test", "1.2.3"]),
+            which in 0u8..3,
+            extra in proptest::collection::vec((1u16..0xffff, proptest::collection::vec(any::<u8>(), 0..40)), 0..4),
+        ) {
+            let name = if which == 2 { odd.to_owned() } else { name };
+            let wire = if which == 0 {
+                let Ok(sni) = rustls::pki_types::ServerName::try_from(name.clone()) else { return Ok(()) };
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let cfg = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                let mut conn = rustls::ClientConnection::new(Arc::new(cfg), sni).unwrap();
+                let mut wire = Vec::new();
+                while conn.wants_write() {
+                    conn.write_tls(&mut wire).unwrap();
+                }
+                wire
+            } else {
+                records(&tls12_hello(Some(name.as_bytes()), &[], &extra), 4000)
+            };
+            let need = 4 + usize::from(u16::from_be_bytes([wire[7], wire[8]])) + (usize::from(wire[6]) << 16);
+            prop_assume!(wire.len() >= 5 + need);
+            if let Some(rustls_says) = by_rustls(&wire) {
+                prop_assert_eq!(decide(&wire, need), rustls_says);
+            }
         }
     }
 }
