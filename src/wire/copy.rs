@@ -306,10 +306,7 @@ pub fn bidirectional<'a, L: Send + 'a>(
                     _ => None,
                 },
                 registration: None,
-                closing: closing.map(|c| match resume.closing_place {
-                    Some(place) => c.watch_from(place),
-                    None => c.watch(),
-                }),
+                closing: closing.map(|c| c.watch_from(resume.closing_place.unwrap_or_else(|| c.place()))),
                 // Boxed, and only when there is an idle timeout: the default
                 // (none) costs a connection nothing.
                 idle_expired: activity.zip(idle).map(|(c, d)| Box::pin(c.expired(*d))),
