@@ -8,7 +8,8 @@
 //! - leaves: `build_info`, `civil` (dates), `files` (reading lb.toml and
 //!   the files it names, bounded and trusted), `fail` (why a connect
 //!   failed), `metrics` (every metric name, one recorder per balancer),
-//!   `proxy_send` (the PROXY protocol header sent to servers and probes).
+//!   `proxy_send` (the PROXY protocol header sent to servers and probes),
+//!   `timer` (every timer, kept on a runtime of its own in the binary).
 //! - `events/`: a balancer's memory (`history`: events and traffic
 //!   samples) and its change signal (`changes`).
 //! - `config/`: lb.toml into a typed, validated [`config::Config`], or
@@ -49,6 +50,8 @@
 //! (`src/main.rs`, `src/cli/`).
 
 #![forbid(unsafe_code)]
+// Timers only through `timer` (clippy.toml says why).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod admin;
 pub mod build_info;
@@ -64,6 +67,7 @@ pub mod metrics;
 pub mod nginx;
 pub mod proxy_send;
 pub mod state;
+pub mod timer;
 pub mod traffic;
 pub mod view;
 pub mod wire;

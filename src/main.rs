@@ -1,4 +1,6 @@
 #![forbid(unsafe_code)]
+// Timers only through `ucp_lb::timer` (clippy.toml says why).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -145,6 +147,10 @@ fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<ExitCode> {
     // poll-time average each time the worker parks, the hand-offs between
     // the thread in block_on and the worker) has nothing to balance with
     // one worker and costs every connection and every request.
+    //
+    // The workers have no time driver: their timers are kept by a thread
+    // of their own (`ucp_lb::timer`), so a worker's park is epoll alone.
+    let timers = ucp_lb::timer::Driver::start()?;
     let mut rt = match loaded.workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         n => {
@@ -155,7 +161,10 @@ fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<ExitCode> {
             b
         }
     };
-    let rt = rt.enable_all().build()?;
+    let on_start = timers.handle().clone();
+    let rt = rt.enable_io().on_thread_start(move || ucp_lb::timer::Driver::install(&on_start)).build()?;
+    // This thread runs the runtime's first task (and, with one worker, all).
+    ucp_lb::timer::Driver::install(timers.handle());
     let begin = if upgrade { ucp_lb::Begin::Upgrade } else { ucp_lb::Begin::Start };
     let result = rt.block_on(async {
         // The runtime's handlers first; then what came before them.
@@ -174,6 +183,8 @@ fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<ExitCode> {
     // grace period; a DNS lookup stuck in the blocking pool does not hold
     // the exit up.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    // Only now: a timer its tasks still held would panic without its wheel.
+    timers.stop();
     // The lines of the connections just closed (ended as `shutdown`).
     if let Some(ended) = result? {
         ended.access_log.flush(std::time::Duration::from_millis(500));

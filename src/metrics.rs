@@ -239,7 +239,7 @@ const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs [`Metrics::upkeep`] every 5 s, for ever; cancel by dropping.
 pub async fn upkeep_loop(metrics: Arc<Metrics>) {
-    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    let mut tick = crate::timer::interval(UPKEEP_EVERY);
     loop {
         tick.tick().await;
         metrics.upkeep();

@@ -252,7 +252,7 @@ pub(super) async fn first_bytes(tcp: &TcpStream, ticket: &Ticket, accepted: Inst
     let deadline = accepted + FIRST_BYTES_TIMEOUT;
     loop {
         let last_chance = tokio::select! {
-            r = tokio::time::timeout_at(deadline, tcp.readable()) => match r {
+            r = crate::timer::timeout_at(deadline, tcp.readable()) => match r {
                 Ok(Ok(())) => false,
                 _ => return None,
             },

@@ -26,7 +26,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -53,7 +53,7 @@ pub async fn serve(listener: TcpListener, lb: Arc<Lb>) {
             r = listener.accept() => r,
         };
         let Ok((tcp, peer)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            crate::timer::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let ticket = open.arrive(peer.ip());
@@ -80,13 +80,13 @@ async fn connection(tcp: TcpStream, mut ticket: Ticket, accepted: Instant, open:
         async move { Ok::<_, Infallible>(admin.route(req).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
+        .timer(crate::timer::Hyper)
         .header_read_timeout(header_timeout.max(Duration::from_millis(1)))
         .max_buf_size(16 * 1024)
         .keep_alive(false)
         .serve_connection(TokioIo::new(Replayed { first, tcp }), svc);
     tokio::select! {
-        _ = tokio::time::timeout_at(deadline, conn) => {}
+        _ = crate::timer::timeout_at(deadline, conn) => {}
         _ = ticket.evict.notified() => {}
     }
 }

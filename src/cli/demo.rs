@@ -177,7 +177,7 @@ async fn wait_state(running: &Running, addr: SocketAddr, want: impl Fn(&ucp_lb::
         if running.status().into_iter().flat_map(|p| p.servers).any(|s| s.addr == addr && !s.removed && want(&s)) {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        ucp_lb::timer::sleep(Duration::from_millis(20)).await;
     }
     println!("(not yet after 10s)");
     false
@@ -229,7 +229,7 @@ async fn clients(connector: &TlsConnector, lb: SocketAddr, n: usize, title: &str
     println!("{title}");
     let mut line = String::from(" ");
     for _ in 0..n {
-        match tokio::time::timeout(Duration::from_secs(5), https_get(connector, lb, "/")).await {
+        match ucp_lb::timer::timeout(Duration::from_secs(5), https_get(connector, lb, "/")).await {
             Ok(Ok((status, by))) => line.push_str(&format!(" {by} ({status})")),
             Ok(Err(e)) => line.push_str(&format!(" failed: {e}")),
             Err(_) => line.push_str(" no answer within 5s"),
@@ -249,7 +249,7 @@ async fn wait_check(running: &Running, addr: SocketAddr, state: &str) -> bool {
         if check_of(running, addr).is_some_and(|c| c.state == state) {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        ucp_lb::timer::sleep(Duration::from_millis(20)).await;
     }
     println!("(still not {state} after 10s)");
     false

@@ -257,7 +257,7 @@ fn answer(req: &Request<Incoming>, state: &State) -> Response<Body> {
         // Ended a moment later, so that the head and the start go out
         // first (hyper flushes while the body waits).
         tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            ucp_lb::timer::sleep(std::time::Duration::from_millis(50)).await;
             drop(tx);
         });
         let mut r = Response::new(http_body_util::Either::Right(Events(rx)));

@@ -18,7 +18,9 @@ use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
+
+use crate::timer::timeout_at;
 use tokio_rustls::TlsConnector;
 
 use super::nodes::{self, Node, Skipped};

@@ -32,7 +32,7 @@ where
     loop {
         let cfg = shared.snapshot.load().config.cluster.clone();
         if !cfg.enabled() {
-            tokio::time::sleep(IDLE).await;
+            crate::timer::sleep(IDLE).await;
             continue;
         }
         let started = Instant::now();
@@ -42,8 +42,8 @@ where
         // requests otherwise) is one read per floor, the events arriving
         // meanwhile followed by the read after it.
         tokio::select! {
-            _ = tokio::time::sleep_until(started + cfg.refresh) => {}
-            _ = shared.own.cluster.woken() => tokio::time::sleep_until(started + floor(cfg.refresh)).await,
+            _ = crate::timer::sleep_until(started + cfg.refresh) => {}
+            _ = shared.own.cluster.woken() => crate::timer::sleep_until(started + floor(cfg.refresh)).await,
         }
     }
 }
@@ -66,7 +66,7 @@ pub async fn events_loop(shared: Arc<Shared>) {
         let cfg = shared.snapshot.load().config.cluster.clone();
         let cluster = &shared.own.cluster;
         let Some(tls) = cluster.tls().filter(|_| cfg.enabled()) else {
-            tokio::time::sleep(IDLE).await;
+            crate::timer::sleep(IDLE).await;
             continue;
         };
         for hp in &cfg.api {
@@ -81,7 +81,7 @@ pub async fn events_loop(shared: Arc<Shared>) {
             cluster.set_watching(None);
             debug!(%endpoint, reason = why.reason.as_str(), error = %why.message, "cluster: node events not followed");
         }
-        tokio::time::sleep(cfg.refresh).await;
+        crate::timer::sleep(cfg.refresh).await;
     }
 }
 
@@ -144,7 +144,7 @@ fn left_out(own: &crate::state::snapshot::Owners, skipped: &[crate::cluster::Ski
 /// the static servers: a down cluster never stops a start).
 pub async fn first_read(own: &crate::state::snapshot::Owners, cfg: &crate::config::ClusterConfig) {
     let Some(tls) = own.cluster.tls().filter(|_| cfg.enabled()) else { return };
-    let got = match tokio::time::timeout(client::ENDPOINT_TIMEOUT, client::fetch(&cfg.api, &tls)).await {
+    let got = match crate::timer::timeout(client::ENDPOINT_TIMEOUT, client::fetch(&cfg.api, &tls)).await {
         Ok(r) => r,
         Err(_) => Err(Failure { reason: Reason::Timeout, message: "no endpoint answered in time".into() }),
     };

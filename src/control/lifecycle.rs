@@ -406,7 +406,7 @@ async fn first_results(snap: &Snapshot) {
     for pool in &snap.pools {
         for s in &pool.servers {
             if let Some(c) = &s.check {
-                let _ = tokio::time::timeout_at(deadline, c.first_result()).await;
+                let _ = crate::timer::timeout_at(deadline, c.first_result()).await;
             }
         }
     }
@@ -562,7 +562,7 @@ impl Lb {
         let fail = |message: String| {
             ConfigErrors(vec![ConfigError { source: source.clone(), pos: None, key: String::new(), message }])
         };
-        let loaded = match tokio::time::timeout(READ_TIMEOUT, tokio::task::spawn_blocking(move || load(&path))).await {
+        let loaded = match crate::timer::timeout(READ_TIMEOUT, tokio::task::spawn_blocking(move || load(&path))).await {
             Ok(Ok(loaded)) => loaded?,
             Ok(Err(e)) => return Err(fail(format!("reading the config failed: {e}")).into()),
             Err(_) => {
@@ -729,7 +729,7 @@ impl Running {
         self.lb.shutdown.stopping.cancel();
         if !grace.is_zero() {
             info!(grace_s = grace.as_secs_f64(), "stopping: /healthz answers 503, still accepting for the stop grace");
-            tokio::time::sleep(grace).await;
+            crate::timer::sleep(grace).await;
         }
     }
 

@@ -124,7 +124,7 @@ pub async fn watch_file(lb: Arc<Lb>, path: PathBuf) {
             loop {
                 tokio::select! {
                     _ = kick.notified() => continue,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => break,
+                    _ = crate::timer::sleep(Duration::from_millis(200)) => break,
                 }
             }
         }
@@ -140,7 +140,7 @@ pub async fn watch_file(lb: Arc<Lb>, path: PathBuf) {
                 std::fs::symlink_metadata(&p).ok()?;
                 Some(crate::files::read(&p, "the config file", crate::files::CONFIG))
             });
-            tokio::time::timeout(crate::files::READ_TIMEOUT, job).await
+            crate::timer::timeout(crate::files::READ_TIMEOUT, job).await
         };
         // Missing, or the reading thread failed: wait for the next event. A
         // read that timed out is left to the reload, which says so.

@@ -120,7 +120,7 @@ where
             apply(updates).await;
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
+            _ = crate::timer::sleep_until(next) => {}
             _ = shared.config_changed.notified() => {}
         }
     }

@@ -47,7 +47,7 @@ pub async fn follow(shared: Arc<Shared>) {
             Some(at) => {
                 tokio::select! {
                     _ = woken => {}
-                    _ = tokio::time::sleep_until(at) => {}
+                    _ = crate::timer::sleep_until(at) => {}
                 }
             }
             None => woken.await,
@@ -119,7 +119,7 @@ fn note_all_down(p: &Pool, down: bool) {
 /// Samples every pool's traffic every [`crate::events::history::SAMPLE_EVERY`] for
 /// ever (cancel by dropping): open connections and connections so far.
 pub async fn sample_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(crate::events::history::SAMPLE_EVERY);
+    let mut tick = crate::timer::interval(crate::events::history::SAMPLE_EVERY);
     loop {
         tick.tick().await;
         let snap = shared.snapshot.load_full();

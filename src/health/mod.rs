@@ -52,7 +52,7 @@ async fn probe_loop(target: ProbeTarget, check: Weak<Check>, offset: Duration) {
     let mut next = Instant::now();
     let mut first = true;
     loop {
-        tokio::time::sleep_until(next).await;
+        crate::timer::sleep_until(next).await;
         let Some(c) = check.upgrade() else { return };
         let start = Instant::now();
         let outcome = probe::probe(&target).await;
@@ -304,9 +304,9 @@ mod tests {
             h.check_for(&cfg, (&name, "127.0.0.1:1".parse().unwrap()), &TlsConfigs::new(), &feed.0, &feed.1).unwrap();
         check.first_result().await;
         assert_eq!(check.probes.load(Relaxed), 1, "the first probe runs at once");
-        tokio::time::sleep(Duration::from_secs(2) + Duration::from_millis(200)).await;
+        crate::timer::sleep(Duration::from_secs(2) + Duration::from_millis(200)).await;
         assert_eq!(check.probes.load(Relaxed), 2);
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        crate::timer::sleep(Duration::from_secs(10)).await;
         assert_eq!(check.probes.load(Relaxed), 7, "one every 2 s");
         assert_eq!(check.state(), CheckState::Down);
         assert_eq!(check.reason().as_deref(), Some("connect refused"));

@@ -27,7 +27,9 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
+
+use crate::timer::timeout_at;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{CheckKind, StatusMatch, format_duration};

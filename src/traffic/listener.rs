@@ -239,7 +239,7 @@ pub async fn accept_loop(
                 if !shed {
                     // Nothing waiting, or no spare: wait a little rather
                     // than spin on an accept that fails at once.
-                    tokio::time::sleep(backoff).await;
+                    crate::timer::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     reserve_spare();
                 }
@@ -248,7 +248,7 @@ pub async fn accept_loop(
             Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) => {}
             Err(e) => {
                 warn!(listener = %state.local, error = %e, "accept failed");
-                tokio::time::sleep(backoff).await;
+                crate::timer::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }

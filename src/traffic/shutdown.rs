@@ -36,7 +36,7 @@ impl Shutdown {
         if open > 0 {
             info!(open, grace_s = grace.as_secs_f64(), "stopped accepting; waiting for open connections");
         }
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if crate::timer::timeout(grace, self.tracker.wait()).await.is_err() {
             info!(open = self.tracker.len(), "grace period over: closing the remaining connections");
         }
     }

@@ -168,7 +168,7 @@ impl Watch<'_> {
         if self.timer.is_none() && !self.closing.covers(self.since) {
             return Poll::Pending;
         }
-        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(self.closing.slot())));
+        let timer = self.timer.get_or_insert_with(|| Box::pin(crate::timer::sleep_until(self.closing.slot())));
         if timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }

@@ -158,7 +158,7 @@ impl Conns {
     /// the connections that have just lived past [`LATE`]. One per
     /// balancer, for its life (cancel by dropping).
     pub async fn sweep(&self) {
-        let mut every = tokio::time::interval_at(Instant::now() + TICK, TICK);
+        let mut every = crate::timer::interval_at(Instant::now() + TICK, TICK);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;

@@ -184,7 +184,7 @@ impl Activity {
             if Instant::now() >= deadline {
                 return;
             }
-            tokio::time::sleep_until(deadline).await;
+            crate::timer::sleep_until(deadline).await;
         }
     }
 }

@@ -36,7 +36,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, F
     let _ = sock.set_nodelay(true);
     // Keepalive (four setsockopt calls) is set by the byte path once the
     // connection has lived 10 s: most connections end before.
-    match tokio::time::timeout(timeout, sock.connect(addr)).await {
+    match crate::timer::timeout(timeout, sock.connect(addr)).await {
         Err(_) => Err(FailReason::Timeout),
         Ok(Err(e)) => Err(FailReason::of(&e)),
         Ok(Ok(s)) => Ok(s),

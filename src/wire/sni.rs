@@ -104,7 +104,7 @@ pub async fn preread(client: &TcpStream, limit: usize, timeout: Duration) -> Res
             }
         }
     };
-    match tokio::time::timeout(timeout, read).await {
+    match crate::timer::timeout(timeout, read).await {
         Ok(Ok(hello)) => Ok((buf, hello)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(Failed::Timeout),

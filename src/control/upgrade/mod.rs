@@ -172,7 +172,7 @@ fn talk(e: impl std::fmt::Display) -> UpgradeError {
 
 /// The next message within `wait`; `None` when the other end closed.
 async fn recv_or_end(conn: &Conn, wait: Duration) -> Result<Option<(Msg, Vec<OwnedFd>)>, UpgradeError> {
-    match tokio::time::timeout(wait, conn.recv::<Msg>()).await {
+    match crate::timer::timeout(wait, conn.recv::<Msg>()).await {
         Ok(r) => r.map_err(talk),
         Err(_) => Err(talk(format!("no answer within {}s", wait.as_secs()))),
     }
@@ -186,7 +186,7 @@ async fn recv(conn: &Conn, wait: Duration) -> Result<(Msg, Vec<OwnedFd>), Upgrad
 /// Sends `msg` within [`STEP`] (a peer that stops reading cannot hold
 /// this side).
 async fn send(conn: &Conn, msg: &Msg, fds: &[BorrowedFd<'_>]) -> Result<(), UpgradeError> {
-    match tokio::time::timeout(STEP, conn.send(msg, fds)).await {
+    match crate::timer::timeout(STEP, conn.send(msg, fds)).await {
         Ok(r) => r.map_err(talk),
         Err(_) => Err(talk(format!("could not send within {}s (the other end does not read)", STEP.as_secs()))),
     }

@@ -97,7 +97,7 @@ where
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(BEAT) => {}
+                    _ = crate::timer::sleep(BEAT) => {}
                 }
                 if send(&conn, &Msg::Preparing, &[]).await.is_err() {
                     return;
@@ -170,7 +170,7 @@ pub(super) async fn receive(conn: Arc<Conn>, lb: Arc<Lb>, protocol: u32) {
     let alive = acks.then(|| {
         let conn = conn.clone();
         tokio::spawn(async move {
-            let mut beat = tokio::time::interval(BEAT_DRAIN);
+            let mut beat = crate::timer::interval(BEAT_DRAIN);
             loop {
                 beat.tick().await;
                 if send(&conn, &Msg::Alive, &[]).await.is_err() {
@@ -196,7 +196,7 @@ pub(super) async fn receive(conn: Arc<Conn>, lb: Arc<Lb>, protocol: u32) {
                 warn!(from, "upgrade: this process is stopping: breaking off the take-over, so the old process goes back to serving");
                 break;
             }
-            r = tokio::time::timeout(STEP, heard.recv()) => r,
+            r = crate::timer::timeout(STEP, heard.recv()) => r,
         };
         let next = match heard_or_silent {
             Ok(Some(m)) => m,

@@ -44,7 +44,7 @@ pub(super) async fn serve(control: &Control, lb: Arc<Lb>) {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "control socket: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::timer::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -57,7 +57,7 @@ pub(super) async fn serve(control: &Control, lb: Arc<Lb>) {
                 // Should the new process still be there (slow, stopped), it
                 // reads this before `going` and stands down.
                 let abandon = Msg::Abandon { reason: e.to_string() };
-                let _ = tokio::time::timeout(Duration::from_secs(1), conn.send(&abandon, &[])).await;
+                let _ = crate::timer::timeout(Duration::from_secs(1), conn.send(&abandon, &[])).await;
                 continue;
             }
         };
@@ -180,7 +180,7 @@ impl Drain {
     /// Sends `msg` within [`STALL`] and before the hard deadline.
     async fn send(&self, conn: &Conn, msg: &Msg, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<(), String> {
         let until = (Instant::now() + STALL).min(self.hard);
-        match tokio::time::timeout_at(until, conn.send(msg, fds)).await {
+        match crate::timer::timeout_at(until, conn.send(msg, fds)).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err("the new process does not read (stopped or hung)".into()),
         }
@@ -210,7 +210,7 @@ async fn drain(conn: Arc<Conn>, lb: &Lb, successor: Successor) -> (Drained, Arc<
     let hard = now + grace;
     // The last of it (a quarter, at most STALL) is for the confirmation.
     let soft = if acks { hard - STALL.min(grace / 4) } else { hard };
-    let mut report = tokio::time::interval(REPORT_EVERY);
+    let mut report = crate::timer::interval(REPORT_EVERY);
     let (mut heard_rx, reading) = reader(conn.clone());
     let mut previous = lb.process.previous_draining.subscribe();
     let mut d = Drain { sent: 0, acked: 0, lost: 0, heard: now, done_sent: false, hard, unsent: None };
@@ -278,7 +278,7 @@ async fn drain(conn: Arc<Conn>, lb: &Lb, successor: Successor) -> (Drained, Arc<
                     break broke(e, &d);
                 }
             }
-            _ = tokio::time::sleep_until(quiet_until), if acks => {
+            _ = crate::timer::sleep_until(quiet_until), if acks => {
                 let reason = if Instant::now() >= hard {
                     "shutdown_timeout is over and the new process has not confirmed the hand-over".to_owned()
                 } else {
@@ -286,7 +286,7 @@ async fn drain(conn: Arc<Conn>, lb: &Lb, successor: Successor) -> (Drained, Arc<
                 };
                 break broke(reason, &d);
             }
-            _ = tokio::time::sleep_until(soft), if !d.done_sent => {}
+            _ = crate::timer::sleep_until(soft), if !d.done_sent => {}
         }
     };
     reading.abort();
@@ -350,5 +350,5 @@ async fn go_back(
          (those that had moved to the new process are lost if it died)"
     );
     let abandon = Msg::Abandon { reason: reason.to_owned() };
-    let _ = tokio::time::timeout(Duration::from_secs(1), conn.send(&abandon, &[])).await;
+    let _ = crate::timer::timeout(Duration::from_secs(1), conn.send(&abandon, &[])).await;
 }

@@ -82,7 +82,7 @@ impl From<Broken> for Failed {
 
 /// Reads `client`'s header, of at most `limit` bytes, within `timeout`.
 pub async fn read(client: &TcpStream, limit: usize, timeout: Duration) -> Result<Header, Failed> {
-    tokio::time::timeout(timeout, read_unbounded_in_time(client, limit)).await.unwrap_or(Err(Failed::Timeout))
+    crate::timer::timeout(timeout, read_unbounded_in_time(client, limit)).await.unwrap_or(Err(Failed::Timeout))
 }
 
 async fn read_unbounded_in_time(client: &TcpStream, limit: usize) -> Result<Header, Failed> {
