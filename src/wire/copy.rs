@@ -728,7 +728,7 @@ fn read_ready(src: &TcpStream) -> bool {
 fn try_write_all(dst: &TcpStream, data: &[u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < data.len() {
-        match dst.try_write(&data[done..]) {
+        match send(dst, &data[done..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -737,6 +737,17 @@ fn try_write_all(dst: &TcpStream, data: &[u8]) -> io::Result<usize> {
         }
     }
     Ok(done)
+}
+
+/// `TcpStream::try_write` without libc's `send`: the syscall itself
+/// (rustix), as [`read_clearing`] reads. glibc's wrapper makes every call a
+/// thread cancellation point, two bookkeeping calls around the syscall
+/// that a process without thread cancellation never needs. MSG_NOSIGNAL,
+/// as the standard library sends: a peer gone gives EPIPE, never SIGPIPE.
+fn send(dst: &TcpStream, data: &[u8]) -> io::Result<usize> {
+    dst.try_io(Interest::WRITABLE, || {
+        rustix::net::send(dst, data, rustix::net::SendFlags::NOSIGNAL).map_err(io::Error::from)
+    })
 }
 
 /// Writes all of `data` to `dst`, waiting for room as needed.
