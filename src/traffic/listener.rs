@@ -25,7 +25,7 @@ use crate::state::snapshot::{Shared, Snapshot};
 pub use crate::traffic::bind::{BindError, bind, bind_hint, from_fd};
 use crate::traffic::proxied;
 use crate::traffic::proxy;
-use crate::traffic::shutdown::Shutdown;
+use crate::traffic::shutdown::{Shutdown, Stopped};
 use crate::wire::access_log;
 use crate::wire::admission;
 use crate::wire::net;
@@ -194,18 +194,19 @@ pub async fn accept_loop(
     reserve_spare();
     let mut backoff = MIN_BACKOFF;
     let mut starved = false;
-    // One wait for `stop`, registered once: made anew in the loop, it was
-    // registered with the token and taken out again on every accept.
-    let mut stopped = std::pin::pin!(stop.cancelled());
+    let stopped = Stopped::watch(stop);
     loop {
-        let accepted = tokio::select! {
-            biased; // `stop` first, and no random pick per accept
-            _ = &mut stopped => return,
-            // poll_accept keeps the waker in the socket's reader slot;
-            // accept() queued a waiter on the socket (a lock, a list) at
-            // every wait, and made its future anew per client.
-            r = std::future::poll_fn(|cx| listener.poll_accept(cx)) => r,
-        };
+        // poll_accept keeps the waker in the socket's reader slot; accept()
+        // queued a waiter on the socket (a lock, a list) at every wait, and
+        // made its future anew per client.
+        let accepted = std::future::poll_fn(|cx| {
+            if stopped.poll(cx) {
+                return std::task::Poll::Ready(None);
+            }
+            listener.poll_accept(cx).map(Some)
+        })
+        .await;
+        let Some(accepted) = accepted else { return };
         match accepted {
             Ok((client, peer)) => {
                 backoff = MIN_BACKOFF;
