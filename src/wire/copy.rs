@@ -585,8 +585,20 @@ impl<'a> Direction<'a> {
 
     /// Waits for its source to be readable, noting while the wait is
     /// pending ([`Direction::waiting`]).
+    ///
+    /// A wait that was pending and whose readiness has come (the wake
+    /// this poll is for: [`Both::poll_pipes`] polls a waiting direction
+    /// only then) returns at once, from a load: polling the socket again
+    /// would take the cooperative budget and look at its waker slot, about
+    /// 75 instructions on every wake. The task did yield when this wait
+    /// was pending, and a direction that never waits still goes through
+    /// `poll_read_ready`, so the budget still bounds a busy connection.
     fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
         std::future::poll_fn(move |cx| {
+            if self.waiting.load(Relaxed) && read_ready(self.src) {
+                self.waiting.store(false, Relaxed);
+                return Poll::Ready(Ok(()));
+            }
             let r = self.src.poll_read_ready(cx);
             self.waiting.store(r.is_pending(), Relaxed);
             r
