@@ -166,6 +166,18 @@ pub struct Resume {
     pub closing_place: Option<u32>,
 }
 
+impl Resume {
+    /// A connection that starts here: nothing moved yet, nothing closed.
+    const FRESH: Resume = Resume {
+        to_server: 0,
+        to_client: 0,
+        client_done: false,
+        server_done: false,
+        first_closed: None,
+        closing_place: None,
+    };
+}
+
 /// When bytes last moved, for the idle timeout; nanoseconds since `start`.
 struct Activity {
     start: Instant,
@@ -273,7 +285,9 @@ pub fn bidirectional<'a, L: Send + 'a>(
     // value would be 16 or more.)
     async move {
         let Policy { conns, idle, late_keepalive, closing } = policy;
-        let resume = resume.copied().unwrap_or_default();
+        // A reference, as the argument: a copy would take 32 bytes of every
+        // connection's future for its life.
+        let resume = resume.unwrap_or(&Resume::FRESH);
         if resume.server_done {
             load = None;
         }
@@ -646,58 +660,56 @@ impl<'a> Direction<'a> {
                 let mut first = true;
                 loop {
                     let was_first = std::mem::replace(&mut first, false);
-                    match read_clearing(src, buf.bytes()) {
+                    // The read's and the write's results are taken apart
+                    // before the write's wait: a `Result` held across it
+                    // (16 bytes each) would be in every direction's future.
+                    let n = match read_clearing(src, buf.bytes()) {
                         Ok(0) => return self.eof(),
-                        Ok(n) => {
-                            // Most writes go out at once; only a full socket
-                            // needs to wait, and that wait's state is boxed,
-                            // so an idle connection's future does not carry it.
-                            let data = &buf.bytes()[..n];
-                            match try_write_all(dst, data) {
-                                Ok(m) if m == n => {}
-                                Ok(m) => {
-                                    Box::pin(write_waiting(dst, &data[m..])).await.map_err(|e| self.write_err(e))?
-                                }
-                                Err(e) => return Err(self.write_err(e)),
-                            }
-                            self.count(n);
-                            if self.conns.stopping() {
-                                // Everything read is written: stop here.
-                                break;
-                            }
-                            if n < BUF_SIZE {
-                                if was_first {
-                                    // A wake that brought less than a buffer.
-                                    self.set_bulk(false);
-                                }
-                                // The short read cleared the readiness: a
-                                // read now would only find that out again.
-                                break;
-                            }
-                            // A full buffer: a bulk transfer. Beside another,
-                            // the rest of this burst goes through a pipe, never
-                            // through user space.
-                            self.set_bulk(true);
-                            if !self.splice() {
-                                continue;
-                            }
-                            drop(buf);
-                            // Boxed: its state exists only during a burst, and
-                            // an idle connection's future stays small.
-                            match Box::pin(splice::burst(src, dst, self.conns, |n| self.count(n))).await {
-                                Ok(Burst::Drained(n)) => {
-                                    self.set_bulk(n >= BUF_SIZE);
-                                    break;
-                                }
-                                Ok(Burst::Eof(_)) => return self.eof(),
-                                Ok(Burst::NoPipe) => buf = Buf::take(),
-                                Err(BurstError::Read(e)) => return Err(self.read_err(e)),
-                                Err(BurstError::Write(e)) => return Err(self.write_err(e)),
-                            }
-                        }
+                        Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(self.read_err(e)),
+                    };
+                    // Most writes go out at once; only a full socket
+                    // needs to wait, and that wait's state is boxed,
+                    // so an idle connection's future does not carry it.
+                    let m = try_write_all(dst, &buf.bytes()[..n]).map_err(|e| self.write_err(e))?;
+                    if m < n {
+                        Box::pin(write_waiting(dst, &buf.bytes()[m..n])).await.map_err(|e| self.write_err(e))?
+                    }
+                    self.count(n);
+                    if self.conns.stopping() {
+                        // Everything read is written: stop here.
+                        break;
+                    }
+                    if n < BUF_SIZE {
+                        if was_first {
+                            // A wake that brought less than a buffer.
+                            self.set_bulk(false);
+                        }
+                        // The short read cleared the readiness: a
+                        // read now would only find that out again.
+                        break;
+                    }
+                    // A full buffer: a bulk transfer. Beside another,
+                    // the rest of this burst goes through a pipe, never
+                    // through user space.
+                    self.set_bulk(true);
+                    if !self.splice() {
+                        continue;
+                    }
+                    drop(buf);
+                    // Boxed: its state exists only during a burst, and
+                    // an idle connection's future stays small.
+                    match Box::pin(splice::burst(src, dst, self.conns, |n| self.count(n))).await {
+                        Ok(Burst::Drained(n)) => {
+                            self.set_bulk(n >= BUF_SIZE);
+                            break;
+                        }
+                        Ok(Burst::Eof(_)) => return self.eof(),
+                        Ok(Burst::NoPipe) => buf = Buf::take(),
+                        Err(BurstError::Read(e)) => return Err(self.read_err(e)),
+                        Err(BurstError::Write(e)) => return Err(self.write_err(e)),
                     }
                 }
             }
