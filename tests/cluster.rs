@@ -278,6 +278,9 @@ async fn a_failing_api_keeps_the_last_good_list_and_says_why() {
     }
     assert!(metrics.contains("ucp_lb_pool_cluster_nodes{pool=\"ucp\"} 2"), "{metrics}");
     assert!(metrics.contains("ucp_lb_cluster_list_age_seconds"));
+    // The log comes through the process's log thread and a pipe: it can
+    // come after /status and /metrics show the same.
+    s.lb.wait_for_line("kept=2").await;
     let log = s.lb.text();
     assert!(log.contains("kept=2") && !log.contains("Some("), "plain values in the log:\n{log}");
 }
@@ -480,6 +483,9 @@ async fn many_nodes_changing_at_once_are_summarised() {
         .await;
     let ev = events(&status(s.admin).await);
     assert!(ev.contains("n00, n01, n02, … and 37 more"), "{ev}");
+    // The log reaches this test through the process's log thread and a
+    // pipe: it can come after /status shows the event.
+    s.lb.wait_for_line("40 nodes left pool ucp").await;
     let log = s.lb.text();
     assert_eq!(log.lines().filter(|l| l.contains("joined")).count(), 1, "one line:\n{log}");
     assert_eq!(log.lines().filter(|l| l.contains("left")).count(), 1, "{log}");
@@ -539,7 +545,7 @@ async fn the_swarms_state_and_an_admin_override_are_shown_apart_and_follow_clear
     eventually_async("m2 drained again", || async { m2(&status(s.admin).await)["swarm"] == "drain" }).await;
     let said = "m2 drained in the swarm; an admin override (enable) keeps it in";
     assert!(events(&status(s.admin).await).contains(said), "{}", events(&status(s.admin).await));
-    assert!(s.lb.text().contains(said), "logged too");
+    s.lb.wait_for_line(said).await; // logged too (the log can come after /status)
     let page = get(s.admin, "/").await;
     assert!(page.contains("from the swarm, which says drain") && page.contains("admin override: enable"), "{page}");
 
