@@ -433,16 +433,6 @@ where
             if *done {
                 continue;
             }
-            // A direction waiting for its source whose readiness has not
-            // come still has this task's waker in the socket's reader slot
-            // (tokio takes it out only when the readiness comes; the task's
-            // waker never changes, as `registration` assumes): polling it
-            // would only register it again. One wake is one socket's
-            // readiness, so on a keep-alive exchange this spares the quiet
-            // direction's poll at every wake.
-            if self.dirs[i].waiting.load(Relaxed) && !read_ready(self.dirs[i].src) {
-                continue;
-            }
             match pipe.as_mut().poll(cx) {
                 Poll::Ready(Ok(())) => {
                     *done = true;
@@ -609,12 +599,14 @@ impl<'a> Direction<'a> {
     /// `poll_read_ready`, so the budget still bounds a busy connection.
     fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
         std::future::poll_fn(move |cx| {
-            if self.waiting.load(Relaxed) && read_ready(self.src) {
-                self.waiting.store(false, Relaxed);
-                return Poll::Ready(Ok(()));
-            }
+            // Pending for want of cooperative budget leaves no waker in the
+            // socket's slot (tokio wakes the task to run again instead):
+            // that wait must not count as waiting, or the direction would
+            // be skipped until its socket is readable, which nothing would
+            // then report.
+            let budget = tokio::task::coop::has_budget_remaining();
             let r = self.src.poll_read_ready(cx);
-            self.waiting.store(r.is_pending(), Relaxed);
+            self.waiting.store(r.is_pending() && budget, Relaxed);
             r
         })
     }
@@ -740,12 +732,6 @@ fn read_clearing(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
         (r, _) => r,
     }
-}
-
-/// Whether `src` has read readiness (data, its FIN, an error) that no
-/// read has cleared yet: a load, no syscall, no waker registered.
-fn read_ready(src: &TcpStream) -> bool {
-    src.try_io(Interest::READABLE, || Ok(())).is_ok()
 }
 
 /// Writes as much of `data` as `dst` takes now; returns how much.
