@@ -514,9 +514,6 @@ struct Direction<'a> {
     /// Here rather than in the pipe's future: a field of the direction
     /// costs an idle connection one byte, a guard in the future a pointer.
     bulk: AtomicBool,
-    /// Its last poll of its source's readiness was pending: the waker is
-    /// in the socket's reader slot until the readiness comes.
-    waiting: AtomicBool,
     conns: &'a Conns,
 }
 
@@ -545,7 +542,6 @@ impl<'a> Direction<'a> {
             activity,
             parked: AtomicBool::new(false),
             bulk: AtomicBool::new(false),
-            waiting: AtomicBool::new(false),
             conns,
         }
     }
@@ -587,28 +583,13 @@ impl<'a> Direction<'a> {
         Ok(())
     }
 
-    /// Waits for its source to be readable, noting while the wait is
-    /// pending ([`Direction::waiting`]).
-    ///
-    /// A wait that was pending and whose readiness has come (the wake
-    /// this poll is for: [`Both::poll_pipes`] polls a waiting direction
-    /// only then) returns at once, from a load: polling the socket again
-    /// would take the cooperative budget and look at its waker slot, about
-    /// 75 instructions on every wake. The task did yield when this wait
-    /// was pending, and a direction that never waits still goes through
-    /// `poll_read_ready`, so the budget still bounds a busy connection.
+    /// Waits for its source to be readable. Both directions are polled at
+    /// every wake: a direction skipped while "waiting" could stall for
+    /// good, since a pending `poll_read_ready` for want of cooperative
+    /// budget leaves no waker in the socket's slot (found with
+    /// `workers = 2`).
     fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        std::future::poll_fn(move |cx| {
-            // Pending for want of cooperative budget leaves no waker in the
-            // socket's slot (tokio wakes the task to run again instead):
-            // that wait must not count as waiting, or the direction would
-            // be skipped until its socket is readable, which nothing would
-            // then report.
-            let budget = tokio::task::coop::has_budget_remaining();
-            let r = self.src.poll_read_ready(cx);
-            self.waiting.store(r.is_pending() && budget, Relaxed);
-            r
-        })
+        std::future::poll_fn(move |cx| self.src.poll_read_ready(cx))
     }
 
     #[allow(clippy::manual_async_fn)] // on purpose: an async fn would store `self` twice
