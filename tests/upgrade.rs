@@ -739,6 +739,23 @@ async fn a_warm_up_goes_on_in_the_new_process() {
     assert_eq!(status(admin).await["pools"][0]["servers"][0]["warming"], serde_json::Value::Null, "a never warmed");
 }
 
+/// Which of two lines `p` logs first, within `deadline`: `Some(true)`
+/// for `wanted`, `Some(false)` for `late` (the race a stop signal lost),
+/// `None` for neither.
+async fn which_first(p: &Proc, deadline: Duration, wanted: &str, late: &str) -> Option<bool> {
+    poll_for(deadline, || {
+        let text = p.text();
+        std::future::ready(if text.contains(wanted) {
+            Some(true)
+        } else if text.contains(late) {
+            Some(false)
+        } else {
+            None
+        })
+    })
+    .await
+}
+
 /// Sends `sig` to `to` as soon as `watched` logs a line with `needle`
 /// (looking every millisecond, on a thread of its own, so the signal
 /// lands while the hand-over is under way); when it was sent.
@@ -864,17 +881,7 @@ async fn a_new_process_stopped_after_go_lets_the_old_one_go_back_within_shutdown
         let mut new = Proc::spawn(upgrade_cmd(&cfg), false);
         let stopped = signal_when(&old, "moving the open connections", &new, rustix::process::Signal::STOP).await;
         // The deadline is the shutdown_timeout, with room for a loaded box.
-        let back = poll_for(Duration::from_secs(8), || {
-            let text = old.text();
-            std::future::ready(if text.contains("resumed here") {
-                Some(true)
-            } else if text.contains("done here, exiting") {
-                Some(false)
-            } else {
-                None
-            })
-        })
-        .await;
+        let back = which_first(&old, Duration::from_secs(8), "resumed here", "done here, exiting").await;
         let took = stopped.elapsed();
         match back {
             Some(true) => {}
@@ -1150,17 +1157,8 @@ async fn a_new_process_stopped_before_go_is_dropped_and_stands_down() {
         let addr = old.listener_addr().await;
         let mut new = Proc::spawn(upgrade_cmd(&cfg), false);
         signal_when(&old, "a new process asks to take over", &new, rustix::process::Signal::STOP).await;
-        let outcome = poll_for(Duration::from_secs(40), || {
-            let text = old.text();
-            std::future::ready(if text.contains("upgrade abandoned") {
-                Some(true)
-            } else if text.contains("moving the open connections") {
-                Some(false)
-            } else {
-                None
-            })
-        })
-        .await;
+        let outcome =
+            which_first(&old, Duration::from_secs(40), "upgrade abandoned", "moving the open connections").await;
         match outcome {
             Some(true) => {}
             Some(false) => {
