@@ -162,8 +162,9 @@ impl Drop for Driver {
     }
 }
 
-/// Whether this thread makes its timers on a timer runtime (for tests).
-pub fn installed() -> bool {
+/// Whether this thread makes its timers on a timer runtime.
+#[cfg(test)]
+fn installed() -> bool {
     TIMERS.with(|t| t.get().is_some())
 }
 
